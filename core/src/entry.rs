@@ -1,0 +1,140 @@
+//! DAG entries: a payload at a position, addressed by the hash of its header.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::hash::{Hash, HashAlgorithm};
+use crate::json::{canonical_string, JsonError};
+
+/// A point in causal history: a set of entry hashes. Entry headers always carry a *minimal*
+/// position (no member is in the history of another).
+pub type Position = BTreeSet<Hash>;
+
+/// Local indexing metadata of an entry: a map from keys to sets of strings. It is derived
+/// from the payload, never hashed and never sent.
+pub type Meta = BTreeMap<String, BTreeSet<String>>;
+
+/// The hashed part of an entry: the payload's hash and the predecessor position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub payload_hash: Hash,
+    pub prev: Position,
+}
+
+impl Header {
+    /// The canonical text of `{"payloadHash": ..., "prevEntryHashes": {h: "", ...}}`.
+    ///
+    /// Written directly: Base64 text needs no escaping, and ASCII strings sort the same way by
+    /// bytes and by UTF-16 units, so this equals the canonical serialization of the header
+    /// literal (a unit test checks that).
+    pub fn canonical(&self) -> String {
+        let mut prev: Vec<String> = self.prev.iter().map(Hash::to_b64).collect();
+        prev.sort_unstable();
+        let mut out = String::with_capacity(40 + 50 * (prev.len() + 1));
+        out.push_str("{\"payloadHash\":\"");
+        out.push_str(&self.payload_hash.to_b64());
+        out.push_str("\",\"prevEntryHashes\":{");
+        for (i, h) in prev.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(h);
+            out.push_str("\":\"\"");
+        }
+        out.push_str("}}");
+        out
+    }
+
+    /// The header as a JSON literal.
+    pub fn to_literal(&self) -> Value {
+        let prev: serde_json::Map<String, Value> =
+            self.prev.iter().map(|h| (h.to_b64(), Value::String(String::new()))).collect();
+        serde_json::json!({ "payloadHash": self.payload_hash.to_b64(), "prevEntryHashes": prev })
+    }
+
+    pub fn entry_hash(&self, alg: HashAlgorithm) -> Hash {
+        alg.digest(self.canonical().as_bytes())
+    }
+}
+
+/// One entry of a DAG.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub hash: Hash,
+    pub header: Header,
+    pub payload: Value,
+    pub meta: Meta,
+}
+
+impl Entry {
+    /// Builds the entry for `payload` at `prev`, computing both hashes.
+    pub fn new(alg: HashAlgorithm, payload: Value, prev: Position, meta: Meta) -> Result<Entry, JsonError> {
+        let payload_hash = alg.hash_literal(&payload)?;
+        let header = Header { payload_hash, prev };
+        Ok(Entry { hash: header.entry_hash(alg), header, payload, meta })
+    }
+
+    /// Recomputes both hashes and says which one, if any, does not match.
+    pub fn verify_hashes(&self, alg: HashAlgorithm) -> Result<(), HashMismatch> {
+        let payload_hash = alg.hash_literal(&self.payload).map_err(HashMismatch::Payload)?;
+        if payload_hash != self.header.payload_hash {
+            return Err(HashMismatch::PayloadHash { stated: self.header.payload_hash, actual: payload_hash });
+        }
+        let entry_hash = self.header.entry_hash(alg);
+        if entry_hash != self.hash {
+            return Err(HashMismatch::EntryHash { stated: self.hash, actual: entry_hash });
+        }
+        Ok(())
+    }
+}
+
+/// A stated hash that does not match the content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashMismatch {
+    #[error("payload is not a literal: {0}")]
+    Payload(JsonError),
+    #[error("payload hash mismatch: header says {stated}, payload hashes to {actual}")]
+    PayloadHash { stated: Hash, actual: Hash },
+    #[error("entry hash mismatch: entry says {stated}, header hashes to {actual}")]
+    EntryHash { stated: Hash, actual: Hash },
+}
+
+/// Builds a `Meta` from `(key, values)` pairs.
+pub fn meta<'a, I, V>(pairs: I) -> Meta
+where
+    I: IntoIterator<Item = (&'a str, V)>,
+    V: IntoIterator<Item = &'a str>,
+{
+    pairs
+        .into_iter()
+        .map(|(k, vs)| (k.to_string(), vs.into_iter().map(str::to_string).collect()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn direct_header_text_equals_canonical_literal() {
+        let alg = HashAlgorithm::Sha256;
+        let a = Entry::new(alg, json!({"op": "hello"}), Position::new(), Meta::new()).unwrap();
+        let b = Entry::new(alg, json!({"op": "b"}), Position::new(), Meta::new()).unwrap();
+        let c = Entry::new(alg, json!({"op": "world"}), [a.hash, b.hash].into(), Meta::new()).unwrap();
+        for e in [&a, &b, &c] {
+            assert_eq!(e.header.canonical(), canonical_string(&e.header.to_literal()).unwrap());
+            e.verify_hashes(alg).unwrap();
+        }
+        assert!(a.header.canonical().ends_with("\"prevEntryHashes\":{}}"));
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let alg = HashAlgorithm::Blake3;
+        let mut e = Entry::new(alg, json!({"n": 1}), Position::new(), Meta::new()).unwrap();
+        e.payload = json!({"n": 2});
+        assert!(matches!(e.verify_hashes(alg), Err(HashMismatch::PayloadHash { .. })));
+    }
+}

@@ -1,0 +1,184 @@
+//! ed25519 identities, as the hhs3 crypto module defines them.
+//!
+//! A public key is serialized self-describingly as
+//! `[u32 big-endian length of the suite name][suite name][raw key bytes]`, and its `KeyId` is
+//! the SHA-256 of that serialization in Base64. The serialized public key's Base64 text is the
+//! form users pass around (`causal.identities` shows it; `causal.add_member` takes it).
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::{Signer, Verifier};
+
+use crate::hash::{Hash, HashAlgorithm};
+
+/// The only signing suite we support.
+pub const ED25519: &str = "ed25519";
+
+/// The identifier of a key: SHA-256 over the serialized public key.
+pub type KeyId = Hash;
+
+/// Why a key, a signature or their text form was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("not valid Base64: {0}")]
+    Base64(String),
+    #[error("a serialized public key must be a 4-byte suite length, the suite name and the key; got {0} bytes")]
+    Truncated(usize),
+    #[error("unsupported signing suite {0:?}: only \"ed25519\" is supported")]
+    UnsupportedSuite(String),
+    #[error("an ed25519 public key has 32 bytes; got {0}")]
+    KeyLength(usize),
+    #[error("an ed25519 public key must be a valid curve point")]
+    InvalidPoint,
+    #[error("an ed25519 secret key has 32 bytes; got {0}")]
+    SecretLength(usize),
+    #[error("an ed25519 signature has 64 bytes; got {0}")]
+    SignatureLength(usize),
+    #[error("the signature does not verify under this key")]
+    BadSignature,
+}
+
+/// An ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PublicKey(ed25519_dalek::VerifyingKey);
+
+impl PublicKey {
+    /// `[len(suite) as u32 BE][suite][32 key bytes]`.
+    pub fn serialize(&self) -> Vec<u8> {
+        let suite = ED25519.as_bytes();
+        let mut out = Vec::with_capacity(4 + suite.len() + 32);
+        out.extend_from_slice(&(suite.len() as u32).to_be_bytes());
+        out.extend_from_slice(suite);
+        out.extend_from_slice(self.0.as_bytes());
+        out
+    }
+
+    pub fn deserialize(bytes: &[u8]) -> Result<PublicKey, IdentityError> {
+        if bytes.len() < 4 {
+            return Err(IdentityError::Truncated(bytes.len()));
+        }
+        let suite_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let rest = &bytes[4..];
+        if rest.len() < suite_len {
+            return Err(IdentityError::Truncated(bytes.len()));
+        }
+        let (suite, key) = rest.split_at(suite_len);
+        if suite != ED25519.as_bytes() {
+            return Err(IdentityError::UnsupportedSuite(String::from_utf8_lossy(suite).chars().take(32).collect()));
+        }
+        let key: [u8; 32] = key.try_into().map_err(|_| IdentityError::KeyLength(key.len()))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&key).map(PublicKey).map_err(|_| IdentityError::InvalidPoint)
+    }
+
+    /// Base64 of the serialized key.
+    pub fn to_b64(&self) -> String {
+        B64.encode(self.serialize())
+    }
+
+    pub fn from_b64(text: &str) -> Result<PublicKey, IdentityError> {
+        let bytes = B64.decode(text.trim()).map_err(|e| IdentityError::Base64(e.to_string()))?;
+        PublicKey::deserialize(&bytes)
+    }
+
+    pub fn raw_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        HashAlgorithm::Sha256.digest(&self.serialize())
+    }
+
+    pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), IdentityError> {
+        self.0.verify(message, &signature.0).map_err(|_| IdentityError::BadSignature)
+    }
+}
+
+/// An ed25519 signature (64 bytes, Base64 in text).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Signature(ed25519_dalek::Signature);
+
+impl Signature {
+    pub fn to_b64(&self) -> String {
+        B64.encode(self.0.to_bytes())
+    }
+
+    pub fn from_b64(text: &str) -> Result<Signature, IdentityError> {
+        let bytes = B64.decode(text).map_err(|e| IdentityError::Base64(e.to_string()))?;
+        let arr: [u8; 64] = bytes.as_slice().try_into().map_err(|_| IdentityError::SignatureLength(bytes.len()))?;
+        Ok(Signature(ed25519_dalek::Signature::from_bytes(&arr)))
+    }
+}
+
+/// A key pair that can sign.
+#[derive(Clone)]
+pub struct Keypair(ed25519_dalek::SigningKey);
+
+impl std::fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keypair({})", self.public().key_id())
+    }
+}
+
+impl Keypair {
+    /// A fresh key pair from the operating system's random source.
+    pub fn generate() -> Keypair {
+        Keypair(ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng))
+    }
+
+    pub fn from_secret_bytes(secret: &[u8]) -> Result<Keypair, IdentityError> {
+        let arr: [u8; 32] = secret.try_into().map_err(|_| IdentityError::SecretLength(secret.len()))?;
+        Ok(Keypair(ed25519_dalek::SigningKey::from_bytes(&arr)))
+    }
+
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    pub fn sign(&self, message: &[u8]) -> Signature {
+        Signature(self.0.sign(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialization_layout_and_key_id() {
+        let kp = Keypair::from_secret_bytes(&[7u8; 32]).unwrap();
+        let ser = kp.public().serialize();
+        assert_eq!(&ser[..4], &[0, 0, 0, 7]);
+        assert_eq!(&ser[4..11], b"ed25519");
+        assert_eq!(ser.len(), 4 + 7 + 32);
+        assert_eq!(kp.public().key_id(), HashAlgorithm::Sha256.digest(&ser));
+        assert_eq!(PublicKey::from_b64(&kp.public().to_b64()).unwrap(), kp.public());
+    }
+
+    #[test]
+    fn sign_and_verify() {
+        let kp = Keypair::generate();
+        let sig = kp.sign(b"message");
+        kp.public().verify(b"message", &sig).unwrap();
+        assert_eq!(kp.public().verify(b"other", &sig), Err(IdentityError::BadSignature));
+        let sig2 = Signature::from_b64(&sig.to_b64()).unwrap();
+        assert_eq!(sig, sig2);
+        let other = Keypair::generate();
+        assert!(other.public().verify(b"message", &sig).is_err());
+    }
+
+    #[test]
+    fn bad_key_text() {
+        assert!(matches!(PublicKey::from_b64("!!"), Err(IdentityError::Base64(_))));
+        let mut ser = Keypair::generate().public().serialize();
+        ser[5] = b'X';
+        assert!(matches!(PublicKey::deserialize(&ser), Err(IdentityError::UnsupportedSuite(_))));
+        assert!(matches!(PublicKey::deserialize(&ser[..3]), Err(IdentityError::Truncated(3))));
+        let mut ser = Keypair::generate().public().serialize();
+        ser.pop();
+        assert!(matches!(PublicKey::deserialize(&ser), Err(IdentityError::KeyLength(31))));
+    }
+}

@@ -1,0 +1,21 @@
+//! `causal-core`: the I/O-free heart of pg_causal.
+//!
+//! - [`json`]: canonical JSON, byte-compatible with the Hyper Hyper Space v3 DAG format;
+//! - [`hash`]: B64Hash digests (sha-256, blake3);
+//! - [`entry`]: entries, headers and positions;
+//! - [`identity`]: ed25519 keys, KeyIds and signatures;
+//! - [`dag`]: the DAG, its storage trait, an in-memory store and the indexed queries.
+//!
+//! Nothing here performs I/O; storage is behind [`dag::DagStore`].
+
+#![forbid(unsafe_code)]
+
+pub mod dag;
+pub mod entry;
+pub mod hash;
+pub mod identity;
+pub mod json;
+
+pub use dag::{Appended, Dag, DagError, DagStore, ForkPosition, MemStore, MetaFilter};
+pub use entry::{Entry, Header, Meta, Position};
+pub use hash::{Hash, HashAlgorithm};
