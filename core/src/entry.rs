@@ -4,7 +4,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::hash::{Hash, HashAlgorithm};
-use crate::json::{canonical_string, JsonError};
+use crate::json::JsonError;
 
 /// A point in causal history: a set of entry hashes. Entry headers always carry a *minimal*
 /// position (no member is in the history of another).
@@ -115,6 +115,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::canonical_string;
     use serde_json::json;
 
     #[test]

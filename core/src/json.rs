@@ -74,6 +74,16 @@ fn array_order(len: usize) -> Vec<usize> {
     order
 }
 
+/// Long number texts (Postgres writes `1e400` as 401 digits) are cut for error messages.
+fn abbreviate(text: &str) -> String {
+    const KEEP: usize = 24;
+    if text.len() <= KEEP + 8 {
+        text.to_string()
+    } else {
+        format!("{}... ({} characters)", &text[..KEEP], text.len())
+    }
+}
+
 #[derive(Default)]
 struct PathTracker {
     segments: Vec<String>,
@@ -110,7 +120,7 @@ fn write_value(value: &Value, out: &mut String, path: &mut PathTracker) -> Resul
             let as_double = n.as_f64().or_else(|| text.parse::<f64>().ok());
             match as_double.and_then(format_number) {
                 Some(s) => out.push_str(&s),
-                None => return Err(JsonError::NonFinite { number: text, path: path.render() }),
+                None => return Err(JsonError::NonFinite { number: abbreviate(&text), path: path.render() }),
             }
         }
         Value::String(s) => write_string(s, out),

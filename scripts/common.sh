@@ -1,0 +1,128 @@
+# Shared by scripts/*.sh. Source it; do not run it.
+# Settings come from pgrx.toml at the repository root.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+warn() { printf '\033[33mwarning:\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# toml_value SECTION KEY: a string value from pgrx.toml (flat sections, "quoted" values).
+toml_value() {
+    awk -v section="[$1]" -v key="$2" '
+        /^\[/ { in_section = ($0 == section) }
+        in_section && $1 == key { sub(/^[^=]*=[ \t]*"/, ""); sub(/".*$/, ""); print; exit }
+    ' "$ROOT/pgrx.toml"
+}
+
+PGRX_VERSION="$(toml_value pgrx version)"
+PG_MAJOR="$(toml_value postgres major)"
+PG_CONFIG="$(toml_value postgres pg_config)"
+PG_BIN="$(dirname "$PG_CONFIG")"
+[ -n "$PGRX_VERSION" ] && [ -n "$PG_MAJOR" ] && [ -n "$PG_CONFIG" ] || die "pgrx.toml is missing [pgrx] version or [postgres] major/pg_config"
+
+APT_PACKAGES=(postgresql-"$PG_MAJOR" postgresql-server-dev-"$PG_MAJOR" libclang-dev sudo pkg-config libssl-dev)
+
+# Installs whatever is missing, and says what it does. Safe to run again.
+ensure_setup() {
+    command -v cargo >/dev/null || die "cargo is not on PATH: install the Rust toolchain (rustup) first"
+
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        [ "$(id -u)" -eq 0 ] || die "missing Debian packages (${missing[*]}); run as root to install them"
+        say "Installing Debian packages: ${missing[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    else
+        say "Debian packages present: ${APT_PACKAGES[*]}"
+    fi
+
+    if cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
+        say "cargo-pgrx $PGRX_VERSION present"
+    else
+        say "Installing cargo-pgrx $PGRX_VERSION (takes about 5 minutes)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+
+    local pgrx_config="$HOME/.pgrx/config.toml"
+    if [ -f "$pgrx_config" ] && grep -q "pg$PG_MAJOR = \"$PG_CONFIG\"" "$pgrx_config"; then
+        say "pgrx knows PostgreSQL $PG_MAJOR at $PG_CONFIG"
+    else
+        say "Registering PostgreSQL $PG_MAJOR with pgrx (cargo pgrx init --pg$PG_MAJOR $PG_CONFIG)"
+        cargo pgrx init --pg"$PG_MAJOR" "$PG_CONFIG"
+    fi
+}
+
+# Builds the extension in release mode and installs it into PostgreSQL's directories.
+install_extension() {
+    say "Building and installing pg_causal into PostgreSQL $PG_MAJOR"
+    (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -vE '^\s*(Compiling|Checking)' || true)
+    [ -f "$("$PG_CONFIG" --sharedir)/extension/pg_causal.control" ] || die "pg_causal was not installed"
+}
+
+# as_postgres CMD...: runs a command as the postgres OS user (Postgres refuses to run as root).
+as_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then
+        sudo -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# free_port: a loopback TCP port nobody listens on.
+free_port() {
+    local port
+    for _ in $(seq 1 200); do
+        port=$((20000 + RANDOM % 20000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free loopback port found"
+}
+
+# start_cluster DIR PORT: initdb (if needed) and start a throwaway cluster listening on
+# 127.0.0.1:PORT with its socket in DIR/sock. Extra postgresql.conf lines come on stdin.
+start_cluster() {
+    local dir="$1" port="$2"
+    mkdir -p "$dir"
+    [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$dir"
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+        as_postgres "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
+            { cat "$dir/initdb.log" >&2; die "initdb failed in $dir"; }
+    fi
+    as_postgres mkdir -p "$dir/sock"
+    {
+        echo "port = $port"
+        echo "listen_addresses = '127.0.0.1'"
+        echo "unix_socket_directories = '$dir/sock'"
+        echo "fsync = off"
+        cat
+    } | as_postgres tee "$dir/data/postgresql.auto.conf" >/dev/null
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
+        { cat "$dir/server.log" >&2; die "PostgreSQL did not start in $dir"; }
+}
+
+stop_cluster() {
+    local dir="$1"
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null 2>&1 ||
+            as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+}
+
+# Stops every cluster whose data directory lies under DIR (leftovers of an aborted run).
+stop_clusters_under() {
+    local base="$1" pidfile
+    [ -d "$base" ] || return 0
+    while IFS= read -r pidfile; do
+        stop_cluster "$(dirname "$(dirname "$pidfile")")"
+    done < <(find "$base" -maxdepth 4 -name postmaster.pid -path '*/data/*' 2>/dev/null)
+}

@@ -1,0 +1,60 @@
+//! The extension skeleton in a real cluster, seen from a client.
+
+use causal_integration::{sqlstate, Cluster};
+
+#[test]
+fn create_extension_makes_a_fixed_causal_schema() {
+    let node = Cluster::start("skeleton", &[]);
+    let mut db = node.connect("postgres");
+    db.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+
+    let version: String = db.query_one("SELECT causal.version()", &[]).unwrap().get(0);
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    let (schema, relocatable): (String, bool) = {
+        let row = db
+            .query_one(
+                "SELECT n.nspname, e.extrelocatable FROM pg_extension e \
+                 JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_causal'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(schema, "causal");
+    assert!(!relocatable);
+
+    let err = db.batch_execute("CREATE SCHEMA elsewhere; ALTER EXTENSION pg_causal SET SCHEMA elsewhere").unwrap_err();
+    let msg = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_else(|| err.to_string());
+    assert!(msg.contains("does not support SET SCHEMA"), "{msg}");
+
+    db.batch_execute("DROP EXTENSION pg_causal").unwrap();
+    let left: i64 = db.query_one("SELECT count(*) FROM pg_proc WHERE proname = 'hash' AND pronamespace::regnamespace::text = 'causal'", &[]).unwrap().get(0);
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn hash_errors_reach_the_client_with_sqlstate_and_hint() {
+    let node = Cluster::start("skeleton-errors", &[]);
+    let mut db = node.connect("postgres");
+    db.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+
+    let h: String = db.query_one("SELECT causal.hash('{\"op\":\"hello\"}'::jsonb, 'sha-256')", &[]).unwrap().get(0);
+    let again: String = db.query_one("SELECT causal.hash('{ \"op\" : \"hello\" }'::jsonb, 'sha-256')", &[]).unwrap().get(0);
+    assert_eq!(h, again);
+    assert_eq!(h.len(), 44);
+
+    for (sql, needle) in [
+        ("SELECT causal.hash('1'::jsonb, 'md5')", "unknown hash algorithm \"md5\""),
+        ("SELECT causal.hash('[1e400]'::jsonb)", "is not finite"),
+        ("SELECT causal.hash('{\"a\": null}'::jsonb)", "null is not a valid literal (at $.a)"),
+    ] {
+        let err = db.query_one(sql, &[]).unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("22023"), "{sql}: {err}");
+        let db_err = err.as_db_error().unwrap();
+        assert!(db_err.message().contains(needle), "{sql}: {}", db_err.message());
+        assert!(db_err.hint().is_some(), "{sql} has no hint");
+    }
+    // The session is still usable after the errors.
+    let one: i32 = db.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+}

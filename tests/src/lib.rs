@@ -1,0 +1,148 @@
+//! Harness for integration tests: throwaway PostgreSQL clusters on loopback ports of their
+//! own, with their own socket directories, stopped when dropped (also when a test panics).
+//!
+//! `CAUSAL_PG_BIN` names the PostgreSQL bin directory and `CAUSAL_IT_DIR` the directory the
+//! clusters live under (`scripts/test.sh` sets both). Run as root, every server command runs
+//! as the `postgres` OS user through sudo.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use postgres;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn pg_bin() -> PathBuf {
+    std::env::var_os("CAUSAL_PG_BIN").map(PathBuf::from).unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into())
+}
+
+fn base_dir() -> PathBuf {
+    std::env::var_os("CAUSAL_IT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/it-clusters"))
+}
+
+fn is_root() -> bool {
+    // SAFETY-free check: `id -u` avoids a libc dependency.
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Runs a command as the postgres OS user when we are root.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("sudo");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running throwaway cluster.
+pub struct Cluster {
+    pub name: String,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    /// Creates and starts a cluster; `conf` lines are appended to its configuration.
+    pub fn start(name: &str, conf: &[&str]) -> Cluster {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = base_dir().join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sock")).expect("create cluster dir");
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "postgres:postgres"]).arg(&dir);
+                    c
+                },
+                "chown cluster dir",
+            );
+        }
+        let data = dir.join("data");
+        let mut initdb = as_postgres(&pg_bin().join("initdb"));
+        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        run(initdb, "initdb");
+        let port = free_port();
+        let mut lines = vec![
+            format!("port = {port}"),
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("unix_socket_directories = '{}'", dir.join("sock").display()),
+            "fsync = off".to_string(),
+        ];
+        lines.extend(conf.iter().map(|s| s.to_string()));
+        let conf_path = data.join("postgresql.auto.conf");
+        std::fs::write(&conf_path, lines.join("\n") + "\n").expect("write postgresql.auto.conf");
+        let cluster = Cluster { name: name.to_string(), port, dir };
+        cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+        cluster
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let mut c = as_postgres(&pg_bin().join("pg_ctl"));
+        c.arg("-D").arg(self.dir.join("data")).arg("-l").arg(self.dir.join("server.log")).args(args);
+        let out = c.output().expect("run pg_ctl");
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            panic!("pg_ctl {args:?} failed for {}: {}\n{log}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    pub fn connection_string(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+    }
+
+    pub fn connect(&self, db: &str) -> postgres::Client {
+        postgres::Client::connect(&self.connection_string(db), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {} ({}): {e}", self.name, self.connection_string(db)))
+    }
+
+    /// The server log, for assertions and for diagnosing failures.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.dir.join("data/postmaster.pid").exists() {
+            let mut c = as_postgres(&pg_bin().join("pg_ctl"));
+            c.arg("-D").arg(self.dir.join("data")).args(["stop", "-m", "immediate", "-w"]);
+            let _ = c.output();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The SQLSTATE of a failed statement, if the error came from the server.
+pub fn sqlstate(err: &postgres::Error) -> Option<String> {
+    err.as_db_error().map(|e| e.code().code().to_string())
+}
