@@ -39,13 +39,11 @@ impl NaiveDag {
         seen
     }
 
-    /// Members of `set` that are in the strict history of no other member.
+    /// Members of `set` that are in the strict history of no other member: one walk over
+    /// the history of all the members' predecessors.
     pub fn maximal(&self, set: &HashSet<Hash>) -> Position {
-        let mut below: HashSet<Hash> = HashSet::new();
-        for h in set {
-            let strict: Position = self.preds.get(h).into_iter().flatten().copied().collect();
-            below.extend(self.history(&strict));
-        }
+        let preds: Position = set.iter().flat_map(|h| self.preds.get(h).into_iter().flatten().copied()).collect();
+        let below = self.history(&preds);
         set.iter().filter(|h| !below.contains(h)).copied().collect()
     }
 
