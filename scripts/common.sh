@@ -18,6 +18,10 @@ toml_value() {
     ' "$ROOT/pgrx.toml"
 }
 
+# Cluster data directories live where the postgres OS user can reach them, whatever the
+# permissions of the directories above this checkout.
+RUN_DIR="${CAUSAL_RUN_DIR:-/tmp/pg_causal-run}"
+
 PGRX_VERSION="$(toml_value pgrx version)"
 PG_MAJOR="$(toml_value postgres major)"
 PG_CONFIG="$(toml_value postgres pg_config)"
@@ -93,6 +97,7 @@ free_port() {
 start_cluster() {
     local dir="$1" port="$2"
     mkdir -p "$dir"
+    chmod 755 "$RUN_DIR" 2>/dev/null || true
     [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$dir"
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         as_postgres "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||

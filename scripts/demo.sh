@@ -5,7 +5,7 @@ source "$(dirname "$0")/common.sh"
 ensure_setup
 install_extension
 
-DEMO_DIR="$ROOT/target/demo"
+DEMO_DIR="$RUN_DIR/demo"
 stop_clusters_under "$DEMO_DIR"
 rm -rf "$DEMO_DIR"
 PORT="$(free_port)"
@@ -15,7 +15,7 @@ start_cluster "$DEMO_DIR/node1" "$PORT" </dev/null
 
 say "Scripted SQL session"
 as_postgres psql -X -h "$DEMO_DIR/node1/sock" -p "$PORT" -U postgres -d postgres \
-    --echo-queries -v ON_ERROR_STOP=1 -f "$ROOT/sql/demo.sql"
+    --echo-queries -v ON_ERROR_STOP=1 -f - <"$ROOT/sql/demo.sql"
 
 say "Stopping the cluster"
 stop_cluster "$DEMO_DIR/node1"

@@ -8,28 +8,38 @@ source "$(dirname "$0")/common.sh"
 ensure_setup
 cd "$ROOT"
 
-IT_DIR="$ROOT/target/it-clusters"
-cleanup() { stop_clusters_under "$IT_DIR"; stop_clusters_under "$ROOT/target/pgrx-test-data"; }
+IT_DIR="$RUN_DIR/it-clusters"
+PGRX_DATA="$RUN_DIR/pgrx-test-data"
+cleanup() { stop_clusters_under "$IT_DIR"; stop_clusters_under "$PGRX_DATA"; }
 trap cleanup EXIT
 cleanup
 rm -rf "$IT_DIR"
 
 export CAUSAL_PROPTEST_CASES="${CAUSAL_PROPTEST_CASES:-1000}"
 
+# Every step's output is also kept, to add up the results at the end.
+RESULTS="$(mktemp)"
+trap 'cleanup; rm -f "$RESULTS"' EXIT
+step() { "$@" 2>&1 | tee -a "$RESULTS"; }
+
 say "causal-core: unit, property ($CAUSAL_PROPTEST_CASES cases each) and conformance tests"
-cargo test --release -p causal-core
+step cargo test --release -p causal-core -- --nocapture
 
 say "causal-sync: unit tests"
-cargo test --release -p causal-sync
+step cargo test --release -p causal-sync
 
 say "pg_causal: #[pg_test]s inside PostgreSQL $PG_MAJOR"
-PGRX_DATA="$ROOT/target/pgrx-test-data"
 mkdir -p "$PGRX_DATA"
+chmod 755 "$RUN_DIR"
 [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$PGRX_DATA"
-cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$PGRX_DATA"
+step cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$PGRX_DATA"
 
 install_extension
 
 say "Integration tests against real clusters (in $IT_DIR)"
 export CAUSAL_IT_DIR="$IT_DIR" CAUSAL_PG_BIN="$PG_BIN"
-cargo test --release -p causal-integration -- --test-threads=2
+step cargo test --release -p causal-integration -- --test-threads=2
+
+# One closing line for the whole run.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$RESULTS"

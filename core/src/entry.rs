@@ -89,6 +89,86 @@ impl Entry {
     }
 }
 
+/// Most predecessors an entry may name. A minimal cover is an antichain, so this bounds how
+/// many concurrent branches one entry can merge; it keeps a hostile entry from costing
+/// unbounded work.
+pub const MAX_PREDECESSORS: usize = 1024;
+
+/// Why a JSON value is not an entry (or header) in wire form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("{0} must be a JSON object")]
+    NotAnObject(&'static str),
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("unexpected field {field:?} in {within}")]
+    Unexpected { field: String, within: &'static str },
+    #[error("{field} is not a hash: {reason}")]
+    BadHash { field: &'static str, reason: String },
+    #[error("prevEntryHashes must be a set: an object whose values are all \"\"")]
+    NotASet,
+    #[error("an entry may name at most {MAX_PREDECESSORS} predecessors; this one names {0}")]
+    TooManyPredecessors(usize),
+}
+
+impl Header {
+    /// Reads a header from its JSON form, refusing anything but exactly the two fields.
+    pub fn from_literal(v: &Value) -> Result<Header, WireError> {
+        let obj = v.as_object().ok_or(WireError::NotAnObject("header"))?;
+        for k in obj.keys() {
+            if k != "payloadHash" && k != "prevEntryHashes" {
+                return Err(WireError::Unexpected { field: k.chars().take(64).collect(), within: "header" });
+            }
+        }
+        let payload_hash = parse_hash(obj.get("payloadHash"), "header.payloadHash")?;
+        let prev_obj = obj
+            .get("prevEntryHashes")
+            .ok_or(WireError::Missing("header.prevEntryHashes"))?
+            .as_object()
+            .ok_or(WireError::NotASet)?;
+        if prev_obj.len() > MAX_PREDECESSORS {
+            return Err(WireError::TooManyPredecessors(prev_obj.len()));
+        }
+        let mut prev = Position::new();
+        for (k, val) in prev_obj {
+            if val.as_str() != Some("") {
+                return Err(WireError::NotASet);
+            }
+            let h = k.parse::<Hash>().map_err(|e| WireError::BadHash { field: "header.prevEntryHashes", reason: e.to_string() })?;
+            prev.insert(h);
+        }
+        Ok(Header { payload_hash, prev })
+    }
+}
+
+fn parse_hash(v: Option<&Value>, field: &'static str) -> Result<Hash, WireError> {
+    let s = v.ok_or(WireError::Missing(field))?.as_str().ok_or(WireError::BadHash { field, reason: "not a string".into() })?;
+    s.parse().map_err(|e: crate::hash::ParseHashError| WireError::BadHash { field, reason: e.to_string() })
+}
+
+impl Entry {
+    /// The wire form `{"hash": ..., "header": {...}, "payload": ...}` (metadata is local and
+    /// never sent).
+    pub fn to_wire(&self) -> Value {
+        serde_json::json!({ "hash": self.hash.to_b64(), "header": self.header.to_literal(), "payload": self.payload })
+    }
+
+    /// Reads an entry from its wire form. The hashes are *not* checked here; call
+    /// [`Entry::verify_hashes`] (or insert it into a DAG, which does).
+    pub fn from_wire(v: &Value) -> Result<Entry, WireError> {
+        let obj = v.as_object().ok_or(WireError::NotAnObject("entry"))?;
+        for k in obj.keys() {
+            if k != "hash" && k != "header" && k != "payload" {
+                return Err(WireError::Unexpected { field: k.chars().take(64).collect(), within: "entry" });
+            }
+        }
+        let hash = parse_hash(obj.get("hash"), "hash")?;
+        let header = Header::from_literal(obj.get("header").ok_or(WireError::Missing("header"))?)?;
+        let payload = obj.get("payload").ok_or(WireError::Missing("payload"))?.clone();
+        Ok(Entry { hash, header, payload, meta: Meta::new() })
+    }
+}
+
 /// A stated hash that does not match the content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HashMismatch {
@@ -129,6 +209,30 @@ mod tests {
             e.verify_hashes(alg).unwrap();
         }
         assert!(a.header.canonical().ends_with("\"prevEntryHashes\":{}}"));
+    }
+
+    #[test]
+    fn wire_form_round_trips_and_is_strict() {
+        let alg = HashAlgorithm::Blake3;
+        let a = Entry::new(alg, json!({"n": 1}), Position::new(), Meta::new()).unwrap();
+        let b = Entry::new(alg, json!({"n": 2}), [a.hash].into(), Meta::new()).unwrap();
+        let back = Entry::from_wire(&b.to_wire()).unwrap();
+        assert_eq!(back, b);
+        back.verify_hashes(alg).unwrap();
+
+        let mut w = b.to_wire();
+        w["extra"] = json!(1);
+        assert!(matches!(Entry::from_wire(&w), Err(WireError::Unexpected { .. })));
+        let mut w = b.to_wire();
+        w["header"]["prevEntryHashes"][a.hash.to_b64()] = json!("x");
+        assert_eq!(Entry::from_wire(&w), Err(WireError::NotASet));
+        let mut w = b.to_wire();
+        w["hash"] = json!("short");
+        assert!(matches!(Entry::from_wire(&w), Err(WireError::BadHash { field: "hash", .. })));
+        assert_eq!(Entry::from_wire(&json!([])), Err(WireError::NotAnObject("entry")));
+        let mut w = b.to_wire();
+        w.as_object_mut().unwrap().remove("payload");
+        assert_eq!(Entry::from_wire(&w), Err(WireError::Missing("payload")));
     }
 
     #[test]

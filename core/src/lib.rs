@@ -12,6 +12,8 @@
 
 pub mod dag;
 pub mod entry;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod identity;
 pub mod json;
