@@ -70,7 +70,9 @@ mod tests {
         Spi::run("SELECT causal.hash('1'::jsonb, 'md5')").unwrap();
     }
 
-    #[pg_test(error = "value has no canonical form: the number 100000000000000000000000... (401 characters) at the top level is not finite")]
+    #[pg_test(
+        error = "value has no canonical form: the number 100000000000000000000000... (401 characters) at the top level is not finite"
+    )]
     fn hash_rejects_non_finite_numbers() {
         Spi::run("SELECT causal.hash('1e400'::jsonb)").unwrap();
     }

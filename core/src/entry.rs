@@ -134,7 +134,9 @@ impl Header {
             if val.as_str() != Some("") {
                 return Err(WireError::NotASet);
             }
-            let h = k.parse::<Hash>().map_err(|e| WireError::BadHash { field: "header.prevEntryHashes", reason: e.to_string() })?;
+            let h = k
+                .parse::<Hash>()
+                .map_err(|e| WireError::BadHash { field: "header.prevEntryHashes", reason: e.to_string() })?;
             prev.insert(h);
         }
         Ok(Header { payload_hash, prev })
@@ -142,7 +144,10 @@ impl Header {
 }
 
 fn parse_hash(v: Option<&Value>, field: &'static str) -> Result<Hash, WireError> {
-    let s = v.ok_or(WireError::Missing(field))?.as_str().ok_or(WireError::BadHash { field, reason: "not a string".into() })?;
+    let s = v
+        .ok_or(WireError::Missing(field))?
+        .as_str()
+        .ok_or(WireError::BadHash { field, reason: "not a string".into() })?;
     s.parse().map_err(|e: crate::hash::ParseHashError| WireError::BadHash { field, reason: e.to_string() })
 }
 
@@ -186,10 +191,7 @@ where
     I: IntoIterator<Item = (&'a str, V)>,
     V: IntoIterator<Item = &'a str>,
 {
-    pairs
-        .into_iter()
-        .map(|(k, vs)| (k.to_string(), vs.into_iter().map(str::to_string).collect()))
-        .collect()
+    pairs.into_iter().map(|(k, vs)| (k.to_string(), vs.into_iter().map(str::to_string).collect())).collect()
 }
 
 #[cfg(test)]

@@ -9,12 +9,15 @@ use crate::identity::{PublicKey, Signature};
 use crate::json::{canonical_string, parse};
 
 /// The fuzz targets by name, for the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[("canonical_json", canonical_json), ("entry_wire", entry_wire), ("key_material", key_material)];
+pub const TARGETS: &[(&str, fn(&[u8]))] =
+    &[("canonical_json", canonical_json), ("entry_wire", entry_wire), ("key_material", key_material)];
 
 /// JSON text from outside, canonicalized: either refused, or a canonical text that does not
 /// depend on how the value was spelled (here: respelled by serde_json, escapes and all).
 pub fn canonical_json(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let Ok(value) = parse(text) else { return };
     if let Ok(canonical) = canonical_string(&value) {
         let respelled = serde_json::to_string_pretty(&value).expect("a parsed value serializes");
@@ -30,9 +33,13 @@ pub fn canonical_json(data: &[u8]) {
 /// that holds its predecessors only if they are named nowhere (so mostly refused). Whatever is
 /// accepted must be exactly what was sent.
 pub fn entry_wire(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let Ok(value) = parse(text) else { return };
-    let Ok(entry) = Entry::from_wire(&value) else { return };
+    let Ok(entry) = Entry::from_wire(&value) else {
+        return;
+    };
     for alg in HashAlgorithm::ALL {
         let mut dag = Dag::new(MemStore::new(), alg);
         if let Ok(app) = dag.insert(entry.clone()) {
@@ -48,7 +55,9 @@ pub fn key_material(data: &[u8]) {
     if let Ok(pk) = PublicKey::deserialize(data) {
         assert_eq!(PublicKey::deserialize(&pk.serialize()).ok(), Some(pk));
     }
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(h) = text.parse::<Hash>() {
         assert_eq!(h.to_b64(), text);
     }

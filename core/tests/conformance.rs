@@ -52,7 +52,8 @@ impl Report {
 }
 
 fn strs(v: &Value) -> Vec<String> {
-    let mut out: Vec<String> = v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
+    let mut out: Vec<String> =
+        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
     out.sort();
     out
 }
@@ -94,7 +95,11 @@ fn check_json(vectors: &Value, r: &mut Report) {
                 continue;
             }
         };
-        r.eq(|| format!("json[{i}] canonical of {input:?}"), canonical.as_str(), case["canonical"].as_str().unwrap_or(""));
+        r.eq(
+            || format!("json[{i}] canonical of {input:?}"),
+            canonical.as_str(),
+            case["canonical"].as_str().unwrap_or(""),
+        );
         for (alg, key) in [(HashAlgorithm::Sha256, "sha256"), (HashAlgorithm::Blake3, "blake3")] {
             let ours = alg.digest(canonical.as_bytes()).to_b64();
             r.eq(|| format!("json[{i}] {key} of {input:?}"), ours.as_str(), case[key].as_str().unwrap_or(""));
@@ -112,7 +117,11 @@ fn check_dag(d: &Value, r: &mut Report) {
         let meta = meta_of(&e["meta"]);
         match dag.append(e["payload"].clone(), meta.clone(), prev.clone()) {
             Ok(app) => {
-                r.eq(|| format!("{alg_name} entry {i} hash"), app.hash.to_b64(), e["hash"].as_str().unwrap_or("").to_string());
+                r.eq(
+                    || format!("{alg_name} entry {i} hash"),
+                    app.hash.to_b64(),
+                    e["hash"].as_str().unwrap_or("").to_string(),
+                );
                 naive.add(app.hash, &prev, &meta);
             }
             Err(err) => r.fail(format!("{alg_name} entry {i} refused: {err}")),
@@ -142,7 +151,8 @@ fn check_dag(d: &Value, r: &mut Report) {
                 // with the reference's own flat and topo indexes) on a few fork positions; see
                 // docs/CONFORMANCE.md. Such a value is reported, not matched.
                 r.checked += 1;
-                r.defects.push(format!("{alg_name} forkPositions[{i}].{field}: reference {theirs:?}, definition {ours:?}"));
+                r.defects
+                    .push(format!("{alg_name} forkPositions[{i}].{field}: reference {theirs:?}, definition {ours:?}"));
             } else {
                 r.eq(|| format!("{alg_name} forkPositions[{i}].{field}"), ours, theirs);
             }
@@ -218,4 +228,3 @@ fn checker_detects_tampered_vectors() {
         assert!(noticed, "tampering {path:?} went unnoticed");
     }
 }
-

@@ -7,8 +7,8 @@ use causal_core::dag::naive::NaiveDag;
 use causal_core::entry::{meta, Meta};
 use causal_core::{Dag, Hash, HashAlgorithm, MemStore, MetaFilter, Position};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use proptest::sample::Index;
+use proptest::test_runner::FileFailurePersistence;
 use serde_json::json;
 
 /// How one node is made: indices into the earlier nodes for its predecessors, and a tag.
@@ -114,6 +114,15 @@ fn check_queries(dag: &Dag<MemStore>, built: &Built, positions: &[Position]) -> 
     let naive = &built.naive;
     prop_assert_eq!(dag.frontier().unwrap(), naive.frontier());
     for p in positions {
+        let history = naive.history(p);
+        for (x, _, _) in &built.nodes {
+            prop_assert_eq!(dag.in_history(x, p).unwrap(), history.contains(x));
+            if let Some(y) = p.iter().next() {
+                prop_assert_eq!(dag.precedes(x, y).unwrap(), naive.history(&[*y].into()).contains(x));
+            }
+        }
+    }
+    for p in positions {
         prop_assert_eq!(dag.minimal_cover(p).unwrap(), naive.minimal_cover(p));
     }
     for a in positions {
@@ -122,11 +131,15 @@ fn check_queries(dag: &Dag<MemStore>, built: &Built, positions: &[Position]) -> 
         }
     }
     prop_assert_eq!(dag.meet(positions).unwrap(), naive.meet(positions));
-    let filters =
-        [MetaFilter::tag("tag", "t0"), MetaFilter::tag("tag", "barrier"), MetaFilter::default(), MetaFilter {
+    let filters = [
+        MetaFilter::tag("tag", "t0"),
+        MetaFilter::tag("tag", "barrier"),
+        MetaFilter::default(),
+        MetaFilter {
             keys: vec!["tag".into()],
             values: vec![("tag".into(), "barrier".into()), ("tag".into(), "t1".into())],
-        }];
+        },
+    ];
     for from in positions {
         for f in &filters {
             prop_assert_eq!(dag.cover_with_filter(from, f, None).unwrap(), naive.filtered_cover(from, None, f));

@@ -1,12 +1,18 @@
 //! The extension skeleton in a real cluster, seen from a client.
 
+use causal_integration::postgres::Client;
 use causal_integration::{sqlstate, Cluster};
+
+fn node_with_extension(name: &str) -> (Cluster, Client) {
+    let node = Cluster::start(name, &[]);
+    let mut db = node.connect("postgres");
+    db.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    (node, db)
+}
 
 #[test]
 fn create_extension_makes_a_fixed_causal_schema() {
-    let node = Cluster::start("skeleton", &[]);
-    let mut db = node.connect("postgres");
-    db.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let (_node, mut db) = node_with_extension("skeleton");
 
     let version: String = db.query_one("SELECT causal.version()", &[]).unwrap().get(0);
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
@@ -28,18 +34,23 @@ fn create_extension_makes_a_fixed_causal_schema() {
     assert!(msg.contains("does not support SET SCHEMA"), "{msg}");
 
     db.batch_execute("DROP EXTENSION pg_causal").unwrap();
-    let left: i64 = db.query_one("SELECT count(*) FROM pg_proc WHERE proname = 'hash' AND pronamespace::regnamespace::text = 'causal'", &[]).unwrap().get(0);
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_proc WHERE proname = 'hash' AND pronamespace::regnamespace::text = 'causal'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(left, 0);
 }
 
 #[test]
 fn hash_errors_reach_the_client_with_sqlstate_and_hint() {
-    let node = Cluster::start("skeleton-errors", &[]);
-    let mut db = node.connect("postgres");
-    db.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let (_node, mut db) = node_with_extension("skeleton-errors");
 
     let h: String = db.query_one("SELECT causal.hash('{\"op\":\"hello\"}'::jsonb, 'sha-256')", &[]).unwrap().get(0);
-    let again: String = db.query_one("SELECT causal.hash('{ \"op\" : \"hello\" }'::jsonb, 'sha-256')", &[]).unwrap().get(0);
+    let again: String =
+        db.query_one("SELECT causal.hash('{ \"op\" : \"hello\" }'::jsonb, 'sha-256')", &[]).unwrap().get(0);
     assert_eq!(h, again);
     assert_eq!(h.len(), 44);
 

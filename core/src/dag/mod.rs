@@ -179,7 +179,8 @@ impl<S: DagStore> Dag<S> {
                 break;
             }
         }
-        let seq = self.store.chain_len(chain)?.checked_add(1).ok_or_else(|| StoreError::Full("chain too long".into()))?;
+        let seq =
+            self.store.chain_len(chain)?.checked_add(1).ok_or_else(|| StoreError::Full("chain too long".into()))?;
         clock.set(chain, seq);
         let hash = entry.hash;
         self.store.insert(Node { hash, chain, seq, preds, clock }, entry)?;

@@ -79,7 +79,9 @@ impl NaiveDag {
 
     pub fn meet(&self, positions: &[Position]) -> Position {
         let mut iter = positions.iter().map(|p| self.history(p));
-        let Some(mut acc) = iter.next() else { return Position::new() };
+        let Some(mut acc) = iter.next() else {
+            return Position::new();
+        };
         for h in iter {
             acc.retain(|x| h.contains(x));
         }
@@ -89,7 +91,8 @@ impl NaiveDag {
     /// Maximal matching entries of `H(from)`, optionally only those concurrent to every
     /// member of `concurrent_to`.
     pub fn filtered_cover(&self, from: &Position, concurrent_to: Option<&Position>, filter: &MetaFilter) -> Position {
-        let mut taken: HashSet<Hash> = self.history(from).into_iter().filter(|h| filter.matches(&self.meta[h])).collect();
+        let mut taken: HashSet<Hash> =
+            self.history(from).into_iter().filter(|h| filter.matches(&self.meta[h])).collect();
         if let Some(others) = concurrent_to {
             for o in others {
                 let before = self.history(&[*o].into());

@@ -25,14 +25,10 @@ impl<S: DagStore> Dag<S> {
         ids.sort_unstable();
         ids.dedup();
         let mut keep = Vec::with_capacity(ids.len());
-        'outer: for &x in &ids {
-            let nx = self.store.node(x)?;
-            for &y in &ids {
-                if y != x && self.store.node(y)?.clock.covers(nx.chain, nx.seq) {
-                    continue 'outer;
-                }
+        for &x in &ids {
+            if !self.is_dominated(x, &ids)? {
+                keep.push(x);
             }
-            keep.push(x);
         }
         Ok(keep)
     }
@@ -40,14 +36,22 @@ impl<S: DagStore> Dag<S> {
     /// The first member of `ids` that is in the history of another member, if any.
     pub(super) fn first_dominated(&self, ids: &[NodeId]) -> Result<Option<NodeId>, DagError> {
         for &x in ids {
-            let nx = self.store.node(x)?;
-            for &y in ids {
-                if y != x && self.store.node(y)?.clock.covers(nx.chain, nx.seq) {
-                    return Ok(Some(x));
-                }
+            if self.is_dominated(x, ids)? {
+                return Ok(Some(x));
             }
         }
         Ok(None)
+    }
+
+    /// Whether `x` is in the history of a member of `ids` other than itself.
+    fn is_dominated(&self, x: NodeId, ids: &[NodeId]) -> Result<bool, DagError> {
+        let nx = self.store.node(x)?;
+        for &y in ids {
+            if y != x && self.store.node(y)?.clock.covers(nx.chain, nx.seq) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The maximal nodes of the history whose clock is `clock`: one head per chain, reduced.
@@ -66,7 +70,9 @@ impl<S: DagStore> Dag<S> {
     /// histories. The meet of no positions is empty.
     pub fn meet(&self, positions: &[Position]) -> Result<Position, DagError> {
         let mut clocks = positions.iter().map(|p| self.position_clock(&self.resolve(p)?));
-        let Some(first) = clocks.next() else { return Ok(Position::new()) };
+        let Some(first) = clocks.next() else {
+            return Ok(Position::new());
+        };
         let mut acc = first?;
         for clock in clocks {
             acc = acc.meet(&clock?);
@@ -266,7 +272,12 @@ impl<S: DagStore> Dag<S> {
         Ok(None)
     }
 
-    fn accepts(&self, id: NodeId, filter: &MetaFilter, predicate: &mut Option<EntryPredicate<'_>>) -> Result<bool, DagError> {
+    fn accepts(
+        &self,
+        id: NodeId,
+        filter: &MetaFilter,
+        predicate: &mut Option<EntryPredicate<'_>>,
+    ) -> Result<bool, DagError> {
         let entry = self.store.entry(id)?;
         Ok(filter.matches(&entry.meta) && predicate.as_mut().is_none_or(|p| p(&entry.hash, &entry)))
     }
