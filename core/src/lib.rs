@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod identity;
 pub mod json;
+pub mod rules;
 
 pub use dag::{Appended, Dag, DagError, DagStore, ForkPosition, MemStore, MetaFilter};
 pub use entry::{Entry, Header, Meta, Position};
