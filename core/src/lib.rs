@@ -18,6 +18,7 @@ pub mod hash;
 pub mod identity;
 pub mod json;
 pub mod rules;
+pub mod schema;
 
 pub use dag::{Appended, Dag, DagError, DagStore, ForkPosition, MemStore, MetaFilter};
 pub use entry::{Entry, Header, Meta, Position};

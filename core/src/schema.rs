@@ -1,0 +1,412 @@
+//! Replicated table schemas and the canonical encoding of column values.
+//!
+//! A schema is derived from a Postgres table by the extension and recorded in the group's DAG.
+//! Values travel as JSON literals. Canonical JSON has no `null`, so a NULL is an absent key
+//! (rows) or a name in an `unset` list (updates). Every value is encoded losslessly:
+//!
+//! | Postgres type | Encoding |
+//! |---|---|
+//! | text, varchar(n), uuid, date | JSON string (uuid lower case; date `YYYY-MM-DD`) |
+//! | smallint, integer | JSON number |
+//! | bigint, numeric(p,s) | canonical decimal string (`-12.50` → `"-12.50"` keeps the scale) |
+//! | double precision, real | JSON number; `"NaN"`, `"Infinity"`, `"-Infinity"` as strings |
+//! | boolean | JSON boolean |
+//! | timestamp, timestamptz | ISO-8601 with microseconds; timestamptz in UTC with `Z` |
+//! | bytea | standard Base64 string |
+//! | jsonb | the jsonb's text, as a JSON string |
+
+use serde_json::{json, Map, Value};
+
+/// A supported column type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColumnType {
+    Text,
+    Varchar(Option<u32>),
+    Int2,
+    Int4,
+    Int8,
+    Numeric { precision: Option<u32>, scale: Option<u32> },
+    Float8,
+    Float4,
+    Bool,
+    Date,
+    Timestamp,
+    Timestamptz,
+    Uuid,
+    Bytea,
+    Jsonb,
+}
+
+/// The names users write, for error messages.
+pub const SUPPORTED_TYPES: &str = "text, varchar(n), smallint, integer, bigint, numeric(p,s), double precision, real, boolean, date, timestamp, timestamptz, uuid, bytea, jsonb";
+
+impl ColumnType {
+    /// The SQL spelling, as `format_type` writes it.
+    pub fn sql_name(&self) -> String {
+        match self {
+            ColumnType::Text => "text".into(),
+            ColumnType::Varchar(None) => "character varying".into(),
+            ColumnType::Varchar(Some(n)) => format!("character varying({n})"),
+            ColumnType::Int2 => "smallint".into(),
+            ColumnType::Int4 => "integer".into(),
+            ColumnType::Int8 => "bigint".into(),
+            ColumnType::Numeric { precision: Some(p), scale } => format!("numeric({p},{})", scale.unwrap_or(0)),
+            ColumnType::Numeric { .. } => "numeric".into(),
+            ColumnType::Float8 => "double precision".into(),
+            ColumnType::Float4 => "real".into(),
+            ColumnType::Bool => "boolean".into(),
+            ColumnType::Date => "date".into(),
+            ColumnType::Timestamp => "timestamp without time zone".into(),
+            ColumnType::Timestamptz => "timestamp with time zone".into(),
+            ColumnType::Uuid => "uuid".into(),
+            ColumnType::Bytea => "bytea".into(),
+            ColumnType::Jsonb => "jsonb".into(),
+        }
+    }
+
+    /// Reads `format_type(atttypid, atttypmod)` output; `None` for an unsupported type.
+    pub fn from_sql_name(name: &str) -> Option<ColumnType> {
+        let (base, args) = match name.find('(') {
+            Some(i) if name.ends_with(')') => (&name[..i], Some(&name[i + 1..name.len() - 1])),
+            _ => (name, None),
+        };
+        let nums: Vec<u32> = args.map(|a| a.split(',').filter_map(|x| x.trim().parse().ok()).collect()).unwrap_or_default();
+        Some(match (base.trim(), nums.as_slice()) {
+            ("text", []) => ColumnType::Text,
+            ("character varying", []) => ColumnType::Varchar(None),
+            ("character varying", [n]) => ColumnType::Varchar(Some(*n)),
+            ("smallint", []) => ColumnType::Int2,
+            ("integer", []) => ColumnType::Int4,
+            ("bigint", []) => ColumnType::Int8,
+            ("numeric", []) => ColumnType::Numeric { precision: None, scale: None },
+            ("numeric", [p]) => ColumnType::Numeric { precision: Some(*p), scale: Some(0) },
+            ("numeric", [p, s]) => ColumnType::Numeric { precision: Some(*p), scale: Some(*s) },
+            ("double precision", []) => ColumnType::Float8,
+            ("real", []) => ColumnType::Float4,
+            ("boolean", []) => ColumnType::Bool,
+            ("date", []) => ColumnType::Date,
+            ("timestamp without time zone", []) => ColumnType::Timestamp,
+            ("timestamp with time zone", []) => ColumnType::Timestamptz,
+            ("uuid", []) => ColumnType::Uuid,
+            ("bytea", []) => ColumnType::Bytea,
+            ("jsonb", []) => ColumnType::Jsonb,
+            _ => return None,
+        })
+    }
+}
+
+/// A column of a replicated table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    pub not_null: bool,
+    /// The default as SQL text (`pg_get_expr` of the default), if any.
+    pub default: Option<String>,
+}
+
+/// A UNIQUE constraint (the primary key is kept apart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unique {
+    pub name: String,
+    pub columns: Vec<String>,
+}
+
+/// A CHECK constraint; its expression is kept as SQL text and re-evaluated on merged rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub expression: String,
+}
+
+/// A FOREIGN KEY to another table of the same group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignKey {
+    pub name: String,
+    pub columns: Vec<String>,
+    pub references: String,
+    pub referenced_columns: Vec<String>,
+}
+
+/// The replicated schema of one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableSchema {
+    pub table: String,
+    pub columns: Vec<Column>,
+    pub primary_key: Vec<String>,
+    pub uniques: Vec<Unique>,
+    pub checks: Vec<Check>,
+    pub foreign_keys: Vec<ForeignKey>,
+}
+
+/// Why a schema, a row or a value does not fit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    #[error("{0} is missing or malformed in the schema")]
+    Malformed(String),
+    #[error("column {column:?} of {table}: {reason}")]
+    BadValue { table: String, column: String, reason: String },
+    #[error("{table} has no column {column:?}")]
+    UnknownColumn { table: String, column: String },
+    #[error("column {column:?} of {table} may not be NULL")]
+    NotNull { table: String, column: String },
+}
+
+impl TableSchema {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn column_names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The schema as a JSON literal (what the schema entry records).
+    pub fn to_value(&self) -> Value {
+        let columns: Vec<Value> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let mut m = Map::new();
+                m.insert("name".into(), json!(c.name));
+                m.insert("type".into(), json!(c.ty.sql_name()));
+                m.insert("notNull".into(), json!(c.not_null));
+                if let Some(d) = &c.default {
+                    m.insert("default".into(), json!(d));
+                }
+                Value::Object(m)
+            })
+            .collect();
+        json!({
+            "table": self.table,
+            "columns": columns,
+            "primaryKey": self.primary_key,
+            "unique": self.uniques.iter().map(|u| json!({"name": u.name, "columns": u.columns})).collect::<Vec<_>>(),
+            "check": self.checks.iter().map(|c| json!({"name": c.name, "expression": c.expression})).collect::<Vec<_>>(),
+            "foreignKeys": self.foreign_keys.iter().map(|f| json!({
+                "name": f.name, "columns": f.columns, "references": f.references, "referencedColumns": f.referenced_columns
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Reads a schema recorded by [`TableSchema::to_value`], strictly.
+    pub fn from_value(v: &Value) -> Result<TableSchema, SchemaError> {
+        let m = |what: &str| SchemaError::Malformed(what.to_string());
+        let s = |v: &Value, what: &str| v.as_str().map(str::to_string).ok_or_else(|| m(what));
+        let strs = |v: &Value, what: &str| -> Result<Vec<String>, SchemaError> {
+            v.as_array().ok_or_else(|| m(what))?.iter().map(|x| s(x, what)).collect()
+        };
+        let arr = |key: &str| v.get(key).and_then(Value::as_array).ok_or_else(|| m(key));
+        let mut columns = Vec::new();
+        for c in arr("columns")? {
+            let type_name = s(&c["type"], "columns[].type")?;
+            columns.push(Column {
+                name: s(&c["name"], "columns[].name")?,
+                ty: ColumnType::from_sql_name(&type_name).ok_or_else(|| m(&format!("column type {type_name:?}")))?,
+                not_null: c["notNull"].as_bool().ok_or_else(|| m("columns[].notNull"))?,
+                default: c.get("default").map(|d| s(d, "columns[].default")).transpose()?,
+            });
+        }
+        let schema = TableSchema {
+            table: s(&v["table"], "table")?,
+            columns,
+            primary_key: strs(&v["primaryKey"], "primaryKey")?,
+            uniques: arr("unique")?
+                .iter()
+                .map(|u| Ok(Unique { name: s(&u["name"], "unique[].name")?, columns: strs(&u["columns"], "unique[].columns")? }))
+                .collect::<Result<_, SchemaError>>()?,
+            checks: arr("check")?
+                .iter()
+                .map(|c| Ok(Check { name: s(&c["name"], "check[].name")?, expression: s(&c["expression"], "check[].expression")? }))
+                .collect::<Result<_, SchemaError>>()?,
+            foreign_keys: arr("foreignKeys")?
+                .iter()
+                .map(|f| {
+                    Ok(ForeignKey {
+                        name: s(&f["name"], "foreignKeys[].name")?,
+                        columns: strs(&f["columns"], "foreignKeys[].columns")?,
+                        references: s(&f["references"], "foreignKeys[].references")?,
+                        referenced_columns: strs(&f["referencedColumns"], "foreignKeys[].referencedColumns")?,
+                    })
+                })
+                .collect::<Result<_, SchemaError>>()?,
+        };
+        if schema.primary_key.is_empty() || schema.primary_key.iter().any(|k| schema.column(k).is_none()) {
+            return Err(m("primaryKey"));
+        }
+        Ok(schema)
+    }
+
+    /// Checks the encoded values of a row (an object of non-NULL columns) against the schema:
+    /// every column exists, every value has its type's encoding, NOT NULL columns are present.
+    pub fn check_row(&self, row: &Map<String, Value>, complete: bool) -> Result<(), SchemaError> {
+        for (name, value) in row {
+            let col = self
+                .column(name)
+                .ok_or_else(|| SchemaError::UnknownColumn { table: self.table.clone(), column: name.clone() })?;
+            check_value(&col.ty, value).map_err(|reason| SchemaError::BadValue {
+                table: self.table.clone(),
+                column: name.clone(),
+                reason,
+            })?;
+        }
+        if complete {
+            for c in self.columns.iter().filter(|c| c.not_null) {
+                if !row.contains_key(&c.name) {
+                    return Err(SchemaError::NotNull { table: self.table.clone(), column: c.name.clone() });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_canonical_decimal(s: &str, integer_only: bool) -> bool {
+    let body = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match body.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (body, None),
+    };
+    let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+    digits(int)
+        && (int == "0" || !int.starts_with('0'))
+        && match frac {
+            None => true,
+            Some(f) => !integer_only && digits(f),
+        }
+        && s != "-0"
+}
+
+/// Checks one encoded value against a column type; the error says what is wrong.
+pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
+    let want = |what: &str| Err(format!("expected {what}, got {}", short(v)));
+    match ty {
+        ColumnType::Text | ColumnType::Jsonb => v.as_str().map(|_| ()).ok_or(()).or_else(|_| want("a string")),
+        ColumnType::Varchar(limit) => match v.as_str() {
+            Some(s) if limit.is_none_or(|n| s.chars().count() <= n as usize) => Ok(()),
+            Some(_) => Err(format!("longer than {} characters", limit.unwrap_or(0))),
+            None => want("a string"),
+        },
+        ColumnType::Int2 | ColumnType::Int4 => {
+            let range = if *ty == ColumnType::Int2 { i16::MIN as i64..=i16::MAX as i64 } else { i32::MIN as i64..=i32::MAX as i64 };
+            match v.as_i64() {
+                Some(n) if range.contains(&n) => Ok(()),
+                _ => want(&format!("an integer in {}..={}", range.start(), range.end())),
+            }
+        }
+        ColumnType::Int8 => match v.as_str() {
+            Some(s) if is_canonical_decimal(s, true) && s.parse::<i64>().is_ok() => Ok(()),
+            _ => want("a bigint as a canonical decimal string"),
+        },
+        ColumnType::Numeric { .. } => match v.as_str() {
+            Some("NaN") => Ok(()),
+            Some(s) if is_canonical_decimal(s, false) || s == "-0" => Ok(()),
+            _ => want("a numeric as a decimal string"),
+        },
+        ColumnType::Float8 | ColumnType::Float4 => match v {
+            Value::Number(n) if n.as_f64().is_some_and(f64::is_finite) => Ok(()),
+            Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => Ok(()),
+            _ => want("a number, \"NaN\", \"Infinity\" or \"-Infinity\""),
+        },
+        ColumnType::Bool => v.as_bool().map(|_| ()).ok_or(()).or_else(|_| want("a boolean")),
+        ColumnType::Date => match v.as_str() {
+            Some(s) if s.len() >= 10 && s.as_bytes()[4] == b'-' => Ok(()),
+            _ => want("a date YYYY-MM-DD"),
+        },
+        ColumnType::Timestamp | ColumnType::Timestamptz => match v.as_str() {
+            Some(s) if s.contains('T') && (*ty == ColumnType::Timestamp) != s.ends_with('Z') => Ok(()),
+            _ => want(if *ty == ColumnType::Timestamp { "an ISO-8601 timestamp" } else { "an ISO-8601 UTC timestamp ending in Z" }),
+        },
+        ColumnType::Uuid => match v.as_str() {
+            Some(s) if s.len() == 36 && s.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(()),
+            _ => want("a lower-case uuid"),
+        },
+        ColumnType::Bytea => match v.as_str() {
+            Some(s) if base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).is_ok() => Ok(()),
+            _ => want("Base64"),
+        },
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 40 {
+        format!("{}...", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn products() -> TableSchema {
+        TableSchema {
+            table: "products".into(),
+            columns: vec![
+                Column { name: "sku".into(), ty: ColumnType::Text, not_null: true, default: None },
+                Column { name: "name".into(), ty: ColumnType::Text, not_null: true, default: None },
+                Column {
+                    name: "price".into(),
+                    ty: ColumnType::Numeric { precision: Some(10), scale: Some(2) },
+                    not_null: false,
+                    default: Some("0".into()),
+                },
+            ],
+            primary_key: vec!["sku".into()],
+            uniques: vec![],
+            checks: vec![Check { name: "products_price_check".into(), expression: "(price >= (0)::numeric)".into() }],
+            foreign_keys: vec![],
+        }
+    }
+
+    #[test]
+    fn schema_round_trips() {
+        let s = products();
+        assert_eq!(TableSchema::from_value(&s.to_value()).unwrap(), s);
+        let mut v = s.to_value();
+        v["primaryKey"] = json!(["nope"]);
+        assert!(TableSchema::from_value(&v).is_err());
+    }
+
+    #[test]
+    fn type_names_round_trip() {
+        for t in [
+            ColumnType::Text,
+            ColumnType::Varchar(Some(20)),
+            ColumnType::Numeric { precision: Some(10), scale: Some(2) },
+            ColumnType::Numeric { precision: None, scale: None },
+            ColumnType::Timestamptz,
+            ColumnType::Float4,
+        ] {
+            assert_eq!(ColumnType::from_sql_name(&t.sql_name()), Some(t));
+        }
+        assert_eq!(ColumnType::from_sql_name("point"), None);
+        assert_eq!(ColumnType::from_sql_name("integer[]"), None);
+    }
+
+    #[test]
+    fn rows_are_checked() {
+        let s = products();
+        let row = |v: Value| v.as_object().cloned().unwrap();
+        s.check_row(&row(json!({"sku": "A", "name": "Widget", "price": "9.99"})), true).unwrap();
+        assert!(matches!(s.check_row(&row(json!({"sku": "A"})), true), Err(SchemaError::NotNull { .. })));
+        assert!(matches!(s.check_row(&row(json!({"sku": "A", "name": "W", "price": 9.99})), true), Err(SchemaError::BadValue { .. })));
+        assert!(matches!(s.check_row(&row(json!({"sku": "A", "name": "W", "x": "1"})), true), Err(SchemaError::UnknownColumn { .. })));
+        s.check_row(&row(json!({"price": "-0.50"})), false).unwrap();
+    }
+
+    #[test]
+    fn value_encodings() {
+        assert!(check_value(&ColumnType::Int8, &json!("9223372036854775807")).is_ok());
+        assert!(check_value(&ColumnType::Int8, &json!("9223372036854775808")).is_err());
+        assert!(check_value(&ColumnType::Int8, &json!("007")).is_err());
+        assert!(check_value(&ColumnType::Int4, &json!(2147483648i64)).is_err());
+        assert!(check_value(&ColumnType::Float8, &json!("NaN")).is_ok());
+        assert!(check_value(&ColumnType::Timestamptz, &json!("2024-01-01T00:00:00.000000Z")).is_ok());
+        assert!(check_value(&ColumnType::Timestamp, &json!("2024-01-01T00:00:00.000000Z")).is_err());
+        assert!(check_value(&ColumnType::Uuid, &json!("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11")).is_err());
+        assert!(check_value(&ColumnType::Varchar(Some(2)), &json!("abc")).is_err());
+    }
+}
