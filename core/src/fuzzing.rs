@@ -7,10 +7,15 @@ use crate::entry::Entry;
 use crate::hash::{Hash, HashAlgorithm};
 use crate::identity::{PublicKey, Signature};
 use crate::json::{canonical_string, parse};
+use crate::payload::SignedPayload;
 
 /// The fuzz targets by name, for the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] =
-    &[("canonical_json", canonical_json), ("entry_wire", entry_wire), ("key_material", key_material)];
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("canonical_json", canonical_json),
+    ("entry_wire", entry_wire),
+    ("key_material", key_material),
+    ("group_payload", group_payload),
+];
 
 /// JSON text from outside, canonicalized: either refused, or a canonical text that does not
 /// depend on how the value was spelled (here: respelled by serde_json, escapes and all).
@@ -66,5 +71,15 @@ pub fn key_material(data: &[u8]) {
     }
     if let Ok(sig) = Signature::from_b64(text) {
         assert_eq!(Signature::from_b64(&sig.to_b64()).ok(), Some(sig));
+    }
+}
+
+/// A group payload from a peer: decoded strictly; whatever decodes must encode back to a
+/// payload that decodes to the same thing.
+pub fn group_payload(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(value) = parse(text) else { return };
+    if let Ok(p) = SignedPayload::from_value(&value) {
+        assert_eq!(SignedPayload::from_value(&p.to_value()).ok(), Some(p));
     }
 }

@@ -215,7 +215,12 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, RuleError> {
                 i += 1;
                 loop {
                     match chars.get(i) {
-                        None => return Err(syntax(pos, format!("unterminated {}", if quote == '\'' { "string" } else { "quoted name" }))),
+                        None => {
+                            return Err(syntax(
+                                pos,
+                                format!("unterminated {}", if quote == '\'' { "string" } else { "quoted name" }),
+                            ))
+                        }
                         Some(&q) if q == quote => {
                             if chars.get(i + 1) == Some(&quote) {
                                 s.push(quote);
@@ -487,7 +492,11 @@ mod tests {
             Rule::Exists {
                 table: "caps".into(),
                 condition: Box::new(Rule::And(vec![
-                    Rule::Compare { left: Operand::Scanned("label".into()), op: CmpOp::Eq, right: Operand::Text("writer".into()) },
+                    Rule::Compare {
+                        left: Operand::Scanned("label".into()),
+                        op: CmpOp::Eq,
+                        right: Operand::Text("writer".into())
+                    },
                     Rule::Compare { left: Operand::Scanned("grantee".into()), op: CmpOp::Eq, right: Operand::Author },
                 ])),
             }
@@ -500,16 +509,14 @@ mod tests {
         assert!(matches!(r, Rule::Or(ref v) if v.len() == 2 && matches!(v[1], Rule::And(_))));
         let r = ok("(TRUE OR new.owner = $author) AND new.title <> 'x'");
         assert!(matches!(r, Rule::And(ref v) if matches!(v[0], Rule::Or(_))));
-        assert_eq!(ok("new.\"id\" >= -1.5"), Rule::Compare {
-            left: Operand::New("id".into()),
-            op: CmpOp::Ge,
-            right: Operand::Number("-1.5".into())
-        });
-        assert_eq!(ok("new.title = 'it''s'"), Rule::Compare {
-            left: Operand::New("title".into()),
-            op: CmpOp::Eq,
-            right: Operand::Text("it's".into())
-        });
+        assert_eq!(
+            ok("new.\"id\" >= -1.5"),
+            Rule::Compare { left: Operand::New("id".into()), op: CmpOp::Ge, right: Operand::Number("-1.5".into()) }
+        );
+        assert_eq!(
+            ok("new.title = 'it''s'"),
+            Rule::Compare { left: Operand::New("title".into()), op: CmpOp::Eq, right: Operand::Text("it's".into()) }
+        );
     }
 
     #[test]

@@ -70,7 +70,8 @@ impl ColumnType {
             Some(i) if name.ends_with(')') => (&name[..i], Some(&name[i + 1..name.len() - 1])),
             _ => (name, None),
         };
-        let nums: Vec<u32> = args.map(|a| a.split(',').filter_map(|x| x.trim().parse().ok()).collect()).unwrap_or_default();
+        let nums: Vec<u32> =
+            args.map(|a| a.split(',').filter_map(|x| x.trim().parse().ok()).collect()).unwrap_or_default();
         Some(match (base.trim(), nums.as_slice()) {
             ("text", []) => ColumnType::Text,
             ("character varying", []) => ColumnType::Varchar(None),
@@ -213,11 +214,21 @@ impl TableSchema {
             primary_key: strs(&v["primaryKey"], "primaryKey")?,
             uniques: arr("unique")?
                 .iter()
-                .map(|u| Ok(Unique { name: s(&u["name"], "unique[].name")?, columns: strs(&u["columns"], "unique[].columns")? }))
+                .map(|u| {
+                    Ok(Unique {
+                        name: s(&u["name"], "unique[].name")?,
+                        columns: strs(&u["columns"], "unique[].columns")?,
+                    })
+                })
                 .collect::<Result<_, SchemaError>>()?,
             checks: arr("check")?
                 .iter()
-                .map(|c| Ok(Check { name: s(&c["name"], "check[].name")?, expression: s(&c["expression"], "check[].expression")? }))
+                .map(|c| {
+                    Ok(Check {
+                        name: s(&c["name"], "check[].name")?,
+                        expression: s(&c["expression"], "check[].expression")?,
+                    })
+                })
                 .collect::<Result<_, SchemaError>>()?,
             foreign_keys: arr("foreignKeys")?
                 .iter()
@@ -288,7 +299,11 @@ pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
             None => want("a string"),
         },
         ColumnType::Int2 | ColumnType::Int4 => {
-            let range = if *ty == ColumnType::Int2 { i16::MIN as i64..=i16::MAX as i64 } else { i32::MIN as i64..=i32::MAX as i64 };
+            let range = if *ty == ColumnType::Int2 {
+                i16::MIN as i64..=i16::MAX as i64
+            } else {
+                i32::MIN as i64..=i32::MAX as i64
+            };
             match v.as_i64() {
                 Some(n) if range.contains(&n) => Ok(()),
                 _ => want(&format!("an integer in {}..={}", range.start(), range.end())),
@@ -315,10 +330,19 @@ pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
         },
         ColumnType::Timestamp | ColumnType::Timestamptz => match v.as_str() {
             Some(s) if s.contains('T') && (*ty == ColumnType::Timestamp) != s.ends_with('Z') => Ok(()),
-            _ => want(if *ty == ColumnType::Timestamp { "an ISO-8601 timestamp" } else { "an ISO-8601 UTC timestamp ending in Z" }),
+            _ => want(if *ty == ColumnType::Timestamp {
+                "an ISO-8601 timestamp"
+            } else {
+                "an ISO-8601 UTC timestamp ending in Z"
+            }),
         },
         ColumnType::Uuid => match v.as_str() {
-            Some(s) if s.len() == 36 && s.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(()),
+            Some(s)
+                if s.len() == 36
+                    && s.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
+                Ok(())
+            }
             _ => want("a lower-case uuid"),
         },
         ColumnType::Bytea => match v.as_str() {
@@ -392,8 +416,14 @@ mod tests {
         let row = |v: Value| v.as_object().cloned().unwrap();
         s.check_row(&row(json!({"sku": "A", "name": "Widget", "price": "9.99"})), true).unwrap();
         assert!(matches!(s.check_row(&row(json!({"sku": "A"})), true), Err(SchemaError::NotNull { .. })));
-        assert!(matches!(s.check_row(&row(json!({"sku": "A", "name": "W", "price": 9.99})), true), Err(SchemaError::BadValue { .. })));
-        assert!(matches!(s.check_row(&row(json!({"sku": "A", "name": "W", "x": "1"})), true), Err(SchemaError::UnknownColumn { .. })));
+        assert!(matches!(
+            s.check_row(&row(json!({"sku": "A", "name": "W", "price": 9.99})), true),
+            Err(SchemaError::BadValue { .. })
+        ));
+        assert!(matches!(
+            s.check_row(&row(json!({"sku": "A", "name": "W", "x": "1"})), true),
+            Err(SchemaError::UnknownColumn { .. })
+        ));
         s.check_row(&row(json!({"price": "-0.50"})), false).unwrap();
     }
 

@@ -1,0 +1,370 @@
+//! The payloads of a group's DAG entries, and how they are signed.
+//!
+//! Every entry is one atomic unit (a transaction, a membership change, a schema change). Its
+//! payload is a signed envelope:
+//!
+//! ```json
+//! {"author": "<key id>", "ops": [ ... ], "signature": "<base64>"}
+//! ```
+//!
+//! The genesis entry also carries the group's parameters and the creator's public key:
+//!
+//! ```json
+//! {"action": "create", "type": "causal/group", "name": "shop", "hashAlgorithm": "blake3",
+//!  "seed": "<random>", "admin": {"keyId": "...", "publicKey": "..."},
+//!  "author": "<key id>", "ops": [], "signature": "..."}
+//! ```
+//!
+//! **What is signed.** The signature covers the group id, the author, the operations *and the
+//! entry's predecessor set*:
+//!
+//! ```text
+//! "pg_causal/entry-signature/v1\n" + canonical({"group", "author", "ops", "prevEntryHashes", ["genesis"]})
+//! ```
+//!
+//! So a signed operation cannot be replayed at another position or in another group: moving it
+//! changes `prevEntryHashes` (or `group`) and breaks the signature. (The hhs3 authorship helper
+//! signs the payload alone, which allows exactly that replay.) The genesis has no group id yet
+//! (it *is* the id), so it signs `group: ""` and its own parameters.
+
+use serde_json::{json, Map, Value};
+
+use crate::entry::Position;
+use crate::hash::Hash;
+use crate::identity::{IdentityError, KeyId, Keypair, PublicKey, Signature};
+use crate::json::{canonical_string, JsonError};
+
+/// Domain separation for entry signatures.
+pub const SIGNATURE_CONTEXT: &str = "pg_causal/entry-signature/v1\n";
+/// The `type` of a group's genesis payload.
+pub const GROUP_TYPE: &str = "causal/group";
+
+/// One operation inside an entry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Adds a member (or changes its admin flag).
+    AddMember { public_key: PublicKey, name: Option<String>, admin: bool },
+    /// Removes a member.
+    RemoveMember { key_id: KeyId },
+    /// Records the replicated schema of a table (a barrier operation).
+    Schema { table: String, schema: Value },
+    /// Records a rule for an operation on a table (a barrier operation).
+    Rule { table: String, operation: String, rule: String },
+    /// Stops replicating a table (a barrier operation).
+    Unreplicate { table: String },
+    /// Inserts a row (non-NULL columns only).
+    Insert { table: String, row: Map<String, Value> },
+    /// Updates the columns in `set` (and sets those in `unset` to NULL) of the row with `key`.
+    Update { table: String, key: Map<String, Value>, set: Map<String, Value>, unset: Vec<String> },
+    /// Deletes the row with `key` (a barrier operation).
+    Delete { table: String, key: Map<String, Value> },
+}
+
+/// The group parameters a genesis payload records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Genesis {
+    pub name: String,
+    pub hash_algorithm: String,
+    pub seed: String,
+    pub admin: PublicKey,
+}
+
+/// A decoded, signature-bearing payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignedPayload {
+    pub genesis: Option<Genesis>,
+    pub author: KeyId,
+    pub ops: Vec<Op>,
+    pub signature: Signature,
+}
+
+/// Why a payload is not a valid group payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload field {0} is missing or malformed")]
+    Malformed(String),
+    #[error("unknown operation {0:?}")]
+    UnknownOp(String),
+    #[error("bad key material in {field}: {source}")]
+    Key { field: &'static str, source: IdentityError },
+    #[error("the payload has no canonical form: {0}")]
+    Json(#[from] JsonError),
+    #[error("the signature does not verify for author {author} at this position")]
+    BadSignature { author: KeyId },
+    #[error("the genesis author {author} is not the admin it names ({admin})")]
+    GenesisAuthor { author: KeyId, admin: KeyId },
+}
+
+fn malformed(what: &str) -> PayloadError {
+    PayloadError::Malformed(what.to_string())
+}
+
+fn str_field<'a>(m: &'a Map<String, Value>, key: &str) -> Result<&'a str, PayloadError> {
+    m.get(key).and_then(Value::as_str).ok_or_else(|| malformed(key))
+}
+
+fn obj_field<'a>(m: &'a Map<String, Value>, key: &str) -> Result<&'a Map<String, Value>, PayloadError> {
+    m.get(key).and_then(Value::as_object).ok_or_else(|| malformed(key))
+}
+
+impl Op {
+    pub fn to_value(&self) -> Value {
+        match self {
+            Op::AddMember { public_key, name, admin } => {
+                let mut m = json!({"op": "add-member", "publicKey": public_key.to_b64(), "keyId": public_key.key_id().to_b64(), "admin": admin});
+                if let Some(n) = name {
+                    m["name"] = json!(n);
+                }
+                m
+            }
+            Op::RemoveMember { key_id } => json!({"op": "remove-member", "keyId": key_id.to_b64()}),
+            Op::Schema { table, schema } => json!({"op": "schema", "table": table, "schema": schema}),
+            Op::Rule { table, operation, rule } => {
+                json!({"op": "rule", "table": table, "operation": operation, "rule": rule})
+            }
+            Op::Unreplicate { table } => json!({"op": "unreplicate", "table": table}),
+            Op::Insert { table, row } => json!({"op": "insert", "table": table, "row": row}),
+            Op::Update { table, key, set, unset } => {
+                json!({"op": "update", "table": table, "key": key, "set": set, "unset": unset})
+            }
+            Op::Delete { table, key } => json!({"op": "delete", "table": table, "key": key}),
+        }
+    }
+
+    pub fn from_value(v: &Value) -> Result<Op, PayloadError> {
+        let m = v.as_object().ok_or_else(|| malformed("ops[]"))?;
+        let table = || str_field(m, "table").map(str::to_string);
+        Ok(match str_field(m, "op")? {
+            "add-member" => {
+                let public_key = PublicKey::from_b64(str_field(m, "publicKey")?)
+                    .map_err(|source| PayloadError::Key { field: "publicKey", source })?;
+                if str_field(m, "keyId")? != public_key.key_id().to_b64() {
+                    return Err(malformed("keyId (does not match publicKey)"));
+                }
+                let name = match m.get("name") {
+                    None => None,
+                    Some(n) => Some(n.as_str().ok_or_else(|| malformed("name"))?.to_string()),
+                };
+                Op::AddMember {
+                    public_key,
+                    name,
+                    admin: m.get("admin").and_then(Value::as_bool).ok_or_else(|| malformed("admin"))?,
+                }
+            }
+            "remove-member" => {
+                Op::RemoveMember { key_id: str_field(m, "keyId")?.parse().map_err(|_| malformed("keyId"))? }
+            }
+            "schema" => {
+                Op::Schema { table: table()?, schema: m.get("schema").cloned().ok_or_else(|| malformed("schema"))? }
+            }
+            "rule" => Op::Rule {
+                table: table()?,
+                operation: str_field(m, "operation")?.to_string(),
+                rule: str_field(m, "rule")?.to_string(),
+            },
+            "unreplicate" => Op::Unreplicate { table: table()? },
+            "insert" => Op::Insert { table: table()?, row: obj_field(m, "row")?.clone() },
+            "update" => Op::Update {
+                table: table()?,
+                key: obj_field(m, "key")?.clone(),
+                set: obj_field(m, "set")?.clone(),
+                unset: m
+                    .get("unset")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| malformed("unset"))?
+                    .iter()
+                    .map(|c| c.as_str().map(str::to_string).ok_or_else(|| malformed("unset[]")))
+                    .collect::<Result<_, _>>()?,
+            },
+            "delete" => Op::Delete { table: table()?, key: obj_field(m, "key")?.clone() },
+            other => return Err(PayloadError::UnknownOp(other.chars().take(32).collect())),
+        })
+    }
+}
+
+fn genesis_fields(g: &Genesis) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("action".into(), json!("create"));
+    m.insert("type".into(), json!(GROUP_TYPE));
+    m.insert("name".into(), json!(g.name));
+    m.insert("hashAlgorithm".into(), json!(g.hash_algorithm));
+    m.insert("seed".into(), json!(g.seed));
+    m.insert("admin".into(), json!({"keyId": g.admin.key_id().to_b64(), "publicKey": g.admin.to_b64()}));
+    m
+}
+
+/// The exact bytes an author signs.
+pub fn signing_message(
+    group: Option<&Hash>,
+    genesis: Option<&Genesis>,
+    author: &KeyId,
+    ops: &[Op],
+    prev: &Position,
+) -> Result<Vec<u8>, JsonError> {
+    let prev_set: Map<String, Value> = prev.iter().map(|h| (h.to_b64(), json!(""))).collect();
+    let mut m = Map::new();
+    m.insert("group".into(), json!(group.map(Hash::to_b64).unwrap_or_default()));
+    m.insert("author".into(), json!(author.to_b64()));
+    m.insert("ops".into(), Value::Array(ops.iter().map(Op::to_value).collect()));
+    m.insert("prevEntryHashes".into(), Value::Object(prev_set));
+    if let Some(g) = genesis {
+        m.insert("genesis".into(), Value::Object(genesis_fields(g)));
+    }
+    let mut out = SIGNATURE_CONTEXT.as_bytes().to_vec();
+    out.extend_from_slice(canonical_string(&Value::Object(m))?.as_bytes());
+    Ok(out)
+}
+
+impl SignedPayload {
+    /// Signs `ops` by `keypair` for the position `prev` of `group`.
+    pub fn sign(keypair: &Keypair, group: &Hash, ops: Vec<Op>, prev: &Position) -> Result<SignedPayload, JsonError> {
+        let author = keypair.public().key_id();
+        let msg = signing_message(Some(group), None, &author, &ops, prev)?;
+        Ok(SignedPayload { genesis: None, author, ops, signature: keypair.sign(&msg) })
+    }
+
+    /// Signs the genesis of a new group (no predecessors, no group id yet).
+    pub fn sign_genesis(keypair: &Keypair, genesis: Genesis) -> Result<SignedPayload, JsonError> {
+        let author = keypair.public().key_id();
+        let msg = signing_message(None, Some(&genesis), &author, &[], &Position::new())?;
+        Ok(SignedPayload { genesis: Some(genesis), author, ops: vec![], signature: keypair.sign(&msg) })
+    }
+
+    pub fn to_value(&self) -> Value {
+        let mut m = self.genesis.as_ref().map(genesis_fields).unwrap_or_default();
+        m.insert("author".into(), json!(self.author.to_b64()));
+        m.insert("ops".into(), Value::Array(self.ops.iter().map(Op::to_value).collect()));
+        m.insert("signature".into(), json!(self.signature.to_b64()));
+        Value::Object(m)
+    }
+
+    /// Decodes a payload strictly. The signature is not checked here.
+    pub fn from_value(v: &Value) -> Result<SignedPayload, PayloadError> {
+        let m = v.as_object().ok_or_else(|| malformed("payload"))?;
+        let genesis = if m.contains_key("action") {
+            if str_field(m, "action")? != "create" || str_field(m, "type")? != GROUP_TYPE {
+                return Err(malformed("action/type"));
+            }
+            let admin = obj_field(m, "admin")?;
+            let public_key = PublicKey::from_b64(str_field(admin, "publicKey")?)
+                .map_err(|source| PayloadError::Key { field: "admin.publicKey", source })?;
+            if str_field(admin, "keyId")? != public_key.key_id().to_b64() {
+                return Err(malformed("admin.keyId (does not match admin.publicKey)"));
+            }
+            Some(Genesis {
+                name: str_field(m, "name")?.to_string(),
+                hash_algorithm: str_field(m, "hashAlgorithm")?.to_string(),
+                seed: str_field(m, "seed")?.to_string(),
+                admin: public_key,
+            })
+        } else {
+            None
+        };
+        let allowed: &[&str] = if genesis.is_some() {
+            &["action", "type", "name", "hashAlgorithm", "seed", "admin", "author", "ops", "signature"]
+        } else {
+            &["author", "ops", "signature"]
+        };
+        if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(malformed(&format!("{k} (unexpected)")));
+        }
+        let ops = m
+            .get("ops")
+            .and_then(Value::as_array)
+            .ok_or_else(|| malformed("ops"))?
+            .iter()
+            .map(Op::from_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SignedPayload {
+            genesis,
+            author: str_field(m, "author")?.parse().map_err(|_| malformed("author"))?,
+            ops,
+            signature: Signature::from_b64(str_field(m, "signature")?)
+                .map_err(|source| PayloadError::Key { field: "signature", source })?,
+        })
+    }
+
+    /// Verifies the signature with the author's public key, at `prev` in `group` (None for
+    /// the genesis, whose author must be the admin it names).
+    pub fn verify(&self, key: &PublicKey, group: Option<&Hash>, prev: &Position) -> Result<(), PayloadError> {
+        if key.key_id() != self.author {
+            return Err(PayloadError::BadSignature { author: self.author });
+        }
+        if let Some(g) = &self.genesis {
+            if g.admin.key_id() != self.author {
+                return Err(PayloadError::GenesisAuthor { author: self.author, admin: g.admin.key_id() });
+            }
+        }
+        let msg = signing_message(group, self.genesis.as_ref(), &self.author, &self.ops, prev)?;
+        key.verify(&msg, &self.signature).map_err(|_| PayloadError::BadSignature { author: self.author })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{Entry, Meta};
+    use crate::hash::HashAlgorithm;
+
+    fn ops() -> Vec<Op> {
+        vec![
+            Op::Insert {
+                table: "products".into(),
+                row: json!({"sku": "A", "price": "9.99"}).as_object().cloned().unwrap(),
+            },
+            Op::Update {
+                table: "products".into(),
+                key: json!({"sku": "B"}).as_object().cloned().unwrap(),
+                set: json!({"name": "x"}).as_object().cloned().unwrap(),
+                unset: vec!["price".into()],
+            },
+        ]
+    }
+
+    #[test]
+    fn genesis_and_ops_round_trip_and_verify() {
+        let alg = HashAlgorithm::Blake3;
+        let admin = Keypair::generate();
+        let g =
+            Genesis { name: "shop".into(), hash_algorithm: "blake3".into(), seed: "s".into(), admin: admin.public() };
+        let genesis = SignedPayload::sign_genesis(&admin, g).unwrap();
+        let back = SignedPayload::from_value(&genesis.to_value()).unwrap();
+        assert_eq!(back, genesis);
+        back.verify(&admin.public(), None, &Position::new()).unwrap();
+        let root = Entry::new(alg, genesis.to_value(), Position::new(), Meta::new()).unwrap();
+
+        let prev: Position = [root.hash].into();
+        let p = SignedPayload::sign(&admin, &root.hash, ops(), &prev).unwrap();
+        let back = SignedPayload::from_value(&p.to_value()).unwrap();
+        assert_eq!(back, p);
+        back.verify(&admin.public(), Some(&root.hash), &prev).unwrap();
+
+        // Replayed at another position, or in another group, or by another key: refused.
+        let elsewhere: Position = [alg.digest(b"x")].into();
+        assert!(back.verify(&admin.public(), Some(&root.hash), &elsewhere).is_err());
+        assert!(back.verify(&admin.public(), Some(&alg.digest(b"g")), &prev).is_err());
+        assert!(back.verify(&Keypair::generate().public(), Some(&root.hash), &prev).is_err());
+        // Tampered operations: refused.
+        let mut v = p.to_value();
+        v["ops"][0]["row"]["price"] = json!("0.01");
+        let tampered = SignedPayload::from_value(&v).unwrap();
+        assert!(tampered.verify(&admin.public(), Some(&root.hash), &prev).is_err());
+    }
+
+    #[test]
+    fn strict_decoding() {
+        let admin = Keypair::generate();
+        let p = SignedPayload::sign(&admin, &HashAlgorithm::Blake3.digest(b"g"), ops(), &Position::new()).unwrap();
+        let mut v = p.to_value();
+        v["extra"] = json!(1);
+        assert!(SignedPayload::from_value(&v).is_err());
+        let mut v = p.to_value();
+        v["ops"][0]["op"] = json!("truncate");
+        assert_eq!(SignedPayload::from_value(&v), Err(PayloadError::UnknownOp("truncate".into())));
+        let add = Op::AddMember { public_key: admin.public(), name: Some("bob".into()), admin: false };
+        let mut v = add.to_value();
+        assert_eq!(Op::from_value(&v).unwrap(), add);
+        v["keyId"] = json!(HashAlgorithm::Sha256.digest(b"other").to_b64());
+        assert!(Op::from_value(&v).is_err());
+    }
+}
