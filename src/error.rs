@@ -13,13 +13,34 @@ pub enum CausalError {
     UnknownAlgorithm(#[from] UnknownAlgorithm),
     #[error("value has no canonical form: {0}")]
     NotALiteral(#[from] JsonError),
+    #[error("invalid {what} name {name:?}")]
+    InvalidName { what: &'static str, name: String },
+    #[error("identity \"{0}\" already exists")]
+    DuplicateIdentity(String),
+    #[error("unknown identity \"{0}\"")]
+    UnknownIdentity(String),
+    #[error("role \"{0}\" does not exist")]
+    UnknownRole(String),
+    #[error("role \"{role}\" may not author as identity \"{identity}\"")]
+    IdentityNotGranted { identity: String, role: String },
+    #[error("pg_causal's catalog is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("SPI error: {0}")]
+    Spi(#[from] pgrx::spi::Error),
 }
 
 impl CausalError {
     pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
         match self {
-            CausalError::UnknownAlgorithm(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            CausalError::NotALiteral(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            CausalError::UnknownAlgorithm(_) | CausalError::NotALiteral(_) | CausalError::InvalidName { .. } => {
+                ERRCODE_INVALID_PARAMETER_VALUE
+            }
+            CausalError::DuplicateIdentity(_) => ERRCODE_DUPLICATE_OBJECT,
+            CausalError::UnknownIdentity(_) | CausalError::UnknownRole(_) => ERRCODE_UNDEFINED_OBJECT,
+            CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CausalError::Corrupt(_) => ERRCODE_DATA_CORRUPTED,
+            CausalError::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
 
@@ -33,6 +54,13 @@ impl CausalError {
                 Some("Numbers are IEEE-754 doubles; write very large or precise values as strings.")
             }
             CausalError::NotALiteral(JsonError::Syntax(_)) => None,
+            CausalError::InvalidName { .. } => Some("Names are 1 to 63 characters without leading or trailing spaces."),
+            CausalError::UnknownIdentity(_) => Some("See causal.identities for the identities this database has."),
+            CausalError::IdentityNotGranted { .. } => {
+                Some("A superuser or the extension's owner can allow it with causal.grant_identity(identity, role).")
+            }
+            CausalError::DuplicateIdentity(_) | CausalError::UnknownRole(_) => None,
+            CausalError::Corrupt(_) | CausalError::Spi(_) => None,
         }
     }
 

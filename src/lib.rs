@@ -3,8 +3,16 @@
 
 mod error;
 mod functions;
+mod guc;
+mod identity;
+mod spi_util;
 
 ::pgrx::pg_module_magic!(name, version);
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::register();
+}
 
 pub use error::CausalError;
 

@@ -1,0 +1,229 @@
+//! Identities: ed25519 key pairs kept in `causal.identity_keys`, the node identity created by
+//! `CREATE EXTENSION`, and which roles may author as which identity.
+
+use pgrx::prelude::*;
+
+use causal_core::identity::Keypair;
+
+use crate::error::{CausalError, OrReport};
+use crate::guc;
+use crate::spi_util::get_opt;
+
+extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+
+/// The name of the node identity.
+pub const NODE_IDENTITY: &str = "node";
+
+/// An identity this session may sign with.
+pub struct Author {
+    pub name: String,
+    pub keypair: Keypair,
+}
+
+fn insert_identity(name: &str, is_node: bool) -> Result<String, CausalError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed != name || name.len() > 63 {
+        return Err(CausalError::InvalidName { what: "identity", name: name.chars().take(80).collect() });
+    }
+    let exists = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM causal.identity_keys WHERE name = $1)",
+        &[name.into()],
+    )?
+    .unwrap_or(false);
+    if exists {
+        return Err(CausalError::DuplicateIdentity(name.to_string()));
+    }
+    let keypair = Keypair::generate();
+    let key_id = keypair.public().key_id().to_b64();
+    Spi::run_with_args(
+        "INSERT INTO causal.identity_keys (name, key_id, public_key, secret_key, is_node) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            name.into(),
+            key_id.clone().into(),
+            keypair.public().to_b64().into(),
+            keypair.secret_bytes().to_vec().into(),
+            is_node.into(),
+        ],
+    )?;
+    Ok(key_id)
+}
+
+/// Creates the node identity if there is none. `CREATE EXTENSION` runs it.
+#[pg_extern(name = "_init_node_identity")]
+fn init_node_identity() {
+    let has_node = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM causal.identity_keys WHERE is_node)")
+        .map_err(CausalError::from)
+        .or_report("causal._init_node_identity");
+    if has_node != Some(true) {
+        insert_identity(NODE_IDENTITY, true).or_report("causal._init_node_identity");
+    }
+}
+
+extension_sql!(
+    "SELECT causal._init_node_identity();\n",
+    name = "node_identity",
+    requires = [init_node_identity],
+    finalize
+);
+
+/// The key id of this database's node identity.
+#[pg_extern(stable)]
+fn node_id() -> String {
+    get_opt::<String>("SELECT key_id FROM causal.identity_keys WHERE is_node", &[])
+        .map_err(CausalError::from)
+        .or_report("causal.node_id")
+        .ok_or_else(|| CausalError::UnknownIdentity(NODE_IDENTITY.into()))
+        .or_report("causal.node_id")
+}
+
+/// Creates a new identity and returns its key id.
+#[pg_extern]
+fn create_identity(name: &str) -> String {
+    insert_identity(name, false).or_report("causal.create_identity")
+}
+
+/// Lets `role` (and its members) author entries as `identity` (a name or key id).
+#[pg_extern]
+fn grant_identity(identity: &str, role: &str) {
+    let name = identity_name(identity).or_report("causal.grant_identity");
+    let role_exists =
+        Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", &[role.into()])
+            .map_err(CausalError::from)
+            .or_report("causal.grant_identity");
+    if role_exists != Some(true) {
+        CausalError::UnknownRole(role.to_string()).report("causal.grant_identity");
+    }
+    Spi::run_with_args(
+        "INSERT INTO causal.identity_grants (identity, role_name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[name.into(), role.into()],
+    )
+    .map_err(CausalError::from)
+    .or_report("causal.grant_identity");
+}
+
+/// The name of the identity `identity` names (by name or key id).
+fn identity_name(identity: &str) -> Result<String, CausalError> {
+    get_opt::<String>("SELECT name FROM causal.identity_keys WHERE name = $1 OR key_id = $1", &[identity.into()])?
+        .ok_or_else(|| CausalError::UnknownIdentity(identity.chars().take(80).collect()))
+}
+
+/// The identity this session authors as (`causal.author`, else the node identity), checked
+/// against the grants: the calling role must be a superuser or a member of a granted role.
+pub fn current_author() -> Result<Author, CausalError> {
+    let wanted = guc::author();
+    let name = match &wanted {
+        Some(w) => identity_name(w)?,
+        None => NODE_IDENTITY.to_string(),
+    };
+    // The role that called us, even inside SECURITY DEFINER functions.
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    let allowed = Spi::get_one_with_args::<bool>(
+        "SELECT (SELECT rolsuper FROM pg_roles WHERE oid = $1) \
+             OR EXISTS (SELECT 1 FROM causal.identity_grants g \
+                        WHERE g.identity = $2 AND pg_has_role($1, g.role_name, 'MEMBER'))",
+        &[caller.into(), name.clone().into()],
+    )?
+    .unwrap_or(false);
+    if !allowed {
+        let role =
+            Spi::get_one_with_args::<String>("SELECT rolname::text FROM pg_roles WHERE oid = $1", &[caller.into()])?
+                .unwrap_or_default();
+        return Err(CausalError::IdentityNotGranted { identity: name, role });
+    }
+    let secret =
+        get_opt::<Vec<u8>>("SELECT secret_key FROM causal.identity_keys WHERE name = $1", &[name.clone().into()])?
+            .ok_or_else(|| CausalError::UnknownIdentity(name.clone()))?;
+    let keypair =
+        Keypair::from_secret_bytes(&secret).map_err(|e| CausalError::Corrupt(format!("identity {name}: {e}")))?;
+    Ok(Author { name, keypair })
+}
+
+/// The key id this session would sign with; fails as a write would if it may not. It runs as
+/// the extension's owner to read the key, and checks the grants of the role that called it.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, @extschema@)]
+fn current_author_id() -> String {
+    current_author().or_report("causal.current_author_id").keypair.public().key_id().to_b64()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn one(sql: &str) -> String {
+        Spi::get_one::<String>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn create_extension_made_a_node_identity() {
+        let node = one("SELECT causal.node_id()");
+        assert_eq!(node.len(), 44);
+        assert_eq!(one("SELECT key_id FROM causal.identities WHERE name = 'node' AND is_node"), node);
+        // Superusers author as the node identity by default.
+        assert_eq!(one("SELECT causal.current_author_id()"), node);
+    }
+
+    #[pg_test]
+    fn identities_are_created_listed_and_chosen_by_guc() {
+        let alice = one("SELECT causal.create_identity('alice')");
+        let pk = one("SELECT public_key FROM causal.identities WHERE name = 'alice'");
+        let parsed = causal_core::identity::PublicKey::from_b64(&pk).unwrap();
+        assert_eq!(parsed.key_id().to_b64(), alice);
+        Spi::run("SET causal.author = 'alice'").unwrap();
+        assert_eq!(one("SELECT causal.current_author_id()"), alice);
+        Spi::run(&format!("SET causal.author = '{alice}'")).unwrap();
+        assert_eq!(one("SELECT causal.current_author_id()"), alice);
+        Spi::run("RESET causal.author").unwrap();
+    }
+
+    #[pg_test(error = "identity \"alice\" already exists")]
+    fn duplicate_identity_names_are_refused() {
+        Spi::run("SELECT causal.create_identity('alice')").unwrap();
+        Spi::run("SELECT causal.create_identity('alice')").unwrap();
+    }
+
+    #[pg_test(error = "unknown identity \"nobody\"")]
+    fn unknown_author_is_an_error() {
+        Spi::run("SET causal.author = 'nobody'").unwrap();
+        Spi::run("SELECT causal.current_author_id()").unwrap();
+    }
+
+    #[pg_test(error = "role \"ghost\" does not exist")]
+    fn grant_to_unknown_role_is_refused() {
+        Spi::run("SELECT causal.grant_identity('node', 'ghost')").unwrap();
+    }
+
+    #[pg_test]
+    fn ungranted_roles_get_42501_and_granted_roles_may_author() {
+        Spi::run("CREATE ROLE app_writer; CREATE ROLE app_other").unwrap();
+        Spi::run("SELECT causal.create_identity('writer')").unwrap();
+        Spi::run("SELECT causal.grant_identity('writer', 'app_writer')").unwrap();
+        Spi::run("GRANT USAGE ON SCHEMA causal TO app_writer, app_other").unwrap();
+        let state = |role: &str| -> String {
+            Spi::run(&format!(
+                "DO $$ BEGIN SET LOCAL ROLE {role}; SET LOCAL causal.author = 'writer'; \
+                 BEGIN PERFORM causal.current_author_id(); PERFORM set_config('t.s', 'ok', true); \
+                 EXCEPTION WHEN OTHERS THEN PERFORM set_config('t.s', SQLSTATE, true); END; RESET ROLE; END $$"
+            ))
+            .unwrap();
+            one("SELECT current_setting('t.s')")
+        };
+        let (writer, other) = (state("app_writer"), state("app_other"));
+        assert_eq!((writer.as_str(), other.as_str()), ("ok", "42501"));
+    }
+
+    #[pg_test]
+    fn secret_keys_are_not_readable_by_other_roles() {
+        Spi::run("CREATE ROLE snooper; GRANT USAGE ON SCHEMA causal TO snooper").unwrap();
+        Spi::run(
+            "DO $$ BEGIN SET LOCAL ROLE snooper; \
+             BEGIN PERFORM secret_key FROM causal.identity_keys; PERFORM set_config('t.s', 'read', true); \
+             EXCEPTION WHEN insufficient_privilege THEN PERFORM set_config('t.s', 'denied', true); END; \
+             PERFORM set_config('t.n', (SELECT count(*)::text FROM causal.identities), true); RESET ROLE; END $$",
+        )
+        .unwrap();
+        assert_eq!(one("SELECT current_setting('t.s')"), "denied");
+        assert_eq!(one("SELECT current_setting('t.n')"), "1");
+    }
+}
