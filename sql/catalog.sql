@@ -32,3 +32,59 @@ GRANT SELECT ON causal.identities TO PUBLIC;
 -- pg_dump keeps the catalog's contents.
 SELECT pg_catalog.pg_extension_config_dump('causal.identity_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.identity_grants', '');
+
+-- Groups: one DAG each. group_id is the hash of the genesis entry.
+CREATE TABLE causal.group_defs (
+    group_id        text PRIMARY KEY,
+    name            text NOT NULL UNIQUE CHECK (name <> ''),
+    hash_algorithm  text NOT NULL CHECK (hash_algorithm IN ('blake3', 'sha-256')),
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- DAG entries and their index (see docs/DAG_INDEX.md). node_id is dense per group in append
+-- order; chain/seq/clock are the chain-and-clock index; preds are node ids.
+CREATE TABLE causal.dag_entries (
+    group_id    text NOT NULL REFERENCES causal.group_defs (group_id) ON DELETE CASCADE,
+    node_id     integer NOT NULL,
+    hash        text NOT NULL,
+    prev        text[] NOT NULL,
+    payload     text NOT NULL,         -- the payload's JSON text, exactly as hashed
+    chain       integer NOT NULL,
+    seq         integer NOT NULL,
+    preds       integer[] NOT NULL,
+    clock       integer[] NOT NULL,
+    is_tip      boolean NOT NULL DEFAULT true,
+    status      text NOT NULL DEFAULT 'ok',
+    reason      text,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, node_id),
+    UNIQUE (group_id, hash),
+    UNIQUE (group_id, chain, seq)
+);
+CREATE INDEX dag_entries_tips ON causal.dag_entries (group_id) WHERE is_tip;
+
+-- Metadata tags per entry, for the filtered cover searches: 'key' or 'key=value'.
+CREATE TABLE causal.dag_entry_tags (
+    group_id text NOT NULL,
+    tag      text NOT NULL,
+    chain    integer NOT NULL,
+    seq      integer NOT NULL,
+    PRIMARY KEY (group_id, tag, chain, seq),
+    FOREIGN KEY (group_id, chain, seq) REFERENCES causal.dag_entries (group_id, chain, seq) ON DELETE CASCADE
+);
+
+-- Tables replicated in a group, with their recorded schema.
+CREATE TABLE causal.replicated_tables (
+    group_id    text NOT NULL REFERENCES causal.group_defs (group_id) ON DELETE CASCADE,
+    table_name  text NOT NULL,
+    relid       oid,
+    schema      jsonb NOT NULL,
+    PRIMARY KEY (group_id, table_name)
+);
+
+REVOKE ALL ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.replicated_tables FROM PUBLIC;
+GRANT SELECT ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.replicated_tables TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('causal.group_defs', '');
+SELECT pg_catalog.pg_extension_config_dump('causal.dag_entries', '');
+SELECT pg_catalog.pg_extension_config_dump('causal.dag_entry_tags', '');
+SELECT pg_catalog.pg_extension_config_dump('causal.replicated_tables', '');

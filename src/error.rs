@@ -23,6 +23,12 @@ pub enum CausalError {
     UnknownRole(String),
     #[error("role \"{role}\" may not author as identity \"{identity}\"")]
     IdentityNotGranted { identity: String, role: String },
+    #[error("group \"{0}\" already exists")]
+    DuplicateGroup(String),
+    #[error("unknown group \"{0}\"")]
+    UnknownGroup(String),
+    #[error(transparent)]
+    Dag(#[from] causal_core::DagError),
     #[error("pg_causal's catalog is inconsistent: {0}")]
     Corrupt(String),
     #[error("SPI error: {0}")]
@@ -36,8 +42,11 @@ impl CausalError {
             CausalError::UnknownAlgorithm(_) | CausalError::NotALiteral(_) | CausalError::InvalidName { .. } => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
-            CausalError::DuplicateIdentity(_) => ERRCODE_DUPLICATE_OBJECT,
-            CausalError::UnknownIdentity(_) | CausalError::UnknownRole(_) => ERRCODE_UNDEFINED_OBJECT,
+            CausalError::DuplicateIdentity(_) | CausalError::DuplicateGroup(_) => ERRCODE_DUPLICATE_OBJECT,
+            CausalError::UnknownIdentity(_) | CausalError::UnknownRole(_) | CausalError::UnknownGroup(_) => {
+                ERRCODE_UNDEFINED_OBJECT
+            }
+            CausalError::Dag(_) => ERRCODE_INTERNAL_ERROR,
             CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CausalError::Corrupt(_) => ERRCODE_DATA_CORRUPTED,
             CausalError::Spi(_) => ERRCODE_INTERNAL_ERROR,
@@ -59,7 +68,9 @@ impl CausalError {
             CausalError::IdentityNotGranted { .. } => {
                 Some("A superuser or the extension's owner can allow it with causal.grant_identity(identity, role).")
             }
-            CausalError::DuplicateIdentity(_) | CausalError::UnknownRole(_) => None,
+            CausalError::DuplicateIdentity(_) | CausalError::UnknownRole(_) | CausalError::DuplicateGroup(_) => None,
+            CausalError::UnknownGroup(_) => Some("See causal.groups for the groups this database has."),
+            CausalError::Dag(_) => None,
             CausalError::Corrupt(_) | CausalError::Spi(_) => None,
         }
     }

@@ -16,7 +16,6 @@ pub const NODE_IDENTITY: &str = "node";
 
 /// An identity this session may sign with.
 pub struct Author {
-    pub name: String,
     pub keypair: Keypair,
 }
 
@@ -135,7 +134,7 @@ pub fn current_author() -> Result<Author, CausalError> {
             .ok_or_else(|| CausalError::UnknownIdentity(name.clone()))?;
     let keypair =
         Keypair::from_secret_bytes(&secret).map_err(|e| CausalError::Corrupt(format!("identity {name}: {e}")))?;
-    Ok(Author { name, keypair })
+    Ok(Author { keypair })
 }
 
 /// The key id this session would sign with; fails as a write would if it may not. It runs as

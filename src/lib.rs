@@ -3,9 +3,11 @@
 
 mod error;
 mod functions;
+mod group;
 mod guc;
 mod identity;
 mod spi_util;
+mod store;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -109,6 +109,14 @@ impl Signature {
     }
 }
 
+/// 16 random bytes from the operating system, in Base64: the seed that makes every group's
+/// genesis (and so its id) unique.
+pub fn random_seed() -> String {
+    let mut bytes = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    B64.encode(bytes)
+}
+
 /// A key pair that can sign.
 #[derive(Clone)]
 pub struct Keypair(ed25519_dalek::SigningKey);

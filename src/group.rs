@@ -1,0 +1,174 @@
+//! Replication groups: one DAG each, created with a signed genesis entry.
+
+use pgrx::prelude::*;
+
+use causal_core::entry::{Entry, Meta, Position};
+use causal_core::identity::random_seed;
+use causal_core::payload::{Genesis, SignedPayload};
+use causal_core::{Dag, HashAlgorithm};
+
+use crate::error::{CausalError, OrReport};
+use crate::identity::current_author;
+use crate::spi_util::get_opt;
+use crate::store::SpiStore;
+
+/// A group of this database.
+pub struct Group {
+    pub id: String,
+    pub algorithm: HashAlgorithm,
+}
+
+impl Group {
+    /// Finds a group by name or by id.
+    pub fn find(name_or_id: &str) -> Result<Group, CausalError> {
+        let row = Spi::connect(|client| {
+            let mut rows = client.select(
+                "SELECT group_id, hash_algorithm FROM causal.group_defs WHERE name = $1 OR group_id = $1",
+                Some(1),
+                &[name_or_id.into()],
+            )?;
+            match rows.next() {
+                None => Ok::<_, pgrx::spi::Error>(None),
+                Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<String>(2)?))),
+            }
+        })?;
+        let Some((Some(id), Some(alg))) = row else {
+            return Err(CausalError::UnknownGroup(name_or_id.chars().take(80).collect()));
+        };
+        let algorithm = HashAlgorithm::parse(&alg).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+        Ok(Group { id, algorithm })
+    }
+
+    pub fn dag(&self) -> Dag<SpiStore> {
+        Dag::new(SpiStore::new(&self.id), self.algorithm)
+    }
+}
+
+/// The hash algorithm of a group, by id.
+pub fn algorithm_of(group_id: &str) -> Result<HashAlgorithm, CausalError> {
+    let alg =
+        get_opt::<String>("SELECT hash_algorithm FROM causal.group_defs WHERE group_id = $1", &[group_id.into()])?
+            .ok_or_else(|| CausalError::UnknownGroup(group_id.to_string()))?;
+    HashAlgorithm::parse(&alg).map_err(|e| CausalError::Corrupt(e.to_string()))
+}
+
+fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
+    let algorithm = HashAlgorithm::parse(hash_algorithm)?;
+    if name.trim() != name || name.is_empty() || name.len() > 63 {
+        return Err(CausalError::InvalidName { what: "group", name: name.chars().take(80).collect() });
+    }
+    if get_opt::<bool>("SELECT true FROM causal.group_defs WHERE name = $1", &[name.into()])?.is_some() {
+        return Err(CausalError::DuplicateGroup(name.to_string()));
+    }
+    let author = current_author()?;
+    let genesis = Genesis {
+        name: name.to_string(),
+        hash_algorithm: algorithm.name().to_string(),
+        seed: random_seed(),
+        admin: author.keypair.public(),
+    };
+    let payload = SignedPayload::sign_genesis(&author.keypair, genesis)?;
+    let entry = Entry::new(algorithm, payload.to_value(), Position::new(), Meta::new())?;
+    let id = entry.hash.to_b64();
+    Spi::run_with_args(
+        "INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ($1, $2, $3)",
+        &[id.clone().into(), name.into(), algorithm.name().into()],
+    )?;
+    Group { id: id.clone(), algorithm }.dag().insert(entry)?;
+    Ok(id)
+}
+
+/// Creates a replication group and returns its id (the hash of its genesis entry). The
+/// genesis is signed by the session's author, who becomes the group's first admin.
+#[pg_extern]
+fn create_group(name: &str, hash_algorithm: default!(&str, "'blake3'")) -> String {
+    create(name, hash_algorithm).or_report("causal.create_group")
+}
+
+/// The group's frontier: the hashes of the entries no other entry follows, sorted.
+#[pg_extern(stable)]
+fn frontier(grp: &str) -> Vec<String> {
+    let group = Group::find(grp).or_report("causal.frontier");
+    let frontier = group.dag().frontier().map_err(CausalError::from).or_report("causal.frontier");
+    let mut out: Vec<String> = frontier.iter().map(|h| h.to_b64()).collect();
+    out.sort();
+    out
+}
+
+extension_sql!(
+    r#"
+CREATE VIEW causal.groups AS
+SELECT g.name,
+       g.group_id,
+       g.hash_algorithm,
+       coalesce((SELECT array_agg(t.table_name ORDER BY t.table_name) FROM causal.replicated_tables t
+                 WHERE t.group_id = g.group_id), '{}') AS tables,
+       (SELECT count(*) FROM causal.dag_entries e WHERE e.group_id = g.group_id) AS entry_count,
+       causal.frontier(g.group_id) AS frontier
+FROM causal.group_defs g;
+GRANT SELECT ON causal.groups TO PUBLIC;
+"#,
+    name = "groups_view",
+    requires = [frontier]
+);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn create_group_writes_a_signed_genesis() {
+        let id = Spi::get_one::<String>("SELECT causal.create_group('shop')").unwrap().unwrap();
+        let (name, alg, count) = Spi::get_three::<String, String, i64>(
+            "SELECT name, hash_algorithm, entry_count FROM causal.groups WHERE group_id = (SELECT group_id FROM causal.group_defs)",
+        )
+        .unwrap();
+        assert_eq!((name.unwrap(), alg.unwrap(), count.unwrap()), ("shop".to_string(), "blake3".to_string(), 1));
+        let frontier = Spi::get_one::<Vec<String>>("SELECT causal.frontier('shop')").unwrap().unwrap();
+        assert_eq!(frontier, vec![id.clone()]);
+
+        // The stored genesis verifies: its hash, its signature, and its admin is the node.
+        let payload = Spi::get_one::<String>("SELECT payload FROM causal.dag_entries").unwrap().unwrap();
+        let value = causal_core::json::parse(&payload).unwrap();
+        let entry = causal_core::Entry::new(
+            causal_core::HashAlgorithm::Blake3,
+            value.clone(),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(entry.hash.to_b64(), id);
+        let p = causal_core::payload::SignedPayload::from_value(&value).unwrap();
+        let genesis = p.genesis.clone().unwrap();
+        assert_eq!(genesis.name, "shop");
+        p.verify(&genesis.admin, None, &Default::default()).unwrap();
+        let node = Spi::get_one::<String>("SELECT causal.node_id()").unwrap().unwrap();
+        assert_eq!(genesis.admin.key_id().to_b64(), node);
+    }
+
+    #[pg_test]
+    fn sha256_groups_and_two_groups_differ() {
+        let a = Spi::get_one::<String>("SELECT causal.create_group('a', 'sha-256')").unwrap().unwrap();
+        let b = Spi::get_one::<String>("SELECT causal.create_group('b', 'sha-256')").unwrap().unwrap();
+        assert_ne!(a, b);
+        let algs = Spi::get_one::<Vec<String>>("SELECT array_agg(hash_algorithm) FROM causal.groups").unwrap().unwrap();
+        assert_eq!(algs, vec!["sha-256", "sha-256"]);
+    }
+
+    #[pg_test(error = "group \"shop\" already exists")]
+    fn duplicate_group_names_are_refused() {
+        Spi::run("SELECT causal.create_group('shop')").unwrap();
+        Spi::run("SELECT causal.create_group('shop')").unwrap();
+    }
+
+    #[pg_test(error = "unknown hash algorithm \"md5\": the supported algorithms are \"blake3\" and \"sha-256\"")]
+    fn unknown_algorithms_are_refused() {
+        Spi::run("SELECT causal.create_group('shop', 'md5')").unwrap();
+    }
+
+    #[pg_test(error = "unknown group \"nope\"")]
+    fn unknown_groups_are_reported() {
+        Spi::run("SELECT causal.frontier('nope')").unwrap();
+    }
+}
