@@ -29,6 +29,14 @@ pub enum CausalError {
     UnknownGroup(String),
     #[error(transparent)]
     Dag(#[from] causal_core::DagError),
+    #[error("invalid public key: {0}")]
+    BadPublicKey(causal_core::identity::IdentityError),
+    #[error("key \"{0}\" is not a live member of the group")]
+    NotAMember(String),
+    #[error("identity {key_id} is not {needs} of group {group}")]
+    NotAllowed { key_id: String, needs: &'static str, group: String },
+    #[error(transparent)]
+    Payload(#[from] causal_core::payload::PayloadError),
     #[error("pg_causal's catalog is inconsistent: {0}")]
     Corrupt(String),
     #[error("SPI error: {0}")]
@@ -47,6 +55,9 @@ impl CausalError {
                 ERRCODE_UNDEFINED_OBJECT
             }
             CausalError::Dag(_) => ERRCODE_INTERNAL_ERROR,
+            CausalError::BadPublicKey(_) | CausalError::Payload(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            CausalError::NotAMember(_) => ERRCODE_UNDEFINED_OBJECT,
+            CausalError::NotAllowed { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CausalError::Corrupt(_) => ERRCODE_DATA_CORRUPTED,
             CausalError::Spi(_) => ERRCODE_INTERNAL_ERROR,
@@ -70,7 +81,14 @@ impl CausalError {
             }
             CausalError::DuplicateIdentity(_) | CausalError::UnknownRole(_) | CausalError::DuplicateGroup(_) => None,
             CausalError::UnknownGroup(_) => Some("See causal.groups for the groups this database has."),
-            CausalError::Dag(_) => None,
+            CausalError::Dag(_) | CausalError::Payload(_) => None,
+            CausalError::BadPublicKey(_) => {
+                Some("Pass the public_key column of causal.identities on the member's database.")
+            }
+            CausalError::NotAMember(_) => Some("See causal.members(group)."),
+            CausalError::NotAllowed { .. } => {
+                Some("Set causal.author to an identity that is an admin (for membership) or a member of the group.")
+            }
             CausalError::Corrupt(_) | CausalError::Spi(_) => None,
         }
     }

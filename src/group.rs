@@ -2,8 +2,9 @@
 
 use pgrx::prelude::*;
 
-use causal_core::entry::{Entry, Meta, Position};
+use causal_core::entry::{Entry, Position};
 use causal_core::identity::random_seed;
+use causal_core::membership::derive_meta;
 use causal_core::payload::{Genesis, SignedPayload};
 use causal_core::{Dag, HashAlgorithm};
 
@@ -68,7 +69,7 @@ fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
         admin: author.keypair.public(),
     };
     let payload = SignedPayload::sign_genesis(&author.keypair, genesis)?;
-    let entry = Entry::new(algorithm, payload.to_value(), Position::new(), Meta::new())?;
+    let entry = Entry::new(algorithm, payload.to_value(), Position::new(), derive_meta(&payload))?;
     let id = entry.hash.to_b64();
     Spi::run_with_args(
         "INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ($1, $2, $3)",

@@ -6,6 +6,7 @@ mod functions;
 mod group;
 mod guc;
 mod identity;
+mod members;
 mod spi_util;
 mod store;
 

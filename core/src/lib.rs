@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod identity;
 pub mod json;
+pub mod membership;
 pub mod payload;
 pub mod rules;
 pub mod schema;

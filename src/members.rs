@@ -1,0 +1,148 @@
+//! Membership: signed add/remove entries, and appending signed operations at the frontier.
+
+use pgrx::prelude::*;
+
+use causal_core::entry::Entry;
+use causal_core::identity::PublicKey;
+use causal_core::membership::{derive_meta, member_at, MemberStatus};
+use causal_core::payload::{Op, SignedPayload};
+use causal_core::Hash;
+
+use crate::error::{CausalError, OrReport};
+use crate::group::Group;
+use crate::identity::current_author;
+
+/// Signs `ops` as the session's author and appends them as one entry after the group's
+/// frontier. The author must be a live member (an admin when `admin_only`). The group row is
+/// locked first, so concurrent appends to one group queue up and each one follows the last.
+pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash, CausalError> {
+    Spi::run_with_args("SELECT 1 FROM causal.group_defs WHERE group_id = $1 FOR UPDATE", &[group.id.clone().into()])?;
+    let author = current_author()?;
+    let mut dag = group.dag();
+    let prev = dag.frontier()?;
+    let key_id = author.keypair.public().key_id();
+    let status = member_at(&dag, &prev, &key_id).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    if !status.live || (admin_only && !status.admin) {
+        return Err(CausalError::NotAllowed {
+            key_id: key_id.to_b64(),
+            needs: if admin_only { "an admin" } else { "a member" },
+            group: group.id.clone(),
+        });
+    }
+    let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
+    let payload = SignedPayload::sign(&author.keypair, &group_id, ops, &prev)?;
+    let entry = Entry::new(group.algorithm, payload.to_value(), prev, derive_meta(&payload))?;
+    Ok(dag.insert(entry)?.hash)
+}
+
+fn status_of(group: &Group, key_id: &Hash) -> Result<MemberStatus, CausalError> {
+    let dag = group.dag();
+    let frontier = dag.frontier()?;
+    member_at(&dag, &frontier, key_id).map_err(|e| CausalError::Corrupt(e.to_string()))
+}
+
+/// Adds a member (or changes its admin flag). `public_key` is the serialized public key in
+/// Base64, as `causal.identities` shows it. Signed by an admin; returns the entry's hash.
+#[pg_extern]
+fn add_member(
+    grp: &str,
+    public_key: &str,
+    name: default!(Option<&str>, "NULL"),
+    admin: default!(bool, false),
+) -> String {
+    let f = "causal.add_member";
+    let group = Group::find(grp).or_report(f);
+    let key = PublicKey::from_b64(public_key).map_err(CausalError::BadPublicKey).or_report(f);
+    let op = Op::AddMember { public_key: key, name: name.map(str::to_string), admin };
+    append_ops(&group, vec![op], true).or_report(f).to_b64()
+}
+
+/// Removes a member, by key id. Signed by an admin; returns the entry's hash.
+#[pg_extern]
+fn remove_member(grp: &str, key_id: &str) -> String {
+    let f = "causal.remove_member";
+    let group = Group::find(grp).or_report(f);
+    let key: Hash = key_id.parse().map_err(|_| CausalError::NotAMember(key_id.chars().take(80).collect())).or_report(f);
+    if !status_of(&group, &key).or_report(f).live {
+        CausalError::NotAMember(key_id.to_string()).report(f);
+    }
+    append_ops(&group, vec![Op::RemoveMember { key_id: key }], true).or_report(f).to_b64()
+}
+
+/// The group's live members at its frontier.
+#[pg_extern(stable)]
+fn members(
+    grp: &str,
+) -> TableIterator<'static, (name!(key_id, String), name!(admin, bool), name!(public_key, Option<String>))> {
+    let f = "causal.members";
+    let group = Group::find(grp).or_report(f);
+    let keys = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT coalesce(array_agg(DISTINCT substr(tag, 8)), '{}') FROM causal.dag_entry_tags \
+         WHERE group_id = $1 AND tag LIKE 'member=%'",
+        &[group.id.clone().into()],
+    )
+    .map_err(CausalError::from)
+    .or_report(f)
+    .unwrap_or_default();
+    let mut rows = Vec::new();
+    for k in keys {
+        let Ok(key) = k.parse::<Hash>() else { continue };
+        let s = status_of(&group, &key).or_report(f);
+        if s.live {
+            rows.push((k, s.admin, s.public_key.map(|p| p.to_b64())));
+        }
+    }
+    rows.sort();
+    TableIterator::new(rows)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn one(sql: &str) -> String {
+        Spi::get_one::<String>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn admins_add_and_remove_members() {
+        Spi::run("SELECT causal.create_group('shop')").unwrap();
+        let node = one("SELECT causal.node_id()");
+        let bob = one("SELECT causal.create_identity('bob')");
+        let bob_pk = one("SELECT public_key FROM causal.identities WHERE name = 'bob'");
+        assert_eq!(
+            one("SELECT string_agg(key_id || ':' || admin, ',') FROM causal.members('shop')"),
+            format!("{node}:true")
+        );
+        Spi::run(&format!("SELECT causal.add_member('shop', '{bob_pk}', 'bob')")).unwrap();
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM causal.members('shop')").unwrap().unwrap();
+        assert_eq!(n, 2);
+        // bob is a member but not an admin: he may not add members.
+        Spi::run("SELECT causal.create_identity('carol')").unwrap();
+        let carol_pk = one("SELECT public_key FROM causal.identities WHERE name = 'carol'");
+        Spi::run(&format!(
+            "DO $$ BEGIN SET LOCAL causal.author = 'bob'; PERFORM causal.add_member('shop', '{carol_pk}'); \
+                      EXCEPTION WHEN insufficient_privilege THEN PERFORM set_config('t.s', 'denied', false); END $$"
+        ))
+        .unwrap();
+        assert_eq!(one("SELECT current_setting('t.s')"), "denied");
+        Spi::run(&format!("SELECT causal.remove_member('shop', '{bob}')")).unwrap();
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM causal.members('shop')").unwrap().unwrap(), 1);
+        // Three entries: genesis, add, remove (the refused add left nothing).
+        assert_eq!(Spi::get_one::<i64>("SELECT entry_count FROM causal.groups").unwrap().unwrap(), 3);
+        assert_eq!(Spi::get_one::<i64>("SELECT cardinality(frontier)::bigint FROM causal.groups").unwrap().unwrap(), 1);
+    }
+
+    #[pg_test(error = "invalid public key: not valid Base64: Invalid symbol 33, offset 0.")]
+    fn bad_public_keys_are_refused() {
+        Spi::run("SELECT causal.create_group('shop')").unwrap();
+        Spi::run("SELECT causal.add_member('shop', '!!!')").unwrap();
+    }
+
+    #[pg_test(error = "key \"AAAA\" is not a live member of the group")]
+    fn removing_a_non_member_is_refused() {
+        Spi::run("SELECT causal.create_group('shop')").unwrap();
+        Spi::run("SELECT causal.remove_member('shop', 'AAAA')").unwrap();
+    }
+}
