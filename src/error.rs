@@ -7,6 +7,11 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 use causal_core::hash::UnknownAlgorithm;
 use causal_core::json::JsonError;
 
+const SUPPORTED_TYPES_HINT: &str = concat!(
+    "Supported types: text, varchar(n), smallint, integer, bigint, numeric(p,s), double precision, real, ",
+    "boolean, date, timestamp, timestamptz, uuid, bytea, jsonb."
+);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CausalError {
     #[error(transparent)]
@@ -37,6 +42,20 @@ pub enum CausalError {
     NotAllowed { key_id: String, needs: &'static str, group: String },
     #[error(transparent)]
     Payload(#[from] causal_core::payload::PayloadError),
+    #[error("table {table} cannot be replicated: {what}")]
+    Unsupported { table: String, what: String },
+    #[error("column {column} of table {table} has type {type_name}, which pg_causal does not replicate")]
+    UnsupportedType { table: String, column: String, type_name: String },
+    #[error("CHECK constraint {constraint} of table {table} is not deterministic: {expression} calls a function that is not immutable")]
+    MutableCheck { table: String, constraint: String, expression: String },
+    #[error("table {table} cannot be replicated: its foreign key {constraint} references {references}, which is not replicated in the same group")]
+    ForeignKeyOutsideGroup { table: String, constraint: String, references: String },
+    #[error("table {0} has no primary key; pg_causal identifies rows by their primary key")]
+    NoPrimaryKey(String),
+    #[error("table {table} is already replicated in group {group}")]
+    AlreadyReplicated { table: String, group: String },
+    #[error("table {0} is not replicated")]
+    NotReplicated(String),
     #[error("pg_causal's catalog is inconsistent: {0}")]
     Corrupt(String),
     #[error("SPI error: {0}")]
@@ -58,6 +77,13 @@ impl CausalError {
             CausalError::BadPublicKey(_) | CausalError::Payload(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CausalError::NotAMember(_) => ERRCODE_UNDEFINED_OBJECT,
             CausalError::NotAllowed { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CausalError::Unsupported { .. }
+            | CausalError::UnsupportedType { .. }
+            | CausalError::MutableCheck { .. }
+            | CausalError::ForeignKeyOutsideGroup { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CausalError::NoPrimaryKey(_) => ERRCODE_INVALID_TABLE_DEFINITION,
+            CausalError::AlreadyReplicated { .. } => ERRCODE_DUPLICATE_OBJECT,
+            CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
             CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CausalError::Corrupt(_) => ERRCODE_DATA_CORRUPTED,
             CausalError::Spi(_) => ERRCODE_INTERNAL_ERROR,
@@ -89,6 +115,14 @@ impl CausalError {
             CausalError::NotAllowed { .. } => {
                 Some("Set causal.author to an identity that is an admin (for membership) or a member of the group.")
             }
+            CausalError::UnsupportedType { .. } => Some(SUPPORTED_TYPES_HINT),
+            CausalError::MutableCheck { .. } => {
+                Some("Every replica re-evaluates CHECK constraints on merged rows, so they may only call immutable functions.")
+            }
+            CausalError::ForeignKeyOutsideGroup { .. } => Some("Replicate the referenced table in the same group first."),
+            CausalError::NoPrimaryKey(_) => Some("Add a PRIMARY KEY, then call causal.replicate again."),
+            CausalError::Unsupported { .. } | CausalError::AlreadyReplicated { .. } => None,
+            CausalError::NotReplicated(_) => Some("See causal.tables."),
             CausalError::Corrupt(_) | CausalError::Spi(_) => None,
         }
     }

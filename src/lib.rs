@@ -7,6 +7,7 @@ mod group;
 mod guc;
 mod identity;
 mod members;
+mod replicate;
 mod spi_util;
 mod store;
 
