@@ -314,7 +314,7 @@ pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
             _ => want("a bigint as a canonical decimal string"),
         },
         ColumnType::Numeric { .. } => match v.as_str() {
-            Some("NaN") => Ok(()),
+            Some("NaN" | "Infinity" | "-Infinity") => Ok(()),
             Some(s) if is_canonical_decimal(s, false) || s == "-0" => Ok(()),
             _ => want("a numeric as a decimal string"),
         },
@@ -325,11 +325,12 @@ pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
         },
         ColumnType::Bool => v.as_bool().map(|_| ()).ok_or(()).or_else(|_| want("a boolean")),
         ColumnType::Date => match v.as_str() {
-            Some(s) if s.len() >= 10 && s.as_bytes()[4] == b'-' => Ok(()),
+            Some(s) if (s.len() >= 10 && s.as_bytes()[4] == b'-') || s == "infinity" || s == "-infinity" => Ok(()),
             _ => want("a date YYYY-MM-DD"),
         },
         ColumnType::Timestamp | ColumnType::Timestamptz => match v.as_str() {
-            Some(s) if s.contains('T') && (*ty == ColumnType::Timestamp) != s.ends_with('Z') => Ok(()),
+            Some("infinity" | "-infinity") => Ok(()),
+            Some(s) if s.contains('T') && (*ty == ColumnType::Timestamp) != s.trim_end_matches(" BC").ends_with('Z') => Ok(()),
             _ => want(if *ty == ColumnType::Timestamp {
                 "an ISO-8601 timestamp"
             } else {
@@ -350,6 +351,49 @@ pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
             _ => want("Base64"),
         },
     }
+}
+
+/// Days between 1970-01-01 and Postgres's epoch, 2000-01-01.
+const PG_EPOCH_DAYS: i64 = 10_957;
+
+/// (year, month, day) of a day count from 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn format_ymd(days_since_pg_epoch: i64) -> (String, &'static str) {
+    let (y, m, d) = civil_from_days(days_since_pg_epoch + PG_EPOCH_DAYS);
+    // Postgres has no year 0: year 0 is 1 BC.
+    if y <= 0 {
+        (format!("{:04}-{m:02}-{d:02}", 1 - y), " BC")
+    } else {
+        (format!("{y:04}-{m:02}-{d:02}"), "")
+    }
+}
+
+/// A Postgres `date` (days since 2000-01-01) as `YYYY-MM-DD` (with ` BC` before year 1).
+pub fn format_date(days_since_pg_epoch: i32) -> String {
+    let (ymd, era) = format_ymd(i64::from(days_since_pg_epoch));
+    format!("{ymd}{era}")
+}
+
+/// A Postgres timestamp (microseconds since 2000-01-01 00:00:00) as ISO-8601 with
+/// microseconds; `utc` adds the `Z` of timestamptz.
+pub fn format_timestamp(micros_since_pg_epoch: i64, utc: bool) -> String {
+    let days = micros_since_pg_epoch.div_euclid(86_400_000_000);
+    let rest = micros_since_pg_epoch.rem_euclid(86_400_000_000);
+    let (h, mi, s, us) = (rest / 3_600_000_000, rest / 60_000_000 % 60, rest / 1_000_000 % 60, rest % 1_000_000);
+    let (ymd, era) = format_ymd(days);
+    format!("{ymd}T{h:02}:{mi:02}:{s:02}.{us:06}{}{era}", if utc { "Z" } else { "" })
 }
 
 fn short(v: &Value) -> String {
@@ -425,6 +469,20 @@ mod tests {
             Err(SchemaError::UnknownColumn { .. })
         ));
         s.check_row(&row(json!({"price": "-0.50"})), false).unwrap();
+    }
+
+    #[test]
+    fn dates_and_timestamps() {
+        assert_eq!(format_date(0), "2000-01-01");
+        assert_eq!(format_date(-1), "1999-12-31");
+        assert_eq!(format_date(366), "2001-01-01");
+        assert_eq!(format_date(-730_119), "0001-01-01");
+        assert_eq!(format_date(-730_120), "0001-12-31 BC");
+        assert_eq!(format_timestamp(0, true), "2000-01-01T00:00:00.000000Z");
+        assert_eq!(format_timestamp(-1, false), "1999-12-31T23:59:59.999999");
+        // 2024-02-29 12:34:56.789012 UTC
+        let micros = ((8825i64 * 86_400 + 12 * 3600 + 34 * 60 + 56) * 1_000_000) + 789_012;
+        assert_eq!(format_timestamp(micros, true), "2024-02-29T12:34:56.789012Z");
     }
 
     #[test]
