@@ -56,6 +56,10 @@ pub enum CausalError {
     AlreadyReplicated { table: String, group: String },
     #[error("table {0} is not replicated")]
     NotReplicated(String),
+    #[error("TRUNCATE of replicated table {0} is not allowed")]
+    Truncate(String),
+    #[error("PREPARE TRANSACTION is not supported for transactions that write replicated tables")]
+    Prepare,
     #[error("pg_causal's catalog is inconsistent: {0}")]
     Corrupt(String),
     #[error("SPI error: {0}")]
@@ -82,6 +86,7 @@ impl CausalError {
             | CausalError::MutableCheck { .. }
             | CausalError::ForeignKeyOutsideGroup { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             CausalError::NoPrimaryKey(_) => ERRCODE_INVALID_TABLE_DEFINITION,
+            CausalError::Truncate(_) | CausalError::Prepare => ERRCODE_FEATURE_NOT_SUPPORTED,
             CausalError::AlreadyReplicated { .. } => ERRCODE_DUPLICATE_OBJECT,
             CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
             CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -123,6 +128,10 @@ impl CausalError {
             CausalError::NoPrimaryKey(_) => Some("Add a PRIMARY KEY, then call causal.replicate again."),
             CausalError::Unsupported { .. } | CausalError::AlreadyReplicated { .. } => None,
             CausalError::NotReplicated(_) => Some("See causal.tables."),
+            CausalError::Truncate(_) => {
+                Some("TRUNCATE is not replicated; DELETE the rows instead, or causal.unreplicate the table first.")
+            }
+            CausalError::Prepare => Some("Commit the transaction directly."),
             CausalError::Corrupt(_) | CausalError::Spi(_) => None,
         }
     }

@@ -106,12 +106,12 @@ fn identity_name(identity: &str) -> Result<String, CausalError> {
         .ok_or_else(|| CausalError::UnknownIdentity(identity.chars().take(80).collect()))
 }
 
-/// The identity this session authors as (`causal.author`, else the node identity), checked
-/// against the grants: the calling role must be a superuser or a member of a granted role.
-pub fn current_author() -> Result<Author, CausalError> {
-    let wanted = guc::author();
-    let name = match &wanted {
-        Some(w) => identity_name(w)?,
+/// The name of the identity this session authors as (`causal.author`, else the node
+/// identity), after checking that the calling role may use it: it must be a superuser or a
+/// member of a role the identity was granted to. Reads no secret, so it works for any role.
+pub fn check_author_grant() -> Result<String, CausalError> {
+    let name = match guc::author() {
+        Some(w) => identity_name(&w)?,
         None => NODE_IDENTITY.to_string(),
     };
     // The role that called us, even inside SECURITY DEFINER functions.
@@ -124,11 +124,17 @@ pub fn current_author() -> Result<Author, CausalError> {
     )?
     .unwrap_or(false);
     if !allowed {
-        let role =
-            Spi::get_one_with_args::<String>("SELECT rolname::text FROM pg_roles WHERE oid = $1", &[caller.into()])?
-                .unwrap_or_default();
+        let role = get_opt::<String>("SELECT rolname::text FROM pg_roles WHERE oid = $1", &[caller.into()])?
+            .unwrap_or_default();
         return Err(CausalError::IdentityNotGranted { identity: name, role });
     }
+    Ok(name)
+}
+
+/// The identity this session authors as, with its key. Reading the key needs the extension
+/// owner's rights, so callers run as SECURITY DEFINER.
+pub fn current_author() -> Result<Author, CausalError> {
+    let name = check_author_grant()?;
     let secret =
         get_opt::<Vec<u8>>("SELECT secret_key FROM causal.identity_keys WHERE name = $1", &[name.clone().into()])?
             .ok_or_else(|| CausalError::UnknownIdentity(name.clone()))?;

@@ -1,6 +1,7 @@
 //! pg_causal: the PostgreSQL edge. SQL functions, error reporting and (later) triggers,
 //! storage over SPI and the background worker. The algorithms live in `causal-core`.
 
+mod capture;
 mod error;
 mod functions;
 mod group;
@@ -16,6 +17,7 @@ mod store;
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
+    capture::register_callbacks();
 }
 
 pub use error::CausalError;

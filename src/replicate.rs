@@ -176,6 +176,7 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
         "INSERT INTO causal.replicated_tables (group_id, table_name, relid, schema) VALUES ($1, $2, $3, $4)",
         &[group.id.clone().into(), name.into(), relid.into(), pgrx::JsonB(value).into()],
     )?;
+    crate::capture::install_triggers(relid)?;
     Ok(hash.to_b64())
 }
 

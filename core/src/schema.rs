@@ -330,7 +330,11 @@ pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
         },
         ColumnType::Timestamp | ColumnType::Timestamptz => match v.as_str() {
             Some("infinity" | "-infinity") => Ok(()),
-            Some(s) if s.contains('T') && (*ty == ColumnType::Timestamp) != s.trim_end_matches(" BC").ends_with('Z') => Ok(()),
+            Some(s)
+                if s.contains('T') && (*ty == ColumnType::Timestamp) != s.trim_end_matches(" BC").ends_with('Z') =>
+            {
+                Ok(())
+            }
             _ => want(if *ty == ColumnType::Timestamp {
                 "an ISO-8601 timestamp"
             } else {

@@ -1,0 +1,397 @@
+//! Capture: every committed transaction that writes replicated tables becomes one signed entry
+//! per group.
+//!
+//! - An AFTER ROW trigger (`causal._capture`) encodes each change from the tuple and buffers it
+//!   in backend memory, tagged with the subtransaction that made it.
+//! - A transaction callback registered in `_PG_init` runs at PRE_COMMIT: it calls the
+//!   SECURITY DEFINER function `causal._flush()`, which signs the buffered operations as one
+//!   entry per group at that group's frontier (`append_ops` locks the group row, so concurrent
+//!   transactions get entries in commit order). If that fails, the commit fails.
+//! - Aborting a subtransaction drops what it buffered; aborting the transaction drops all.
+//! - While replaying remote history the trigger records nothing.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+use pgrx::{AnyNumeric, JsonB};
+use serde_json::{json, Map, Value};
+
+use causal_core::payload::Op;
+use causal_core::schema::{format_date, format_timestamp, ColumnType, TableSchema};
+
+use crate::error::{CausalError, OrReport};
+use crate::group::Group;
+use crate::identity::check_author_grant;
+use crate::members::append_ops;
+use crate::spi_util::get_opt;
+
+struct Pending {
+    group_id: String,
+    subxact: pg_sys::SubTransactionId,
+    op: Op,
+}
+
+struct TableInfo {
+    group_id: String,
+    schema: TableSchema,
+}
+
+thread_local! {
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    /// Replicated tables seen in this transaction, by relid.
+    static TABLES: RefCell<HashMap<pg_sys::Oid, std::rc::Rc<TableInfo>>> = RefCell::new(HashMap::new());
+    /// Set while applying remote history: nothing is captured.
+    static REPLAYING: Cell<bool> = const { Cell::new(false) };
+    /// Whether this transaction's author was checked already.
+    static AUTHOR_CHECKED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn clear() {
+    PENDING.with(|p| p.borrow_mut().clear());
+    TABLES.with(|t| t.borrow_mut().clear());
+    AUTHOR_CHECKED.with(|c| c.set(false));
+}
+
+fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalError> {
+    if let Some(info) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
+        return Ok(info);
+    }
+    let row = Spi::connect(|client| {
+        let mut rows = client.select(
+            "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        match rows.next() {
+            None => Ok::<_, pgrx::spi::Error>(None),
+            Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<JsonB>(2)?))),
+        }
+    })?;
+    let Some((Some(group_id), Some(schema))) = row else {
+        return Err(CausalError::NotReplicated(format!("{relid:?}")));
+    };
+    let schema = TableSchema::from_value(&schema.0).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    let info = std::rc::Rc::new(TableInfo { group_id, schema });
+    TABLES.with(|t| t.borrow_mut().insert(relid, info.clone()));
+    Ok(info)
+}
+
+fn float(v: f64) -> Value {
+    if v.is_nan() {
+        json!("NaN")
+    } else if v.is_infinite() {
+        json!(if v > 0.0 { "Infinity" } else { "-Infinity" })
+    } else {
+        serde_json::Number::from_f64(v).map_or(json!("NaN"), Value::Number)
+    }
+}
+
+/// Encodes one column of a tuple; `None` for NULL.
+fn encode_column(
+    tuple: &PgHeapTuple<'_, impl pgrx::WhoAllocated>,
+    name: &str,
+    ty: &ColumnType,
+) -> Result<Option<Value>, CausalError> {
+    let bad = |e: pgrx::datum::TryFromDatumError| CausalError::Corrupt(format!("column {name}: {e}"));
+    Ok(match ty {
+        ColumnType::Text | ColumnType::Varchar(_) => tuple.get_by_name::<String>(name).map_err(bad)?.map(Value::String),
+        ColumnType::Int2 => tuple.get_by_name::<i16>(name).map_err(bad)?.map(|v| json!(v)),
+        ColumnType::Int4 => tuple.get_by_name::<i32>(name).map_err(bad)?.map(|v| json!(v)),
+        ColumnType::Int8 => tuple.get_by_name::<i64>(name).map_err(bad)?.map(|v| json!(v.to_string())),
+        ColumnType::Numeric { .. } => tuple.get_by_name::<AnyNumeric>(name).map_err(bad)?.map(|v| json!(v.to_string())),
+        ColumnType::Float8 => tuple.get_by_name::<f64>(name).map_err(bad)?.map(float),
+        ColumnType::Float4 => tuple.get_by_name::<f32>(name).map_err(bad)?.map(|v| float(f64::from(v))),
+        ColumnType::Bool => tuple.get_by_name::<bool>(name).map_err(bad)?.map(Value::Bool),
+        ColumnType::Date => tuple.get_by_name::<pgrx::datum::Date>(name).map_err(bad)?.map(|d| {
+            if d.is_infinity() {
+                json!("infinity")
+            } else if d.is_neg_infinity() {
+                json!("-infinity")
+            } else {
+                json!(format_date(d.to_pg_epoch_days()))
+            }
+        }),
+        ColumnType::Timestamp => tuple.get_by_name::<pgrx::datum::Timestamp>(name).map_err(bad)?.map(|t| {
+            if t.is_infinity() {
+                json!("infinity")
+            } else if t.is_neg_infinity() {
+                json!("-infinity")
+            } else {
+                json!(format_timestamp(t.into_inner(), false))
+            }
+        }),
+        ColumnType::Timestamptz => {
+            tuple.get_by_name::<pgrx::datum::TimestampWithTimeZone>(name).map_err(bad)?.map(|t| {
+                if t.is_infinity() {
+                    json!("infinity")
+                } else if t.is_neg_infinity() {
+                    json!("-infinity")
+                } else {
+                    json!(format_timestamp(t.into_inner(), true))
+                }
+            })
+        }
+        ColumnType::Uuid => tuple.get_by_name::<pgrx::datum::Uuid>(name).map_err(bad)?.map(|u| {
+            let b = u.as_bytes();
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            json!(format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]))
+        }),
+        ColumnType::Bytea => tuple
+            .get_by_name::<&[u8]>(name)
+            .map_err(bad)?
+            .map(|b| json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b))),
+        ColumnType::Jsonb => tuple
+            .get_by_name::<JsonB>(name)
+            .map_err(bad)?
+            .map(|j| json!(serde_json::to_string(&j.0).unwrap_or_default())),
+    })
+}
+
+fn encode_row(
+    tuple: &PgHeapTuple<'_, impl pgrx::WhoAllocated>,
+    schema: &TableSchema,
+) -> Result<Map<String, Value>, CausalError> {
+    let mut row = Map::new();
+    for c in &schema.columns {
+        if let Some(v) = encode_column(tuple, &c.name, &c.ty)? {
+            row.insert(c.name.clone(), v);
+        }
+    }
+    Ok(row)
+}
+
+fn key_of(row: &Map<String, Value>, schema: &TableSchema) -> Map<String, Value> {
+    schema.primary_key.iter().filter_map(|k| row.get(k).map(|v| (k.clone(), v.clone()))).collect()
+}
+
+fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
+    if REPLAYING.with(Cell::get) {
+        return Ok(());
+    }
+    let relid = trigger.relid().map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    let info = table_info(relid)?;
+    if !AUTHOR_CHECKED.with(Cell::get) {
+        check_author_grant()?;
+        AUTHOR_CHECKED.with(|c| c.set(true));
+    }
+    let schema = &info.schema;
+    let table = schema.table.clone();
+    let mut ops = Vec::new();
+    match trigger.op().map_err(|e| CausalError::Corrupt(e.to_string()))? {
+        PgTriggerOperation::Insert => {
+            let new = trigger.new().ok_or_else(|| CausalError::Corrupt("INSERT without NEW".into()))?;
+            ops.push(Op::Insert { table, row: encode_row(&new, schema)? });
+        }
+        PgTriggerOperation::Update => {
+            let old =
+                encode_row(&trigger.old().ok_or_else(|| CausalError::Corrupt("UPDATE without OLD".into()))?, schema)?;
+            let new =
+                encode_row(&trigger.new().ok_or_else(|| CausalError::Corrupt("UPDATE without NEW".into()))?, schema)?;
+            let (old_key, new_key) = (key_of(&old, schema), key_of(&new, schema));
+            if old_key != new_key {
+                // A changed primary key is a different row: delete the old, insert the new.
+                ops.push(Op::Delete { table: table.clone(), key: old_key });
+                ops.push(Op::Insert { table, row: new });
+            } else {
+                let set: Map<String, Value> =
+                    new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+                let unset: Vec<String> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+                if !set.is_empty() || !unset.is_empty() {
+                    ops.push(Op::Update { table, key: new_key, set, unset });
+                }
+            }
+        }
+        PgTriggerOperation::Delete => {
+            let old =
+                encode_row(&trigger.old().ok_or_else(|| CausalError::Corrupt("DELETE without OLD".into()))?, schema)?;
+            ops.push(Op::Delete { table, key: key_of(&old, schema) });
+        }
+        PgTriggerOperation::Truncate => {
+            return Err(CausalError::Truncate(schema.table.clone()));
+        }
+    }
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        for op in ops {
+            p.push(Pending { group_id: info.group_id.clone(), subxact, op });
+        }
+    });
+    Ok(())
+}
+
+/// Row trigger on replicated tables: buffers the change for this transaction's entry.
+#[pg_trigger]
+fn _capture<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, CausalError> {
+    capture(trigger).or_report("causal._capture");
+    Ok(None)
+}
+
+/// Statement trigger refusing TRUNCATE of replicated tables.
+#[pg_trigger]
+fn _refuse_truncate<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, CausalError> {
+    let name = trigger.table_name().unwrap_or_default();
+    CausalError::Truncate(name).report("causal._refuse_truncate")
+}
+
+/// Signs and appends this transaction's buffered changes: one entry per group. Runs as the
+/// extension's owner (it writes the catalog and reads the author's key) from the PRE_COMMIT
+/// callback; the author is checked against the role that made the changes.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, @extschema@)]
+fn _flush() {
+    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let mut by_group: Vec<(String, Vec<Op>)> = Vec::new();
+    for p in pending {
+        match by_group.iter_mut().find(|(g, _)| *g == p.group_id) {
+            Some((_, ops)) => ops.push(p.op),
+            None => by_group.push((p.group_id, vec![p.op])),
+        }
+    }
+    for (group_id, ops) in by_group {
+        let group = Group::find(&group_id).or_report("causal._flush");
+        append_ops(&group, ops, false).or_report("causal._flush");
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            if PENDING.with(|p| !p.borrow().is_empty()) {
+                // Statements have finished, so there is no active snapshot; SPI needs one. If the
+                // flush fails, the abort that follows releases it.
+                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+                Spi::run("SELECT causal._flush()").map_err(CausalError::from).or_report("causal commit");
+                pg_sys::PopActiveSnapshot();
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            if PENDING.with(|p| !p.borrow().is_empty()) {
+                clear();
+                CausalError::Prepare.report("causal commit");
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT
+        | pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => clear(),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        PENDING.with(|p| p.borrow_mut().retain(|e| e.subxact < my_subid));
+    }
+}
+
+/// Registers the transaction callbacks; called from `_PG_init`.
+pub fn register_callbacks() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+/// Creates the capture and TRUNCATE triggers on a newly replicated table.
+pub fn install_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
+    let rel = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])?
+        .ok_or_else(|| CausalError::Corrupt("relation vanished".into()))?;
+    Spi::run(&format!(
+        "CREATE TRIGGER causal_capture AFTER INSERT OR UPDATE OR DELETE ON {rel} FOR EACH ROW EXECUTE FUNCTION causal._capture(); \
+         CREATE TRIGGER causal_no_truncate BEFORE TRUNCATE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION causal._refuse_truncate();"
+    ))?;
+    Ok(())
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run(
+            "SELECT causal.create_group('shop'); \
+             CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0), \
+               added timestamptz, ok boolean, n bigint, f double precision); \
+             SELECT causal.replicate('shop', 'products');",
+        )
+        .unwrap();
+    }
+
+    fn entries() -> i64 {
+        Spi::get_one::<i64>("SELECT count(*) FROM causal.dag_entries").unwrap().unwrap()
+    }
+
+    fn last_ops() -> serde_json::Value {
+        let p = Spi::get_one::<String>("SELECT payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1")
+            .unwrap()
+            .unwrap();
+        causal_core::json::parse(&p).unwrap()["ops"].clone()
+    }
+
+    #[pg_test]
+    fn writes_are_buffered_until_commit() {
+        setup();
+        let before = entries();
+        Spi::run("INSERT INTO products VALUES ('A', 'Widget', 9.99, '2024-02-29 12:34:56.789012+00', true, 9007199254740993, 'NaN')")
+            .unwrap();
+        // The pg_test runs inside one transaction, so nothing is flushed yet...
+        assert_eq!(entries(), before);
+        // ...until the flush the commit would run.
+        Spi::run("SELECT causal._flush()").unwrap();
+        assert_eq!(entries(), before + 1);
+        let ops = last_ops();
+        assert_eq!(ops.as_array().unwrap().len(), 1);
+        let row = &ops[0]["row"];
+        assert_eq!(ops[0]["op"], "insert");
+        assert_eq!(row["price"], "9.99");
+        assert_eq!(row["added"], "2024-02-29T12:34:56.789012Z");
+        assert_eq!(row["n"], "9007199254740993");
+        assert_eq!(row["f"], "NaN");
+        assert_eq!(row["ok"], true);
+    }
+
+    #[pg_test]
+    fn updates_record_changed_columns_and_deletes_record_keys() {
+        setup();
+        Spi::run("INSERT INTO products (sku, name, price) VALUES ('A', 'Widget', 1); SELECT causal._flush();").unwrap();
+        Spi::run("UPDATE products SET price = 2, added = NULL WHERE sku = 'A'; UPDATE products SET price = NULL WHERE sku = 'A'; DELETE FROM products WHERE sku = 'A'; SELECT causal._flush();").unwrap();
+        let ops = last_ops();
+        assert_eq!(ops[0]["op"], "update");
+        assert_eq!(ops[0]["set"], serde_json::json!({"price": "2.00"}));
+        assert_eq!(ops[1]["unset"], serde_json::json!(["price"]));
+        assert_eq!(ops[2], serde_json::json!({"op": "delete", "table": "products", "key": {"sku": "A"}}));
+    }
+
+    #[pg_test]
+    fn rolled_back_savepoints_leave_nothing() {
+        setup();
+        Spi::run(
+            "DO $$ BEGIN \
+               BEGIN INSERT INTO products VALUES ('X', 'x', 1); RAISE EXCEPTION 'undo'; EXCEPTION WHEN OTHERS THEN NULL; END; \
+               INSERT INTO products VALUES ('Y', 'y', 1); \
+             END $$; SELECT causal._flush();",
+        )
+        .unwrap();
+        let ops = last_ops();
+        assert_eq!(ops.as_array().unwrap().len(), 1);
+        assert_eq!(ops[0]["row"]["sku"], "Y");
+    }
+
+    #[pg_test(error = "TRUNCATE of replicated table products is not allowed")]
+    fn truncate_is_refused() {
+        setup();
+        Spi::run("TRUNCATE products").unwrap();
+    }
+}

@@ -1,0 +1,143 @@
+//! Capture on a real cluster: one signed entry per committed transaction, none for a rollback,
+//! entries in commit order, COPY and multi-row statements.
+
+use causal_core::entry::Position;
+use causal_core::identity::PublicKey;
+use causal_core::payload::SignedPayload;
+use causal_core::{Entry, Hash, HashAlgorithm};
+use causal_integration::postgres::Client;
+use causal_integration::{sqlstate, Cluster};
+
+fn setup(db: &mut Client) {
+    db.batch_execute(
+        "CREATE EXTENSION pg_causal;
+         SELECT causal.create_group('shop');
+         CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0));
+         SELECT causal.replicate('shop', 'products');",
+    )
+    .unwrap();
+}
+
+fn count(db: &mut Client) -> i64 {
+    db.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0)
+}
+
+/// (hash, prev, payload) of the newest entry.
+fn newest(db: &mut Client) -> (String, Vec<String>, serde_json::Value) {
+    let row =
+        db.query_one("SELECT hash, prev, payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap();
+    let payload: String = row.get(2);
+    (row.get(0), row.get(1), causal_core::json::parse(&payload).unwrap())
+}
+
+#[test]
+fn one_signed_entry_per_committed_transaction() {
+    let node = Cluster::start("capture", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    let base = count(&mut db);
+
+    db.batch_execute("INSERT INTO products VALUES ('A', 'Widget', 9.99)").unwrap();
+    assert_eq!(count(&mut db), base + 1);
+
+    db.batch_execute("BEGIN; INSERT INTO products VALUES ('B', 'b', 1), ('C', 'c', 2); UPDATE products SET price = 3 WHERE sku = 'B'; COMMIT;")
+        .unwrap();
+    assert_eq!(count(&mut db), base + 2);
+    let (_, _, payload) = newest(&mut db);
+    assert_eq!(payload["ops"].as_array().unwrap().len(), 3);
+
+    db.batch_execute("BEGIN; INSERT INTO products VALUES ('D', 'd', 1); ROLLBACK;").unwrap();
+    assert_eq!(count(&mut db), base + 2);
+
+    // A failing statement aborts the transaction: no entry, and the table is unchanged.
+    assert!(db
+        .batch_execute(
+            "BEGIN; INSERT INTO products VALUES ('E', 'e', 1); INSERT INTO products VALUES ('F', 'f', -1); COMMIT;"
+        )
+        .is_err());
+    db.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(count(&mut db), base + 2);
+
+    // COPY and INSERT ... SELECT are one entry each.
+    let mut w = db.copy_in("COPY products (sku, name, price) FROM STDIN").unwrap();
+    use std::io::Write;
+    for i in 0..100 {
+        writeln!(w, "copy{i}\tcopied\t{i}.50").unwrap();
+    }
+    w.finish().unwrap();
+    assert_eq!(count(&mut db), base + 3);
+    assert_eq!(newest(&mut db).2["ops"].as_array().unwrap().len(), 100);
+    db.batch_execute("INSERT INTO products SELECT 'bulk' || g, 'bulk', g FROM generate_series(1, 1000) g").unwrap();
+    assert_eq!(count(&mut db), base + 4);
+    assert_eq!(newest(&mut db).2["ops"].as_array().unwrap().len(), 1000);
+
+    // Every entry is a chain on the last: prev is the frontier at commit, and it verifies.
+    let group_id: String = db.query_one("SELECT group_id FROM causal.group_defs", &[]).unwrap().get(0);
+    let group: Hash = group_id.parse().unwrap();
+    let pk: String = db.query_one("SELECT public_key FROM causal.identities WHERE is_node", &[]).unwrap().get(0);
+    let pk = PublicKey::from_b64(&pk).unwrap();
+    let rows = db.query("SELECT hash, prev, payload FROM causal.dag_entries ORDER BY node_id", &[]).unwrap();
+    for pair in rows.windows(2) {
+        let prev: Vec<String> = pair[1].get(1);
+        assert_eq!(prev, vec![pair[0].get::<_, String>(0)]);
+    }
+    for row in rows.iter().skip(1) {
+        let prev: Position = row.get::<_, Vec<String>>(1).iter().map(|h| h.parse().unwrap()).collect();
+        let payload = causal_core::json::parse(&row.get::<_, String>(2)).unwrap();
+        let entry = Entry::new(HashAlgorithm::Blake3, payload.clone(), prev.clone(), Default::default()).unwrap();
+        assert_eq!(entry.hash.to_b64(), row.get::<_, String>(0));
+        SignedPayload::from_value(&payload).unwrap().verify(&pk, Some(&group), &prev).unwrap();
+    }
+}
+
+#[test]
+fn concurrent_transactions_get_entries_in_commit_order() {
+    let node = Cluster::start("capture-order", &[]);
+    let mut a = node.connect("postgres");
+    setup(&mut a);
+    let mut b = node.connect("postgres");
+    a.batch_execute("BEGIN; INSERT INTO products VALUES ('a', 'a', 1);").unwrap();
+    b.batch_execute("BEGIN; INSERT INTO products VALUES ('b', 'b', 1);").unwrap();
+    b.batch_execute("COMMIT").unwrap();
+    a.batch_execute("COMMIT").unwrap();
+    let rows =
+        a.query("SELECT hash, prev, payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 2", &[]).unwrap();
+    let (last, before) = (&rows[0], &rows[1]);
+    let last_payload = causal_core::json::parse(&last.get::<_, String>(2)).unwrap();
+    let before_payload = causal_core::json::parse(&before.get::<_, String>(2)).unwrap();
+    assert_eq!(before_payload["ops"][0]["row"]["sku"], "b");
+    assert_eq!(last_payload["ops"][0]["row"]["sku"], "a");
+    assert_eq!(last.get::<_, Vec<String>>(1), vec![before.get::<_, String>(0)]);
+    let tips: i64 = a.query_one("SELECT cardinality(causal.frontier('shop'))::bigint", &[]).unwrap().get(0);
+    assert_eq!(tips, 1);
+}
+
+#[test]
+fn ungranted_roles_cannot_write_replicated_tables() {
+    let node = Cluster::start("capture-roles", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    db.batch_execute(
+        "CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA causal TO app; GRANT ALL ON products TO app;
+         SELECT causal.create_identity('app_id');",
+    )
+    .unwrap();
+    let before = count(&mut db);
+    let mut app = causal_integration::postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user=app dbname=postgres", node.port),
+        causal_integration::postgres::NoTls,
+    )
+    .unwrap();
+    let err = app.batch_execute("INSERT INTO products VALUES ('x', 'x', 1)").unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err:?}");
+    // Granted, and made a member of the group, the role writes; the entry is signed by app_id.
+    db.batch_execute("SELECT causal.grant_identity('app_id', 'app')").unwrap();
+    let pk: String =
+        db.query_one("SELECT public_key FROM causal.identities WHERE name = 'app_id'", &[]).unwrap().get(0);
+    db.execute("SELECT causal.add_member('shop', $1)", &[&pk]).unwrap();
+    app.batch_execute("SET causal.author = 'app_id'; INSERT INTO products VALUES ('x', 'x', 1)").unwrap();
+    assert_eq!(count(&mut db), before + 2);
+    let key_id: String =
+        db.query_one("SELECT key_id FROM causal.identities WHERE name = 'app_id'", &[]).unwrap().get(0);
+    assert_eq!(newest(&mut db).2["author"], key_id.as_str());
+}
