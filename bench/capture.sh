@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Capture overhead: pgbench against an identical plain table and a replicated table, in the
+# same cluster and the same run, with synchronous_commit on and off.
+#   (a) single-row INSERT transactions      (b) 1,000-row INSERT ... SELECT transactions
+# Usage: bash bench/capture.sh [seconds per run, default 20] [clients, default 2]
+source "$(dirname "$0")/../scripts/common.sh"
+ensure_setup
+install_extension
+SECS="${1:-20}"
+CLIENTS="${2:-2}"
+DIR="$RUN_DIR/bench"
+stop_clusters_under "$DIR"
+rm -rf "$DIR"
+PORT="$(free_port)"
+trap 'stop_cluster "$DIR/node"' EXIT
+printf 'shared_buffers = 256MB\nmax_wal_size = 4GB\n' | start_cluster "$DIR/node" "$PORT"
+psql_() { as_postgres psql -X -q -h "$DIR/node/sock" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
+psql_ -c "CREATE EXTENSION pg_causal; SELECT causal.create_group('bench');
+          CREATE TABLE plain (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
+          CREATE TABLE replicated (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
+          SELECT causal.replicate('bench', 'replicated');" >/dev/null
+
+run() { # script -> transactions per second
+    as_postgres "$PG_BIN/pgbench" -n -h "$DIR/node/sock" -p "$PORT" -U postgres -c "$CLIENTS" -j "$CLIENTS" \
+        -T "$SECS" -f - postgres <"$ROOT/bench/$1.sql" 2>/dev/null | awk '/^tps = / { printf "%.1f", $3 }'
+}
+
+say "pgbench: $SECS s per run, $CLIENTS clients, $(nproc) cores"
+printf '| synchronous_commit | workload | plain rows/s | replicated rows/s | replicated/plain |\n|---|---|---|---|---|\n'
+for sc in off on; do
+    psql_ -c "ALTER SYSTEM SET synchronous_commit = $sc" -c "SELECT pg_reload_conf()" >/dev/null
+    for w in single bulk; do
+        rows=1; [ "$w" = bulk ] && rows=1000
+        p=$(run "${w}_plain"); r=$(run "${w}_replicated")
+        awk -v sc="$sc" -v w="$w" -v p="$p" -v r="$r" -v rows="$rows" 'BEGIN {
+            printf "| %s | %s | %.0f | %.0f | %.2f |\n", sc, (w == "single" ? "(a) single-row INSERT" : "(b) 1,000-row INSERT ... SELECT"), p * rows, r * rows, r / p }'
+    done
+done
+entries=$(psql_ -t -A -c "SELECT count(*) FROM causal.dag_entries")
+say "The replicated table's group now holds $entries entries"

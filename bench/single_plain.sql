@@ -1,0 +1,1 @@
+INSERT INTO plain (payload, n) VALUES ('benchmark row', 42);

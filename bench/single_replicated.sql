@@ -1,0 +1,1 @@
+INSERT INTO replicated (payload, n) VALUES ('benchmark row', 42);
