@@ -34,11 +34,18 @@ SELECT pg_catalog.pg_extension_config_dump('causal.identity_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.identity_grants', '');
 
 -- Groups: one DAG each. group_id is the hash of the genesis entry.
+-- The group row also holds the DAG's running state, read and updated (under a row lock) on
+-- every append: entry count, chain lengths, frontier (node ids) and a counter of membership
+-- changes (membership results are cached until it moves).
 CREATE TABLE causal.group_defs (
-    group_id        text PRIMARY KEY,
-    name            text NOT NULL UNIQUE CHECK (name <> ''),
-    hash_algorithm  text NOT NULL CHECK (hash_algorithm IN ('blake3', 'sha-256')),
-    created_at      timestamptz NOT NULL DEFAULT now()
+    group_id           text PRIMARY KEY,
+    name               text NOT NULL UNIQUE CHECK (name <> ''),
+    hash_algorithm     text NOT NULL CHECK (hash_algorithm IN ('blake3', 'sha-256')),
+    entry_count        integer NOT NULL DEFAULT 0,
+    chain_lens         integer[] NOT NULL DEFAULT '{}',
+    frontier           integer[] NOT NULL DEFAULT '{}',
+    membership_version integer NOT NULL DEFAULT 0,
+    created_at         timestamptz NOT NULL DEFAULT now()
 );
 
 -- DAG entries and their index (see docs/DAG_INDEX.md). node_id is dense per group in append
@@ -53,7 +60,6 @@ CREATE TABLE causal.dag_entries (
     seq         integer NOT NULL,
     preds       integer[] NOT NULL,
     clock       integer[] NOT NULL,
-    is_tip      boolean NOT NULL DEFAULT true,
     status      text NOT NULL DEFAULT 'ok',
     reason      text,
     received_at timestamptz NOT NULL DEFAULT now(),
@@ -61,7 +67,6 @@ CREATE TABLE causal.dag_entries (
     UNIQUE (group_id, hash),
     UNIQUE (group_id, chain, seq)
 );
-CREATE INDEX dag_entries_tips ON causal.dag_entries (group_id) WHERE is_tip;
 
 -- Metadata tags per entry, for the filtered cover searches: 'key' or 'key=value'.
 CREATE TABLE causal.dag_entry_tags (

@@ -24,7 +24,7 @@ use crate::error::{CausalError, OrReport};
 use crate::group::Group;
 use crate::identity::check_author_grant;
 use crate::members::append_ops;
-use crate::spi_util::get_opt;
+use crate::spi_util::{get_opt, run_prepared};
 
 struct Pending {
     group_id: String,
@@ -57,17 +57,15 @@ fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalError>
     if let Some(info) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
         return Ok(info);
     }
-    let row = Spi::connect(|client| {
-        let mut rows = client.select(
-            "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
-            Some(1),
-            &[relid.into()],
-        )?;
-        match rows.next() {
-            None => Ok::<_, pgrx::spi::Error>(None),
+    let row = run_prepared(
+        "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
+        &[relid.into()],
+        false,
+        |mut rows| match rows.next() {
+            None => Ok(None),
             Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<JsonB>(2)?))),
-        }
-    })?;
+        },
+    )?;
     let Some((Some(group_id), Some(schema))) = row else {
         return Err(CausalError::NotReplicated(format!("{relid:?}")));
     };
@@ -275,10 +273,12 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
                 CausalError::Prepare.report("causal commit");
             }
         }
-        pg_sys::XactEvent::XACT_EVENT_COMMIT
-        | pg_sys::XactEvent::XACT_EVENT_ABORT
-        | pg_sys::XactEvent::XACT_EVENT_PREPARE
-        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => clear(),
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            clear();
+            crate::store::clear_cache();
+            crate::members::clear_cache();
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => clear(),
         _ => {}
     }
 }

@@ -10,7 +10,7 @@ use causal_core::{Dag, HashAlgorithm};
 
 use crate::error::{CausalError, OrReport};
 use crate::identity::current_author;
-use crate::spi_util::get_opt;
+use crate::spi_util::{get_opt, run_prepared};
 use crate::store::SpiStore;
 
 /// A group of this database.
@@ -22,17 +22,15 @@ pub struct Group {
 impl Group {
     /// Finds a group by name or by id.
     pub fn find(name_or_id: &str) -> Result<Group, CausalError> {
-        let row = Spi::connect(|client| {
-            let mut rows = client.select(
-                "SELECT group_id, hash_algorithm FROM causal.group_defs WHERE name = $1 OR group_id = $1",
-                Some(1),
-                &[name_or_id.into()],
-            )?;
-            match rows.next() {
-                None => Ok::<_, pgrx::spi::Error>(None),
+        let row = run_prepared(
+            "SELECT group_id, hash_algorithm FROM causal.group_defs WHERE name = $1 OR group_id = $1",
+            &[name_or_id.into()],
+            false,
+            |mut rows| match rows.next() {
+                None => Ok(None),
                 Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<String>(2)?))),
-            }
-        })?;
+            },
+        )?;
         let Some((Some(id), Some(alg))) = row else {
             return Err(CausalError::UnknownGroup(name_or_id.chars().take(80).collect()));
         };
@@ -41,16 +39,8 @@ impl Group {
     }
 
     pub fn dag(&self) -> Dag<SpiStore> {
-        Dag::new(SpiStore::new(&self.id), self.algorithm)
+        Dag::new(SpiStore::new(&self.id, self.algorithm), self.algorithm)
     }
-}
-
-/// The hash algorithm of a group, by id.
-pub fn algorithm_of(group_id: &str) -> Result<HashAlgorithm, CausalError> {
-    let alg =
-        get_opt::<String>("SELECT hash_algorithm FROM causal.group_defs WHERE group_id = $1", &[group_id.into()])?
-            .ok_or_else(|| CausalError::UnknownGroup(group_id.to_string()))?;
-    HashAlgorithm::parse(&alg).map_err(|e| CausalError::Corrupt(e.to_string()))
 }
 
 fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
@@ -104,7 +94,7 @@ SELECT g.name,
        g.hash_algorithm,
        coalesce((SELECT array_agg(t.table_name ORDER BY t.table_name) FROM causal.replicated_tables t
                  WHERE t.group_id = g.group_id), '{}') AS tables,
-       (SELECT count(*) FROM causal.dag_entries e WHERE e.group_id = g.group_id) AS entry_count,
+       g.entry_count::bigint AS entry_count,
        causal.frontier(g.group_id) AS frontier
 FROM causal.group_defs g;
 GRANT SELECT ON causal.groups TO PUBLIC;

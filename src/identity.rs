@@ -7,7 +7,7 @@ use causal_core::identity::Keypair;
 
 use crate::error::{CausalError, OrReport};
 use crate::guc;
-use crate::spi_util::get_opt;
+use crate::spi_util::{get_opt, get_prepared};
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 
@@ -116,7 +116,7 @@ pub fn check_author_grant() -> Result<String, CausalError> {
     };
     // The role that called us, even inside SECURITY DEFINER functions.
     let caller = unsafe { pg_sys::GetOuterUserId() };
-    let allowed = Spi::get_one_with_args::<bool>(
+    let allowed = get_prepared::<bool>(
         "SELECT (SELECT rolsuper FROM pg_roles WHERE oid = $1) \
              OR EXISTS (SELECT 1 FROM causal.identity_grants g \
                         WHERE g.identity = $2 AND pg_has_role($1, g.role_name, 'MEMBER'))",

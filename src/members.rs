@@ -1,5 +1,8 @@
 //! Membership: signed add/remove entries, and appending signed operations at the frontier.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use pgrx::prelude::*;
 
 use causal_core::entry::Entry;
@@ -16,12 +19,12 @@ use crate::identity::current_author;
 /// frontier. The author must be a live member (an admin when `admin_only`). The group row is
 /// locked first, so concurrent appends to one group queue up and each one follows the last.
 pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash, CausalError> {
-    Spi::run_with_args("SELECT 1 FROM causal.group_defs WHERE group_id = $1 FOR UPDATE", &[group.id.clone().into()])?;
-    let author = current_author()?;
     let mut dag = group.dag();
+    let state = dag.store().lock().map_err(causal_core::DagError::from)?;
+    let author = current_author()?;
     let prev = dag.frontier()?;
     let key_id = author.keypair.public().key_id();
-    let status = member_at(&dag, &prev, &key_id).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    let status = cached_status(group, &dag, &prev, &key_id, state.membership_version)?;
     if !status.live || (admin_only && !status.admin) {
         return Err(CausalError::NotAllowed {
             key_id: key_id.to_b64(),
@@ -33,6 +36,35 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
     let payload = SignedPayload::sign(&author.keypair, &group_id, ops, &prev)?;
     let entry = Entry::new(group.algorithm, payload.to_value(), prev, derive_meta(&payload))?;
     Ok(dag.insert(entry)?.hash)
+}
+
+thread_local! {
+    /// Member status by (group, key), valid while the group's membership version is unchanged:
+    /// at the frontier, status depends only on the membership entries.
+    static STATUS: RefCell<HashMap<(String, Hash), (u32, MemberStatus)>> = RefCell::new(HashMap::new());
+}
+
+/// Forgets cached statuses; called when a transaction aborts (its membership changes are gone).
+pub fn clear_cache() {
+    STATUS.with(|s| s.borrow_mut().clear());
+}
+
+fn cached_status(
+    group: &Group,
+    dag: &causal_core::Dag<crate::store::SpiStore>,
+    frontier: &causal_core::Position,
+    key: &Hash,
+    version: u32,
+) -> Result<MemberStatus, CausalError> {
+    let k = (group.id.clone(), *key);
+    if let Some((v, s)) = STATUS.with(|c| c.borrow().get(&k).cloned()) {
+        if v == version {
+            return Ok(s);
+        }
+    }
+    let status = member_at(dag, frontier, key).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    STATUS.with(|c| c.borrow_mut().insert(k, (version, status.clone())));
+    Ok(status)
 }
 
 fn status_of(group: &Group, key_id: &Hash) -> Result<MemberStatus, CausalError> {

@@ -1,12 +1,103 @@
-//! Small SPI helpers.
+//! SPI helpers. Hot statements are prepared once per backend and kept (`SPI_keepplan`); the
+//! plan cache replans them if the catalog changes under them.
+//!
+//! A kept plan chosen while a catalog table was nearly empty (a sequential scan, say) would
+//! otherwise stay in use as the table grows, until an ANALYZE invalidates it. So each plan is
+//! prepared again after 64, 256, 1024, ... uses (then every 2^20): planning follows the
+//! tables' growth at a cost that vanishes as the counts grow.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use pgrx::datum::{DatumWithOid, FromDatum, IntoDatum};
-use pgrx::spi::{self, Spi};
+use pgrx::pg_sys::PgOid;
+use pgrx::spi::{self, OwnedPreparedStatement, Spi, SpiTupleTable};
+
+struct KeptPlan {
+    plan: Rc<OwnedPreparedStatement>,
+    uses: u64,
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, KeptPlan>> = RefCell::new(HashMap::new());
+}
+
+/// Whether a plan used `uses` times should be prepared again.
+fn replan_due(uses: u64) -> bool {
+    if uses < 64 {
+        false
+    } else if uses <= 1 << 20 {
+        uses.is_power_of_two() && uses.trailing_zeros() % 2 == 0
+    } else {
+        uses % (1 << 20) == 0
+    }
+}
+
+/// Runs a kept plan of `sql` (prepared on first use with the types of `args`) and hands the
+/// result to `f`. `mutating` statements write.
+pub fn run_prepared<R>(
+    sql: &'static str,
+    args: &[DatumWithOid],
+    mutating: bool,
+    f: impl FnOnce(SpiTupleTable<'_>) -> Result<R, spi::Error>,
+) -> Result<R, spi::Error> {
+    Spi::connect_mut(|client| {
+        // The kept plan, unless it is missing or due to be prepared again; and its use count.
+        let (cached, uses) = PLANS.with(|p| match p.borrow_mut().get_mut(sql) {
+            Some(kept) => {
+                kept.uses += 1;
+                (if replan_due(kept.uses) { None } else { Some(kept.plan.clone()) }, kept.uses)
+            }
+            None => (None, 1),
+        });
+        let plan = match cached {
+            Some(plan) => plan,
+            None => {
+                let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+                let prepared = if mutating { client.prepare_mut(sql, &types)? } else { client.prepare(sql, &types)? };
+                let plan = Rc::new(prepared.keep());
+                PLANS.with(|p| p.borrow_mut().insert(sql, KeptPlan { plan: plan.clone(), uses }));
+                plan
+            }
+        };
+        let table = if mutating { client.update(&*plan, None, args)? } else { client.select(&*plan, None, args)? };
+        f(table)
+    })
+}
+
+/// The first column of the first row of a kept plan, or `None` (no row, or NULL).
+pub fn get_prepared<T: FromDatum + IntoDatum>(
+    sql: &'static str,
+    args: &[DatumWithOid],
+) -> Result<Option<T>, spi::Error> {
+    run_prepared(sql, args, false, |mut rows| match rows.next() {
+        Some(row) => row.get::<T>(1),
+        None => Ok(None),
+    })
+}
+
+/// Executes a writing statement through a kept plan.
+pub fn exec_prepared(sql: &'static str, args: &[DatumWithOid]) -> Result<(), spi::Error> {
+    run_prepared(sql, args, true, |_| Ok(()))
+}
 
 /// The first column of the first row, or `None` when there is no row or it is NULL.
 pub fn get_opt<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Result<Option<T>, spi::Error> {
     match Spi::get_one_with_args::<T>(sql, args) {
         Err(spi::Error::InvalidPosition) => Ok(None),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replans_follow_a_geometric_schedule() {
+        let due: Vec<u64> = (1..=5000).filter(|u| super::replan_due(*u)).collect();
+        assert_eq!(due, vec![64, 256, 1024, 4096]);
+        assert!(super::replan_due(1 << 20));
+        assert!(super::replan_due(3 << 20));
+        assert!(!super::replan_due((1 << 20) + 1));
     }
 }

@@ -1,6 +1,8 @@
-//! `DagStore` over the catalog tables `causal.dag_entries` and `causal.dag_entry_tags`, so the
-//! extension runs the same DAG algorithms as `causal-core` does in memory. Nodes and entries
-//! read during one call are cached.
+//! `DagStore` over the catalog: `causal.dag_entries`, `causal.dag_entry_tags`, and the running
+//! state kept in the group's row of `causal.group_defs` (entry count, chain lengths, frontier,
+//! membership version). Every statement runs through a kept plan. Nodes never change once
+//! committed, so they are cached for the backend's life; the cache is dropped when a
+//! transaction aborts (its nodes, and their ids, are gone).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -11,14 +13,34 @@ use pgrx::spi;
 
 use causal_core::dag::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
 use causal_core::entry::{Entry, Header, Meta};
-use causal_core::Hash;
+use causal_core::membership::MEMBER_TAG;
+use causal_core::{Hash, HashAlgorithm};
 
-use crate::spi_util::get_opt;
+use crate::spi_util::{exec_prepared, get_prepared, run_prepared};
+
+thread_local! {
+    static NODES: RefCell<HashMap<(String, NodeId), Rc<Node>>> = RefCell::new(HashMap::new());
+}
+
+/// Forgets cached nodes; called when a transaction aborts.
+pub fn clear_cache() {
+    NODES.with(|n| n.borrow_mut().clear());
+}
+
+/// The running state of a group's DAG, as kept in its row.
+#[derive(Clone, Debug)]
+pub struct GroupState {
+    pub entry_count: u32,
+    pub chain_lens: Vec<u32>,
+    pub frontier: Vec<NodeId>,
+    pub membership_version: u32,
+}
 
 /// One group's DAG, stored in the catalog.
 pub struct SpiStore {
     group: String,
-    nodes: RefCell<HashMap<NodeId, Rc<Node>>>,
+    alg: HashAlgorithm,
+    state: RefCell<Option<GroupState>>,
     entries: RefCell<HashMap<NodeId, Rc<Entry>>>,
 }
 
@@ -38,6 +60,14 @@ fn to_u32(n: i32) -> Result<u32, StoreError> {
     u32::try_from(n).map_err(|_| corrupt(format!("negative id {n}")))
 }
 
+fn to_u32s(v: Vec<i32>) -> Result<Vec<u32>, StoreError> {
+    v.into_iter().map(to_u32).collect()
+}
+
+fn to_i32s(v: &[u32]) -> Result<Vec<i32>, StoreError> {
+    v.iter().map(|x| to_i32(*x)).collect()
+}
+
 /// The catalog spelling of a metadata tag.
 pub fn tag_text(tag: &MetaTag) -> String {
     match &tag.value {
@@ -46,14 +76,47 @@ pub fn tag_text(tag: &MetaTag) -> String {
     }
 }
 
+const STATE_SQL: &str =
+    "SELECT entry_count, chain_lens, frontier, membership_version FROM causal.group_defs WHERE group_id = $1";
+const STATE_LOCK_SQL: &str =
+    "SELECT entry_count, chain_lens, frontier, membership_version FROM causal.group_defs WHERE group_id = $1 FOR UPDATE";
+
 impl SpiStore {
-    pub fn new(group: &str) -> SpiStore {
-        SpiStore { group: group.to_string(), nodes: RefCell::default(), entries: RefCell::default() }
+    pub fn new(group: &str, alg: HashAlgorithm) -> SpiStore {
+        SpiStore { group: group.to_string(), alg, state: RefCell::new(None), entries: RefCell::default() }
     }
 
-    fn count(&self, sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<u32, StoreError> {
-        let n = get_opt::<i64>(sql, args).map_err(backend)?.unwrap_or(0);
-        u32::try_from(n).map_err(|_| corrupt(format!("count {n} out of range")))
+    fn load_state(&self, sql: &'static str, locking: bool) -> Result<GroupState, StoreError> {
+        let row = run_prepared(sql, &[self.group.clone().into()], locking, |mut rows| match rows.next() {
+            None => Ok(None),
+            Some(r) => Ok(Some((r.get::<i32>(1)?, r.get::<Vec<i32>>(2)?, r.get::<Vec<i32>>(3)?, r.get::<i32>(4)?))),
+        })
+        .map_err(backend)?;
+        let Some((Some(count), Some(lens), Some(frontier), Some(version))) = row else {
+            return Err(corrupt(format!("group {} has no state row", self.group)));
+        };
+        Ok(GroupState {
+            entry_count: to_u32(count)?,
+            chain_lens: to_u32s(lens)?,
+            frontier: to_u32s(frontier)?,
+            membership_version: to_u32(version)?,
+        })
+    }
+
+    /// Locks the group's row (so appends to the group queue up) and loads its state.
+    pub fn lock(&self) -> Result<GroupState, StoreError> {
+        let state = self.load_state(STATE_LOCK_SQL, true)?;
+        *self.state.borrow_mut() = Some(state.clone());
+        Ok(state)
+    }
+
+    fn state(&self) -> Result<GroupState, StoreError> {
+        if let Some(s) = self.state.borrow().as_ref() {
+            return Ok(s.clone());
+        }
+        let state = self.load_state(STATE_SQL, false)?;
+        *self.state.borrow_mut() = Some(state.clone());
+        Ok(state)
     }
 }
 
@@ -62,14 +125,11 @@ impl DagStore for SpiStore {
     type EntryRef<'a> = Rc<Entry>;
 
     fn len(&self) -> Result<u64, StoreError> {
-        Ok(u64::from(self.count(
-            "SELECT coalesce(max(node_id) + 1, 0)::bigint FROM causal.dag_entries WHERE group_id = $1",
-            &[self.group.clone().into()],
-        )?))
+        Ok(u64::from(self.state()?.entry_count))
     }
 
     fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError> {
-        get_opt::<i32>(
+        get_prepared::<i32>(
             "SELECT node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = $2",
             &[self.group.clone().into(), hash.to_b64().into()],
         )
@@ -79,16 +139,15 @@ impl DagStore for SpiStore {
     }
 
     fn node(&self, id: NodeId) -> Result<Rc<Node>, StoreError> {
-        if let Some(n) = self.nodes.borrow().get(&id) {
-            return Ok(n.clone());
+        let key = (self.group.clone(), id);
+        if let Some(n) = NODES.with(|c| c.borrow().get(&key).cloned()) {
+            return Ok(n);
         }
-        let row = Spi::connect(|client| {
-            let mut rows = client.select(
-                "SELECT hash, chain, seq, preds, clock FROM causal.dag_entries WHERE group_id = $1 AND node_id = $2",
-                Some(1),
-                &[self.group.clone().into(), to_i32(id).map_err(|_| spi::Error::InvalidPosition)?.into()],
-            )?;
-            match rows.next() {
+        let row = run_prepared(
+            "SELECT hash, chain, seq, preds, clock FROM causal.dag_entries WHERE group_id = $1 AND node_id = $2",
+            &[self.group.clone().into(), (id as i32).into()],
+            false,
+            |mut rows| match rows.next() {
                 None => Ok(None),
                 Some(r) => Ok(Some((
                     r.get::<String>(1)?,
@@ -97,20 +156,20 @@ impl DagStore for SpiStore {
                     r.get::<Vec<i32>>(4)?,
                     r.get::<Vec<i32>>(5)?,
                 ))),
-            }
-        })
+            },
+        )
         .map_err(backend)?;
-        let Some((hash, chain, seq, Some(preds), Some(clock))) = row else {
+        let Some((Some(hash), Some(chain), Some(seq), Some(preds), Some(clock))) = row else {
             return Err(corrupt(format!("node {id} of group {} is missing", self.group)));
         };
         let node = Rc::new(Node {
-            hash: hash.and_then(|h| h.parse().ok()).ok_or_else(|| corrupt(format!("node {id} has a bad hash")))?,
-            chain: to_u32(chain.ok_or_else(|| corrupt("chain is NULL"))?)?,
-            seq: to_u32(seq.ok_or_else(|| corrupt("seq is NULL"))?)?,
-            preds: preds.into_iter().map(to_u32).collect::<Result<_, _>>()?,
-            clock: Clock(clock.into_iter().map(to_u32).collect::<Result<_, _>>()?),
+            hash: hash.parse().map_err(|_| corrupt(format!("node {id} has a bad hash")))?,
+            chain: to_u32(chain)?,
+            seq: to_u32(seq)?,
+            preds: to_u32s(preds)?,
+            clock: Clock(to_u32s(clock)?),
         });
-        self.nodes.borrow_mut().insert(id, node.clone());
+        NODES.with(|c| c.borrow_mut().insert(key, node.clone()));
         Ok(node)
     }
 
@@ -118,15 +177,13 @@ impl DagStore for SpiStore {
         if let Some(e) = self.entries.borrow().get(&id) {
             return Ok(e.clone());
         }
-        let row = Spi::connect(|client| {
-            let mut rows = client.select(
-                "SELECT hash, prev, payload, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
-                   WHERE t.group_id = e.group_id AND t.chain = e.chain AND t.seq = e.seq), '{}') \
-                 FROM causal.dag_entries e WHERE group_id = $1 AND node_id = $2",
-                Some(1),
-                &[self.group.clone().into(), to_i32(id).map_err(|_| spi::Error::InvalidPosition)?.into()],
-            )?;
-            match rows.next() {
+        let row = run_prepared(
+            "SELECT hash, prev, payload, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
+               WHERE t.group_id = e.group_id AND t.chain = e.chain AND t.seq = e.seq), '{}') \
+             FROM causal.dag_entries e WHERE group_id = $1 AND node_id = $2",
+            &[self.group.clone().into(), to_i32(id)?.into()],
+            false,
+            |mut rows| match rows.next() {
                 None => Ok(None),
                 Some(r) => Ok(Some((
                     r.get::<String>(1)?,
@@ -134,8 +191,8 @@ impl DagStore for SpiStore {
                     r.get::<String>(3)?,
                     r.get::<Vec<String>>(4)?,
                 ))),
-            }
-        })
+            },
+        )
         .map_err(backend)?;
         let Some((Some(hash), Some(prev), Some(payload), tags)) = row else {
             return Err(corrupt(format!("entry {id} of group {} is missing", self.group)));
@@ -149,11 +206,8 @@ impl DagStore for SpiStore {
                 None => meta.entry(tag).or_default().is_empty(),
             };
         }
-        let payload_hash = {
-            // The payload hash is not stored: recompute it (it is part of the header).
-            let alg = crate::group::algorithm_of(&self.group).map_err(|e| corrupt(e.to_string()))?;
-            alg.hash_literal(&payload_value).map_err(|e| corrupt(e.to_string()))?
-        };
+        // The payload hash is not stored; it is part of the header, so recompute it.
+        let payload_hash = self.alg.hash_literal(&payload_value).map_err(|e| corrupt(e.to_string()))?;
         let entry = Rc::new(Entry {
             hash: parse(&hash)?,
             header: Header { payload_hash, prev: prev.iter().map(|h| parse(h)).collect::<Result<_, _>>()? },
@@ -165,21 +219,15 @@ impl DagStore for SpiStore {
     }
 
     fn chain_count(&self) -> Result<ChainId, StoreError> {
-        self.count(
-            "SELECT coalesce(max(chain) + 1, 0)::bigint FROM causal.dag_entries WHERE group_id = $1",
-            &[self.group.clone().into()],
-        )
+        Ok(self.state()?.chain_lens.len() as ChainId)
     }
 
     fn chain_len(&self, chain: ChainId) -> Result<Seq, StoreError> {
-        self.count(
-            "SELECT coalesce(max(seq), 0)::bigint FROM causal.dag_entries WHERE group_id = $1 AND chain = $2",
-            &[self.group.clone().into(), to_i32(chain)?.into()],
-        )
+        Ok(self.state()?.chain_lens.get(chain as usize).copied().unwrap_or(0))
     }
 
     fn chain_member(&self, chain: ChainId, seq: Seq) -> Result<NodeId, StoreError> {
-        get_opt::<i32>(
+        get_prepared::<i32>(
             "SELECT node_id FROM causal.dag_entries WHERE group_id = $1 AND chain = $2 AND seq = $3",
             &[self.group.clone().into(), to_i32(chain)?.into(), to_i32(seq)?.into()],
         )
@@ -190,7 +238,7 @@ impl DagStore for SpiStore {
     }
 
     fn latest_tagged(&self, tag: &MetaTag, chain: ChainId, lo: Seq, hi: Seq) -> Result<Option<Seq>, StoreError> {
-        get_opt::<i32>(
+        get_prepared::<i32>(
             "SELECT max(seq) FROM causal.dag_entry_tags WHERE group_id = $1 AND tag = $2 AND chain = $3 AND seq BETWEEN $4 AND $5",
             &[self.group.clone().into(), tag_text(tag).into(), to_i32(chain)?.into(), to_i32(lo)?.into(), to_i32(hi)?.into()],
         )
@@ -200,22 +248,15 @@ impl DagStore for SpiStore {
     }
 
     fn frontier(&self) -> Result<Vec<NodeId>, StoreError> {
-        let ids = get_opt::<Vec<i32>>(
-            "SELECT coalesce(array_agg(node_id ORDER BY node_id), '{}') FROM causal.dag_entries WHERE group_id = $1 AND is_tip",
-            &[self.group.clone().into()],
-        )
-        .map_err(backend)?
-        .unwrap_or_default();
-        ids.into_iter().map(to_u32).collect()
+        Ok(self.state()?.frontier)
     }
 
     fn insert(&mut self, node: Node, entry: Entry) -> Result<NodeId, StoreError> {
-        let id = u32::try_from(self.len()?).map_err(|_| StoreError::Full("too many entries".into()))?;
+        let mut state = self.state()?;
+        let id = state.entry_count;
         let payload = serde_json::to_string(&entry.payload).map_err(|e| corrupt(e.to_string()))?;
         let prev: Vec<String> = entry.header.prev.iter().map(Hash::to_b64).collect();
-        let preds: Vec<i32> = node.preds.iter().map(|p| to_i32(*p)).collect::<Result<_, _>>()?;
-        let clock: Vec<i32> = node.clock.0.iter().map(|s| to_i32(*s)).collect::<Result<_, _>>()?;
-        Spi::run_with_args(
+        exec_prepared(
             "INSERT INTO causal.dag_entries (group_id, node_id, hash, prev, payload, chain, seq, preds, clock) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
@@ -226,34 +267,51 @@ impl DagStore for SpiStore {
                 payload.into(),
                 to_i32(node.chain)?.into(),
                 to_i32(node.seq)?.into(),
-                preds.clone().into(),
-                clock.into(),
+                to_i32s(&node.preds)?.into(),
+                to_i32s(&node.clock.0)?.into(),
             ],
         )
         .map_err(backend)?;
-        if !preds.is_empty() {
-            Spi::run_with_args(
-                "UPDATE causal.dag_entries SET is_tip = false WHERE group_id = $1 AND node_id = ANY($2) AND is_tip",
-                &[self.group.clone().into(), preds.into()],
-            )
-            .map_err(backend)?;
-        }
         for (key, values) in &entry.meta {
             let mut tags = vec![key.clone()];
             tags.extend(values.iter().map(|v| format!("{key}={v}")));
             for tag in tags {
-                Spi::run_with_args(
+                exec_prepared(
                     "INSERT INTO causal.dag_entry_tags (group_id, tag, chain, seq) VALUES ($1, $2, $3, $4)",
                     &[self.group.clone().into(), tag.into(), to_i32(node.chain)?.into(), to_i32(node.seq)?.into()],
                 )
                 .map_err(backend)?;
             }
         }
-        self.nodes.borrow_mut().insert(id, Rc::new(node));
+        // Update the running state and write it back.
+        state.entry_count += 1;
+        let c = node.chain as usize;
+        if state.chain_lens.len() <= c {
+            state.chain_lens.resize(c + 1, 0);
+        }
+        state.chain_lens[c] = node.seq;
+        state.frontier.retain(|f| !node.preds.contains(f));
+        state.frontier.push(id);
+        if entry.meta.contains_key(MEMBER_TAG) {
+            state.membership_version += 1;
+        }
+        exec_prepared(
+            "UPDATE causal.group_defs SET entry_count = $2, chain_lens = $3, frontier = $4, membership_version = $5 \
+             WHERE group_id = $1",
+            &[
+                self.group.clone().into(),
+                to_i32(state.entry_count)?.into(),
+                to_i32s(&state.chain_lens)?.into(),
+                to_i32s(&state.frontier)?.into(),
+                to_i32(state.membership_version)?.into(),
+            ],
+        )
+        .map_err(backend)?;
+        *self.state.borrow_mut() = Some(state);
+        NODES.with(|n| n.borrow_mut().insert((self.group.clone(), id), Rc::new(node)));
         Ok(id)
     }
 }
-
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
@@ -271,7 +329,7 @@ mod tests {
             .unwrap();
         let alg = HashAlgorithm::Sha256;
         let mut mem = Dag::new(MemStore::new(), alg);
-        let mut spi = Dag::new(SpiStore::new("g"), alg);
+        let mut spi = Dag::new(SpiStore::new("g", alg), alg);
         let mut state: u64 = 0x9e3779b97f4a7c15;
         let mut rand = move |n: usize| {
             state ^= state << 13;
@@ -313,7 +371,7 @@ mod tests {
             );
         }
         // A fresh store (no cache) reads back the same entries.
-        let fresh = Dag::new(SpiStore::new("g"), alg);
+        let fresh = Dag::new(SpiStore::new("g", alg), alg);
         for h in hashes.iter().step_by(17) {
             assert_eq!(mem.entry(h).unwrap(), fresh.entry(h).unwrap());
         }

@@ -43,7 +43,9 @@ pub fn derive_meta(payload: &SignedPayload) -> Meta {
                 tag(KIND_TAG, "barrier".into());
                 tag("table", table.clone());
             }
-            Op::Insert { table, .. } | Op::Update { table, .. } => tag("table", table.clone()),
+            // Plain row writes are not searched by tag (rows keep their own causal metadata),
+            // so they add no index rows.
+            Op::Insert { .. } | Op::Update { .. } => {}
         }
     }
     meta
