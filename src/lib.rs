@@ -6,6 +6,7 @@ mod error;
 mod functions;
 mod group;
 mod guc;
+mod history;
 mod identity;
 mod members;
 mod replicate;

@@ -300,6 +300,67 @@ impl SignedPayload {
     }
 }
 
+fn key_text(key: &Map<String, Value>) -> String {
+    key.iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn short_key(k: &KeyId) -> String {
+    k.to_b64().chars().take(8).collect()
+}
+
+impl Op {
+    /// A one-line human summary, e.g. `insert products (sku=A)`.
+    pub fn summary(&self, schema_key: impl Fn(&str) -> Vec<String>) -> String {
+        match self {
+            Op::AddMember { public_key, name, admin } => format!(
+                "add {}member {}{}",
+                if *admin { "admin " } else { "" },
+                short_key(&public_key.key_id()),
+                name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+            ),
+            Op::RemoveMember { key_id } => format!("remove member {}", short_key(key_id)),
+            Op::Schema { table, .. } => format!("schema {table}"),
+            Op::Rule { table, operation, .. } => format!("rule {operation} on {table}"),
+            Op::Unreplicate { table } => format!("unreplicate {table}"),
+            Op::Insert { table, row } => {
+                let pk = schema_key(table);
+                let key: Map<String, Value> = if pk.is_empty() {
+                    row.clone()
+                } else {
+                    row.iter().filter(|(k, _)| pk.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+                };
+                format!("insert {table} ({})", key_text(&key))
+            }
+            Op::Update { table, key, .. } => format!("update {table} ({})", key_text(key)),
+            Op::Delete { table, key } => format!("delete {table} ({})", key_text(key)),
+        }
+    }
+}
+
+impl SignedPayload {
+    /// A one-line human summary of the entry: its only operation, or `N ops: a; b; c; ...`.
+    pub fn summary(&self, schema_key: impl Fn(&str) -> Vec<String>) -> String {
+        if let Some(g) = &self.genesis {
+            return format!("create group {}", g.name);
+        }
+        match self.ops.as_slice() {
+            [] => "no operations".to_string(),
+            [op] => op.summary(&schema_key),
+            ops => {
+                let shown: Vec<String> = ops.iter().take(3).map(|o| o.summary(&schema_key)).collect();
+                let more = if ops.len() > 3 { "; ..." } else { "" };
+                format!("{} ops: {}{more}", ops.len(), shown.join("; "))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +410,19 @@ mod tests {
         v["ops"][0]["row"]["price"] = json!("0.01");
         let tampered = SignedPayload::from_value(&v).unwrap();
         assert!(tampered.verify(&admin.public(), Some(&root.hash), &prev).is_err());
+    }
+
+    #[test]
+    fn summaries() {
+        let admin = Keypair::generate();
+        let g = HashAlgorithm::Blake3.digest(b"g");
+        let pk = |_: &str| vec!["sku".to_string()];
+        let one = SignedPayload::sign(&admin, &g, ops()[..1].to_vec(), &Position::new()).unwrap();
+        assert_eq!(one.summary(pk), "insert products (sku=A)");
+        let two = SignedPayload::sign(&admin, &g, ops(), &Position::new()).unwrap();
+        assert_eq!(two.summary(pk), "2 ops: insert products (sku=A); update products (sku=B)");
+        let many = SignedPayload::sign(&admin, &g, [ops(), ops()].concat(), &Position::new()).unwrap();
+        assert!(many.summary(pk).starts_with("4 ops: ") && many.summary(pk).ends_with("; ..."));
     }
 
     #[test]
