@@ -93,3 +93,16 @@ SELECT pg_catalog.pg_extension_config_dump('causal.group_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.dag_entries', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.dag_entry_tags', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.replicated_tables', '');
+
+-- The rule in force for each table and operation (the latest causal.allow).
+CREATE TABLE causal.table_rules (
+    group_id    text NOT NULL,
+    table_name  text NOT NULL,
+    operation   text NOT NULL CHECK (operation IN ('insert', 'update', 'delete')),
+    rule        text NOT NULL,
+    PRIMARY KEY (group_id, table_name, operation),
+    FOREIGN KEY (group_id, table_name) REFERENCES causal.replicated_tables (group_id, table_name) ON DELETE CASCADE
+);
+REVOKE ALL ON causal.table_rules FROM PUBLIC;
+GRANT SELECT ON causal.table_rules TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('causal.table_rules', '');

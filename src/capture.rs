@@ -18,12 +18,14 @@ use pgrx::{AnyNumeric, JsonB};
 use serde_json::{json, Map, Value};
 
 use causal_core::payload::Op;
+use causal_core::rules::Operation;
 use causal_core::schema::{format_date, format_timestamp, ColumnType, TableSchema};
 
 use crate::error::{CausalError, OrReport};
 use crate::group::Group;
 use crate::identity::check_author_grant;
 use crate::members::append_ops;
+use crate::rules::RuleInput;
 use crate::spi_util::{get_opt, run_prepared};
 
 struct Pending {
@@ -44,13 +46,13 @@ thread_local! {
     /// Set while applying remote history: nothing is captured.
     static REPLAYING: Cell<bool> = const { Cell::new(false) };
     /// Whether this transaction's author was checked already.
-    static AUTHOR_CHECKED: Cell<bool> = const { Cell::new(false) };
+    static AUTHOR: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 fn clear() {
     PENDING.with(|p| p.borrow_mut().clear());
     TABLES.with(|t| t.borrow_mut().clear());
-    AUTHOR_CHECKED.with(|c| c.set(false));
+    AUTHOR.with(|a| *a.borrow_mut() = None);
 }
 
 fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalError> {
@@ -169,23 +171,35 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     }
     let relid = trigger.relid().map_err(|e| CausalError::Corrupt(e.to_string()))?;
     let info = table_info(relid)?;
-    if !AUTHOR_CHECKED.with(Cell::get) {
-        check_author_grant()?;
-        AUTHOR_CHECKED.with(|c| c.set(true));
-    }
+    let author = match AUTHOR.with(|a| a.borrow().clone()) {
+        Some(a) => a,
+        None => {
+            let name = check_author_grant()?;
+            let key_id = get_opt::<String>("SELECT key_id FROM causal.identity_keys WHERE name = $1", &[name.into()])?
+                .ok_or_else(|| CausalError::Corrupt("author identity vanished".into()))?;
+            AUTHOR.with(|a| *a.borrow_mut() = Some(key_id.clone()));
+            key_id
+        }
+    };
+    let check = |op: Operation, new: Option<&Map<String, Value>>, old: Option<&Map<String, Value>>| {
+        crate::rules::check_write(&info.group_id, op, &RuleInput { schema: &info.schema, new, old, author: &author })
+    };
     let schema = &info.schema;
     let table = schema.table.clone();
     let mut ops = Vec::new();
     match trigger.op().map_err(|e| CausalError::Corrupt(e.to_string()))? {
         PgTriggerOperation::Insert => {
             let new = trigger.new().ok_or_else(|| CausalError::Corrupt("INSERT without NEW".into()))?;
-            ops.push(Op::Insert { table, row: encode_row(&new, schema)? });
+            let row = encode_row(&new, schema)?;
+            check(Operation::Insert, Some(&row), None)?;
+            ops.push(Op::Insert { table, row });
         }
         PgTriggerOperation::Update => {
             let old =
                 encode_row(&trigger.old().ok_or_else(|| CausalError::Corrupt("UPDATE without OLD".into()))?, schema)?;
             let new =
                 encode_row(&trigger.new().ok_or_else(|| CausalError::Corrupt("UPDATE without NEW".into()))?, schema)?;
+            check(Operation::Update, Some(&new), Some(&old))?;
             let (old_key, new_key) = (key_of(&old, schema), key_of(&new, schema));
             if old_key != new_key {
                 // A changed primary key is a different row: delete the old, insert the new.

@@ -56,6 +56,12 @@ pub enum CausalError {
     AlreadyReplicated { table: String, group: String },
     #[error("table {0} is not replicated")]
     NotReplicated(String),
+    #[error("invalid rule for {table}: {error}")]
+    BadRule { table: String, error: causal_core::rules::RuleError },
+    #[error("{operation} into {table} is not allowed by its rule: {rule}")]
+    RuleDenied { table: String, operation: &'static str, rule: String },
+    #[error("unknown operation {0:?}: use insert, update, delete or all")]
+    BadOperation(String),
     #[error("TRUNCATE of replicated table {0} is not allowed")]
     Truncate(String),
     #[error("PREPARE TRANSACTION is not supported for transactions that write replicated tables")]
@@ -87,6 +93,9 @@ impl CausalError {
             | CausalError::ForeignKeyOutsideGroup { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             CausalError::NoPrimaryKey(_) => ERRCODE_INVALID_TABLE_DEFINITION,
             CausalError::Truncate(_) | CausalError::Prepare => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CausalError::BadRule { error, .. } => crate::rules::rule_sqlstate(error),
+            CausalError::BadOperation(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            CausalError::RuleDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CausalError::AlreadyReplicated { .. } => ERRCODE_DUPLICATE_OBJECT,
             CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
             CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -132,6 +141,9 @@ impl CausalError {
                 Some("TRUNCATE is not replicated; DELETE the rows instead, or causal.unreplicate the table first.")
             }
             CausalError::Prepare => Some("Commit the transaction directly."),
+            CausalError::BadRule { .. } => Some("See docs/RULES.md for the rule language."),
+            CausalError::BadOperation(_) => None,
+            CausalError::RuleDenied { .. } => Some("The rule is evaluated as the session's author (causal.author); see causal.table_rules."),
             CausalError::Corrupt(_) | CausalError::Spi(_) => None,
         }
     }

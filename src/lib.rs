@@ -10,6 +10,7 @@ mod history;
 mod identity;
 mod members;
 mod replicate;
+mod rules;
 mod spi_util;
 mod store;
 
