@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use pgrx::prelude::*;
 use pgrx::spi;
 
 use causal_core::dag::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
@@ -313,7 +312,7 @@ impl DagStore for SpiStore {
     }
 }
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
 
