@@ -58,6 +58,10 @@ pub enum CausalError {
     NotReplicated(String),
     #[error("invalid rule for {table}: {error}")]
     BadRule { table: String, error: causal_core::rules::RuleError },
+    #[error("ALTER TABLE of replicated table {table} is not supported: {what}")]
+    UnsupportedAlter { table: String, what: String },
+    #[error("table {table} cannot be unreplicated while {referrer} references it")]
+    StillReferenced { table: String, referrer: String },
     #[error("{operation} into {table} is not allowed by its rule: {rule}")]
     RuleDenied { table: String, operation: &'static str, rule: String },
     #[error("unknown operation {0:?}: use insert, update, delete or all")]
@@ -96,6 +100,8 @@ impl CausalError {
             CausalError::BadRule { error, .. } => crate::rules::rule_sqlstate(error),
             CausalError::BadOperation(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CausalError::RuleDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CausalError::UnsupportedAlter { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CausalError::StillReferenced { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             CausalError::AlreadyReplicated { .. } => ERRCODE_DUPLICATE_OBJECT,
             CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
             CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -143,6 +149,10 @@ impl CausalError {
             CausalError::Prepare => Some("Commit the transaction directly."),
             CausalError::BadRule { .. } => Some("See docs/RULES.md for the rule language."),
             CausalError::BadOperation(_) => None,
+            CausalError::UnsupportedAlter { .. } => Some(
+                "Only ADD COLUMN of a nullable column, or one with a constant default, is supported; for anything else, causal.unreplicate the table first.",
+            ),
+            CausalError::StillReferenced { .. } => Some("Unreplicate the referencing table first."),
             CausalError::RuleDenied { .. } => Some("The rule is evaluated as the session's author (causal.author); see causal.table_rules."),
             CausalError::Corrupt(_) | CausalError::Spi(_) => None,
         }

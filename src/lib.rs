@@ -2,6 +2,7 @@
 //! storage over SPI and the background worker. The algorithms live in `causal-core`.
 
 mod capture;
+mod ddl;
 mod error;
 mod functions;
 mod group;

@@ -27,7 +27,7 @@ pub fn group_table_name(relid: pg_sys::Oid) -> Result<String, CausalError> {
 }
 
 /// Whether a stored expression tree (`pg_node_tree` text) calls only immutable functions.
-fn is_immutable(node_tree: &str) -> Result<bool, CausalError> {
+pub fn is_immutable(node_tree: &str) -> Result<bool, CausalError> {
     let c = CString::new(node_tree).map_err(|_| CausalError::Corrupt("expression with NUL".into()))?;
     // SAFETY: `c` is a valid C string holding a node tree Postgres wrote; stringToNode
     // allocates in the current memory context and contain_mutable_functions only reads it.

@@ -1,0 +1,220 @@
+//! DDL on replicated tables: DROP is refused until `causal.unreplicate`; ALTER TABLE may only
+//! append columns that are nullable or have a constant default (recorded as a new schema
+//! entry); `causal.unreplicate` takes a table out of its group.
+
+use pgrx::prelude::*;
+use pgrx::PgRelation;
+
+use causal_core::payload::Op;
+use causal_core::schema::TableSchema;
+
+use crate::error::{CausalError, OrReport};
+use crate::group::Group;
+use crate::members::append_ops;
+use crate::replicate::{derive_schema, group_table_name};
+use crate::spi_util::get_opt;
+
+fn recorded(relid: pg_sys::Oid) -> Result<Option<(String, TableSchema)>, CausalError> {
+    let row = Spi::connect(|client| {
+        let mut rows = client.select(
+            "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        match rows.next() {
+            None => Ok::<_, pgrx::spi::Error>(None),
+            Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<pgrx::JsonB>(2)?))),
+        }
+    })?;
+    match row {
+        Some((Some(g), Some(s))) => {
+            Ok(Some((g, TableSchema::from_value(&s.0).map_err(|e| CausalError::Corrupt(e.to_string()))?)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Called after every ALTER TABLE of a replicated table.
+fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
+    let Some((group_id, old)) = recorded(relid)? else { return Ok(()) };
+    let group = Group::find(&group_id)?;
+    let new = derive_schema(&group, relid)
+        .map_err(|e| CausalError::UnsupportedAlter { table: old.table.clone(), what: e.to_string() })?;
+    if new == old {
+        return Ok(());
+    }
+    let refuse = |what: String| Err(CausalError::UnsupportedAlter { table: old.table.clone(), what });
+    if new.table != old.table {
+        return refuse(format!("it renames the table to {}", new.table));
+    }
+    let same_prefix = new.columns.len() > old.columns.len() && new.columns[..old.columns.len()] == old.columns[..];
+    let same_constraints = new.primary_key == old.primary_key
+        && new.uniques == old.uniques
+        && new.checks == old.checks
+        && new.foreign_keys == old.foreign_keys;
+    if !same_prefix || !same_constraints {
+        return refuse("it changes existing columns or constraints".into());
+    }
+    for c in &new.columns[old.columns.len()..] {
+        // Every replica fills the column in for rows written concurrently, so its default
+        // must give the same value everywhere: no default, or an immutable expression.
+        let tree = get_opt::<String>(
+            "SELECT d.adbin::text FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+             WHERE d.adrelid = $1 AND a.attname = $2",
+            &[relid.into(), c.name.clone().into()],
+        )?;
+        let constant = match &tree {
+            Some(t) => crate::replicate::is_immutable(t)?,
+            None => false,
+        };
+        if tree.is_some() && !constant {
+            return refuse(format!("new column {} has a default that is not immutable", c.name));
+        }
+        if c.not_null && tree.is_none() {
+            return refuse(format!("new column {} is NOT NULL without a default", c.name));
+        }
+    }
+    let value = new.to_value();
+    append_ops(&group, vec![Op::Schema { table: new.table.clone(), schema: value.clone() }], true)?;
+    Spi::run_with_args(
+        "UPDATE causal.replicated_tables SET schema = $2 WHERE relid = $1",
+        &[relid.into(), pgrx::JsonB(value).into()],
+    )?;
+    Ok(())
+}
+
+#[pg_extern(name = "_schema_changed")]
+fn schema_changed_sql(relid: pg_sys::Oid) {
+    schema_changed(relid).or_report("causal ALTER TABLE check");
+}
+
+fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
+    let name = group_table_name(relid)?;
+    let Some((group_id, _)) = recorded(relid)? else { return Err(CausalError::NotReplicated(name)) };
+    if let Some(referrer) = get_opt::<String>(
+        "SELECT table_name FROM causal.replicated_tables WHERE group_id = $1 AND relid <> $2 \
+           AND schema -> 'foreignKeys' @> jsonb_build_array(jsonb_build_object('references', $3::text)) LIMIT 1",
+        &[group_id.clone().into(), relid.into(), name.clone().into()],
+    )? {
+        return Err(CausalError::StillReferenced { table: name, referrer });
+    }
+    let group = Group::find(&group_id)?;
+    let hash = append_ops(&group, vec![Op::Unreplicate { table: name.clone() }], true)?;
+    let rel = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])?.unwrap_or(name);
+    Spi::run(&format!(
+        "DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel};"
+    ))?;
+    Spi::run_with_args("DELETE FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?;
+    Ok(hash.to_b64())
+}
+
+/// Takes a table out of its group (a signed schema entry, by an admin). The table and its rows
+/// stay; they are no longer captured. Returns the entry's hash.
+#[pg_extern]
+fn unreplicate(tbl: PgRelation) -> String {
+    unreplicate_table(tbl.oid()).or_report("causal.unreplicate")
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION causal._guard_drop() RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table' LOOP
+        IF EXISTS (SELECT 1 FROM causal.replicated_tables WHERE relid = r.objid) THEN
+            RAISE EXCEPTION 'table % is replicated and cannot be dropped', r.object_identity
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      HINT = format('Run SELECT causal.unreplicate(%L) first.', r.object_identity);
+        END IF;
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER causal_guard_drop ON sql_drop EXECUTE FUNCTION causal._guard_drop();
+
+CREATE FUNCTION causal._guard_alter() RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+             WHERE command_tag = 'ALTER TABLE' AND objid IN (SELECT relid FROM causal.replicated_tables) LOOP
+        PERFORM causal._schema_changed(r.objid);
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER causal_guard_alter ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION causal._guard_alter();
+"#,
+    name = "ddl_guards",
+    requires = [schema_changed_sql, "catalog"]
+);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run(
+            "SELECT causal.create_group('shop'); \
+             CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2)); \
+             SELECT causal.replicate('shop', 'products');",
+        )
+        .unwrap();
+    }
+
+    fn outcome(stmt: &str) -> String {
+        Spi::run(&format!(
+            "DO $d$ BEGIN {stmt}; PERFORM set_config('t.s', 'ok', false); \
+             EXCEPTION WHEN OTHERS THEN PERFORM set_config('t.s', SQLSTATE || ' ' || SQLERRM, false); END $d$"
+        ))
+        .unwrap();
+        Spi::get_one::<String>("SELECT current_setting('t.s')").unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn add_column_records_a_new_schema_entry() {
+        setup();
+        assert_eq!(outcome("ALTER TABLE products ADD COLUMN stock integer DEFAULT 0"), "ok");
+        assert_eq!(outcome("ALTER TABLE products ADD COLUMN note text"), "ok");
+        let cols = Spi::get_one::<i32>("SELECT jsonb_array_length(causal.describe('products') -> 'columns')")
+            .unwrap()
+            .unwrap();
+        assert_eq!(cols, 5);
+        let ops = Spi::get_one::<Vec<String>>("SELECT array_agg(op) FROM causal.log('shop', 2)").unwrap().unwrap();
+        assert_eq!(ops, vec!["schema products", "schema products"]);
+        // Statistics targets and the like change nothing replicated: no entry.
+        assert_eq!(outcome("ALTER TABLE products ALTER COLUMN name SET STATISTICS 500"), "ok");
+        assert_eq!(Spi::get_one::<i64>("SELECT entry_count FROM causal.groups").unwrap(), Some(4));
+    }
+
+    #[pg_test]
+    fn other_alters_are_refused() {
+        setup();
+        let s = outcome("ALTER TABLE products ALTER COLUMN price TYPE numeric(12,2)");
+        assert!(s.starts_with("0A000") && s.contains("ALTER TABLE of replicated table products"), "{s}");
+        assert!(outcome("ALTER TABLE products DROP COLUMN price").starts_with("0A000"));
+        assert!(outcome("ALTER TABLE products ADD COLUMN t timestamptz DEFAULT now()").starts_with("0A000"));
+        assert!(outcome("ALTER TABLE products ADD CONSTRAINT pos CHECK (price > 0)").starts_with("0A000"));
+        let s = outcome("ALTER TABLE products RENAME TO goods");
+        assert!(s.starts_with("0A000") && s.contains("renames the table to goods"), "{s}");
+    }
+
+    #[pg_test]
+    fn drop_is_refused_until_unreplicate() {
+        setup();
+        let s = outcome("DROP TABLE products");
+        assert!(s.starts_with("2BP01") && s.contains("products"), "{s}");
+        Spi::run("SELECT causal.unreplicate('products')").unwrap();
+        assert_eq!(outcome("DROP TABLE products"), "ok");
+        assert_eq!(
+            Spi::get_one::<String>("SELECT op FROM causal.log('shop', 1)").unwrap().unwrap(),
+            "unreplicate products"
+        );
+    }
+
+    #[pg_test]
+    fn unreplicate_refuses_a_table_others_reference() {
+        setup();
+        Spi::run("CREATE TABLE orders (id int PRIMARY KEY, sku text REFERENCES products); SELECT causal.replicate('shop', 'orders');")
+            .unwrap();
+        let s = outcome("PERFORM causal.unreplicate('products')");
+        assert!(s.contains("orders"), "{s}");
+    }
+}
