@@ -58,6 +58,10 @@ pub enum CausalError {
     NotReplicated(String),
     #[error("invalid rule for {table}: {error}")]
     BadRule { table: String, error: causal_core::rules::RuleError },
+    #[error("table {0} exists here but does not match the group's schema for it")]
+    TableMismatch(String),
+    #[error("malformed bundle: {0}")]
+    BadBundle(String),
     #[error("ALTER TABLE of replicated table {table} is not supported: {what}")]
     UnsupportedAlter { table: String, what: String },
     #[error("table {table} cannot be unreplicated while {referrer} references it")]
@@ -101,6 +105,8 @@ impl CausalError {
             CausalError::BadOperation(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CausalError::RuleDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CausalError::UnsupportedAlter { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CausalError::BadBundle(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            CausalError::TableMismatch(_) => ERRCODE_DUPLICATE_TABLE,
             CausalError::StillReferenced { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             CausalError::AlreadyReplicated { .. } => ERRCODE_DUPLICATE_OBJECT,
             CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
@@ -153,6 +159,8 @@ impl CausalError {
                 "Only ADD COLUMN of a nullable column, or one with a constant default, is supported; for anything else, causal.unreplicate the table first.",
             ),
             CausalError::StillReferenced { .. } => Some("Unreplicate the referencing table first."),
+            CausalError::TableMismatch(_) => Some("Compare causal.describe on the exporting database; rename or fix the local table, then import again."),
+            CausalError::BadBundle(_) => Some("Pass the bytea that causal.export returned, unchanged. Nothing was stored."),
             CausalError::RuleDenied { .. } => Some("The rule is evaluated as the session's author (causal.author); see causal.table_rules."),
             CausalError::Corrupt(_) | CausalError::Spi(_) => None,
         }

@@ -1,9 +1,11 @@
 //! pg_causal: the PostgreSQL edge. SQL functions, error reporting and (later) triggers,
 //! storage over SPI and the background worker. The algorithms live in `causal-core`.
 
+mod apply;
 mod capture;
 mod ddl;
 mod error;
+mod exchange;
 mod functions;
 mod group;
 mod guc;

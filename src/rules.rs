@@ -189,7 +189,7 @@ mod tests {
 }
 
 /// A SQL string literal for `s`, safe whatever `standard_conforming_strings` says.
-fn sql_literal(s: &str) -> String {
+pub fn sql_literal(s: &str) -> String {
     if s.contains('\\') {
         format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
     } else {
@@ -197,7 +197,7 @@ fn sql_literal(s: &str) -> String {
     }
 }
 
-fn quote_ident(s: &str) -> String {
+pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -210,9 +210,19 @@ pub struct RuleInput<'a> {
 }
 
 fn value_sql(schema: &TableSchema, column: &str, row: Option<&serde_json::Map<String, serde_json::Value>>) -> String {
+    match row.and_then(|r| r.get(column)) {
+        Some(v) => value_literal(schema, column, v),
+        None => match schema.column(column) {
+            Some(col) => format!("NULL::{}", col.ty.sql_name()),
+            None => "NULL".into(),
+        },
+    }
+}
+
+/// An encoded column value as a typed SQL literal.
+pub fn value_literal(schema: &TableSchema, column: &str, v: &serde_json::Value) -> String {
     use causal_core::schema::ColumnType;
     let Some(col) = schema.column(column) else { return "NULL".into() };
-    let Some(v) = row.and_then(|r| r.get(column)) else { return format!("NULL::{}", col.ty.sql_name()) };
     let text = match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -1,0 +1,191 @@
+//! Applying entries to the tables (fast-forward import now; reconciliation later). Runs with
+//! `session_replication_role = replica`, so neither capture nor user triggers fire, as with
+//! Postgres logical replication.
+
+use pgrx::prelude::*;
+
+use causal_core::entry::Entry;
+use causal_core::payload::{Op, SignedPayload};
+use causal_core::schema::TableSchema;
+use serde_json::{Map, Value};
+
+use crate::error::CausalError;
+use crate::group::Group;
+use crate::rules::{quote_ident, sql_literal, value_literal};
+use crate::spi_util::get_opt;
+
+fn local_schema(group: &Group, table: &str) -> Result<TableSchema, CausalError> {
+    let s = get_opt::<pgrx::JsonB>(
+        "SELECT schema FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
+        &[group.id.clone().into(), table.into()],
+    )?
+    .ok_or_else(|| CausalError::NotReplicated(table.to_string()))?;
+    TableSchema::from_value(&s.0).map_err(|e| CausalError::Corrupt(e.to_string()))
+}
+
+fn where_key(schema: &TableSchema, key: &Map<String, Value>) -> String {
+    key.iter()
+        .map(|(k, v)| format!("{} = {}", quote_ident(k), value_literal(schema, k, v)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The DDL that creates a table with a recorded schema.
+fn create_table_sql(s: &TableSchema) -> String {
+    let cols = |c: &[String]| c.iter().map(|x| quote_ident(x)).collect::<Vec<_>>().join(", ");
+    let mut parts: Vec<String> = s
+        .columns
+        .iter()
+        .map(|c| {
+            let mut d = format!("{} {}", quote_ident(&c.name), c.ty.sql_name());
+            if c.not_null {
+                d.push_str(" NOT NULL");
+            }
+            if let Some(def) = &c.default {
+                d.push_str(&format!(" DEFAULT {def}"));
+            }
+            d
+        })
+        .collect();
+    parts.push(format!("PRIMARY KEY ({})", cols(&s.primary_key)));
+    for u in &s.uniques {
+        parts.push(format!("CONSTRAINT {} UNIQUE ({})", quote_ident(&u.name), cols(&u.columns)));
+    }
+    for c in &s.checks {
+        parts.push(format!("CONSTRAINT {} CHECK {}", quote_ident(&c.name), c.expression));
+    }
+    for f in &s.foreign_keys {
+        parts.push(format!(
+            "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})",
+            quote_ident(&f.name),
+            cols(&f.columns),
+            f.references,
+            cols(&f.referenced_columns)
+        ));
+    }
+    format!("CREATE TABLE {} ({})", s.table, parts.join(", "))
+}
+
+/// Sequences that defaults draw from (`nextval('name'::regclass)`), so a created table's
+/// defaults work here too.
+fn sequences_of(s: &TableSchema) -> Vec<String> {
+    s.columns
+        .iter()
+        .filter_map(|c| c.default.as_deref())
+        .filter_map(|d| {
+            d.strip_prefix("nextval('")?.split_once("'::regclass)").map(|(name, _)| name.replace("''", "'"))
+        })
+        .collect()
+}
+
+fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), CausalError> {
+    let schema = TableSchema::from_value(schema_value).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    let relid = get_opt::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.into()])?;
+    let replicated_here = get_opt::<bool>(
+        "SELECT true FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
+        &[group.id.clone().into(), table.into()],
+    )?
+    .is_some();
+    let relid = match relid {
+        None => {
+            for seq in sequences_of(&schema) {
+                Spi::run(&format!("CREATE SEQUENCE IF NOT EXISTS {seq}"))?;
+            }
+            Spi::run(&create_table_sql(&schema))?;
+            get_opt::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.into()])?
+                .ok_or_else(|| CausalError::Corrupt(format!("created table {table} vanished")))?
+        }
+        Some(relid) if replicated_here => {
+            // A schema change: add the columns this table does not have yet.
+            let local = local_schema(group, table)?;
+            for c in schema.columns.iter().filter(|c| local.column(&c.name).is_none()) {
+                let mut d = format!("ALTER TABLE {table} ADD COLUMN {} {}", quote_ident(&c.name), c.ty.sql_name());
+                if let Some(def) = &c.default {
+                    d.push_str(&format!(" DEFAULT {def}"));
+                }
+                if c.not_null {
+                    d.push_str(" NOT NULL");
+                }
+                Spi::run(&d)?;
+            }
+            relid
+        }
+        Some(relid) => {
+            let existing = crate::replicate::derive_schema(group, relid)?;
+            if existing != schema {
+                return Err(CausalError::TableMismatch(table.to_string()));
+            }
+            relid
+        }
+    };
+    if replicated_here {
+        Spi::run_with_args(
+            "UPDATE causal.replicated_tables SET schema = $3 WHERE group_id = $1 AND table_name = $2",
+            &[group.id.clone().into(), table.into(), pgrx::JsonB(schema_value.clone()).into()],
+        )?;
+    } else {
+        Spi::run_with_args(
+            "INSERT INTO causal.replicated_tables (group_id, table_name, relid, schema) VALUES ($1, $2, $3, $4)",
+            &[group.id.clone().into(), table.into(), relid.into(), pgrx::JsonB(schema_value.clone()).into()],
+        )?;
+        crate::capture::install_triggers(relid)?;
+    }
+    Ok(())
+}
+
+fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
+    match op {
+        Op::AddMember { .. } | Op::RemoveMember { .. } => {}
+        Op::Schema { table, schema } => apply_schema(group, table, schema)?,
+        Op::Rule { table, operation, rule } => Spi::run_with_args(
+            "INSERT INTO causal.table_rules (group_id, table_name, operation, rule) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (group_id, table_name, operation) DO UPDATE SET rule = EXCLUDED.rule",
+            &[group.id.clone().into(), table.clone().into(), operation.clone().into(), rule.clone().into()],
+        )?,
+        Op::Unreplicate { table } => {
+            if let Some(rel) = get_opt::<String>("SELECT to_regclass($1)::text", &[table.clone().into()])? {
+                Spi::run(&format!("DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel};"))?;
+            }
+            Spi::run_with_args(
+                "DELETE FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
+                &[group.id.clone().into(), table.clone().into()],
+            )?;
+        }
+        Op::Insert { table, row } => {
+            let s = local_schema(group, table)?;
+            let cols: Vec<String> = row.keys().map(|k| quote_ident(k)).collect();
+            let vals: Vec<String> = row.iter().map(|(k, v)| value_literal(&s, k, v)).collect();
+            Spi::run(&format!("INSERT INTO {table} ({}) VALUES ({})", cols.join(", "), vals.join(", ")))?;
+        }
+        Op::Update { table, key, set, unset } => {
+            let s = local_schema(group, table)?;
+            let mut assignments: Vec<String> =
+                set.iter().map(|(k, v)| format!("{} = {}", quote_ident(k), value_literal(&s, k, v))).collect();
+            assignments.extend(unset.iter().map(|k| format!("{} = NULL", quote_ident(k))));
+            if !assignments.is_empty() {
+                Spi::run(&format!("UPDATE {table} SET {} WHERE {}", assignments.join(", "), where_key(&s, key)))?;
+            }
+        }
+        Op::Delete { table, key } => {
+            let s = local_schema(group, table)?;
+            Spi::run(&format!("DELETE FROM {table} WHERE {}", where_key(&s, key)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies entries, in order, to the tables.
+pub fn apply_entries(group: &Group, entries: &[Entry]) -> Result<(), CausalError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let role = get_opt::<String>("SELECT current_setting('session_replication_role')", &[])?
+        .unwrap_or_else(|| "origin".into());
+    Spi::run("SELECT set_config('session_replication_role', 'replica', true)")?;
+    let result = entries.iter().try_for_each(|e| {
+        let p = SignedPayload::from_value(&e.payload)?;
+        p.ops.iter().try_for_each(|op| apply_op(group, op))
+    });
+    Spi::run(&format!("SELECT set_config('session_replication_role', {}, true)", sql_literal(&role)))?;
+    result
+}

@@ -1,0 +1,231 @@
+//! Export and import between two real databases, and tampered bundles.
+
+use causal_core::entry::{Entry, Meta, Position};
+use causal_core::identity::Keypair;
+use causal_core::payload::{Op, SignedPayload};
+use causal_core::{Hash, HashAlgorithm};
+use causal_integration::postgres::Client;
+use causal_integration::{sqlstate, Cluster};
+use serde_json::{json, Value};
+
+fn rows(db: &mut Client) -> Vec<(String, String, String)> {
+    db.query("SELECT sku, name, coalesce(price::text, 'NULL') FROM products ORDER BY sku", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn frontier(db: &mut Client) -> Vec<String> {
+    db.query_one("SELECT causal.frontier('shop')", &[]).unwrap().get(0)
+}
+
+fn export(db: &mut Client, since: Option<Vec<String>>) -> Vec<u8> {
+    db.query_one("SELECT causal.export('shop', $1)", &[&since]).unwrap().get(0)
+}
+
+fn import_text(db: &mut Client, bundle: &[u8]) -> Value {
+    let s: String = db.query_one("SELECT causal.import($1)::text", &[&bundle]).unwrap().get(0);
+    serde_json::from_str(&s).unwrap()
+}
+
+/// Five entries: genesis, schema, and three transactions (each statement commits alone).
+fn setup_a(db: &mut Client) {
+    for stmt in [
+        "CREATE EXTENSION pg_causal",
+        "SELECT causal.create_group('shop')",
+        "CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0))",
+        "SELECT causal.replicate('shop', 'products')",
+        "INSERT INTO products VALUES ('A', 'Widget', 9.99), ('B', 'Gadget', 0.50)",
+        "UPDATE products SET price = NULL WHERE sku = 'B'",
+        "INSERT INTO products VALUES ('C', 'it''s \\ quoted', 1)",
+    ] {
+        db.batch_execute(stmt).unwrap();
+    }
+}
+
+#[test]
+fn history_moves_between_databases() {
+    let (a_node, b_node) = (Cluster::start("xa", &[]), Cluster::start("xb", &[]));
+    let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
+    setup_a(&mut a);
+    b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+
+    let r = import_text(&mut b, &export(&mut a, None));
+    assert_eq!(r["accepted"], 5, "{r}");
+    assert_eq!(r["applied"], 4, "{r}");
+    assert_eq!(r["rejected"], json!([]), "{r}");
+    assert_eq!(rows(&mut a), rows(&mut b));
+    assert_eq!(frontier(&mut a), frontier(&mut b));
+    let ok: bool = b.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
+    assert!(ok);
+    let described: String = b.query_one("SELECT causal.describe('products')::text", &[]).unwrap().get(0);
+    let described_a: String = a.query_one("SELECT causal.describe('products')::text", &[]).unwrap().get(0);
+    assert_eq!(described, described_a);
+
+    // Again: everything is a duplicate and nothing changes.
+    let r = import_text(&mut b, &export(&mut a, None));
+    assert_eq!((r["accepted"].as_i64(), r["duplicates"].as_i64()), (Some(0), Some(5)), "{r}");
+
+    // Incremental: only what B lacks.
+    a.batch_execute("BEGIN; DELETE FROM products WHERE sku = 'A'; INSERT INTO products VALUES ('D', 'new', 3); COMMIT")
+        .unwrap();
+    let since = frontier(&mut b);
+    let r = import_text(&mut b, &export(&mut a, Some(since)));
+    assert_eq!(
+        (r["accepted"].as_i64(), r["duplicates"].as_i64(), r["applied"].as_i64()),
+        (Some(1), Some(0), Some(1)),
+        "{r}"
+    );
+    assert_eq!(rows(&mut a), rows(&mut b));
+}
+
+#[test]
+fn a_malformed_bundle_stores_nothing() {
+    let node = Cluster::start("xbad", &[]);
+    let mut db = node.connect("postgres");
+    db.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    for bundle in [
+        b"garbage".to_vec(),
+        br#"{"format":"pg_causal-bundle/1","group":"x","hashAlgorithm":"blake3","entries":[{"hash":1}]}"#.to_vec(),
+    ] {
+        let err = db.query_one("SELECT causal.import($1)", &[&bundle]).unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("22023"), "{err:?}");
+    }
+    let n: i64 = db.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0);
+    assert_eq!(n, 0);
+}
+
+/// A bundle from A, with entries appended or altered by hand.
+struct Forge {
+    group: Hash,
+    alg: HashAlgorithm,
+    bundle: Value,
+}
+
+impl Forge {
+    fn from(bytes: &[u8]) -> Forge {
+        let bundle: Value = serde_json::from_slice(bytes).unwrap();
+        Forge { group: bundle["group"].as_str().unwrap().parse().unwrap(), alg: HashAlgorithm::Blake3, bundle }
+    }
+
+    fn entries(&mut self) -> &mut Vec<Value> {
+        self.bundle["entries"].as_array_mut().unwrap()
+    }
+
+    fn last_hash(&mut self) -> Hash {
+        self.entries().last().unwrap()["hash"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Appends an entry signed by `key` at `prev`, with hashes made right.
+    fn push_signed(&mut self, key: &Keypair, ops: Vec<Op>, prev: Position) -> Hash {
+        let p = SignedPayload::sign(key, &self.group, ops, &prev).unwrap();
+        let e = Entry::new(self.alg, p.to_value(), prev, Meta::new()).unwrap();
+        self.entries().push(e.to_wire());
+        e.hash
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.bundle).unwrap()
+    }
+}
+
+fn insert_op(sku: &str) -> Op {
+    Op::Insert { table: "products".into(), row: json!({"sku": sku, "name": "forged"}).as_object().cloned().unwrap() }
+}
+
+fn reasons(r: &Value) -> Vec<String> {
+    r["rejected"].as_array().unwrap().iter().map(|x| x["reason"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
+    let (a_node, b_node) = (Cluster::start("xt-a", &[]), Cluster::start("xt-b", &[]));
+    let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
+    setup_a(&mut a);
+    b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let admin_secret: Vec<u8> =
+        a.query_one("SELECT secret_key FROM causal.identity_keys WHERE is_node", &[]).unwrap().get(0);
+    let admin = Keypair::from_secret_bytes(&admin_secret).unwrap();
+    let clean = export(&mut a, None);
+
+    // 1. A flipped byte in a payload: that entry and what follows it are rejected.
+    let mut f = Forge::from(&clean);
+    let last = f.entries().len() - 1;
+    f.entries()[last]["payload"]["ops"][0]["row"]["name"] = json!("it's \\ quotex");
+    let r = import_text(&mut b, &f.bytes());
+    assert_eq!(r["accepted"], 4, "{r}");
+    assert!(reasons(&r)[0].contains("payload hash mismatch"), "{r}");
+    // The valid prefix arrived; importing the clean bundle now completes it.
+    let r = import_text(&mut b, &clean);
+    assert_eq!(r["accepted"], 1, "{r}");
+    assert_eq!(rows(&mut a), rows(&mut b));
+
+    // 2. Right hashes, wrong signature (signed by someone else, claiming the admin).
+    let mut f = Forge::from(&clean);
+    let tip = f.last_hash();
+    let mallory = Keypair::generate();
+    let p = SignedPayload::sign(&mallory, &f.group, vec![insert_op("M")], &[tip].into()).unwrap();
+    let mut v = p.to_value();
+    v["author"] = json!(admin.public().key_id().to_b64());
+    let e = Entry::new(f.alg, v, [tip].into(), Meta::new()).unwrap();
+    f.entries().push(e.to_wire());
+    // A dependent of the forged entry.
+    let forged = e.hash;
+    f.push_signed(&admin, vec![insert_op("N")], [forged].into());
+    let r = import_text(&mut b, &f.bytes());
+    let why = reasons(&r);
+    assert_eq!(why.len(), 2, "{r}");
+    assert!(why[0].contains("signature does not verify"), "{r}");
+    assert!(why[1].contains("depends on rejected entry"), "{r}");
+
+    // 3. An unknown author.
+    let mut f = Forge::from(&clean);
+    let tip = f.last_hash();
+    f.push_signed(&mallory, vec![insert_op("M")], [tip].into());
+    let r = import_text(&mut b, &f.bytes());
+    assert!(reasons(&r)[0].contains("not a live member"), "{r}");
+
+    // 4. A missing predecessor.
+    let mut f = Forge::from(&clean);
+    let ghost = HashAlgorithm::Blake3.digest(b"ghost");
+    f.push_signed(&admin, vec![insert_op("G")], [ghost].into());
+    let r = import_text(&mut b, &f.bytes());
+    assert!(reasons(&r)[0].contains("missing predecessor"), "{r}");
+
+    // 5. A signed operation replayed at another position: same payload, different prev.
+    let mut f = Forge::from(&clean);
+    let entries = f.entries().clone();
+    let second_to_last: Hash = entries[entries.len() - 2]["hash"].as_str().unwrap().parse().unwrap();
+    let tip = f.last_hash();
+    let signed_at_tip = SignedPayload::sign(&admin, &f.group, vec![insert_op("R")], &[tip].into()).unwrap();
+    let replayed = Entry::new(f.alg, signed_at_tip.to_value(), [second_to_last].into(), Meta::new()).unwrap();
+    f.entries().push(replayed.to_wire());
+    let r = import_text(&mut b, &f.bytes());
+    assert!(reasons(&r)[0].contains("signature does not verify"), "{r}");
+
+    // 6. A removed member's later entry. Bob is added, then removed; an entry bob signs
+    //    after the removal is refused, while one he signed before it stays valid.
+    a.batch_execute("SELECT causal.create_identity('bob')").unwrap();
+    let (bob_pk, bob_secret): (String, Vec<u8>) = {
+        let r = a.query_one("SELECT i.public_key, k.secret_key FROM causal.identities i JOIN causal.identity_keys k USING (name) WHERE name = 'bob'", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    let bob = Keypair::from_secret_bytes(&bob_secret).unwrap();
+    a.execute("SELECT causal.add_member('shop', $1, 'bob')", &[&bob_pk]).unwrap();
+    let mut f = Forge::from(&export(&mut a, None));
+    let after_add = f.last_hash();
+    let before_removal = f.push_signed(&bob, vec![insert_op("bob1")], [after_add].into());
+    let removal =
+        f.push_signed(&admin, vec![Op::RemoveMember { key_id: bob.public().key_id() }], [before_removal].into());
+    f.push_signed(&bob, vec![insert_op("bob2")], [removal].into());
+    let r = import_text(&mut b, &f.bytes());
+    let why = reasons(&r);
+    assert_eq!(why.len(), 1, "{r}");
+    assert!(why[0].contains("not a live member"), "{r}");
+    let skus: Vec<String> =
+        b.query("SELECT sku FROM products WHERE name = 'forged'", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(skus, vec!["bob1"]);
+    let ok: bool = b.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
+    assert!(ok);
+}
