@@ -85,7 +85,8 @@ fn schema_at(
     position: &Position,
     table: &str,
 ) -> Result<Option<TableSchema>, String> {
-    let last = dag.cover_with_filter(position, &MetaFilter::tag("schema", table), None).map_err(|e| e.to_string())?;
+    let filter = MetaFilter::tag(causal_core::membership::SCHEMA_TAG, table);
+    let last = dag.cover_with_filter(position, &filter, None).map_err(|e| e.to_string())?;
     // Concurrent schema changes of one table: reconciliation decides; here take any that
     // defines the table (all must agree for a fast-forward anyway).
     for h in last {

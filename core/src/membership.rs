@@ -15,6 +15,10 @@ use crate::payload::{Op, PayloadError, SignedPayload};
 
 /// The tag key of membership changes.
 pub const MEMBER_TAG: &str = "member";
+/// The tag key of schema entries (`schema=<table>`, also on unreplicate).
+pub const SCHEMA_TAG: &str = "schema";
+/// The tag key of rule entries (`rule=<table>`).
+pub const RULE_TAG: &str = "rule";
 /// The tag key every barrier operation carries (`kind=barrier`).
 pub const KIND_TAG: &str = "kind";
 
@@ -35,9 +39,15 @@ pub fn derive_meta(payload: &SignedPayload) -> Meta {
                 tag(MEMBER_TAG, key_id.to_b64());
                 tag(KIND_TAG, "barrier".into());
             }
-            Op::Schema { table, .. } | Op::Rule { table, .. } | Op::Unreplicate { table } => {
+            // Schema and rule changes are searched separately (the schema of a table at a
+            // position is its last schema entry there), so they carry different tags.
+            Op::Schema { table, .. } | Op::Unreplicate { table } => {
                 tag(KIND_TAG, "barrier".into());
-                tag("schema", table.clone());
+                tag(SCHEMA_TAG, table.clone());
+            }
+            Op::Rule { table, .. } => {
+                tag(KIND_TAG, "barrier".into());
+                tag(RULE_TAG, table.clone());
             }
             Op::Delete { table, .. } => {
                 tag(KIND_TAG, "barrier".into());
@@ -191,6 +201,15 @@ mod tests {
         .unwrap();
         let m = derive_meta(&p);
         assert!(m[KIND_TAG].contains("barrier"));
+        let rule = SignedPayload::sign(
+            &admin,
+            &HashAlgorithm::Blake3.digest(b"g"),
+            vec![Op::Rule { table: "t".into(), operation: "insert".into(), rule: "true".into() }],
+            &Position::new(),
+        )
+        .unwrap();
+        let rm = derive_meta(&rule);
+        assert!(rm[RULE_TAG].contains("t") && !rm.contains_key(SCHEMA_TAG), "a rule must not look like a schema entry");
         assert!(m[MEMBER_TAG].contains(&admin.public().key_id().to_b64()));
         assert!(m["table"].contains("t"));
     }

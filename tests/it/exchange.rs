@@ -80,6 +80,22 @@ fn history_moves_between_databases() {
     assert_eq!(rows(&mut a), rows(&mut b));
 }
 
+/// A rule entry recorded after the schema must not hide the schema at later positions.
+#[test]
+fn rules_between_schema_and_rows_import_cleanly() {
+    let (a_node, b_node) = (Cluster::start("xr-a", &[]), Cluster::start("xr-b", &[]));
+    let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
+    setup_a(&mut a);
+    a.batch_execute("SELECT causal.allow('products', 'insert', 'true')").unwrap();
+    a.batch_execute("INSERT INTO products VALUES ('E', 'after the rule', 2)").unwrap();
+    b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let r = import_text(&mut b, &export(&mut a, None));
+    assert_eq!(r["rejected"], json!([]), "{r}");
+    assert_eq!(rows(&mut a), rows(&mut b));
+    let rule: String = b.query_one("SELECT rule FROM causal.table_rules", &[]).unwrap().get(0);
+    assert_eq!(rule, "true");
+}
+
 #[test]
 fn a_malformed_bundle_stores_nothing() {
     let node = Cluster::start("xbad", &[]);
