@@ -249,12 +249,10 @@ fn _refuse_truncate<'a>(
     CausalError::Truncate(name).report("causal._refuse_truncate")
 }
 
-/// Signs and appends this transaction's buffered changes: one entry per group. Runs as the
-/// extension's owner (it writes the catalog and reads the author's key) from the PRE_COMMIT
-/// callback; the author is checked against the role that made the changes.
-#[pg_extern(security_definer)]
-#[search_path(pg_catalog, @extschema@)]
-fn _flush() {
+/// Signs and appends this transaction's buffered changes: one entry per group. The commit hook
+/// runs it as the extension's owner (it writes the catalog and reads the author's key); the
+/// author is checked against the role that made the changes.
+fn flush() {
     let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     let mut by_group: Vec<(String, Vec<Op>)> = Vec::new();
     for p in pending {
@@ -264,9 +262,44 @@ fn _flush() {
         }
     }
     for (group_id, ops) in by_group {
-        let group = Group::find(&group_id).or_report("causal._flush");
-        append_ops(&group, ops, false).or_report("causal._flush");
+        let group = Group::find(&group_id).or_report("causal commit");
+        append_ops(&group, ops, false).or_report("causal commit");
     }
+}
+
+/// The same flush, callable from SQL (tests run inside one transaction and flush by hand).
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, @extschema@)]
+fn _flush() {
+    flush();
+}
+
+thread_local! {
+    static OWNER: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+}
+
+/// The role that owns the extension (and so the catalog).
+fn extension_owner() -> pg_sys::Oid {
+    if let Some(o) = OWNER.with(Cell::get) {
+        return o;
+    }
+    let owner = get_opt::<pg_sys::Oid>("SELECT extowner FROM pg_extension WHERE extname = 'pg_causal'", &[])
+        .map_err(CausalError::from)
+        .or_report("causal commit")
+        .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into());
+    OWNER.with(|o| o.set(Some(owner)));
+    owner
+}
+
+/// Runs the flush as the extension's owner, as a SECURITY DEFINER function would. If it fails,
+/// the transaction's abort restores the user.
+unsafe fn flush_as_owner() {
+    let owner = extension_owner();
+    let (mut saved_user, mut saved_context) = (pg_sys::InvalidOid, 0);
+    pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+    pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    flush();
+    pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
 }
 
 #[pg_guard]
@@ -277,7 +310,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
                 // Statements have finished, so there is no active snapshot; SPI needs one. If the
                 // flush fails, the abort that follows releases it.
                 pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-                Spi::run("SELECT causal._flush()").map_err(CausalError::from).or_report("causal commit");
+                flush_as_owner();
                 pg_sys::PopActiveSnapshot();
             }
         }

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use pgrx::prelude::*;
 
-use causal_core::entry::Entry;
 use causal_core::identity::PublicKey;
 use causal_core::membership::{derive_meta, member_at, MemberStatus};
 use causal_core::payload::{Op, SignedPayload};
@@ -34,8 +33,8 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
     }
     let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
     let payload = SignedPayload::sign(&author.keypair, &group_id, ops, &prev)?;
-    let entry = Entry::new(group.algorithm, payload.to_value(), prev, derive_meta(&payload))?;
-    Ok(dag.insert(entry)?.hash)
+    // Built and hashed once here; `append` trusts its own hashes (no re-verification).
+    Ok(dag.append(payload.to_value(), derive_meta(&payload), prev)?.hash)
 }
 
 thread_local! {

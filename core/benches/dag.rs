@@ -171,5 +171,31 @@ fn bench_append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_queries, bench_append);
+/// What a commit must do while it holds its group's lock, because the signature binds the
+/// predecessor set: sign a one-row transaction's payload and hash the entry.
+fn bench_sign(c: &mut Criterion) {
+    use causal_core::identity::Keypair;
+    use causal_core::payload::{Op, SignedPayload};
+    let key = Keypair::generate();
+    let alg = HashAlgorithm::Blake3;
+    let group = alg.digest(b"group");
+    let prev: Position = [alg.digest(b"tip")].into();
+    let row = json!({"id": "42", "payload": "benchmark row", "n": 42}).as_object().cloned().unwrap();
+    let ops = vec![Op::Insert { table: "replicated".into(), row }];
+    let mut g = c.benchmark_group("commit_critical_section");
+    g.bench_function("ed25519_sign_only", |b| {
+        let msg =
+            causal_core::payload::signing_message(Some(&group), None, &key.public().key_id(), &ops, &prev).unwrap();
+        b.iter(|| black_box(key.sign(&msg)))
+    });
+    g.bench_function("sign_payload_and_hash_entry", |b| {
+        b.iter(|| {
+            let p = SignedPayload::sign(&key, &group, ops.clone(), &prev).unwrap();
+            black_box(causal_core::Entry::new(alg, p.to_value(), prev.clone(), Meta::new()).unwrap().hash)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_queries, bench_append, bench_sign);
 criterion_main!(benches);
