@@ -150,23 +150,7 @@ CREATE EVENT TRIGGER causal_guard_alter ON ddl_command_end WHEN TAG IN ('ALTER T
 mod tests {
     use pgrx::prelude::*;
 
-    fn setup() {
-        Spi::run(
-            "SELECT causal.create_group('shop'); \
-             CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2)); \
-             SELECT causal.replicate('shop', 'products');",
-        )
-        .unwrap();
-    }
-
-    fn outcome(stmt: &str) -> String {
-        Spi::run(&format!(
-            "DO $d$ BEGIN {stmt}; PERFORM set_config('t.s', 'ok', false); \
-             EXCEPTION WHEN OTHERS THEN PERFORM set_config('t.s', SQLSTATE || ' ' || SQLERRM, false); END $d$"
-        ))
-        .unwrap();
-        Spi::get_one::<String>("SELECT current_setting('t.s')").unwrap().unwrap()
-    }
+    use crate::testing::{outcome, shop_with_products as setup};
 
     #[pg_test]
     fn add_column_records_a_new_schema_entry() {

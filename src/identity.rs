@@ -154,11 +154,8 @@ fn current_author_id() -> String {
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
+    use crate::testing::one;
     use pgrx::prelude::*;
-
-    fn one(sql: &str) -> String {
-        Spi::get_one::<String>(sql).unwrap().unwrap()
-    }
 
     #[pg_test]
     fn create_extension_made_a_node_identity() {

@@ -16,6 +16,8 @@ mod replicate;
 mod rules;
 mod spi_util;
 mod store;
+#[cfg(any(test, feature = "pg_test"))]
+mod testing;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -130,11 +130,8 @@ fn members(
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
+    use crate::testing::one;
     use pgrx::prelude::*;
-
-    fn one(sql: &str) -> String {
-        Spi::get_one::<String>(sql).unwrap().unwrap()
-    }
 
     #[pg_test]
     fn admins_add_and_remove_members() {

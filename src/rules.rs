@@ -154,22 +154,10 @@ mod tests {
         assert!(sqlstate_of_stmt("UPDATE pages SET owner = 'thief' WHERE id = 1").starts_with("42501"));
     }
 
-    fn sqlstate_of_stmt(stmt: &str) -> String {
-        Spi::run(&format!(
-            "DO $d$ BEGIN {stmt}; PERFORM set_config('t.s', 'ok', false); \
-             EXCEPTION WHEN OTHERS THEN PERFORM set_config('t.s', SQLSTATE || ' ' || SQLERRM, false); END $d$"
-        ))
-        .unwrap();
-        Spi::get_one::<String>("SELECT current_setting('t.s')").unwrap().unwrap()
-    }
+    use crate::testing::outcome as sqlstate_of_stmt;
 
-    fn sqlstate_of(sql: &str) -> String {
-        Spi::run(&format!(
-            "DO $d$ BEGIN PERFORM {sql}; PERFORM set_config('t.s', 'ok', false); \
-             EXCEPTION WHEN OTHERS THEN PERFORM set_config('t.s', SQLSTATE || ' ' || SQLERRM, false); END $d$"
-        ))
-        .unwrap();
-        Spi::get_one::<String>("SELECT current_setting('t.s')").unwrap().unwrap()
+    fn sqlstate_of(expr: &str) -> String {
+        sqlstate_of_stmt(&format!("PERFORM {expr}"))
     }
 
     #[pg_test]
