@@ -55,7 +55,7 @@ CREATE TABLE causal.dag_entries (
     node_id     integer NOT NULL,
     hash        text NOT NULL,
     prev        text[] NOT NULL,
-    payload     text NOT NULL,         -- the payload's JSON text, exactly as hashed
+    payload     text COMPRESSION lz4 NOT NULL,  -- the payload's JSON text, exactly as hashed
     chain       integer NOT NULL,
     seq         integer NOT NULL,
     preds       integer[] NOT NULL,
