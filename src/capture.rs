@@ -3,9 +3,9 @@
 //!
 //! - An AFTER ROW trigger (`causal._capture`) encodes each change from the tuple and buffers it
 //!   in backend memory, tagged with the subtransaction that made it.
-//! - A transaction callback registered in `_PG_init` runs at PRE_COMMIT: it calls the
-//!   SECURITY DEFINER function `causal._flush()`, which signs the buffered operations as one
-//!   entry per group at that group's frontier (`append_ops` locks the group row, so concurrent
+//! - A transaction callback registered in `_PG_init` runs at PRE_COMMIT: it switches to the
+//!   extension's owner (as a SECURITY DEFINER function would) and signs the buffered operations
+//!   as one entry per group at that group's frontier (`append_ops` locks the group row, so concurrent
 //!   transactions get entries in commit order). If that fails, the commit fails.
 //! - Aborting a subtransaction drops what it buffered; aborting the transaction drops all.
 //! - While replaying remote history the trigger records nothing.
@@ -141,10 +141,11 @@ fn encode_column(
             .get_by_name::<&[u8]>(name)
             .map_err(bad)?
             .map(|b| json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b))),
-        ColumnType::Jsonb => tuple
-            .get_by_name::<JsonB>(name)
-            .map_err(bad)?
-            .map(|j| json!(serde_json::to_string(&j.0).unwrap_or_default())),
+        ColumnType::Jsonb => match tuple.get_by_name::<JsonB>(name).map_err(bad)? {
+            Some(j) => Some(json!(serde_json::to_string(&j.0)
+                .map_err(|e| CausalError::Corrupt(format!("column {name}: jsonb not serializable: {e}")))?)),
+            None => None,
+        },
     })
 }
 

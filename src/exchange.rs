@@ -201,6 +201,16 @@ fn adopt_group(group_id: &str, alg: HashAlgorithm, entries: &[Entry]) -> Result<
     Ok(group)
 }
 
+/// Whether every hash of `prev` is stored (storage errors propagate).
+fn all_present(dag: &causal_core::Dag<crate::store::SpiStore>, prev: &Position) -> Result<bool, CausalError> {
+    for p in prev {
+        if !dag.contains(p)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     let (group_id, alg_name, raw) = parse_bundle(bytes)?;
     let alg = HashAlgorithm::parse(&alg_name).map_err(|e| CausalError::BadBundle(e.to_string()))?;
@@ -237,7 +247,7 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
                 rejected_set.insert(e.hash);
                 rejected.push((e.hash, format!("depends on rejected entry {bad}")));
                 progress = true;
-            } else if e.header.prev.iter().all(|p| dag.contains(p).unwrap_or(false)) {
+            } else if all_present(&dag, &e.header.prev)? {
                 progress = true;
                 match validate(&dag, &gid, alg, &e) {
                     Some(reason) => {
@@ -277,8 +287,13 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
         }
     }
     for e in pending {
-        let missing =
-            e.header.prev.iter().find(|p| !dag.contains(p).unwrap_or(false)).map(|h| h.to_b64()).unwrap_or_default();
+        let mut missing = String::new();
+        for p in &e.header.prev {
+            if !dag.contains(p)? {
+                missing = p.to_b64();
+                break;
+            }
+        }
         rejected.push((e.hash, format!("missing predecessor {missing}")));
     }
     crate::apply::apply_entries(&group, &to_apply)?;

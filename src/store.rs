@@ -144,7 +144,7 @@ impl DagStore for SpiStore {
         }
         let row = run_prepared(
             "SELECT hash, chain, seq, preds, clock FROM causal.dag_entries WHERE group_id = $1 AND node_id = $2",
-            &[self.group.clone().into(), (id as i32).into()],
+            &[self.group.clone().into(), to_i32(id)?.into()],
             false,
             |mut rows| match rows.next() {
                 None => Ok(None),

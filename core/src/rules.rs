@@ -41,19 +41,6 @@ impl CmpOp {
             CmpOp::Ge => ">=",
         }
     }
-
-    /// Whether `ordering` (of left against right) satisfies the operator.
-    pub fn holds(self, ordering: std::cmp::Ordering) -> bool {
-        use std::cmp::Ordering::*;
-        match self {
-            CmpOp::Eq => ordering == Equal,
-            CmpOp::Ne => ordering != Equal,
-            CmpOp::Lt => ordering == Less,
-            CmpOp::Le => ordering != Greater,
-            CmpOp::Gt => ordering == Greater,
-            CmpOp::Ge => ordering != Less,
-        }
-    }
 }
 
 /// A value a comparison reads.

@@ -24,7 +24,7 @@ fn export(db: &mut Client, since: Option<Vec<String>>) -> Vec<u8> {
     db.query_one("SELECT causal.export('shop', $1)", &[&since]).unwrap().get(0)
 }
 
-fn import_text(db: &mut Client, bundle: &[u8]) -> Value {
+fn import(db: &mut Client, bundle: &[u8]) -> Value {
     let s: String = db.query_one("SELECT causal.import($1)::text", &[&bundle]).unwrap().get(0);
     serde_json::from_str(&s).unwrap()
 }
@@ -51,7 +51,7 @@ fn history_moves_between_databases() {
     setup_a(&mut a);
     b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
 
-    let r = import_text(&mut b, &export(&mut a, None));
+    let r = import(&mut b, &export(&mut a, None));
     assert_eq!(r["accepted"], 5, "{r}");
     assert_eq!(r["applied"], 4, "{r}");
     assert_eq!(r["rejected"], json!([]), "{r}");
@@ -64,14 +64,14 @@ fn history_moves_between_databases() {
     assert_eq!(described, described_a);
 
     // Again: everything is a duplicate and nothing changes.
-    let r = import_text(&mut b, &export(&mut a, None));
+    let r = import(&mut b, &export(&mut a, None));
     assert_eq!((r["accepted"].as_i64(), r["duplicates"].as_i64()), (Some(0), Some(5)), "{r}");
 
     // Incremental: only what B lacks.
     a.batch_execute("BEGIN; DELETE FROM products WHERE sku = 'A'; INSERT INTO products VALUES ('D', 'new', 3); COMMIT")
         .unwrap();
     let since = frontier(&mut b);
-    let r = import_text(&mut b, &export(&mut a, Some(since)));
+    let r = import(&mut b, &export(&mut a, Some(since)));
     assert_eq!(
         (r["accepted"].as_i64(), r["duplicates"].as_i64(), r["applied"].as_i64()),
         (Some(1), Some(0), Some(1)),
@@ -89,7 +89,7 @@ fn rules_between_schema_and_rows_import_cleanly() {
     a.batch_execute("SELECT causal.allow('products', 'insert', 'true')").unwrap();
     a.batch_execute("INSERT INTO products VALUES ('E', 'after the rule', 2)").unwrap();
     b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
-    let r = import_text(&mut b, &export(&mut a, None));
+    let r = import(&mut b, &export(&mut a, None));
     assert_eq!(r["rejected"], json!([]), "{r}");
     assert_eq!(rows(&mut a), rows(&mut b));
     let rule: String = b.query_one("SELECT rule FROM causal.table_rules", &[]).unwrap().get(0);
@@ -169,11 +169,11 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
     let mut f = Forge::from(&clean);
     let last = f.entries().len() - 1;
     f.entries()[last]["payload"]["ops"][0]["row"]["name"] = json!("it's \\ quotex");
-    let r = import_text(&mut b, &f.bytes());
+    let r = import(&mut b, &f.bytes());
     assert_eq!(r["accepted"], 4, "{r}");
     assert!(reasons(&r)[0].contains("payload hash mismatch"), "{r}");
     // The valid prefix arrived; importing the clean bundle now completes it.
-    let r = import_text(&mut b, &clean);
+    let r = import(&mut b, &clean);
     assert_eq!(r["accepted"], 1, "{r}");
     assert_eq!(rows(&mut a), rows(&mut b));
 
@@ -189,7 +189,7 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
     // A dependent of the forged entry.
     let forged = e.hash;
     f.push_signed(&admin, vec![insert_op("N")], [forged].into());
-    let r = import_text(&mut b, &f.bytes());
+    let r = import(&mut b, &f.bytes());
     let why = reasons(&r);
     assert_eq!(why.len(), 2, "{r}");
     assert!(why[0].contains("signature does not verify"), "{r}");
@@ -199,14 +199,14 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
     let mut f = Forge::from(&clean);
     let tip = f.last_hash();
     f.push_signed(&mallory, vec![insert_op("M")], [tip].into());
-    let r = import_text(&mut b, &f.bytes());
+    let r = import(&mut b, &f.bytes());
     assert!(reasons(&r)[0].contains("not a live member"), "{r}");
 
     // 4. A missing predecessor.
     let mut f = Forge::from(&clean);
     let ghost = HashAlgorithm::Blake3.digest(b"ghost");
     f.push_signed(&admin, vec![insert_op("G")], [ghost].into());
-    let r = import_text(&mut b, &f.bytes());
+    let r = import(&mut b, &f.bytes());
     assert!(reasons(&r)[0].contains("missing predecessor"), "{r}");
 
     // 5. A signed operation replayed at another position: same payload, different prev.
@@ -217,7 +217,7 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
     let signed_at_tip = SignedPayload::sign(&admin, &f.group, vec![insert_op("R")], &[tip].into()).unwrap();
     let replayed = Entry::new(f.alg, signed_at_tip.to_value(), [second_to_last].into(), Meta::new()).unwrap();
     f.entries().push(replayed.to_wire());
-    let r = import_text(&mut b, &f.bytes());
+    let r = import(&mut b, &f.bytes());
     assert!(reasons(&r)[0].contains("signature does not verify"), "{r}");
 
     // 6. A removed member's later entry. Bob is added, then removed; an entry bob signs
@@ -235,7 +235,7 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
     let removal =
         f.push_signed(&admin, vec![Op::RemoveMember { key_id: bob.public().key_id() }], [before_removal].into());
     f.push_signed(&bob, vec![insert_op("bob2")], [removal].into());
-    let r = import_text(&mut b, &f.bytes());
+    let r = import(&mut b, &f.bytes());
     let why = reasons(&r);
     assert_eq!(why.len(), 1, "{r}");
     assert!(why[0].contains("not a live member"), "{r}");
