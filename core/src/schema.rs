@@ -104,6 +104,9 @@ pub struct Column {
     pub not_null: bool,
     /// The default as SQL text (`pg_get_expr` of the default), if any.
     pub default: Option<String>,
+    /// The default's encoded value when it is a constant: what replay fills in for rows
+    /// written by entries that did not know the column (see docs/SEMANTICS.md).
+    pub default_value: Option<Value>,
 }
 
 /// A UNIQUE constraint (the primary key is kept apart).
@@ -175,6 +178,9 @@ impl TableSchema {
                 if let Some(d) = &c.default {
                     m.insert("default".into(), json!(d));
                 }
+                if let Some(v) = &c.default_value {
+                    m.insert("defaultValue".into(), v.clone());
+                }
                 Value::Object(m)
             })
             .collect();
@@ -206,6 +212,7 @@ impl TableSchema {
                 ty: ColumnType::from_sql_name(&type_name).ok_or_else(|| m(&format!("column type {type_name:?}")))?,
                 not_null: c["notNull"].as_bool().ok_or_else(|| m("columns[].notNull"))?,
                 default: c.get("default").map(|d| s(d, "columns[].default")).transpose()?,
+                default_value: c.get("defaultValue").cloned(),
             });
         }
         let schema = TableSchema {
@@ -417,13 +424,20 @@ mod tests {
         TableSchema {
             table: "products".into(),
             columns: vec![
-                Column { name: "sku".into(), ty: ColumnType::Text, not_null: true, default: None },
-                Column { name: "name".into(), ty: ColumnType::Text, not_null: true, default: None },
+                Column { name: "sku".into(), ty: ColumnType::Text, not_null: true, default: None, default_value: None },
+                Column {
+                    name: "name".into(),
+                    ty: ColumnType::Text,
+                    not_null: true,
+                    default: None,
+                    default_value: None,
+                },
                 Column {
                     name: "price".into(),
                     ty: ColumnType::Numeric { precision: Some(10), scale: Some(2) },
                     not_null: false,
                     default: Some("0".into()),
+                    default_value: Some(json!(0)),
                 },
             ],
             primary_key: vec!["sku".into()],

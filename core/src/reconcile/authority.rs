@@ -1,0 +1,363 @@
+//! Authority: who is a member, who is an admin, which rules and schemas are in force.
+//!
+//! Authority entries are the genesis and the entries that add or remove members, declare
+//! rules, or record schemas. They are few, so they are all resolved in memory on every run, in
+//! the canonical order:
+//!
+//! - The genesis is ok by fiat; its author is the first admin.
+//! - A membership or rule entry is ok when its author is a live admin in its view: the ok
+//!   authority entries of its causal past, minus the members removed by concurrent removals.
+//!   A concurrent removal earlier in the canonical order counts when it is ok; one later in
+//!   the order counts whatever its own verdict (it cannot be known yet). So of two admins who
+//!   remove each other concurrently, the removal later in the canonical order survives.
+//! - A schema entry is always ok (structure only grows: a column, once added, stays).
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::dag::{Dag, DagStore};
+use crate::hash::Hash;
+use crate::identity::KeyId;
+use crate::payload::{Op, SignedPayload};
+use crate::schema::TableSchema;
+
+use super::{OrderKey, ReconcileError, Verdict};
+
+#[derive(Clone, Debug)]
+enum Change {
+    Add { admin: bool },
+    Remove,
+}
+
+#[derive(Clone, Debug)]
+struct MemberChange {
+    entry: Hash,
+    order: OrderKey,
+    key: KeyId,
+    change: Change,
+}
+
+#[derive(Clone, Debug)]
+struct RuleDecl {
+    entry: Hash,
+    table: String,
+    operation: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug)]
+struct SchemaDecl {
+    entry: Hash,
+    order: OrderKey,
+    table: String,
+    /// `None` for an unreplicate.
+    schema: Option<TableSchema>,
+}
+
+/// The resolved authority of a group.
+#[derive(Debug, Default)]
+pub struct Authority {
+    verdicts: BTreeMap<Hash, Verdict>,
+    members: Vec<MemberChange>,
+    rules: Vec<RuleDecl>,
+    schemas: Vec<SchemaDecl>,
+    /// Per table: the schema in force at the frontier (union of columns), and which schema
+    /// entry first added each column.
+    tables: HashMap<String, (TableSchema, HashMap<String, Hash>)>,
+}
+
+/// Whether a key may write: `Err` carries the reason and the entries responsible.
+pub type Standing = Result<(), (String, Vec<Hash>)>;
+
+fn short(h: &Hash) -> String {
+    h.to_b64().chars().take(10).collect()
+}
+
+/// Whether a payload carries authority.
+pub fn carries_authority(p: &SignedPayload) -> bool {
+    p.genesis.is_some()
+        || p.ops.iter().any(|op| {
+            matches!(
+                op,
+                Op::AddMember { .. }
+                    | Op::RemoveMember { .. }
+                    | Op::Rule { .. }
+                    | Op::Schema { .. }
+                    | Op::Unreplicate { .. }
+            )
+        })
+}
+
+impl Authority {
+    /// Resolves the verdicts of all authority entries of a group.
+    pub fn resolve<S: DagStore>(
+        dag: &Dag<S>,
+        mut entries: Vec<(OrderKey, SignedPayload)>,
+    ) -> Result<Authority, ReconcileError> {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut all_changes = Vec::new();
+        for (order, p) in &entries {
+            if let Some(g) = &p.genesis {
+                all_changes.push(MemberChange {
+                    entry: order.hash,
+                    order: *order,
+                    key: g.admin.key_id(),
+                    change: Change::Add { admin: true },
+                });
+            }
+            for op in &p.ops {
+                match op {
+                    Op::AddMember { public_key, admin, .. } => all_changes.push(MemberChange {
+                        entry: order.hash,
+                        order: *order,
+                        key: public_key.key_id(),
+                        change: Change::Add { admin: *admin },
+                    }),
+                    Op::RemoveMember { key_id } => all_changes.push(MemberChange {
+                        entry: order.hash,
+                        order: *order,
+                        key: *key_id,
+                        change: Change::Remove,
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        let mut a = Authority::default();
+        for (order, p) in &entries {
+            let h = order.hash;
+            let verdict = if p.genesis.is_some()
+                || p.ops.iter().all(|op| matches!(op, Op::Schema { .. } | Op::Unreplicate { .. }))
+            {
+                Verdict::ok()
+            } else {
+                // Undecided removals later in the order count against the author.
+                let pending: Vec<&MemberChange> = all_changes.iter().filter(|c| c.order > *order).collect();
+                match a.standing_with(dag, &p.author, &h, true, &pending)? {
+                    Ok(()) => Verdict::ok(),
+                    Err((reason, responsible)) => Verdict::cancelled(reason, responsible),
+                }
+            };
+            let ok = verdict.is_ok();
+            a.verdicts.insert(h, verdict);
+            if !ok {
+                continue;
+            }
+            a.members.extend(all_changes.iter().filter(|c| c.entry == h).cloned());
+            for op in &p.ops {
+                match op {
+                    Op::Rule { table, operation, rule } => a.rules.push(RuleDecl {
+                        entry: h,
+                        table: table.clone(),
+                        operation: operation.clone(),
+                        rule: rule.clone(),
+                    }),
+                    Op::Schema { table, schema } => {
+                        let parsed = TableSchema::from_value(schema).map_err(|e| {
+                            ReconcileError::Corrupt(format!("schema entry {} for {table}: {e}", h.to_b64()))
+                        })?;
+                        a.schemas.push(SchemaDecl {
+                            entry: h,
+                            order: *order,
+                            table: table.clone(),
+                            schema: Some(parsed),
+                        });
+                    }
+                    Op::Unreplicate { table } => {
+                        a.schemas.push(SchemaDecl { entry: h, order: *order, table: table.clone(), schema: None })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        a.build_tables();
+        Ok(a)
+    }
+
+    fn build_tables(&mut self) {
+        let mut sorted: Vec<&SchemaDecl> = self.schemas.iter().collect();
+        sorted.sort_by(|x, y| x.order.cmp(&y.order));
+        for d in sorted {
+            let Some(schema) = &d.schema else { continue };
+            let slot = self.tables.entry(d.table.clone()).or_insert_with(|| (schema.clone(), HashMap::new()));
+            // The latest schema in the order, plus any column only a concurrent one added.
+            let mut merged = schema.clone();
+            for c in &slot.0.columns {
+                if merged.column(&c.name).is_none() {
+                    merged.columns.push(c.clone());
+                }
+            }
+            for c in &schema.columns {
+                slot.1.entry(c.name.clone()).or_insert(d.entry);
+            }
+            slot.0 = merged;
+        }
+    }
+
+    pub fn verdicts(&self) -> &BTreeMap<Hash, Verdict> {
+        &self.verdicts
+    }
+
+    pub fn is_authority(&self, h: &Hash) -> bool {
+        self.verdicts.contains_key(h)
+    }
+
+    pub fn verdict(&self, h: &Hash) -> Option<&Verdict> {
+        self.verdicts.get(h)
+    }
+
+    /// The schema of a table at the frontier.
+    pub fn schema(&self, table: &str) -> Option<&TableSchema> {
+        self.tables.get(table).map(|t| &t.0)
+    }
+
+    /// Every table with a schema.
+    pub fn tables(&self) -> impl Iterator<Item = &TableSchema> {
+        self.tables.values().map(|t| &t.0)
+    }
+
+    /// The schema entry that first added `column` to `table`.
+    pub fn column_added_by(&self, table: &str, column: &str) -> Option<Hash> {
+        self.tables.get(table).and_then(|t| t.1.get(column).copied())
+    }
+
+    /// Whether `key` is a live member (an admin, if `need_admin`) in the view of entry `at`.
+    pub fn standing<S: DagStore>(
+        &self,
+        dag: &Dag<S>,
+        key: &KeyId,
+        at: &Hash,
+        need_admin: bool,
+    ) -> Result<Standing, ReconcileError> {
+        self.standing_with(dag, key, at, need_admin, &[])
+    }
+
+    fn standing_with<S: DagStore>(
+        &self,
+        dag: &Dag<S>,
+        key: &KeyId,
+        at: &Hash,
+        need_admin: bool,
+        pending: &[&MemberChange],
+    ) -> Result<Standing, ReconcileError> {
+        let mine: Vec<&MemberChange> = self.members.iter().filter(|c| c.key == *key && c.entry != *at).collect();
+        let mut past = Vec::new();
+        let mut concurrent_removals = Vec::new();
+        for c in &mine {
+            if dag.precedes(&c.entry, at)? {
+                past.push(*c);
+            } else if !dag.precedes(at, &c.entry)? && matches!(c.change, Change::Remove) {
+                concurrent_removals.push(c.entry);
+            }
+        }
+        for c in pending.iter().filter(|c| c.key == *key && c.entry != *at && matches!(c.change, Change::Remove)) {
+            if !dag.precedes(&c.entry, at)? && !dag.precedes(at, &c.entry)? {
+                concurrent_removals.push(c.entry);
+            }
+        }
+        // The last changes of the causal past: those not followed by another one.
+        let mut last = Vec::new();
+        for c in &past {
+            let mut superseded = false;
+            for d in &past {
+                if d.entry != c.entry && dag.precedes(&c.entry, &d.entry)? {
+                    superseded = true;
+                    break;
+                }
+            }
+            if !superseded {
+                last.push(*c);
+            }
+        }
+        let who = short(key);
+        if last.is_empty() {
+            return Ok(Err((format!("author {who} is not a member of the group at the entry's position"), vec![])));
+        }
+        if let Some(r) = last.iter().find(|c| matches!(c.change, Change::Remove)) {
+            return Ok(Err((
+                format!("author {who} was removed from the group by entry {}", short(&r.entry)),
+                vec![r.entry],
+            )));
+        }
+        if !concurrent_removals.is_empty() {
+            concurrent_removals.sort();
+            concurrent_removals.dedup();
+            return Ok(Err((
+                format!(
+                    "author {who} was removed from the group by concurrent entry {}",
+                    short(&concurrent_removals[0])
+                ),
+                concurrent_removals,
+            )));
+        }
+        if need_admin && !last.iter().all(|c| matches!(c.change, Change::Add { admin: true })) {
+            return Ok(Err((format!("author {who} is not an admin at the entry's position"), vec![])));
+        }
+        Ok(Ok(()))
+    }
+
+    /// The rules a write of `operation` on `table` by entry `at` must satisfy: the last ok
+    /// rule declarations of its causal past, and every ok concurrent one.
+    pub fn rules_for<S: DagStore>(
+        &self,
+        dag: &Dag<S>,
+        table: &str,
+        operation: &str,
+        at: &Hash,
+    ) -> Result<Vec<(Hash, String)>, ReconcileError> {
+        let decls: Vec<&RuleDecl> =
+            self.rules.iter().filter(|r| r.table == table && r.operation == operation).collect();
+        if decls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut past = Vec::new();
+        let mut out = Vec::new();
+        for r in &decls {
+            if dag.precedes(&r.entry, at)? {
+                past.push(*r);
+            } else if !dag.precedes(at, &r.entry)? {
+                out.push((r.entry, r.rule.clone()));
+            }
+        }
+        for r in &past {
+            let mut superseded = false;
+            for d in &past {
+                if d.entry != r.entry && dag.precedes(&r.entry, &d.entry)? {
+                    superseded = true;
+                    break;
+                }
+            }
+            if !superseded {
+                out.push((r.entry, r.rule.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `table` is replicated in the view of entry `at`: a schema entry for it is in
+    /// the causal past, and the last ones there are not unreplications.
+    pub fn replicated_at<S: DagStore>(&self, dag: &Dag<S>, table: &str, at: &Hash) -> Result<bool, ReconcileError> {
+        let mut past = Vec::new();
+        for d in self.schemas.iter().filter(|d| d.table == table) {
+            if dag.precedes(&d.entry, at)? {
+                past.push(d);
+            }
+        }
+        let mut any = false;
+        for d in &past {
+            let mut superseded = false;
+            for e in &past {
+                if e.entry != d.entry && dag.precedes(&d.entry, &e.entry)? {
+                    superseded = true;
+                    break;
+                }
+            }
+            if !superseded {
+                if d.schema.is_none() {
+                    return Ok(false);
+                }
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+}

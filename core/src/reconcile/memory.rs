@@ -1,0 +1,213 @@
+//! An in-memory replica: the reference host of the engine, for tests and the convergence
+//! property test. The extension implements the same [`ReplicaStore`] over Postgres tables.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{json, Map, Value};
+
+use crate::dag::{Dag, MemStore};
+use crate::entry::Entry;
+use crate::hash::{Hash, HashAlgorithm};
+use crate::json::canonical_string;
+use crate::membership::derive_meta;
+use crate::payload::SignedPayload;
+use crate::schema::TableSchema;
+
+use super::authority::carries_authority;
+use super::eval::{compare, V};
+use super::{reconcile, Changes, JournalEntry, OrderKey, ReconcileError, ReplicaStore, RowKey, RowState, Verdict};
+
+/// A replica held in memory.
+pub struct MemReplica {
+    dag: Dag<MemStore>,
+    journal: HashMap<Hash, JournalEntry>,
+    order: BTreeMap<OrderKey, Hash>,
+    authority: Vec<Hash>,
+    rows: BTreeMap<String, BTreeMap<RowKey, RowState>>,
+    payloads: HashMap<Hash, SignedPayload>,
+    /// Totals over every run, for tests that look at the work done.
+    pub totals: super::Stats,
+}
+
+impl MemReplica {
+    pub fn new(alg: HashAlgorithm) -> MemReplica {
+        MemReplica {
+            dag: Dag::new(MemStore::new(), alg),
+            journal: HashMap::new(),
+            order: BTreeMap::new(),
+            authority: Vec::new(),
+            rows: BTreeMap::new(),
+            payloads: HashMap::new(),
+            totals: Default::default(),
+        }
+    }
+
+    pub fn dag_mut(&mut self) -> &mut Dag<MemStore> {
+        &mut self.dag
+    }
+
+    /// Stores entries (predecessors first; ones already present are skipped) and reconciles.
+    pub fn receive(&mut self, entries: &[Entry]) -> Result<Changes, ReconcileError> {
+        let mut new = Vec::new();
+        for e in entries {
+            if self.dag.contains(&e.hash)? {
+                continue;
+            }
+            let payload = SignedPayload::from_value(&e.payload)
+                .map_err(|source| ReconcileError::Payload { hash: e.hash.to_b64(), source })?;
+            let mut e = e.clone();
+            e.meta = derive_meta(&payload);
+            self.dag.insert(e.clone())?;
+            if carries_authority(&payload) {
+                self.authority.push(e.hash);
+            }
+            self.payloads.insert(e.hash, payload);
+            new.push(e.hash);
+        }
+        let changes = reconcile(self, &new)?;
+        let t = &mut self.totals;
+        t.replayed += changes.stats.replayed;
+        t.rewound += changes.stats.rewound;
+        t.row_ops += changes.stats.row_ops;
+        t.cancelled += changes.stats.cancelled;
+        Ok(changes)
+    }
+
+    /// Every stored entry, predecessors first.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.order.values().filter_map(|h| self.dag.entry(h).ok().flatten()).collect()
+    }
+
+    pub fn verdict(&self, h: &Hash) -> Option<&Verdict> {
+        self.journal.get(h).map(|j| &j.verdict)
+    }
+
+    /// The live rows of a table, by key.
+    pub fn table(&self, table: &str) -> BTreeMap<RowKey, Map<String, Value>> {
+        self.rows
+            .get(table)
+            .map(|t| t.iter().filter(|(_, r)| r.is_live()).map(|(k, r)| (k.clone(), r.values.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// A digest of the replica's observable state: live rows, every verdict, the frontier.
+    pub fn state_digest(&self) -> Hash {
+        let mut tables = Map::new();
+        for (t, rows) in &self.rows {
+            let live: Map<String, Value> = rows
+                .iter()
+                .filter(|(_, r)| r.is_live())
+                .map(|(k, r)| (k.clone(), Value::Object(r.values.clone())))
+                .collect();
+            if !live.is_empty() {
+                tables.insert(t.clone(), Value::Object(live));
+            }
+        }
+        let verdicts: Map<String, Value> = self
+            .journal
+            .iter()
+            .map(|(h, j)| {
+                (h.to_b64(), json!([j.verdict.status.as_str(), j.verdict.reason.clone().unwrap_or_default()]))
+            })
+            .collect();
+        let frontier: Vec<String> =
+            self.dag.frontier().map(|f| f.iter().map(Hash::to_b64).collect()).unwrap_or_default();
+        let all = json!({"tables": tables, "verdicts": verdicts, "frontier": frontier});
+        HashAlgorithm::Sha256.digest(canonical_string(&all).unwrap_or_default().as_bytes())
+    }
+}
+
+/// A tiny evaluator for CHECK expressions of the form `a <op> b` (columns or numbers, with
+/// optional parentheses), enough for tests. Anything else is taken as satisfied.
+fn simple_check(expression: &str, schema: &TableSchema, row: &Map<String, Value>) -> bool {
+    let e = expression.trim().trim_start_matches("CHECK").trim().trim_start_matches('(').trim_end_matches(')').trim();
+    for op in ["<=", ">=", "<>", "=", "<", ">"] {
+        if let Some((a, b)) = e.split_once(op) {
+            let val = |t: &str| -> V {
+                let t = t.trim().trim_matches(|c| c == '(' || c == ')');
+                if schema.column(t).is_some() {
+                    super::eval::column_value(schema, Some(row), t)
+                } else {
+                    V::Num(t.to_string())
+                }
+            };
+            let (x, y) = (val(a), val(b));
+            let Some(o) = compare(&x, &y) else { return true }; // NULL passes a CHECK
+            use std::cmp::Ordering::*;
+            return match op {
+                "<=" => o != Greater,
+                ">=" => o != Less,
+                "<>" => o != Equal,
+                "=" => o == Equal,
+                "<" => o == Less,
+                _ => o == Greater,
+            };
+        }
+    }
+    true
+}
+
+impl ReplicaStore for MemReplica {
+    type Dag = MemStore;
+
+    fn dag(&self) -> &Dag<MemStore> {
+        &self.dag
+    }
+
+    fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
+        Ok(self.journal.get(h).cloned())
+    }
+
+    fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError> {
+        Ok(self.order.range(*from..).filter_map(|(_, h)| self.journal.get(h).map(|j| (*h, j.clone()))).collect())
+    }
+
+    fn authority_entries(&self) -> Result<Vec<Hash>, ReconcileError> {
+        Ok(self.authority.clone())
+    }
+
+    fn payload(&self, h: &Hash) -> Result<SignedPayload, ReconcileError> {
+        self.payloads.get(h).cloned().ok_or_else(|| ReconcileError::Corrupt(format!("no payload for {}", h.to_b64())))
+    }
+
+    fn rows(&self, table: &str, keys: &[RowKey]) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+        let Some(t) = self.rows.get(table) else { return Ok(Vec::new()) };
+        Ok(keys.iter().filter_map(|k| t.get(k).map(|r| (k.clone(), r.clone()))).collect())
+    }
+
+    fn rows_where(&self, table: &str, equal: &[(String, Value)]) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+        let Some(t) = self.rows.get(table) else { return Ok(Vec::new()) };
+        Ok(t.iter()
+            .filter(|(_, r)| r.is_live() && equal.iter().all(|(c, v)| r.values.get(c) == Some(v)))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect())
+    }
+
+    fn violated_check(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
+        Ok(schema.checks.iter().find(|c| !simple_check(&c.expression, schema, row)).map(|c| c.name.clone()))
+    }
+
+    fn apply(&mut self, changes: &Changes) -> Result<(), ReconcileError> {
+        for (h, j) in &changes.journal {
+            self.order.insert(j.order, *h);
+            self.journal.insert(*h, j.clone());
+        }
+        for (h, v) in &changes.authority {
+            if let Some(j) = self.journal.get_mut(h) {
+                j.verdict = v.clone();
+            }
+        }
+        for (t, k, r) in &changes.rows {
+            let table = self.rows.entry(t.clone()).or_default();
+            match r {
+                Some(r) => {
+                    table.insert(k.clone(), r.clone());
+                }
+                None => {
+                    table.remove(k);
+                }
+            }
+        }
+        Ok(())
+    }
+}

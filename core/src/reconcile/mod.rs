@@ -1,0 +1,359 @@
+//! Reconciliation: the verdict of every entry and the tables at the frontier (docs/SEMANTICS.md).
+//!
+//! This is the one implementation of the group's view. The extension and the convergence
+//! property tests both drive it through [`ReplicaStore`]; nothing here performs I/O.
+//!
+//! In short:
+//! - Entries are replayed in the **canonical order**: by height (longest path from the genesis,
+//!   a Lamport clock), then by hash. It is a topological order and a pure function of the DAG.
+//! - **Authority** (membership, rules, schemas) is resolved first, over the few entries that
+//!   carry it ([`authority`]).
+//! - Every data entry is then checked in the **view at its position seen from the frontier**:
+//!   what its author saw (its causal past), minus what concurrent barrier operations (deletes,
+//!   member removals, rule changes) take away, plus what entries earlier in the canonical order
+//!   wrote (so duplicate keys and merged rows are detected once, by the later entry). An entry
+//!   whose operations do not all pass is cancelled whole ([`replay`]).
+//! - State is kept per row with its causal metadata ([`RowState`]), and every applied entry
+//!   keeps an undo record, so a late entry only rewinds and replays what lies above its fork.
+
+pub mod authority;
+mod eval;
+pub mod memory;
+mod replay;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::{json, Map, Value};
+
+use crate::dag::{Dag, DagError, DagStore};
+use crate::entry::Position;
+use crate::hash::Hash;
+use crate::json::canonical_string;
+use crate::payload::{PayloadError, SignedPayload};
+use crate::schema::TableSchema;
+
+pub use authority::Authority;
+
+/// The identity of a row: the canonical JSON array of its primary-key values, in key order.
+pub type RowKey = String;
+
+/// A row with its causal metadata. A deleted row is kept as a tombstone (`deleted_by` set,
+/// `values` empty) so that later entries can be told who deleted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowState {
+    /// The non-NULL columns.
+    pub values: Map<String, Value>,
+    /// The entry whose insert created this incarnation of the row.
+    pub inserted_by: Hash,
+    /// For every column written since (set or unset), the entry that wrote it last.
+    pub writers: BTreeMap<String, Hash>,
+    pub deleted_by: Option<Hash>,
+}
+
+impl RowState {
+    pub fn is_live(&self) -> bool {
+        self.deleted_by.is_none()
+    }
+
+    /// The metadata as JSON (`{"i": inserted_by, "w": {col: writer}, "d": deleted_by}`).
+    pub fn meta_value(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("i".into(), json!(self.inserted_by.to_b64()));
+        if !self.writers.is_empty() {
+            let w: Map<String, Value> = self.writers.iter().map(|(c, h)| (c.clone(), json!(h.to_b64()))).collect();
+            m.insert("w".into(), Value::Object(w));
+        }
+        if let Some(d) = &self.deleted_by {
+            m.insert("d".into(), json!(d.to_b64()));
+        }
+        Value::Object(m)
+    }
+
+    /// Reads [`RowState::meta_value`] back, with the row's values.
+    pub fn from_meta(values: Map<String, Value>, meta: &Value) -> Result<RowState, ReconcileError> {
+        let bad = || ReconcileError::Corrupt(format!("bad row metadata {meta}"));
+        let hash = |v: &Value| v.as_str().and_then(|s| s.parse::<Hash>().ok()).ok_or_else(bad);
+        let inserted_by = hash(meta.get("i").ok_or_else(bad)?)?;
+        let mut writers = BTreeMap::new();
+        if let Some(w) = meta.get("w") {
+            for (c, h) in w.as_object().ok_or_else(bad)? {
+                writers.insert(c.clone(), hash(h)?);
+            }
+        }
+        let deleted_by = meta.get("d").map(hash).transpose()?;
+        Ok(RowState { values, inserted_by, writers, deleted_by })
+    }
+}
+
+/// The canonical key of a row from its primary-key values (`None` when one is missing).
+pub fn row_key(schema: &TableSchema, row: &Map<String, Value>) -> Option<RowKey> {
+    let values: Option<Vec<Value>> = schema.primary_key.iter().map(|c| row.get(c).cloned()).collect();
+    canonical_string(&Value::Array(values?)).ok()
+}
+
+/// An entry's place in the canonical order: height first, then hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrderKey {
+    pub height: u32,
+    pub hash: Hash,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// An entry's verdict: ok, or cancelled with a human reason and the entries responsible.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: Status,
+    pub reason: Option<String>,
+    pub responsible: Vec<Hash>,
+}
+
+impl Verdict {
+    pub fn ok() -> Verdict {
+        Verdict { status: Status::Ok, reason: None, responsible: Vec::new() }
+    }
+
+    pub fn cancelled(reason: impl Into<String>, responsible: Vec<Hash>) -> Verdict {
+        Verdict { status: Status::Cancelled, reason: Some(reason.into()), responsible }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.status == Status::Ok
+    }
+}
+
+/// The state of one row before an entry touched it (`None`: the row did not exist).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UndoRecord {
+    pub table: String,
+    pub key: RowKey,
+    pub before: Option<RowState>,
+}
+
+/// What the journal keeps per replayed entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub order: OrderKey,
+    pub verdict: Verdict,
+    /// The prior states of the rows the entry changed (empty when it is cancelled).
+    pub undo: Vec<UndoRecord>,
+}
+
+/// A failure of reconciliation: storage, or a stored entry that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Dag(#[from] DagError),
+    #[error("stored entry {hash} has an invalid payload: {source}")]
+    Payload { hash: String, source: PayloadError },
+    #[error("replica storage failed: {0}")]
+    Store(String),
+    #[error("replica state is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// What the engine changes in one run; the store applies it atomically.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Journal records of every entry (re)evaluated in this run.
+    pub journal: Vec<(Hash, JournalEntry)>,
+    /// Final states of the rows touched (`None`: the row is gone, not even a tombstone).
+    pub rows: Vec<(String, RowKey, Option<RowState>)>,
+    /// Table schemas in force after this run, for the tables whose schema changed.
+    pub schemas: Vec<TableSchema>,
+    /// Verdicts of authority entries that changed.
+    pub authority: Vec<(Hash, Verdict)>,
+    /// Counters for progress reports and benchmarks.
+    pub stats: Stats,
+}
+
+/// How much a run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Entries replayed (new and revisited).
+    pub replayed: u64,
+    /// Previously applied entries rewound.
+    pub rewound: u64,
+    /// Row operations applied.
+    pub row_ops: u64,
+    pub cancelled: u64,
+}
+
+/// Storage for a replica: the DAG, the journal, and the rows with their metadata. Reads see
+/// the state before the run; [`ReplicaStore::apply`] writes a run's [`Changes`].
+pub trait ReplicaStore {
+    type Dag: DagStore;
+
+    fn dag(&self) -> &Dag<Self::Dag>;
+    /// The journal record of an entry, if it has been replayed.
+    fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError>;
+    /// Journal records with an order key `>= from`, ascending.
+    fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError>;
+    /// Hashes of every stored entry carrying authority (genesis, membership, schema, rules).
+    fn authority_entries(&self) -> Result<Vec<Hash>, ReconcileError>;
+    /// Decoded payload of a stored entry (the store may cache).
+    fn payload(&self, h: &Hash) -> Result<SignedPayload, ReconcileError> {
+        let entry = self.dag().entry(h)?.ok_or(ReconcileError::Dag(DagError::UnknownEntry(*h)))?;
+        SignedPayload::from_value(&entry.payload).map_err(|source| ReconcileError::Payload { hash: h.to_b64(), source })
+    }
+    /// Rows by key (missing keys are simply absent from the answer); tombstones included.
+    fn rows(&self, table: &str, keys: &[RowKey]) -> Result<Vec<(RowKey, RowState)>, ReconcileError>;
+    /// Live rows whose columns equal the given values.
+    fn rows_where(&self, table: &str, equal: &[(String, Value)]) -> Result<Vec<(RowKey, RowState)>, ReconcileError>;
+    /// The name of the first CHECK constraint of `schema` that `row` (complete, encoded)
+    /// violates, if any. CHECK expressions are SQL; only the host can evaluate them.
+    fn violated_check(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError>;
+    fn apply(&mut self, changes: &Changes) -> Result<(), ReconcileError>;
+}
+
+/// Computes the height of an entry from its predecessors' (journaled or just computed).
+fn height_of<R: ReplicaStore>(store: &R, prev: &Position, fresh: &HashMap<Hash, u32>) -> Result<u32, ReconcileError> {
+    let mut h = 0u32;
+    for p in prev {
+        let ph = match fresh.get(p) {
+            Some(x) => *x,
+            None => store
+                .journal(p)?
+                .map(|j| j.order.height)
+                .ok_or_else(|| ReconcileError::Corrupt(format!("predecessor {} has not been replayed", p.to_b64())))?,
+        };
+        h = h.max(ph.saturating_add(1));
+    }
+    Ok(h)
+}
+
+/// Brings the replica's tables and verdicts up to date after `new` entries (already stored
+/// in the DAG, predecessors first) arrived. Returns what changed, after applying it.
+pub fn reconcile<R: ReplicaStore>(store: &mut R, new: &[Hash]) -> Result<Changes, ReconcileError> {
+    let changes = plan(store, new)?;
+    store.apply(&changes)?;
+    Ok(changes)
+}
+
+/// Computes a run's changes without applying them.
+pub fn plan<R: ReplicaStore>(store: &R, new: &[Hash]) -> Result<Changes, ReconcileError> {
+    // 1. Order keys of the new entries.
+    let mut fresh: HashMap<Hash, u32> = HashMap::new();
+    let mut new_keys = Vec::with_capacity(new.len());
+    for h in new {
+        if fresh.contains_key(h) || store.journal(h)?.is_some() {
+            continue;
+        }
+        let entry = store.dag().entry(h)?.ok_or(ReconcileError::Dag(DagError::UnknownEntry(*h)))?;
+        let height = height_of(store, &entry.header.prev, &fresh)?;
+        fresh.insert(*h, height);
+        new_keys.push(OrderKey { height, hash: *h });
+    }
+    let new_set: BTreeSet<Hash> = new_keys.iter().map(|k| k.hash).collect();
+
+    // 2. Authority over the whole group (few entries), and what changed in it.
+    let mut authority_hashes = store.authority_entries()?;
+    authority_hashes.sort();
+    authority_hashes.dedup();
+    let order_of = |h: &Hash| -> Result<OrderKey, ReconcileError> {
+        if let Some(height) = fresh.get(h) {
+            return Ok(OrderKey { height: *height, hash: *h });
+        }
+        store
+            .journal(h)?
+            .map(|j| j.order)
+            .ok_or_else(|| ReconcileError::Corrupt(format!("entry {} has no order", h.to_b64())))
+    };
+    let mut authority_input = Vec::with_capacity(authority_hashes.len());
+    for h in &authority_hashes {
+        authority_input.push((order_of(h)?, store.payload(h)?));
+    }
+    let authority = Authority::resolve(store.dag(), authority_input)?;
+    let mut changed_authority = Vec::new();
+    let mut authority_changes = Vec::new();
+    for (h, verdict) in authority.verdicts() {
+        let before = if new_set.contains(h) { None } else { store.journal(h)?.map(|j| j.verdict) };
+        if before.as_ref() != Some(verdict) {
+            changed_authority.push(*h);
+            if before.is_some() {
+                authority_changes.push((*h, verdict.clone()));
+            }
+        }
+    }
+
+    // 3. The rewind point: the earliest entry whose verdict or effect may change.
+    let Some(mut start) = new_keys.iter().min().copied() else {
+        return Ok(Changes { authority: authority_changes, ..Default::default() });
+    };
+    let frontier = store.dag().frontier()?;
+    let bound = |b: &Hash, start: &mut OrderKey| -> Result<(), ReconcileError> {
+        // Entries not in history(b) are concurrent to b or after it; the earliest of them in
+        // the canonical order is among the minimal ones, the fork of (frontier, {b}).
+        let fork = store.dag().fork_position(&frontier, &[*b].into())?;
+        for h in fork.fork_a {
+            *start = (*start).min(order_of(&h)?);
+        }
+        Ok(())
+    };
+    for k in &new_keys {
+        let p = store.payload(&k.hash)?;
+        if replay::is_barrier(&p) {
+            bound(&k.hash, &mut start)?;
+        }
+    }
+    for h in &changed_authority {
+        bound(h, &mut start)?;
+    }
+    // Deletes rewound because authority changed may now count differently for the entries
+    // concurrent to them: widen until stable.
+    let mut region = load_region(store, &start, &new_keys)?;
+    if !changed_authority.is_empty() {
+        loop {
+            let before = start;
+            for (key, payload, _) in &region {
+                if replay::is_barrier(payload) && !authority.is_authority(&key.hash) {
+                    bound(&key.hash, &mut start)?;
+                }
+            }
+            if start == before {
+                break;
+            }
+            region = load_region(store, &start, &new_keys)?;
+        }
+    }
+
+    // 4. Rewind and replay.
+    let mut changes = replay::Replay::new(store, &authority).run(region)?;
+    changes.authority = authority_changes;
+    Ok(changes)
+}
+
+/// The entries from `start` on in canonical order: journaled ones with their old records, and
+/// the new ones.
+type RegionEntry = (OrderKey, SignedPayload, Option<JournalEntry>);
+
+fn load_region<R: ReplicaStore>(
+    store: &R,
+    start: &OrderKey,
+    new_keys: &[OrderKey],
+) -> Result<Vec<RegionEntry>, ReconcileError> {
+    let mut region = Vec::new();
+    for (h, j) in store.journal_from(start)? {
+        region.push((j.order, store.payload(&h)?, Some(j)));
+    }
+    for k in new_keys {
+        if k >= start {
+            region.push((*k, store.payload(&k.hash)?, None));
+        }
+    }
+    region.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(region)
+}

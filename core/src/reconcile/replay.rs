@@ -1,0 +1,714 @@
+//! Rewinding and replaying a region of the canonical order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value};
+
+use crate::hash::Hash;
+use crate::payload::{Op, SignedPayload};
+use crate::rules::{parse_rule, Operation, Rule, RuleScope};
+use crate::schema::TableSchema;
+
+use super::authority::{carries_authority, Authority};
+use super::eval::{rule_holds, RuleInput, RuleRows};
+use super::{
+    row_key, Changes, JournalEntry, OrderKey, ReconcileError, RegionEntry, ReplicaStore, RowKey, RowState, UndoRecord,
+    Verdict,
+};
+
+/// Whether an entry carries a barrier operation: one whose effect a concurrent entry must
+/// take into account (a delete, or any authority change).
+pub(super) fn is_barrier(p: &SignedPayload) -> bool {
+    carries_authority(p) || p.ops.iter().any(|op| matches!(op, Op::Delete { .. }))
+}
+
+fn short(h: &Hash) -> String {
+    h.to_b64().chars().take(10).collect()
+}
+
+type Slot = (String, RowKey);
+
+/// A cancellation: the reason and the entries responsible.
+type Cancel = (String, Vec<Hash>);
+
+pub(super) struct Replay<'a, R: ReplicaStore> {
+    store: &'a R,
+    auth: &'a Authority,
+    /// Row states as changed by this run (`None`: no row at all).
+    overlay: HashMap<Slot, Option<RowState>>,
+    /// Row states read from the store.
+    cache: HashMap<Slot, Option<RowState>>,
+    /// Rows deleted by barrier entries of the region whose author stands: slot -> (region
+    /// index, entry).
+    lookahead: HashMap<Slot, Vec<(usize, Hash)>>,
+    rules: HashMap<(String, String, String), Option<Rule>>,
+    /// The key id of the author of the entry being replayed.
+    author: String,
+}
+
+impl<'a, R: ReplicaStore> Replay<'a, R> {
+    pub(super) fn new(store: &'a R, auth: &'a Authority) -> Self {
+        Replay {
+            store,
+            auth,
+            overlay: HashMap::new(),
+            cache: HashMap::new(),
+            lookahead: HashMap::new(),
+            rules: HashMap::new(),
+            author: String::new(),
+        }
+    }
+
+    fn schema(&self, table: &str) -> Option<&'a TableSchema> {
+        self.auth.schema(table)
+    }
+
+    fn key_of(&self, table: &str, key: &Map<String, Value>) -> Option<RowKey> {
+        self.schema(table).and_then(|s| row_key(s, key))
+    }
+
+    pub(super) fn run(mut self, region: Vec<RegionEntry>) -> Result<Changes, ReconcileError> {
+        let mut changes = Changes::default();
+        self.prefetch(&region)?;
+        // Rewind: undo the applied entries of the region, latest first.
+        for (_, _, journal) in region.iter().rev() {
+            if let Some(j) = journal {
+                if j.verdict.is_ok() && !j.undo.is_empty() {
+                    changes.stats.rewound += 1;
+                }
+                for u in j.undo.iter().rev() {
+                    self.overlay.insert((u.table.clone(), u.key.clone()), u.before.clone());
+                }
+            }
+        }
+        // Deletes whose author stands count for every concurrent entry, even earlier ones.
+        let mut standing = Vec::with_capacity(region.len());
+        for (i, (order, payload, _)) in region.iter().enumerate() {
+            let is_auth = self.auth.is_authority(&order.hash);
+            let s = if is_auth {
+                Ok(())
+            } else {
+                self.auth.standing(self.store.dag(), &payload.author, &order.hash, false)?
+            };
+            if !is_auth && s.is_ok() {
+                for op in &payload.ops {
+                    if let Op::Delete { table, key } = op {
+                        if let Some(k) = self.key_of(table, key) {
+                            self.lookahead.entry((table.clone(), k)).or_default().push((i, order.hash));
+                        }
+                    }
+                }
+            }
+            standing.push(s);
+        }
+        // Replay.
+        for (i, ((order, payload, _), standing)) in region.iter().zip(standing).enumerate() {
+            changes.stats.replayed += 1;
+            let (verdict, undo) = if let Some(v) = self.auth.verdict(&order.hash) {
+                (v.clone(), Vec::new())
+            } else {
+                match standing {
+                    Err((reason, responsible)) => (Verdict::cancelled(reason, responsible), Vec::new()),
+                    Ok(()) => self.apply_entry(i, order, payload, &mut changes)?,
+                }
+            };
+            if !verdict.is_ok() {
+                changes.stats.cancelled += 1;
+            }
+            changes.journal.push((order.hash, JournalEntry { order: *order, verdict, undo }));
+        }
+        let mut rows: Vec<_> = self.overlay.into_iter().map(|((t, k), s)| (t, k, s)).collect();
+        rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        changes.rows = rows;
+        Ok(changes)
+    }
+
+    /// Reads every row the region touches, one request per table.
+    fn prefetch(&mut self, region: &[RegionEntry]) -> Result<(), ReconcileError> {
+        let mut wanted: BTreeMap<String, Vec<RowKey>> = BTreeMap::new();
+        for (_, payload, journal) in region {
+            for op in &payload.ops {
+                let (table, k) = match op {
+                    Op::Insert { table, row } => (table, self.key_of(table, row)),
+                    Op::Update { table, key, .. } | Op::Delete { table, key } => (table, self.key_of(table, key)),
+                    _ => continue,
+                };
+                if let Some(k) = k {
+                    wanted.entry(table.clone()).or_default().push(k);
+                }
+            }
+            if let Some(j) = journal {
+                for u in &j.undo {
+                    wanted.entry(u.table.clone()).or_default().push(u.key.clone());
+                }
+            }
+        }
+        for (table, mut keys) in wanted {
+            keys.sort();
+            keys.dedup();
+            keys.retain(|k| !self.cache.contains_key(&(table.clone(), k.clone())));
+            for k in &keys {
+                self.cache.insert((table.clone(), k.clone()), None);
+            }
+            for (k, row) in self.store.rows(&table, &keys)? {
+                self.cache.insert((table.clone(), k), Some(row));
+            }
+        }
+        Ok(())
+    }
+
+    fn read(
+        &mut self,
+        local: &HashMap<Slot, Option<RowState>>,
+        slot: &Slot,
+    ) -> Result<Option<RowState>, ReconcileError> {
+        if let Some(s) = local.get(slot).or_else(|| self.overlay.get(slot)).or_else(|| self.cache.get(slot)) {
+            return Ok(s.clone());
+        }
+        let found = self.store.rows(&slot.0, std::slice::from_ref(&slot.1))?.into_iter().next().map(|(_, r)| r);
+        self.cache.insert(slot.clone(), found.clone());
+        Ok(found)
+    }
+
+    /// Whether the entry at region index `i` sees `row`: the row is live, its incarnation is
+    /// in the entry's causal past (or the entry's own), and no concurrent delete takes it away.
+    fn visible(&self, slot: &Slot, row: &RowState, i: usize, h: &Hash) -> Result<Result<(), Cancel>, ReconcileError> {
+        if let Some(d) = &row.deleted_by {
+            return Ok(Err((format!("it was deleted by entry {}", short(d)), vec![*d])));
+        }
+        if row.inserted_by != *h && !self.store.dag().precedes(&row.inserted_by, h)? {
+            return Ok(Err((
+                format!("its current version was inserted by concurrent entry {}", short(&row.inserted_by)),
+                vec![row.inserted_by],
+            )));
+        }
+        if let Some(deletes) = self.lookahead.get(slot) {
+            for (j, d) in deletes {
+                if *j > i && d != h && !self.store.dag().precedes(h, d)? {
+                    return Ok(Err((format!("it was deleted by concurrent entry {}", short(d)), vec![*d])));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn rows_where(
+        &mut self,
+        local: &HashMap<Slot, Option<RowState>>,
+        table: &str,
+        equal: &[(String, Value)],
+    ) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+        let matches = |r: &RowState| r.is_live() && equal.iter().all(|(c, v)| r.values.get(c) == Some(v));
+        let mut out: BTreeMap<RowKey, RowState> = BTreeMap::new();
+        for (k, _) in self.store.rows_where(table, equal)? {
+            let slot = (table.to_string(), k.clone());
+            if let Some(r) = self.read(local, &slot)? {
+                if matches(&r) {
+                    out.insert(k, r);
+                }
+            }
+        }
+        for layer in [&self.overlay, local] {
+            for ((t, k), r) in layer.iter() {
+                if t != table {
+                    continue;
+                }
+                match r {
+                    Some(r) if matches(r) => {
+                        out.insert(k.clone(), r.clone());
+                    }
+                    _ => {
+                        out.remove(k);
+                    }
+                }
+            }
+        }
+        // A row the overlay replaced after the store matched it may no longer match.
+        let mut checked = Vec::with_capacity(out.len());
+        for (k, r) in out {
+            let slot = (table.to_string(), k.clone());
+            if let Some(current) = self.read(local, &slot)? {
+                if matches(&current) {
+                    checked.push((k, current));
+                    continue;
+                }
+            }
+            let _ = r;
+        }
+        Ok(checked)
+    }
+
+    fn apply_entry(
+        &mut self,
+        i: usize,
+        order: &OrderKey,
+        payload: &SignedPayload,
+        changes: &mut Changes,
+    ) -> Result<(Verdict, Vec<UndoRecord>), ReconcileError> {
+        let h = order.hash;
+        self.author = payload.author.to_b64();
+        let mut local: HashMap<Slot, Option<RowState>> = HashMap::new();
+        let mut undo: Vec<UndoRecord> = Vec::new();
+        let mut deleted: Vec<(String, RowState)> = Vec::new();
+        for op in &payload.ops {
+            let outcome = match op {
+                Op::Insert { table, row } => self.insert(i, &h, table, row, &mut local)?,
+                Op::Update { table, key, set, unset } => self.update(i, &h, table, key, set, unset, &mut local)?,
+                Op::Delete { table, key } => self.delete(i, &h, table, key, &mut local, &mut deleted)?,
+                _ => Err(("authority operations cannot be mixed with row operations".to_string(), vec![])),
+            };
+            if let Err((reason, responsible)) = outcome {
+                return Ok((Verdict::cancelled(reason, responsible), Vec::new()));
+            }
+        }
+        if let Err((reason, responsible)) = self.restrict(i, &h, &deleted, &local)? {
+            return Ok((Verdict::cancelled(reason, responsible), Vec::new()));
+        }
+        let mut slots: Vec<Slot> = local.keys().cloned().collect();
+        slots.sort();
+        for slot in slots {
+            let before = match self.overlay.get(&slot).or_else(|| self.cache.get(&slot)) {
+                Some(b) => b.clone(),
+                None => self.read(&HashMap::new(), &slot)?,
+            };
+            undo.push(UndoRecord { table: slot.0.clone(), key: slot.1.clone(), before });
+            let after = local.remove(&slot).flatten();
+            self.overlay.insert(slot, after);
+        }
+        changes.stats.row_ops += payload.ops.len() as u64;
+        Ok((Verdict::ok(), undo))
+    }
+
+    fn table_for(&self, h: &Hash, table: &str) -> Result<Result<&'a TableSchema, Cancel>, ReconcileError> {
+        let Some(schema) = self.schema(table) else {
+            return Ok(Err((format!("table {table} is not replicated in the group"), vec![])));
+        };
+        if !self.auth.replicated_at(self.store.dag(), table, h)? {
+            return Ok(Err((format!("table {table} is not replicated at the entry's position"), vec![])));
+        }
+        Ok(Ok(schema))
+    }
+
+    fn insert(
+        &mut self,
+        i: usize,
+        h: &Hash,
+        table: &str,
+        row: &Map<String, Value>,
+        local: &mut HashMap<Slot, Option<RowState>>,
+    ) -> Result<Result<(), Cancel>, ReconcileError> {
+        let schema = match self.table_for(h, table)? {
+            Ok(s) => s,
+            Err(c) => return Ok(Err(c)),
+        };
+        let mut full = row.clone();
+        for c in &schema.columns {
+            if full.contains_key(&c.name) {
+                continue;
+            }
+            if let (Some(v), Some(added)) = (&c.default_value, self.auth.column_added_by(table, &c.name)) {
+                if !self.store.dag().precedes(&added, h)? {
+                    full.insert(c.name.clone(), v.clone());
+                }
+            }
+        }
+        if let Err(e) = schema.check_row(&full, true) {
+            return Ok(Err((format!("insert into {table}: {e}"), vec![])));
+        }
+        let Some(key) = row_key(schema, &full) else {
+            return Ok(Err((format!("insert into {table} has no primary key value"), vec![])));
+        };
+        let slot = (table.to_string(), key.clone());
+        if let Some(existing) = self.read(local, &slot)? {
+            if existing.is_live() {
+                return Ok(Err((
+                    format!(
+                        "duplicate primary key {key} in {table}: the row was already inserted by entry {}",
+                        short(&existing.inserted_by)
+                    ),
+                    vec![existing.inserted_by],
+                )));
+            }
+        }
+        if let Err(c) = self.uniques(local, schema, &key, &full, None)? {
+            return Ok(Err(c));
+        }
+        if let Err(c) = self.foreign_keys(i, h, local, schema, &full, None)? {
+            return Ok(Err(c));
+        }
+        if let Err(c) = self.rules(i, h, local, schema, Operation::Insert, Some(&full), None, &self.author.clone())? {
+            return Ok(Err(c));
+        }
+        if let Err(c) = self.checks(schema, &full)? {
+            return Ok(Err(c));
+        }
+        local
+            .insert(slot, Some(RowState { values: full, inserted_by: *h, writers: BTreeMap::new(), deleted_by: None }));
+        Ok(Ok(()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        i: usize,
+        h: &Hash,
+        table: &str,
+        key: &Map<String, Value>,
+        set: &Map<String, Value>,
+        unset: &[String],
+        local: &mut HashMap<Slot, Option<RowState>>,
+    ) -> Result<Result<(), Cancel>, ReconcileError> {
+        let schema = match self.table_for(h, table)? {
+            Ok(s) => s,
+            Err(c) => return Ok(Err(c)),
+        };
+        let Some(k) = row_key(schema, key) else {
+            return Ok(Err((format!("update of {table} has no primary key value"), vec![])));
+        };
+        if set.keys().chain(unset.iter()).any(|c| schema.primary_key.contains(c)) {
+            return Ok(Err((format!("update of {table} {k} changes the primary key"), vec![])));
+        }
+        let slot = (table.to_string(), k.clone());
+        let Some(current) = self.read(local, &slot)? else {
+            return Ok(Err((format!("update of {table} {k}: the row does not exist in the entry's view"), vec![])));
+        };
+        if let Err((why, resp)) = self.visible(&slot, &current, i, h)? {
+            return Ok(Err((format!("update of {table} {k}: the row is gone, {why}"), resp)));
+        }
+        let mut next = current.clone();
+        for (c, v) in set {
+            next.values.insert(c.clone(), v.clone());
+            next.writers.insert(c.clone(), *h);
+        }
+        for c in unset {
+            next.values.remove(c);
+            next.writers.insert(c.clone(), *h);
+        }
+        if let Err(e) = schema.check_row(&next.values, true) {
+            return Ok(Err((format!("update of {table} {k}: {e}"), vec![])));
+        }
+        let changed: Vec<String> = set.keys().cloned().chain(unset.iter().cloned()).collect();
+        if let Err(c) = self.uniques(local, schema, &k, &next.values, Some(&changed))? {
+            return Ok(Err(c));
+        }
+        if let Err(c) = self.foreign_keys(i, h, local, schema, &next.values, Some(&changed))? {
+            return Ok(Err(c));
+        }
+        let author = self.author.clone();
+        if let Err(c) =
+            self.rules(i, h, local, schema, Operation::Update, Some(&next.values), Some(&current.values), &author)?
+        {
+            return Ok(Err(c));
+        }
+        if let Err((why, _)) = self.checks(schema, &next.values)? {
+            // Name the writers of the columns this entry did not see: the merge partners.
+            let mut others: Vec<Hash> = Vec::new();
+            for w in current.writers.values().chain(std::iter::once(&current.inserted_by)) {
+                if w != h && !self.store.dag().precedes(w, h)? && !others.contains(w) {
+                    others.push(*w);
+                }
+            }
+            let merged = if others.is_empty() {
+                String::new()
+            } else {
+                format!(" (merged with concurrent entry {})", others.iter().map(short).collect::<Vec<_>>().join(", "))
+            };
+            return Ok(Err((format!("update of {table} {k}: {why}{merged}"), others)));
+        }
+        local.insert(slot, Some(next));
+        Ok(Ok(()))
+    }
+
+    fn delete(
+        &mut self,
+        i: usize,
+        h: &Hash,
+        table: &str,
+        key: &Map<String, Value>,
+        local: &mut HashMap<Slot, Option<RowState>>,
+        deleted: &mut Vec<(String, RowState)>,
+    ) -> Result<Result<(), Cancel>, ReconcileError> {
+        let schema = match self.table_for(h, table)? {
+            Ok(s) => s,
+            Err(c) => return Ok(Err(c)),
+        };
+        let Some(k) = row_key(schema, key) else {
+            return Ok(Err((format!("delete from {table} has no primary key value"), vec![])));
+        };
+        let slot = (table.to_string(), k);
+        let Some(current) = self.read(local, &slot)? else { return Ok(Ok(())) };
+        // Deleting a row that is already gone, or an incarnation the author never saw, does
+        // nothing (deletes are idempotent and only remove what their author saw).
+        if !current.is_live() || (current.inserted_by != *h && !self.store.dag().precedes(&current.inserted_by, h)?) {
+            return Ok(Ok(()));
+        }
+        let author = self.author.clone();
+        if let Err(c) = self.rules(i, h, local, schema, Operation::Delete, None, Some(&current.values), &author)? {
+            return Ok(Err(c));
+        }
+        deleted.push((table.to_string(), current.clone()));
+        let tomb = RowState {
+            values: Map::new(),
+            inserted_by: current.inserted_by,
+            writers: BTreeMap::new(),
+            deleted_by: Some(*h),
+        };
+        local.insert(slot, Some(tomb));
+        Ok(Ok(()))
+    }
+
+    /// Foreign keys into the deleted rows: a row that still references one, and that the
+    /// deleting entry saw, makes the entry invalid (its author's database would have refused).
+    fn restrict(
+        &mut self,
+        i: usize,
+        h: &Hash,
+        deleted: &[(String, RowState)],
+        local: &HashMap<Slot, Option<RowState>>,
+    ) -> Result<Result<(), Cancel>, ReconcileError> {
+        for (table, row) in deleted {
+            for child in self.auth.tables() {
+                for fk in child.foreign_keys.iter().filter(|f| f.references == *table) {
+                    let Some(equal) = fk
+                        .columns
+                        .iter()
+                        .zip(&fk.referenced_columns)
+                        .map(|(c, r)| row.values.get(r).map(|v| (c.clone(), v.clone())))
+                        .collect::<Option<Vec<_>>>()
+                    else {
+                        continue;
+                    };
+                    for (ck, crow) in self.rows_where(local, &child.table, &equal)? {
+                        let slot = (child.table.clone(), ck.clone());
+                        if self.visible(&slot, &crow, i, h)?.is_ok() {
+                            return Ok(Err((
+                                format!(
+                                    "delete from {table} violates foreign key {} of {}: row {ck} still references it",
+                                    fk.name, child.table
+                                ),
+                                vec![crow.inserted_by],
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn uniques(
+        &mut self,
+        local: &HashMap<Slot, Option<RowState>>,
+        schema: &TableSchema,
+        key: &RowKey,
+        row: &Map<String, Value>,
+        changed: Option<&[String]>,
+    ) -> Result<Result<(), Cancel>, ReconcileError> {
+        for u in &schema.uniques {
+            if changed.is_some_and(|ch| !u.columns.iter().any(|c| ch.contains(c))) {
+                continue;
+            }
+            let Some(equal) =
+                u.columns.iter().map(|c| row.get(c).map(|v| (c.clone(), v.clone()))).collect::<Option<Vec<_>>>()
+            else {
+                continue; // a NULL never collides
+            };
+            for (k, other) in self.rows_where(local, &schema.table, &equal)? {
+                if k != *key {
+                    return Ok(Err((
+                        format!(
+                            "duplicate value for unique constraint {} of {}: row {k} (inserted by entry {}) holds it",
+                            u.name,
+                            schema.table,
+                            short(&other.inserted_by)
+                        ),
+                        vec![other.inserted_by],
+                    )));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn foreign_keys(
+        &mut self,
+        i: usize,
+        h: &Hash,
+        local: &HashMap<Slot, Option<RowState>>,
+        schema: &TableSchema,
+        row: &Map<String, Value>,
+        changed: Option<&[String]>,
+    ) -> Result<Result<(), Cancel>, ReconcileError> {
+        for fk in &schema.foreign_keys {
+            if changed.is_some_and(|ch| !fk.columns.iter().any(|c| ch.contains(c))) {
+                continue;
+            }
+            let Some(values) = fk.columns.iter().map(|c| row.get(c).cloned()).collect::<Option<Vec<_>>>() else {
+                continue; // MATCH SIMPLE: a NULL column means no reference
+            };
+            let Some(target) = self.schema(&fk.references) else {
+                return Ok(Err((
+                    format!("foreign key {}: table {} is not replicated", fk.name, fk.references),
+                    vec![],
+                )));
+            };
+            let equal: Vec<(String, Value)> = fk.referenced_columns.iter().cloned().zip(values).collect();
+            let mut candidates: Vec<(RowKey, RowState)> = Vec::new();
+            let by_pk =
+                target.primary_key.len() == equal.len() && equal.iter().all(|(c, _)| target.primary_key.contains(c));
+            if by_pk {
+                let keymap: Map<String, Value> = equal.iter().cloned().collect();
+                if let Some(k) = row_key(target, &keymap) {
+                    if let Some(r) = self.read(local, &(target.table.clone(), k.clone()))? {
+                        candidates.push((k, r));
+                    }
+                }
+            } else {
+                candidates = self.rows_where(local, &target.table, &equal)?;
+            }
+            let mut why: Option<Cancel> = None;
+            for (k, r) in &candidates {
+                match self.visible(&(target.table.clone(), k.clone()), r, i, h)? {
+                    Ok(()) => {
+                        why = None;
+                        break;
+                    }
+                    Err(c) => why = Some(c),
+                }
+            }
+            let shown: Vec<String> = equal.iter().map(|(c, v)| format!("{c}={v}")).collect();
+            if candidates.is_empty() {
+                return Ok(Err((
+                    format!(
+                        "foreign key {} of {}: the referenced row of {} ({}) does not exist in the entry's view",
+                        fk.name,
+                        schema.table,
+                        fk.references,
+                        shown.join(", ")
+                    ),
+                    vec![],
+                )));
+            }
+            if let Some((reason, responsible)) = why {
+                return Ok(Err((
+                    format!(
+                        "foreign key {} of {}: the referenced row of {} ({}) is gone, {reason}",
+                        fk.name,
+                        schema.table,
+                        fk.references,
+                        shown.join(", ")
+                    ),
+                    responsible,
+                )));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn checks(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Result<(), Cancel>, ReconcileError> {
+        if schema.checks.is_empty() {
+            return Ok(Ok(()));
+        }
+        Ok(match self.store.violated_check(schema, row)? {
+            None => Ok(()),
+            Some(name) => Err((format!("the row violates check constraint {name} of {}", schema.table), vec![])),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rules(
+        &mut self,
+        i: usize,
+        h: &Hash,
+        local: &HashMap<Slot, Option<RowState>>,
+        schema: &TableSchema,
+        operation: Operation,
+        new: Option<&Map<String, Value>>,
+        old: Option<&Map<String, Value>>,
+        author: &str,
+    ) -> Result<Result<(), Cancel>, ReconcileError> {
+        let rules = self.auth.rules_for(self.store.dag(), &schema.table, operation.name(), h)?;
+        for (rule_entry, text) in rules {
+            let cache_key = (schema.table.clone(), operation.name().to_string(), text.clone());
+            if !self.rules.contains_key(&cache_key) {
+                let scope = Scope { target: schema.column_names(), auth: self.auth };
+                let parsed = parse_rule(&text, operation, &scope).ok();
+                self.rules.insert(cache_key.clone(), parsed);
+            }
+            let Some(rule) = self.rules.get(&cache_key).cloned().flatten() else {
+                return Ok(Err((
+                    format!("the rule for {} on {} cannot be read", operation.name(), schema.table),
+                    vec![rule_entry],
+                )));
+            };
+            let input = RuleInput { target: schema, new, old, author };
+            let mut rows = ViewRows { replay: self, local, i, h: *h, removed_by: Vec::new() };
+            let holds = rule_holds(&rule, &input, &mut rows, None)?;
+            if !holds {
+                let mut responsible = std::mem::take(&mut rows.removed_by);
+                responsible.sort();
+                responsible.dedup();
+                let why = if responsible.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (rows it relies on were removed by {})",
+                        responsible.iter().map(short).collect::<Vec<_>>().join(", ")
+                    )
+                };
+                return Ok(Err((
+                    format!("{} on {} is not allowed by the rule {text}{why}", operation.name(), schema.table),
+                    responsible,
+                )));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+struct Scope<'a> {
+    target: Vec<String>,
+    auth: &'a Authority,
+}
+
+impl RuleScope for Scope<'_> {
+    fn target_columns(&self) -> &[String] {
+        &self.target
+    }
+
+    fn table_columns(&self, table: &str) -> Option<Vec<String>> {
+        self.auth.schema(table).map(TableSchema::column_names)
+    }
+}
+
+/// The rows an entry's rule sees, and which concurrent deletes took some away.
+struct ViewRows<'r, 'a, R: ReplicaStore> {
+    replay: &'r mut Replay<'a, R>,
+    local: &'r HashMap<Slot, Option<RowState>>,
+    i: usize,
+    h: Hash,
+    removed_by: Vec<Hash>,
+}
+
+impl<R: ReplicaStore> RuleRows for ViewRows<'_, '_, R> {
+    type Error = ReconcileError;
+
+    fn visible_rows(
+        &mut self,
+        table: &str,
+        equal: &[(String, Value)],
+    ) -> Result<Vec<Map<String, Value>>, ReconcileError> {
+        let mut out = Vec::new();
+        for (k, row) in self.replay.rows_where(self.local, table, equal)? {
+            match self.replay.visible(&(table.to_string(), k), &row, self.i, &self.h)? {
+                Ok(()) => out.push(row.values),
+                Err((_, responsible)) => self.removed_by.extend(responsible),
+            }
+        }
+        Ok(out)
+    }
+
+    fn schema(&self, table: &str) -> Option<TableSchema> {
+        self.replay.schema(table).cloned()
+    }
+}
