@@ -16,6 +16,8 @@ cleanup
 rm -rf "$IT_DIR"
 
 export CAUSAL_PROPTEST_CASES="${CAUSAL_PROPTEST_CASES:-1000}"
+# The convergence property (3-5 replicas, random writes and partial exchanges) runs more.
+export CAUSAL_CONVERGENCE_CASES="${CAUSAL_CONVERGENCE_CASES:-3000}"
 
 # Every step's output is also kept, to add up the results at the end.
 RESULTS="$(mktemp)"
