@@ -60,13 +60,20 @@ CREATE TABLE causal.dag_entries (
     seq         integer NOT NULL,
     preds       integer[] NOT NULL,
     clock       integer[] NOT NULL,
+    -- The reconciliation journal (docs/SEMANTICS.md): the entry's place in the canonical
+    -- order (height, then hash), its verdict, the entries responsible for a cancellation, and
+    -- the prior states of the rows it changed, so a late concurrent entry can rewind it.
+    height      integer,
     status      text NOT NULL DEFAULT 'ok',
     reason      text,
+    responsible text[],
+    undo        jsonb,
     received_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (group_id, node_id),
     UNIQUE (group_id, hash),
     UNIQUE (group_id, chain, seq)
 );
+CREATE INDEX dag_entries_order ON causal.dag_entries (group_id, height, decode(hash, 'base64'));
 
 -- Metadata tags per entry, for the filtered cover searches: 'key' or 'key=value'.
 CREATE TABLE causal.dag_entry_tags (
@@ -103,6 +110,23 @@ CREATE TABLE causal.table_rules (
     PRIMARY KEY (group_id, table_name, operation),
     FOREIGN KEY (group_id, table_name) REFERENCES causal.replicated_tables (group_id, table_name) ON DELETE CASCADE
 );
+-- The replicated rows as the group's view has them, with their causal metadata: which entry
+-- inserted this incarnation, which entry last wrote each column, which entry deleted it (a
+-- tombstone keeps `meta.d` and empty values). Keys are the canonical JSON arrays of the
+-- primary-key values. The user tables hold the same rows; replay writes both.
+CREATE TABLE causal.row_meta (
+    group_id   text NOT NULL REFERENCES causal.group_defs (group_id) ON DELETE CASCADE,
+    table_name text NOT NULL,
+    key        text NOT NULL,
+    vals       jsonb NOT NULL,
+    meta       jsonb NOT NULL,
+    PRIMARY KEY (group_id, table_name, key)
+);
+CREATE INDEX row_meta_values ON causal.row_meta USING gin (vals jsonb_path_ops);
+REVOKE ALL ON causal.row_meta FROM PUBLIC;
+GRANT SELECT ON causal.row_meta TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('causal.row_meta', '');
+
 REVOKE ALL ON causal.table_rules FROM PUBLIC;
 GRANT SELECT ON causal.table_rules TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('causal.table_rules', '');

@@ -1,33 +1,20 @@
-//! Applying entries to the tables (fast-forward import now; reconciliation later). Runs with
-//! `session_replication_role = replica`, so neither capture nor user triggers fire, as with
-//! Postgres logical replication.
+//! The catalog effects of imported entries: tables created or altered from recorded schemas,
+//! rules, unreplications. Rows are written by replay (`crate::replay`).
 
 use pgrx::prelude::*;
 
 use causal_core::entry::Entry;
 use causal_core::payload::{Op, SignedPayload};
 use causal_core::schema::TableSchema;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::CausalError;
 use crate::group::Group;
-use crate::rules::{quote_ident, sql_literal, value_literal};
+use crate::rules::quote_ident;
 use crate::spi_util::get_opt;
 
 fn local_schema(group: &Group, table: &str) -> Result<TableSchema, CausalError> {
-    let s = get_opt::<pgrx::JsonB>(
-        "SELECT schema FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
-        &[group.id.clone().into(), table.into()],
-    )?
-    .ok_or_else(|| CausalError::NotReplicated(table.to_string()))?;
-    TableSchema::from_value(&s.0).map_err(|e| CausalError::Corrupt(e.to_string()))
-}
-
-fn where_key(schema: &TableSchema, key: &Map<String, Value>) -> String {
-    key.iter()
-        .map(|(k, v)| format!("{} = {}", quote_ident(k), value_literal(schema, k, v)))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+    local_schema_by_name(&group.id, table)
 }
 
 /// The DDL that creates a table with a recorded schema.
@@ -111,8 +98,12 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
             relid
         }
         Some(relid) => {
-            let existing = crate::replicate::derive_schema(group, relid)?;
-            if existing != schema {
+            let mut existing = crate::replicate::derive_schema(group, relid)?;
+            let mut expected = schema.clone();
+            for c in existing.columns.iter_mut().chain(expected.columns.iter_mut()) {
+                c.default_value = None;
+            }
+            if existing != expected {
                 return Err(CausalError::TableMismatch(table.to_string()));
             }
             relid
@@ -135,7 +126,6 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
 
 fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
     match op {
-        Op::AddMember { .. } | Op::RemoveMember { .. } => {}
         Op::Schema { table, schema } => apply_schema(group, table, schema)?,
         Op::Rule { table, operation, rule } => Spi::run_with_args(
             "INSERT INTO causal.table_rules (group_id, table_name, operation, rule) VALUES ($1, $2, $3, $4) \
@@ -151,41 +141,28 @@ fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
                 &[group.id.clone().into(), table.clone().into()],
             )?;
         }
-        Op::Insert { table, row } => {
-            let s = local_schema(group, table)?;
-            let cols: Vec<String> = row.keys().map(|k| quote_ident(k)).collect();
-            let vals: Vec<String> = row.iter().map(|(k, v)| value_literal(&s, k, v)).collect();
-            Spi::run(&format!("INSERT INTO {table} ({}) VALUES ({})", cols.join(", "), vals.join(", ")))?;
-        }
-        Op::Update { table, key, set, unset } => {
-            let s = local_schema(group, table)?;
-            let mut assignments: Vec<String> =
-                set.iter().map(|(k, v)| format!("{} = {}", quote_ident(k), value_literal(&s, k, v))).collect();
-            assignments.extend(unset.iter().map(|k| format!("{} = NULL", quote_ident(k))));
-            if !assignments.is_empty() {
-                Spi::run(&format!("UPDATE {table} SET {} WHERE {}", assignments.join(", "), where_key(&s, key)))?;
-            }
-        }
-        Op::Delete { table, key } => {
-            let s = local_schema(group, table)?;
-            Spi::run(&format!("DELETE FROM {table} WHERE {}", where_key(&s, key)))?;
-        }
+        // Membership lives in the DAG; rows are written by replay (crate::replay).
+        Op::AddMember { .. } | Op::RemoveMember { .. } | Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. } => {}
     }
     Ok(())
 }
 
-/// Applies entries, in order, to the tables.
-pub fn apply_entries(group: &Group, entries: &[Entry]) -> Result<(), CausalError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let role = get_opt::<String>("SELECT current_setting('session_replication_role')", &[])?
-        .unwrap_or_else(|| "origin".into());
-    Spi::run("SELECT set_config('session_replication_role', 'replica', true)")?;
-    let result = entries.iter().try_for_each(|e| {
+/// Applies the catalog effects of imported entries, in order: tables created or altered from
+/// recorded schemas, rules, unreplications. Rows are replayed afterwards by the engine.
+pub fn apply_catalog(group: &Group, entries: &[Entry]) -> Result<(), CausalError> {
+    for e in entries {
         let p = SignedPayload::from_value(&e.payload)?;
-        p.ops.iter().try_for_each(|op| apply_op(group, op))
-    });
-    Spi::run(&format!("SELECT set_config('session_replication_role', {}, true)", sql_literal(&role)))?;
-    result
+        p.ops.iter().try_for_each(|op| apply_op(group, op))?;
+    }
+    Ok(())
+}
+
+/// The schema of a replicated table as this database has it, by the group's name for it.
+pub fn local_schema_by_name(group_id: &str, table: &str) -> Result<TableSchema, CausalError> {
+    let s = get_opt::<pgrx::JsonB>(
+        "SELECT schema FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
+        &[group_id.into(), table.into()],
+    )?
+    .ok_or_else(|| CausalError::NotReplicated(table.to_string()))?;
+    TableSchema::from_value(&s.0).map_err(|e| CausalError::Corrupt(e.to_string()))
 }

@@ -38,8 +38,14 @@ fn recorded(relid: pg_sys::Oid) -> Result<Option<(String, TableSchema)>, CausalE
 fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
     let Some((group_id, old)) = recorded(relid)? else { return Ok(()) };
     let group = Group::find(&group_id)?;
-    let new = derive_schema(&group, relid)
+    let mut new = derive_schema(&group, relid)
         .map_err(|e| CausalError::UnsupportedAlter { table: old.table.clone(), what: e.to_string() })?;
+    // The catalog does not know the encoded defaults recorded for added columns; keep them.
+    for c in new.columns.iter_mut() {
+        if let Some(o) = old.column(&c.name) {
+            c.default_value = o.default_value.clone();
+        }
+    }
     if new == old {
         return Ok(());
     }
@@ -55,7 +61,8 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
     if !same_prefix || !same_constraints {
         return refuse("it changes existing columns or constraints".into());
     }
-    for c in &new.columns[old.columns.len()..] {
+    let old_len = old.columns.len();
+    for c in new.columns[old_len..].iter_mut() {
         // Every replica fills the column in for rows written concurrently, so its default
         // must give the same value everywhere: no default, or an immutable expression.
         let tree = get_opt::<String>(
@@ -72,6 +79,17 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
         }
         if c.not_null && tree.is_none() {
             return refuse(format!("new column {} is NOT NULL without a default", c.name));
+        }
+        if let Some(expr) = &c.default {
+            // Rows written concurrently, by entries that did not know the column, get this value.
+            c.default_value = Some(encode_default(expr, &c.ty)?.ok_or_else(|| CausalError::UnsupportedAlter {
+                table: old.table.clone(),
+                what: format!(
+                    "new column {} has a default of type {}, which replay cannot fill in for concurrent rows",
+                    c.name,
+                    c.ty.sql_name()
+                ),
+            })?);
         }
     }
     let value = new.to_value();
@@ -201,4 +219,20 @@ mod tests {
         let s = outcome("PERFORM causal.unreplicate('products')");
         assert!(s.contains("orders"), "{s}");
     }
+}
+
+/// The encoded value of a constant default, for the types whose text form is their encoding.
+fn encode_default(expr: &str, ty: &causal_core::schema::ColumnType) -> Result<Option<serde_json::Value>, CausalError> {
+    use causal_core::schema::ColumnType as T;
+    use serde_json::{json, Value};
+    let Some(text) = get_opt::<String>(&format!("SELECT (({expr})::{})::text", ty.sql_name()), &[])? else {
+        return Ok(None);
+    };
+    Ok(match ty {
+        T::Text | T::Varchar(_) | T::Uuid | T::Date | T::Int8 | T::Numeric { .. } => Some(Value::String(text)),
+        T::Int2 | T::Int4 => text.parse::<i64>().ok().map(|v| json!(v)),
+        T::Bool => Some(Value::Bool(text == "true")),
+        T::Float4 | T::Float8 => text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number),
+        T::Timestamp | T::Timestamptz | T::Bytea | T::Jsonb => None,
+    })
 }

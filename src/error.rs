@@ -76,6 +76,10 @@ pub enum CausalError {
     Prepare,
     #[error("pg_causal's catalog is inconsistent: {0}")]
     Corrupt(String),
+    #[error("the transaction would be cancelled in its group: {0}")]
+    Cancelled(String),
+    #[error("reconciliation failed: {0}")]
+    Reconcile(String),
     #[error("SPI error: {0}")]
     Spi(#[from] pgrx::spi::Error),
 }
@@ -112,6 +116,8 @@ impl CausalError {
             CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
             CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CausalError::Corrupt(_) => ERRCODE_DATA_CORRUPTED,
+            CausalError::Cancelled(_) => ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION,
+            CausalError::Reconcile(_) => ERRCODE_INTERNAL_ERROR,
             CausalError::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -162,7 +168,8 @@ impl CausalError {
             CausalError::TableMismatch(_) => Some("Compare causal.describe on the exporting database; rename or fix the local table, then import again."),
             CausalError::BadBundle(_) => Some("Pass the bytea that causal.export returned, unchanged. Nothing was stored."),
             CausalError::RuleDenied { .. } => Some("The rule is evaluated as the session's author (causal.author); see causal.table_rules."),
-            CausalError::Corrupt(_) | CausalError::Spi(_) => None,
+            CausalError::Corrupt(_) | CausalError::Spi(_) | CausalError::Reconcile(_) => None,
+            CausalError::Cancelled(_) => Some("The group's reconciliation refuses this write at the current frontier; nothing was committed."),
         }
     }
 

@@ -230,8 +230,12 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     };
     let mut dag = group.dag();
     dag.store().lock().map_err(DagError::from)?;
-    let mut applied_frontier = dag.frontier()?;
-    let mut to_apply = Vec::new();
+    let mut stored: Vec<Entry> = Vec::new();
+    if adopted {
+        if let Some(g) = dag.entry(&gid)? {
+            stored.push(g);
+        }
+    }
     let (mut accepted, mut duplicates) = (if adopted { 1 } else { 0 }, 0);
     let mut rejected: Vec<(Hash, String)> = Vec::new();
     let mut rejected_set: HashSet<Hash> = HashSet::new();
@@ -259,16 +263,10 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
                         if let Ok(p) = SignedPayload::from_value(&entry.payload) {
                             entry.meta = derive_meta(&p);
                         }
-                        let prev = entry.header.prev.clone();
                         match dag.insert(entry.clone()) {
                             Ok(_) => {
                                 accepted += 1;
-                                // Fast-forward: an entry that follows exactly what the tables
-                                // show is applied now; concurrent history waits for reconciliation.
-                                if prev == applied_frontier {
-                                    applied_frontier = [entry.hash].into();
-                                    to_apply.push(entry);
-                                }
+                                stored.push(entry);
                             }
                             Err(err) => {
                                 rejected_set.insert(entry.hash);
@@ -296,21 +294,28 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
         }
         rejected.push((e.hash, format!("missing predecessor {missing}")));
     }
-    crate::apply::apply_entries(&group, &to_apply)?;
+    // Tables and rules first, then the engine replays rows and verdicts (one transaction).
+    crate::apply::apply_catalog(&group, &stored)?;
+    let hashes: Vec<Hash> = stored.iter().map(|e| e.hash).collect();
+    let changes = crate::replay::reconcile_group(&group, &hashes, false)?;
     Ok(json!({
         "group": group_id,
         "accepted": accepted,
         "duplicates": duplicates,
-        "applied": to_apply.len(),
+        "replayed": changes.stats.replayed,
+        "rewound": changes.stats.rewound,
+        "cancelled": changes.journal.iter().filter(|(_, j)| !j.verdict.is_ok()).count(),
         "rejected": rejected.iter().map(|(h, r)| json!({"hash": h.to_b64(), "reason": r})).collect::<Vec<_>>(),
     }))
 }
 
 /// Validates and stores the entries of a bundle from `causal.export`. Returns
-/// `{"accepted": n, "duplicates": n, "applied": n, "rejected": [{"hash", "reason"}]}`. Entries
-/// that depend on a rejected entry are rejected too. A malformed bundle is an error that stores
-/// nothing. Entries that extend this database's frontier without concurrency are applied to
-/// the tables now.
+/// `{"accepted": n, "duplicates": n, "replayed": n, "rewound": n, "cancelled": n,
+/// "rejected": [{"hash", "reason"}]}`. Entries that depend on a rejected entry are rejected
+/// too. A malformed bundle is an error that stores nothing. In the same transaction, the
+/// engine reconciles: verdicts are (re)computed above the fork and the tables are replayed to
+/// the group's view at the new frontier (`replayed` entries, `rewound` applied ones undone,
+/// `cancelled` among those replayed).
 #[pg_extern]
 fn import(bundle: &[u8]) -> pgrx::JsonB {
     pgrx::JsonB(import_bundle(bundle).or_report("causal.import"))

@@ -65,7 +65,10 @@ fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
         "INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ($1, $2, $3)",
         &[id.clone().into(), name.into(), algorithm.name().into()],
     )?;
-    Group { id: id.clone(), algorithm }.dag().insert(entry)?;
+    let hash = entry.hash;
+    let group = Group { id: id.clone(), algorithm };
+    group.dag().insert(entry)?;
+    crate::replay::reconcile_group(&group, &[hash], true)?;
     Ok(id)
 }
 

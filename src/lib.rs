@@ -12,6 +12,7 @@ mod guc;
 mod history;
 mod identity;
 mod members;
+mod replay;
 mod replicate;
 mod rules;
 mod spi_util;

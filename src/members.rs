@@ -34,7 +34,9 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
     let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
     let payload = SignedPayload::sign(&author.keypair, &group_id, ops, &prev)?;
     // Built and hashed once here; `append` trusts its own hashes (no re-verification).
-    Ok(dag.append(payload.to_value(), derive_meta(&payload), prev)?.hash)
+    let hash = dag.append(payload.to_value(), derive_meta(&payload), prev)?.hash;
+    crate::replay::reconcile_group(group, &[hash], true)?;
+    Ok(hash)
 }
 
 thread_local! {

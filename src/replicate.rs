@@ -83,7 +83,7 @@ pub fn derive_schema(group: &Group, relid: pg_sys::Oid) -> Result<TableSchema, C
             column: name.clone(),
             type_name: type_name.clone(),
         })?;
-        schema_columns.push(Column { name, ty, not_null, default });
+        schema_columns.push(Column { name, ty, not_null, default, default_value: None });
     }
 
     let key_cols = "SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}') \

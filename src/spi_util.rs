@@ -20,7 +20,7 @@ struct KeptPlan {
 }
 
 thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, KeptPlan>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<String, KeptPlan>> = RefCell::new(HashMap::new());
 }
 
 /// Whether a plan used `uses` times should be prepared again.
@@ -37,7 +37,7 @@ fn replan_due(uses: u64) -> bool {
 /// Runs a kept plan of `sql` (prepared on first use with the types of `args`) and hands the
 /// result to `f`. `mutating` statements write.
 pub fn run_prepared<R>(
-    sql: &'static str,
+    sql: &str,
     args: &[DatumWithOid],
     mutating: bool,
     f: impl FnOnce(SpiTupleTable<'_>) -> Result<R, spi::Error>,
@@ -57,7 +57,7 @@ pub fn run_prepared<R>(
                 let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
                 let prepared = if mutating { client.prepare_mut(sql, &types)? } else { client.prepare(sql, &types)? };
                 let plan = Rc::new(prepared.keep());
-                PLANS.with(|p| p.borrow_mut().insert(sql, KeptPlan { plan: plan.clone(), uses }));
+                PLANS.with(|p| p.borrow_mut().insert(sql.to_string(), KeptPlan { plan: plan.clone(), uses }));
                 plan
             }
         };
@@ -67,10 +67,7 @@ pub fn run_prepared<R>(
 }
 
 /// The first column of the first row of a kept plan, or `None` (no row, or NULL).
-pub fn get_prepared<T: FromDatum + IntoDatum>(
-    sql: &'static str,
-    args: &[DatumWithOid],
-) -> Result<Option<T>, spi::Error> {
+pub fn get_prepared<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Result<Option<T>, spi::Error> {
     run_prepared(sql, args, false, |mut rows| match rows.next() {
         Some(row) => row.get::<T>(1),
         None => Ok(None),
@@ -78,7 +75,7 @@ pub fn get_prepared<T: FromDatum + IntoDatum>(
 }
 
 /// Executes a writing statement through a kept plan.
-pub fn exec_prepared(sql: &'static str, args: &[DatumWithOid]) -> Result<(), spi::Error> {
+pub fn exec_prepared(sql: &str, args: &[DatumWithOid]) -> Result<(), spi::Error> {
     run_prepared(sql, args, true, |_| Ok(()))
 }
 

@@ -1,0 +1,405 @@
+//! The reconciliation engine (`causal_core::reconcile`) over Postgres: the journal in
+//! `causal.dag_entries`, rows and their causal metadata in `causal.row_meta`, and the user
+//! tables, which replay writes under `session_replication_role = replica` (so neither capture
+//! nor user triggers fire, as with logical replication).
+//!
+//! Every import and every local commit runs the engine in its own transaction, so the tables
+//! always equal the group's view at the frontier, and a crash leaves all of a run or none.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Map, Value};
+
+use causal_core::reconcile::{
+    self, Changes, JournalEntry, OrderKey, ReconcileError, ReplicaStore, RowKey, RowState, Status, UndoRecord, Verdict,
+};
+use causal_core::schema::{ColumnType, TableSchema};
+use causal_core::{Dag, Hash};
+
+use crate::error::CausalError;
+use crate::group::Group;
+use crate::rules::{quote_ident, sql_literal};
+use crate::spi_util::{exec_prepared, run_prepared};
+use crate::store::SpiStore;
+
+fn store_err(e: impl std::fmt::Display) -> ReconcileError {
+    ReconcileError::Store(e.to_string())
+}
+
+/// A group's replica state in the catalog.
+pub struct SpiReplica {
+    group: String,
+    dag: Dag<SpiStore>,
+    /// Entries written locally in this transaction: their rows are already in the tables.
+    local: Vec<Hash>,
+}
+
+fn undo_value(u: &[UndoRecord]) -> Value {
+    Value::Array(
+        u.iter()
+            .map(|r| {
+                json!({"t": r.table, "k": r.key, "b": r.before.as_ref().map(|b| json!({"v": b.values, "m": b.meta_value()}))})
+            })
+            .collect(),
+    )
+}
+
+fn undo_from(v: &Value) -> Result<Vec<UndoRecord>, ReconcileError> {
+    let bad = || ReconcileError::Corrupt(format!("bad undo record {v}"));
+    let mut out = Vec::new();
+    for r in v.as_array().ok_or_else(bad)? {
+        let before = match r.get("b") {
+            None | Some(Value::Null) => None,
+            Some(b) => Some(RowState::from_meta(
+                b.get("v").and_then(Value::as_object).cloned().ok_or_else(bad)?,
+                b.get("m").ok_or_else(bad)?,
+            )?),
+        };
+        out.push(UndoRecord {
+            table: r.get("t").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
+            key: r.get("k").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
+            before,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_hash(s: &str) -> Result<Hash, ReconcileError> {
+    s.parse().map_err(|_| ReconcileError::Corrupt(format!("bad hash {s}")))
+}
+
+const JOURNAL_COLUMNS: &str = "hash, height, status, reason, responsible, undo";
+
+type JournalRow = (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<JsonB>);
+
+fn journal_row(r: JournalRow) -> Result<Option<(Hash, JournalEntry)>, ReconcileError> {
+    let (Some(hash), Some(height), Some(status)) = (r.0, r.1, r.2) else { return Ok(None) };
+    let hash = parse_hash(&hash)?;
+    let responsible = r.4.unwrap_or_default().iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
+    let verdict =
+        Verdict { status: if status == "ok" { Status::Ok } else { Status::Cancelled }, reason: r.3, responsible };
+    let undo = match r.5 {
+        Some(u) => undo_from(&u.0)?,
+        None => Vec::new(),
+    };
+    let height = u32::try_from(height).map_err(|_| ReconcileError::Corrupt("negative height".into()))?;
+    Ok(Some((hash, JournalEntry { order: OrderKey { height, hash }, verdict, undo })))
+}
+
+fn read_journal(tuples: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<JournalRow>, pgrx::spi::Error> {
+    let mut out = Vec::new();
+    for t in tuples {
+        out.push((t.get(1)?, t.get(2)?, t.get(3)?, t.get(4)?, t.get(5)?, t.get(6)?));
+    }
+    Ok(out)
+}
+
+/// The SQL expression that turns field `c` of the JSON object `r` into the column's type.
+fn decode_expr(c: &str, ty: &ColumnType) -> String {
+    let field = format!("(r->>{})", sql_literal(c));
+    match ty {
+        ColumnType::Bytea => format!("decode({field}, 'base64')"),
+        other => format!("{field}::{}", other.sql_name()),
+    }
+}
+
+thread_local! {
+    /// Per (table, schema digest): the CHECK-evaluating statement.
+    static CHECK_SQL: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+}
+
+fn check_sql(schema: &TableSchema) -> String {
+    let key = format!("{}:{}", schema.table, schema.to_value());
+    if let Some(s) = CHECK_SQL.with(|c| c.borrow().get(&key).cloned()) {
+        return s;
+    }
+    let projection: Vec<String> =
+        schema.columns.iter().map(|c| format!("{} AS {}", decode_expr(&c.name, &c.ty), quote_ident(&c.name))).collect();
+    let cases: Vec<String> = schema
+        .checks
+        .iter()
+        .map(|c| {
+            let expr = c.expression.trim().strip_prefix("CHECK").unwrap_or(&c.expression).trim();
+            let expr = expr.strip_suffix("NOT VALID").unwrap_or(expr).trim();
+            format!("WHEN ({expr}) IS FALSE THEN {}", sql_literal(&c.name))
+        })
+        .collect();
+    let sql = format!(
+        "SELECT CASE {} END FROM (SELECT {} FROM (SELECT $1::jsonb AS r) AS x) AS t",
+        cases.join(" "),
+        projection.join(", ")
+    );
+    CHECK_SQL.with(|c| c.borrow_mut().insert(key, sql.clone()));
+    sql
+}
+
+impl SpiReplica {
+    pub fn new(group: &Group) -> SpiReplica {
+        SpiReplica { group: group.id.clone(), dag: group.dag(), local: Vec::new() }
+    }
+
+    fn write_user_tables(&self, changes: &Changes) -> Result<(), ReconcileError> {
+        // Per table: rows to delete (gone or tombstoned) and live rows to upsert.
+        let mut per_table: BTreeMap<&str, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+        let local_only = changes.journal.iter().all(|(h, j)| self.local.contains(h) && j.verdict.is_ok());
+        if local_only {
+            return Ok(()); // the local transaction's own writes are already in the tables
+        }
+        for (table, key, row) in &changes.rows {
+            let slot = per_table.entry(table.as_str()).or_default();
+            match row {
+                Some(r) if r.is_live() => slot.1.push(Value::Object(r.values.clone())),
+                _ => {
+                    let k: Value = serde_json::from_str(key).map_err(store_err)?;
+                    slot.0.push(k);
+                }
+            }
+        }
+        if per_table.is_empty() {
+            return Ok(());
+        }
+        let role = Spi::get_one::<String>("SELECT current_setting('session_replication_role')")
+            .map_err(store_err)?
+            .unwrap_or_else(|| "origin".into());
+        Spi::run("SELECT set_config('session_replication_role', 'replica', true)").map_err(store_err)?;
+        let result = (|| {
+            for (table, (deletes, upserts)) in &per_table {
+                let schema = crate::apply::local_schema_by_name(&self.group, table).map_err(store_err)?;
+                let pk_cols: Vec<&str> = schema.primary_key.iter().map(String::as_str).collect();
+                if !deletes.is_empty() {
+                    let cond: Vec<String> = pk_cols
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let ty = &schema.column(c).map(|x| x.ty.clone()).unwrap_or(ColumnType::Text);
+                            let e =
+                                decode_expr(c, ty).replace(&format!("(r->>{})", sql_literal(c)), &format!("(r->>{i})"));
+                            format!("t.{} = {e}", quote_ident(c))
+                        })
+                        .collect();
+                    let sql =
+                        format!("DELETE FROM {table} t USING jsonb_array_elements($1) r WHERE {}", cond.join(" AND "));
+                    exec_prepared(&sql, &[JsonB(Value::Array(deletes.clone())).into()]).map_err(store_err)?;
+                }
+                if !upserts.is_empty() {
+                    let cols: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
+                    let exprs: Vec<String> = schema.columns.iter().map(|c| decode_expr(&c.name, &c.ty)).collect();
+                    let non_key: Vec<String> = schema
+                        .columns
+                        .iter()
+                        .filter(|c| !schema.primary_key.contains(&c.name))
+                        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+                        .collect();
+                    let action = if non_key.is_empty() {
+                        "DO NOTHING".to_string()
+                    } else {
+                        format!("DO UPDATE SET {}", non_key.join(", "))
+                    };
+                    let pk: Vec<String> = schema.primary_key.iter().map(|c| quote_ident(c)).collect();
+                    let sql = format!(
+                        "INSERT INTO {table} ({}) SELECT {} FROM jsonb_array_elements($1) r ON CONFLICT ({}) {action}",
+                        cols.join(", "),
+                        exprs.join(", "),
+                        pk.join(", ")
+                    );
+                    exec_prepared(&sql, &[JsonB(Value::Array(upserts.clone())).into()]).map_err(store_err)?;
+                }
+            }
+            Ok(())
+        })();
+        Spi::run(&format!("SELECT set_config('session_replication_role', {}, true)", sql_literal(&role)))
+            .map_err(store_err)?;
+        result
+    }
+}
+
+impl ReplicaStore for SpiReplica {
+    type Dag = SpiStore;
+
+    fn dag(&self) -> &Dag<SpiStore> {
+        &self.dag
+    }
+
+    fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
+        let rows = run_prepared(
+            "SELECT hash, height, status, reason, responsible, undo FROM causal.dag_entries WHERE group_id = $1 AND hash = $2",
+            &[self.group.clone().into(), h.to_b64().into()],
+            false,
+            read_journal,
+        )
+        .map_err(store_err)?;
+        match rows.into_iter().next() {
+            Some(r) => Ok(journal_row(r)?.map(|(_, j)| j)),
+            None => Ok(None),
+        }
+    }
+
+    fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError> {
+        let _ = JOURNAL_COLUMNS;
+        let rows = run_prepared(
+            "SELECT hash, height, status, reason, responsible, undo FROM causal.dag_entries \
+             WHERE group_id = $1 AND height IS NOT NULL AND (height, decode(hash, 'base64')) >= ($2, $3) \
+             ORDER BY height, decode(hash, 'base64')",
+            &[
+                self.group.clone().into(),
+                i32::try_from(from.height).unwrap_or(i32::MAX).into(),
+                from.hash.as_bytes().as_slice().into(),
+            ],
+            false,
+            read_journal,
+        )
+        .map_err(store_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            if let Some(x) = journal_row(r)? {
+                out.push(x);
+            }
+        }
+        Ok(out)
+    }
+
+    fn authority_entries(&self) -> Result<Vec<Hash>, ReconcileError> {
+        let hashes = run_prepared(
+            "SELECT DISTINCT e.hash FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
+             ON e.group_id = t.group_id AND e.chain = t.chain AND e.seq = t.seq \
+             WHERE t.group_id = $1 AND t.tag IN ('member', 'schema', 'rule')",
+            &[self.group.clone().into()],
+            false,
+            |rows| rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>(),
+        )
+        .map_err(store_err)?;
+        hashes.into_iter().flatten().map(|h| parse_hash(&h)).collect()
+    }
+
+    fn rows(&self, table: &str, keys: &[RowKey]) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = run_prepared(
+            "SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND key = ANY($3)",
+            &[self.group.clone().into(), table.into(), keys.to_vec().into()],
+            false,
+            read_rows,
+        )
+        .map_err(store_err)?;
+        to_states(rows)
+    }
+
+    fn rows_where(&self, table: &str, equal: &[(String, Value)]) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+        let filter: Map<String, Value> = equal.iter().cloned().collect();
+        let rows = run_prepared(
+            "SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 \
+             AND vals @> $3 AND NOT meta ? 'd'",
+            &[self.group.clone().into(), table.into(), JsonB(Value::Object(filter)).into()],
+            false,
+            read_rows,
+        )
+        .map_err(store_err)?;
+        to_states(rows)
+    }
+
+    fn violated_check(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
+        let sql = check_sql(schema);
+        run_prepared(&sql, &[JsonB(Value::Object(row.clone())).into()], false, |mut rows| match rows.next() {
+            Some(r) => r.get::<String>(1),
+            None => Ok(None),
+        })
+        .map_err(store_err)
+    }
+
+    fn apply(&mut self, changes: &Changes) -> Result<(), ReconcileError> {
+        // The journal.
+        let mut journal: Vec<Value> = changes
+            .journal
+            .iter()
+            .map(|(h, j)| {
+                json!({"h": h.to_b64(), "o": j.order.height, "s": j.verdict.status.as_str(), "r": j.verdict.reason,
+                       "p": j.verdict.responsible.iter().map(Hash::to_b64).collect::<Vec<_>>(),
+                       "u": if j.undo.is_empty() { Value::Null } else { undo_value(&j.undo) }})
+            })
+            .collect();
+        for (h, v) in &changes.authority {
+            journal.push(json!({"h": h.to_b64(), "o": Value::Null, "s": v.status.as_str(), "r": v.reason,
+                                "p": v.responsible.iter().map(Hash::to_b64).collect::<Vec<_>>(), "u": Value::Null, "keep": true}));
+        }
+        if !journal.is_empty() {
+            exec_prepared(
+                "UPDATE causal.dag_entries d SET height = coalesce((r->>'o')::int, d.height), status = r->>'s', \
+                 reason = r->>'r', responsible = ARRAY(SELECT jsonb_array_elements_text(r->'p')), \
+                 undo = CASE WHEN r ? 'keep' THEN d.undo ELSE nullif(r->'u', 'null') END \
+                 FROM jsonb_array_elements($2) r WHERE d.group_id = $1 AND d.hash = r->>'h'",
+                &[self.group.clone().into(), JsonB(Value::Array(journal)).into()],
+            )
+            .map_err(store_err)?;
+        }
+        // Rows and their metadata.
+        let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+        for (table, key, row) in &changes.rows {
+            match row {
+                Some(r) => upserts.push(json!({"t": table, "k": key, "v": r.values, "m": r.meta_value()})),
+                None => deletes.push(json!({"t": table, "k": key})),
+            }
+        }
+        if !deletes.is_empty() {
+            exec_prepared(
+                "DELETE FROM causal.row_meta m USING jsonb_array_elements($2) r \
+                 WHERE m.group_id = $1 AND m.table_name = r->>'t' AND m.key = r->>'k'",
+                &[self.group.clone().into(), JsonB(Value::Array(deletes)).into()],
+            )
+            .map_err(store_err)?;
+        }
+        if !upserts.is_empty() {
+            exec_prepared(
+                "INSERT INTO causal.row_meta (group_id, table_name, key, vals, meta) \
+                 SELECT $1, r->>'t', r->>'k', r->'v', r->'m' FROM jsonb_array_elements($2) r \
+                 ON CONFLICT (group_id, table_name, key) DO UPDATE SET vals = EXCLUDED.vals, meta = EXCLUDED.meta",
+                &[self.group.clone().into(), JsonB(Value::Array(upserts)).into()],
+            )
+            .map_err(store_err)?;
+        }
+        self.write_user_tables(changes)
+    }
+}
+
+type RawRow = (Option<String>, Option<JsonB>, Option<JsonB>);
+
+fn read_rows(tuples: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<RawRow>, pgrx::spi::Error> {
+    let mut out = Vec::new();
+    for t in tuples {
+        out.push((t.get(1)?, t.get(2)?, t.get(3)?));
+    }
+    Ok(out)
+}
+
+fn to_states(rows: Vec<RawRow>) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (k, v, m) in rows {
+        let (Some(k), Some(v), Some(m)) = (k, v, m) else { continue };
+        let values = match v.0 {
+            Value::Object(o) => o,
+            _ => Map::new(),
+        };
+        out.push((k, RowState::from_meta(values, &m.0)?));
+    }
+    Ok(out)
+}
+
+/// Reconciles a group after `new` entries were stored (by import: remote entries; by a local
+/// commit: `local` holds the one local entry, whose rows are already in the tables).
+pub fn reconcile_group(group: &Group, new: &[Hash], local: bool) -> Result<Changes, CausalError> {
+    let mut replica = SpiReplica::new(group);
+    if local {
+        replica.local = new.to_vec();
+    }
+    let changes = reconcile::plan(&replica, new).map_err(|e| CausalError::Reconcile(e.to_string()))?;
+    if local {
+        if let Some((_, j)) = changes.journal.iter().find(|(h, j)| new.contains(h) && !j.verdict.is_ok()) {
+            return Err(CausalError::Cancelled(j.verdict.reason.clone().unwrap_or_default()));
+        }
+    }
+    replica.apply(&changes).map_err(|e| CausalError::Reconcile(e.to_string()))?;
+    Ok(changes)
+}
