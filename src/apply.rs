@@ -94,6 +94,9 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
                     d.push_str(" NOT NULL");
                 }
                 Spi::run(&d)?;
+                if let Some(v) = &c.default_value {
+                    fill_default(&group.id, table, &c.name, v)?;
+                }
             }
             relid
         }
@@ -149,12 +152,19 @@ fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
 
 /// Applies the catalog effects of imported entries, in order: tables created or altered from
 /// recorded schemas, rules, unreplications. Rows are replayed afterwards by the engine.
+///
+/// Runs with `session_replication_role = replica`, so the extension's own event triggers do
+/// not record these ALTERs as new local schema entries.
 pub fn apply_catalog(group: &Group, entries: &[Entry]) -> Result<(), CausalError> {
-    for e in entries {
+    let role = get_opt::<String>("SELECT current_setting('session_replication_role')", &[])?
+        .unwrap_or_else(|| "origin".into());
+    Spi::run("SELECT set_config('session_replication_role', 'replica', true)")?;
+    let result = entries.iter().try_for_each(|e| {
         let p = SignedPayload::from_value(&e.payload)?;
-        p.ops.iter().try_for_each(|op| apply_op(group, op))?;
-    }
-    Ok(())
+        p.ops.iter().try_for_each(|op| apply_op(group, op))
+    });
+    Spi::run(&format!("SELECT set_config('session_replication_role', {}, true)", crate::rules::sql_literal(&role)))?;
+    result
 }
 
 /// The schema of a replicated table as this database has it, by the group's name for it.
@@ -165,4 +175,15 @@ pub fn local_schema_by_name(group_id: &str, table: &str) -> Result<TableSchema, 
     )?
     .ok_or_else(|| CausalError::NotReplicated(table.to_string()))?;
     TableSchema::from_value(&s.0).map_err(|e| CausalError::Corrupt(e.to_string()))
+}
+
+/// Postgres fills an added column's default into the existing rows; replay's copy of the rows
+/// (`causal.row_meta`) gets the same value, so both stay equal.
+pub fn fill_default(group_id: &str, table: &str, column: &str, value: &Value) -> Result<(), CausalError> {
+    Spi::run_with_args(
+        "UPDATE causal.row_meta SET vals = vals || jsonb_build_object($3::text, $4::jsonb) \
+         WHERE group_id = $1 AND table_name = $2 AND NOT meta ? 'd' AND NOT vals ? $3",
+        &[group_id.into(), table.into(), column.into(), pgrx::JsonB(value.clone()).into()],
+    )?;
+    Ok(())
 }

@@ -92,6 +92,11 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
             })?);
         }
     }
+    for c in &new.columns[old_len..] {
+        if let Some(v) = &c.default_value {
+            crate::apply::fill_default(&group_id, &new.table, &c.name, v)?;
+        }
+    }
     let value = new.to_value();
     append_ops(&group, vec![Op::Schema { table: new.table.clone(), schema: value.clone() }], true)?;
     Spi::run_with_args(

@@ -19,6 +19,7 @@ mod spi_util;
 mod store;
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
+mod view;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -136,6 +136,16 @@ fn check_sql(schema: &TableSchema) -> String {
     sql
 }
 
+/// Evaluates the table's CHECK constraints on an encoded row in Postgres: the first violated.
+pub fn violated_check(schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
+    let sql = check_sql(schema);
+    run_prepared(&sql, &[JsonB(Value::Object(row.clone())).into()], false, |mut rows| match rows.next() {
+        Some(r) => r.get::<String>(1),
+        None => Ok(None),
+    })
+    .map_err(store_err)
+}
+
 impl SpiReplica {
     pub fn new(group: &Group) -> SpiReplica {
         SpiReplica { group: group.id.clone(), dag: group.dag(), local: Vec::new() }
@@ -302,12 +312,7 @@ impl ReplicaStore for SpiReplica {
     }
 
     fn violated_check(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
-        let sql = check_sql(schema);
-        run_prepared(&sql, &[JsonB(Value::Object(row.clone())).into()], false, |mut rows| match rows.next() {
-            Some(r) => r.get::<String>(1),
-            None => Ok(None),
-        })
-        .map_err(store_err)
+        violated_check(schema, row)
     }
 
     fn apply(&mut self, changes: &Changes) -> Result<(), ReconcileError> {

@@ -17,6 +17,9 @@ use super::authority::carries_authority;
 use super::eval::{compare, V};
 use super::{reconcile, Changes, JournalEntry, OrderKey, ReconcileError, ReplicaStore, RowKey, RowState, Verdict};
 
+/// Evaluates a table's CHECK constraints on a row: the name of the first one violated.
+pub type Checker = Box<dyn Fn(&TableSchema, &Map<String, Value>) -> Option<String>>;
+
 /// A replica held in memory.
 pub struct MemReplica {
     dag: Dag<MemStore>,
@@ -25,6 +28,7 @@ pub struct MemReplica {
     authority: Vec<Hash>,
     rows: BTreeMap<String, BTreeMap<RowKey, RowState>>,
     payloads: HashMap<Hash, SignedPayload>,
+    checker: Option<Checker>,
     /// Totals over every run, for tests that look at the work done.
     pub totals: super::Stats,
 }
@@ -38,8 +42,68 @@ impl MemReplica {
             authority: Vec::new(),
             rows: BTreeMap::new(),
             payloads: HashMap::new(),
+            checker: None,
             totals: Default::default(),
         }
+    }
+
+    /// Uses `checker` for CHECK constraints instead of the built-in evaluator of simple
+    /// comparisons (the extension passes Postgres's own evaluation).
+    pub fn with_checker(mut self, checker: Checker) -> MemReplica {
+        self.checker = Some(checker);
+        self
+    }
+
+    /// The live rows of `table` in the view at `at` seen from this replica's frontier: the
+    /// entries of `at`'s history whose verdict (from here) is ok, folded in canonical order.
+    pub fn view_at(&self, table: &str, at: &crate::entry::Position) -> Result<Vec<Map<String, Value>>, ReconcileError> {
+        use crate::payload::Op;
+        let schema = self.authority_schema(table)?;
+        let mut rows: BTreeMap<RowKey, Map<String, Value>> = BTreeMap::new();
+        for (order, h) in &self.order {
+            let _ = order;
+            if !self.dag.in_history(h, at)? || !self.journal.get(h).is_some_and(|j| j.verdict.is_ok()) {
+                continue;
+            }
+            let Some(p) = self.payloads.get(h) else { continue };
+            for op in &p.ops {
+                match op {
+                    Op::Insert { table: t, row } if t == table => {
+                        if let Some(k) = schema.as_ref().and_then(|s| super::row_key(s, row)) {
+                            rows.insert(k, row.clone());
+                        }
+                    }
+                    Op::Update { table: t, key, set, unset } if t == table => {
+                        if let Some(r) =
+                            schema.as_ref().and_then(|s| super::row_key(s, key)).and_then(|k| rows.get_mut(&k))
+                        {
+                            r.extend(set.iter().map(|(c, v)| (c.clone(), v.clone())));
+                            for c in unset {
+                                r.remove(c);
+                            }
+                        }
+                    }
+                    Op::Delete { table: t, key } if t == table => {
+                        if let Some(k) = schema.as_ref().and_then(|s| super::row_key(s, key)) {
+                            rows.remove(&k);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+
+    fn authority_schema(&self, table: &str) -> Result<Option<TableSchema>, ReconcileError> {
+        let mut input = Vec::new();
+        for h in &self.authority {
+            if let Some(j) = self.journal.get(h) {
+                input.push((j.order, self.payload(h)?));
+            }
+        }
+        let auth = super::Authority::resolve(&self.dag, input)?;
+        Ok(auth.schema(table).cloned())
     }
 
     pub fn dag_mut(&mut self) -> &mut Dag<MemStore> {
@@ -184,6 +248,9 @@ impl ReplicaStore for MemReplica {
     }
 
     fn violated_check(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
+        if let Some(check) = &self.checker {
+            return Ok(check(schema, row));
+        }
         Ok(schema.checks.iter().find(|c| !simple_check(&c.expression, schema, row)).map(|c| c.name.clone()))
     }
 
