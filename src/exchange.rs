@@ -228,8 +228,10 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
         Err(CausalError::UnknownGroup(_)) => (adopt_group(&group_id, alg, &entries)?, true),
         Err(e) => return Err(e),
     };
+    let started = std::time::Instant::now();
     let mut dag = group.dag();
     dag.store().lock().map_err(DagError::from)?;
+    dag.store().defer_state_writes();
     let mut stored: Vec<Entry> = Vec::new();
     if adopted {
         if let Some(g) = dag.entry(&gid)? {
@@ -295,9 +297,12 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
         rejected.push((e.hash, format!("missing predecessor {missing}")));
     }
     // Tables and rules first, then the engine replays rows and verdicts (one transaction).
+    dag.store().write_state().map_err(DagError::from)?;
+    let validated = started.elapsed();
     crate::apply::apply_catalog(&group, &stored)?;
     let hashes: Vec<Hash> = stored.iter().map(|e| e.hash).collect();
     let changes = crate::replay::reconcile_group(&group, &hashes, false)?;
+    let reconciled = started.elapsed() - validated;
     Ok(json!({
         "group": group_id,
         "accepted": accepted,
@@ -306,6 +311,7 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
         "rewound": changes.stats.rewound,
         "cancelled": changes.journal.iter().filter(|(_, j)| !j.verdict.is_ok()).count(),
         "rejected": rejected.iter().map(|(h, r)| json!({"hash": h.to_b64(), "reason": r})).collect::<Vec<_>>(),
+        "ms": {"validate_and_store": validated.as_millis() as u64, "reconcile": reconciled.as_millis() as u64},
     }))
 }
 

@@ -19,11 +19,13 @@ use crate::spi_util::{exec_prepared, get_prepared, run_prepared};
 
 thread_local! {
     static NODES: RefCell<HashMap<(String, NodeId), Rc<Node>>> = RefCell::new(HashMap::new());
+    static IDS: RefCell<HashMap<(String, Hash), NodeId>> = RefCell::new(HashMap::new());
 }
 
 /// Forgets cached nodes; called when a transaction aborts.
 pub fn clear_cache() {
     NODES.with(|n| n.borrow_mut().clear());
+    IDS.with(|n| n.borrow_mut().clear());
 }
 
 /// The running state of a group's DAG, as kept in its row.
@@ -41,6 +43,9 @@ pub struct SpiStore {
     alg: HashAlgorithm,
     state: RefCell<Option<GroupState>>,
     entries: RefCell<HashMap<NodeId, Rc<Entry>>>,
+    /// While set, the running state is kept in memory and written by `write_state` (an import
+    /// stores thousands of entries in one transaction; rewriting one row that often is slow).
+    defer_state: std::cell::Cell<bool>,
 }
 
 fn backend(e: spi::Error) -> StoreError {
@@ -82,7 +87,13 @@ const STATE_LOCK_SQL: &str =
 
 impl SpiStore {
     pub fn new(group: &str, alg: HashAlgorithm) -> SpiStore {
-        SpiStore { group: group.to_string(), alg, state: RefCell::new(None), entries: RefCell::default() }
+        SpiStore {
+            group: group.to_string(),
+            alg,
+            state: RefCell::new(None),
+            entries: RefCell::default(),
+            defer_state: std::cell::Cell::new(false),
+        }
     }
 
     fn load_state(&self, sql: &'static str, locking: bool) -> Result<GroupState, StoreError> {
@@ -102,6 +113,20 @@ impl SpiStore {
         })
     }
 
+    /// Keeps the running state in memory until [`SpiStore::write_state`].
+    pub fn defer_state_writes(&self) {
+        self.defer_state.set(true);
+    }
+
+    /// Writes the running state kept in memory, and stops deferring.
+    pub fn write_state(&self) -> Result<(), StoreError> {
+        self.defer_state.set(false);
+        match self.state.borrow().as_ref() {
+            Some(s) => write_state(&self.group, s),
+            None => Ok(()),
+        }
+    }
+
     /// Locks the group's row (so appends to the group queue up) and loads its state.
     pub fn lock(&self) -> Result<GroupState, StoreError> {
         let state = self.load_state(STATE_LOCK_SQL, true)?;
@@ -119,6 +144,21 @@ impl SpiStore {
     }
 }
 
+fn write_state(group: &str, state: &GroupState) -> Result<(), StoreError> {
+    exec_prepared(
+        "UPDATE causal.group_defs SET entry_count = $2, chain_lens = $3, frontier = $4, membership_version = $5 \
+         WHERE group_id = $1",
+        &[
+            group.into(),
+            to_i32(state.entry_count)?.into(),
+            to_i32s(&state.chain_lens)?.into(),
+            to_i32s(&state.frontier)?.into(),
+            to_i32(state.membership_version)?.into(),
+        ],
+    )
+    .map_err(backend)
+}
+
 impl DagStore for SpiStore {
     type NodeRef<'a> = Rc<Node>;
     type EntryRef<'a> = Rc<Entry>;
@@ -128,13 +168,21 @@ impl DagStore for SpiStore {
     }
 
     fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError> {
-        get_prepared::<i32>(
+        let key = (self.group.clone(), *hash);
+        if let Some(id) = IDS.with(|c| c.borrow().get(&key).copied()) {
+            return Ok(Some(id));
+        }
+        let id = get_prepared::<i32>(
             "SELECT node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = $2",
             &[self.group.clone().into(), hash.to_b64().into()],
         )
         .map_err(backend)?
         .map(to_u32)
-        .transpose()
+        .transpose()?;
+        if let Some(id) = id {
+            IDS.with(|c| c.borrow_mut().insert(key, id));
+        }
+        Ok(id)
     }
 
     fn node(&self, id: NodeId) -> Result<Rc<Node>, StoreError> {
@@ -294,19 +342,11 @@ impl DagStore for SpiStore {
         if entry.meta.contains_key(MEMBER_TAG) {
             state.membership_version += 1;
         }
-        exec_prepared(
-            "UPDATE causal.group_defs SET entry_count = $2, chain_lens = $3, frontier = $4, membership_version = $5 \
-             WHERE group_id = $1",
-            &[
-                self.group.clone().into(),
-                to_i32(state.entry_count)?.into(),
-                to_i32s(&state.chain_lens)?.into(),
-                to_i32s(&state.frontier)?.into(),
-                to_i32(state.membership_version)?.into(),
-            ],
-        )
-        .map_err(backend)?;
+        if !self.defer_state.get() {
+            write_state(&self.group, &state)?;
+        }
         *self.state.borrow_mut() = Some(state);
+        IDS.with(|n| n.borrow_mut().insert((self.group.clone(), node.hash), id));
         NODES.with(|n| n.borrow_mut().insert((self.group.clone(), id), Rc::new(node)));
         Ok(id)
     }

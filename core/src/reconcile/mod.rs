@@ -249,7 +249,8 @@ pub fn plan<R: ReplicaStore>(store: &R, new: &[Hash]) -> Result<Changes, Reconci
     let mut fresh: HashMap<Hash, u32> = HashMap::new();
     let mut new_keys = Vec::with_capacity(new.len());
     for h in new {
-        if fresh.contains_key(h) || store.journal(h)?.is_some() {
+        // Callers pass entries just stored, so none has a journal record yet.
+        if fresh.contains_key(h) {
             continue;
         }
         let entry = store.dag().entry(h)?.ok_or(ReconcileError::Dag(DagError::UnknownEntry(*h)))?;
