@@ -331,12 +331,15 @@ impl ReplicaStore for SpiReplica {
                                 "p": v.responsible.iter().map(Hash::to_b64).collect::<Vec<_>>(), "u": Value::Null, "keep": true}));
         }
         if !journal.is_empty() {
+            // `hash = ANY($3)` lets the planner reach each row by its index, whatever it
+            // guesses about the JSON array's length.
+            let hashes: Vec<String> = journal.iter().filter_map(|j| j["h"].as_str().map(str::to_string)).collect();
             exec_prepared(
                 "UPDATE causal.dag_entries d SET height = coalesce((r->>'o')::int, d.height), status = r->>'s', \
                  reason = r->>'r', responsible = ARRAY(SELECT jsonb_array_elements_text(r->'p')), \
                  undo = CASE WHEN r ? 'keep' THEN d.undo ELSE nullif(r->'u', 'null') END \
-                 FROM jsonb_array_elements($2) r WHERE d.group_id = $1 AND d.hash = r->>'h'",
-                &[self.group.clone().into(), JsonB(Value::Array(journal)).into()],
+                 FROM jsonb_array_elements($2) r WHERE d.group_id = $1 AND d.hash = ANY($3) AND d.hash = r->>'h'",
+                &[self.group.clone().into(), JsonB(Value::Array(journal)).into(), hashes.into()],
             )
             .map_err(store_err)?;
         }
@@ -349,10 +352,11 @@ impl ReplicaStore for SpiReplica {
             }
         }
         if !deletes.is_empty() {
+            let keys: Vec<String> = deletes.iter().filter_map(|d| d["k"].as_str().map(str::to_string)).collect();
             exec_prepared(
                 "DELETE FROM causal.row_meta m USING jsonb_array_elements($2) r \
-                 WHERE m.group_id = $1 AND m.table_name = r->>'t' AND m.key = r->>'k'",
-                &[self.group.clone().into(), JsonB(Value::Array(deletes)).into()],
+                 WHERE m.group_id = $1 AND m.key = ANY($3) AND m.table_name = r->>'t' AND m.key = r->>'k'",
+                &[self.group.clone().into(), JsonB(Value::Array(deletes)).into(), keys.into()],
             )
             .map_err(store_err)?;
         }
