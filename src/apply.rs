@@ -156,15 +156,12 @@ fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
 /// Runs with `session_replication_role = replica`, so the extension's own event triggers do
 /// not record these ALTERs as new local schema entries.
 pub fn apply_catalog(group: &Group, entries: &[Entry]) -> Result<(), CausalError> {
-    let role = get_opt::<String>("SELECT current_setting('session_replication_role')", &[])?
-        .unwrap_or_else(|| "origin".into());
-    Spi::run("SELECT set_config('session_replication_role', 'replica', true)")?;
-    let result = entries.iter().try_for_each(|e| {
-        let p = SignedPayload::from_value(&e.payload)?;
-        p.ops.iter().try_for_each(|op| apply_op(group, op))
-    });
-    Spi::run(&format!("SELECT set_config('session_replication_role', {}, true)", crate::rules::sql_literal(&role)))?;
-    result
+    crate::spi_util::with_replica_role(|| {
+        entries.iter().try_for_each(|e| {
+            let p = SignedPayload::from_value(&e.payload)?;
+            p.ops.iter().try_for_each(|op| apply_op(group, op))
+        })
+    })?
 }
 
 /// The schema of a replicated table as this database has it, by the group's name for it.

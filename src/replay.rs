@@ -9,7 +9,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
-use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
@@ -71,8 +70,6 @@ fn parse_hash(s: &str) -> Result<Hash, ReconcileError> {
     s.parse().map_err(|_| ReconcileError::Corrupt(format!("bad hash {s}")))
 }
 
-const JOURNAL_COLUMNS: &str = "hash, height, status, reason, responsible, undo";
-
 type JournalRow = (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<JsonB>);
 
 fn journal_row(r: JournalRow) -> Result<Option<(Hash, JournalEntry)>, ReconcileError> {
@@ -99,7 +96,11 @@ fn read_journal(tuples: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<JournalRow>,
 
 /// The SQL expression that turns field `c` of the JSON object `r` into the column's type.
 fn decode_expr(c: &str, ty: &ColumnType) -> String {
-    let field = format!("(r->>{})", sql_literal(c));
+    decode_field(&format!("(r->>{})", sql_literal(c)), ty)
+}
+
+/// The SQL expression that turns a JSON text `field` (an encoded value) into `ty`.
+fn decode_field(field: &str, ty: &ColumnType) -> String {
     match ty {
         ColumnType::Bytea => format!("decode({field}, 'base64')"),
         other => format!("{field}::{}", other.sql_name()),
@@ -171,11 +172,7 @@ impl SpiReplica {
         if per_table.is_empty() {
             return Ok(());
         }
-        let role = Spi::get_one::<String>("SELECT current_setting('session_replication_role')")
-            .map_err(store_err)?
-            .unwrap_or_else(|| "origin".into());
-        Spi::run("SELECT set_config('session_replication_role', 'replica', true)").map_err(store_err)?;
-        let result = (|| {
+        crate::spi_util::with_replica_role(|| {
             for (table, (deletes, upserts)) in &per_table {
                 let schema = crate::apply::local_schema_by_name(&self.group, table).map_err(store_err)?;
                 let pk_cols: Vec<&str> = schema.primary_key.iter().map(String::as_str).collect();
@@ -184,10 +181,9 @@ impl SpiReplica {
                         .iter()
                         .enumerate()
                         .map(|(i, c)| {
-                            let ty = &schema.column(c).map(|x| x.ty.clone()).unwrap_or(ColumnType::Text);
-                            let e =
-                                decode_expr(c, ty).replace(&format!("(r->>{})", sql_literal(c)), &format!("(r->>{i})"));
-                            format!("t.{} = {e}", quote_ident(c))
+                            // Keys are JSON arrays of the primary-key values, in key order.
+                            let ty = schema.column(c).map(|x| x.ty.clone()).unwrap_or(ColumnType::Text);
+                            format!("t.{} = {}", quote_ident(c), decode_field(&format!("(r->>{i})"), &ty))
                         })
                         .collect();
                     let sql =
@@ -219,10 +215,8 @@ impl SpiReplica {
                 }
             }
             Ok(())
-        })();
-        Spi::run(&format!("SELECT set_config('session_replication_role', {}, true)", sql_literal(&role)))
-            .map_err(store_err)?;
-        result
+        })
+        .map_err(store_err)?
     }
 }
 
@@ -248,7 +242,6 @@ impl ReplicaStore for SpiReplica {
     }
 
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError> {
-        let _ = JOURNAL_COLUMNS;
         let rows = run_prepared(
             "SELECT hash, height, status, reason, responsible, undo FROM causal.dag_entries \
              WHERE group_id = $1 AND height IS NOT NULL AND (height, decode(hash, 'base64')) >= ($2, $3) \

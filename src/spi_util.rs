@@ -87,6 +87,17 @@ pub fn get_opt<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Re
     }
 }
 
+/// Runs `f` with `session_replication_role = replica` (for this transaction), so neither
+/// ordinary triggers nor event triggers fire, and restores the previous role afterwards.
+pub fn with_replica_role<T>(f: impl FnOnce() -> T) -> Result<T, spi::Error> {
+    let role = get_opt::<String>("SELECT current_setting('session_replication_role')", &[])?
+        .unwrap_or_else(|| "origin".into());
+    Spi::run("SELECT set_config('session_replication_role', 'replica', true)")?;
+    let result = f();
+    Spi::run_with_args("SELECT set_config('session_replication_role', $1, true)", &[role.into()])?;
+    Ok(result)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

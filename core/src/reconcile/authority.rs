@@ -72,6 +72,28 @@ fn short(h: &Hash) -> String {
     h.to_b64().chars().take(10).collect()
 }
 
+/// The items of a causal past that no other item follows: the last changes on every path.
+fn last_of<'x, T, S: DagStore>(
+    dag: &Dag<S>,
+    past: &[&'x T],
+    entry: impl Fn(&T) -> Hash,
+) -> Result<Vec<&'x T>, ReconcileError> {
+    let mut last = Vec::new();
+    for c in past {
+        let mut superseded = false;
+        for d in past {
+            if entry(d) != entry(c) && dag.precedes(&entry(c), &entry(d))? {
+                superseded = true;
+                break;
+            }
+        }
+        if !superseded {
+            last.push(*c);
+        }
+    }
+    Ok(last)
+}
+
 /// Whether a payload carries authority.
 pub fn carries_authority(p: &SignedPayload) -> bool {
     p.genesis.is_some()
@@ -254,20 +276,7 @@ impl Authority {
                 concurrent_removals.push(c.entry);
             }
         }
-        // The last changes of the causal past: those not followed by another one.
-        let mut last = Vec::new();
-        for c in &past {
-            let mut superseded = false;
-            for d in &past {
-                if d.entry != c.entry && dag.precedes(&c.entry, &d.entry)? {
-                    superseded = true;
-                    break;
-                }
-            }
-            if !superseded {
-                last.push(*c);
-            }
-        }
+        let last = last_of(dag, &past, |c: &MemberChange| c.entry)?;
         let who = short(key);
         if last.is_empty() {
             return Ok(Err((format!("author {who} is not a member of the group at the entry's position"), vec![])));
@@ -318,17 +327,8 @@ impl Authority {
                 out.push((r.entry, r.rule.clone()));
             }
         }
-        for r in &past {
-            let mut superseded = false;
-            for d in &past {
-                if d.entry != r.entry && dag.precedes(&r.entry, &d.entry)? {
-                    superseded = true;
-                    break;
-                }
-            }
-            if !superseded {
-                out.push((r.entry, r.rule.clone()));
-            }
+        for r in last_of(dag, &past, |r: &RuleDecl| r.entry)? {
+            out.push((r.entry, r.rule.clone()));
         }
         Ok(out)
     }
@@ -342,22 +342,7 @@ impl Authority {
                 past.push(d);
             }
         }
-        let mut any = false;
-        for d in &past {
-            let mut superseded = false;
-            for e in &past {
-                if e.entry != d.entry && dag.precedes(&d.entry, &e.entry)? {
-                    superseded = true;
-                    break;
-                }
-            }
-            if !superseded {
-                if d.schema.is_none() {
-                    return Ok(false);
-                }
-                any = true;
-            }
-        }
-        Ok(any)
+        let last = last_of(dag, &past, |d: &SchemaDecl| d.entry)?;
+        Ok(!last.is_empty() && last.iter().all(|d| d.schema.is_some()))
     }
 }

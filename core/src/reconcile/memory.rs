@@ -60,8 +60,7 @@ impl MemReplica {
         use crate::payload::Op;
         let schema = self.authority_schema(table)?;
         let mut rows: BTreeMap<RowKey, Map<String, Value>> = BTreeMap::new();
-        for (order, h) in &self.order {
-            let _ = order;
+        for h in self.order.values() {
             if !self.dag.in_history(h, at)? || !self.journal.get(h).is_some_and(|j| j.verdict.is_ok()) {
                 continue;
             }

@@ -255,10 +255,12 @@ pub fn plan<R: ReplicaStore>(store: &R, new: &[Hash]) -> Result<Changes, Reconci
         }
         let entry = store.dag().entry(h)?.ok_or(ReconcileError::Dag(DagError::UnknownEntry(*h)))?;
         let height = height_of(store, &entry.header.prev, &fresh)?;
+        let payload = SignedPayload::from_value(&entry.payload)
+            .map_err(|source| ReconcileError::Payload { hash: h.to_b64(), source })?;
         fresh.insert(*h, height);
-        new_keys.push(OrderKey { height, hash: *h });
+        new_keys.push((OrderKey { height, hash: *h }, payload));
     }
-    let new_set: BTreeSet<Hash> = new_keys.iter().map(|k| k.hash).collect();
+    let new_set: BTreeSet<Hash> = new_keys.iter().map(|k| k.0.hash).collect();
 
     // 2. Authority over the whole group (few entries), and what changed in it.
     let mut authority_hashes = store.authority_entries()?;
@@ -291,7 +293,7 @@ pub fn plan<R: ReplicaStore>(store: &R, new: &[Hash]) -> Result<Changes, Reconci
     }
 
     // 3. The rewind point: the earliest entry whose verdict or effect may change.
-    let Some(mut start) = new_keys.iter().min().copied() else {
+    let Some(mut start) = new_keys.iter().map(|k| k.0).min() else {
         return Ok(Changes { authority: authority_changes, ..Default::default() });
     };
     let frontier = store.dag().frontier()?;
@@ -304,9 +306,8 @@ pub fn plan<R: ReplicaStore>(store: &R, new: &[Hash]) -> Result<Changes, Reconci
         }
         Ok(())
     };
-    for k in &new_keys {
-        let p = store.payload(&k.hash)?;
-        if replay::is_barrier(&p) {
+    for (k, p) in &new_keys {
+        if replay::is_barrier(p) {
             bound(&k.hash, &mut start)?;
         }
     }
@@ -344,15 +345,15 @@ type RegionEntry = (OrderKey, SignedPayload, Option<JournalEntry>);
 fn load_region<R: ReplicaStore>(
     store: &R,
     start: &OrderKey,
-    new_keys: &[OrderKey],
+    new_keys: &[(OrderKey, SignedPayload)],
 ) -> Result<Vec<RegionEntry>, ReconcileError> {
     let mut region = Vec::new();
     for (h, j) in store.journal_from(start)? {
         region.push((j.order, store.payload(&h)?, Some(j)));
     }
-    for k in new_keys {
+    for (k, p) in new_keys {
         if k >= start {
-            region.push((*k, store.payload(&k.hash)?, None));
+            region.push((*k, p.clone(), None));
         }
     }
     region.sort_by(|a, b| a.0.cmp(&b.0));

@@ -223,19 +223,9 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 }
             }
         }
-        // A row the overlay replaced after the store matched it may no longer match.
-        let mut checked = Vec::with_capacity(out.len());
-        for (k, r) in out {
-            let slot = (table.to_string(), k.clone());
-            if let Some(current) = self.read(local, &slot)? {
-                if matches(&current) {
-                    checked.push((k, current));
-                    continue;
-                }
-            }
-            let _ = r;
-        }
-        Ok(checked)
+        // `read` already gave the current version of what the store matched, and the layers
+        // above were applied in order (this entry's writes last).
+        Ok(out.into_iter().collect())
     }
 
     fn apply_entry(
