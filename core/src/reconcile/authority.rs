@@ -115,7 +115,7 @@ impl Authority {
         dag: &Dag<S>,
         mut entries: Vec<(OrderKey, SignedPayload)>,
     ) -> Result<Authority, ReconcileError> {
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|e| e.0);
         let mut all_changes = Vec::new();
         for (order, p) in &entries {
             if let Some(g) = &p.genesis {
@@ -197,7 +197,7 @@ impl Authority {
 
     fn build_tables(&mut self) {
         let mut sorted: Vec<&SchemaDecl> = self.schemas.iter().collect();
-        sorted.sort_by(|x, y| x.order.cmp(&y.order));
+        sorted.sort_by_key(|d| d.order);
         for d in sorted {
             let Some(schema) = &d.schema else { continue };
             let slot = self.tables.entry(d.table.clone()).or_insert_with(|| (schema.clone(), HashMap::new()));

@@ -356,6 +356,6 @@ fn load_region<R: ReplicaStore>(
             region.push((*k, p.clone(), None));
         }
     }
-    region.sort_by(|a, b| a.0.cmp(&b.0));
+    region.sort_by_key(|e| e.0);
     Ok(region)
 }
