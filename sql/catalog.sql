@@ -50,8 +50,13 @@ CREATE TABLE causal.group_defs (
 
 -- DAG entries and their index (see docs/DAG_INDEX.md). node_id is dense per group in append
 -- order; chain/seq/clock are the chain-and-clock index; preds are node ids.
+--
+-- The per-entry and per-row tables below (dag_entries, journal, dag_entry_tags, row_meta)
+-- carry no foreign keys: only pg_causal's functions write them, always together in one
+-- transaction, and a foreign-key check per row would cost each imported entry several
+-- extra index probes. Like Postgres's own catalogs, their integrity is the code's job.
 CREATE TABLE causal.dag_entries (
-    group_id    text NOT NULL REFERENCES causal.group_defs (group_id) ON DELETE CASCADE,
+    group_id    text NOT NULL,
     node_id     integer NOT NULL,
     hash        text NOT NULL,
     prev        text[] NOT NULL,
@@ -60,20 +65,27 @@ CREATE TABLE causal.dag_entries (
     seq         integer NOT NULL,
     preds       integer[] NOT NULL,
     clock       integer[] NOT NULL,
-    -- The reconciliation journal (docs/SEMANTICS.md): the entry's place in the canonical
-    -- order (height, then hash), its verdict, the entries responsible for a cancellation, and
-    -- the prior states of the rows it changed, so a late concurrent entry can rewind it.
-    height      integer,
-    status      text NOT NULL DEFAULT 'ok',
-    reason      text,
-    responsible text[],
-    undo        jsonb,
     received_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (group_id, node_id),
     UNIQUE (group_id, hash),
     UNIQUE (group_id, chain, seq)
 );
-CREATE INDEX dag_entries_order ON causal.dag_entries (group_id, height, decode(hash, 'base64'));
+
+-- The reconciliation journal (docs/SEMANTICS.md), one row per entry the engine has placed:
+-- its place in the canonical order (height, then hash), its verdict, the entries responsible
+-- for a cancellation, and the prior states of the rows it changed, so a late concurrent entry
+-- can rewind it. Entries are immutable; this is what reconciliation rewrites, kept narrow.
+CREATE TABLE causal.journal (
+    group_id    text NOT NULL,
+    hash        text NOT NULL,
+    height      integer,
+    status      text NOT NULL DEFAULT 'ok',
+    reason      text,
+    responsible text[],
+    undo        jsonb,
+    PRIMARY KEY (group_id, hash)
+);
+CREATE INDEX journal_order ON causal.journal (group_id, height, decode(hash, 'base64'));
 
 -- Metadata tags per entry, for the filtered cover searches: 'key' or 'key=value'.
 CREATE TABLE causal.dag_entry_tags (
@@ -81,8 +93,7 @@ CREATE TABLE causal.dag_entry_tags (
     tag      text NOT NULL,
     chain    integer NOT NULL,
     seq      integer NOT NULL,
-    PRIMARY KEY (group_id, tag, chain, seq),
-    FOREIGN KEY (group_id, chain, seq) REFERENCES causal.dag_entries (group_id, chain, seq) ON DELETE CASCADE
+    PRIMARY KEY (group_id, tag, chain, seq)
 );
 
 -- Tables replicated in a group, with their recorded schema.
@@ -94,11 +105,12 @@ CREATE TABLE causal.replicated_tables (
     PRIMARY KEY (group_id, table_name)
 );
 
-REVOKE ALL ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.replicated_tables FROM PUBLIC;
-GRANT SELECT ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.replicated_tables TO PUBLIC;
+REVOKE ALL ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.journal, causal.replicated_tables FROM PUBLIC;
+GRANT SELECT ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.journal, causal.replicated_tables TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('causal.group_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.dag_entries', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.dag_entry_tags', '');
+SELECT pg_catalog.pg_extension_config_dump('causal.journal', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.replicated_tables', '');
 
 -- The rule in force for each table and operation (the latest causal.allow).
@@ -115,7 +127,7 @@ CREATE TABLE causal.table_rules (
 -- tombstone keeps `meta.d` and empty values). Keys are the canonical JSON arrays of the
 -- primary-key values. The user tables hold the same rows; replay writes both.
 CREATE TABLE causal.row_meta (
-    group_id   text NOT NULL REFERENCES causal.group_defs (group_id) ON DELETE CASCADE,
+    group_id   text NOT NULL,
     table_name text NOT NULL,
     key        text NOT NULL,
     vals       jsonb NOT NULL,

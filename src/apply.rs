@@ -3,8 +3,7 @@
 
 use pgrx::prelude::*;
 
-use causal_core::entry::Entry;
-use causal_core::payload::{Op, SignedPayload};
+use causal_core::payload::Op;
 use causal_core::schema::TableSchema;
 use serde_json::Value;
 
@@ -155,13 +154,12 @@ fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
 ///
 /// Runs with `session_replication_role = replica`, so the extension's own event triggers do
 /// not record these ALTERs as new local schema entries.
-pub fn apply_catalog(group: &Group, entries: &[Entry]) -> Result<(), CausalError> {
-    crate::spi_util::with_replica_role(|| {
-        entries.iter().try_for_each(|e| {
-            let p = SignedPayload::from_value(&e.payload)?;
-            p.ops.iter().try_for_each(|op| apply_op(group, op))
-        })
-    })?
+pub fn apply_catalog(group: &Group, entries: &[causal_core::reconcile::NewEntry]) -> Result<(), CausalError> {
+    let catalog_ops = entries
+        .iter()
+        .flat_map(|(_, _, p)| p.ops.iter())
+        .filter(|op| !matches!(op, Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. }));
+    crate::spi_util::with_replica_role(|| catalog_ops.into_iter().try_for_each(|op| apply_op(group, op)))?
 }
 
 /// The schema of a replicated table as this database has it, by the group's name for it.

@@ -59,38 +59,82 @@ fn export(grp: &str, since: default!(Option<Vec<String>>, "NULL")) -> Vec<u8> {
 pub fn parse_bundle(bytes: &[u8]) -> Result<(String, String, Vec<Value>), CausalError> {
     let bad = |why: &str| CausalError::BadBundle(why.to_string());
     let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
-    let v = causal_core::json::parse(text).map_err(|e| bad(&format!("not JSON: {e}")))?;
+    let mut v = causal_core::json::parse(text).map_err(|e| bad(&format!("not JSON: {e}")))?;
     if v["format"] != BUNDLE_FORMAT {
         return Err(bad(&format!("format is not {BUNDLE_FORMAT}")));
     }
     let group = v["group"].as_str().ok_or_else(|| bad("group is missing"))?.to_string();
     let alg = v["hashAlgorithm"].as_str().ok_or_else(|| bad("hashAlgorithm is missing"))?.to_string();
-    let entries = v["entries"].as_array().ok_or_else(|| bad("entries is missing"))?.clone();
+    let entries = match v.get_mut("entries").map(Value::take) {
+        Some(Value::Array(a)) => a,
+        _ => return Err(bad("entries is missing")),
+    };
     Ok((group, alg, entries))
 }
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use causal_core::dag::cover_cache::CoverCache;
 use causal_core::entry::{Entry, Position};
-use causal_core::membership::{derive_meta, member_at};
+use causal_core::identity::{KeyId, PublicKey};
+use causal_core::membership::{derive_meta, member_status, MemberStatus, MEMBER_TAG, SCHEMA_TAG};
 use causal_core::payload::{Op, SignedPayload};
+use causal_core::precheck::{precheck_batch, Prechecked};
+use causal_core::reconcile::NewEntry;
 use causal_core::schema::TableSchema;
-use causal_core::{DagError, HashAlgorithm, MetaFilter};
+use causal_core::{Dag, DagError, HashAlgorithm};
+use std::rc::Rc;
+
+use crate::store::SpiStore;
 
 use crate::spi_util::get_opt;
 
-/// The schema of `table` at `position`: the last schema entry for it in that history.
-fn schema_at(
-    dag: &causal_core::Dag<crate::store::SpiStore>,
-    position: &Position,
-    table: &str,
-) -> Result<Option<TableSchema>, String> {
-    let filter = MetaFilter::tag(causal_core::membership::SCHEMA_TAG, table);
-    let last = dag.cover_with_filter(position, &filter, None).map_err(|e| e.to_string())?;
+/// Answers about entries' positions during one import: who is a member and what each table's
+/// schema is. Covers come from a [`CoverCache`] (no query for an entry that extends a chain),
+/// and each distinct cover is decoded once.
+#[derive(Default)]
+struct Positions {
+    covers: CoverCache,
+    members: HashMap<(Position, KeyId), MemberStatus>,
+    schemas: HashMap<(Position, String), Rc<Option<TableSchema>>>,
+}
+
+impl Positions {
+    fn member(&mut self, dag: &Dag<SpiStore>, position: &Position, key: &KeyId) -> Result<MemberStatus, String> {
+        let last = self.covers.cover(dag, position, MEMBER_TAG, &key.to_b64()).map_err(|e| e.to_string())?;
+        let slot = (last, *key);
+        if let Some(s) = self.members.get(&slot) {
+            return Ok(s.clone());
+        }
+        let status = member_status(dag, &slot.0, key).map_err(|e| e.to_string())?;
+        self.members.insert(slot, status.clone());
+        Ok(status)
+    }
+
+    /// The schema of `table` at `position`: the last schema entry for it in that history.
+    fn schema(
+        &mut self,
+        dag: &Dag<SpiStore>,
+        position: &Position,
+        table: &str,
+    ) -> Result<Rc<Option<TableSchema>>, String> {
+        let last = self.covers.cover(dag, position, SCHEMA_TAG, table).map_err(|e| e.to_string())?;
+        let slot = (last, table.to_string());
+        if let Some(s) = self.schemas.get(&slot) {
+            return Ok(s.clone());
+        }
+        let schema = Rc::new(schema_in(dag, &slot.0, table)?);
+        self.schemas.insert(slot, schema.clone());
+        Ok(schema)
+    }
+}
+
+/// The schema of `table` defined by the entries `last` (the latest schema entries for it).
+fn schema_in(dag: &Dag<SpiStore>, last: &Position, table: &str) -> Result<Option<TableSchema>, String> {
     // Concurrent schema changes of one table: reconciliation decides; here take any that
     // defines the table (all must agree for a fast-forward anyway).
     for h in last {
-        let Some(entry) = dag.entry(&h).map_err(|e| e.to_string())? else { continue };
+        let Some(entry) = dag.entry(h).map_err(|e| e.to_string())? else { continue };
         let Ok(p) = SignedPayload::from_value(&entry.payload) else { continue };
         for op in p.ops.iter().rev() {
             match op {
@@ -105,34 +149,74 @@ fn schema_at(
     Ok(None)
 }
 
-/// Why an entry is invalid at its position, if it is.
+/// The public keys this import can check signatures with before walking history: every key
+/// the group's stored membership entries and the bundle name. (A key's id is its hash, so any
+/// record of a key is the right one; whether its holder may write is decided per entry.)
+fn known_keys(group_id: &str, entries: &[Entry]) -> Result<HashMap<KeyId, PublicKey>, CausalError> {
+    fn collect(payload: &Value, keys: &mut HashMap<KeyId, PublicKey>) {
+        let found = payload["admin"]["publicKey"].as_str().into_iter().chain(
+            payload["ops"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|op| op["op"] == "add-member")
+                .filter_map(|op| op["publicKey"].as_str()),
+        );
+        for text in found {
+            if let Ok(k) = PublicKey::from_b64(text) {
+                keys.insert(k.key_id(), k);
+            }
+        }
+    }
+    let mut keys = HashMap::new();
+    let stored: Vec<Option<String>> = crate::spi_util::run_prepared(
+        "SELECT DISTINCT e.payload FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
+         ON e.group_id = t.group_id AND e.chain = t.chain AND e.seq = t.seq \
+         WHERE t.group_id = $1 AND t.tag = 'member'",
+        &[group_id.into()],
+        false,
+        |rows| rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>(),
+    )?;
+    for text in stored.into_iter().flatten() {
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            collect(&v, &mut keys);
+        }
+    }
+    for e in entries {
+        collect(&e.payload, &mut keys);
+    }
+    Ok(keys)
+}
+
+/// A check of one row operation against the table's schema at the entry's position.
+type RowCheck<'a> = dyn Fn(&TableSchema) -> Result<(), String> + 'a;
+
+/// Why an entry is invalid at its position, if it is. `pre` holds the storage-free checks
+/// (hashes, decoding and, when the author's key was known, the signature).
 fn validate(
-    dag: &causal_core::Dag<crate::store::SpiStore>,
+    dag: &Dag<SpiStore>,
+    positions: &mut Positions,
     group_id: &Hash,
-    alg: HashAlgorithm,
     e: &Entry,
-) -> Option<String> {
-    if let Err(err) = e.verify_hashes(alg) {
-        return Some(err.to_string());
-    }
-    let payload = match SignedPayload::from_value(&e.payload) {
-        Ok(p) => p,
-        Err(err) => return Some(format!("invalid payload: {err}")),
+    pre: Prechecked,
+) -> Result<SignedPayload, String> {
+    let (payload, signed) = match pre {
+        Prechecked::Invalid(reason) => return Err(reason),
+        Prechecked::Signed(p) => (p, true),
+        Prechecked::UnknownAuthor(p) => (p, false),
     };
-    if payload.genesis.is_some() {
-        return Some("a second genesis entry".into());
-    }
     let prev = &e.header.prev;
-    let status = match member_at(dag, prev, &payload.author) {
-        Ok(s) => s,
-        Err(err) => return Some(err.to_string()),
-    };
+    let status = positions.member(dag, prev, &payload.author)?;
     let Some(key) = status.public_key.filter(|_| status.live) else {
-        return Some(format!("author {} is not a live member at the entry's position", payload.author));
+        return Err(format!("author {} is not a live member at the entry's position", payload.author));
     };
-    if let Err(err) = payload.verify(&key, Some(group_id), prev) {
-        return Some(err.to_string());
+    if !signed {
+        if let Err(err) = payload.verify(&key, Some(group_id), prev) {
+            return Err(err.to_string());
+        }
     }
+    // One schema lookup per table per entry (a 100-row entry touches one table).
+    let mut schemas: HashMap<&str, Rc<Option<TableSchema>>> = HashMap::new();
     for op in &payload.ops {
         let admin_op = matches!(
             op,
@@ -143,9 +227,9 @@ fn validate(
                 | Op::Unreplicate { .. }
         );
         if admin_op && !status.admin {
-            return Some(format!("author {} is not an admin at the entry's position", payload.author));
+            return Err(format!("author {} is not an admin at the entry's position", payload.author));
         }
-        let (table, check): (&str, Box<dyn Fn(&TableSchema) -> Result<(), String>>) = match op {
+        let (table, check): (&str, Box<RowCheck>) = match op {
             Op::Insert { table, row } => (table, Box::new(move |s| s.check_row(row, true).map_err(|e| e.to_string()))),
             Op::Update { table, key, set, unset } => (
                 table,
@@ -160,17 +244,17 @@ fn validate(
             Op::Delete { table, key } => (table, Box::new(move |s| s.check_row(key, false).map_err(|e| e.to_string()))),
             _ => continue,
         };
-        match schema_at(dag, prev, table) {
-            Ok(Some(schema)) => {
-                if let Err(err) = check(&schema) {
-                    return Some(err);
-                }
+        if !schemas.contains_key(table) {
+            schemas.insert(table, positions.schema(dag, prev, table)?);
+        }
+        match schemas.get(table).map(|s| s.as_ref()) {
+            Some(Some(schema)) => {
+                check(schema)?;
             }
-            Ok(None) => return Some(format!("table {table} is not replicated at the entry's position")),
-            Err(err) => return Some(err),
+            _ => return Err(format!("table {table} is not replicated at the entry's position")),
         }
     }
-    None
+    Ok(payload)
 }
 
 /// Creates the group from the genesis in the bundle.
@@ -212,12 +296,13 @@ fn all_present(dag: &causal_core::Dag<crate::store::SpiStore>, prev: &Position) 
 }
 
 fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
+    let parsing = std::time::Instant::now();
     let (group_id, alg_name, raw) = parse_bundle(bytes)?;
     let alg = HashAlgorithm::parse(&alg_name).map_err(|e| CausalError::BadBundle(e.to_string()))?;
     let entries: Vec<Entry> = raw
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, v)| Entry::from_wire(v).map_err(|e| CausalError::BadBundle(format!("entry {i}: {e}"))))
+        .map(|(i, v)| Entry::from_wire_owned(v).map_err(|e| CausalError::BadBundle(format!("entry {i}: {e}"))))
         .collect::<Result<_, _>>()?;
     let gid: Hash = group_id.parse().map_err(|_| CausalError::BadBundle("group is not a hash".into()))?;
     let (group, adopted) = match Group::find(&group_id) {
@@ -228,20 +313,39 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
         Err(CausalError::UnknownGroup(_)) => (adopt_group(&group_id, alg, &entries)?, true),
         Err(e) => return Err(e),
     };
+    let parsed = parsing.elapsed();
     let started = std::time::Instant::now();
     let mut dag = group.dag();
     dag.store().lock().map_err(DagError::from)?;
     dag.store().defer_state_writes();
-    let mut stored: Vec<Entry> = Vec::new();
+    // The entries stored by this import, decoded, predecessors first.
+    let mut stored: Vec<NewEntry> = Vec::new();
     if adopted {
         if let Some(g) = dag.entry(&gid)? {
-            stored.push(g);
+            let p =
+                SignedPayload::from_value(&g.payload).map_err(|e| CausalError::BadBundle(format!("genesis: {e}")))?;
+            stored.push((g.hash, g.header.prev, p));
         }
     }
     let (mut accepted, mut duplicates) = (if adopted { 1 } else { 0 }, 0);
     let mut rejected: Vec<(Hash, String)> = Vec::new();
     let mut rejected_set: HashSet<Hash> = HashSet::new();
+    let mut checking = std::time::Duration::ZERO;
     let mut pending: Vec<Entry> = entries.into_iter().filter(|e| !(adopted && e.hash == gid)).collect();
+    // Hashes, decoding and signatures need no storage: check them all first, on every core.
+    let t = std::time::Instant::now();
+    let keys = known_keys(&group_id, &pending)?;
+    let mut prechecked: HashMap<Hash, Prechecked> = pending
+        .iter()
+        .map(|e| e.hash)
+        .zip(precheck_batch(&pending, alg, &gid, &keys, crate::guc::verify_threads()))
+        .collect();
+    let precheck = t.elapsed();
+    // One query tells which of the bundle's entries (and their predecessors) are stored.
+    let mut asked: Vec<Hash> = pending.iter().map(|e| e.hash).collect();
+    asked.extend(pending.iter().flat_map(|e| e.header.prev.iter().copied()));
+    dag.store().prefetch_ids(&asked).map_err(DagError::from)?;
+    let mut positions = Positions::default();
     loop {
         let mut progress = false;
         let mut waiting = Vec::new();
@@ -255,20 +359,26 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
                 progress = true;
             } else if all_present(&dag, &e.header.prev)? {
                 progress = true;
-                match validate(&dag, &gid, alg, &e) {
-                    Some(reason) => {
+                let t = std::time::Instant::now();
+                let pre = prechecked
+                    .remove(&e.hash)
+                    .unwrap_or_else(|| Prechecked::Invalid("the bundle holds this entry twice".into()));
+                let verdict = validate(&dag, &mut positions, &gid, &e, pre);
+                checking += t.elapsed();
+                match verdict {
+                    Err(reason) => {
                         rejected_set.insert(e.hash);
                         rejected.push((e.hash, reason));
                     }
-                    None => {
+                    Ok(payload) => {
                         let mut entry = e;
-                        if let Ok(p) = SignedPayload::from_value(&entry.payload) {
-                            entry.meta = derive_meta(&p);
-                        }
-                        match dag.insert(entry.clone()) {
+                        entry.meta = derive_meta(&payload);
+                        // Its hashes were verified by the precheck.
+                        match dag.insert_verified(entry.clone()) {
                             Ok(_) => {
+                                positions.covers.appended(entry.hash, &entry.header.prev, &entry.meta);
                                 accepted += 1;
-                                stored.push(entry);
+                                stored.push((entry.hash, entry.header.prev, payload));
                             }
                             Err(err) => {
                                 rejected_set.insert(entry.hash);
@@ -300,9 +410,9 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     dag.store().write_state().map_err(DagError::from)?;
     let validated = started.elapsed();
     crate::apply::apply_catalog(&group, &stored)?;
-    let hashes: Vec<Hash> = stored.iter().map(|e| e.hash).collect();
-    let changes = crate::replay::reconcile_group(&group, &hashes, false)?;
-    let reconciled = started.elapsed() - validated;
+    let catalog = started.elapsed() - validated;
+    let run = crate::replay::reconcile_imported(&group, stored)?;
+    let changes = run.changes;
     Ok(json!({
         "group": group_id,
         "accepted": accepted,
@@ -311,7 +421,9 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
         "rewound": changes.stats.rewound,
         "cancelled": changes.journal.iter().filter(|(_, j)| !j.verdict.is_ok()).count(),
         "rejected": rejected.iter().map(|(h, r)| json!({"hash": h.to_b64(), "reason": r})).collect::<Vec<_>>(),
-        "ms": {"validate_and_store": validated.as_millis() as u64, "reconcile": reconciled.as_millis() as u64},
+        "ms": {"parse": parsed.as_millis() as u64, "precheck": precheck.as_millis() as u64, "validate": checking.as_millis() as u64,
+               "store": (validated - checking - precheck).as_millis() as u64, "catalog": catalog.as_millis() as u64,
+               "reconcile": run.plan.as_millis() as u64, "replay": run.apply.as_millis() as u64},
     }))
 }
 

@@ -61,8 +61,9 @@ fn log(
     let mut out = Vec::new();
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT hash, prev, payload, status, reason FROM causal.dag_entries WHERE group_id = $1 \
-             ORDER BY node_id DESC LIMIT $2",
+            "SELECT e.hash, e.prev, e.payload, coalesce(j.status, 'ok'), j.reason FROM causal.dag_entries e \
+             LEFT JOIN causal.journal j ON j.group_id = e.group_id AND j.hash = e.hash \
+             WHERE e.group_id = $1 ORDER BY e.node_id DESC LIMIT $2",
             None,
             &[group.id.clone().into(), max_entries.max(0).into()],
         )?;
@@ -96,8 +97,9 @@ fn entry(hash: &str) -> Option<JsonB> {
     let f = "causal.entry";
     let row = Spi::connect(|client| {
         let mut rows = client.select(
-            "SELECT e.group_id, e.prev, e.payload, e.status, e.reason, g.hash_algorithm FROM causal.dag_entries e \
-             JOIN causal.group_defs g USING (group_id) WHERE e.hash = $1",
+            "SELECT e.group_id, e.prev, e.payload, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
+             FROM causal.dag_entries e JOIN causal.group_defs g USING (group_id) \
+             LEFT JOIN causal.journal j ON j.group_id = e.group_id AND j.hash = e.hash WHERE e.hash = $1",
             Some(1),
             &[hash.into()],
         )?;

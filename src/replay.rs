@@ -1,5 +1,5 @@
 //! The reconciliation engine (`causal_core::reconcile`) over Postgres: the journal in
-//! `causal.dag_entries`, rows and their causal metadata in `causal.row_meta`, and the user
+//! `causal.journal`, rows and their causal metadata in `causal.row_meta`, and the user
 //! tables, which replay writes under `session_replication_role = replica` (so neither capture
 //! nor user triggers fire, as with logical replication).
 //!
@@ -152,21 +152,21 @@ impl SpiReplica {
         SpiReplica { group: group.id.clone(), dag: group.dag(), local: Vec::new() }
     }
 
-    fn write_user_tables(&self, changes: &Changes) -> Result<(), ReconcileError> {
-        // Per table: rows to delete (gone or tombstoned) and live rows to upsert.
-        let mut per_table: BTreeMap<&str, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    /// Writes the rows of a run into the user tables. `values[i]` is the JSON text of the
+    /// values of `changes.rows[i]` when that row is live.
+    fn write_user_tables(&self, changes: &Changes, values: &[Option<String>]) -> Result<(), ReconcileError> {
+        // Per table: keys of rows to delete (gone or tombstoned) and live rows to upsert, as
+        // JSON texts.
+        let mut per_table: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
         let local_only = changes.journal.iter().all(|(h, j)| self.local.contains(h) && j.verdict.is_ok());
         if local_only {
             return Ok(()); // the local transaction's own writes are already in the tables
         }
-        for (table, key, row) in &changes.rows {
+        for ((table, key, _), text) in changes.rows.iter().zip(values) {
             let slot = per_table.entry(table.as_str()).or_default();
-            match row {
-                Some(r) if r.is_live() => slot.1.push(Value::Object(r.values.clone())),
-                _ => {
-                    let k: Value = serde_json::from_str(key).map_err(store_err)?;
-                    slot.0.push(k);
-                }
+            match text {
+                Some(v) => slot.1.push(v),
+                None => slot.0.push(key),
             }
         }
         if per_table.is_empty() {
@@ -186,9 +186,11 @@ impl SpiReplica {
                             format!("t.{} = {}", quote_ident(c), decode_field(&format!("(r->>{i})"), &ty))
                         })
                         .collect();
-                    let sql =
-                        format!("DELETE FROM {table} t USING jsonb_array_elements($1) r WHERE {}", cond.join(" AND "));
-                    exec_prepared(&sql, &[JsonB(Value::Array(deletes.clone())).into()]).map_err(store_err)?;
+                    let sql = format!(
+                        "DELETE FROM {table} t USING unnest($1::text[]::jsonb[]) r WHERE {}",
+                        cond.join(" AND ")
+                    );
+                    exec_prepared(&sql, &[deletes.clone().into()]).map_err(store_err)?;
                 }
                 if !upserts.is_empty() {
                     let cols: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
@@ -206,12 +208,12 @@ impl SpiReplica {
                     };
                     let pk: Vec<String> = schema.primary_key.iter().map(|c| quote_ident(c)).collect();
                     let sql = format!(
-                        "INSERT INTO {table} ({}) SELECT {} FROM jsonb_array_elements($1) r ON CONFLICT ({}) {action}",
+                        "INSERT INTO {table} ({}) SELECT {} FROM unnest($1::text[]::jsonb[]) r ON CONFLICT ({}) {action}",
                         cols.join(", "),
                         exprs.join(", "),
                         pk.join(", ")
                     );
-                    exec_prepared(&sql, &[JsonB(Value::Array(upserts.clone())).into()]).map_err(store_err)?;
+                    exec_prepared(&sql, &[upserts.clone().into()]).map_err(store_err)?;
                 }
             }
             Ok(())
@@ -229,7 +231,7 @@ impl ReplicaStore for SpiReplica {
 
     fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
         let rows = run_prepared(
-            "SELECT hash, height, status, reason, responsible, undo FROM causal.dag_entries WHERE group_id = $1 AND hash = $2",
+            "SELECT hash, height, status, reason, responsible, undo FROM causal.journal WHERE group_id = $1 AND hash = $2",
             &[self.group.clone().into(), h.to_b64().into()],
             false,
             read_journal,
@@ -243,7 +245,7 @@ impl ReplicaStore for SpiReplica {
 
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError> {
         let rows = run_prepared(
-            "SELECT hash, height, status, reason, responsible, undo FROM causal.dag_entries \
+            "SELECT hash, height, status, reason, responsible, undo FROM causal.journal \
              WHERE group_id = $1 AND height IS NOT NULL AND (height, decode(hash, 'base64')) >= ($2, $3) \
              ORDER BY height, decode(hash, 'base64')",
             &[
@@ -309,60 +311,102 @@ impl ReplicaStore for SpiReplica {
     }
 
     fn apply(&mut self, changes: &Changes) -> Result<(), ReconcileError> {
-        // The journal.
-        let mut journal: Vec<Value> = changes
+        // The journal: the records of this run, then authority verdicts that changed for
+        // entries outside it (their order and undo records stay as they were).
+        let mut seen: std::collections::HashSet<&Hash> = std::collections::HashSet::new();
+        let n = changes.journal.len() + changes.authority.len();
+        let (mut hashes, mut heights, mut statuses, mut reasons, mut blamed, mut undos) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let records = changes
             .journal
             .iter()
-            .map(|(h, j)| {
-                json!({"h": h.to_b64(), "o": j.order.height, "s": j.verdict.status.as_str(), "r": j.verdict.reason,
-                       "p": j.verdict.responsible.iter().map(Hash::to_b64).collect::<Vec<_>>(),
-                       "u": if j.undo.is_empty() { Value::Null } else { undo_value(&j.undo) }})
-            })
-            .collect();
-        for (h, v) in &changes.authority {
-            journal.push(json!({"h": h.to_b64(), "o": Value::Null, "s": v.status.as_str(), "r": v.reason,
-                                "p": v.responsible.iter().map(Hash::to_b64).collect::<Vec<_>>(), "u": Value::Null, "keep": true}));
+            .map(|(h, j)| (h, Some(&j.order), &j.verdict, Some(&j.undo)))
+            .chain(changes.authority.iter().map(|(h, v)| (h, None, v, None)));
+        for (h, order, verdict, undo) in records {
+            if !seen.insert(h) {
+                continue;
+            }
+            hashes.push(h.to_b64());
+            heights.push(order.map(|o| i32::try_from(o.height).unwrap_or(i32::MAX)));
+            statuses.push(verdict.status.as_str().to_string());
+            reasons.push(verdict.reason.clone());
+            blamed.push(if verdict.responsible.is_empty() {
+                None
+            } else {
+                Some(verdict.responsible.iter().map(Hash::to_b64).collect::<Vec<_>>().join(" "))
+            });
+            undos.push(match undo {
+                Some(u) if !u.is_empty() => Some(undo_value(u).to_string()),
+                _ => None,
+            });
         }
-        if !journal.is_empty() {
-            // `hash = ANY($3)` lets the planner reach each row by its index, whatever it
-            // guesses about the JSON array's length.
-            let hashes: Vec<String> = journal.iter().filter_map(|j| j["h"].as_str().map(str::to_string)).collect();
+        if !hashes.is_empty() {
+            // A record without a height only changes a verdict: the row keeps its order and undo.
             exec_prepared(
-                "UPDATE causal.dag_entries d SET height = coalesce((r->>'o')::int, d.height), status = r->>'s', \
-                 reason = r->>'r', responsible = ARRAY(SELECT jsonb_array_elements_text(r->'p')), \
-                 undo = CASE WHEN r ? 'keep' THEN d.undo ELSE nullif(r->'u', 'null') END \
-                 FROM jsonb_array_elements($2) r WHERE d.group_id = $1 AND d.hash = ANY($3) AND d.hash = r->>'h'",
-                &[self.group.clone().into(), JsonB(Value::Array(journal)).into(), hashes.into()],
+                "INSERT INTO causal.journal AS j (group_id, hash, height, status, reason, responsible, undo) \
+                 SELECT $1, h, o, s, r, string_to_array(p, ' '), u::jsonb \
+                 FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(h, o, s, r, p, u) \
+                 ON CONFLICT (group_id, hash) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
+                 status = EXCLUDED.status, reason = EXCLUDED.reason, responsible = EXCLUDED.responsible, \
+                 undo = CASE WHEN EXCLUDED.height IS NULL THEN j.undo ELSE EXCLUDED.undo END",
+                &[
+                    self.group.clone().into(),
+                    hashes.into(),
+                    heights.into(),
+                    statuses.into(),
+                    reasons.into(),
+                    blamed.into(),
+                    undos.into(),
+                ],
             )
             .map_err(store_err)?;
         }
-        // Rows and their metadata.
-        let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+        // Rows and their metadata; each live row's values are serialized once, for both.
+        let mut values: Vec<Option<String>> = Vec::with_capacity(changes.rows.len());
+        let (mut up_t, mut up_k, mut up_v, mut up_m) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut del_t, mut del_k) = (Vec::new(), Vec::new());
         for (table, key, row) in &changes.rows {
             match row {
-                Some(r) => upserts.push(json!({"t": table, "k": key, "v": r.values, "m": r.meta_value()})),
-                None => deletes.push(json!({"t": table, "k": key})),
+                Some(r) => {
+                    let v = serde_json::to_string(&r.values).map_err(store_err)?;
+                    values.push(r.is_live().then(|| v.clone()));
+                    up_t.push(table.as_str());
+                    up_k.push(key.as_str());
+                    up_v.push(v);
+                    up_m.push(r.meta_value().to_string());
+                }
+                None => {
+                    values.push(None);
+                    del_t.push(table.as_str());
+                    del_k.push(key.as_str());
+                }
             }
         }
-        if !deletes.is_empty() {
-            let keys: Vec<String> = deletes.iter().filter_map(|d| d["k"].as_str().map(str::to_string)).collect();
+        if !del_k.is_empty() {
+            // `key = ANY($3)` lets the planner reach each row by its index.
             exec_prepared(
-                "DELETE FROM causal.row_meta m USING jsonb_array_elements($2) r \
-                 WHERE m.group_id = $1 AND m.key = ANY($3) AND m.table_name = r->>'t' AND m.key = r->>'k'",
-                &[self.group.clone().into(), JsonB(Value::Array(deletes)).into(), keys.into()],
+                "DELETE FROM causal.row_meta m USING unnest($2::text[], $3::text[]) AS x(t, k) \
+                 WHERE m.group_id = $1 AND m.key = ANY($3) AND m.table_name = x.t AND m.key = x.k",
+                &[self.group.clone().into(), del_t.into(), del_k.into()],
             )
             .map_err(store_err)?;
         }
-        if !upserts.is_empty() {
+        if !up_k.is_empty() {
             exec_prepared(
                 "INSERT INTO causal.row_meta (group_id, table_name, key, vals, meta) \
-                 SELECT $1, r->>'t', r->>'k', r->'v', r->'m' FROM jsonb_array_elements($2) r \
+                 SELECT $1, t, k, v::jsonb, m::jsonb FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m) \
                  ON CONFLICT (group_id, table_name, key) DO UPDATE SET vals = EXCLUDED.vals, meta = EXCLUDED.meta",
-                &[self.group.clone().into(), JsonB(Value::Array(upserts)).into()],
+                &[self.group.clone().into(), up_t.into(), up_k.into(), up_v.into(), up_m.into()],
             )
             .map_err(store_err)?;
         }
-        self.write_user_tables(changes)
+        self.write_user_tables(changes, &values)
     }
 }
 
@@ -389,9 +433,29 @@ fn to_states(rows: Vec<RawRow>) -> Result<Vec<(RowKey, RowState)>, ReconcileErro
     Ok(out)
 }
 
+/// What one reconciliation did, and how long its two halves took.
+pub struct Reconciled {
+    pub changes: Changes,
+    /// The engine's run (reads through SPI, computes verdicts and row states).
+    pub plan: std::time::Duration,
+    /// Writing the journal, `row_meta` and the user tables.
+    pub apply: std::time::Duration,
+}
+
+/// Reconciles a group after an import stored `new` entries (decoded, predecessors first).
+pub fn reconcile_imported(group: &Group, new: Vec<reconcile::NewEntry>) -> Result<Reconciled, CausalError> {
+    let started = std::time::Instant::now();
+    let mut replica = SpiReplica::new(group);
+    let changes = reconcile::plan_decoded(&replica, new).map_err(|e| CausalError::Reconcile(e.to_string()))?;
+    let plan = started.elapsed();
+    replica.apply(&changes).map_err(|e| CausalError::Reconcile(e.to_string()))?;
+    Ok(Reconciled { changes, plan, apply: started.elapsed() - plan })
+}
+
 /// Reconciles a group after `new` entries were stored (by import: remote entries; by a local
 /// commit: `local` holds the one local entry, whose rows are already in the tables).
-pub fn reconcile_group(group: &Group, new: &[Hash], local: bool) -> Result<Changes, CausalError> {
+pub fn reconcile_group(group: &Group, new: &[Hash], local: bool) -> Result<Reconciled, CausalError> {
+    let started = std::time::Instant::now();
     let mut replica = SpiReplica::new(group);
     if local {
         replica.local = new.to_vec();
@@ -402,6 +466,7 @@ pub fn reconcile_group(group: &Group, new: &[Hash], local: bool) -> Result<Chang
             return Err(CausalError::Cancelled(j.verdict.reason.clone().unwrap_or_default()));
         }
     }
+    let plan = started.elapsed();
     replica.apply(&changes).map_err(|e| CausalError::Reconcile(e.to_string()))?;
-    Ok(changes)
+    Ok(Reconciled { changes, plan, apply: started.elapsed() - plan })
 }

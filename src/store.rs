@@ -44,8 +44,35 @@ pub struct SpiStore {
     state: RefCell<Option<GroupState>>,
     entries: RefCell<HashMap<NodeId, Rc<Entry>>>,
     /// While set, the running state is kept in memory and written by `write_state` (an import
-    /// stores thousands of entries in one transaction; rewriting one row that often is slow).
+    /// stores thousands of entries in one transaction; rewriting one row that often is slow),
+    /// and new entries' rows wait in `pending` to be written in one statement.
     defer_state: std::cell::Cell<bool>,
+    pending: RefCell<PendingRows>,
+    /// Hashes known not to be stored (from [`SpiStore::prefetch_ids`]), so asking costs nothing.
+    absent: RefCell<std::collections::HashSet<Hash>>,
+}
+
+/// Entry and tag rows not yet written (column by column, for one `unnest` insert). Reads find
+/// pending entries in the node, id and entry caches; a read that goes to SQL flushes first.
+#[derive(Default)]
+struct PendingRows {
+    node_id: Vec<i32>,
+    hash: Vec<String>,
+    /// Predecessor hashes joined by spaces (Base64 has none).
+    prev: Vec<String>,
+    payload: Vec<String>,
+    chain: Vec<i32>,
+    seq: Vec<i32>,
+    /// Array literals (`{1,2}`): rows of different lengths cannot share one 2-D array.
+    preds: Vec<String>,
+    clock: Vec<String>,
+    tag: Vec<String>,
+    tag_chain: Vec<i32>,
+    tag_seq: Vec<i32>,
+}
+
+fn array_literal(v: &[i32]) -> String {
+    format!("{{{}}}", v.iter().map(i32::to_string).collect::<Vec<_>>().join(","))
 }
 
 fn backend(e: spi::Error) -> StoreError {
@@ -93,6 +120,8 @@ impl SpiStore {
             state: RefCell::new(None),
             entries: RefCell::default(),
             defer_state: std::cell::Cell::new(false),
+            pending: RefCell::default(),
+            absent: RefCell::default(),
         }
     }
 
@@ -118,9 +147,76 @@ impl SpiStore {
         self.defer_state.set(true);
     }
 
-    /// Writes the running state kept in memory, and stops deferring.
+    /// Learns in one query which of `hashes` are stored: their node ids are cached, and the
+    /// others are remembered as absent until inserted.
+    pub fn prefetch_ids(&self, hashes: &[Hash]) -> Result<(), StoreError> {
+        let mut unknown: Vec<Hash> = IDS.with(|c| {
+            let c = c.borrow();
+            hashes.iter().filter(|h| !c.contains_key(&(self.group.clone(), **h))).copied().collect()
+        });
+        unknown.sort();
+        unknown.dedup();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let texts: Vec<String> = unknown.iter().map(Hash::to_b64).collect();
+        let found = run_prepared(
+            "SELECT hash, node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = ANY($2)",
+            &[self.group.clone().into(), texts.into()],
+            false,
+            |rows| rows.map(|r| Ok((r.get::<String>(1)?, r.get::<i32>(2)?))).collect::<Result<Vec<_>, spi::Error>>(),
+        )
+        .map_err(backend)?;
+        let mut stored = std::collections::HashSet::new();
+        for (h, id) in found {
+            let (Some(h), Some(id)) = (h, id) else { continue };
+            let h: Hash = h.parse().map_err(|_| corrupt(format!("bad hash {h}")))?;
+            let id = to_u32(id)?;
+            IDS.with(|c| c.borrow_mut().insert((self.group.clone(), h), id));
+            stored.insert(h);
+        }
+        self.absent.borrow_mut().extend(unknown.into_iter().filter(|h| !stored.contains(h)));
+        Ok(())
+    }
+
+    /// Writes the pending entry and tag rows.
+    fn flush(&self) -> Result<(), StoreError> {
+        let p = std::mem::take(&mut *self.pending.borrow_mut());
+        if !p.node_id.is_empty() {
+            exec_prepared(
+                "INSERT INTO causal.dag_entries (group_id, node_id, hash, prev, payload, chain, seq, preds, clock) \
+                 SELECT $1, i, h, string_to_array(p, ' '), d, c, s, r::int[], k::int[] \
+                 FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[], $8::text[], $9::text[]) \
+                 AS x(i, h, p, d, c, s, r, k)",
+                &[
+                    self.group.clone().into(),
+                    p.node_id.into(),
+                    p.hash.into(),
+                    p.prev.into(),
+                    p.payload.into(),
+                    p.chain.into(),
+                    p.seq.into(),
+                    p.preds.into(),
+                    p.clock.into(),
+                ],
+            )
+            .map_err(backend)?;
+        }
+        if !p.tag.is_empty() {
+            exec_prepared(
+                "INSERT INTO causal.dag_entry_tags (group_id, tag, chain, seq) \
+                 SELECT $1, t, c, s FROM unnest($2::text[], $3::int[], $4::int[]) AS x(t, c, s)",
+                &[self.group.clone().into(), p.tag.into(), p.tag_chain.into(), p.tag_seq.into()],
+            )
+            .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending rows and the running state kept in memory, and stops deferring.
     pub fn write_state(&self) -> Result<(), StoreError> {
         self.defer_state.set(false);
+        self.flush()?;
         match self.state.borrow().as_ref() {
             Some(s) => write_state(&self.group, s),
             None => Ok(()),
@@ -171,6 +267,9 @@ impl DagStore for SpiStore {
         let key = (self.group.clone(), *hash);
         if let Some(id) = IDS.with(|c| c.borrow().get(&key).copied()) {
             return Ok(Some(id));
+        }
+        if self.absent.borrow().contains(hash) {
+            return Ok(None);
         }
         let id = get_prepared::<i32>(
             "SELECT node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = $2",
@@ -274,6 +373,7 @@ impl DagStore for SpiStore {
     }
 
     fn chain_member(&self, chain: ChainId, seq: Seq) -> Result<NodeId, StoreError> {
+        self.flush()?;
         get_prepared::<i32>(
             "SELECT node_id FROM causal.dag_entries WHERE group_id = $1 AND chain = $2 AND seq = $3",
             &[self.group.clone().into(), to_i32(chain)?.into(), to_i32(seq)?.into()],
@@ -285,6 +385,7 @@ impl DagStore for SpiStore {
     }
 
     fn latest_tagged(&self, tag: &MetaTag, chain: ChainId, lo: Seq, hi: Seq) -> Result<Option<Seq>, StoreError> {
+        self.flush()?;
         get_prepared::<i32>(
             "SELECT max(seq) FROM causal.dag_entry_tags WHERE group_id = $1 AND tag = $2 AND chain = $3 AND seq BETWEEN $4 AND $5",
             &[self.group.clone().into(), tag_text(tag).into(), to_i32(chain)?.into(), to_i32(lo)?.into(), to_i32(hi)?.into()],
@@ -302,33 +403,34 @@ impl DagStore for SpiStore {
         let mut state = self.state()?;
         let id = state.entry_count;
         let payload = serde_json::to_string(&entry.payload).map_err(|e| corrupt(e.to_string()))?;
-        let prev: Vec<String> = entry.header.prev.iter().map(Hash::to_b64).collect();
-        exec_prepared(
-            "INSERT INTO causal.dag_entries (group_id, node_id, hash, prev, payload, chain, seq, preds, clock) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                self.group.clone().into(),
-                to_i32(id)?.into(),
-                node.hash.to_b64().into(),
-                prev.into(),
-                payload.into(),
-                to_i32(node.chain)?.into(),
-                to_i32(node.seq)?.into(),
-                to_i32s(&node.preds)?.into(),
-                to_i32s(&node.clock.0)?.into(),
-            ],
-        )
-        .map_err(backend)?;
-        for (key, values) in &entry.meta {
-            let mut tags = vec![key.clone()];
-            tags.extend(values.iter().map(|v| format!("{key}={v}")));
+        let tags: Vec<String> = entry
+            .meta
+            .iter()
+            .flat_map(|(key, values)| {
+                std::iter::once(key.clone()).chain(values.iter().map(move |v| format!("{key}={v}")))
+            })
+            .collect();
+        {
+            let mut p = self.pending.borrow_mut();
+            p.node_id.push(to_i32(id)?);
+            p.hash.push(node.hash.to_b64());
+            p.prev.push(entry.header.prev.iter().map(Hash::to_b64).collect::<Vec<_>>().join(" "));
+            p.payload.push(payload);
+            p.chain.push(to_i32(node.chain)?);
+            p.seq.push(to_i32(node.seq)?);
+            p.preds.push(array_literal(&to_i32s(&node.preds)?));
+            p.clock.push(array_literal(&to_i32s(&node.clock.0)?));
             for tag in tags {
-                exec_prepared(
-                    "INSERT INTO causal.dag_entry_tags (group_id, tag, chain, seq) VALUES ($1, $2, $3, $4)",
-                    &[self.group.clone().into(), tag.into(), to_i32(node.chain)?.into(), to_i32(node.seq)?.into()],
-                )
-                .map_err(backend)?;
+                p.tag.push(tag);
+                p.tag_chain.push(to_i32(node.chain)?);
+                p.tag_seq.push(to_i32(node.seq)?);
             }
+        }
+        if self.defer_state.get() {
+            // Readers find the entry in the caches until the rows are flushed.
+            self.entries.borrow_mut().insert(id, Rc::new(entry.clone()));
+        } else {
+            self.flush()?;
         }
         // Update the running state and write it back.
         state.entry_count += 1;
@@ -347,6 +449,7 @@ impl DagStore for SpiStore {
         }
         *self.state.borrow_mut() = Some(state);
         IDS.with(|n| n.borrow_mut().insert((self.group.clone(), node.hash), id));
+        self.absent.borrow_mut().remove(&node.hash);
         NODES.with(|n| n.borrow_mut().insert((self.group.clone(), id), Rc::new(node)));
         Ok(id)
     }

@@ -18,7 +18,9 @@ type EntryRow = (String, String, Option<String>, Option<Vec<String>>, Option<i32
 fn entry_row(hash: &str) -> Result<Option<EntryRow>, CausalError> {
     Ok(Spi::connect(|client| {
         let mut rows = client.select(
-            "SELECT group_id, status, reason, responsible, height, payload FROM causal.dag_entries WHERE hash = $1",
+            "SELECT e.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, e.payload \
+             FROM causal.dag_entries e LEFT JOIN causal.journal j ON j.group_id = e.group_id AND j.hash = e.hash \
+             WHERE e.hash = $1",
             Some(1),
             &[hash.into()],
         )?;

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod json;
 pub mod membership;
 pub mod payload;
+pub mod precheck;
 pub mod reconcile;
 pub mod rules;
 pub mod schema;

@@ -83,8 +83,14 @@ pub enum MembershipError {
 pub fn member_at<S: DagStore>(dag: &Dag<S>, position: &Position, key: &KeyId) -> Result<MemberStatus, MembershipError> {
     let filter = MetaFilter::tag(MEMBER_TAG, &key.to_b64());
     let last = dag.cover_with_filter(position, &filter, None)?;
+    member_status(dag, &last, key)
+}
+
+/// The status of `key` given `last`, the latest entries tagged with its membership at some
+/// position (the filtered cover that [`member_at`] computes).
+pub fn member_status<S: DagStore>(dag: &Dag<S>, last: &Position, key: &KeyId) -> Result<MemberStatus, MembershipError> {
     let mut status = MemberStatus { live: !last.is_empty(), admin: !last.is_empty(), public_key: None };
-    for h in &last {
+    for h in last {
         let Some(entry) = dag.entry(h)? else { continue };
         let payload = decode(&entry.payload, h)?;
         let mut saw = false;

@@ -2,6 +2,7 @@
 //! the sync protocol need (minimal cover, frontier, fork position, meet, and the two filtered
 //! cover searches), answered from the chain/clock index without walking the history.
 
+pub mod cover_cache;
 mod mem;
 pub mod naive;
 mod query;
@@ -143,6 +144,12 @@ impl<S: DagStore> Dag<S> {
     /// Adds an entry received from elsewhere: both hashes are recomputed and must match.
     pub fn insert(&mut self, entry: Entry) -> Result<Appended, DagError> {
         entry.verify_hashes(self.alg)?;
+        self.insert_checked(entry)
+    }
+
+    /// Inserts an entry whose hashes the caller has already verified (for example in a
+    /// parallel batch check); otherwise as [`Dag::insert`].
+    pub fn insert_verified(&mut self, entry: Entry) -> Result<Appended, DagError> {
         self.insert_checked(entry)
     }
 

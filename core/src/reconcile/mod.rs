@@ -243,22 +243,35 @@ pub fn reconcile<R: ReplicaStore>(store: &mut R, new: &[Hash]) -> Result<Changes
     Ok(changes)
 }
 
+/// An entry just stored, decoded: its hash, predecessors and payload.
+pub type NewEntry = (Hash, Position, SignedPayload);
+
 /// Computes a run's changes without applying them.
 pub fn plan<R: ReplicaStore>(store: &R, new: &[Hash]) -> Result<Changes, ReconcileError> {
+    let mut decoded = Vec::with_capacity(new.len());
+    for h in new {
+        let entry = store.dag().entry(h)?.ok_or(ReconcileError::Dag(DagError::UnknownEntry(*h)))?;
+        let payload = SignedPayload::from_value(&entry.payload)
+            .map_err(|source| ReconcileError::Payload { hash: h.to_b64(), source })?;
+        decoded.push((*h, entry.header.prev.clone(), payload));
+    }
+    plan_decoded(store, decoded)
+}
+
+/// [`plan`] for callers that hold the new entries decoded already (an import has just
+/// validated them), predecessors first.
+pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Changes, ReconcileError> {
     // 1. Order keys of the new entries.
     let mut fresh: HashMap<Hash, u32> = HashMap::new();
     let mut new_keys = Vec::with_capacity(new.len());
-    for h in new {
+    for (h, prev, payload) in new {
         // Callers pass entries just stored, so none has a journal record yet.
-        if fresh.contains_key(h) {
+        if fresh.contains_key(&h) {
             continue;
         }
-        let entry = store.dag().entry(h)?.ok_or(ReconcileError::Dag(DagError::UnknownEntry(*h)))?;
-        let height = height_of(store, &entry.header.prev, &fresh)?;
-        let payload = SignedPayload::from_value(&entry.payload)
-            .map_err(|source| ReconcileError::Payload { hash: h.to_b64(), source })?;
-        fresh.insert(*h, height);
-        new_keys.push((OrderKey { height, hash: *h }, payload));
+        let height = height_of(store, &prev, &fresh)?;
+        fresh.insert(h, height);
+        new_keys.push((OrderKey { height, hash: h }, payload));
     }
     let new_set: BTreeSet<Hash> = new_keys.iter().map(|k| k.0.hash).collect();
 

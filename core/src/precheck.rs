@@ -1,0 +1,128 @@
+//! The checks of an incoming entry that need nothing from storage, run over a whole batch on
+//! several threads: the entry and payload hashes, the payload's strict decoding, and the
+//! signature (bound to the entry's position) against the author's key.
+//!
+//! An author's key is known from its `KeyId` alone when the caller has seen the key anywhere
+//! (a key's id is the hash of the key, so any record of it is the right one). Whether that
+//! author may write at the entry's position is a question about history, left to the caller.
+
+use std::collections::HashMap;
+
+use crate::entry::Entry;
+use crate::hash::{Hash, HashAlgorithm};
+use crate::identity::{KeyId, PublicKey};
+use crate::payload::SignedPayload;
+
+/// What the storage-free checks found about one entry.
+#[derive(Debug)]
+pub enum Prechecked {
+    /// Hashes match, the payload decodes, and the signature was verified with the author's key.
+    Signed(SignedPayload),
+    /// Hashes match and the payload decodes, but the author's key was not among those given:
+    /// the caller must find the key (or reject the author) and verify the signature itself.
+    UnknownAuthor(SignedPayload),
+    /// The entry is invalid; the reason is for a human.
+    Invalid(String),
+}
+
+fn precheck_one(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &HashMap<KeyId, PublicKey>) -> Prechecked {
+    if let Err(err) = e.verify_hashes(alg) {
+        return Prechecked::Invalid(err.to_string());
+    }
+    let payload = match SignedPayload::from_value(&e.payload) {
+        Ok(p) => p,
+        Err(err) => return Prechecked::Invalid(format!("invalid payload: {err}")),
+    };
+    if payload.genesis.is_some() {
+        return Prechecked::Invalid("a second genesis entry".into());
+    }
+    match keys.get(&payload.author) {
+        None => Prechecked::UnknownAuthor(payload),
+        Some(key) => match payload.verify(key, Some(group), &e.header.prev) {
+            Ok(()) => Prechecked::Signed(payload),
+            Err(err) => Prechecked::Invalid(err.to_string()),
+        },
+    }
+}
+
+/// Prechecks every entry of `entries` (non-genesis entries of `group`), splitting the work over
+/// up to `threads` threads. The result is in the order of `entries`.
+pub fn precheck_batch(
+    entries: &[Entry],
+    alg: HashAlgorithm,
+    group: &Hash,
+    keys: &HashMap<KeyId, PublicKey>,
+    threads: usize,
+) -> Vec<Prechecked> {
+    let threads = threads.clamp(1, 64);
+    // Small batches are not worth a thread.
+    if threads == 1 || entries.len() < 64 {
+        return entries.iter().map(|e| precheck_one(e, alg, group, keys)).collect();
+    }
+    let chunk = entries.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|e| precheck_one(e, alg, group, keys)).collect::<Vec<_>>()))
+            .collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for (h, part) in handles.into_iter().zip(entries.chunks(chunk)) {
+            match h.join() {
+                Ok(v) => out.extend(v),
+                // A thread cannot panic on input (every step returns errors), but if one did,
+                // redo its part here rather than lose the batch.
+                Err(_) => out.extend(part.iter().map(|e| precheck_one(e, alg, group, keys))),
+            }
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Position;
+    use crate::identity::Keypair;
+    use crate::payload::Op;
+    use serde_json::json;
+
+    fn entry(kp: &Keypair, group: &Hash, prev: &Position, n: i64) -> Entry {
+        let ops = vec![Op::Insert {
+            table: "t".into(),
+            row: json!({"id": n.to_string()}).as_object().cloned().unwrap_or_default(),
+        }];
+        let p = SignedPayload::sign(kp, group, ops, prev).expect("sign");
+        Entry::new(HashAlgorithm::Blake3, p.to_value(), prev.clone(), Default::default()).expect("entry")
+    }
+
+    #[test]
+    fn verifies_in_parallel_and_in_order() {
+        let (alice, mallory) = (Keypair::generate(), Keypair::generate());
+        let group = HashAlgorithm::Blake3.digest(b"group");
+        let mut keys = HashMap::new();
+        keys.insert(alice.public().key_id(), alice.public());
+        let prev: Position = [group].into_iter().collect();
+        let mut entries: Vec<Entry> = (0..200).map(|n| entry(&alice, &group, &prev, n)).collect();
+        entries[7] = entry(&mallory, &group, &prev, 7);
+        // A signed operation moved to another position no longer verifies.
+        let other: Position = [HashAlgorithm::Blake3.digest(b"elsewhere")].into_iter().collect();
+        let moved = entry(&alice, &group, &prev, 9);
+        entries[9] =
+            Entry::new(HashAlgorithm::Blake3, moved.payload.clone(), other, Default::default()).expect("entry");
+        // A flipped payload byte breaks the hashes.
+        entries[150].payload["author"] = json!("x");
+        let out = precheck_batch(&entries, HashAlgorithm::Blake3, &group, &keys, 2);
+        assert_eq!(out.len(), 200);
+        for (i, r) in out.iter().enumerate() {
+            match (i, r) {
+                (7, Prechecked::UnknownAuthor(_)) => {}
+                (9 | 150, Prechecked::Invalid(_)) => {}
+                (7 | 9 | 150, other) => panic!("entry {i}: {other:?}"),
+                (_, Prechecked::Signed(p)) => assert_eq!(p.author, alice.public().key_id()),
+                (_, other) => panic!("entry {i}: {other:?}"),
+            }
+        }
+        let sequential = precheck_batch(&entries, HashAlgorithm::Blake3, &group, &keys, 1);
+        assert_eq!(format!("{sequential:?}"), format!("{out:?}"));
+    }
+}
