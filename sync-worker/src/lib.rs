@@ -1,8 +1,13 @@
-//! `causal-sync`: pg_causal's network edge. It will exchange group DAGs with peers over
-//! libp2p and ingest them through the extension's validated import path.
+//! `causal-sync`: pg_causal's network edge. It exchanges group DAGs with peers over libp2p
+//! and ingests them through the extension's validated import path.
 //!
-//! This crate is a skeleton: it defines the command line of the standalone binary. The
-//! protocol state machine and the libp2p transport arrive with the sync worker issue.
+//! - [`wire`]: the sync protocol's messages, their envelope and framing (strict decoding);
+//! - [`session`]: the protocol as an I/O-free state machine;
+//! - [`score`]: penalties, bans and the frame budget for misbehaving peers.
+
+pub mod score;
+pub mod session;
+pub mod wire;
 
 use clap::Parser;
 

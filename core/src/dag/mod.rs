@@ -7,6 +7,7 @@ mod mem;
 pub mod naive;
 mod query;
 mod store;
+pub mod walk;
 
 pub use mem::MemStore;
 pub use store::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};

@@ -1,0 +1,1111 @@
+//! The sync protocol as a state machine without I/O.
+//!
+//! The caller feeds it events (a peer connected, a frame arrived, the local frontier moved,
+//! an import finished, time passed) and carries out the [`Action`]s it queues: send a message,
+//! read headers or payloads from the database to serve a peer, import fetched entries, or
+//! disconnect a peer. Nothing here blocks or touches a socket or a database, so the whole
+//! protocol runs in deterministic simulations (see `tests/simulation.rs`).
+//!
+//! Fetching follows the spec: a `new-frontier` with hashes we lack starts a `header-request`
+//! (start: those hashes; limits: our frontier) to the peer that announced them; headers whose
+//! predecessors are still missing start the next one, to the same peer; when the walk is
+//! complete, payloads come with it (`autoPayload`) or are requested in chunks, oldest first;
+//! entries whose predecessors are all in place go to the database in topological order.
+//! Whatever a peer sends is checked on arrival (hashes, counts, sequence numbers), and the
+//! database's own validation has the last word; misbehaviour is scored (see [`crate::score`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash as StdHash;
+
+use serde_json::{json, Value};
+
+use causal_core::entry::Header;
+use causal_core::HashAlgorithm;
+
+use crate::score::{Offence, Scores};
+use crate::wire::{Envelope, SyncMsg, WireHeader, MAX_HASH_LIST, MAX_HEADERS_PER_BATCH, MAX_HEADERS_PER_REQUEST};
+
+/// Tunables, with the spec's defaults where it has them.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Headers asked for per request.
+    pub max_headers: u32,
+    /// Payloads asked for per payload request.
+    pub payload_chunk: usize,
+    /// Payload requests in flight per peer.
+    pub payload_requests_per_peer: usize,
+    /// Entries per import.
+    pub import_chunk: usize,
+    /// Headers held while fetching, per group (beyond this, fetching waits for imports).
+    pub max_fetched: usize,
+    /// A request with no message for this long fails (spec: 30 s).
+    pub request_timeout_ms: u64,
+    /// Least time between two push-backs of an unchanged frontier to one peer (spec: 15 s).
+    pub pushback_interval_ms: u64,
+    /// How long a ban lasts.
+    pub ban_ms: u64,
+    /// Requests a peer may have us serving at once.
+    pub max_serving_per_peer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_headers: 1024,
+            payload_chunk: 256,
+            payload_requests_per_peer: 2,
+            import_chunk: 2000,
+            max_fetched: 1_000_000,
+            request_timeout_ms: 30_000,
+            pushback_interval_ms: 15_000,
+            ban_ms: 10 * 60_000,
+            max_serving_per_peer: 8,
+        }
+    }
+}
+
+/// What the caller must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action<P> {
+    /// Send a message to a peer.
+    Send { peer: P, envelope: Envelope },
+    /// Serve a header request: walk the group's DAG (`Dag::walk_back`) and answer with
+    /// [`Session::headers_read`]; when `with_payloads` and the walk is complete, read the
+    /// payloads too.
+    ReadHeaders {
+        peer: P,
+        group: String,
+        request_id: String,
+        start: Vec<String>,
+        limits: Vec<String>,
+        max: u32,
+        with_payloads: bool,
+    },
+    /// Serve a payload request: read the payloads and answer with [`Session::payloads_read`].
+    ReadPayloads { peer: P, group: String, request_id: String, hashes: Vec<String> },
+    /// Import entries (wire form, predecessors first) through the extension, then report with
+    /// [`Session::imported`] or [`Session::import_failed`].
+    Import { group: String, hash_algorithm: String, entries: Vec<Value> },
+    /// Close every connection to the peer (it was banned until the given time).
+    Disconnect { peer: P, reason: String, banned_until_ms: u64 },
+}
+
+/// How an import went, per entry.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImportOutcome {
+    /// Entries stored (new or already present).
+    pub stored: Vec<String>,
+    /// Entries refused, with the reason.
+    pub rejected: Vec<(String, String)>,
+    /// The group's frontier after the import.
+    pub frontier: Vec<String>,
+}
+
+struct Fetched<P> {
+    header: Header,
+    raw: Value,
+    source: P,
+    payload: Option<Value>,
+    payload_requested: bool,
+    verified: bool,
+}
+
+enum Expect {
+    Headers,
+    Payloads,
+}
+
+struct Request<P> {
+    peer: P,
+    group: String,
+    /// Header requests: the hashes asked for; payload requests: the hashes expected.
+    asked: HashSet<String>,
+    expect: Expect,
+    announced: Option<u32>,
+    received: u32,
+    next_sequence: u32,
+    complete: bool,
+    /// Payloads announced after the headers (auto payload).
+    auto_payloads: Option<u32>,
+    payloads_received: u32,
+    payload_sequence: u32,
+    max: u32,
+    deadline_ms: u64,
+}
+
+struct GroupSync<P> {
+    /// Whether the database holds the group (false while joining).
+    present: bool,
+    alg: Option<HashAlgorithm>,
+    frontier: BTreeSet<String>,
+    peer_frontiers: HashMap<P, BTreeSet<String>>,
+    last_sent: HashMap<P, (BTreeSet<String>, u64)>,
+    fetched: HashMap<String, Fetched<P>>,
+    /// Predecessors known to be stored here (learnt from complete walks and imports).
+    stored: HashSet<String>,
+    importing: Option<Vec<String>>,
+    last_progress_ms: u64,
+    imported_total: u64,
+}
+
+impl<P> Default for GroupSync<P> {
+    fn default() -> Self {
+        GroupSync {
+            present: false,
+            alg: None,
+            frontier: BTreeSet::new(),
+            peer_frontiers: HashMap::new(),
+            last_sent: HashMap::new(),
+            fetched: HashMap::new(),
+            stored: HashSet::new(),
+            importing: None,
+            last_progress_ms: 0,
+            imported_total: 0,
+        }
+    }
+}
+
+/// Per-peer counters for the status views.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    pub connected: bool,
+    pub last_seen_ms: u64,
+    pub entries_received: u64,
+    pub entries_rejected: u64,
+    pub banned_until_ms: Option<u64>,
+    pub score: u32,
+}
+
+/// Per-group progress for the status views.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group: String,
+    pub present: bool,
+    pub frontier: Vec<String>,
+    /// Headers fetched whose entries are not stored yet.
+    pub to_fetch: usize,
+    pub imported: u64,
+    pub last_progress_ms: u64,
+    pub peers_with_group: usize,
+}
+
+/// The sync protocol for every group of one node.
+pub struct Session<P> {
+    config: Config,
+    groups: BTreeMap<String, GroupSync<P>>,
+    peers: HashMap<P, PeerStats>,
+    requests: HashMap<String, Request<P>>,
+    serving: HashMap<P, HashSet<String>>,
+    scores: Scores<P>,
+    actions: VecDeque<Action<P>>,
+    next_request: u64,
+    node_tag: String,
+}
+
+fn set(v: &[String]) -> BTreeSet<String> {
+    v.iter().cloned().collect()
+}
+
+impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
+    /// `node_tag` makes request ids unique to this node (any short text).
+    pub fn new(config: Config, node_tag: &str) -> Session<P> {
+        let ban_ms = config.ban_ms;
+        Session {
+            config,
+            groups: BTreeMap::new(),
+            peers: HashMap::new(),
+            requests: HashMap::new(),
+            serving: HashMap::new(),
+            scores: Scores::new(ban_ms),
+            actions: VecDeque::new(),
+            next_request: 0,
+            node_tag: node_tag.chars().filter(char::is_ascii_alphanumeric).take(16).collect(),
+        }
+    }
+
+    /// The next action to carry out.
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// Actions queued (a bounded queue's length, for the status view).
+    pub fn queued_actions(&self) -> usize {
+        self.actions.len()
+    }
+
+    pub fn is_banned(&self, peer: &P, now_ms: u64) -> bool {
+        self.scores.banned_until(peer, now_ms).is_some()
+    }
+
+    pub fn peer_stats(&self) -> Vec<(P, PeerStats)> {
+        let mut out: Vec<(P, PeerStats)> = self
+            .peers
+            .iter()
+            .map(|(p, s)| {
+                let mut s = s.clone();
+                s.score = self.scores.score(p);
+                (p.clone(), s)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub fn group_status(&self) -> Vec<GroupStatus> {
+        self.groups
+            .iter()
+            .map(|(id, g)| GroupStatus {
+                group: id.clone(),
+                present: g.present,
+                frontier: g.frontier.iter().cloned().collect(),
+                to_fetch: g.fetched.len(),
+                imported: g.imported_total,
+                last_progress_ms: g.last_progress_ms,
+                peers_with_group: g.peer_frontiers.len(),
+            })
+            .collect()
+    }
+
+    fn send(&mut self, peer: &P, group: &str, msg: SyncMsg) {
+        self.actions
+            .push_back(Action::Send { peer: peer.clone(), envelope: Envelope { topic: group.to_string(), msg } });
+    }
+
+    fn connected_peers(&self) -> Vec<P> {
+        let mut v: Vec<P> = self.peers.iter().filter(|(_, s)| s.connected).map(|(p, _)| p.clone()).collect();
+        v.sort();
+        v
+    }
+
+    fn new_request_id(&mut self) -> String {
+        self.next_request += 1;
+        format!("{}-{}", self.node_tag, self.next_request)
+    }
+
+    fn penalize(&mut self, peer: &P, offence: Offence, now_ms: u64) {
+        if self.scores.penalize(peer, offence, now_ms) {
+            let until = self.scores.banned_until(peer, now_ms).unwrap_or(now_ms);
+            if let Some(s) = self.peers.get_mut(peer) {
+                s.banned_until_ms = Some(until);
+            }
+            self.actions.push_back(Action::Disconnect {
+                peer: peer.clone(),
+                reason: offence.as_str().to_string(),
+                banned_until_ms: until,
+            });
+            self.peer_disconnected(peer, now_ms);
+        }
+    }
+
+    // --- groups and the local frontier ---
+
+    /// The database holds `group` and its frontier is now `frontier` (after a local commit,
+    /// an import, or at start). Peers hear of it when it changed.
+    pub fn local_frontier(&mut self, group: &str, hash_algorithm: &str, frontier: &[String], now_ms: u64) {
+        let alg = HashAlgorithm::parse(hash_algorithm).ok();
+        let g = self.groups.entry(group.to_string()).or_default();
+        let new = set(frontier);
+        let changed = !g.present || g.frontier != new;
+        g.present = true;
+        if g.alg.is_none() {
+            g.alg = alg;
+        }
+        g.stored.extend(new.iter().cloned());
+        g.frontier = new;
+        if changed {
+            self.verify_pending(group, now_ms);
+            self.broadcast_frontier(group, now_ms);
+        }
+        self.work(group, now_ms);
+    }
+
+    /// Asks peers for a group this database does not hold yet (`causal.join_group`).
+    pub fn want_group(&mut self, group: &str, now_ms: u64) {
+        if self.groups.contains_key(group) {
+            return;
+        }
+        self.groups.insert(group.to_string(), GroupSync::default());
+        self.broadcast_frontier(group, now_ms);
+    }
+
+    fn broadcast_frontier(&mut self, group: &str, now_ms: u64) {
+        for peer in self.connected_peers() {
+            self.send_frontier(&peer, group, now_ms);
+        }
+    }
+
+    fn send_frontier(&mut self, peer: &P, group: &str, now_ms: u64) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        let frontier: Vec<String> = g.frontier.iter().cloned().collect();
+        g.last_sent.insert(peer.clone(), (g.frontier.clone(), now_ms));
+        self.send(peer, group, SyncMsg::NewFrontier { dag_id: group.to_string(), frontier });
+    }
+
+    // --- peers ---
+
+    /// A connection to `peer` is up: it hears our frontier of every group.
+    pub fn peer_connected(&mut self, peer: &P, now_ms: u64) {
+        let s = self.peers.entry(peer.clone()).or_default();
+        s.connected = true;
+        s.last_seen_ms = now_ms;
+        let groups: Vec<String> = self.groups.keys().cloned().collect();
+        for g in groups {
+            self.send_frontier(peer, &g, now_ms);
+        }
+    }
+
+    /// Every connection to `peer` is gone: its requests fail and its frontiers are forgotten.
+    pub fn peer_disconnected(&mut self, peer: &P, now_ms: u64) {
+        if let Some(s) = self.peers.get_mut(peer) {
+            s.connected = false;
+        }
+        self.serving.remove(peer);
+        let dropped: Vec<String> =
+            self.requests.iter().filter(|(_, r)| &r.peer == peer).map(|(id, _)| id.clone()).collect();
+        let mut groups = BTreeSet::new();
+        for id in dropped {
+            if let Some(r) = self.requests.remove(&id) {
+                groups.insert(r.group);
+            }
+        }
+        for g in self.groups.values_mut() {
+            g.peer_frontiers.remove(peer);
+            g.last_sent.remove(peer);
+            // Headers only this peer could complete are dropped; payloads it owed are asked
+            // of whoever announces them next.
+            g.fetched.retain(|_, f| &f.source != peer || f.payload.is_some());
+        }
+        for g in groups {
+            self.work(&g, now_ms);
+        }
+    }
+
+    // --- incoming frames ---
+
+    /// A frame body arrived from `peer`.
+    pub fn frame(&mut self, peer: &P, body: &[u8], now_ms: u64) {
+        if self.is_banned(peer, now_ms) {
+            return;
+        }
+        if let Some(s) = self.peers.get_mut(peer) {
+            s.last_seen_ms = now_ms;
+        }
+        if !self.scores.take_frame(peer, now_ms) {
+            self.penalize(peer, Offence::Flood, now_ms);
+            return;
+        }
+        let env = match Envelope::decode(body) {
+            Ok(e) => e,
+            Err(_) => return self.penalize(peer, Offence::Malformed, now_ms),
+        };
+        self.message(peer, env, now_ms);
+    }
+
+    fn message(&mut self, peer: &P, env: Envelope, now_ms: u64) {
+        let Envelope { topic, msg } = env;
+        match msg {
+            SyncMsg::NewFrontier { dag_id, frontier } => {
+                if dag_id != topic {
+                    return self.penalize(peer, Offence::Malformed, now_ms);
+                }
+                self.new_frontier(peer, &topic, frontier, now_ms)
+            }
+            SyncMsg::HeaderRequest { request_id, dag_id, start, limits, max_headers, auto_payload } => {
+                if dag_id != topic {
+                    return self.penalize(peer, Offence::Malformed, now_ms);
+                }
+                if !self.start_serving(peer, &request_id, now_ms) {
+                    return;
+                }
+                let present = self.groups.get(&topic).is_some_and(|g| g.present);
+                if !present {
+                    // We hold nothing of this group: say so at once.
+                    self.serving_done(peer, &request_id);
+                    let meta =
+                        SyncMsg::HeaderResponseMeta { request_id, header_count: 0, complete: true, payload_count: 0 };
+                    return self.send(peer, &topic, meta);
+                }
+                self.actions.push_back(Action::ReadHeaders {
+                    peer: peer.clone(),
+                    group: topic,
+                    request_id,
+                    start,
+                    limits,
+                    max: max_headers.min(MAX_HEADERS_PER_REQUEST),
+                    with_payloads: auto_payload,
+                });
+            }
+            SyncMsg::PayloadRequest { request_id, dag_id, hashes } => {
+                if dag_id != topic {
+                    return self.penalize(peer, Offence::Malformed, now_ms);
+                }
+                if !self.start_serving(peer, &request_id, now_ms) {
+                    return;
+                }
+                self.actions.push_back(Action::ReadPayloads { peer: peer.clone(), group: topic, request_id, hashes });
+            }
+            SyncMsg::CancelRequest { request_id } => {
+                self.serving_done(peer, &request_id);
+            }
+            SyncMsg::HeaderResponseMeta { request_id, header_count, complete, payload_count } => {
+                self.header_meta(peer, &request_id, header_count, complete, payload_count, now_ms)
+            }
+            SyncMsg::HeaderBatch { request_id, sequence, headers } => {
+                self.header_batch(peer, &request_id, sequence, headers, now_ms)
+            }
+            SyncMsg::PayloadResponseMeta { request_id, payload_count } => {
+                self.payload_meta(peer, &request_id, payload_count, now_ms)
+            }
+            SyncMsg::PayloadMsg { request_id, sequence, hash, payload } => {
+                self.payload_msg(peer, &request_id, sequence, hash, payload, now_ms)
+            }
+        }
+    }
+
+    fn new_frontier(&mut self, peer: &P, group: &str, frontier: Vec<String>, now_ms: u64) {
+        let pushback = self.config.pushback_interval_ms;
+        let Some(g) = self.groups.get_mut(group) else {
+            return; // a group we neither hold nor want
+        };
+        let theirs = set(&frontier);
+        let differs = g.frontier != theirs;
+        let recently =
+            g.last_sent.get(peer).is_some_and(|(f, t)| *f == g.frontier && now_ms.saturating_sub(*t) < pushback);
+        g.peer_frontiers.insert(peer.clone(), theirs);
+        if differs && !recently {
+            self.send_frontier(peer, group, now_ms);
+        }
+        self.work(group, now_ms);
+    }
+
+    fn start_serving(&mut self, peer: &P, request_id: &str, now_ms: u64) -> bool {
+        let limit = self.config.max_serving_per_peer;
+        let s = self.serving.entry(peer.clone()).or_default();
+        if s.len() >= limit || !s.insert(request_id.to_string()) {
+            self.penalize(peer, Offence::Flood, now_ms);
+            return false;
+        }
+        true
+    }
+
+    fn serving_done(&mut self, peer: &P, request_id: &str) -> bool {
+        self.serving.get_mut(peer).is_some_and(|s| s.remove(request_id))
+    }
+
+    // --- serving ---
+
+    /// Answers a [`Action::ReadHeaders`]: the headers in walk order, whether the walk was
+    /// complete, and (when asked and complete) the payloads of those entries.
+    pub fn headers_read(
+        &mut self,
+        peer: &P,
+        group: &str,
+        request_id: &str,
+        headers: Vec<WireHeader>,
+        complete: bool,
+        payloads: Option<Vec<(String, Value)>>,
+    ) {
+        if !self.serving_done(peer, request_id) {
+            return; // cancelled, or the peer is gone
+        }
+        let payloads = payloads.filter(|_| complete).unwrap_or_default();
+        let meta = SyncMsg::HeaderResponseMeta {
+            request_id: request_id.to_string(),
+            header_count: headers.len() as u32,
+            complete,
+            payload_count: payloads.len() as u32,
+        };
+        self.send(peer, group, meta);
+        for (sequence, chunk) in headers.chunks(MAX_HEADERS_PER_BATCH).enumerate() {
+            let msg = SyncMsg::HeaderBatch {
+                request_id: request_id.to_string(),
+                sequence: sequence as u32,
+                headers: chunk.to_vec(),
+            };
+            self.send(peer, group, msg);
+        }
+        if !payloads.is_empty() {
+            self.send_payloads(peer, group, request_id, payloads);
+        }
+    }
+
+    /// Answers a [`Action::ReadPayloads`] with the payloads found.
+    pub fn payloads_read(&mut self, peer: &P, group: &str, request_id: &str, payloads: Vec<(String, Value)>) {
+        if self.serving_done(peer, request_id) {
+            self.send_payloads(peer, group, request_id, payloads);
+        }
+    }
+
+    fn send_payloads(&mut self, peer: &P, group: &str, request_id: &str, payloads: Vec<(String, Value)>) {
+        let meta =
+            SyncMsg::PayloadResponseMeta { request_id: request_id.to_string(), payload_count: payloads.len() as u32 };
+        self.send(peer, group, meta);
+        for (sequence, (hash, payload)) in payloads.into_iter().enumerate() {
+            let msg =
+                SyncMsg::PayloadMsg { request_id: request_id.to_string(), sequence: sequence as u32, hash, payload };
+            self.send(peer, group, msg);
+        }
+    }
+
+    // --- responses to our requests ---
+
+    fn own_request(&mut self, peer: &P, request_id: &str, now_ms: u64) -> bool {
+        match self.requests.get_mut(request_id) {
+            Some(r) if &r.peer == peer => {
+                r.deadline_ms = now_ms + self.config.request_timeout_ms;
+                true
+            }
+            _ => {
+                self.penalize(peer, Offence::Stray, now_ms);
+                false
+            }
+        }
+    }
+
+    fn fail_request(&mut self, peer: &P, request_id: &str, offence: Offence, now_ms: u64) {
+        let group = self.requests.remove(request_id).map(|r| r.group);
+        self.send_cancel(peer, request_id, group.as_deref());
+        self.penalize(peer, offence, now_ms);
+        if let Some(g) = group {
+            self.release_payload_requests(&g, request_id);
+            self.work(&g, now_ms);
+        }
+    }
+
+    fn send_cancel(&mut self, peer: &P, request_id: &str, group: Option<&str>) {
+        if let Some(g) = group {
+            self.send(peer, g, SyncMsg::CancelRequest { request_id: request_id.to_string() });
+        }
+    }
+
+    fn header_meta(&mut self, peer: &P, id: &str, count: u32, complete: bool, payloads: u32, now_ms: u64) {
+        if !self.own_request(peer, id, now_ms) {
+            return;
+        }
+        let Some(r) = self.requests.get_mut(id) else { return };
+        let bad = !matches!(r.expect, Expect::Headers) || r.announced.is_some() || count > r.max || payloads > count;
+        if bad {
+            return self.fail_request(peer, id, Offence::Unsolicited, now_ms);
+        }
+        r.announced = Some(count);
+        r.complete = complete;
+        r.auto_payloads = (payloads > 0).then_some(payloads);
+        self.maybe_finish(id, now_ms);
+    }
+
+    fn header_batch(&mut self, peer: &P, id: &str, sequence: u32, headers: Vec<WireHeader>, now_ms: u64) {
+        if !self.own_request(peer, id, now_ms) {
+            return;
+        }
+        let Some(r) = self.requests.get_mut(id) else { return };
+        let over = r.announced.is_none_or(|n| r.received.saturating_add(headers.len() as u32) > n);
+        if !matches!(r.expect, Expect::Headers) || sequence != r.next_sequence || over {
+            return self.fail_request(peer, id, Offence::Unsolicited, now_ms);
+        }
+        r.next_sequence += 1;
+        r.received += headers.len() as u32;
+        let group = r.group.clone();
+        for h in headers {
+            let Ok(header) = Header::from_literal(&h.header) else {
+                return self.fail_request(peer, id, Offence::Malformed, now_ms);
+            };
+            let Some(g) = self.groups.get_mut(&group) else { return };
+            let verified = match g.alg {
+                Some(alg) => {
+                    if header.entry_hash(alg).to_b64() != h.hash {
+                        return self.fail_request(peer, id, Offence::BadEntry, now_ms);
+                    }
+                    true
+                }
+                None => false,
+            };
+            if g.stored.contains(&h.hash) || g.fetched.contains_key(&h.hash) {
+                continue;
+            }
+            g.fetched.insert(
+                h.hash,
+                Fetched {
+                    header,
+                    raw: h.header,
+                    source: peer.clone(),
+                    payload: None,
+                    payload_requested: false,
+                    verified,
+                },
+            );
+        }
+        if group_without_alg(&self.groups, &group) {
+            self.learn_alg(&group, now_ms);
+        }
+        self.maybe_finish(id, now_ms);
+    }
+
+    fn payload_meta(&mut self, peer: &P, id: &str, count: u32, now_ms: u64) {
+        if !self.own_request(peer, id, now_ms) {
+            return;
+        }
+        let Some(r) = self.requests.get_mut(id) else { return };
+        let ok = match r.expect {
+            Expect::Payloads => r.announced.is_none() && count as usize <= r.asked.len(),
+            Expect::Headers => r.auto_payloads == Some(count) && r.announced == Some(r.received),
+        };
+        if !ok {
+            return self.fail_request(peer, id, Offence::Unsolicited, now_ms);
+        }
+        if matches!(r.expect, Expect::Payloads) {
+            r.announced = Some(count);
+        } else {
+            r.expect = Expect::Payloads;
+            r.payloads_received = 0;
+        }
+        self.maybe_finish(id, now_ms);
+    }
+
+    fn payload_msg(&mut self, peer: &P, id: &str, sequence: u32, hash: String, payload: Value, now_ms: u64) {
+        if !self.own_request(peer, id, now_ms) {
+            return;
+        }
+        let Some(r) = self.requests.get_mut(id) else { return };
+        let expected = match (&r.expect, r.announced, r.auto_payloads) {
+            (Expect::Payloads, Some(n), None) => n,
+            (Expect::Payloads, _, Some(n)) => n,
+            _ => return self.fail_request(peer, id, Offence::Unsolicited, now_ms),
+        };
+        if sequence != r.payload_sequence || r.payloads_received >= expected {
+            return self.fail_request(peer, id, Offence::Unsolicited, now_ms);
+        }
+        r.payload_sequence += 1;
+        r.payloads_received += 1;
+        let group = r.group.clone();
+        // A walk's payloads may be for any header it returned; a payload request's only for
+        // the hashes asked.
+        let in_request = r.max > 0 || r.asked.contains(&hash);
+        let Some(g) = self.groups.get_mut(&group) else { return };
+        let Some(f) = g.fetched.get_mut(&hash).filter(|_| in_request) else {
+            // Not something we asked for (or already stored): tolerated only if we had it.
+            if !g.stored.contains(&hash) {
+                return self.fail_request(peer, id, Offence::Unsolicited, now_ms);
+            }
+            return self.maybe_finish(id, now_ms);
+        };
+        if let Some(alg) = g.alg {
+            match alg.hash_literal(&payload) {
+                Ok(h) if h == f.header.payload_hash => {}
+                _ => return self.fail_request(peer, id, Offence::BadEntry, now_ms),
+            }
+        }
+        if f.payload.is_none() {
+            f.payload = Some(payload);
+        }
+        self.maybe_finish(id, now_ms);
+    }
+
+    /// Ends a request whose messages have all arrived, and moves the work on.
+    fn maybe_finish(&mut self, id: &str, now_ms: u64) {
+        let Some(r) = self.requests.get(id) else { return };
+        let done = match r.expect {
+            Expect::Headers => r.announced == Some(r.received) && r.auto_payloads.is_none(),
+            Expect::Payloads => {
+                let n = r.auto_payloads.or(r.announced);
+                n == Some(r.payloads_received)
+            }
+        };
+        if !done {
+            return;
+        }
+        let Some(r) = self.requests.remove(id) else { return };
+        let is_walk = r.max > 0;
+        if is_walk && r.complete {
+            // A complete walk down to our limits: every predecessor it did not send, and every
+            // start hash it did not send, is in our history already.
+            if let Some(g) = self.groups.get_mut(&r.group) {
+                let mut known: Vec<String> = unresolved(g);
+                known.extend(r.asked.iter().filter(|h| !g.fetched.contains_key(*h)).cloned());
+                g.stored.extend(known);
+            }
+        }
+        if !is_walk && r.announced.is_some_and(|n| (n as usize) < r.asked.len()) {
+            // It announced entries it cannot deliver.
+            self.penalize(&r.peer, Offence::Stalled, now_ms);
+        }
+        self.release_payload_requests(&r.group, id);
+        self.work(&r.group, now_ms);
+    }
+
+    fn release_payload_requests(&mut self, group: &str, _request_id: &str) {
+        // Payloads requested but not received may be asked again.
+        let in_flight: HashSet<String> = self
+            .requests
+            .values()
+            .filter(|r| r.group == group && matches!(r.expect, Expect::Payloads) && r.max == 0)
+            .flat_map(|r| r.asked.iter().cloned())
+            .collect();
+        if let Some(g) = self.groups.get_mut(group) {
+            for (h, f) in g.fetched.iter_mut() {
+                if f.payload.is_none() && !in_flight.contains(h) {
+                    f.payload_requested = false;
+                }
+            }
+        }
+    }
+
+    /// The group's hash algorithm became known from its genesis header: check what waited.
+    fn learn_alg(&mut self, group: &str, now_ms: u64) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        let Some(genesis) = g.fetched.get(group) else { return };
+        let found = [HashAlgorithm::Sha256, HashAlgorithm::Blake3]
+            .into_iter()
+            .find(|alg| genesis.header.entry_hash(*alg).to_b64() == group);
+        match found {
+            Some(alg) => {
+                g.alg = Some(alg);
+                self.verify_pending(group, now_ms);
+            }
+            None => {
+                let source = genesis.source.clone();
+                g.fetched.remove(group);
+                self.penalize(&source, Offence::BadEntry, now_ms);
+            }
+        }
+    }
+
+    fn verify_pending(&mut self, group: &str, now_ms: u64) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        let Some(alg) = g.alg else { return };
+        let mut liars = Vec::new();
+        g.fetched.retain(|hash, f| {
+            if f.verified {
+                return true;
+            }
+            let ok = f.header.entry_hash(alg).to_b64() == *hash
+                && f.payload.as_ref().is_none_or(|p| alg.hash_literal(p).is_ok_and(|h| h == f.header.payload_hash));
+            if !ok {
+                liars.push(f.source.clone());
+            }
+            f.verified = ok;
+            ok
+        });
+        for p in liars {
+            self.penalize(&p, Offence::BadEntry, now_ms);
+        }
+    }
+
+    // --- imports ---
+
+    /// The database imported the entries of the last [`Action::Import`] of `group`.
+    pub fn imported(&mut self, group: &str, outcome: ImportOutcome, hash_algorithm: &str, now_ms: u64) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        let Some(batch) = g.importing.take() else { return };
+        let mut sources: HashMap<String, P> = HashMap::new();
+        for h in &batch {
+            if let Some(f) = g.fetched.remove(h) {
+                sources.insert(h.clone(), f.source);
+            }
+        }
+        if g.stored.len() > STORED_MEMORY {
+            // Only needed to place fetched headers; the frontier is kept separately.
+            g.stored.clear();
+        }
+        g.stored.extend(outcome.stored.iter().cloned());
+        g.imported_total += outcome.stored.len() as u64;
+        g.last_progress_ms = now_ms;
+        let mut credit: HashMap<P, u64> = HashMap::new();
+        for h in &outcome.stored {
+            if let Some(p) = sources.get(h) {
+                *credit.entry(p.clone()).or_default() += 1;
+            }
+        }
+        for (p, n) in credit {
+            self.peers.entry(p).or_default().entries_received += n;
+        }
+        let mut offenders = BTreeSet::new();
+        for (h, _reason) in &outcome.rejected {
+            if let Some(p) = sources.get(h) {
+                self.peers.entry(p.clone()).or_default().entries_rejected += 1;
+                offenders.insert(p.clone());
+            }
+        }
+        // Whatever depended on a rejected entry can never be stored.
+        self.drop_dependents(group, outcome.rejected.iter().map(|(h, _)| h.clone()).collect());
+        for p in offenders {
+            self.penalize(&p, Offence::BadEntry, now_ms);
+        }
+        self.local_frontier(group, hash_algorithm, &outcome.frontier, now_ms);
+    }
+
+    /// The import itself failed (the database refused the bundle, or was unavailable). The
+    /// entries stay fetched and are offered again later.
+    pub fn import_failed(&mut self, group: &str, now_ms: u64) {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.importing = None;
+            g.last_progress_ms = now_ms;
+        }
+    }
+
+    fn drop_dependents(&mut self, group: &str, mut gone: Vec<String>) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        while let Some(h) = gone.pop() {
+            let children: Vec<String> = g
+                .fetched
+                .iter()
+                .filter(|(_, f)| f.header.prev.iter().any(|p| p.to_b64() == h))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for c in children {
+                g.fetched.remove(&c);
+                gone.push(c);
+            }
+        }
+    }
+
+    // --- the work loop ---
+
+    fn work(&mut self, group: &str, now_ms: u64) {
+        self.request_headers(group, now_ms);
+        self.request_payloads(group, now_ms);
+        self.import_ready(group);
+    }
+
+    fn header_request_in_flight(&self, group: &str) -> bool {
+        self.requests.values().any(|r| r.group == group && r.max > 0)
+    }
+
+    fn request_headers(&mut self, group: &str, now_ms: u64) {
+        if self.header_request_in_flight(group) {
+            return;
+        }
+        let max = self.config.max_headers;
+        let max_fetched = self.config.max_fetched;
+        let Some(g) = self.groups.get(group) else { return };
+        if g.fetched.len() >= max_fetched {
+            return;
+        }
+        // First, predecessors of fetched headers that are still missing, from the peer that
+        // sent those headers (it must hold them).
+        let mut per_peer: BTreeMap<P, BTreeSet<String>> = BTreeMap::new();
+        for f in g.fetched.values() {
+            for p in &f.header.prev {
+                let p = p.to_b64();
+                if !g.fetched.contains_key(&p) && !g.stored.contains(&p) && !g.frontier.contains(&p) {
+                    per_peer.entry(f.source.clone()).or_default().insert(p);
+                }
+            }
+        }
+        // Then frontier hashes peers announced that we lack.
+        if per_peer.is_empty() {
+            let mut peers: Vec<&P> = g.peer_frontiers.keys().collect();
+            peers.sort();
+            for peer in peers {
+                let unknown: BTreeSet<String> = g.peer_frontiers[peer]
+                    .iter()
+                    .filter(|h| !g.stored.contains(*h) && !g.fetched.contains_key(*h) && !g.frontier.contains(*h))
+                    .cloned()
+                    .collect();
+                if !unknown.is_empty() {
+                    per_peer.insert(peer.clone(), unknown);
+                    break;
+                }
+            }
+        }
+        let Some((peer, start)) = per_peer.into_iter().find(|(p, _)| self.peers.get(p).is_some_and(|s| s.connected))
+        else {
+            return;
+        };
+        let start: Vec<String> = start.into_iter().take(MAX_HASH_LIST).collect();
+        let limits: Vec<String> = g.frontier.iter().take(MAX_HASH_LIST).cloned().collect();
+        let id = self.new_request_id();
+        let auto_payload = true;
+        self.requests.insert(
+            id.clone(),
+            Request {
+                peer: peer.clone(),
+                group: group.to_string(),
+                asked: start.iter().cloned().collect(),
+                expect: Expect::Headers,
+                announced: None,
+                received: 0,
+                next_sequence: 0,
+                complete: false,
+                auto_payloads: None,
+                payloads_received: 0,
+                payload_sequence: 0,
+                max,
+                deadline_ms: now_ms + self.config.request_timeout_ms,
+            },
+        );
+        let msg = SyncMsg::HeaderRequest {
+            request_id: id,
+            dag_id: group.to_string(),
+            start,
+            limits,
+            max_headers: max,
+            auto_payload,
+        };
+        self.send(&peer, group, msg);
+    }
+
+    fn request_payloads(&mut self, group: &str, now_ms: u64) {
+        // Payloads are fetched once the header walk is done, oldest first, so imports can
+        // proceed in order while the rest arrive.
+        if self.header_request_in_flight(group) {
+            return;
+        }
+        let chunk = self.config.payload_chunk;
+        let per_peer_limit = self.config.payload_requests_per_peer;
+        let Some(g) = self.groups.get(group) else { return };
+        if !unresolved(g).is_empty() {
+            return;
+        }
+        let order = topological(g);
+        let mut wanted: BTreeMap<P, Vec<String>> = BTreeMap::new();
+        for h in order {
+            let f = &g.fetched[&h];
+            if f.payload.is_none() && !f.payload_requested {
+                wanted.entry(f.source.clone()).or_default().push(h);
+            }
+        }
+        for (peer, hashes) in wanted {
+            if !self.peers.get(&peer).is_some_and(|s| s.connected) {
+                continue;
+            }
+            let in_flight = self.requests.values().filter(|r| r.peer == peer && r.max == 0).count();
+            for part in hashes.chunks(chunk).take(per_peer_limit.saturating_sub(in_flight)) {
+                let id = self.new_request_id();
+                if let Some(g) = self.groups.get_mut(group) {
+                    for h in part {
+                        if let Some(f) = g.fetched.get_mut(h) {
+                            f.payload_requested = true;
+                        }
+                    }
+                }
+                self.requests.insert(
+                    id.clone(),
+                    Request {
+                        peer: peer.clone(),
+                        group: group.to_string(),
+                        asked: part.iter().cloned().collect(),
+                        expect: Expect::Payloads,
+                        announced: None,
+                        received: 0,
+                        next_sequence: 0,
+                        complete: true,
+                        auto_payloads: None,
+                        payloads_received: 0,
+                        payload_sequence: 0,
+                        max: 0,
+                        deadline_ms: now_ms + self.config.request_timeout_ms,
+                    },
+                );
+                let msg = SyncMsg::PayloadRequest { request_id: id, dag_id: group.to_string(), hashes: part.to_vec() };
+                self.send(&peer, group, msg);
+            }
+        }
+    }
+
+    fn import_ready(&mut self, group: &str) {
+        let chunk = self.config.import_chunk;
+        let Some(g) = self.groups.get_mut(group) else { return };
+        if g.importing.is_some() || g.alg.is_none() {
+            return;
+        }
+        // Entries whose payload is here and whose predecessors are stored or go first.
+        let mut ready: Vec<String> = Vec::new();
+        let mut placed: HashSet<String> = HashSet::new();
+        for h in topological(g) {
+            let f = &g.fetched[&h];
+            if !f.verified || f.payload.is_none() {
+                continue;
+            }
+            let prev_ok = f.header.prev.iter().all(|p| {
+                let p = p.to_b64();
+                g.stored.contains(&p) || g.frontier.contains(&p) || placed.contains(&p)
+            });
+            if prev_ok {
+                placed.insert(h.clone());
+                ready.push(h);
+                if ready.len() >= chunk {
+                    break;
+                }
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let entries: Vec<Value> = ready
+            .iter()
+            .map(|h| {
+                let f = &g.fetched[h];
+                json!({"hash": h, "header": f.raw, "payload": f.payload})
+            })
+            .collect();
+        let alg = g.alg.map(|a| a.name().to_string()).unwrap_or_default();
+        g.importing = Some(ready);
+        self.actions.push_back(Action::Import { group: group.to_string(), hash_algorithm: alg, entries });
+    }
+
+    /// Time passed: requests past their deadline fail.
+    pub fn tick(&mut self, now_ms: u64) {
+        let expired: Vec<(String, P)> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.deadline_ms <= now_ms)
+            .map(|(id, r)| (id.clone(), r.peer.clone()))
+            .collect();
+        for (id, peer) in expired {
+            self.fail_request(&peer, &id, Offence::Stalled, now_ms);
+        }
+    }
+}
+
+/// Hashes remembered as stored per group before the memory is reset.
+const STORED_MEMORY: usize = 1_000_000;
+
+fn group_without_alg<P>(groups: &BTreeMap<String, GroupSync<P>>, group: &str) -> bool {
+    groups.get(group).is_some_and(|g| g.alg.is_none() && g.fetched.contains_key(group))
+}
+
+/// Predecessors of fetched headers that are neither fetched nor known to be stored.
+fn unresolved<P>(g: &GroupSync<P>) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for f in g.fetched.values() {
+        for p in &f.header.prev {
+            let p = p.to_b64();
+            if !g.fetched.contains_key(&p) && !g.stored.contains(&p) && !g.frontier.contains(&p) {
+                out.insert(p);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The fetched entries, predecessors first (ties broken by hash, so the order is stable).
+fn topological<P>(g: &GroupSync<P>) -> Vec<String> {
+    let mut waiting: HashMap<&str, usize> = HashMap::new();
+    let mut children: HashMap<String, Vec<&str>> = HashMap::new();
+    for (h, f) in &g.fetched {
+        let mut n = 0;
+        for p in &f.header.prev {
+            let p = p.to_b64();
+            if g.fetched.contains_key(&p) {
+                n += 1;
+                children.entry(p).or_default().push(h.as_str());
+            }
+        }
+        waiting.insert(h.as_str(), n);
+    }
+    let mut ready: BTreeSet<&str> = waiting.iter().filter(|(_, n)| **n == 0).map(|(h, _)| *h).collect();
+    let mut out = Vec::with_capacity(g.fetched.len());
+    while let Some(h) = ready.pop_first() {
+        out.push(h.to_string());
+        for c in children.get(h).into_iter().flatten() {
+            if let Some(n) = waiting.get_mut(c) {
+                *n -= 1;
+                if *n == 0 {
+                    ready.insert(c);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,363 @@
+//! Deterministic simulations of the sync protocol: several nodes, each a [`Session`] over an
+//! in-memory DAG standing in for the database, exchanging frames through a simulated network
+//! whose delivery order is chosen by a seeded random generator. No sockets, no clocks.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use causal_core::entry::{Entry, Meta, Position};
+use causal_core::{Dag, Hash, HashAlgorithm, MemStore};
+use causal_sync::session::{Action, Config, ImportOutcome, Session};
+use causal_sync::wire::{Envelope, SyncMsg, WireHeader};
+use serde_json::{json, Value};
+
+type Id = u32;
+
+/// Rewrites what a hostile node sends: the frames to send instead of an honest message.
+type Tamper = dyn FnMut(&Envelope) -> Vec<Vec<u8>>;
+
+struct Node {
+    session: Session<Id>,
+    dag: Option<Dag<MemStore>>,
+    /// Frames this node sends instead of the honest ones (None: honest).
+    hostile: Option<Box<Tamper>>,
+}
+
+struct Net {
+    nodes: BTreeMap<Id, Node>,
+    group: String,
+    alg: HashAlgorithm,
+    /// Frames in flight: (from, to, body).
+    wire: VecDeque<(Id, Id, Vec<u8>)>,
+    links: Vec<(Id, Id)>,
+    now: u64,
+    rng: u64,
+    disconnects: Vec<(Id, Id)>,
+}
+
+fn frontier_of(dag: &Dag<MemStore>) -> Vec<String> {
+    dag.frontier().unwrap().iter().map(Hash::to_b64).collect()
+}
+
+impl Net {
+    fn new(seed: u64) -> (Net, Dag<MemStore>) {
+        let alg = HashAlgorithm::Blake3;
+        let mut dag = Dag::new(MemStore::new(), alg);
+        let g = dag.append(json!({"genesis": seed}), Meta::new(), Position::new()).unwrap().hash;
+        let net = Net {
+            nodes: BTreeMap::new(),
+            group: g.to_b64(),
+            alg,
+            wire: VecDeque::new(),
+            links: Vec::new(),
+            now: 1,
+            rng: seed | 1,
+            disconnects: Vec::new(),
+        };
+        (net, dag)
+    }
+
+    fn rand(&mut self, n: usize) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % n.max(1) as u64) as usize
+    }
+
+    fn add(&mut self, id: Id, dag: Option<Dag<MemStore>>) {
+        let mut session = Session::new(
+            Config { max_headers: 64, payload_chunk: 16, import_chunk: 50, ..Config::default() },
+            &format!("n{id}"),
+        );
+        match &dag {
+            Some(d) => session.local_frontier(&self.group, self.alg.name(), &frontier_of(d), self.now),
+            None => session.want_group(&self.group, self.now),
+        }
+        self.nodes.insert(id, Node { session, dag, hostile: None });
+    }
+
+    fn connect(&mut self, a: Id, b: Id) {
+        self.links.push((a, b));
+        let now = self.now;
+        self.nodes.get_mut(&a).unwrap().session.peer_connected(&b, now);
+        self.nodes.get_mut(&b).unwrap().session.peer_connected(&a, now);
+    }
+
+    fn linked(&self, a: Id, b: Id) -> bool {
+        self.links.iter().any(|l| *l == (a, b) || *l == (b, a))
+    }
+
+    /// Carries out one node's queued actions.
+    fn act(&mut self, id: Id) {
+        loop {
+            let now = self.now;
+            let node = self.nodes.get_mut(&id).unwrap();
+            let Some(action) = node.session.poll_action() else { break };
+            match action {
+                Action::Send { peer, envelope } => {
+                    let frames = match node.hostile.as_mut() {
+                        Some(f) => f(&envelope),
+                        None => vec![envelope.encode()],
+                    };
+                    for body in frames {
+                        self.wire.push_back((id, peer, body));
+                    }
+                }
+                Action::ReadHeaders { peer, group, request_id, start, limits, max, with_payloads } => {
+                    let dag = node.dag.as_ref().unwrap();
+                    let parse = |v: &[String]| v.iter().map(|h| h.parse::<Hash>().unwrap()).collect::<Vec<_>>();
+                    let walk = dag.walk_back(&parse(&start), &parse(&limits), max as usize).unwrap();
+                    let mut headers = Vec::new();
+                    let mut payloads = Vec::new();
+                    for h in &walk.hashes {
+                        let e = dag.entry(h).unwrap().unwrap();
+                        headers.push(WireHeader { hash: h.to_b64(), header: e.header.to_literal() });
+                        payloads.push((h.to_b64(), e.payload.clone()));
+                    }
+                    payloads.reverse();
+                    let payloads = with_payloads.then_some(payloads);
+                    node.session.headers_read(&peer, &group, &request_id, headers, walk.complete, payloads);
+                }
+                Action::ReadPayloads { peer, group, request_id, hashes } => {
+                    let dag = node.dag.as_ref().unwrap();
+                    let mut out = Vec::new();
+                    for h in hashes {
+                        if let Some(e) = dag.entry(&h.parse().unwrap()).unwrap() {
+                            out.push((h, e.payload));
+                        }
+                    }
+                    node.session.payloads_read(&peer, &group, &request_id, out);
+                }
+                Action::Import { group, hash_algorithm, entries } => {
+                    let alg = HashAlgorithm::parse(&hash_algorithm).unwrap();
+                    let dag = node.dag.get_or_insert_with(|| Dag::new(MemStore::new(), alg));
+                    let mut outcome = ImportOutcome::default();
+                    for v in entries {
+                        let e = Entry::from_wire(&v).unwrap();
+                        let h = e.hash.to_b64();
+                        match dag.insert(e) {
+                            Ok(_) => outcome.stored.push(h),
+                            Err(err) => outcome.rejected.push((h, err.to_string())),
+                        }
+                    }
+                    outcome.frontier = frontier_of(dag);
+                    node.session.imported(&group, outcome, &hash_algorithm, now);
+                }
+                Action::Disconnect { peer, .. } => {
+                    self.disconnects.push((id, peer));
+                    self.links.retain(|l| *l != (id, peer) && *l != (peer, id));
+                    let other = self.nodes.get_mut(&peer).unwrap();
+                    other.session.peer_disconnected(&id, now);
+                }
+            }
+        }
+    }
+
+    /// Runs until nothing is in flight; delivery picks frames at random but keeps each link's
+    /// order (a stream is ordered).
+    fn run(&mut self) {
+        for _ in 0..1_000_000 {
+            let ids: Vec<Id> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.act(id);
+            }
+            if self.wire.is_empty() {
+                return;
+            }
+            // Pick a link with frames and deliver its oldest frame.
+            let i = self.rand(self.wire.len());
+            let (from, to, _) = self.wire[i];
+            let first = self.wire.iter().position(|(f, t, _)| *f == from && *t == to).unwrap();
+            let (from, to, body) = self.wire.remove(first).unwrap();
+            self.now += 1;
+            if self.linked(from, to) {
+                let now = self.now;
+                self.nodes.get_mut(&to).unwrap().session.frame(&from, &body, now);
+            }
+        }
+        panic!("the simulation did not settle");
+    }
+
+    fn dag(&self, id: Id) -> &Dag<MemStore> {
+        self.nodes[&id].dag.as_ref().expect("node has the group")
+    }
+
+    fn write(&mut self, id: Id, n: usize, tag: &str) {
+        let dag = self.nodes.get_mut(&id).unwrap().dag.as_mut().unwrap();
+        for i in 0..n {
+            let prev = dag.frontier().unwrap();
+            dag.append(json!({"w": tag, "i": i}), Meta::new(), prev).unwrap();
+        }
+        let f = frontier_of(dag);
+        let now = self.now;
+        let (group, alg) = (self.group.clone(), self.alg);
+        self.nodes.get_mut(&id).unwrap().session.local_frontier(&group, alg.name(), &f, now);
+    }
+
+    fn assert_converged(&self, ids: &[Id]) {
+        let first = self.dag(ids[0]);
+        for id in &ids[1..] {
+            assert_eq!(self.dag(*id).len().unwrap(), first.len().unwrap(), "node {id} entry count");
+            assert_eq!(self.dag(*id).frontier().unwrap(), first.frontier().unwrap(), "node {id} frontier");
+        }
+    }
+}
+
+#[test]
+fn three_nodes_converge_after_concurrent_writes_in_any_delivery_order() {
+    for seed in 1..40u64 {
+        let (mut net, genesis_dag) = Net::new(seed);
+        // Each node starts from the genesis alone.
+        let copy = |d: &Dag<MemStore>| {
+            let mut c = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
+            for h in d
+                .walk_back(&d.frontier().unwrap().into_iter().collect::<Vec<_>>(), &[], 1000)
+                .unwrap()
+                .hashes
+                .iter()
+                .rev()
+            {
+                c.insert(d.entry(h).unwrap().unwrap()).unwrap();
+            }
+            c
+        };
+        net.add(1, Some(copy(&genesis_dag)));
+        net.add(2, Some(copy(&genesis_dag)));
+        net.add(3, Some(copy(&genesis_dag)));
+        net.connect(1, 2);
+        net.connect(2, 3);
+        net.run();
+        // Concurrent writes everywhere, more than one walk's worth on node 1.
+        net.write(1, 150 + seed as usize, "a");
+        net.write(2, 7, "b");
+        net.write(3, 3, "c");
+        net.run();
+        net.assert_converged(&[1, 2, 3]);
+        assert_eq!(net.dag(3).len().unwrap(), 1 + 150 + seed + 7 + 3);
+        // Live: one more write travels two hops.
+        net.write(3, 1, "d");
+        net.run();
+        net.assert_converged(&[1, 2, 3]);
+        assert!(net.disconnects.is_empty(), "seed {seed}: honest peers were disconnected: {:?}", net.disconnects);
+    }
+}
+
+#[test]
+fn a_late_joiner_fetches_the_whole_group() {
+    let (mut net, mut dag) = Net::new(7);
+    for i in 0..500 {
+        let prev = dag.frontier().unwrap();
+        dag.append(json!({"i": i}), Meta::new(), prev).unwrap();
+    }
+    net.add(1, Some(dag));
+    net.add(2, None);
+    net.connect(1, 2);
+    net.run();
+    net.assert_converged(&[1, 2]);
+    assert_eq!(net.dag(2).len().unwrap(), 501);
+    let status = net.nodes[&2].session.group_status();
+    assert_eq!(status[0].imported, 501);
+    assert_eq!(status[0].to_fetch, 0);
+}
+
+/// A peer that tampers with what it serves: it is banned, and nothing it forged is stored.
+fn hostile_run(tamper: fn(&Envelope) -> Vec<Vec<u8>>) {
+    let (mut net, mut dag) = Net::new(11);
+    for i in 0..40 {
+        let prev = dag.frontier().unwrap();
+        dag.append(json!({"i": i}), Meta::new(), prev).unwrap();
+    }
+    let base = {
+        let mut c = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
+        c.insert(dag.entry(&net.group.parse().unwrap()).unwrap().unwrap()).unwrap();
+        c
+    };
+    net.add(1, Some(dag));
+    net.add(2, Some(base));
+    net.nodes.get_mut(&1).unwrap().hostile = Some(Box::new(tamper));
+    net.connect(1, 2);
+    net.run();
+    assert!(net.disconnects.contains(&(2, 1)), "the honest node banned the hostile one: {:?}", net.disconnects);
+    assert!(net.nodes[&2].session.is_banned(&1, net.now));
+    // Whatever reached the honest DAG is genuine (the hostile node's DAG has it too).
+    let honest = net.dag(2);
+    for h in honest.walk_back(&honest.frontier().unwrap().into_iter().collect::<Vec<_>>(), &[], 10_000).unwrap().hashes
+    {
+        assert!(net.dag(1).contains(&h).unwrap());
+    }
+}
+
+fn rewrite(env: &Envelope, f: impl Fn(&mut Value)) -> Vec<Vec<u8>> {
+    let mut v = serde_json::to_value(env).unwrap();
+    f(&mut v);
+    vec![serde_json::to_vec(&v).unwrap()]
+}
+
+#[test]
+fn a_peer_serving_tampered_payloads_is_banned() {
+    hostile_run(|env| match &env.msg {
+        SyncMsg::PayloadMsg { .. } => rewrite(env, |v| v["msg"]["payload"] = json!({"forged": true})),
+        _ => vec![env.encode()],
+    });
+}
+
+#[test]
+fn a_peer_serving_headers_with_wrong_hashes_is_banned() {
+    hostile_run(|env| match &env.msg {
+        SyncMsg::HeaderBatch { .. } => rewrite(env, |v| {
+            if let Some(h) = v["msg"]["headers"].as_array_mut().and_then(|a| a.first_mut()) {
+                h["hash"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+            }
+        }),
+        _ => vec![env.encode()],
+    });
+}
+
+#[test]
+fn a_peer_sending_garbage_is_banned() {
+    hostile_run(|env| match &env.msg {
+        SyncMsg::NewFrontier { .. } => vec![env.encode(), b"{\"topic\": 1}".to_vec()],
+        _ => vec![env.encode()],
+    });
+}
+
+#[test]
+fn a_peer_sending_more_than_asked_is_banned() {
+    hostile_run(|env| match &env.msg {
+        SyncMsg::PayloadMsg { .. } => {
+            let mut twice = vec![env.encode()];
+            twice.extend(rewrite(env, |v| v["msg"]["sequence"] = json!(v["msg"]["sequence"].as_u64().unwrap() + 1)));
+            twice
+        }
+        _ => vec![env.encode()],
+    });
+}
+
+#[test]
+fn a_stalled_request_fails_and_is_scored() {
+    let (mut net, mut dag) = Net::new(3);
+    for i in 0..5 {
+        let prev = dag.frontier().unwrap();
+        dag.append(json!({"i": i}), Meta::new(), prev).unwrap();
+    }
+    let base = {
+        let mut c = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
+        c.insert(dag.entry(&net.group.parse().unwrap()).unwrap().unwrap()).unwrap();
+        c
+    };
+    net.add(1, Some(dag));
+    net.add(2, Some(base));
+    // Node 1 announces its frontier but never answers a request.
+    net.nodes.get_mut(&1).unwrap().hostile =
+        Some(Box::new(
+            |env: &Envelope| if matches!(env.msg, SyncMsg::NewFrontier { .. }) { vec![env.encode()] } else { vec![] },
+        ));
+    net.connect(1, 2);
+    net.run();
+    assert_eq!(net.dag(2).len().unwrap(), 1);
+    let before = net.nodes[&2].session.peer_stats()[0].1.score;
+    net.now += 31_000;
+    let now = net.now;
+    net.nodes.get_mut(&2).unwrap().session.tick(now);
+    let after = net.nodes[&2].session.peer_stats()[0].1.score;
+    assert!(after > before, "timeout scored: {before} -> {after}");
+}
