@@ -142,3 +142,61 @@ SELECT pg_catalog.pg_extension_config_dump('causal.row_meta', '');
 REVOKE ALL ON causal.table_rules FROM PUBLIC;
 GRANT SELECT ON causal.table_rules TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('causal.table_rules', '');
+
+-- Sync (docs/SYNC.md). Peers to dial, added with causal.add_peer; groups to fetch from peers,
+-- asked for with causal.join_group. The worker reads both and hears of changes by NOTIFY.
+CREATE TABLE causal.peer_addresses (
+    address  text PRIMARY KEY,
+    peer_id  text NOT NULL,
+    added_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE causal.wanted_groups (
+    group_id     text PRIMARY KEY,
+    requested_at timestamptz NOT NULL DEFAULT now()
+);
+-- What the running sync worker last reported (every second or so). Unlogged: it describes
+-- the present and is rebuilt by the worker after a crash.
+CREATE UNLOGGED TABLE causal.sync_worker (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    pid         integer NOT NULL,
+    peer_id     text NOT NULL,
+    addresses   text[] NOT NULL,
+    started_at  timestamptz NOT NULL,
+    reported_at timestamptz NOT NULL
+);
+CREATE UNLOGGED TABLE causal.sync_peer_state (
+    peer_id          text PRIMARY KEY,
+    address          text,
+    connected        boolean NOT NULL,
+    last_seen        timestamptz,
+    entries_received bigint NOT NULL,
+    entries_rejected bigint NOT NULL,
+    banned_until     timestamptz,
+    score            integer NOT NULL
+);
+CREATE UNLOGGED TABLE causal.sync_group_state (
+    group_id      text PRIMARY KEY,
+    present       boolean NOT NULL,
+    to_fetch      bigint NOT NULL,
+    imported      bigint NOT NULL,
+    last_progress timestamptz,
+    peers         integer NOT NULL
+);
+REVOKE ALL ON causal.peer_addresses, causal.wanted_groups, causal.sync_worker, causal.sync_peer_state,
+    causal.sync_group_state FROM PUBLIC;
+GRANT SELECT ON causal.peer_addresses, causal.wanted_groups, causal.sync_worker, causal.sync_peer_state,
+    causal.sync_group_state TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('causal.peer_addresses', '');
+SELECT pg_catalog.pg_extension_config_dump('causal.wanted_groups', '');
+
+-- Peers known from causal.add_peer or seen by the worker.
+CREATE VIEW causal.peers AS
+SELECT coalesce(s.peer_id, a.peer_id) AS peer_id,
+       coalesce(a.address, s.address) AS address,
+       coalesce(s.connected, false) AS connected,
+       s.last_seen,
+       coalesce(s.entries_received, 0) AS entries_received,
+       coalesce(s.entries_rejected, 0) AS entries_rejected,
+       coalesce(s.banned_until > now(), false) AS banned
+FROM causal.sync_peer_state s FULL JOIN causal.peer_addresses a ON a.peer_id = s.peer_id;
+GRANT SELECT ON causal.peers TO PUBLIC;

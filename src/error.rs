@@ -80,6 +80,10 @@ pub enum CausalError {
     Cancelled(String),
     #[error("reconciliation failed: {0}")]
     Reconcile(String),
+    #[error("invalid peer address \"{address}\": {why}")]
+    BadAddress { address: String, why: String },
+    #[error("invalid group id \"{0}\": a group id is the Base64 hash of the group's genesis entry")]
+    BadGroupId(String),
     #[error("SPI error: {0}")]
     Spi(#[from] pgrx::spi::Error),
 }
@@ -119,6 +123,7 @@ impl CausalError {
             CausalError::Cancelled(_) => ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION,
             CausalError::Reconcile(_) => ERRCODE_INTERNAL_ERROR,
             CausalError::Spi(_) => ERRCODE_INTERNAL_ERROR,
+            CausalError::BadAddress { .. } | CausalError::BadGroupId(_) => ERRCODE_INVALID_PARAMETER_VALUE,
         }
     }
 
@@ -170,6 +175,10 @@ impl CausalError {
             CausalError::RuleDenied { .. } => Some("The rule is evaluated as the session's author (causal.author); see causal.table_rules."),
             CausalError::Corrupt(_) | CausalError::Spi(_) | CausalError::Reconcile(_) => None,
             CausalError::Cancelled(_) => Some("The group's reconciliation refuses this write at the current frontier; nothing was committed."),
+            CausalError::BadAddress { .. } => Some(
+                "Use a multiaddr such as /ip4/10.0.0.2/tcp/4001/p2p/12D3KooW...; causal.node_addresses() on that node lists its own.",
+            ),
+            CausalError::BadGroupId(_) => Some("See the group_id column of causal.groups on a node that has the group."),
         }
     }
 

@@ -412,6 +412,9 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     crate::apply::apply_catalog(&group, &stored)?;
     let catalog = started.elapsed() - validated;
     let run = crate::replay::reconcile_imported(&group, stored)?;
+    if accepted > 0 {
+        crate::sync::notify_changed(&group.id)?;
+    }
     let changes = run.changes;
     Ok(json!({
         "group": group_id,

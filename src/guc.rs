@@ -12,8 +12,42 @@ pub static AUTHOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::
 /// batch (pure computation, no database access from those threads).
 pub static VERIFY_THREADS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
+/// `causal.listen_addresses`: multiaddrs the sync worker listens on (comma-separated).
+pub static LISTEN_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `causal.peers`: multiaddrs (with `/p2p/<peer id>`) the sync worker dials (comma-separated),
+/// besides those added with `causal.add_peer`.
+pub static PEERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `causal.database`: the database whose groups the background worker syncs.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
 /// Registers the settings; called from `_PG_init`.
 pub fn register() {
+    GucRegistry::define_string_guc(
+        c"causal.listen_addresses",
+        c"Multiaddrs the sync worker listens on, comma-separated.",
+        c"For example /ip4/0.0.0.0/tcp/4001. Empty: the worker listens nowhere and only dials out. Read when the background worker starts (a change in postgresql.conf applies when it restarts).",
+        &LISTEN_ADDRESSES,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"causal.peers",
+        c"Multiaddrs of peers the sync worker dials, comma-separated, each ending in /p2p/<peer id>.",
+        c"Added to the peers from causal.add_peer. Read when the background worker starts (a change in postgresql.conf applies when it restarts).",
+        &PEERS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"causal.database",
+        c"Database whose groups the background sync worker serves.",
+        c"The worker waits, quietly, until CREATE EXTENSION pg_causal has run there.",
+        &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"causal.verify_threads",
         c"Threads that verify the hashes and signatures of imported entries.",
@@ -42,4 +76,27 @@ pub fn author() -> Option<String> {
 /// The current value of `causal.verify_threads`.
 pub fn verify_threads() -> usize {
     usize::try_from(VERIFY_THREADS.get()).unwrap_or(1).max(1)
+}
+
+fn list(setting: &GucSetting<Option<CString>>) -> Vec<String> {
+    setting
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .map(|s| s.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// `causal.listen_addresses`, split.
+pub fn listen_addresses() -> Vec<String> {
+    list(&LISTEN_ADDRESSES)
+}
+
+/// `causal.peers`, split.
+pub fn peers() -> Vec<String> {
+    list(&PEERS)
+}
+
+/// `causal.database`.
+pub fn database() -> String {
+    DATABASE.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty()).unwrap_or_else(|| "postgres".into())
 }

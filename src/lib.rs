@@ -1,5 +1,6 @@
-//! pg_causal: the PostgreSQL edge. SQL functions, error reporting and (later) triggers,
-//! storage over SPI and the background worker. The algorithms live in `causal-core`.
+//! pg_causal: the PostgreSQL edge. SQL functions, error reporting, capture triggers, storage
+//! over SPI and the sync background worker. The algorithms live in `causal-core`; the network
+//! edge in `causal-sync`.
 
 mod apply;
 mod capture;
@@ -17,9 +18,11 @@ mod replicate;
 mod rules;
 mod spi_util;
 mod store;
+mod sync;
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
 mod view;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -27,6 +30,7 @@ mod view;
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
     capture::register_callbacks();
+    worker::register();
 }
 
 pub use error::CausalError;

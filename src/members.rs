@@ -36,6 +36,7 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
     // Built and hashed once here; `append` trusts its own hashes (no re-verification).
     let hash = dag.append(payload.to_value(), derive_meta(&payload), prev)?.hash;
     crate::replay::reconcile_group(group, &[hash], true)?;
+    crate::sync::notify_changed(&group.id)?;
     Ok(hash)
 }
 

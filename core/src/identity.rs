@@ -88,6 +88,16 @@ impl PublicKey {
         HashAlgorithm::Sha256.digest(&self.serialize())
     }
 
+    /// The libp2p PeerId of this ed25519 key, as text (`12D3KooW...`): the identity multihash
+    /// of the protobuf-encoded public key (`KeyType::Ed25519`, 32 bytes), in base58btc. The
+    /// sync worker uses the node key as its libp2p identity, so the extension can name the
+    /// node's address without starting libp2p.
+    pub fn libp2p_peer_id(&self) -> String {
+        let mut bytes = vec![0x00, 36, 0x08, 0x01, 0x12, 32];
+        bytes.extend_from_slice(&self.raw_bytes());
+        bs58::encode(bytes).into_string()
+    }
+
     pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), IdentityError> {
         self.0.verify(message, &signature.0).map_err(|_| IdentityError::BadSignature)
     }

@@ -3,19 +3,40 @@
 //!
 //! - [`wire`]: the sync protocol's messages, their envelope and framing (strict decoding);
 //! - [`session`]: the protocol as an I/O-free state machine;
-//! - [`score`]: penalties, bans and the frame budget for misbehaving peers.
+//! - [`score`]: penalties, bans and the frame budget for misbehaving peers;
+//! - [`db`]: the database side (tokio-postgres calls to the extension's SQL functions);
+//! - [`node`]: the running worker (libp2p Swarm, streams, database tasks, status reports).
+//!
+//! The same [`node::run`] serves the Postgres background worker (in the extension) and the
+//! standalone `causal-sync` binary.
 
+pub mod db;
+pub mod node;
 pub mod score;
 pub mod session;
 pub mod wire;
+
+pub use libp2p::Multiaddr;
+pub use node::{run, WorkerConfig, WorkerError};
 
 use clap::Parser;
 
 /// Command line of the standalone sync worker.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
-#[command(name = "causal-sync", version, about = "Peer-to-peer sync worker for pg_causal")]
+#[command(
+    name = "causal-sync",
+    version,
+    about = "Peer-to-peer sync worker for pg_causal",
+    long_about = "Connects a database that has pg_causal to its peers over libp2p and keeps its groups in sync, \
+                  for deployments that cannot add pg_causal to shared_preload_libraries (where the background \
+                  worker does the same job). It connects as a role that can read causal.identity_keys (a \
+                  superuser or the extension's owner): the node identity is its libp2p identity. Peers added \
+                  with causal.add_peer are dialled too; causal.peers and causal.sync_status show its state. \
+                  Logs go to stderr (RUST_LOG=debug for more)."
+)]
 pub struct Args {
-    /// PostgreSQL connection string of the database that holds the pg_causal groups.
+    /// PostgreSQL connection string of the database that holds the pg_causal groups
+    /// (postgres://user@host/db, or key=value form).
     #[arg(long, value_name = "URL")]
     pub database: String,
     /// Multiaddr to listen on (repeatable), e.g. /ip4/127.0.0.1/tcp/4001.
@@ -24,6 +45,25 @@ pub struct Args {
     /// Multiaddr of a peer to dial (repeatable), ending in /p2p/<peer id>.
     #[arg(long = "peer", value_name = "MULTIADDR")]
     pub peers: Vec<String>,
+}
+
+impl Args {
+    /// The worker configuration these arguments describe.
+    pub fn config(&self) -> Result<WorkerConfig, String> {
+        let parse = |a: &String| a.parse().map_err(|e| format!("{a} is not a multiaddr: {e}"));
+        Ok(WorkerConfig {
+            conninfo: self.database.clone(),
+            listen: self.listen.iter().map(parse).collect::<Result<_, _>>()?,
+            peers: self.peers.iter().map(parse).collect::<Result<_, _>>()?,
+            report_every: std::time::Duration::from_secs(1),
+        })
+    }
+}
+
+/// Logs to stderr, at `RUST_LOG` or info.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,libp2p=warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
 }
 
 #[cfg(test)]

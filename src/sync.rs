@@ -1,0 +1,333 @@
+//! The SQL side of live sync: peers and groups to fetch (which the sync worker reads), the
+//! node's libp2p addresses, the reads that serve peers' requests, the worker's status report,
+//! and the notification that wakes the worker when a group changes. The worker itself is in
+//! `sync-worker/` (crate `causal-sync`); it reaches the database only through these functions
+//! and `causal.import`, like any client.
+
+use pgrx::prelude::*;
+use serde_json::Value;
+
+use causal_core::identity::PublicKey;
+use causal_core::Hash;
+
+use crate::error::{CausalError, OrReport};
+use crate::group::Group;
+use crate::spi_util::get_opt;
+
+/// The channel the sync worker listens on.
+pub const CHANNEL: &str = "causal_sync";
+
+/// Wakes the sync worker after `group` changed (at commit; Postgres folds repeats).
+pub fn notify_changed(group_id: &str) -> Result<(), CausalError> {
+    Spi::run_with_args("SELECT pg_notify($1, $2)", &[CHANNEL.into(), format!("group:{group_id}").into()])?;
+    Ok(())
+}
+
+fn notify(what: &str) -> Result<(), CausalError> {
+    Spi::run_with_args("SELECT pg_notify($1, $2)", &[CHANNEL.into(), what.into()])?;
+    Ok(())
+}
+
+fn node_public_key() -> Result<PublicKey, CausalError> {
+    let text = get_opt::<String>("SELECT public_key FROM causal.identity_keys WHERE is_node", &[])?
+        .ok_or_else(|| CausalError::Corrupt("the node identity is missing".into()))?;
+    PublicKey::from_b64(&text).map_err(CausalError::BadPublicKey)
+}
+
+/// This node's libp2p peer id, derived from its node identity (the sync worker's identity).
+#[pg_extern(stable)]
+fn node_peer_id() -> String {
+    node_public_key().or_report("causal.node_peer_id").libp2p_peer_id()
+}
+
+/// The multiaddrs (ending in `/p2p/<peer id>`) this node's sync worker listens on, to hand to
+/// other nodes for `causal.add_peer`. While a worker runs, what it reported; otherwise the
+/// configured `causal.listen_addresses`.
+#[pg_extern(stable)]
+fn node_addresses() -> Vec<String> {
+    let f = "causal.node_addresses";
+    let reported = get_opt::<Vec<String>>(
+        "SELECT addresses FROM causal.sync_worker WHERE reported_at > now() - interval '30 seconds'",
+        &[],
+    )
+    .or_report(f);
+    if let Some(a) = reported.filter(|a| !a.is_empty()) {
+        return a;
+    }
+    let peer = node_public_key().or_report(f).libp2p_peer_id();
+    crate::guc::listen_addresses().into_iter().map(|a| format!("{}/p2p/{peer}", a.trim_end_matches('/'))).collect()
+}
+
+/// Checks a peer address: a multiaddr that ends in `/p2p/<peer id>`. Returns the peer id.
+pub fn peer_of_address(address: &str) -> Result<String, CausalError> {
+    let bad =
+        |why: &str| CausalError::BadAddress { address: address.chars().take(200).collect(), why: why.to_string() };
+    if !address.starts_with('/') {
+        return Err(bad("a multiaddr starts with /"));
+    }
+    let Some((_, peer)) = address.rsplit_once("/p2p/") else {
+        return Err(bad("it does not end in /p2p/<peer id>"));
+    };
+    if peer.is_empty() || peer.contains('/') {
+        return Err(bad("it does not end in /p2p/<peer id>"));
+    }
+    match bs58::decode(peer).into_vec() {
+        Ok(bytes) if bytes.len() >= 2 && bytes.len() <= 128 => Ok(peer.to_string()),
+        _ => Err(bad("the peer id is not base58")),
+    }
+}
+
+/// Adds a peer for the sync worker to dial and keep connected; takes effect at once. The
+/// address is a multiaddr with `/p2p/<peer id>`, as `causal.node_addresses()` gives on that
+/// node. Returns false if it was already there.
+#[pg_extern]
+fn add_peer(address: &str) -> bool {
+    let f = "causal.add_peer";
+    let peer = peer_of_address(address).or_report(f);
+    if peer == node_public_key().or_report(f).libp2p_peer_id() {
+        CausalError::BadAddress { address: address.to_string(), why: "it is this node's own address".into() }.report(f);
+    }
+    let added = get_opt::<bool>(
+        "INSERT INTO causal.peer_addresses (address, peer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+        &[address.into(), peer.into()],
+    )
+    .or_report(f)
+    .unwrap_or(false);
+    notify("peers").or_report(f);
+    added
+}
+
+/// Forgets a peer added with `causal.add_peer`; the worker disconnects it. Returns false if
+/// there was no such peer.
+#[pg_extern]
+fn remove_peer(address: &str) -> bool {
+    let f = "causal.remove_peer";
+    let removed =
+        get_opt::<bool>("DELETE FROM causal.peer_addresses WHERE address = $1 RETURNING true", &[address.into()])
+            .or_report(f)
+            .unwrap_or(false);
+    notify("peers").or_report(f);
+    removed
+}
+
+/// Asks the sync worker to fetch a group this database does not have yet (its genesis, its
+/// members, its tables and its history) from the connected peers. Progress shows in
+/// `causal.sync_status`. Returns the group id.
+#[pg_extern]
+fn join_group(group_id: &str) -> String {
+    let f = "causal.join_group";
+    if group_id.parse::<Hash>().is_err() {
+        CausalError::BadGroupId(group_id.chars().take(80).collect()).report(f);
+    }
+    if Group::find(group_id).is_ok() {
+        pgrx::notice!("group {group_id} is already here; the sync worker keeps it up to date");
+        return group_id.to_string();
+    }
+    Spi::run_with_args(
+        "INSERT INTO causal.wanted_groups (group_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[group_id.into()],
+    )
+    .map_err(CausalError::from)
+    .or_report(f);
+    notify("join").or_report(f);
+    group_id.to_string()
+}
+
+fn hashes(list: &[String]) -> Vec<Hash> {
+    list.iter().filter_map(|h| h.parse().ok()).collect()
+}
+
+/// Serves a peer's header request (sync protocol): the headers of the entries reachable from
+/// `start` that are not in the history of `limits`, breadth first, at most `max`; then a row
+/// saying whether the walk was complete; then, when `with_payloads` and complete, the
+/// payloads, deepest first. Rows are `(kind, hash, body)` with kind `header`, `complete` or
+/// `payload`; bodies are JSON text.
+#[pg_extern(stable)]
+fn _sync_headers(
+    grp: &str,
+    start: Vec<String>,
+    limits: Vec<String>,
+    max: i32,
+    with_payloads: bool,
+) -> TableIterator<'static, (name!(kind, String), name!(hash, Option<String>), name!(body, String))> {
+    let f = "causal._sync_headers";
+    let group = Group::find(grp).or_report(f);
+    let dag = group.dag();
+    let walk = dag
+        .walk_back(&hashes(&start), &hashes(&limits), usize::try_from(max).unwrap_or(0))
+        .map_err(CausalError::from)
+        .or_report(f);
+    let mut rows = Vec::with_capacity(walk.hashes.len() * 2 + 1);
+    let mut entries = Vec::with_capacity(walk.hashes.len());
+    for h in &walk.hashes {
+        let Some(e) = dag.entry(h).map_err(CausalError::from).or_report(f) else { continue };
+        rows.push(("header".to_string(), Some(h.to_b64()), e.header.to_literal().to_string()));
+        entries.push(e);
+    }
+    rows.push(("complete".to_string(), None, walk.complete.to_string()));
+    if with_payloads && walk.complete {
+        for e in entries.iter().rev() {
+            rows.push(("payload".to_string(), Some(e.hash.to_b64()), e.payload.to_string()));
+        }
+    }
+    TableIterator::new(rows)
+}
+
+/// Serves a peer's payload request: the payloads (JSON text) of the entries found.
+#[pg_extern(stable)]
+fn _sync_payloads(
+    grp: &str,
+    hashes_wanted: Vec<String>,
+) -> TableIterator<'static, (name!(hash, String), name!(payload, String))> {
+    let f = "causal._sync_payloads";
+    let group = Group::find(grp).or_report(f);
+    let dag = group.dag();
+    let mut rows = Vec::new();
+    for h in hashes(&hashes_wanted) {
+        if let Some(e) = dag.entry(&h).map_err(CausalError::from).or_report(f) {
+            rows.push((h.to_b64(), e.payload.to_string()));
+        }
+    }
+    TableIterator::new(rows)
+}
+
+/// The sync worker's report: `{pid, peer_id, addresses, started_at, peers: [...], groups:
+/// [...]}`; replaces what the views show.
+#[pg_extern]
+fn _sync_report(report: pgrx::JsonB) {
+    let f = "causal._sync_report";
+    let r = report.0;
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let run = |sql: &str, args: &[pgrx::datum::DatumWithOid]| {
+        Spi::run_with_args(sql, args).map_err(CausalError::from).or_report(f)
+    };
+    run(
+        "INSERT INTO causal.sync_worker (pid, peer_id, addresses, started_at, reported_at) \
+         VALUES ($1, $2, $3, to_timestamp($4::double precision / 1000), now()) ON CONFLICT (id) DO UPDATE SET pid = EXCLUDED.pid, \
+         peer_id = EXCLUDED.peer_id, addresses = EXCLUDED.addresses, started_at = EXCLUDED.started_at, reported_at = now()",
+        &[
+            (r["pid"].as_i64().unwrap_or(0) as i32).into(),
+            text(&r["peer_id"]).unwrap_or_default().into(),
+            r["addresses"].as_array().into_iter().flatten().filter_map(text).collect::<Vec<_>>().into(),
+            r["started_at_ms"].as_f64().unwrap_or(0.0).into(),
+        ],
+    );
+    run("DELETE FROM causal.sync_peer_state", &[]);
+    run(
+        "INSERT INTO causal.sync_peer_state (peer_id, address, connected, last_seen, entries_received, entries_rejected, \
+         banned_until, score) SELECT p->>'peer_id', p->>'address', (p->>'connected')::boolean, \
+         to_timestamp((p->>'last_seen_ms')::double precision / 1000), (p->>'entries_received')::bigint, \
+         (p->>'entries_rejected')::bigint, to_timestamp((p->>'banned_until_ms')::double precision / 1000), \
+         (p->>'score')::int FROM jsonb_array_elements($1) p",
+        &[pgrx::JsonB(r["peers"].clone()).into()],
+    );
+    run("DELETE FROM causal.sync_group_state", &[]);
+    run(
+        "INSERT INTO causal.sync_group_state (group_id, present, to_fetch, imported, last_progress, peers) \
+         SELECT g->>'group', (g->>'present')::boolean, (g->>'to_fetch')::bigint, (g->>'imported')::bigint, \
+         to_timestamp(nullif((g->>'last_progress_ms')::double precision, 0) / 1000), (g->>'peers')::int \
+         FROM jsonb_array_elements($1) g",
+        &[pgrx::JsonB(r["groups"].clone()).into()],
+    );
+}
+
+extension_sql!(
+    r#"
+-- One row per group (and per group being joined): its frontier, the worker's state, and the
+-- sync progress the worker last reported.
+CREATE VIEW causal.sync_status AS
+WITH worker AS (
+    SELECT CASE
+             WHEN w.reported_at > now() - interval '10 seconds' THEN 'running (pid ' || w.pid || ')'
+             WHEN current_setting('shared_preload_libraries') ~ 'pg_causal' THEN 'not running (starting, stopped, or restarting)'
+             ELSE 'no worker runs: pg_causal is not in shared_preload_libraries (the causal-sync binary can serve instead)'
+           END AS worker
+    FROM (SELECT 1) x LEFT JOIN causal.sync_worker w ON true
+), groups AS (
+    SELECT g.name AS group_name, g.group_id FROM causal.group_defs g
+    UNION ALL
+    SELECT NULL, w.group_id FROM causal.wanted_groups w
+    WHERE NOT EXISTS (SELECT 1 FROM causal.group_defs g WHERE g.group_id = w.group_id)
+)
+SELECT gr.group_name,
+       gr.group_id,
+       CASE WHEN gr.group_name IS NULL THEN '{}'::text[] ELSE causal.frontier(gr.group_id) END AS frontier,
+       (SELECT worker FROM worker) AS worker,
+       coalesce(s.peers, 0) AS peers_with_group,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('peer_id', p.peer_id, 'connected', p.connected,
+               'entries_received', p.entries_received, 'entries_rejected', p.entries_rejected,
+               'banned', coalesce(p.banned_until > now(), false)) ORDER BY p.peer_id), '[]')
+        FROM causal.sync_peer_state p) AS peer_states,
+       coalesce(s.to_fetch, 0) AS entries_to_fetch,
+       coalesce(s.imported, 0) AS entries_imported,
+       s.last_progress
+FROM groups gr LEFT JOIN causal.sync_group_state s ON s.group_id = gr.group_id;
+GRANT SELECT ON causal.sync_status TO PUBLIC;
+"#,
+    name = "sync_status_view",
+    requires = ["groups_view"]
+);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn peers_are_added_checked_and_removed() {
+        let me = Spi::get_one::<String>("SELECT causal.node_peer_id()").unwrap().unwrap();
+        assert!(me.starts_with("12D3KooW"), "{me}");
+        let addr = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        assert_eq!(Spi::get_one_with_args::<bool>("SELECT causal.add_peer($1)", &[addr.into()]).unwrap(), Some(true));
+        assert_eq!(Spi::get_one_with_args::<bool>("SELECT causal.add_peer($1)", &[addr.into()]).unwrap(), Some(false));
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM causal.peers WHERE NOT connected").unwrap();
+        assert_eq!(n, Some(1));
+        assert_eq!(
+            Spi::get_one_with_args::<bool>("SELECT causal.remove_peer($1)", &[addr.into()]).unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            Spi::get_one_with_args::<bool>("SELECT causal.remove_peer($1)", &[addr.into()]).unwrap(),
+            Some(false)
+        );
+    }
+
+    #[pg_test(error = "invalid peer address \"/ip4/127.0.0.1/tcp/4001\": it does not end in /p2p/<peer id>")]
+    fn an_address_without_a_peer_id_is_refused() {
+        Spi::run("SELECT causal.add_peer('/ip4/127.0.0.1/tcp/4001')").unwrap();
+    }
+
+    #[pg_test]
+    fn without_a_worker_the_status_says_so() {
+        Spi::run("SELECT causal.create_group('g')").unwrap();
+        let w =
+            Spi::get_one::<String>("SELECT worker FROM causal.sync_status WHERE group_name = 'g'").unwrap().unwrap();
+        assert!(w.starts_with("no worker runs"), "{w}");
+    }
+
+    #[pg_test]
+    fn headers_and_payloads_are_served_for_a_walk() {
+        let g = Spi::get_one::<String>("SELECT causal.create_group('g')").unwrap().unwrap();
+        let rows = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM causal._sync_headers($1, causal.frontier($1), '{}', 10, true)",
+            &[g.clone().into()],
+        )
+        .unwrap();
+        // One header, the completeness row, one payload.
+        assert_eq!(rows, Some(3));
+        let none = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM causal._sync_headers($1, causal.frontier($1), causal.frontier($1), 10, true) WHERE kind <> 'complete'",
+            &[g.into()],
+        )
+        .unwrap();
+        assert_eq!(none, Some(0));
+    }
+
+    #[pg_test]
+    fn joining_a_group_records_the_wish() {
+        let id = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        Spi::run(&format!("SELECT causal.join_group('{id}')")).unwrap();
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM causal.sync_status WHERE group_name IS NULL").unwrap();
+        assert_eq!(n, Some(1));
+    }
+}

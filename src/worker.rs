@@ -1,0 +1,123 @@
+//! The sync worker as a Postgres background worker: registered when pg_causal is in
+//! `shared_preload_libraries`, restarted by the postmaster if it dies, stopped by SIGTERM.
+//!
+//! It runs the same `causal_sync::run` as the standalone binary, on a tokio runtime built here,
+//! after the fork. It talks to its database as a client over the local socket (as the
+//! bootstrap superuser, whose name is the server's OS user), so nothing but this main thread
+//! ever touches Postgres's own state, and only to read settings and the shutdown flag.
+
+use std::ffi::CStr;
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+
+/// Registers the worker; only possible while shared_preload_libraries is being processed.
+pub fn register() {
+    // SAFETY: reading a flag Postgres sets before loading preloaded libraries.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    BackgroundWorkerBuilder::new("pg_causal sync worker")
+        .set_type("pg_causal sync")
+        .set_function("causal_sync_worker_main")
+        .set_library("pg_causal")
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// The server's OS user: the bootstrap superuser's name unless initdb was told otherwise.
+fn os_user() -> String {
+    // SAFETY: getpwuid returns a pointer to static storage or null; it is read at once, on
+    // the only thread there is at this point.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return "postgres".into();
+        }
+        CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+    }
+}
+
+/// The first socket directory and the port this server listens on.
+fn local_socket() -> (String, i32) {
+    // SAFETY: postmaster settings, read-only after startup.
+    let (dirs, port) = unsafe {
+        let dirs = if pg_sys::Unix_socket_directories.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(pg_sys::Unix_socket_directories).to_string_lossy().into_owned()
+        };
+        (dirs, pg_sys::PostPortNumber)
+    };
+    let dir = dirs.split(',').map(str::trim).find(|d| !d.is_empty()).unwrap_or("/var/run/postgresql").to_string();
+    (dir, port)
+}
+
+/// Quotes a value for a libpq-style connection string.
+fn conn_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    causal_sync::init_logging();
+    let (dir, port) = local_socket();
+    let database = crate::guc::database();
+    let conninfo = format!(
+        "host={} port={port} dbname={} user={} application_name={}",
+        conn_value(&dir),
+        conn_value(&database),
+        conn_value(&os_user()),
+        conn_value("pg_causal sync worker")
+    );
+    let parse = |list: Vec<String>, what: &str| -> Vec<libp2p_addr::Multiaddr> {
+        list.into_iter()
+            .filter_map(|a| match a.parse() {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    pgrx::warning!("pg_causal: ignoring {what} {a:?}: {e}");
+                    None
+                }
+            })
+            .collect()
+    };
+    let config = causal_sync::WorkerConfig {
+        conninfo,
+        listen: parse(crate::guc::listen_addresses(), "causal.listen_addresses entry"),
+        peers: parse(crate::guc::peers(), "causal.peers entry"),
+        report_every: Duration::from_secs(1),
+    };
+    pgrx::log!("pg_causal sync worker starting for database {database:?}");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            pgrx::warning!("pg_causal sync worker cannot start its runtime: {e}");
+            unsafe { pg_sys::proc_exit(1) };
+        }
+    };
+    // The stop signal is polled on this thread (block_on runs the future here); the runtime's
+    // other threads never call into Postgres.
+    let stop = async {
+        while !BackgroundWorker::sigterm_received() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let result = runtime.block_on(causal_sync::run(config, stop));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => pgrx::log!("pg_causal sync worker stopped"),
+        Err(e) => pgrx::warning!("pg_causal sync worker failed: {e}"),
+    }
+    // Exit code 1: the postmaster starts the worker again after its restart time unless the
+    // server is shutting down (the convention for background workers).
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Multiaddr parsing without naming libp2p here.
+mod libp2p_addr {
+    pub use causal_sync::Multiaddr;
+}

@@ -1,0 +1,208 @@
+//! The worker's side of the database: tokio-postgres calls to the extension's SQL functions.
+//! The worker never writes the catalog itself: entries go in through `causal.import`, which
+//! validates them like any bundle, and status goes through `causal._sync_report`.
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::session::ImportOutcome;
+use crate::wire::WireHeader;
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the node identity is missing or unreadable (the worker needs to read causal.identity_keys: connect as a superuser or the extension's owner)")]
+    NoNodeKey,
+    #[error("unexpected answer from {0}")]
+    Unexpected(&'static str),
+}
+
+/// A group as the database has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRow {
+    pub group_id: String,
+    pub hash_algorithm: String,
+    pub frontier: Vec<String>,
+}
+
+/// One connection to the database.
+pub struct Db {
+    client: Client,
+}
+
+/// Connects; the connection is driven by a spawned task. With `notifications`, messages from
+/// `LISTEN` arrive there (the channel is bounded; when it is full, a notification is dropped,
+/// which only delays work until the next one or the periodic refresh).
+pub async fn connect(conninfo: &str, notifications: Option<mpsc::Sender<String>>) -> Result<Db, DbError> {
+    let (client, mut connection) = tokio_postgres::connect(conninfo, NoTls).await?;
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        use futures::StreamExt;
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if let Some(tx) = &notifications {
+                        let _ = tx.try_send(n.payload().to_string());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("database connection closed: {e}");
+                    break;
+                }
+            }
+        }
+    });
+    Ok(Db { client })
+}
+
+fn parse_json(text: &str) -> Option<Value> {
+    causal_core::json::parse(text).ok()
+}
+
+impl Db {
+    /// Whether `CREATE EXTENSION pg_causal` has run in this database.
+    pub async fn extension_ready(&self) -> Result<bool, DbError> {
+        Ok(self.client.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'pg_causal'", &[]).await?.is_some())
+    }
+
+    pub async fn listen(&self) -> Result<(), DbError> {
+        self.client.batch_execute("LISTEN causal_sync").await?;
+        Ok(())
+    }
+
+    /// The node identity's secret key (the libp2p identity).
+    pub async fn node_secret(&self) -> Result<Vec<u8>, DbError> {
+        let row = self
+            .client
+            .query_opt("SELECT secret_key FROM causal.identity_keys WHERE is_node", &[])
+            .await
+            .map_err(|_| DbError::NoNodeKey)?
+            .ok_or(DbError::NoNodeKey)?;
+        Ok(row.get::<_, Vec<u8>>(0))
+    }
+
+    pub async fn groups(&self) -> Result<Vec<GroupRow>, DbError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT group_id, hash_algorithm, causal.frontier(group_id) FROM causal.group_defs ORDER BY group_id",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| GroupRow { group_id: r.get(0), hash_algorithm: r.get(1), frontier: r.get(2) }).collect())
+    }
+
+    pub async fn group(&self, group_id: &str) -> Result<Option<GroupRow>, DbError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT group_id, hash_algorithm, causal.frontier(group_id) FROM causal.group_defs WHERE group_id = $1",
+                &[&group_id],
+            )
+            .await?;
+        Ok(row.map(|r| GroupRow { group_id: r.get(0), hash_algorithm: r.get(1), frontier: r.get(2) }))
+    }
+
+    /// Groups asked for with `causal.join_group` that are not here yet.
+    pub async fn wanted_groups(&self) -> Result<Vec<String>, DbError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT w.group_id FROM causal.wanted_groups w \
+                 WHERE NOT EXISTS (SELECT 1 FROM causal.group_defs g WHERE g.group_id = w.group_id)",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn peer_addresses(&self) -> Result<Vec<String>, DbError> {
+        let rows = self.client.query("SELECT address FROM causal.peer_addresses ORDER BY address", &[]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Serves a header request (`causal._sync_headers`).
+    pub async fn read_headers(
+        &self,
+        group: &str,
+        start: &[String],
+        limits: &[String],
+        max: u32,
+        with_payloads: bool,
+    ) -> Result<(Vec<WireHeader>, bool, Option<Vec<(String, Value)>>), DbError> {
+        let max = i32::try_from(max).unwrap_or(i32::MAX);
+        let rows = self
+            .client
+            .query(
+                "SELECT kind, hash, body FROM causal._sync_headers($1, $2, $3, $4, $5)",
+                &[&group, &start, &limits, &max, &with_payloads],
+            )
+            .await?;
+        let (mut headers, mut payloads, mut complete) = (Vec::new(), Vec::new(), false);
+        for r in rows {
+            let kind: String = r.get(0);
+            let hash: Option<String> = r.get(1);
+            let body: String = r.get(2);
+            match (kind.as_str(), hash) {
+                ("header", Some(hash)) => headers
+                    .push(WireHeader { hash, header: parse_json(&body).ok_or(DbError::Unexpected("_sync_headers"))? }),
+                ("payload", Some(hash)) => {
+                    payloads.push((hash, parse_json(&body).ok_or(DbError::Unexpected("_sync_headers"))?))
+                }
+                ("complete", _) => complete = body == "true",
+                _ => return Err(DbError::Unexpected("_sync_headers")),
+            }
+        }
+        let payloads = (with_payloads && complete).then_some(payloads);
+        Ok((headers, complete, payloads))
+    }
+
+    /// Serves a payload request (`causal._sync_payloads`).
+    pub async fn read_payloads(&self, group: &str, hashes: &[String]) -> Result<Vec<(String, Value)>, DbError> {
+        let rows =
+            self.client.query("SELECT hash, payload FROM causal._sync_payloads($1, $2)", &[&group, &hashes]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let body: String = r.get(1);
+            out.push((r.get(0), parse_json(&body).ok_or(DbError::Unexpected("_sync_payloads"))?));
+        }
+        Ok(out)
+    }
+
+    /// Imports entries through `causal.import` (one transaction: validation, storage,
+    /// reconciliation), and reads the group's frontier after it.
+    pub async fn import(
+        &self,
+        group: &str,
+        hash_algorithm: &str,
+        entries: Vec<Value>,
+    ) -> Result<ImportOutcome, DbError> {
+        let hashes: Vec<String> = entries.iter().filter_map(|e| e["hash"].as_str().map(str::to_string)).collect();
+        let bundle = json!({"format": "pg_causal-bundle/1", "group": group, "hashAlgorithm": hash_algorithm, "entries": entries});
+        let bytes = serde_json::to_vec(&bundle).map_err(|_| DbError::Unexpected("bundle"))?;
+        let row = self.client.query_one("SELECT causal.import($1)::text", &[&bytes]).await?;
+        let text: String = row.get(0);
+        let result: Value = serde_json::from_str(&text).map_err(|_| DbError::Unexpected("causal.import"))?;
+        let rejected: Vec<(String, String)> = result["rejected"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| Some((r["hash"].as_str()?.to_string(), r["reason"].as_str().unwrap_or("").to_string())))
+            .collect();
+        let refused: std::collections::HashSet<&str> = rejected.iter().map(|(h, _)| h.as_str()).collect();
+        let stored = hashes.iter().filter(|h| !refused.contains(h.as_str())).cloned().collect();
+        let frontier = self.group(group).await?.map(|g| g.frontier).unwrap_or_default();
+        Ok(ImportOutcome { stored, rejected, frontier })
+    }
+
+    /// Publishes the worker's status for `causal.peers` and `causal.sync_status`.
+    pub async fn report(&self, report: &Value) -> Result<(), DbError> {
+        let text = report.to_string();
+        self.client.execute("SELECT causal._sync_report($1::text::jsonb)", &[&text]).await?;
+        Ok(())
+    }
+}

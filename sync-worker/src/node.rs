@@ -1,0 +1,575 @@
+//! The running worker: one task owns the libp2p Swarm and the protocol [`Session`]; database
+//! work runs in two tasks of its own (reads that serve peers, and imports), and each peer's
+//! stream has a reader and a writer task. Every queue between them is bounded and named in
+//! [`queues`]; the status report shows their depth.
+//!
+//! Peers talk over one libp2p stream per direction (protocol [`wire::PROTOCOL`]): each side
+//! opens a stream to write on and accepts the other's to read from.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::db::{self, Db, DbError};
+use crate::session::{Action, Config as SessionConfig, ImportOutcome, Session};
+use crate::wire::{self, WireHeader, MAX_FRAME};
+
+/// Capacities of the worker's bounded queues.
+pub mod queues {
+    /// Frames received from all peers, waiting for the protocol.
+    pub const INBOUND_FRAMES: usize = 4096;
+    /// Frames waiting to be written to one peer. A peer that falls this far behind is
+    /// disconnected.
+    pub const OUTBOUND_FRAMES_PER_PEER: usize = 16384;
+    /// Reads (serving peers) waiting for the database.
+    pub const DATABASE_READS: usize = 256;
+    /// Imports waiting for the database.
+    pub const DATABASE_IMPORTS: usize = 16;
+    /// Results coming back from the database tasks.
+    pub const DATABASE_RESULTS: usize = 1024;
+    /// Notifications from the database (`LISTEN causal_sync`).
+    pub const NOTIFICATIONS: usize = 1024;
+}
+
+/// What the worker needs to run.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// libpq-style connection string of the database holding the groups.
+    pub conninfo: String,
+    pub listen: Vec<Multiaddr>,
+    pub peers: Vec<Multiaddr>,
+    /// How often the status views are refreshed.
+    pub report_every: Duration,
+}
+
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the node identity is not an ed25519 secret key")]
+    BadNodeKey,
+    #[error("libp2p: {0}")]
+    Network(String),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    stream: libp2p_stream::Behaviour,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+enum Read {
+    Headers {
+        peer: PeerId,
+        group: String,
+        request_id: String,
+        start: Vec<String>,
+        limits: Vec<String>,
+        max: u32,
+        with_payloads: bool,
+    },
+    Payloads {
+        peer: PeerId,
+        group: String,
+        request_id: String,
+        hashes: Vec<String>,
+    },
+    Frontier {
+        group: String,
+    },
+}
+
+enum DbResult {
+    Headers {
+        peer: PeerId,
+        group: String,
+        request_id: String,
+        headers: Vec<WireHeader>,
+        complete: bool,
+        payloads: Option<Vec<(String, Value)>>,
+    },
+    Payloads {
+        peer: PeerId,
+        group: String,
+        request_id: String,
+        payloads: Vec<(String, Value)>,
+    },
+    Frontier {
+        group: String,
+        hash_algorithm: String,
+        frontier: Vec<String>,
+    },
+    Imported {
+        group: String,
+        hash_algorithm: String,
+        outcome: ImportOutcome,
+        entries: usize,
+        took: Duration,
+    },
+    ImportFailed {
+        group: String,
+        error: String,
+    },
+}
+
+/// Waits until the database is reachable and the extension is installed, quietly (a log line
+/// per minute at most).
+async fn wait_for_database(conninfo: &str, stop: &mut (impl Future<Output = ()> + Unpin)) -> Option<Db> {
+    let mut last_log = 0u64;
+    loop {
+        let attempt = async {
+            let db = db::connect(conninfo, None).await?;
+            Ok::<_, DbError>(if db.extension_ready().await? { Some(db) } else { None })
+        };
+        match attempt.await {
+            Ok(Some(db)) => return Some(db),
+            Ok(None) | Err(_) if now_ms() - last_log < 60_000 => {}
+            Ok(None) => {
+                tracing::info!("waiting for CREATE EXTENSION pg_causal in the worker's database");
+                last_log = now_ms();
+            }
+            Err(e) => {
+                tracing::info!("waiting for the database: {e}");
+                last_log = now_ms();
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = &mut *stop => return None,
+        }
+    }
+}
+
+/// Runs the worker until `stop` completes.
+pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    let mut stop = Box::pin(stop);
+    let Some(db) = wait_for_database(&config.conninfo, &mut stop).await else { return Ok(()) };
+    let mut secret = db.node_secret().await?;
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret).map_err(|_| WorkerError::BadNodeKey)?;
+    let me = keypair.public().to_peer_id();
+    let started = now_ms();
+
+    // The database tasks: notifications, reads, imports.
+    let (notify_tx, mut notify_rx) = mpsc::channel::<String>(queues::NOTIFICATIONS);
+    let listener = db::connect(&config.conninfo, Some(notify_tx)).await?;
+    listener.listen().await?;
+    let (results_tx, mut results_rx) = mpsc::channel::<DbResult>(queues::DATABASE_RESULTS);
+    let (reads_tx, reads_rx) = mpsc::channel::<Read>(queues::DATABASE_READS);
+    let (imports_tx, imports_rx) = mpsc::channel::<(String, String, Vec<Value>)>(queues::DATABASE_IMPORTS);
+    tokio::spawn(serve_reads(db::connect(&config.conninfo, None).await?, reads_rx, results_tx.clone()));
+    tokio::spawn(run_imports(db::connect(&config.conninfo, None).await?, imports_rx, results_tx.clone()));
+
+    let mut swarm = build_swarm(keypair)?;
+    for a in &config.listen {
+        swarm.listen_on(a.clone()).map_err(|e| WorkerError::Network(format!("cannot listen on {a}: {e}")))?;
+    }
+    let protocol = StreamProtocol::new(wire::PROTOCOL);
+    let mut control = swarm.behaviour().stream.new_control();
+    let mut incoming = control.accept(protocol.clone()).map_err(|e| WorkerError::Network(e.to_string()))?;
+    let (inbound_tx, mut inbound_rx) = mpsc::channel::<(PeerId, Vec<u8>)>(queues::INBOUND_FRAMES);
+
+    let mut session: Session<PeerId> = Session::new(SessionConfig::default(), &me.to_base58()[8..20]);
+    for g in db.groups().await? {
+        session.local_frontier(&g.group_id, &g.hash_algorithm, &g.frontier, now_ms());
+    }
+    for g in db.wanted_groups().await? {
+        session.want_group(&g, now_ms());
+    }
+    let mut writers: HashMap<PeerId, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut listen_addrs: BTreeSet<String> = BTreeSet::new();
+    let mut addresses: HashMap<PeerId, String> = HashMap::new();
+    let mut wanted_peers: Vec<Multiaddr> = config.peers.clone();
+    wanted_peers.extend(db.peer_addresses().await?.iter().filter_map(|a| a.parse().ok()));
+    dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
+    tracing::info!(peer_id = %me, "pg_causal sync worker started");
+
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_report = 0u64;
+    let mut last_redial = now_ms();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            event = swarm.select_next_some() => {
+                on_swarm_event(event, &mut swarm, &mut session, &mut writers, &mut listen_addrs, &mut addresses, &control, &protocol, me);
+            }
+            Some((peer, stream)) = incoming.next() => {
+                tokio::spawn(read_frames(peer, stream, inbound_tx.clone()));
+            }
+            Some((peer, body)) = inbound_rx.recv() => session.frame(&peer, &body, now_ms()),
+            Some(note) = notify_rx.recv() => {
+                if let Some(group) = note.strip_prefix("group:") {
+                    let _ = reads_tx.try_send(Read::Frontier { group: group.to_string() });
+                } else if note == "join" {
+                    if let Ok(db) = db::connect(&config.conninfo, None).await {
+                        for g in db.wanted_groups().await.unwrap_or_default() {
+                            session.want_group(&g, now_ms());
+                        }
+                    }
+                } else if note == "peers" {
+                    if let Ok(db) = db::connect(&config.conninfo, None).await {
+                        let listed: Vec<Multiaddr> = db.peer_addresses().await.unwrap_or_default().iter().filter_map(|a| a.parse().ok()).collect();
+                        let keep: BTreeSet<PeerId> = listed.iter().chain(config.peers.iter()).filter_map(peer_of).collect();
+                        for p in wanted_peers.iter().filter_map(peer_of) {
+                            if !keep.contains(&p) {
+                                let _ = swarm.disconnect_peer_id(p);
+                            }
+                        }
+                        wanted_peers = config.peers.clone();
+                        wanted_peers.extend(listed);
+                        dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
+                    }
+                }
+            }
+            Some(result) = results_rx.recv() => on_db_result(result, &mut session),
+            _ = tick.tick() => {
+                let now = now_ms();
+                session.tick(now);
+                if now - last_redial > 5_000 {
+                    last_redial = now;
+                    dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
+                }
+                if now - last_report >= config.report_every.as_millis() as u64 {
+                    last_report = now;
+                    let report = status_report(&session, me, &listen_addrs, &addresses, started, &writers, &inbound_rx);
+                    if let Err(e) = db.report(&report).await {
+                        tracing::warn!("cannot report status: {e}");
+                    }
+                }
+            }
+        }
+        // Carry out what the protocol asked for.
+        while let Some(action) = session.poll_action() {
+            match action {
+                Action::Send { peer, envelope } => {
+                    let frame = envelope.to_frame();
+                    let full = match writers.get(&peer) {
+                        Some(w) => w.try_send(frame).is_err(),
+                        None => false, // not connected (any more): the message is moot
+                    };
+                    if full {
+                        tracing::warn!(%peer, "outbound queue full ({} frames); disconnecting", queues::OUTBOUND_FRAMES_PER_PEER);
+                        writers.remove(&peer);
+                        let _ = swarm.disconnect_peer_id(peer);
+                    }
+                }
+                Action::ReadHeaders { peer, group, request_id, start, limits, max, with_payloads } => {
+                    if reads_tx
+                        .try_send(Read::Headers { peer, group, request_id, start, limits, max, with_payloads })
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            "database reads queue full ({}); a peer's request waits for its timeout",
+                            queues::DATABASE_READS
+                        );
+                    }
+                }
+                Action::ReadPayloads { peer, group, request_id, hashes } => {
+                    if reads_tx.try_send(Read::Payloads { peer, group, request_id, hashes }).is_err() {
+                        tracing::warn!(
+                            "database reads queue full ({}); a peer's request waits for its timeout",
+                            queues::DATABASE_READS
+                        );
+                    }
+                }
+                Action::Import { group, hash_algorithm, entries } => {
+                    if imports_tx.try_send((group.clone(), hash_algorithm, entries)).is_err() {
+                        session.import_failed(&group, now_ms());
+                    }
+                }
+                Action::Disconnect { peer, reason, banned_until_ms } => {
+                    tracing::warn!(%peer, %reason, banned_for_s = (banned_until_ms.saturating_sub(now_ms())) / 1000, "peer banned");
+                    writers.remove(&peer);
+                    let _ = swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+    }
+    tracing::info!("pg_causal sync worker stopping");
+    Ok(())
+}
+
+fn peer_of(a: &Multiaddr) -> Option<PeerId> {
+    a.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+fn build_swarm(keypair: identity::Keypair) -> Result<Swarm<Behaviour>, WorkerError> {
+    let net = |e: &dyn std::fmt::Display| WorkerError::Network(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| net(&e))?
+        .with_behaviour(|key| {
+            let id = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::new(id, kad::store::MemoryStore::new(id));
+            kad.set_mode(Some(kad::Mode::Server));
+            Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new("/pg_causal/1".into(), key.public())),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                kad,
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        })
+        .map_err(|e| net(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .build();
+    Ok(swarm)
+}
+
+fn dial_all(
+    swarm: &mut Swarm<Behaviour>,
+    peers: &[Multiaddr],
+    addresses: &mut HashMap<PeerId, String>,
+    session: &Session<PeerId>,
+) {
+    let now = now_ms();
+    for a in peers {
+        let Some(p) = peer_of(a) else { continue };
+        addresses.insert(p, a.to_string());
+        if swarm.is_connected(&p) || session.is_banned(&p, now) {
+            continue;
+        }
+        swarm.behaviour_mut().kad.add_address(&p, a.clone());
+        if let Err(e) = swarm.dial(a.clone()) {
+            tracing::debug!(%a, "dial failed: {e}");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_swarm_event(
+    event: SwarmEvent<BehaviourEvent>,
+    swarm: &mut Swarm<Behaviour>,
+    session: &mut Session<PeerId>,
+    writers: &mut HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    listen_addrs: &mut BTreeSet<String>,
+    addresses: &mut HashMap<PeerId, String>,
+    control: &libp2p_stream::Control,
+    protocol: &StreamProtocol,
+    me: PeerId,
+) {
+    let now = now_ms();
+    match event {
+        SwarmEvent::NewListenAddr { address, .. } => {
+            tracing::info!("listening on {address}/p2p/{me}");
+            listen_addrs.insert(format!("{address}/p2p/{me}"));
+        }
+        SwarmEvent::ExpiredListenAddr { address, .. } => {
+            listen_addrs.remove(&format!("{address}/p2p/{me}"));
+        }
+        SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+            if session.is_banned(&peer_id, now) {
+                let _ = swarm.disconnect_peer_id(peer_id);
+                return;
+            }
+            if endpoint.is_dialer() {
+                addresses.entry(peer_id).or_insert_with(|| format!("{}/p2p/{peer_id}", endpoint.get_remote_address()));
+            }
+            if num_established.get() == 1 {
+                tracing::info!(peer = %peer_id, "connected");
+                let (tx, rx) = mpsc::channel(queues::OUTBOUND_FRAMES_PER_PEER);
+                writers.insert(peer_id, tx);
+                tokio::spawn(write_frames(peer_id, control.clone(), protocol.clone(), rx));
+                session.peer_connected(&peer_id, now);
+            }
+        }
+        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            tracing::info!(peer = %peer_id, "disconnected");
+            writers.remove(&peer_id);
+            session.peer_disconnected(&peer_id, now);
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            for a in info.listen_addrs {
+                swarm.behaviour_mut().kad.add_address(&peer_id, a);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn on_db_result(result: DbResult, session: &mut Session<PeerId>) {
+    let now = now_ms();
+    match result {
+        DbResult::Headers { peer, group, request_id, headers, complete, payloads } => {
+            session.headers_read(&peer, &group, &request_id, headers, complete, payloads)
+        }
+        DbResult::Payloads { peer, group, request_id, payloads } => {
+            session.payloads_read(&peer, &group, &request_id, payloads)
+        }
+        DbResult::Frontier { group, hash_algorithm, frontier } => {
+            session.local_frontier(&group, &hash_algorithm, &frontier, now)
+        }
+        DbResult::Imported { group, hash_algorithm, outcome, entries, took } => {
+            let to_fetch = session.group_status().iter().find(|g| g.group == group).map(|g| g.to_fetch).unwrap_or(0);
+            tracing::info!(
+                group = %group,
+                entries,
+                stored = outcome.stored.len(),
+                rejected = outcome.rejected.len(),
+                still_to_fetch = to_fetch.saturating_sub(entries),
+                ms = took.as_millis() as u64,
+                "imported"
+            );
+            for (h, why) in outcome.rejected.iter().take(5) {
+                tracing::warn!(group = %group, entry = %h, "rejected: {why}");
+            }
+            session.imported(&group, outcome, &hash_algorithm, now)
+        }
+        DbResult::ImportFailed { group, error } => {
+            tracing::warn!(group = %group, "import failed: {error}");
+            session.import_failed(&group, now)
+        }
+    }
+}
+
+async fn serve_reads(db: Db, mut rx: mpsc::Receiver<Read>, tx: mpsc::Sender<DbResult>) {
+    while let Some(job) = rx.recv().await {
+        let result = match job {
+            Read::Headers { peer, group, request_id, start, limits, max, with_payloads } => {
+                match db.read_headers(&group, &start, &limits, max, with_payloads).await {
+                    Ok((headers, complete, payloads)) => {
+                        DbResult::Headers { peer, group, request_id, headers, complete, payloads }
+                    }
+                    Err(e) => {
+                        tracing::warn!("serving headers: {e}");
+                        continue;
+                    }
+                }
+            }
+            Read::Payloads { peer, group, request_id, hashes } => match db.read_payloads(&group, &hashes).await {
+                Ok(payloads) => DbResult::Payloads { peer, group, request_id, payloads },
+                Err(e) => {
+                    tracing::warn!("serving payloads: {e}");
+                    continue;
+                }
+            },
+            Read::Frontier { group } => match db.group(&group).await {
+                Ok(Some(g)) => DbResult::Frontier { group, hash_algorithm: g.hash_algorithm, frontier: g.frontier },
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("reading a frontier: {e}");
+                    continue;
+                }
+            },
+        };
+        if tx.send(result).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn run_imports(db: Db, mut rx: mpsc::Receiver<(String, String, Vec<Value>)>, tx: mpsc::Sender<DbResult>) {
+    while let Some((group, hash_algorithm, entries)) = rx.recv().await {
+        let started = std::time::Instant::now();
+        let n = entries.len();
+        let result = match db.import(&group, &hash_algorithm, entries).await {
+            Ok(outcome) => DbResult::Imported { group, hash_algorithm, outcome, entries: n, took: started.elapsed() },
+            Err(e) => DbResult::ImportFailed { group, error: e.to_string() },
+        };
+        if tx.send(result).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads length-prefixed frames from a peer's stream into the inbound queue.
+async fn read_frames(peer: PeerId, mut stream: libp2p::Stream, tx: mpsc::Sender<(PeerId, Vec<u8>)>) {
+    let mut len = [0u8; 4];
+    loop {
+        if stream.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_FRAME {
+            // Hand the protocol an oversized marker so the peer is scored, then stop reading.
+            let _ = tx.send((peer, vec![0xff; 1])).await;
+            return;
+        }
+        let mut body = vec![0u8; n];
+        if stream.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        if tx.send((peer, body)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Opens our stream to a peer and writes the frames queued for it.
+async fn write_frames(
+    peer: PeerId,
+    mut control: libp2p_stream::Control,
+    protocol: StreamProtocol,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let mut stream = match control.open_stream(peer, protocol).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, "cannot open a sync stream: {e}");
+            return;
+        }
+    };
+    while let Some(frame) = rx.recv().await {
+        if stream.write_all(&frame).await.is_err() {
+            return;
+        }
+        // Flush when nothing else is queued, so small messages leave at once.
+        if rx.is_empty() && stream.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = stream.close().await;
+}
+
+fn status_report(
+    session: &Session<PeerId>,
+    me: PeerId,
+    listen_addrs: &BTreeSet<String>,
+    addresses: &HashMap<PeerId, String>,
+    started: u64,
+    writers: &HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    inbound: &mpsc::Receiver<(PeerId, Vec<u8>)>,
+) -> Value {
+    let peers: Vec<Value> = session
+        .peer_stats()
+        .into_iter()
+        .map(|(p, s)| {
+            json!({"peer_id": p.to_base58(), "address": addresses.get(&p), "connected": s.connected,
+                   "last_seen_ms": s.last_seen_ms, "entries_received": s.entries_received,
+                   "entries_rejected": s.entries_rejected, "banned_until_ms": s.banned_until_ms, "score": s.score,
+                   "outbound_queue": writers.get(&p).map(|w| queues::OUTBOUND_FRAMES_PER_PEER - w.capacity())})
+        })
+        .collect();
+    let groups: Vec<Value> = session
+        .group_status()
+        .into_iter()
+        .map(|g| {
+            json!({"group": g.group, "present": g.present, "to_fetch": g.to_fetch, "imported": g.imported,
+                   "last_progress_ms": g.last_progress_ms, "peers": g.peers_with_group})
+        })
+        .collect();
+    json!({
+        "pid": std::process::id(),
+        "peer_id": me.to_base58(),
+        "addresses": listen_addrs.iter().collect::<Vec<_>>(),
+        "started_at_ms": started,
+        "peers": peers,
+        "groups": groups,
+        "queues": {"inbound_frames": queues::INBOUND_FRAMES - inbound.capacity(), "protocol_actions": session.queued_actions()},
+    })
+}
