@@ -10,13 +10,19 @@
 //! The same [`node::run`] serves the Postgres background worker (in the extension) and the
 //! standalone `causal-sync` binary.
 
+#[cfg(feature = "net")]
 pub mod db;
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(feature = "net")]
 pub mod node;
 pub mod score;
 pub mod session;
 pub mod wire;
 
+#[cfg(feature = "net")]
 pub use libp2p::Multiaddr;
+#[cfg(feature = "net")]
 pub use node::{run, WorkerConfig, WorkerError};
 
 use clap::Parser;
@@ -47,6 +53,7 @@ pub struct Args {
     pub peers: Vec<String>,
 }
 
+#[cfg(feature = "net")]
 impl Args {
     /// The worker configuration these arguments describe.
     pub fn config(&self) -> Result<WorkerConfig, String> {
@@ -61,6 +68,7 @@ impl Args {
 }
 
 /// Logs to stderr, at `RUST_LOG` or info.
+#[cfg(feature = "net")]
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,libp2p=warn".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
