@@ -198,11 +198,14 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_report = 0u64;
+    let mut peers_changed = false;
     let mut last_redial = now_ms();
     loop {
         tokio::select! {
             _ = &mut stop => break,
             event = swarm.select_next_some() => {
+                // Connections coming and going are reported at the next tick, not a second later.
+                peers_changed |= matches!(event, SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. });
                 on_swarm_event(event, &mut swarm, &mut session, &mut writers, &mut listen_addrs, &mut addresses, &control, &protocol, me);
             }
             Some((peer, stream)) = incoming.next() => {
@@ -241,8 +244,9 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                     last_redial = now;
                     dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
                 }
-                if now - last_report >= config.report_every.as_millis() as u64 {
+                if peers_changed || now - last_report >= config.report_every.as_millis() as u64 {
                     last_report = now;
+                    peers_changed = false;
                     let report = status_report(&session, me, &listen_addrs, &addresses, started, &writers, &inbound_rx);
                     if let Err(e) = db.report(&report).await {
                         tracing::warn!("cannot report status: {e}");
