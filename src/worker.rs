@@ -99,10 +99,11 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::proc_exit(1) };
         }
     };
-    // The stop signal is polled on this thread (block_on runs the future here); the runtime's
-    // other threads never call into Postgres.
+    // SIGTERM and the postmaster's death are polled on this thread (block_on runs the future
+    // here); the runtime's other threads never call into Postgres. A worker must not outlive
+    // its postmaster: it would hold the shared memory and keep the server from restarting.
     let stop = async {
-        while !BackgroundWorker::sigterm_received() {
+        while BackgroundWorker::wait_latch(Some(Duration::ZERO)) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
@@ -110,7 +111,7 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
     runtime.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(()) => pgrx::log!("pg_causal sync worker stopped"),
-        Err(e) => pgrx::warning!("pg_causal sync worker failed: {e}"),
+        Err(e) => pgrx::log!("pg_causal sync worker stopped: {e}; it restarts in 5 seconds"),
     }
     // Exit code 1: the postmaster starts the worker again after its restart time unless the
     // server is shutting down (the convention for background workers).

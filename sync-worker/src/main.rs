@@ -33,7 +33,23 @@ fn main() {
                 }
             }
         };
-        causal_sync::run(config, stop).await
+        let mut stop = std::pin::pin!(stop);
+        // Runs again when the database goes away (a restart), after a pause.
+        loop {
+            tokio::select! {
+                r = causal_sync::run(config.clone(), std::future::pending::<()>()) => match r {
+                    Err(causal_sync::WorkerError::Db(e)) => {
+                        eprintln!("causal-sync: {e}; starting again in 5 seconds");
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => continue,
+                            _ = &mut stop => return Ok(()),
+                        }
+                    }
+                    other => return other,
+                },
+                _ = &mut stop => return Ok(()),
+            }
+        }
     });
     if let Err(e) = result {
         eprintln!("causal-sync: {e}");

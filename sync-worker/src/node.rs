@@ -59,12 +59,13 @@ pub enum WorkerError {
     Network(String),
 }
 
+/// The worker's libp2p behaviours (public so tests can build a peer that speaks the protocol).
 #[derive(NetworkBehaviour)]
-struct Behaviour {
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    stream: libp2p_stream::Behaviour,
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub stream: libp2p_stream::Behaviour,
 }
 
 fn now_ms() -> u64 {
@@ -249,7 +250,9 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                     peers_changed = false;
                     let report = status_report(&session, me, &listen_addrs, &addresses, started, &writers, &inbound_rx);
                     if let Err(e) = db.report(&report).await {
-                        tracing::warn!("cannot report status: {e}");
+                        // The database went away (restart, crash): stop, and be started again.
+                        tracing::warn!("lost the database: {e}");
+                        return Err(e.into());
                     }
                 }
             }
@@ -312,7 +315,8 @@ fn peer_of(a: &Multiaddr) -> Option<PeerId> {
     })
 }
 
-fn build_swarm(keypair: identity::Keypair) -> Result<Swarm<Behaviour>, WorkerError> {
+/// A Swarm as the worker builds it: TCP, noise, yamux, identify, ping, Kademlia, streams.
+pub fn build_swarm(keypair: identity::Keypair) -> Result<Swarm<Behaviour>, WorkerError> {
     let net = |e: &dyn std::fmt::Display| WorkerError::Network(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()

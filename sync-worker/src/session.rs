@@ -1029,9 +1029,12 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                 }
             }
         }
-        if ready.is_empty() {
+        // While payloads are still on their way, wait for a batch worth its transaction.
+        let more_coming = self.requests.values().any(|r| r.group == group && !r.asked.is_empty() && r.max == 0);
+        if ready.is_empty() || (more_coming && ready.len() < self.config.import_chunk.min(MIN_IMPORT_BATCH)) {
             return;
         }
+        let Some(g) = self.groups.get_mut(group) else { return };
         let entries: Vec<Value> = ready
             .iter()
             .map(|h| {
@@ -1057,6 +1060,10 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         }
     }
 }
+
+/// Entries an import waits for while more payloads are in flight (an import costs a
+/// transaction, so a trickle of tiny ones is slow).
+const MIN_IMPORT_BATCH: usize = 500;
 
 /// Hashes remembered as stored per group before the memory is reset.
 const STORED_MEMORY: usize = 1_000_000;

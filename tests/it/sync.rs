@@ -218,3 +218,197 @@ fn a_partition_heals_to_identical_tables_logs_and_frontiers() {
         assert_eq!(n.count("SELECT count(*) FROM products WHERE sku = 'P' AND name = 'renamed on b'"), 1);
     }
 }
+
+#[test]
+fn a_node_killed_during_sync_loses_nothing_and_catches_up() {
+    let (mut a, mut c) = (Node::start("crash-a"), Node::start("crash-c"));
+    mesh(&mut [&mut a, &mut c]);
+    let g = shop(&mut a, &mut [&mut c]);
+    // C commits entries of its own, then is cut off while A writes a long history.
+    c.db.execute("INSERT INTO products SELECT 'c' || i, 'from c', i FROM generate_series(1, 20) i", &[]).unwrap();
+    for i in 0..5 {
+        c.db.execute("INSERT INTO products VALUES ($1, 'from c, alone', 1)", &[&format!("c-own-{i}")]).unwrap();
+    }
+    wait_for("A has C's rows", Duration::from_secs(30), || {
+        (a.count("SELECT count(*) FROM products") == 25).then_some(())
+    });
+    let addr_a = a.address();
+    let addr_c = c.address();
+    c.db.execute("SELECT causal.remove_peer($1)", &[&addr_a]).unwrap();
+    a.db.execute("SELECT causal.remove_peer($1)", &[&addr_c]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    a.db.batch_execute(
+        "CREATE PROCEDURE many(n int) LANGUAGE plpgsql AS $$
+         BEGIN FOR b IN 1..n LOOP
+             INSERT INTO products SELECT 'a' || b || '-' || i, 'from a', i FROM generate_series(1, 20) i; COMMIT;
+         END LOOP; END $$;",
+    )
+    .unwrap();
+    // Alone, so that the procedure may commit (a multi-statement string is one transaction).
+    a.db.batch_execute("CALL many(1500)").unwrap();
+    let want = a.frontier(&g);
+    // Reconnect, and kill C's postmaster while it is importing.
+    c.db.execute("SELECT causal.add_peer($1)", &[&addr_a]).unwrap();
+    a.db.execute("SELECT causal.add_peer($1)", &[&addr_c]).unwrap();
+    wait_for("C's worker is inside causal.import", Duration::from_secs(60), || {
+        let n = c.count(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%causal.import%' \
+             AND pid <> pg_backend_pid()",
+        );
+        (n > 0).then_some(())
+    });
+    c.cluster.kill9();
+    c.cluster.restart();
+    c.db = c.cluster.connect("postgres");
+    // Nothing committed was lost (C's own rows), and the import in flight is all or nothing.
+    assert_eq!(c.count("SELECT count(*) FROM products WHERE name LIKE 'from c%'"), 25);
+    let after = c.count("SELECT count(*) FROM products");
+    assert!(after == 25 || after == 25 + 30_000, "a partial import survived the crash: {after} rows");
+    let verified: bool = c.db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
+    assert!(verified);
+    // The restarted worker catches up.
+    wait_for("C catches up after the crash", Duration::from_secs(180), || (c.frontier(&g) == want).then_some(()));
+    assert_eq!(c.count("SELECT count(*) FROM products"), 25 + 30_000);
+    assert!(converged(&mut [&mut a, &mut c], &g, &["products"]));
+    let verified: bool = c.db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
+    assert!(verified);
+}
+
+/// A peer that speaks the protocol but lies: it dials `target`, announces `forged` (an entry
+/// whose hashes are right but whose signature was made for another position), sends `garbage`
+/// as a frame if given, and serves the forged entry when asked. Returns the message types it
+/// received.
+fn hostile_peer(target: &str, group: &str, forged: &causal_core::Entry, garbage: Option<Vec<u8>>) -> Vec<String> {
+    use causal_sync::wire::{Envelope, FrameReader, SyncMsg, WireHeader, PROTOCOL};
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    use libp2p::swarm::SwarmEvent;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let mut swarm = causal_sync::node::build_swarm(libp2p::identity::Keypair::generate_ed25519()).unwrap();
+        let protocol = libp2p::StreamProtocol::new(PROTOCOL);
+        let mut control = swarm.behaviour().stream.new_control();
+        let mut incoming = control.accept(protocol.clone()).unwrap();
+        let addr: libp2p::Multiaddr = target.parse().unwrap();
+        let peer = addr.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        });
+        swarm.dial(addr).unwrap();
+        // Drive the swarm in the background.
+        tokio::spawn(async move {
+            loop {
+                if let SwarmEvent::ConnectionClosed { num_established: 0, .. } = swarm.select_next_some().await {
+                    break;
+                }
+            }
+        });
+        let mut out = tokio::time::timeout(Duration::from_secs(20), control.open_stream(peer.unwrap(), protocol))
+            .await
+            .expect("open a stream in time")
+            .expect("open a stream");
+        let send = |msg: SyncMsg| Envelope { topic: group.to_string(), msg }.to_frame();
+        let h = forged.hash.to_b64();
+        out.write_all(&send(SyncMsg::NewFrontier { dag_id: group.to_string(), frontier: vec![h.clone()] }))
+            .await
+            .unwrap();
+        if let Some(g) = &garbage {
+            // A frame that is no message at all.
+            let mut frame = (g.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(g);
+            out.write_all(&frame).await.unwrap();
+        }
+        out.flush().await.unwrap();
+        let mut seen = Vec::new();
+        let Ok(Some((_, mut from_target))) = tokio::time::timeout(Duration::from_secs(20), incoming.next()).await
+        else {
+            return seen;
+        };
+        let mut reader = FrameReader::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        'read: loop {
+            let n = match tokio::time::timeout_at(deadline, from_target.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => break,
+            };
+            reader.push(&buf[..n]);
+            while let Ok(Some(body)) = reader.next_frame() {
+                let Ok(env) = Envelope::decode(&body) else { continue };
+                seen.push(serde_json::to_value(&env.msg).unwrap()["type"].as_str().unwrap_or("").to_string());
+                if let SyncMsg::HeaderRequest { request_id, .. } = env.msg {
+                    let frames = [
+                        send(SyncMsg::HeaderResponseMeta {
+                            request_id: request_id.clone(),
+                            header_count: 1,
+                            complete: true,
+                            payload_count: 1,
+                        }),
+                        send(SyncMsg::HeaderBatch {
+                            request_id: request_id.clone(),
+                            sequence: 0,
+                            headers: vec![WireHeader { hash: h.clone(), header: forged.header.to_literal() }],
+                        }),
+                        send(SyncMsg::PayloadResponseMeta { request_id: request_id.clone(), payload_count: 1 }),
+                        send(SyncMsg::PayloadMsg {
+                            request_id,
+                            sequence: 0,
+                            hash: h.clone(),
+                            payload: forged.payload.clone(),
+                        }),
+                    ];
+                    for f in frames {
+                        if out.write_all(&f).await.is_err() {
+                            break 'read;
+                        }
+                    }
+                    let _ = out.flush().await;
+                }
+            }
+        }
+        seen
+    })
+}
+
+#[test]
+fn a_malicious_peer_is_banned_and_the_honest_nodes_converge() {
+    let (mut a, mut b) = (Node::start("mal-a"), Node::start("mal-b"));
+    mesh(&mut [&mut a, &mut b]);
+    let g = shop(&mut a, &mut [&mut b]);
+    a.db.execute("INSERT INTO products VALUES ('A', 'genuine', 1)", &[]).unwrap();
+    // A's latest entry, re-attached to the genesis: hashes recomputed, so only the signature
+    // (bound to the original position) gives it away.
+    let row = a.db.query_one("SELECT payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap();
+    let payload = causal_core::json::parse(&row.get::<_, String>(0)).unwrap();
+    let genesis: causal_core::Hash = g.parse().unwrap();
+    let forged =
+        causal_core::Entry::new(causal_core::HashAlgorithm::Blake3, payload, [genesis].into(), Default::default())
+            .unwrap();
+    let entries_before = a.count("SELECT count(*) FROM causal.dag_entries");
+    let target = a.address();
+    let seen = hostile_peer(&target, &g, &forged, None);
+    assert!(seen.iter().any(|t| t == "header-request"), "the honest node asked for the announced entry: {seen:?}");
+    // The forged entry was refused, and its sender banned.
+    wait_for("A reports the hostile peer banned", Duration::from_secs(20), || {
+        (a.count("SELECT count(*) FROM causal.peers WHERE banned AND entries_rejected >= 1") == 1).then_some(())
+    });
+    assert_eq!(a.count("SELECT count(*) FROM causal.dag_entries"), entries_before);
+    assert_eq!(
+        a.db.query_one("SELECT count(*) FROM causal.dag_entries WHERE hash = $1", &[&forged.hash.to_b64()])
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
+    // A second liar that sends a garbage frame right away is banned for that alone.
+    let _ = hostile_peer(&target, &g, &forged, Some(b"{\"topic\": \"not a frame\"".to_vec()));
+    wait_for("A reports both hostile peers banned", Duration::from_secs(20), || {
+        (a.count("SELECT count(*) FROM causal.peers WHERE banned") == 2).then_some(())
+    });
+    // The honest nodes carry on.
+    a.db.execute("INSERT INTO products VALUES ('B', 'after the attack', 2)", &[]).unwrap();
+    b.db.execute("INSERT INTO products VALUES ('C', 'from b', 3)", &[]).unwrap();
+    wait_for("A and B converge", Duration::from_secs(30), || {
+        converged(&mut [&mut a, &mut b], &g, &["products"]).then_some(())
+    });
+    assert_eq!(b.count("SELECT count(*) FROM products"), 3);
+}

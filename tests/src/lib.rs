@@ -123,6 +123,33 @@ impl Cluster {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
+    /// Kills the postmaster with SIGKILL (its backends die with it), as a crash would.
+    pub fn kill9(&self) {
+        let pid_file = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).expect("read postmaster.pid");
+        let pid = pid_file.lines().next().expect("pid line").trim().to_string();
+        run(
+            {
+                let mut c = Command::new("kill");
+                c.args(["-9", &pid]);
+                c
+            },
+            "kill -9 the postmaster",
+        );
+        // Wait for it and its children to be gone.
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    /// Starts the cluster again (after `stop` or `kill9`; crash recovery runs first).
+    pub fn restart(&self) {
+        self.pg_ctl(&["start", "-w", "-t", "120"]);
+    }
+
     pub fn stop(&self) {
         self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
     }
