@@ -192,6 +192,9 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     let mut writers: HashMap<PeerId, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut listen_addrs: BTreeSet<String> = BTreeSet::new();
     let mut addresses: HashMap<PeerId, String> = HashMap::new();
+    // Peers removed with causal.remove_peer while this worker runs: their connections are
+    // closed at once.
+    let mut removed: BTreeSet<PeerId> = BTreeSet::new();
     let mut wanted_peers: Vec<Multiaddr> = config.peers.clone();
     wanted_peers.extend(db.peer_addresses().await?.iter().filter_map(|a| a.parse().ok()));
     dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
@@ -207,7 +210,7 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
             event = swarm.select_next_some() => {
                 // Connections coming and going are reported at the next tick, not a second later.
                 peers_changed |= matches!(event, SwarmEvent::ConnectionEstablished { .. } | SwarmEvent::ConnectionClosed { .. });
-                on_swarm_event(event, &mut swarm, &mut session, &mut writers, &mut listen_addrs, &mut addresses, &control, &protocol, me);
+                on_swarm_event(event, &mut swarm, &mut session, &mut writers, &mut listen_addrs, &mut addresses, &removed, &control, &protocol, me);
             }
             Some((peer, stream)) = incoming.next() => {
                 tokio::spawn(read_frames(peer, stream, inbound_tx.clone()));
@@ -228,8 +231,15 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                         let keep: BTreeSet<PeerId> = listed.iter().chain(config.peers.iter()).filter_map(peer_of).collect();
                         for p in wanted_peers.iter().filter_map(peer_of) {
                             if !keep.contains(&p) {
+                                // Forgotten: disconnected, out of Kademlia's table (whose
+                                // bootstrap would dial it again), and refused until added back.
+                                removed.insert(p);
+                                swarm.behaviour_mut().kad.remove_peer(&p);
                                 let _ = swarm.disconnect_peer_id(p);
                             }
+                        }
+                        for p in &keep {
+                            removed.remove(p);
                         }
                         wanted_peers = config.peers.clone();
                         wanted_peers.extend(listed);
@@ -367,6 +377,7 @@ fn on_swarm_event(
     writers: &mut HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
     listen_addrs: &mut BTreeSet<String>,
     addresses: &mut HashMap<PeerId, String>,
+    removed: &BTreeSet<PeerId>,
     control: &libp2p_stream::Control,
     protocol: &StreamProtocol,
     me: PeerId,
@@ -381,7 +392,7 @@ fn on_swarm_event(
             listen_addrs.remove(&format!("{address}/p2p/{me}"));
         }
         SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
-            if session.is_banned(&peer_id, now) {
+            if session.is_banned(&peer_id, now) || removed.contains(&peer_id) {
                 let _ = swarm.disconnect_peer_id(peer_id);
                 return;
             }
@@ -402,6 +413,9 @@ fn on_swarm_event(
             session.peer_disconnected(&peer_id, now);
         }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            if removed.contains(&peer_id) {
+                return;
+            }
             for a in info.listen_addrs {
                 swarm.behaviour_mut().kad.add_address(&peer_id, a);
             }

@@ -247,6 +247,7 @@ fn a_node_killed_during_sync_loses_nothing_and_catches_up() {
     // Alone, so that the procedure may commit (a multi-statement string is one transaction).
     a.db.batch_execute("CALL many(1500)").unwrap();
     let want = a.frontier(&g);
+    let entries_before = c.count("SELECT count(*) FROM causal.dag_entries");
     // Reconnect, and kill C's postmaster while it is importing.
     c.db.execute("SELECT causal.add_peer($1)", &[&addr_a]).unwrap();
     a.db.execute("SELECT causal.add_peer($1)", &[&addr_c]).unwrap();
@@ -260,10 +261,13 @@ fn a_node_killed_during_sync_loses_nothing_and_catches_up() {
     c.cluster.kill9();
     c.cluster.restart();
     c.db = c.cluster.connect("postgres");
-    // Nothing committed was lost (C's own rows), and the import in flight is all or nothing.
+    // Nothing committed was lost (C's own rows), and each import is all or nothing: every
+    // entry stored has its 20 rows in the table, and no row is there without its entry.
     assert_eq!(c.count("SELECT count(*) FROM products WHERE name LIKE 'from c%'"), 25);
     let after = c.count("SELECT count(*) FROM products");
-    assert!(after == 25 || after == 25 + 30_000, "a partial import survived the crash: {after} rows");
+    let stored = c.count("SELECT count(*) FROM causal.dag_entries") - entries_before;
+    assert_eq!(after, 25 + 20 * stored, "rows and entries disagree after the crash");
+    assert!(stored < 1500, "the crash should interrupt the catch-up (stored {stored} of 1500)");
     let verified: bool = c.db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
     assert!(verified);
     // The restarted worker catches up.
