@@ -136,7 +136,7 @@ fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
         )?,
         Op::Unreplicate { table } => {
             if let Some(rel) = get_opt::<String>("SELECT to_regclass($1)::text", &[table.clone().into()])? {
-                Spi::run(&format!("DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel};"))?;
+                Spi::run(&format!("DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel}; DROP TRIGGER IF EXISTS causal_lock ON {rel};"))?;
             }
             Spi::run_with_args(
                 "DELETE FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",

@@ -351,12 +351,31 @@ pub fn register_callbacks() {
     }
 }
 
-/// Creates the capture and TRUNCATE triggers on a newly replicated table.
+/// The advisory lock that orders a group's local writers against its imports: local writes
+/// take it shared before their first row lock, an import takes it exclusively before anything
+/// else. Without it, an import (group row, then user rows) and a local transaction (user rows,
+/// then the group row at commit) could deadlock.
+pub const GROUP_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(1667331443, hashtext($1))";
+
+/// Statement trigger (BEFORE, so before any row lock) on replicated tables: takes the group's
+/// write lock shared.
+#[pg_trigger]
+fn _lock_group<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, CausalError> {
+    let relid = trigger.relation().map(|r| r.oid()).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    Spi::run_with_args(
+        "SELECT pg_advisory_xact_lock_shared(1667331443, hashtext(group_id)) FROM causal.replicated_tables WHERE relid = $1",
+        &[relid.into()],
+    )?;
+    Ok(None)
+}
+
+/// Creates the capture, locking and TRUNCATE triggers on a newly replicated table.
 pub fn install_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
     let rel = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])?
         .ok_or_else(|| CausalError::Corrupt("relation vanished".into()))?;
     Spi::run(&format!(
         "CREATE TRIGGER causal_capture AFTER INSERT OR UPDATE OR DELETE ON {rel} FOR EACH ROW EXECUTE FUNCTION causal._capture(); \
+         CREATE TRIGGER causal_lock BEFORE INSERT OR UPDATE OR DELETE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION causal._lock_group(); \
          CREATE TRIGGER causal_no_truncate BEFORE TRUNCATE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION causal._refuse_truncate();"
     ))?;
     Ok(())

@@ -125,7 +125,7 @@ fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
     let hash = append_ops(&group, vec![Op::Unreplicate { table: name.clone() }], true)?;
     let rel = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])?.unwrap_or(name);
     Spi::run(&format!(
-        "DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel};"
+        "DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel}; DROP TRIGGER IF EXISTS causal_lock ON {rel};"
     ))?;
     Spi::run_with_args("DELETE FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?;
     Ok(hash.to_b64())

@@ -133,6 +133,27 @@ fn join_group(group_id: &str) -> String {
     group_id.to_string()
 }
 
+/// Predecessors and payload text (as stored, as hashed) of the entries of `group` among
+/// `hashes`, in one query.
+fn entries_by_hash(
+    group_id: &str,
+    hashes: &[String],
+) -> Result<std::collections::HashMap<String, (Vec<String>, String)>, CausalError> {
+    let rows = crate::spi_util::run_prepared(
+        "SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND hash = ANY($2)",
+        &[group_id.into(), hashes.to_vec().into()],
+        false,
+        |rows| {
+            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?)))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        },
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(h, prev, payload)| Some((h?, (prev.unwrap_or_default(), payload?))))
+        .collect())
+}
+
 fn hashes(list: &[String]) -> Vec<Hash> {
     list.iter().filter_map(|h| h.parse().ok()).collect()
 }
@@ -157,17 +178,24 @@ fn _sync_headers(
         .walk_back(&hashes(&start), &hashes(&limits), usize::try_from(max).unwrap_or(0))
         .map_err(CausalError::from)
         .or_report(f);
+    // One read for every entry the walk found, then headers in walk order.
+    let texts: Vec<String> = walk.hashes.iter().map(Hash::to_b64).collect();
+    let found = entries_by_hash(&group.id, &texts).or_report(f);
     let mut rows = Vec::with_capacity(walk.hashes.len() * 2 + 1);
-    let mut entries = Vec::with_capacity(walk.hashes.len());
-    for h in &walk.hashes {
-        let Some(e) = dag.entry(h).map_err(CausalError::from).or_report(f) else { continue };
-        rows.push(("header".to_string(), Some(h.to_b64()), e.header.to_literal().to_string()));
-        entries.push(e);
+    let mut payloads = Vec::with_capacity(walk.hashes.len());
+    for h in &texts {
+        let Some((prev, payload)) = found.get(h) else { continue };
+        let value = causal_core::json::parse(payload).map_err(|e| CausalError::Corrupt(e.to_string())).or_report(f);
+        let payload_hash = group.algorithm.hash_literal(&value).map_err(CausalError::from).or_report(f);
+        let prev_set: serde_json::Map<String, Value> = prev.iter().map(|p| (p.clone(), Value::String(String::new()))).collect();
+        let header = serde_json::json!({"payloadHash": payload_hash.to_b64(), "prevEntryHashes": prev_set});
+        rows.push(("header".to_string(), Some(h.clone()), header.to_string()));
+        payloads.push((h.clone(), payload.clone()));
     }
     rows.push(("complete".to_string(), None, walk.complete.to_string()));
     if with_payloads && walk.complete {
-        for e in entries.iter().rev() {
-            rows.push(("payload".to_string(), Some(e.hash.to_b64()), e.payload.to_string()));
+        for (h, p) in payloads.into_iter().rev() {
+            rows.push(("payload".to_string(), Some(h), p));
         }
     }
     TableIterator::new(rows)
@@ -181,13 +209,9 @@ fn _sync_payloads(
 ) -> TableIterator<'static, (name!(hash, String), name!(payload, String))> {
     let f = "causal._sync_payloads";
     let group = Group::find(grp).or_report(f);
-    let dag = group.dag();
-    let mut rows = Vec::new();
-    for h in hashes(&hashes_wanted) {
-        if let Some(e) = dag.entry(&h).map_err(CausalError::from).or_report(f) {
-            rows.push((h.to_b64(), e.payload.to_string()));
-        }
-    }
+    let found = entries_by_hash(&group.id, &hashes_wanted).or_report(f);
+    let rows: Vec<(String, String)> =
+        hashes_wanted.iter().filter_map(|h| found.get(h).map(|(_, p)| (h.clone(), p.clone()))).collect();
     TableIterator::new(rows)
 }
 

@@ -108,7 +108,9 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
         }
     };
     let result = runtime.block_on(causal_sync::run(config, stop));
-    runtime.shutdown_timeout(Duration::from_secs(2));
+    // Leave at once: after the postmaster's death nothing may wait (the server cannot restart
+    // while this process holds its shared memory); the tasks have nothing to flush.
+    runtime.shutdown_background();
     match result {
         Ok(()) => pgrx::log!("pg_causal sync worker stopped"),
         Err(e) => pgrx::log!("pg_causal sync worker stopped: {e}; it restarts in 5 seconds"),

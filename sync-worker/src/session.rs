@@ -52,9 +52,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            max_headers: 1024,
-            payload_chunk: 256,
-            payload_requests_per_peer: 2,
+            max_headers: 4096,
+            payload_chunk: 1024,
+            payload_requests_per_peer: 4,
             import_chunk: 2000,
             max_fetched: 1_000_000,
             request_timeout_ms: 30_000,

@@ -145,8 +145,17 @@ impl Cluster {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 
-    /// Starts the cluster again (after `stop` or `kill9`; crash recovery runs first).
+    /// Starts the cluster again (after `stop` or `kill9`; crash recovery runs first). After a
+    /// kill, the old server's children may take a moment to exit and free its shared memory.
     pub fn restart(&self) {
+        for _ in 0..20 {
+            let mut c = as_postgres(&pg_bin().join("pg_ctl"));
+            c.arg("-D").arg(self.dir.join("data")).arg("-l").arg(self.dir.join("server.log")).args(["start", "-w", "-t", "120"]);
+            if c.output().map(|o| o.status.success()).unwrap_or(false) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
         self.pg_ctl(&["start", "-w", "-t", "120"]);
     }
 

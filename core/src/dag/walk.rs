@@ -49,8 +49,11 @@ impl<S: DagStore> Dag<S> {
                 return Ok(Walk { hashes, complete: false });
             }
             hashes.push(h);
-            let entry = self.store.entry(id)?;
-            queue.extend(entry.header.prev.iter().copied());
+            // The node's predecessors are the entry's `prev`, resolved: no entry read needed.
+            let preds: Vec<_> = node.preds.clone();
+            for p in preds {
+                queue.push_back(self.store.node(p)?.hash);
+            }
         }
         Ok(Walk { hashes, complete: true })
     }
