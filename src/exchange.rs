@@ -417,6 +417,11 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     if accepted > 0 {
         crate::sync::notify_changed(&group.id)?;
     }
+    if accepted >= 1000 {
+        // A large import changes the catalog's size a lot; fresh statistics keep the plans of
+        // the next commits and imports on their indexes (autovacuum may be a minute away).
+        Spi::run("ANALYZE causal.dag_entries, causal.dag_entry_tags, causal.journal, causal.row_meta")?;
+    }
     let changes = run.changes;
     Ok(json!({
         "group": group_id,

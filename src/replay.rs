@@ -283,6 +283,23 @@ impl ReplicaStore for SpiReplica {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        // A few keys (a local commit) are read one by one: equality on the whole primary key is
+        // an index lookup under any plan. With `key = ANY(...)`, a generic plan made while the
+        // table's statistics were stale scanned every key of the table instead.
+        if keys.len() <= 8 {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                let rows = run_prepared(
+                    "SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND key = $3",
+                    &[self.group.clone().into(), table.into(), k.clone().into()],
+                    false,
+                    read_rows,
+                )
+                .map_err(store_err)?;
+                out.extend(to_states(rows)?);
+            }
+            return Ok(out);
+        }
         let rows = run_prepared(
             "SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND key = ANY($3)",
             &[self.group.clone().into(), table.into(), keys.to_vec().into()],

@@ -148,10 +148,7 @@ fn entries_by_hash(
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         },
     )?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(h, prev, payload)| Some((h?, (prev.unwrap_or_default(), payload?))))
-        .collect())
+    Ok(rows.into_iter().filter_map(|(h, prev, payload)| Some((h?, (prev.unwrap_or_default(), payload?)))).collect())
 }
 
 fn hashes(list: &[String]) -> Vec<Hash> {
@@ -187,7 +184,8 @@ fn _sync_headers(
         let Some((prev, payload)) = found.get(h) else { continue };
         let value = causal_core::json::parse(payload).map_err(|e| CausalError::Corrupt(e.to_string())).or_report(f);
         let payload_hash = group.algorithm.hash_literal(&value).map_err(CausalError::from).or_report(f);
-        let prev_set: serde_json::Map<String, Value> = prev.iter().map(|p| (p.clone(), Value::String(String::new()))).collect();
+        let prev_set: serde_json::Map<String, Value> =
+            prev.iter().map(|p| (p.clone(), Value::String(String::new()))).collect();
         let header = serde_json::json!({"payloadHash": payload_hash.to_b64(), "prevEntryHashes": prev_set});
         rows.push(("header".to_string(), Some(h.clone()), header.to_string()));
         payloads.push((h.clone(), payload.clone()));

@@ -150,7 +150,11 @@ impl Cluster {
     pub fn restart(&self) {
         for _ in 0..20 {
             let mut c = as_postgres(&pg_bin().join("pg_ctl"));
-            c.arg("-D").arg(self.dir.join("data")).arg("-l").arg(self.dir.join("server.log")).args(["start", "-w", "-t", "120"]);
+            c.arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("server.log"))
+                .args(["start", "-w", "-t", "120"]);
             if c.output().map(|o| o.status.success()).unwrap_or(false) {
                 return;
             }
