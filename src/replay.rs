@@ -283,9 +283,10 @@ impl ReplicaStore for SpiReplica {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        // A few keys (a local commit) are read one by one: equality on the whole primary key is
-        // an index lookup under any plan. With `key = ANY(...)`, a generic plan made while the
-        // table's statistics were stale scanned every key of the table instead.
+        // Equality on the whole primary key is an index lookup under any plan: a few keys (a
+        // local commit) are read one by one, more through a LATERAL join. With
+        // `key = ANY(...)`, a generic plan made while the table's statistics were stale scanned
+        // every key of the table instead.
         if keys.len() <= 8 {
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
@@ -301,7 +302,8 @@ impl ReplicaStore for SpiReplica {
             return Ok(out);
         }
         let rows = run_prepared(
-            "SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND key = ANY($3)",
+            "SELECT m.key, m.vals, m.meta FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL \
+             (SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND key = k.key) m",
             &[self.group.clone().into(), table.into(), keys.to_vec().into()],
             false,
             read_rows,

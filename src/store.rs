@@ -161,7 +161,9 @@ impl SpiStore {
         }
         let texts: Vec<String> = unknown.iter().map(Hash::to_b64).collect();
         let found = run_prepared(
-            "SELECT hash, node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = ANY($2)",
+            // One index lookup per hash (see `entries_by_hash` in sync.rs for why not ANY).
+            "SELECT e.hash, e.node_id FROM unnest($2::text[]) AS h(hash) CROSS JOIN LATERAL \
+             (SELECT hash, node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = h.hash) e",
             &[self.group.clone().into(), texts.into()],
             false,
             |rows| rows.map(|r| Ok((r.get::<String>(1)?, r.get::<i32>(2)?))).collect::<Result<Vec<_>, spi::Error>>(),

@@ -140,7 +140,10 @@ fn entries_by_hash(
     hashes: &[String],
 ) -> Result<std::collections::HashMap<String, (Vec<String>, String)>, CausalError> {
     let rows = crate::spi_util::run_prepared(
-        "SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND hash = ANY($2)",
+        // One index lookup per hash (LATERAL): `hash = ANY($2)` under a generic plan made on
+        // stale statistics scanned the whole group instead.
+        "SELECT e.hash, e.prev, e.payload FROM unnest($2::text[]) AS h(hash) CROSS JOIN LATERAL \
+         (SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND hash = h.hash) e",
         &[group_id.into(), hashes.to_vec().into()],
         false,
         |rows| {

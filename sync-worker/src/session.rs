@@ -147,6 +147,12 @@ struct GroupSync<P> {
     importing: Option<Vec<String>>,
     last_progress_ms: u64,
     imported_total: u64,
+    /// The fetched entries in topological order, computed once after headers arrive (entries
+    /// leave `fetched` as they are imported; the order stays valid for the rest).
+    order: Option<Vec<String>>,
+    /// Whether the fetched headers were known to have no unresolved predecessor when no
+    /// header has arrived since (imports only resolve more).
+    resolved: bool,
 }
 
 impl<P> Default for GroupSync<P> {
@@ -162,6 +168,8 @@ impl<P> Default for GroupSync<P> {
             importing: None,
             last_progress_ms: 0,
             imported_total: 0,
+            order: None,
+            resolved: false,
         }
     }
 }
@@ -391,14 +399,24 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         if let Some(s) = self.peers.get_mut(peer) {
             s.last_seen_ms = now_ms;
         }
-        if !self.scores.take_frame(peer, now_ms) {
-            self.penalize(peer, Offence::Flood, now_ms);
-            return;
-        }
         let env = match Envelope::decode(body) {
             Ok(e) => e,
             Err(_) => return self.penalize(peer, Offence::Malformed, now_ms),
         };
+        // Answers to our own requests are bounded by what we asked for; everything else a peer
+        // sends on its own initiative spends its frame budget.
+        let answers_us =
+            matches!(
+                env.msg,
+                SyncMsg::HeaderResponseMeta { .. }
+                    | SyncMsg::HeaderBatch { .. }
+                    | SyncMsg::PayloadResponseMeta { .. }
+                    | SyncMsg::PayloadMsg { .. }
+            ) && env.msg.request_id().and_then(|id| self.requests.get(id)).is_some_and(|r| &r.peer == peer);
+        if !answers_us && !self.scores.take_frame(peer, now_ms) {
+            self.penalize(peer, Offence::Flood, now_ms);
+            return;
+        }
         self.message(peer, env, now_ms);
     }
 
@@ -564,12 +582,15 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
     }
 
     fn fail_request(&mut self, peer: &P, request_id: &str, offence: Offence, now_ms: u64) {
-        let group = self.requests.remove(request_id).map(|r| r.group);
+        let removed = self.requests.remove(request_id);
+        let group = removed.as_ref().map(|r| r.group.clone());
         self.send_cancel(peer, request_id, group.as_deref());
         self.penalize(peer, offence, now_ms);
-        if let Some(g) = group {
-            self.release_payload_requests(&g, request_id);
-            self.work(&g, now_ms);
+        if let Some(r) = removed {
+            if r.max == 0 {
+                self.release_payload_requests(&r.group, &r.asked);
+            }
+            self.work(&r.group, now_ms);
         }
     }
 
@@ -623,6 +644,8 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             if g.stored.contains(&h.hash) || g.fetched.contains_key(&h.hash) {
                 continue;
             }
+            g.order = None;
+            g.resolved = false;
             g.fetched.insert(
                 h.hash,
                 Fetched {
@@ -729,22 +752,20 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             // It announced entries it cannot deliver.
             self.penalize(&r.peer, Offence::Stalled, now_ms);
         }
-        self.release_payload_requests(&r.group, id);
+        if !is_walk {
+            self.release_payload_requests(&r.group, &r.asked);
+        }
         self.work(&r.group, now_ms);
     }
 
-    fn release_payload_requests(&mut self, group: &str, _request_id: &str) {
-        // Payloads requested but not received may be asked again.
-        let in_flight: HashSet<String> = self
-            .requests
-            .values()
-            .filter(|r| r.group == group && matches!(r.expect, Expect::Payloads) && r.max == 0)
-            .flat_map(|r| r.asked.iter().cloned())
-            .collect();
+    /// Payloads a finished or failed request asked for and did not deliver may be asked again.
+    fn release_payload_requests(&mut self, group: &str, asked: &HashSet<String>) {
         if let Some(g) = self.groups.get_mut(group) {
-            for (h, f) in g.fetched.iter_mut() {
-                if f.payload.is_none() && !in_flight.contains(h) {
-                    f.payload_requested = false;
+            for h in asked {
+                if let Some(f) = g.fetched.get_mut(h) {
+                    if f.payload.is_none() {
+                        f.payload_requested = false;
+                    }
                 }
             }
         }
@@ -877,14 +898,16 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         }
         let max = self.config.max_headers;
         let max_fetched = self.config.max_fetched;
-        let Some(g) = self.groups.get(group) else { return };
+        let Some(g) = self.groups.get_mut(group) else { return };
         if g.fetched.len() >= max_fetched {
             return;
         }
+        let resolved = all_resolved(g);
+        let g = &*g;
         // First, predecessors of fetched headers that are still missing, from the peer that
         // sent those headers (it must hold them).
         let mut per_peer: BTreeMap<P, BTreeSet<String>> = BTreeMap::new();
-        for f in g.fetched.values() {
+        for f in g.fetched.values().filter(|_| !resolved) {
             for p in &f.header.prev {
                 let p = p.to_b64();
                 if !g.fetched.contains_key(&p) && !g.stored.contains(&p) && !g.frontier.contains(&p) {
@@ -953,14 +976,14 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         }
         let chunk = self.config.payload_chunk;
         let per_peer_limit = self.config.payload_requests_per_peer;
-        let Some(g) = self.groups.get(group) else { return };
-        if !unresolved(g).is_empty() {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        if !all_resolved(g) {
             return;
         }
-        let order = topological(g);
+        let order = cached_order(g).to_vec();
         let mut wanted: BTreeMap<P, Vec<String>> = BTreeMap::new();
         for h in order {
-            let f = &g.fetched[&h];
+            let Some(f) = g.fetched.get(&h) else { continue };
             if f.payload.is_none() && !f.payload_requested {
                 wanted.entry(f.source.clone()).or_default().push(h);
             }
@@ -1012,8 +1035,9 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         // Entries whose payload is here and whose predecessors are stored or go first.
         let mut ready: Vec<String> = Vec::new();
         let mut placed: HashSet<String> = HashSet::new();
-        for h in topological(g) {
-            let f = &g.fetched[&h];
+        let order = cached_order(g).to_vec();
+        for h in order {
+            let Some(f) = g.fetched.get(&h) else { continue };
             if !f.verified || f.payload.is_none() {
                 continue;
             }
@@ -1070,6 +1094,24 @@ const STORED_MEMORY: usize = 1_000_000;
 
 fn group_without_alg<P>(groups: &BTreeMap<String, GroupSync<P>>, group: &str) -> bool {
     groups.get(group).is_some_and(|g| g.alg.is_none() && g.fetched.contains_key(group))
+}
+
+/// Whether every fetched header's predecessors are fetched or stored (cached until a header
+/// arrives: imports and the frontier only resolve more).
+fn all_resolved<P>(g: &mut GroupSync<P>) -> bool {
+    if !g.resolved {
+        g.resolved = unresolved(g).is_empty();
+    }
+    g.resolved
+}
+
+/// The cached topological order of the fetched entries (those imported since are skipped by
+/// the callers, which look each one up).
+fn cached_order<P>(g: &mut GroupSync<P>) -> &[String] {
+    if g.order.is_none() {
+        g.order = Some(topological(g));
+    }
+    g.order.as_deref().unwrap_or(&[])
 }
 
 /// Predecessors of fetched headers that are neither fetched nor known to be stored.

@@ -32,6 +32,8 @@ struct Net {
     now: u64,
     rng: u64,
     disconnects: Vec<(Id, Id)>,
+    /// Milliseconds that pass per frame delivered.
+    step_ms: u64,
 }
 
 fn frontier_of(dag: &Dag<MemStore>) -> Vec<String> {
@@ -52,6 +54,7 @@ impl Net {
             now: 1,
             rng: seed | 1,
             disconnects: Vec::new(),
+            step_ms: 1,
         };
         (net, dag)
     }
@@ -168,7 +171,7 @@ impl Net {
             let (from, to, _) = self.wire[i];
             let first = self.wire.iter().position(|(f, t, _)| *f == from && *t == to).unwrap();
             let (from, to, body) = self.wire.remove(first).unwrap();
-            self.now += 1;
+            self.now += self.step_ms;
             if self.linked(from, to) {
                 let now = self.now;
                 self.nodes.get_mut(&to).unwrap().session.frame(&from, &body, now);
@@ -360,4 +363,28 @@ fn a_stalled_request_fails_and_is_scored() {
     net.nodes.get_mut(&2).unwrap().session.tick(now);
     let after = net.nodes[&2].session.peer_stats()[0].1.score;
     assert!(after > before, "timeout scored: {before} -> {after}");
+}
+
+#[test]
+fn a_long_catch_up_is_not_mistaken_for_a_flood() {
+    // More payload frames than the frame budget's burst, all of them asked for.
+    let (mut net, mut dag) = Net::new(5);
+    let n = causal_sync::score::FRAME_BURST as usize + 2000;
+    for i in 0..n {
+        let prev = dag.frontier().unwrap();
+        dag.append(json!({"i": i}), Meta::new(), prev).unwrap();
+    }
+    let base = {
+        let mut c = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
+        c.insert(dag.entry(&net.group.parse().unwrap()).unwrap().unwrap()).unwrap();
+        c
+    };
+    net.add(1, Some(dag));
+    net.add(2, Some(base));
+    // All of it arrives within one millisecond.
+    net.step_ms = 0;
+    net.connect(1, 2);
+    net.run();
+    assert!(net.disconnects.is_empty(), "an honest peer was banned: {:?}", net.disconnects);
+    net.assert_converged(&[1, 2]);
 }
