@@ -68,7 +68,7 @@ fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
     let hash = entry.hash;
     let group = Group { id: id.clone(), algorithm };
     group.dag().insert(entry)?;
-    crate::replay::reconcile_group(&group, &[hash], true)?;
+    crate::replay::reconcile_local(&group, hash)?;
     Ok(id)
 }
 

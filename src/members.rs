@@ -35,7 +35,7 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
     let payload = SignedPayload::sign(&author.keypair, &group_id, ops, &prev)?;
     // Built and hashed once here; `append` trusts its own hashes (no re-verification).
     let hash = dag.append(payload.to_value(), derive_meta(&payload), prev)?.hash;
-    crate::replay::reconcile_group(group, &[hash], true)?;
+    crate::replay::reconcile_local(group, hash)?;
     crate::sync::notify_changed(&group.id)?;
     Ok(hash)
 }

@@ -286,7 +286,9 @@ impl ReplicaStore for SpiReplica {
         // Equality on the whole primary key is an index lookup under any plan: a few keys (a
         // local commit) are read one by one, more through a LATERAL join. With
         // `key = ANY(...)`, a generic plan made while the table's statistics were stale scanned
-        // every key of the table instead.
+        // every key of the table instead; a LATERAL join is pulled up into a plain join, which
+        // such a plan runs as a scan too (this branch's removal made 100k local commits take
+        // minutes instead of a minute).
         if keys.len() <= 8 {
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
@@ -463,29 +465,35 @@ pub struct Reconciled {
 
 /// Reconciles a group after an import stored `new` entries (decoded, predecessors first).
 pub fn reconcile_imported(group: &Group, new: Vec<reconcile::NewEntry>) -> Result<Reconciled, CausalError> {
-    let started = std::time::Instant::now();
-    let mut replica = SpiReplica::new(group);
-    let changes = reconcile::plan_decoded(&replica, new).map_err(|e| CausalError::Reconcile(e.to_string()))?;
-    let plan = started.elapsed();
-    replica.apply(&changes).map_err(|e| CausalError::Reconcile(e.to_string()))?;
-    Ok(Reconciled { changes, plan, apply: started.elapsed() - plan })
+    run_engine(SpiReplica::new(group), |r| reconcile::plan_decoded(r, new).map_err(engine_err))
 }
 
-/// Reconciles a group after `new` entries were stored (by import: remote entries; by a local
-/// commit: `local` holds the one local entry, whose rows are already in the tables).
-pub fn reconcile_group(group: &Group, new: &[Hash], local: bool) -> Result<Reconciled, CausalError> {
-    let started = std::time::Instant::now();
+/// Reconciles a group after a local commit stored `entry`, whose rows are already in the
+/// tables. If the engine would cancel it, the commit fails (23000).
+pub fn reconcile_local(group: &Group, entry: Hash) -> Result<Reconciled, CausalError> {
     let mut replica = SpiReplica::new(group);
-    if local {
-        replica.local = new.to_vec();
-    }
-    let changes = reconcile::plan(&replica, new).map_err(|e| CausalError::Reconcile(e.to_string()))?;
-    if local {
-        if let Some((_, j)) = changes.journal.iter().find(|(h, j)| new.contains(h) && !j.verdict.is_ok()) {
-            return Err(CausalError::Cancelled(j.verdict.reason.clone().unwrap_or_default()));
+    replica.local = vec![entry];
+    run_engine(replica, |r| {
+        let changes = reconcile::plan(r, &[entry]).map_err(engine_err)?;
+        match changes.journal.iter().find(|(h, j)| *h == entry && !j.verdict.is_ok()) {
+            Some((_, j)) => Err(CausalError::Cancelled(j.verdict.reason.clone().unwrap_or_default())),
+            None => Ok(changes),
         }
-    }
-    let plan = started.elapsed();
-    replica.apply(&changes).map_err(|e| CausalError::Reconcile(e.to_string()))?;
-    Ok(Reconciled { changes, plan, apply: started.elapsed() - plan })
+    })
+}
+
+fn engine_err(e: ReconcileError) -> CausalError {
+    CausalError::Reconcile(e.to_string())
+}
+
+/// Plans a run on `replica`, then applies it, timing both halves.
+fn run_engine(
+    mut replica: SpiReplica,
+    plan: impl FnOnce(&SpiReplica) -> Result<Changes, CausalError>,
+) -> Result<Reconciled, CausalError> {
+    let started = std::time::Instant::now();
+    let changes = plan(&replica)?;
+    let planned = started.elapsed();
+    replica.apply(&changes).map_err(engine_err)?;
+    Ok(Reconciled { changes, plan: planned, apply: started.elapsed() - planned })
 }

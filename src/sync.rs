@@ -19,8 +19,7 @@ pub const CHANNEL: &str = "causal_sync";
 
 /// Wakes the sync worker after `group` changed (at commit; Postgres folds repeats).
 pub fn notify_changed(group_id: &str) -> Result<(), CausalError> {
-    Spi::run_with_args("SELECT pg_notify($1, $2)", &[CHANNEL.into(), format!("group:{group_id}").into()])?;
-    Ok(())
+    notify(&format!("group:{group_id}"))
 }
 
 fn notify(what: &str) -> Result<(), CausalError> {

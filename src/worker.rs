@@ -74,7 +74,7 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
         conn_value(&os_user()),
         conn_value("pg_causal sync worker")
     );
-    let parse = |list: Vec<String>, what: &str| -> Vec<libp2p_addr::Multiaddr> {
+    let parse = |list: Vec<String>, what: &str| -> Vec<causal_sync::Multiaddr> {
         list.into_iter()
             .filter_map(|a| match a.parse() {
                 Ok(m) => Some(m),
@@ -118,9 +118,4 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
     // Exit code 1: the postmaster starts the worker again after its restart time unless the
     // server is shutting down (the convention for background workers).
     unsafe { pg_sys::proc_exit(1) };
-}
-
-/// Multiaddr parsing without naming libp2p here.
-mod libp2p_addr {
-    pub use causal_sync::Multiaddr;
 }

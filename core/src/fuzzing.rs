@@ -9,8 +9,11 @@ use crate::identity::{PublicKey, Signature};
 use crate::json::{canonical_string, parse};
 use crate::payload::SignedPayload;
 
+/// A fuzz target: its name and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The fuzz targets by name, for the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("canonical_json", canonical_json),
     ("entry_wire", entry_wire),
     ("key_material", key_material),

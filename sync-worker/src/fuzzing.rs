@@ -6,7 +6,7 @@ use crate::session::{Config, Session};
 use crate::wire::{Envelope, FrameReader};
 
 /// The fuzz targets by name, for the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[("sync_frames", sync_frames)];
+pub const TARGETS: &[causal_core::fuzzing::Target] = &[("sync_frames", sync_frames)];
 
 /// A peer's byte stream: split into frames (in pieces of varying size, as a socket delivers
 /// them), each decoded strictly (a decoded message must encode back to an equal one) and fed

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::db::{self, Db, DbError};
-use crate::session::{Action, Config as SessionConfig, ImportOutcome, Session};
+use crate::session::{Action, Config as SessionConfig, ImportOutcome, Serve, Session};
 use crate::wire::{self, WireHeader, MAX_FRAME};
 
 /// Capacities of the worker's bounded queues.
@@ -72,25 +72,10 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Work for the reads task: a peer's request, or a group's frontier after a NOTIFY.
 enum Read {
-    Headers {
-        peer: PeerId,
-        group: String,
-        request_id: String,
-        start: Vec<String>,
-        limits: Vec<String>,
-        max: u32,
-        with_payloads: bool,
-    },
-    Payloads {
-        peer: PeerId,
-        group: String,
-        request_id: String,
-        hashes: Vec<String>,
-    },
-    Frontier {
-        group: String,
-    },
+    Serve(Serve<PeerId>),
+    Frontier { group: String },
 }
 
 enum DbResult {
@@ -220,31 +205,28 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                 if let Some(group) = note.strip_prefix("group:") {
                     let _ = reads_tx.try_send(Read::Frontier { group: group.to_string() });
                 } else if note == "join" {
-                    if let Ok(db) = db::connect(&config.conninfo, None).await {
-                        for g in db.wanted_groups().await.unwrap_or_default() {
-                            session.want_group(&g, now_ms());
-                        }
+                    for g in db.wanted_groups().await.unwrap_or_default() {
+                        session.want_group(&g, now_ms());
                     }
                 } else if note == "peers" {
-                    if let Ok(db) = db::connect(&config.conninfo, None).await {
-                        let listed: Vec<Multiaddr> = db.peer_addresses().await.unwrap_or_default().iter().filter_map(|a| a.parse().ok()).collect();
-                        let keep: BTreeSet<PeerId> = listed.iter().chain(config.peers.iter()).filter_map(peer_of).collect();
-                        for p in wanted_peers.iter().filter_map(peer_of) {
-                            if !keep.contains(&p) {
-                                // Forgotten: disconnected, out of Kademlia's table (whose
-                                // bootstrap would dial it again), and refused until added back.
-                                removed.insert(p);
-                                swarm.behaviour_mut().kad.remove_peer(&p);
-                                let _ = swarm.disconnect_peer_id(p);
-                            }
+                    let listed: Vec<Multiaddr> =
+                        db.peer_addresses().await.unwrap_or_default().iter().filter_map(|a| a.parse().ok()).collect();
+                    let keep: BTreeSet<PeerId> = listed.iter().chain(config.peers.iter()).filter_map(peer_of).collect();
+                    for p in wanted_peers.iter().filter_map(peer_of) {
+                        if !keep.contains(&p) {
+                            // Forgotten: disconnected, out of Kademlia's table (whose
+                            // bootstrap would dial it again), and refused until added back.
+                            removed.insert(p);
+                            swarm.behaviour_mut().kad.remove_peer(&p);
+                            let _ = swarm.disconnect_peer_id(p);
                         }
-                        for p in &keep {
-                            removed.remove(p);
-                        }
-                        wanted_peers = config.peers.clone();
-                        wanted_peers.extend(listed);
-                        dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
                     }
+                    for p in &keep {
+                        removed.remove(p);
+                    }
+                    wanted_peers = config.peers.clone();
+                    wanted_peers.extend(listed);
+                    dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
                 }
             }
             Some(result) = results_rx.recv() => on_db_result(result, &mut session),
@@ -282,19 +264,8 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                         let _ = swarm.disconnect_peer_id(peer);
                     }
                 }
-                Action::ReadHeaders { peer, group, request_id, start, limits, max, with_payloads } => {
-                    if reads_tx
-                        .try_send(Read::Headers { peer, group, request_id, start, limits, max, with_payloads })
-                        .is_err()
-                    {
-                        tracing::warn!(
-                            "database reads queue full ({}); a peer's request waits for its timeout",
-                            queues::DATABASE_READS
-                        );
-                    }
-                }
-                Action::ReadPayloads { peer, group, request_id, hashes } => {
-                    if reads_tx.try_send(Read::Payloads { peer, group, request_id, hashes }).is_err() {
+                Action::Serve(request) => {
+                    if reads_tx.try_send(Read::Serve(request)).is_err() {
                         tracing::warn!(
                             "database reads queue full ({}); a peer's request waits for its timeout",
                             queues::DATABASE_READS
@@ -462,7 +433,7 @@ fn on_db_result(result: DbResult, session: &mut Session<PeerId>) {
 async fn serve_reads(db: Db, mut rx: mpsc::Receiver<Read>, tx: mpsc::Sender<DbResult>) {
     while let Some(job) = rx.recv().await {
         let result = match job {
-            Read::Headers { peer, group, request_id, start, limits, max, with_payloads } => {
+            Read::Serve(Serve::Headers { peer, group, request_id, start, limits, max, with_payloads }) => {
                 match db.read_headers(&group, &start, &limits, max, with_payloads).await {
                     Ok((headers, complete, payloads)) => {
                         DbResult::Headers { peer, group, request_id, headers, complete, payloads }
@@ -473,13 +444,15 @@ async fn serve_reads(db: Db, mut rx: mpsc::Receiver<Read>, tx: mpsc::Sender<DbRe
                     }
                 }
             }
-            Read::Payloads { peer, group, request_id, hashes } => match db.read_payloads(&group, &hashes).await {
-                Ok(payloads) => DbResult::Payloads { peer, group, request_id, payloads },
-                Err(e) => {
-                    tracing::warn!("serving payloads: {e}");
-                    continue;
+            Read::Serve(Serve::Payloads { peer, group, request_id, hashes }) => {
+                match db.read_payloads(&group, &hashes).await {
+                    Ok(payloads) => DbResult::Payloads { peer, group, request_id, payloads },
+                    Err(e) => {
+                        tracing::warn!("serving payloads: {e}");
+                        continue;
+                    }
                 }
-            },
+            }
             Read::Frontier { group } => match db.group(&group).await {
                 Ok(Some(g)) => DbResult::Frontier { group, hash_algorithm: g.hash_algorithm, frontier: g.frontier },
                 Ok(None) => continue,

@@ -65,15 +65,12 @@ impl Default for Config {
     }
 }
 
-/// What the caller must do.
+/// A peer's request, to be read from the database.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Action<P> {
-    /// Send a message to a peer.
-    Send { peer: P, envelope: Envelope },
-    /// Serve a header request: walk the group's DAG (`Dag::walk_back`) and answer with
-    /// [`Session::headers_read`]; when `with_payloads` and the walk is complete, read the
-    /// payloads too.
-    ReadHeaders {
+pub enum Serve<P> {
+    /// Walk the group's DAG (`Dag::walk_back`) and answer with [`Session::headers_read`]; when
+    /// `with_payloads` and the walk is complete, read the payloads too.
+    Headers {
         peer: P,
         group: String,
         request_id: String,
@@ -82,8 +79,18 @@ pub enum Action<P> {
         max: u32,
         with_payloads: bool,
     },
-    /// Serve a payload request: read the payloads and answer with [`Session::payloads_read`].
-    ReadPayloads { peer: P, group: String, request_id: String, hashes: Vec<String> },
+    /// Read the payloads and answer with [`Session::payloads_read`].
+    Payloads { peer: P, group: String, request_id: String, hashes: Vec<String> },
+}
+
+/// What the caller must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action<P> {
+    /// Send a message to a peer.
+    Send { peer: P, envelope: Envelope },
+    /// Serve a peer's request from the database, then answer with [`Session::headers_read`] or
+    /// [`Session::payloads_read`].
+    Serve(Serve<P>),
     /// Import entries (wire form, predecessors first) through the extension, then report with
     /// [`Session::imported`] or [`Session::import_failed`].
     Import { group: String, hash_algorithm: String, entries: Vec<Value> },
@@ -132,6 +139,27 @@ struct Request<P> {
     payload_sequence: u32,
     max: u32,
     deadline_ms: u64,
+}
+
+impl<P> Request<P> {
+    /// A request just sent: a header walk (`max` > 0) or a payload request (`max` = 0).
+    fn new(peer: P, group: &str, asked: HashSet<String>, expect: Expect, max: u32, deadline_ms: u64) -> Request<P> {
+        Request {
+            peer,
+            group: group.to_string(),
+            asked,
+            expect,
+            announced: None,
+            received: 0,
+            next_sequence: 0,
+            complete: false,
+            auto_payloads: None,
+            payloads_received: 0,
+            payload_sequence: 0,
+            max,
+            deadline_ms,
+        }
+    }
 }
 
 struct GroupSync<P> {
@@ -316,13 +344,17 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         let new = set(frontier);
         let changed = !g.present || g.frontier != new;
         g.present = true;
+        // Headers fetched before the algorithm was known are checked once it is.
+        let learnt = g.alg.is_none() && alg.is_some();
         if g.alg.is_none() {
             g.alg = alg;
         }
         g.stored.extend(new.iter().cloned());
         g.frontier = new;
-        if changed {
+        if learnt {
             self.verify_pending(group, now_ms);
+        }
+        if changed {
             self.broadcast_frontier(group, now_ms);
         }
         self.work(group, now_ms);
@@ -444,7 +476,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                         SyncMsg::HeaderResponseMeta { request_id, header_count: 0, complete: true, payload_count: 0 };
                     return self.send(peer, &topic, meta);
                 }
-                self.actions.push_back(Action::ReadHeaders {
+                self.actions.push_back(Action::Serve(Serve::Headers {
                     peer: peer.clone(),
                     group: topic,
                     request_id,
@@ -452,7 +484,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                     limits,
                     max: max_headers.min(MAX_HEADERS_PER_REQUEST),
                     with_payloads: auto_payload,
-                });
+                }));
             }
             SyncMsg::PayloadRequest { request_id, dag_id, hashes } => {
                 if dag_id != topic {
@@ -461,7 +493,12 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                 if !self.start_serving(peer, &request_id, now_ms) {
                     return;
                 }
-                self.actions.push_back(Action::ReadPayloads { peer: peer.clone(), group: topic, request_id, hashes });
+                self.actions.push_back(Action::Serve(Serve::Payloads {
+                    peer: peer.clone(),
+                    group: topic,
+                    request_id,
+                    hashes,
+                }));
             }
             SyncMsg::CancelRequest { request_id } => {
                 self.serving_done(peer, &request_id);
@@ -513,7 +550,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
 
     // --- serving ---
 
-    /// Answers a [`Action::ReadHeaders`]: the headers in walk order, whether the walk was
+    /// Answers a [`Serve::Headers`]: the headers in walk order, whether the walk was
     /// complete, and (when asked and complete) the payloads of those entries.
     pub fn headers_read(
         &mut self,
@@ -548,7 +585,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         }
     }
 
-    /// Answers a [`Action::ReadPayloads`] with the payloads found.
+    /// Answers a [`Serve::Payloads`] with the payloads found.
     pub fn payloads_read(&mut self, peer: &P, group: &str, request_id: &str, payloads: Vec<(String, Value)>) {
         if self.serving_done(peer, request_id) {
             self.send_payloads(peer, group, request_id, payloads);
@@ -938,32 +975,16 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         let start: Vec<String> = start.into_iter().take(MAX_HASH_LIST).collect();
         let limits: Vec<String> = g.frontier.iter().take(MAX_HASH_LIST).cloned().collect();
         let id = self.new_request_id();
-        let auto_payload = true;
-        self.requests.insert(
-            id.clone(),
-            Request {
-                peer: peer.clone(),
-                group: group.to_string(),
-                asked: start.iter().cloned().collect(),
-                expect: Expect::Headers,
-                announced: None,
-                received: 0,
-                next_sequence: 0,
-                complete: false,
-                auto_payloads: None,
-                payloads_received: 0,
-                payload_sequence: 0,
-                max,
-                deadline_ms: now_ms + self.config.request_timeout_ms,
-            },
-        );
+        let deadline = now_ms + self.config.request_timeout_ms;
+        let asked = start.iter().cloned().collect();
+        self.requests.insert(id.clone(), Request::new(peer.clone(), group, asked, Expect::Headers, max, deadline));
         let msg = SyncMsg::HeaderRequest {
             request_id: id,
             dag_id: group.to_string(),
             start,
             limits,
             max_headers: max,
-            auto_payload,
+            auto_payload: true,
         };
         self.send(&peer, group, msg);
     }
@@ -1002,24 +1023,10 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                         }
                     }
                 }
-                self.requests.insert(
-                    id.clone(),
-                    Request {
-                        peer: peer.clone(),
-                        group: group.to_string(),
-                        asked: part.iter().cloned().collect(),
-                        expect: Expect::Payloads,
-                        announced: None,
-                        received: 0,
-                        next_sequence: 0,
-                        complete: true,
-                        auto_payloads: None,
-                        payloads_received: 0,
-                        payload_sequence: 0,
-                        max: 0,
-                        deadline_ms: now_ms + self.config.request_timeout_ms,
-                    },
-                );
+                let deadline = now_ms + self.config.request_timeout_ms;
+                let asked = part.iter().cloned().collect();
+                self.requests
+                    .insert(id.clone(), Request::new(peer.clone(), group, asked, Expect::Payloads, 0, deadline));
                 let msg = SyncMsg::PayloadRequest { request_id: id, dag_id: group.to_string(), hashes: part.to_vec() };
                 self.send(&peer, group, msg);
             }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use causal_core::entry::{Entry, Meta, Position};
 use causal_core::{Dag, Hash, HashAlgorithm, MemStore};
-use causal_sync::session::{Action, Config, ImportOutcome, Session};
+use causal_sync::session::{Action, Config, ImportOutcome, Serve, Session};
 use causal_sync::wire::{Envelope, SyncMsg, WireHeader};
 use serde_json::{json, Value};
 
@@ -34,6 +34,21 @@ struct Net {
     disconnects: Vec<(Id, Id)>,
     /// Milliseconds that pass per frame delivered.
     step_ms: u64,
+}
+
+/// Appends `n` entries, each after the last.
+fn extend_chain(dag: &mut Dag<MemStore>, n: usize) {
+    for i in 0..n {
+        let prev = dag.frontier().unwrap();
+        dag.append(json!({"i": i}), Meta::new(), prev).unwrap();
+    }
+}
+
+/// A DAG holding only the genesis of `dag`'s group.
+fn genesis_only(dag: &Dag<MemStore>, group: &str) -> Dag<MemStore> {
+    let mut c = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
+    c.insert(dag.entry(&group.parse().unwrap()).unwrap().unwrap()).unwrap();
+    c
 }
 
 fn frontier_of(dag: &Dag<MemStore>) -> Vec<String> {
@@ -105,7 +120,7 @@ impl Net {
                         self.wire.push_back((id, peer, body));
                     }
                 }
-                Action::ReadHeaders { peer, group, request_id, start, limits, max, with_payloads } => {
+                Action::Serve(Serve::Headers { peer, group, request_id, start, limits, max, with_payloads }) => {
                     let dag = node.dag.as_ref().unwrap();
                     let parse = |v: &[String]| v.iter().map(|h| h.parse::<Hash>().unwrap()).collect::<Vec<_>>();
                     let walk = dag.walk_back(&parse(&start), &parse(&limits), max as usize).unwrap();
@@ -120,7 +135,7 @@ impl Net {
                     let payloads = with_payloads.then_some(payloads);
                     node.session.headers_read(&peer, &group, &request_id, headers, walk.complete, payloads);
                 }
-                Action::ReadPayloads { peer, group, request_id, hashes } => {
+                Action::Serve(Serve::Payloads { peer, group, request_id, hashes }) => {
                     let dag = node.dag.as_ref().unwrap();
                     let mut out = Vec::new();
                     for h in hashes {
@@ -247,10 +262,7 @@ fn three_nodes_converge_after_concurrent_writes_in_any_delivery_order() {
 #[test]
 fn a_late_joiner_fetches_the_whole_group() {
     let (mut net, mut dag) = Net::new(7);
-    for i in 0..500 {
-        let prev = dag.frontier().unwrap();
-        dag.append(json!({"i": i}), Meta::new(), prev).unwrap();
-    }
+    extend_chain(&mut dag, 500);
     net.add(1, Some(dag));
     net.add(2, None);
     net.connect(1, 2);
@@ -265,15 +277,8 @@ fn a_late_joiner_fetches_the_whole_group() {
 /// A peer that tampers with what it serves: it is banned, and nothing it forged is stored.
 fn hostile_run(tamper: fn(&Envelope) -> Vec<Vec<u8>>) {
     let (mut net, mut dag) = Net::new(11);
-    for i in 0..40 {
-        let prev = dag.frontier().unwrap();
-        dag.append(json!({"i": i}), Meta::new(), prev).unwrap();
-    }
-    let base = {
-        let mut c = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
-        c.insert(dag.entry(&net.group.parse().unwrap()).unwrap().unwrap()).unwrap();
-        c
-    };
+    extend_chain(&mut dag, 40);
+    let base = genesis_only(&dag, &net.group);
     net.add(1, Some(dag));
     net.add(2, Some(base));
     net.nodes.get_mut(&1).unwrap().hostile = Some(Box::new(tamper));
@@ -338,15 +343,8 @@ fn a_peer_sending_more_than_asked_is_banned() {
 #[test]
 fn a_stalled_request_fails_and_is_scored() {
     let (mut net, mut dag) = Net::new(3);
-    for i in 0..5 {
-        let prev = dag.frontier().unwrap();
-        dag.append(json!({"i": i}), Meta::new(), prev).unwrap();
-    }
-    let base = {
-        let mut c = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
-        c.insert(dag.entry(&net.group.parse().unwrap()).unwrap().unwrap()).unwrap();
-        c
-    };
+    extend_chain(&mut dag, 5);
+    let base = genesis_only(&dag, &net.group);
     net.add(1, Some(dag));
     net.add(2, Some(base));
     // Node 1 announces its frontier but never answers a request.
@@ -370,15 +368,8 @@ fn a_long_catch_up_is_not_mistaken_for_a_flood() {
     // More payload frames than the frame budget's burst, all of them asked for.
     let (mut net, mut dag) = Net::new(5);
     let n = causal_sync::score::FRAME_BURST as usize + 2000;
-    for i in 0..n {
-        let prev = dag.frontier().unwrap();
-        dag.append(json!({"i": i}), Meta::new(), prev).unwrap();
-    }
-    let base = {
-        let mut c = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
-        c.insert(dag.entry(&net.group.parse().unwrap()).unwrap().unwrap()).unwrap();
-        c
-    };
+    extend_chain(&mut dag, n);
+    let base = genesis_only(&dag, &net.group);
     net.add(1, Some(dag));
     net.add(2, Some(base));
     // All of it arrives within one millisecond.
