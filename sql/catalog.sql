@@ -44,7 +44,7 @@ CREATE TABLE causal.group_defs (
     entry_count        integer NOT NULL DEFAULT 0,
     chain_lens         integer[] NOT NULL DEFAULT '{}',
     frontier           integer[] NOT NULL DEFAULT '{}',
-    membership_version integer NOT NULL DEFAULT 0,
+    authority_version integer NOT NULL DEFAULT 0,
     created_at         timestamptz NOT NULL DEFAULT now()
 );
 

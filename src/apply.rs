@@ -123,10 +123,13 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
         )?;
         crate::capture::install_triggers(relid)?;
     }
-    Ok(())
+    crate::capture::tables_changed()
 }
 
 fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
+    if matches!(op, Op::Rule { .. } | Op::Unreplicate { .. }) {
+        crate::capture::tables_changed()?;
+    }
     match op {
         Op::Schema { table, schema } => apply_schema(group, table, schema)?,
         Op::Rule { table, operation, rule } => Spi::run_with_args(

@@ -24,7 +24,7 @@ use causal_core::schema::{format_date, format_timestamp, ColumnType, TableSchema
 use crate::error::{CausalError, OrReport};
 use crate::group::Group;
 use crate::identity::check_author_grant;
-use crate::members::append_ops;
+use crate::members::append_ops_as;
 use crate::rules::RuleInput;
 use crate::spi_util::{get_opt, run_prepared};
 
@@ -34,31 +34,80 @@ struct Pending {
     op: Op,
 }
 
-struct TableInfo {
-    group_id: String,
-    schema: TableSchema,
+/// What capture needs of a replicated table. Kept for the backend's life and dropped when
+/// the table's relcache entry is invalidated (any ALTER TABLE), or all at once when the
+/// catalog of replicated tables or their rules changes ([`tables_changed`]).
+pub struct TableInfo {
+    pub group_id: String,
+    pub schema: TableSchema,
+    /// The second key of the group's advisory lock ([`group_lock_key`]).
+    lock_key: i32,
+    /// Rule text by operation name; absent means any live member may write.
+    rules: HashMap<String, String>,
 }
 
 thread_local! {
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
-    /// Replicated tables seen in this transaction, by relid.
+    /// Replicated tables by relid, across transactions (see [`TableInfo`]).
     static TABLES: RefCell<HashMap<pg_sys::Oid, std::rc::Rc<TableInfo>>> = RefCell::new(HashMap::new());
+    /// The oid of `causal.replicated_tables`, whose invalidation drops every cached table.
+    static CATALOG_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     /// Set while applying remote history: nothing is captured.
     static REPLAYING: Cell<bool> = const { Cell::new(false) };
-    /// Whether this transaction's author was checked already.
-    static AUTHOR: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// This transaction's author (identity name and key id), once checked.
+    static AUTHOR: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
 }
 
 fn clear() {
     PENDING.with(|p| p.borrow_mut().clear());
-    TABLES.with(|t| t.borrow_mut().clear());
     AUTHOR.with(|a| *a.borrow_mut() = None);
 }
 
-fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalError> {
+/// Relcache callback: forgets what a change to a table, or to the catalog, may have changed.
+unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let catalog = CATALOG_OID.with(Cell::get);
+    TABLES.with(|t| {
+        let mut t = t.borrow_mut();
+        if relid == pg_sys::InvalidOid || relid == catalog {
+            t.clear();
+        } else {
+            t.remove(&relid);
+        }
+    });
+}
+
+/// Tells every backend (at commit; this one at once) that replicated tables or their rules
+/// changed. Whatever writes `causal.replicated_tables` or `causal.table_rules` calls it.
+pub fn tables_changed() -> Result<(), CausalError> {
+    let oid = catalog_oid()?;
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(oid) };
+    Ok(())
+}
+
+fn catalog_oid() -> Result<pg_sys::Oid, CausalError> {
+    let oid = CATALOG_OID.with(Cell::get);
+    if oid != pg_sys::InvalidOid {
+        return Ok(oid);
+    }
+    let oid = crate::spi_util::get_prepared::<pg_sys::Oid>("SELECT 'causal.replicated_tables'::regclass::oid", &[])?
+        .ok_or_else(|| CausalError::Corrupt("causal.replicated_tables is missing".into()))?;
+    CATALOG_OID.with(|c| c.set(oid));
+    Ok(oid)
+}
+
+/// The second key of a group's advisory lock (the first is [`GROUP_LOCK_CLASS`]): the first
+/// four bytes of the group id's hash.
+pub fn group_lock_key(group_id: &str) -> Result<i32, CausalError> {
+    let h: causal_core::Hash = group_id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
+    let b = h.as_bytes();
+    Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+pub fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalError> {
     if let Some(info) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
         return Ok(info);
     }
+    catalog_oid()?;
     let row = run_prepared(
         "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
         &[relid.into()],
@@ -72,7 +121,21 @@ fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalError>
         return Err(CausalError::NotReplicated(format!("{relid:?}")));
     };
     let schema = TableSchema::from_value(&schema.0).map_err(|e| CausalError::Corrupt(e.to_string()))?;
-    let info = std::rc::Rc::new(TableInfo { group_id, schema });
+    let rules = run_prepared(
+        "SELECT operation, rule FROM causal.table_rules WHERE group_id = $1 AND table_name = $2",
+        &[group_id.clone().into(), schema.table.clone().into()],
+        false,
+        |rows| {
+            rows.filter_map(|r| match (r.get::<String>(1), r.get::<String>(2)) {
+                (Ok(Some(op)), Ok(Some(rule))) => Some(Ok((op, rule))),
+                (Err(e), _) | (_, Err(e)) => Some(Err(e)),
+                _ => None,
+            })
+            .collect::<Result<HashMap<_, _>, _>>()
+        },
+    )?;
+    let lock_key = group_lock_key(&group_id)?;
+    let info = std::rc::Rc::new(TableInfo { group_id, schema, lock_key, rules });
     TABLES.with(|t| t.borrow_mut().insert(relid, info.clone()));
     Ok(info)
 }
@@ -172,18 +235,19 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     }
     let relid = trigger.relid().map_err(|e| CausalError::Corrupt(e.to_string()))?;
     let info = table_info(relid)?;
-    let author = match AUTHOR.with(|a| a.borrow().clone()) {
+    let author = match AUTHOR.with(|a| a.borrow().as_ref().map(|(_, k)| k.clone())) {
         Some(a) => a,
         None => {
             let name = check_author_grant()?;
-            let key_id = get_opt::<String>("SELECT key_id FROM causal.identity_keys WHERE name = $1", &[name.into()])?
-                .ok_or_else(|| CausalError::Corrupt("author identity vanished".into()))?;
-            AUTHOR.with(|a| *a.borrow_mut() = Some(key_id.clone()));
+            let key_id = crate::identity::key_id_of(&name)?;
+            AUTHOR.with(|a| *a.borrow_mut() = Some((name, key_id.clone())));
             key_id
         }
     };
     let check = |op: Operation, new: Option<&Map<String, Value>>, old: Option<&Map<String, Value>>| {
-        crate::rules::check_write(&info.group_id, op, &RuleInput { schema: &info.schema, new, old, author: &author })
+        let Some(rule) = info.rules.get(op.name()) else { return Ok(()) };
+        let input = RuleInput { schema: &info.schema, new, old, author: &author };
+        crate::rules::check_write(&info.group_id, op, rule, &input)
     };
     let schema = &info.schema;
     let table = schema.table.clone();
@@ -262,9 +326,16 @@ fn flush() {
             None => by_group.push((p.group_id, vec![p.op])),
         }
     }
+    // The trigger checked the role's grant of this identity when it buffered the first change.
+    let author = AUTHOR.with(|a| a.borrow().as_ref().map(|(name, _)| name.clone()));
     for (group_id, ops) in by_group {
         let group = Group::find(&group_id).or_report("causal commit");
-        append_ops(&group, ops, false).or_report("causal commit");
+        let signer = match &author {
+            Some(name) => crate::identity::author_named(name),
+            None => crate::identity::current_author(),
+        }
+        .or_report("causal commit");
+        append_ops_as(&group, ops, false, &signer).or_report("causal commit");
     }
 }
 
@@ -325,6 +396,8 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             clear();
             crate::store::clear_cache();
             crate::members::clear_cache();
+            crate::group::clear_cache();
+            crate::replay::clear_cache();
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => clear(),
         _ => {}
@@ -348,6 +421,7 @@ pub fn register_callbacks() {
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache), pg_sys::Datum::from(0usize));
     }
 }
 
@@ -355,17 +429,26 @@ pub fn register_callbacks() {
 /// take it shared before their first row lock, an import takes it exclusively before anything
 /// else. Without it, an import (group row, then user rows) and a local transaction (user rows,
 /// then the group row at commit) could deadlock.
-pub const GROUP_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(1667331443, hashtext($1))";
+pub const GROUP_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(1667331443, $1::int4)";
+/// The first key of every group's advisory lock.
+const GROUP_LOCK_CLASS: u32 = 1667331443;
 
 /// Statement trigger (BEFORE, so before any row lock) on replicated tables: takes the group's
-/// write lock shared.
+/// write lock shared, straight from the lock manager (the tag `pg_advisory_xact_lock_shared`
+/// would build).
 #[pg_trigger]
 fn _lock_group<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, CausalError> {
     let relid = trigger.relation().map(|r| r.oid()).map_err(|e| CausalError::Corrupt(e.to_string()))?;
-    Spi::run_with_args(
-        "SELECT pg_advisory_xact_lock_shared(1667331443, hashtext(group_id)) FROM causal.replicated_tables WHERE relid = $1",
-        &[relid.into()],
-    )?;
+    let info = table_info(relid).or_report("causal._lock_group");
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: GROUP_LOCK_CLASS,
+        locktag_field3: info.lock_key as u32,
+        locktag_field4: 2,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
     Ok(None)
 }
 

@@ -103,7 +103,7 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
         "UPDATE causal.replicated_tables SET schema = $2 WHERE relid = $1",
         &[relid.into(), pgrx::JsonB(value).into()],
     )?;
-    Ok(())
+    crate::capture::tables_changed()
 }
 
 #[pg_extern(name = "_schema_changed")]
@@ -128,6 +128,7 @@ fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
         "DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel}; DROP TRIGGER IF EXISTS causal_lock ON {rel};"
     ))?;
     Spi::run_with_args("DELETE FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?;
+    crate::capture::tables_changed()?;
     Ok(hash.to_b64())
 }
 

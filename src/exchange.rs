@@ -316,7 +316,7 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     let parsed = parsing.elapsed();
     let started = std::time::Instant::now();
     // Local writers of the group finish first, and new ones wait for this import.
-    Spi::run_with_args(crate::capture::GROUP_LOCK_SQL, &[group.id.clone().into()])?;
+    Spi::run_with_args(crate::capture::GROUP_LOCK_SQL, &[crate::capture::group_lock_key(&group.id)?.into()])?;
     let mut dag = group.dag();
     dag.store().lock().map_err(DagError::from)?;
     dag.store().defer_state_writes();

@@ -13,7 +13,19 @@ use crate::identity::current_author;
 use crate::spi_util::{get_opt, run_prepared};
 use crate::store::SpiStore;
 
+thread_local! {
+    /// Groups found, by the name or id they were asked for (a group's id and algorithm never
+    /// change); forgotten when a transaction aborts, in case it created the group.
+    static FOUND: std::cell::RefCell<std::collections::HashMap<String, Group>> = Default::default();
+}
+
+/// Forgets found groups; called when a transaction aborts.
+pub fn clear_cache() {
+    FOUND.with(|f| f.borrow_mut().clear());
+}
+
 /// A group of this database.
+#[derive(Clone)]
 pub struct Group {
     pub id: String,
     pub algorithm: HashAlgorithm,
@@ -22,6 +34,9 @@ pub struct Group {
 impl Group {
     /// Finds a group by name or by id.
     pub fn find(name_or_id: &str) -> Result<Group, CausalError> {
+        if let Some(g) = FOUND.with(|f| f.borrow().get(name_or_id).cloned()) {
+            return Ok(g);
+        }
         let row = run_prepared(
             "SELECT group_id, hash_algorithm FROM causal.group_defs WHERE name = $1 OR group_id = $1",
             &[name_or_id.into()],
@@ -35,7 +50,9 @@ impl Group {
             return Err(CausalError::UnknownGroup(name_or_id.chars().take(80).collect()));
         };
         let algorithm = HashAlgorithm::parse(&alg).map_err(|e| CausalError::Corrupt(e.to_string()))?;
-        Ok(Group { id, algorithm })
+        let group = Group { id, algorithm };
+        FOUND.with(|f| f.borrow_mut().insert(name_or_id.to_string(), group.clone()));
+        Ok(group)
     }
 
     pub fn dag(&self) -> Dag<SpiStore> {
@@ -67,8 +84,9 @@ fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
     )?;
     let hash = entry.hash;
     let group = Group { id: id.clone(), algorithm };
-    group.dag().insert(entry)?;
-    crate::replay::reconcile_local(&group, hash)?;
+    let mut dag = group.dag();
+    dag.insert(entry)?;
+    crate::replay::reconcile_local(&group, dag, (hash, Position::new(), payload))?;
     Ok(id)
 }
 

@@ -134,13 +134,39 @@ pub fn check_author_grant() -> Result<String, CausalError> {
 /// The identity this session authors as, with its key. Reading the key needs the extension
 /// owner's rights, so callers run as SECURITY DEFINER.
 pub fn current_author() -> Result<Author, CausalError> {
-    let name = check_author_grant()?;
-    let secret =
-        get_opt::<Vec<u8>>("SELECT secret_key FROM causal.identity_keys WHERE name = $1", &[name.clone().into()])?
-            .ok_or_else(|| CausalError::UnknownIdentity(name.clone()))?;
+    author_named(&check_author_grant()?)
+}
+
+thread_local! {
+    /// Key pairs and key ids by identity name. An identity's keys never change (identities
+    /// are neither renamed nor dropped), so they are kept for the backend's life.
+    static KEYPAIRS: std::cell::RefCell<std::collections::HashMap<String, Keypair>> = Default::default();
+    static KEY_IDS: std::cell::RefCell<std::collections::HashMap<String, String>> = Default::default();
+}
+
+/// The identity `name` with its key, for a caller that checked the grant already. Reading
+/// the key needs the extension owner's rights.
+pub fn author_named(name: &str) -> Result<Author, CausalError> {
+    if let Some(keypair) = KEYPAIRS.with(|k| k.borrow().get(name).cloned()) {
+        return Ok(Author { keypair });
+    }
+    let secret = get_prepared::<Vec<u8>>("SELECT secret_key FROM causal.identity_keys WHERE name = $1", &[name.into()])?
+        .ok_or_else(|| CausalError::UnknownIdentity(name.to_string()))?;
     let keypair =
         Keypair::from_secret_bytes(&secret).map_err(|e| CausalError::Corrupt(format!("identity {name}: {e}")))?;
+    KEYPAIRS.with(|k| k.borrow_mut().insert(name.to_string(), keypair.clone()));
     Ok(Author { keypair })
+}
+
+/// The key id (Base64) of the identity `name`; readable by any role.
+pub fn key_id_of(name: &str) -> Result<String, CausalError> {
+    if let Some(id) = KEY_IDS.with(|k| k.borrow().get(name).cloned()) {
+        return Ok(id);
+    }
+    let id = get_prepared::<String>("SELECT key_id FROM causal.identity_keys WHERE name = $1", &[name.into()])?
+        .ok_or_else(|| CausalError::UnknownIdentity(name.to_string()))?;
+    KEY_IDS.with(|k| k.borrow_mut().insert(name.to_string(), id.clone()));
+    Ok(id)
 }
 
 /// The key id this session would sign with; fails as a write would if it may not. It runs as

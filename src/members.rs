@@ -12,18 +12,22 @@ use causal_core::Hash;
 
 use crate::error::{CausalError, OrReport};
 use crate::group::Group;
-use crate::identity::current_author;
+use crate::identity::{current_author, Author};
 
 /// Signs `ops` as the session's author and appends them as one entry after the group's
 /// frontier. The author must be a live member (an admin when `admin_only`). The group row is
 /// locked first, so concurrent appends to one group queue up and each one follows the last.
 pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash, CausalError> {
+    append_ops_as(group, ops, admin_only, &current_author()?)
+}
+
+/// [`append_ops`] signed by `author`, whose use the caller has checked.
+pub fn append_ops_as(group: &Group, ops: Vec<Op>, admin_only: bool, author: &Author) -> Result<Hash, CausalError> {
     let mut dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
-    let author = current_author()?;
     let prev = dag.frontier()?;
     let key_id = author.keypair.public().key_id();
-    let status = cached_status(group, &dag, &prev, &key_id, state.membership_version)?;
+    let status = cached_status(group, &dag, &prev, &key_id, state.authority_version)?;
     if !status.live || (admin_only && !status.admin) {
         return Err(CausalError::NotAllowed {
             key_id: key_id.to_b64(),
@@ -34,8 +38,8 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
     let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
     let payload = SignedPayload::sign(&author.keypair, &group_id, ops, &prev)?;
     // Built and hashed once here; `append` trusts its own hashes (no re-verification).
-    let hash = dag.append(payload.to_value(), derive_meta(&payload), prev)?.hash;
-    crate::replay::reconcile_local(group, hash)?;
+    let hash = dag.append(payload.to_value(), derive_meta(&payload), prev.clone())?.hash;
+    crate::replay::reconcile_local(group, dag, (hash, prev, payload))?;
     crate::sync::notify_changed(&group.id)?;
     Ok(hash)
 }

@@ -24,6 +24,18 @@ use crate::rules::{quote_ident, sql_literal};
 use crate::spi_util::{exec_prepared, run_prepared};
 use crate::store::SpiStore;
 
+thread_local! {
+    /// Each group's resolved authority, with the authority version it was resolved at (the
+    /// group's state counts the entries carrying authority). Forgotten when a transaction
+    /// aborts: the run that resolved it may not have been applied.
+    static AUTHORITY: RefCell<HashMap<String, (u32, std::rc::Rc<reconcile::Authority>)>> = RefCell::new(HashMap::new());
+}
+
+/// Forgets kept authorities; called when a transaction aborts.
+pub fn clear_cache() {
+    AUTHORITY.with(|a| a.borrow_mut().clear());
+}
+
 fn store_err(e: impl std::fmt::Display) -> ReconcileError {
     ReconcileError::Store(e.to_string())
 }
@@ -229,6 +241,20 @@ impl ReplicaStore for SpiReplica {
         &self.dag
     }
 
+    fn kept_authority(&self) -> Option<std::rc::Rc<reconcile::Authority>> {
+        let version = self.dag.store().authority_version().ok()?;
+        AUTHORITY.with(|a| match a.borrow().get(&self.group) {
+            Some((v, auth)) if *v == version => Some(auth.clone()),
+            _ => None,
+        })
+    }
+
+    fn keep_authority(&self, authority: &std::rc::Rc<reconcile::Authority>) {
+        if let Ok(version) = self.dag.store().authority_version() {
+            AUTHORITY.with(|a| a.borrow_mut().insert(self.group.clone(), (version, authority.clone())));
+        }
+    }
+
     fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
         let rows = run_prepared(
             "SELECT hash, height, status, reason, responsible, undo FROM causal.journal WHERE group_id = $1 AND hash = $2",
@@ -286,9 +312,9 @@ impl ReplicaStore for SpiReplica {
         // Equality on the whole primary key is an index lookup under any plan: a few keys (a
         // local commit) are read one by one, more through a LATERAL join. With
         // `key = ANY(...)`, a generic plan made while the table's statistics were stale scanned
-        // every key of the table instead; a LATERAL join is pulled up into a plain join, which
-        // such a plan runs as a scan too (this branch's removal made 100k local commits take
-        // minutes instead of a minute).
+        // every key of the table instead. A LATERAL subquery is pulled up into a plain join,
+        // which such a plan runs as a scan too, unless `OFFSET 0` keeps it a per-key probe
+        // (without the branch and the `OFFSET 0`, 100k local commits took minutes, not one).
         if keys.len() <= 8 {
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
@@ -305,7 +331,7 @@ impl ReplicaStore for SpiReplica {
         }
         let rows = run_prepared(
             "SELECT m.key, m.vals, m.meta FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL \
-             (SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND key = k.key) m",
+             (SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND key = k.key OFFSET 0) m",
             &[self.group.clone().into(), table.into(), keys.to_vec().into()],
             false,
             read_rows,
@@ -468,13 +494,16 @@ pub fn reconcile_imported(group: &Group, new: Vec<reconcile::NewEntry>) -> Resul
     run_engine(SpiReplica::new(group), |r| reconcile::plan_decoded(r, new).map_err(engine_err))
 }
 
-/// Reconciles a group after a local commit stored `entry`, whose rows are already in the
-/// tables. If the engine would cancel it, the commit fails (23000).
-pub fn reconcile_local(group: &Group, entry: Hash) -> Result<Reconciled, CausalError> {
-    let mut replica = SpiReplica::new(group);
-    replica.local = vec![entry];
+/// Reconciles a group after a local commit stored `entry` (decoded), whose rows are already
+/// in the tables. If the engine would cancel it, the commit fails (23000).
+/// `dag` is the one the entry was appended through (its state and caches are current).
+pub fn reconcile_local(group: &Group, dag: Dag<SpiStore>, entry: reconcile::NewEntry) -> Result<Reconciled, CausalError> {
+    let mut replica = SpiReplica { group: group.id.clone(), dag, local: Vec::new() };
+    let hash = entry.0;
+    replica.local = vec![hash];
     run_engine(replica, |r| {
-        let changes = reconcile::plan(r, &[entry]).map_err(engine_err)?;
+        let changes = reconcile::plan_decoded(r, vec![entry]).map_err(engine_err)?;
+        let entry = hash;
         match changes.journal.iter().find(|(h, j)| *h == entry && !j.verdict.is_ok()) {
             Some((_, j)) => Err(CausalError::Cancelled(j.verdict.reason.clone().unwrap_or_default())),
             None => Ok(changes),

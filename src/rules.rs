@@ -93,6 +93,7 @@ fn allow_rule(relid: pg_sys::Oid, operation: &str, rule: &str) -> Result<String,
             &[group_id.clone().into(), table.clone().into(), op.name().into(), rule.into()],
         )?;
     }
+    crate::capture::tables_changed()?;
     Ok(hash.to_b64())
 }
 
@@ -248,16 +249,10 @@ pub fn rule_sql(rule: &causal_core::rules::Rule, input: &RuleInput<'_>, depth: u
     }
 }
 
-/// Checks a write against its table's rule for `operation`, if there is one.
-pub fn check_write(group_id: &str, operation: Operation, input: &RuleInput<'_>) -> Result<(), CausalError> {
+/// Checks a write against its table's rule `text` for `operation`.
+pub fn check_write(group_id: &str, operation: Operation, text: &str, input: &RuleInput<'_>) -> Result<(), CausalError> {
     let table = &input.schema.table;
-    let Some(text) = crate::spi_util::get_prepared::<String>(
-        "SELECT rule FROM causal.table_rules WHERE group_id = $1 AND table_name = $2 AND operation = $3",
-        &[group_id.into(), table.clone().into(), operation.name().into()],
-    )?
-    else {
-        return Ok(());
-    };
+    let text = text.to_string();
     let scope = group_tables(group_id, table)?;
     let rule =
         parse_rule(&text, operation, &scope).map_err(|e| CausalError::BadRule { table: table.clone(), error: e })?;

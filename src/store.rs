@@ -12,7 +12,7 @@ use pgrx::spi;
 
 use causal_core::dag::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
 use causal_core::entry::{Entry, Header, Meta};
-use causal_core::membership::MEMBER_TAG;
+use causal_core::membership::{MEMBER_TAG, RULE_TAG, SCHEMA_TAG};
 use causal_core::{Hash, HashAlgorithm};
 
 use crate::spi_util::{exec_prepared, get_prepared, run_prepared};
@@ -34,7 +34,7 @@ pub struct GroupState {
     pub entry_count: u32,
     pub chain_lens: Vec<u32>,
     pub frontier: Vec<NodeId>,
-    pub membership_version: u32,
+    pub authority_version: u32,
 }
 
 /// One group's DAG, stored in the catalog.
@@ -108,9 +108,9 @@ pub fn tag_text(tag: &MetaTag) -> String {
 }
 
 const STATE_SQL: &str =
-    "SELECT entry_count, chain_lens, frontier, membership_version FROM causal.group_defs WHERE group_id = $1";
+    "SELECT entry_count, chain_lens, frontier, authority_version FROM causal.group_defs WHERE group_id = $1";
 const STATE_LOCK_SQL: &str =
-    "SELECT entry_count, chain_lens, frontier, membership_version FROM causal.group_defs WHERE group_id = $1 FOR UPDATE";
+    "SELECT entry_count, chain_lens, frontier, authority_version FROM causal.group_defs WHERE group_id = $1 FOR UPDATE";
 
 impl SpiStore {
     pub fn new(group: &str, alg: HashAlgorithm) -> SpiStore {
@@ -138,7 +138,7 @@ impl SpiStore {
             entry_count: to_u32(count)?,
             chain_lens: to_u32s(lens)?,
             frontier: to_u32s(frontier)?,
-            membership_version: to_u32(version)?,
+            authority_version: to_u32(version)?,
         })
     }
 
@@ -163,7 +163,7 @@ impl SpiStore {
         let found = run_prepared(
             // One index lookup per hash (see `entries_by_hash` in sync.rs for why not ANY).
             "SELECT e.hash, e.node_id FROM unnest($2::text[]) AS h(hash) CROSS JOIN LATERAL \
-             (SELECT hash, node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = h.hash) e",
+             (SELECT hash, node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = h.hash OFFSET 0) e",
             &[self.group.clone().into(), texts.into()],
             false,
             |rows| rows.map(|r| Ok((r.get::<String>(1)?, r.get::<i32>(2)?))).collect::<Result<Vec<_>, spi::Error>>(),
@@ -232,6 +232,11 @@ impl SpiStore {
         Ok(state)
     }
 
+    /// The group's authority version: how many stored entries carry authority.
+    pub fn authority_version(&self) -> Result<u32, StoreError> {
+        Ok(self.state()?.authority_version)
+    }
+
     fn state(&self) -> Result<GroupState, StoreError> {
         if let Some(s) = self.state.borrow().as_ref() {
             return Ok(s.clone());
@@ -244,14 +249,14 @@ impl SpiStore {
 
 fn write_state(group: &str, state: &GroupState) -> Result<(), StoreError> {
     exec_prepared(
-        "UPDATE causal.group_defs SET entry_count = $2, chain_lens = $3, frontier = $4, membership_version = $5 \
+        "UPDATE causal.group_defs SET entry_count = $2, chain_lens = $3, frontier = $4, authority_version = $5 \
          WHERE group_id = $1",
         &[
             group.into(),
             to_i32(state.entry_count)?.into(),
             to_i32s(&state.chain_lens)?.into(),
             to_i32s(&state.frontier)?.into(),
-            to_i32(state.membership_version)?.into(),
+            to_i32(state.authority_version)?.into(),
         ],
     )
     .map_err(backend)
@@ -318,6 +323,8 @@ impl DagStore for SpiStore {
             clock: Clock(to_u32s(clock)?),
         });
         NODES.with(|c| c.borrow_mut().insert(key, node.clone()));
+        // The frontier is read by node id and named by hash next (as an entry's predecessors).
+        IDS.with(|c| c.borrow_mut().insert((self.group.clone(), node.hash), id));
         Ok(node)
     }
 
@@ -443,8 +450,8 @@ impl DagStore for SpiStore {
         state.chain_lens[c] = node.seq;
         state.frontier.retain(|f| !node.preds.contains(f));
         state.frontier.push(id);
-        if entry.meta.contains_key(MEMBER_TAG) {
-            state.membership_version += 1;
+        if [MEMBER_TAG, SCHEMA_TAG, RULE_TAG].iter().any(|t| entry.meta.contains_key(*t)) {
+            state.authority_version += 1;
         }
         if !self.defer_state.get() {
             write_state(&self.group, &state)?;

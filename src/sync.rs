@@ -23,7 +23,7 @@ pub fn notify_changed(group_id: &str) -> Result<(), CausalError> {
 }
 
 fn notify(what: &str) -> Result<(), CausalError> {
-    Spi::run_with_args("SELECT pg_notify($1, $2)", &[CHANNEL.into(), what.into()])?;
+    crate::spi_util::exec_prepared("SELECT pg_notify($1, $2)", &[CHANNEL.into(), what.into()])?;
     Ok(())
 }
 
@@ -139,10 +139,12 @@ fn entries_by_hash(
     hashes: &[String],
 ) -> Result<std::collections::HashMap<String, (Vec<String>, String)>, CausalError> {
     let rows = crate::spi_util::run_prepared(
-        // One index lookup per hash (LATERAL): `hash = ANY($2)` under a generic plan made on
-        // stale statistics scanned the whole group instead.
+        // One index lookup per hash: `hash = ANY($2)` under a generic plan made on stale
+        // statistics scanned the whole group instead. `OFFSET 0` keeps the LATERAL subquery a
+        // per-row probe; without it the subquery is pulled up into a join, which such a plan
+        // can run as a scan too.
         "SELECT e.hash, e.prev, e.payload FROM unnest($2::text[]) AS h(hash) CROSS JOIN LATERAL \
-         (SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND hash = h.hash) e",
+         (SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND hash = h.hash OFFSET 0) e",
         &[group_id.into(), hashes.to_vec().into()],
         false,
         |rows| {

@@ -112,6 +112,38 @@ fn concurrent_transactions_get_entries_in_commit_order() {
     assert_eq!(tips, 1);
 }
 
+/// A session caches what capture knows of a table (its group, schema and rules) across
+/// transactions; a rule, a new column, or unreplicate in another session must reach it.
+#[test]
+fn another_sessions_schema_and_rule_changes_reach_a_warm_session() {
+    let node = Cluster::start("capture-cache", &[]);
+    let mut a = node.connect("postgres");
+    setup(&mut a);
+    let mut b = node.connect("postgres");
+    // Session b captures a write: its cache now holds the table.
+    b.batch_execute("INSERT INTO products VALUES ('a', 'a', 1)").unwrap();
+
+    // A rule declared in session a is enforced in b's next transaction.
+    a.batch_execute("SELECT causal.allow('products', 'insert', $$new.price < 100$$)").unwrap();
+    let err = b.batch_execute("INSERT INTO products VALUES ('b', 'b', 500)").unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err:?}");
+    b.batch_execute("INSERT INTO products VALUES ('b', 'b', 5)").unwrap();
+
+    // A column added in session a is captured by b.
+    a.batch_execute("ALTER TABLE products ADD COLUMN note text").unwrap();
+    b.batch_execute("INSERT INTO products VALUES ('c', 'c', 1, 'hello')").unwrap();
+    let (_, _, payload) = newest(&mut a);
+    assert_eq!(payload["ops"][0]["row"]["note"], "hello");
+
+    // Unreplicated in session a, the table is no longer captured by b.
+    let before = count(&mut a);
+    a.batch_execute("SELECT causal.unreplicate('products')").unwrap();
+    let after_unreplicate = count(&mut a);
+    assert_eq!(after_unreplicate, before + 1);
+    b.batch_execute("INSERT INTO products VALUES ('d', 'd', 1, NULL)").unwrap();
+    assert_eq!(count(&mut a), after_unreplicate);
+}
+
 #[test]
 fn ungranted_roles_cannot_write_replicated_tables() {
     let node = Cluster::start("capture-roles", &[]);

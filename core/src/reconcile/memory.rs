@@ -29,6 +29,9 @@ pub struct MemReplica {
     rows: BTreeMap<String, BTreeMap<RowKey, RowState>>,
     payloads: HashMap<Hash, SignedPayload>,
     checker: Option<Checker>,
+    /// The authority a run resolved, with the number of authority entries it saw (they are
+    /// only ever added), as the SQL store keeps it with its authority version.
+    kept: std::cell::RefCell<Option<(usize, std::rc::Rc<super::Authority>)>>,
     /// Totals over every run, for tests that look at the work done.
     pub totals: super::Stats,
 }
@@ -42,6 +45,7 @@ impl MemReplica {
             authority: Vec::new(),
             rows: BTreeMap::new(),
             payloads: HashMap::new(),
+            kept: Default::default(),
             checker: None,
             totals: Default::default(),
         }
@@ -227,6 +231,17 @@ impl ReplicaStore for MemReplica {
 
     fn authority_entries(&self) -> Result<Vec<Hash>, ReconcileError> {
         Ok(self.authority.clone())
+    }
+
+    fn kept_authority(&self) -> Option<std::rc::Rc<super::Authority>> {
+        match &*self.kept.borrow() {
+            Some((n, a)) if *n == self.authority.len() => Some(a.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep_authority(&self, authority: &std::rc::Rc<super::Authority>) {
+        *self.kept.borrow_mut() = Some((self.authority.len(), authority.clone()));
     }
 
     fn payload(&self, h: &Hash) -> Result<SignedPayload, ReconcileError> {

@@ -22,6 +22,7 @@ pub mod memory;
 mod replay;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 
 use serde_json::{json, Map, Value};
 
@@ -32,7 +33,7 @@ use crate::json::canonical_string;
 use crate::payload::{PayloadError, SignedPayload};
 use crate::schema::TableSchema;
 
-pub use authority::Authority;
+pub use authority::{carries_authority, Authority};
 
 /// The identity of a row: the canonical JSON array of its primary-key values, in key order.
 pub type RowKey = String;
@@ -204,6 +205,14 @@ pub trait ReplicaStore {
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError>;
     /// Hashes of every stored entry carrying authority (genesis, membership, schema, rules).
     fn authority_entries(&self) -> Result<Vec<Hash>, ReconcileError>;
+    /// The authority an earlier run resolved, if the store kept it and no entry carrying
+    /// authority has been stored since. Authority depends only on those entries, so a run
+    /// whose new entries carry none may reuse it. Stores that keep nothing answer `None`.
+    fn kept_authority(&self) -> Option<Rc<Authority>> {
+        None
+    }
+    /// Offers the authority a run resolved (over every stored entry) to later runs.
+    fn keep_authority(&self, _authority: &Rc<Authority>) {}
     /// Decoded payload of a stored entry (the store may cache).
     fn payload(&self, h: &Hash) -> Result<SignedPayload, ReconcileError> {
         let entry = self.dag().entry(h)?.ok_or(ReconcileError::Dag(DagError::UnknownEntry(*h)))?;
@@ -275,36 +284,20 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
     }
     let new_set: BTreeSet<Hash> = new_keys.iter().map(|k| k.0.hash).collect();
 
-    // 2. Authority over the whole group (few entries), and what changed in it.
-    let mut authority_hashes = store.authority_entries()?;
-    authority_hashes.sort();
-    authority_hashes.dedup();
-    let order_of = |h: &Hash| -> Result<OrderKey, ReconcileError> {
-        if let Some(height) = fresh.get(h) {
-            return Ok(OrderKey { height: *height, hash: *h });
-        }
-        store
-            .journal(h)?
-            .map(|j| j.order)
-            .ok_or_else(|| ReconcileError::Corrupt(format!("entry {} has no order", h.to_b64())))
-    };
-    let mut authority_input = Vec::with_capacity(authority_hashes.len());
-    for h in &authority_hashes {
-        authority_input.push((order_of(h)?, store.payload(h)?));
-    }
-    let authority = Authority::resolve(store.dag(), authority_input)?;
+    // 2. Authority over the whole group (few entries), and what changed in it. When no new
+    // entry carries authority, a kept resolution is still exact and nothing in it changed.
     let mut changed_authority = Vec::new();
     let mut authority_changes = Vec::new();
-    for (h, verdict) in authority.verdicts() {
-        let before = if new_set.contains(h) { None } else { store.journal(h)?.map(|j| j.verdict) };
-        if before.as_ref() != Some(verdict) {
-            changed_authority.push(*h);
-            if before.is_some() {
-                authority_changes.push((*h, verdict.clone()));
-            }
+    let kept = if new_keys.iter().any(|(_, p)| carries_authority(p)) { None } else { store.kept_authority() };
+    let authority = match kept {
+        Some(a) => a,
+        None => {
+            let a = Rc::new(resolve_authority(store, &fresh, &new_set, &mut changed_authority, &mut authority_changes)?);
+            store.keep_authority(&a);
+            a
         }
-    }
-
+    };
+    let order_of = |h: &Hash| order_key(store, &fresh, h);
     // 3. The rewind point: the earliest entry whose verdict or effect may change.
     let Some(mut start) = new_keys.iter().map(|k| k.0).min() else {
         return Ok(Changes { authority: authority_changes, ..Default::default() });
@@ -329,7 +322,14 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
     }
     // Deletes rewound because authority changed may now count differently for the entries
     // concurrent to them: widen until stable.
-    let mut region = load_region(store, &start, &new_keys)?;
+    // A single new entry that is now the whole frontier (a local commit) has every stored
+    // entry in its history, so it is last in the canonical order: nothing journaled follows.
+    let region = if new_keys.len() == 1 && start == new_keys[0].0 && frontier.len() == 1 && frontier.contains(&start.hash) {
+        new_keys.iter().map(|(k, p)| (*k, p.clone(), None)).collect()
+    } else {
+        load_region(store, &start, &new_keys)?
+    };
+    let mut region = region;
     if !changed_authority.is_empty() {
         loop {
             let before = start;
@@ -349,6 +349,47 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
     let mut changes = replay::Replay::new(store, &authority).run(region)?;
     changes.authority = authority_changes;
     Ok(changes)
+}
+
+/// Resolves the authority of every stored entry, noting which verdicts differ from the
+/// journal's (`changed`; `changes` for those journaled before this run).
+fn resolve_authority<R: ReplicaStore>(
+    store: &R,
+    fresh: &HashMap<Hash, u32>,
+    new_set: &BTreeSet<Hash>,
+    changed: &mut Vec<Hash>,
+    changes: &mut Vec<(Hash, Verdict)>,
+) -> Result<Authority, ReconcileError> {
+    let mut authority_hashes = store.authority_entries()?;
+    authority_hashes.sort();
+    authority_hashes.dedup();
+    let order_of = |h: &Hash| order_key(store, fresh, h);
+    let mut authority_input = Vec::with_capacity(authority_hashes.len());
+    for h in &authority_hashes {
+        authority_input.push((order_of(h)?, store.payload(h)?));
+    }
+    let authority = Authority::resolve(store.dag(), authority_input)?;
+    for (h, verdict) in authority.verdicts() {
+        let before = if new_set.contains(h) { None } else { store.journal(h)?.map(|j| j.verdict) };
+        if before.as_ref() != Some(verdict) {
+            changed.push(*h);
+            if before.is_some() {
+                changes.push((*h, verdict.clone()));
+            }
+        }
+    }
+    Ok(authority)
+}
+
+/// An entry's order key: computed by this run, or from its journal record.
+fn order_key<R: ReplicaStore>(store: &R, fresh: &HashMap<Hash, u32>, h: &Hash) -> Result<OrderKey, ReconcileError> {
+    if let Some(height) = fresh.get(h) {
+        return Ok(OrderKey { height: *height, hash: *h });
+    }
+    store
+        .journal(h)?
+        .map(|j| j.order)
+        .ok_or_else(|| ReconcileError::Corrupt(format!("entry {} has no order", h.to_b64())))
 }
 
 /// The entries from `start` on in canonical order: journaled ones with their old records, and
