@@ -134,7 +134,9 @@ CREATE TABLE causal.row_meta (
     meta       jsonb NOT NULL,
     PRIMARY KEY (group_id, table_name, key)
 );
-CREATE INDEX row_meta_values ON causal.row_meta USING gin (vals jsonb_path_ops);
+-- Rows are also looked up by the columns of UNIQUE constraints and foreign keys: each such
+-- set gets a partial expression index per group and table when the schema is recorded
+-- (row_meta_lookup_*, made by the extension).
 REVOKE ALL ON causal.row_meta FROM PUBLIC;
 GRANT SELECT ON causal.row_meta TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('causal.row_meta', '');

@@ -123,6 +123,7 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
         )?;
         crate::capture::install_triggers(relid)?;
     }
+    crate::replay::ensure_lookup_indexes(&group.id, &schema)?;
     crate::capture::tables_changed()
 }
 

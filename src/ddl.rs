@@ -103,6 +103,7 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
         "UPDATE causal.replicated_tables SET schema = $2 WHERE relid = $1",
         &[relid.into(), pgrx::JsonB(value).into()],
     )?;
+    crate::replay::ensure_lookup_indexes(&group_id, &new)?;
     crate::capture::tables_changed()
 }
 

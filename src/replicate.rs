@@ -177,6 +177,7 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
         &[group.id.clone().into(), name.into(), relid.into(), pgrx::JsonB(value).into()],
     )?;
     crate::capture::install_triggers(relid)?;
+    crate::replay::ensure_lookup_indexes(&group.id, &schema)?;
     crate::capture::tables_changed()?;
     Ok(hash.to_b64())
 }
@@ -275,6 +276,14 @@ mod tests {
         assert_eq!(fk["references"], "parent");
         assert_eq!(fk["columns"][0], "p");
         assert_eq!(fk["referencedColumns"][0], "id");
+        // The engine finds a deleted parent's children through a partial index on row_meta.
+        let lookups = Spi::get_one::<Vec<String>>(
+            "SELECT array_agg(indexdef) FROM pg_indexes WHERE schemaname = 'causal' AND indexname LIKE 'row_meta_lookup_%'",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(lookups.len(), 1, "{lookups:?}");
+        assert!(lookups[0].contains("(vals -> 'p'::text)") && lookups[0].contains("'child'::text"), "{lookups:?}");
     }
 
     #[pg_test(error = "table t has no primary key; pg_causal identifies rows by their primary key")]

@@ -527,8 +527,11 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         let differs = g.frontier != theirs;
         let recently =
             g.last_sent.get(peer).is_some_and(|(f, t)| *f == g.frontier && now_ms.saturating_sub(*t) < pushback);
+        // The first announcement a peer makes of a group is always answered: ours may have
+        // reached it before it held or wanted the group, and been dropped.
+        let first = !g.peer_frontiers.contains_key(peer);
         g.peer_frontiers.insert(peer.clone(), theirs);
-        if differs && !recently {
+        if differs && (first || !recently) {
             self.send_frontier(peer, group, now_ms);
         }
         self.work(group, now_ms);

@@ -93,6 +93,15 @@ impl Net {
         self.nodes.insert(id, Node { session, dag, hostile: None });
     }
 
+    /// A node that neither holds nor wants the group (yet).
+    fn add_idle(&mut self, id: Id) {
+        let session = Session::new(
+            Config { max_headers: 64, payload_chunk: 16, import_chunk: 50, ..Config::default() },
+            &format!("n{id}"),
+        );
+        self.nodes.insert(id, Node { session, dag: None, hostile: None });
+    }
+
     fn connect(&mut self, a: Id, b: Id) {
         self.links.push((a, b));
         let now = self.now;
@@ -272,6 +281,27 @@ fn a_late_joiner_fetches_the_whole_group() {
     let status = net.nodes[&2].session.group_status();
     assert_eq!(status[0].imported, 501);
     assert_eq!(status[0].to_fetch, 0);
+}
+
+/// A node hears a peer's frontier of a group before it wants that group (the announcement
+/// at connect crossed `causal.join_group`); once it wants the group, the peer answers its
+/// first announcement although it sent its own frontier moments ago. (Found by the
+/// late-joiner test on real clusters, which stalled with no header request.)
+#[test]
+fn a_group_wanted_just_after_connecting_is_still_fetched() {
+    let (mut net, mut dag) = Net::new(11);
+    extend_chain(&mut dag, 20);
+    net.add(1, Some(dag));
+    net.add_idle(2);
+    net.connect(1, 2);
+    net.run(); // node 2 drops the frontier of a group it does not want
+    assert!(net.nodes[&2].dag.is_none());
+    let now = net.now;
+    let group = net.group.clone();
+    net.nodes.get_mut(&2).unwrap().session.want_group(&group, now);
+    net.run();
+    net.assert_converged(&[1, 2]);
+    assert_eq!(net.dag(2).len().unwrap(), 21);
 }
 
 /// A peer that tampers with what it serves: it is banned, and nothing it forged is stored.
