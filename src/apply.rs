@@ -123,14 +123,10 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
         )?;
         crate::capture::install_triggers(relid)?;
     }
-    crate::replay::ensure_lookup_indexes(&group.id, &schema)?;
-    crate::capture::tables_changed()
+    crate::replay::ensure_lookup_indexes(&group.id, &schema)
 }
 
 fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
-    if matches!(op, Op::Rule { .. } | Op::Unreplicate { .. }) {
-        crate::capture::tables_changed()?;
-    }
     match op {
         Op::Schema { table, schema } => apply_schema(group, table, schema)?,
         Op::Rule { table, operation, rule } => Spi::run_with_args(
@@ -159,11 +155,17 @@ fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
 /// Runs with `session_replication_role = replica`, so the extension's own event triggers do
 /// not record these ALTERs as new local schema entries.
 pub fn apply_catalog(group: &Group, entries: &[causal_core::reconcile::NewEntry]) -> Result<(), CausalError> {
-    let catalog_ops = entries
+    let catalog_ops: Vec<&Op> = entries
         .iter()
         .flat_map(|(_, _, p)| p.ops.iter())
-        .filter(|op| !matches!(op, Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. }));
-    crate::spi_util::with_replica_role(|| catalog_ops.into_iter().try_for_each(|op| apply_op(group, op)))?
+        .filter(|op| matches!(op, Op::Schema { .. } | Op::Rule { .. } | Op::Unreplicate { .. }))
+        .collect();
+    if catalog_ops.is_empty() {
+        return Ok(());
+    }
+    crate::spi_util::with_replica_role(|| catalog_ops.into_iter().try_for_each(|op| apply_op(group, op)))??;
+    // Capture's cached view of the tables and rules (every backend's) is now stale.
+    crate::capture::tables_changed()
 }
 
 /// The schema of a replicated table as this database has it, by the group's name for it.

@@ -326,15 +326,17 @@ fn flush() {
             None => by_group.push((p.group_id, vec![p.op])),
         }
     }
+    if by_group.is_empty() {
+        return;
+    }
     // The trigger checked the role's grant of this identity when it buffered the first change.
-    let author = AUTHOR.with(|a| a.borrow().as_ref().map(|(name, _)| name.clone()));
+    let signer = match AUTHOR.with(|a| a.borrow().as_ref().map(|(name, _)| name.clone())) {
+        Some(name) => crate::identity::author_named(&name),
+        None => crate::identity::current_author(),
+    }
+    .or_report("causal commit");
     for (group_id, ops) in by_group {
         let group = Group::find(&group_id).or_report("causal commit");
-        let signer = match &author {
-            Some(name) => crate::identity::author_named(name),
-            None => crate::identity::current_author(),
-        }
-        .or_report("causal commit");
         append_ops_as(&group, ops, false, &signer).or_report("causal commit");
     }
 }

@@ -66,16 +66,12 @@ pub fn ensure_lookup_indexes(group_id: &str, schema: &TableSchema) -> Result<(),
     Ok(())
 }
 
-/// A stable name for a lookup index: FNV-1a over group, table and columns.
+/// A stable name for a lookup index, from a digest of group, table and columns.
 fn lookup_index_name(group_id: &str, table: &str, cols: &[String]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in std::iter::once(group_id).chain(std::iter::once(table)).chain(cols.iter().map(String::as_str)) {
-        for b in part.bytes().chain(std::iter::once(0)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("row_meta_lookup_{h:016x}")
+    let parts: Vec<&str> = [group_id, table].into_iter().chain(cols.iter().map(String::as_str)).collect();
+    let digest = causal_core::HashAlgorithm::Blake3.digest(parts.join("\0").as_bytes());
+    let hex: String = digest.as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("row_meta_lookup_{hex}")
 }
 
 fn store_err(e: impl std::fmt::Display) -> ReconcileError {

@@ -252,14 +252,13 @@ pub fn rule_sql(rule: &causal_core::rules::Rule, input: &RuleInput<'_>, depth: u
 /// Checks a write against its table's rule `text` for `operation`.
 pub fn check_write(group_id: &str, operation: Operation, text: &str, input: &RuleInput<'_>) -> Result<(), CausalError> {
     let table = &input.schema.table;
-    let text = text.to_string();
     let scope = group_tables(group_id, table)?;
     let rule =
-        parse_rule(&text, operation, &scope).map_err(|e| CausalError::BadRule { table: table.clone(), error: e })?;
+        parse_rule(text, operation, &scope).map_err(|e| CausalError::BadRule { table: table.clone(), error: e })?;
     let sql = format!("SELECT {}", rule_sql(&rule, input, 0));
     if Spi::get_one::<bool>(&sql)? == Some(true) {
         Ok(())
     } else {
-        Err(CausalError::RuleDenied { table: table.clone(), operation: operation.name(), rule: text })
+        Err(CausalError::RuleDenied { table: table.clone(), operation: operation.name(), rule: text.to_string() })
     }
 }

@@ -59,6 +59,12 @@ pub async fn connect(conninfo: &str, notifications: Option<mpsc::Sender<String>>
     Ok(Db { client })
 }
 
+/// A group row, read without panicking on a column of an unexpected type (a worker binary
+/// may meet an extension of another version).
+fn group_row(r: &tokio_postgres::Row) -> Result<GroupRow, DbError> {
+    Ok(GroupRow { group_id: r.try_get(0)?, hash_algorithm: r.try_get(1)?, frontier: r.try_get(2)? })
+}
+
 fn parse_json(text: &str) -> Option<Value> {
     causal_core::json::parse(text).ok()
 }
@@ -82,7 +88,7 @@ impl Db {
             .await
             .map_err(|_| DbError::NoNodeKey)?
             .ok_or(DbError::NoNodeKey)?;
-        Ok(row.get::<_, Vec<u8>>(0))
+        row.try_get::<_, Vec<u8>>(0).map_err(|_| DbError::NoNodeKey)
     }
 
     pub async fn groups(&self) -> Result<Vec<GroupRow>, DbError> {
@@ -93,7 +99,7 @@ impl Db {
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|r| GroupRow { group_id: r.get(0), hash_algorithm: r.get(1), frontier: r.get(2) }).collect())
+        rows.iter().map(group_row).collect()
     }
 
     pub async fn group(&self, group_id: &str) -> Result<Option<GroupRow>, DbError> {
@@ -104,7 +110,7 @@ impl Db {
                 &[&group_id],
             )
             .await?;
-        Ok(row.map(|r| GroupRow { group_id: r.get(0), hash_algorithm: r.get(1), frontier: r.get(2) }))
+        row.as_ref().map(group_row).transpose()
     }
 
     /// Groups asked for with `causal.join_group` that are not here yet.
@@ -117,12 +123,12 @@ impl Db {
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
     }
 
     pub async fn peer_addresses(&self) -> Result<Vec<String>, DbError> {
         let rows = self.client.query("SELECT address FROM causal.peer_addresses ORDER BY address", &[]).await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
     }
 
     /// Serves a header request (`causal._sync_headers`).
@@ -144,9 +150,9 @@ impl Db {
             .await?;
         let (mut headers, mut payloads, mut complete) = (Vec::new(), Vec::new(), false);
         for r in rows {
-            let kind: String = r.get(0);
-            let hash: Option<String> = r.get(1);
-            let body: String = r.get(2);
+            let kind: String = r.try_get(0)?;
+            let hash: Option<String> = r.try_get(1)?;
+            let body: String = r.try_get(2)?;
             match (kind.as_str(), hash) {
                 ("header", Some(hash)) => headers
                     .push(WireHeader { hash, header: parse_json(&body).ok_or(DbError::Unexpected("_sync_headers"))? }),
@@ -167,8 +173,8 @@ impl Db {
             self.client.query("SELECT hash, payload FROM causal._sync_payloads($1, $2)", &[&group, &hashes]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let body: String = r.get(1);
-            out.push((r.get(0), parse_json(&body).ok_or(DbError::Unexpected("_sync_payloads"))?));
+            let body: String = r.try_get(1)?;
+            out.push((r.try_get(0)?, parse_json(&body).ok_or(DbError::Unexpected("_sync_payloads"))?));
         }
         Ok(out)
     }
@@ -185,7 +191,7 @@ impl Db {
         let bundle = json!({"format": "pg_causal-bundle/1", "group": group, "hashAlgorithm": hash_algorithm, "entries": entries});
         let bytes = serde_json::to_vec(&bundle).map_err(|_| DbError::Unexpected("bundle"))?;
         let row = self.client.query_one("SELECT causal.import($1)::text", &[&bytes]).await?;
-        let text: String = row.get(0);
+        let text: String = row.try_get(0)?;
         let result: Value = serde_json::from_str(&text).map_err(|_| DbError::Unexpected("causal.import"))?;
         let rejected: Vec<(String, String)> = result["rejected"]
             .as_array()
