@@ -35,8 +35,10 @@ SELECT pg_catalog.pg_extension_config_dump('causal.identity_grants', '');
 
 -- Groups: one DAG each. group_id is the hash of the genesis entry.
 -- The group row also holds the DAG's running state, read and updated (under a row lock) on
--- every append: entry count, chain lengths, frontier (node ids) and a counter of membership
--- changes (membership results are cached until it moves).
+-- every append: entry count, chain lengths, frontier (node ids), a counter of the entries that
+-- carry authority (membership, schema, rules; resolved authority is cached until it moves), and
+-- how many entries (in node-id order) the reconciliation engine has placed: local commits of
+-- plain data are placed later, in batches (docs/SEMANTICS.md, "Deferred placement").
 CREATE TABLE causal.group_defs (
     group_id           text PRIMARY KEY,
     name               text NOT NULL UNIQUE CHECK (name <> ''),
@@ -44,7 +46,8 @@ CREATE TABLE causal.group_defs (
     entry_count        integer NOT NULL DEFAULT 0,
     chain_lens         integer[] NOT NULL DEFAULT '{}',
     frontier           integer[] NOT NULL DEFAULT '{}',
-    authority_version integer NOT NULL DEFAULT 0,
+    authority_version  integer NOT NULL DEFAULT 0,
+    reconciled_count   integer NOT NULL DEFAULT 0,
     created_at         timestamptz NOT NULL DEFAULT now()
 );
 

@@ -317,6 +317,11 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     let started = std::time::Instant::now();
     // Local writers of the group finish first, and new ones wait for this import.
     Spi::run_with_args(crate::capture::GROUP_LOCK_SQL, &[crate::capture::group_lock_key(&group.id)?.into()])?;
+    // Local commits not placed yet are placed first: the engine's view must include them. (A
+    // group adopted from this bundle has none; its genesis is placed with the bundle.)
+    if !adopted {
+        crate::replay::catch_up(&group)?;
+    }
     let mut dag = group.dag();
     dag.store().lock().map_err(DagError::from)?;
     dag.store().defer_state_writes();

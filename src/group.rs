@@ -116,7 +116,8 @@ SELECT g.name,
        coalesce((SELECT array_agg(t.table_name ORDER BY t.table_name) FROM causal.replicated_tables t
                  WHERE t.group_id = g.group_id), '{}') AS tables,
        g.entry_count::bigint AS entry_count,
-       causal.frontier(g.group_id) AS frontier
+       causal.frontier(g.group_id) AS frontier,
+       (g.entry_count - g.reconciled_count)::bigint AS unplaced
 FROM causal.group_defs g;
 GRANT SELECT ON causal.groups TO PUBLIC;
 "#,

@@ -150,8 +150,9 @@ pub fn author_named(name: &str) -> Result<Author, CausalError> {
     if let Some(keypair) = KEYPAIRS.with(|k| k.borrow().get(name).cloned()) {
         return Ok(Author { keypair });
     }
-    let secret = get_prepared::<Vec<u8>>("SELECT secret_key FROM causal.identity_keys WHERE name = $1", &[name.into()])?
-        .ok_or_else(|| CausalError::UnknownIdentity(name.to_string()))?;
+    let secret =
+        get_prepared::<Vec<u8>>("SELECT secret_key FROM causal.identity_keys WHERE name = $1", &[name.into()])?
+            .ok_or_else(|| CausalError::UnknownIdentity(name.to_string()))?;
     let keypair =
         Keypair::from_secret_bytes(&secret).map_err(|e| CausalError::Corrupt(format!("identity {name}: {e}")))?;
     KEYPAIRS.with(|k| k.borrow_mut().insert(name.to_string(), keypair.clone()));

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use pgrx::prelude::*;
 
+use causal_core::entry::Entry;
 use causal_core::identity::PublicKey;
 use causal_core::membership::{derive_meta, member_at, MemberStatus};
 use causal_core::payload::{Op, SignedPayload};
@@ -18,11 +19,21 @@ use crate::identity::{current_author, Author};
 /// frontier. The author must be a live member (an admin when `admin_only`). The group row is
 /// locked first, so concurrent appends to one group queue up and each one follows the last.
 pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash, CausalError> {
-    append_ops_as(group, ops, admin_only, &current_author()?)
+    append_ops_as(group, ops, admin_only, &current_author()?, false)
 }
 
 /// [`append_ops`] signed by `author`, whose use the caller has checked.
-pub fn append_ops_as(group: &Group, ops: Vec<Op>, admin_only: bool, author: &Author) -> Result<Hash, CausalError> {
+/// Appends `ops` as one entry signed by `author`. With `defer_placing`, the engine does not run
+/// now: the entry waits, with any other local commits, to be placed in a batch
+/// ([`crate::replay::catch_up`]). Capture defers plain data changes to tables without rules,
+/// which Postgres's own constraints have already checked at the frontier.
+pub fn append_ops_as(
+    group: &Group,
+    ops: Vec<Op>,
+    admin_only: bool,
+    author: &Author,
+    defer_placing: bool,
+) -> Result<Hash, CausalError> {
     let mut dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
     let prev = dag.frontier()?;
@@ -36,10 +47,22 @@ pub fn append_ops_as(group: &Group, ops: Vec<Op>, admin_only: bool, author: &Aut
         });
     }
     let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
-    let payload = SignedPayload::sign(&author.keypair, &group_id, ops, &prev)?;
-    // Built and hashed once here; `append` trusts its own hashes (no re-verification).
-    let hash = dag.append(payload.to_value(), derive_meta(&payload), prev.clone())?.hash;
-    crate::replay::reconcile_local(group, dag, (hash, prev, payload))?;
+    // Serialized, hashed and signed once here; the store trusts these hashes.
+    let encoded = SignedPayload::sign_encoded(&author.keypair, &group_id, ops, &prev)?;
+    let payload = encoded.payload;
+    let entry = Entry::with_canonical_payload(
+        dag.hash_algorithm(),
+        encoded.value,
+        &encoded.canonical,
+        prev.clone(),
+        derive_meta(&payload),
+    );
+    // Its predecessors are the whole frontier, read under the lock: it cannot be stored yet.
+    dag.store().assume_absent(entry.hash);
+    let hash = dag.insert_verified(entry)?.hash;
+    if !defer_placing {
+        crate::replay::reconcile_local(group, dag, (hash, prev, payload))?;
+    }
     crate::sync::notify_changed(&group.id)?;
     Ok(hash)
 }

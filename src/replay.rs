@@ -535,17 +535,111 @@ pub fn reconcile_imported(group: &Group, new: Vec<reconcile::NewEntry>) -> Resul
     run_engine(SpiReplica::new(group), |r| reconcile::plan_decoded(r, new).map_err(engine_err))
 }
 
+/// The stored entries from node id `from` on, decoded, in node-id order (predecessors first):
+/// the local commits the engine has not placed yet.
+pub fn unplaced_entries(group: &str, from: u32) -> Result<Vec<reconcile::NewEntry>, CausalError> {
+    let rows = run_prepared(
+        "SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND node_id >= $2 ORDER BY node_id",
+        &[group.into(), i32::try_from(from).unwrap_or(i32::MAX).into()],
+        false,
+        |rows| {
+            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?)))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        },
+    )?;
+    let corrupt = |what: String| CausalError::Corrupt(format!("group {group}: {what}"));
+    let mut out = Vec::with_capacity(rows.len());
+    for (hash, prev, payload) in rows {
+        let (Some(hash), Some(prev), Some(payload)) = (hash, prev, payload) else { continue };
+        let hash: Hash = hash.parse().map_err(|_| corrupt(format!("stored hash {hash}")))?;
+        let prev = prev
+            .iter()
+            .map(|h| h.parse::<Hash>().map_err(|_| corrupt(format!("stored predecessor {h}"))))
+            .collect::<Result<causal_core::entry::Position, _>>()?;
+        let value = causal_core::json::parse(&payload).map_err(|e| corrupt(format!("entry {hash}: {e}")))?;
+        let payload = causal_core::payload::SignedPayload::from_value(&value)
+            .map_err(|e| corrupt(format!("entry {hash}: {e}")))?;
+        out.push((hash, prev, payload));
+    }
+    Ok(out)
+}
+
+/// Places the group's local commits that the engine has not placed yet (see
+/// [`SpiStore::mark_reconciled`]): one engine run over all of them, whose rows are already in
+/// the tables. Returns how many it placed. The caller holds the group's lock exclusively (an
+/// import), or its row lock (an append).
+pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
+    let dag = group.dag();
+    let state = dag.store().lock().map_err(causal_core::DagError::from)?;
+    if state.reconciled_count >= state.entry_count {
+        return Ok(0);
+    }
+    let entries = unplaced_entries(&group.id, state.reconciled_count)?;
+    let n = entries.len();
+    let local = entries.iter().map(|e| e.0).collect();
+    let replica = SpiReplica { group: group.id.clone(), dag, local };
+    run_engine(replica, |r| reconcile::plan_decoded(r, entries).map_err(engine_err))?;
+    Ok(n)
+}
+
+/// Places the local commits that the engine has not placed yet, in every group or in `grp`;
+/// returns how many. Local commits of plain data are placed in batches: before an import, an
+/// administrative entry or a schema change of their group, or when the sync worker finds
+/// them. Takes each group's lock exclusively, so it waits for the group's writing
+/// transactions to commit.
+#[pgrx::pg_extern(name = "catch_up")]
+fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL")) -> i64 {
+    use crate::error::OrReport;
+    let f = "causal.catch_up";
+    let ids: Vec<String> = match grp {
+        Some(g) => vec![Group::find(g).or_report(f).id],
+        None => run_prepared(
+            "SELECT group_id FROM causal.group_defs WHERE reconciled_count < entry_count ORDER BY group_id",
+            &[],
+            false,
+            |rows| rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>(),
+        )
+        .map_err(CausalError::from)
+        .or_report(f)
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
+    let mut placed = 0;
+    for id in ids {
+        let group = Group::find(&id).or_report(f);
+        let key = crate::capture::group_lock_key(&group.id).or_report(f);
+        pgrx::Spi::run_with_args(crate::capture::GROUP_LOCK_SQL, &[key.into()]).map_err(CausalError::from).or_report(f);
+        placed += catch_up(&group).or_report(f) as i64;
+    }
+    placed
+}
+
 /// Reconciles a group after a local commit stored `entry` (decoded), whose rows are already
-/// in the tables. If the engine would cancel it, the commit fails (23000).
+/// in the tables, together with the group's earlier local commits not placed yet. If the
+/// engine would cancel `entry`, the commit fails (23000).
 /// `dag` is the one the entry was appended through (its state and caches are current).
-pub fn reconcile_local(group: &Group, dag: Dag<SpiStore>, entry: reconcile::NewEntry) -> Result<Reconciled, CausalError> {
-    let mut replica = SpiReplica { group: group.id.clone(), dag, local: Vec::new() };
+pub fn reconcile_local(
+    group: &Group,
+    dag: Dag<SpiStore>,
+    entry: reconcile::NewEntry,
+) -> Result<Reconciled, CausalError> {
     let hash = entry.0;
-    replica.local = vec![hash];
+    let state = dag.store().current_state().map_err(causal_core::DagError::from)?;
+    // The entry itself is the last stored; those before it may wait to be placed.
+    let mut new = if state.reconciled_count + 1 < state.entry_count {
+        let mut earlier = unplaced_entries(&group.id, state.reconciled_count)?;
+        earlier.retain(|e| e.0 != hash);
+        earlier
+    } else {
+        Vec::new()
+    };
+    new.push(entry);
+    let local = new.iter().map(|e| e.0).collect();
+    let replica = SpiReplica { group: group.id.clone(), dag, local };
     run_engine(replica, |r| {
-        let changes = reconcile::plan_decoded(r, vec![entry]).map_err(engine_err)?;
-        let entry = hash;
-        match changes.journal.iter().find(|(h, j)| *h == entry && !j.verdict.is_ok()) {
+        let changes = reconcile::plan_decoded(r, new).map_err(engine_err)?;
+        match changes.journal.iter().find(|(h, j)| *h == hash && !j.verdict.is_ok()) {
             Some((_, j)) => Err(CausalError::Cancelled(j.verdict.reason.clone().unwrap_or_default())),
             None => Ok(changes),
         }
@@ -565,5 +659,6 @@ fn run_engine(
     let changes = plan(&replica)?;
     let planned = started.elapsed();
     replica.apply(&changes).map_err(engine_err)?;
+    replica.dag.store().mark_reconciled().map_err(causal_core::DagError::from)?;
     Ok(Reconciled { changes, plan: planned, apply: started.elapsed() - planned })
 }

@@ -35,6 +35,10 @@ pub struct GroupState {
     pub chain_lens: Vec<u32>,
     pub frontier: Vec<NodeId>,
     pub authority_version: u32,
+    /// How many entries, in node-id order, the reconciliation engine has placed (journal and
+    /// `row_meta` are current up to there). Local commits of plain data leave the rest to be
+    /// placed later, in a batch ([`crate::replay::catch_up`]).
+    pub reconciled_count: u32,
 }
 
 /// One group's DAG, stored in the catalog.
@@ -107,10 +111,10 @@ pub fn tag_text(tag: &MetaTag) -> String {
     }
 }
 
-const STATE_SQL: &str =
-    "SELECT entry_count, chain_lens, frontier, authority_version FROM causal.group_defs WHERE group_id = $1";
-const STATE_LOCK_SQL: &str =
-    "SELECT entry_count, chain_lens, frontier, authority_version FROM causal.group_defs WHERE group_id = $1 FOR UPDATE";
+const STATE_SQL: &str = "SELECT entry_count, chain_lens, frontier, authority_version, reconciled_count \
+     FROM causal.group_defs WHERE group_id = $1";
+const STATE_LOCK_SQL: &str = "SELECT entry_count, chain_lens, frontier, authority_version, reconciled_count \
+     FROM causal.group_defs WHERE group_id = $1 FOR UPDATE";
 
 impl SpiStore {
     pub fn new(group: &str, alg: HashAlgorithm) -> SpiStore {
@@ -128,10 +132,16 @@ impl SpiStore {
     fn load_state(&self, sql: &'static str, locking: bool) -> Result<GroupState, StoreError> {
         let row = run_prepared(sql, &[self.group.clone().into()], locking, |mut rows| match rows.next() {
             None => Ok(None),
-            Some(r) => Ok(Some((r.get::<i32>(1)?, r.get::<Vec<i32>>(2)?, r.get::<Vec<i32>>(3)?, r.get::<i32>(4)?))),
+            Some(r) => Ok(Some((
+                r.get::<i32>(1)?,
+                r.get::<Vec<i32>>(2)?,
+                r.get::<Vec<i32>>(3)?,
+                r.get::<i32>(4)?,
+                r.get::<i32>(5)?,
+            ))),
         })
         .map_err(backend)?;
-        let Some((Some(count), Some(lens), Some(frontier), Some(version))) = row else {
+        let Some((Some(count), Some(lens), Some(frontier), Some(version), Some(reconciled))) = row else {
             return Err(corrupt(format!("group {} has no state row", self.group)));
         };
         Ok(GroupState {
@@ -139,7 +149,13 @@ impl SpiStore {
             chain_lens: to_u32s(lens)?,
             frontier: to_u32s(frontier)?,
             authority_version: to_u32(version)?,
+            reconciled_count: to_u32(reconciled)?,
         })
+    }
+
+    /// Records that `hash` is not stored, so the duplicate check of an append costs no query.
+    pub fn assume_absent(&self, hash: Hash) {
+        self.absent.borrow_mut().insert(hash);
     }
 
     /// Keeps the running state in memory until [`SpiStore::write_state`].
@@ -232,6 +248,25 @@ impl SpiStore {
         Ok(state)
     }
 
+    /// The group's running state (read once per store; under the row lock after [`SpiStore::lock`]).
+    pub fn current_state(&self) -> Result<GroupState, StoreError> {
+        self.state()
+    }
+
+    /// Records that the engine has placed every stored entry.
+    pub fn mark_reconciled(&self) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        if state.reconciled_count == state.entry_count {
+            return Ok(());
+        }
+        state.reconciled_count = state.entry_count;
+        if !self.defer_state.get() {
+            write_state(&self.group, &state)?;
+        }
+        *self.state.borrow_mut() = Some(state);
+        Ok(())
+    }
+
     /// The group's authority version: how many stored entries carry authority.
     pub fn authority_version(&self) -> Result<u32, StoreError> {
         Ok(self.state()?.authority_version)
@@ -249,14 +284,15 @@ impl SpiStore {
 
 fn write_state(group: &str, state: &GroupState) -> Result<(), StoreError> {
     exec_prepared(
-        "UPDATE causal.group_defs SET entry_count = $2, chain_lens = $3, frontier = $4, authority_version = $5 \
-         WHERE group_id = $1",
+        "UPDATE causal.group_defs SET entry_count = $2, chain_lens = $3, frontier = $4, authority_version = $5, \
+         reconciled_count = $6 WHERE group_id = $1",
         &[
             group.into(),
             to_i32(state.entry_count)?.into(),
             to_i32s(&state.chain_lens)?.into(),
             to_i32s(&state.frontier)?.into(),
             to_i32(state.authority_version)?.into(),
+            to_i32(state.reconciled_count)?.into(),
         ],
     )
     .map_err(backend)

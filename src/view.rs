@@ -2,11 +2,14 @@
 
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgRelation};
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
 
 use causal_core::entry::{Entry, Position};
-use causal_core::payload::SignedPayload;
+use causal_core::payload::{Op, SignedPayload};
 use causal_core::reconcile::memory::MemReplica;
+use causal_core::reconcile::row_key;
 use causal_core::Hash;
 
 use crate::error::{CausalError, OrReport};
@@ -89,21 +92,7 @@ fn snapshot_rows(
         get_opt::<String>("SELECT group_id FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?
             .ok_or_else(|| CausalError::NotReplicated(table.clone()))?;
     if at.is_none() && from.is_none() {
-        // The view at the frontier is what replay keeps.
-        return Ok(Spi::connect(|client| {
-            let rows = client.select(
-                "SELECT vals FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND NOT meta ? 'd' ORDER BY key",
-                None,
-                &[group_id.clone().into(), table.clone().into()],
-            )?;
-            let mut out = Vec::new();
-            for r in rows {
-                if let Some(v) = r.get::<JsonB>(1)? {
-                    out.push(v.0);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })?);
+        return frontier_rows(&group_id, &table);
     }
     let group = Group::find(&group_id)?;
     let dag = group.dag();
@@ -151,6 +140,59 @@ fn snapshot_rows(
     replica.receive(&entries).map_err(|e| CausalError::Reconcile(e.to_string()))?;
     let rows = replica.view_at(&table, &at).map_err(|e| CausalError::Reconcile(e.to_string()))?;
     Ok(rows.into_iter().map(Value::Object).collect())
+}
+
+/// The view at the frontier: the rows replay keeps in `causal.row_meta`, with the local commits
+/// that the engine has not placed yet applied on top. Those extend the frontier one after the
+/// other, so applying their operations in order is their placement. Sorted by key, bytewise.
+fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError> {
+    let rows: Vec<(String, Map<String, Value>)> = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT key, vals FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND NOT meta ? 'd' \
+             ORDER BY key COLLATE \"C\"",
+            None,
+            &[group_id.into(), table.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let (Some(k), Some(JsonB(Value::Object(v)))) = (r.get::<String>(1)?, r.get::<JsonB>(2)?) {
+                out.push((k, v));
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })?;
+    let state = Group::find(group_id)?.dag().store().current_state().map_err(causal_core::DagError::from)?;
+    if state.reconciled_count >= state.entry_count {
+        return Ok(rows.into_iter().map(|(_, v)| Value::Object(v)).collect());
+    }
+    let schema = crate::apply::local_schema_by_name(group_id, table)?;
+    let mut view: BTreeMap<String, Map<String, Value>> = rows.into_iter().collect();
+    for (_, _, payload) in crate::replay::unplaced_entries(group_id, state.reconciled_count)? {
+        for op in payload.ops {
+            match op {
+                Op::Insert { table: t, row } if t == table => {
+                    if let Some(k) = row_key(&schema, &row) {
+                        view.insert(k, row);
+                    }
+                }
+                Op::Update { table: t, key, set, unset } if t == table => {
+                    if let Some(row) = row_key(&schema, &key).and_then(|k| view.get_mut(&k)) {
+                        row.extend(set);
+                        for c in unset {
+                            row.remove(&c);
+                        }
+                    }
+                }
+                Op::Delete { table: t, key } if t == table => {
+                    if let Some(k) = row_key(&schema, &key) {
+                        view.remove(&k);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(view.into_values().map(Value::Object).collect())
 }
 
 /// The rows of a replicated table in the group's view at `at_version` seen from

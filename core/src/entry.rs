@@ -75,6 +75,20 @@ impl Entry {
         Ok(Entry { hash: header.entry_hash(alg), header, payload, meta })
     }
 
+    /// [`Entry::new`] for a payload whose canonical text the caller already has (it must be
+    /// `canonical_string(&payload)`; see [`crate::payload::SignedPayload::sign_encoded`]).
+    pub fn with_canonical_payload(
+        alg: HashAlgorithm,
+        payload: Value,
+        canonical: &str,
+        prev: Position,
+        meta: Meta,
+    ) -> Entry {
+        let payload_hash = alg.digest(canonical.as_bytes());
+        let header = Header { payload_hash, prev };
+        Entry { hash: header.entry_hash(alg), header, payload, meta }
+    }
+
     /// Recomputes both hashes and says which one, if any, does not match.
     pub fn verify_hashes(&self, alg: HashAlgorithm) -> Result<(), HashMismatch> {
         let payload_hash = alg.hash_literal(&self.payload).map_err(HashMismatch::Payload)?;

@@ -292,7 +292,8 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
     let authority = match kept {
         Some(a) => a,
         None => {
-            let a = Rc::new(resolve_authority(store, &fresh, &new_set, &mut changed_authority, &mut authority_changes)?);
+            let a =
+                Rc::new(resolve_authority(store, &fresh, &new_set, &mut changed_authority, &mut authority_changes)?);
             store.keep_authority(&a);
             a
         }
@@ -324,11 +325,12 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
     // concurrent to them: widen until stable.
     // A single new entry that is now the whole frontier (a local commit) has every stored
     // entry in its history, so it is last in the canonical order: nothing journaled follows.
-    let mut region = if new_keys.len() == 1 && start == new_keys[0].0 && frontier.len() == 1 && frontier.contains(&start.hash) {
-        new_keys.iter().map(|(k, p)| (*k, p.clone(), None)).collect()
-    } else {
-        load_region(store, &start, &new_keys)?
-    };
+    let mut region =
+        if new_keys.len() == 1 && start == new_keys[0].0 && frontier.len() == 1 && frontier.contains(&start.hash) {
+            new_keys.iter().map(|(k, p)| (*k, p.clone(), None)).collect()
+        } else {
+            load_region(store, &start, &new_keys)?
+        };
     if !changed_authority.is_empty() {
         loop {
             let before = start;
