@@ -280,7 +280,7 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
         }
         let height = height_of(store, &prev, &fresh)?;
         fresh.insert(h, height);
-        new_keys.push((OrderKey { height, hash: h }, payload));
+        new_keys.push((OrderKey { height, hash: h }, Rc::new(payload)));
     }
     let new_set: BTreeSet<Hash> = new_keys.iter().map(|k| k.0.hash).collect();
 
@@ -327,7 +327,7 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
     // entry in its history, so it is last in the canonical order: nothing journaled follows.
     let mut region =
         if new_keys.len() == 1 && start == new_keys[0].0 && frontier.len() == 1 && frontier.contains(&start.hash) {
-            new_keys.iter().map(|(k, p)| (*k, p.clone(), None)).collect()
+            new_keys.iter().map(|(k, p)| (*k, Rc::clone(p), None)).collect()
         } else {
             load_region(store, &start, &new_keys)?
         };
@@ -394,21 +394,21 @@ fn order_key<R: ReplicaStore>(store: &R, fresh: &HashMap<Hash, u32>, h: &Hash) -
 }
 
 /// The entries from `start` on in canonical order: journaled ones with their old records, and
-/// the new ones.
-type RegionEntry = (OrderKey, SignedPayload, Option<JournalEntry>);
+/// the new ones. Payloads are shared, not copied: a region can hold millions of rows.
+type RegionEntry = (OrderKey, Rc<SignedPayload>, Option<JournalEntry>);
 
 fn load_region<R: ReplicaStore>(
     store: &R,
     start: &OrderKey,
-    new_keys: &[(OrderKey, SignedPayload)],
+    new_keys: &[(OrderKey, Rc<SignedPayload>)],
 ) -> Result<Vec<RegionEntry>, ReconcileError> {
-    let mut region = Vec::new();
+    let mut region = Vec::with_capacity(new_keys.len());
     for (h, j) in store.journal_from(start)? {
-        region.push((j.order, store.payload(&h)?, Some(j)));
+        region.push((j.order, Rc::new(store.payload(&h)?), Some(j)));
     }
     for (k, p) in new_keys {
         if k >= start {
-            region.push((*k, p.clone(), None));
+            region.push((*k, Rc::clone(p), None));
         }
     }
     region.sort_by_key(|e| e.0);

@@ -143,6 +143,10 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 }
             }
         }
+        // Sized once: growing these maps row by row rehashed every key again and again.
+        let total: usize = wanted.values().map(Vec::len).sum();
+        self.cache.reserve(total);
+        self.overlay.reserve(total);
         for (table, mut keys) in wanted {
             keys.sort();
             keys.dedup();
