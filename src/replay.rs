@@ -566,8 +566,8 @@ pub fn unplaced_entries(group: &str, from: u32) -> Result<Vec<reconcile::NewEntr
 
 /// Places the group's local commits that the engine has not placed yet (see
 /// [`SpiStore::mark_reconciled`]): one engine run over all of them, whose rows are already in
-/// the tables. Returns how many it placed. The caller holds the group's lock exclusively (an
-/// import), or its row lock (an append).
+/// the tables. Returns how many it placed. It locks the group's row itself; an import and
+/// `causal.catch_up` hold the group's lock exclusively first, so no local writer is mid-way.
 pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
     let dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
@@ -584,15 +584,14 @@ pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
 
 /// Places the local commits that the engine has not placed yet, in every group or in `grp`;
 /// returns how many. Local commits of plain data are placed in batches: before an import, an
-/// administrative entry or a schema change of their group, or when the sync worker finds
-/// them. Takes each group's lock exclusively, so it waits for the group's writing
-/// transactions to commit.
+/// administrative entry or a schema change of their group, or when this is called. Takes each
+/// group's lock exclusively, so it waits for the group's writing transactions to commit.
 #[pgrx::pg_extern(name = "catch_up")]
 fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL")) -> i64 {
     use crate::error::OrReport;
     let f = "causal.catch_up";
-    let ids: Vec<String> = match grp {
-        Some(g) => vec![Group::find(g).or_report(f).id],
+    let groups: Vec<String> = match grp {
+        Some(g) => vec![g.to_string()],
         None => run_prepared(
             "SELECT group_id FROM causal.group_defs WHERE reconciled_count < entry_count ORDER BY group_id",
             &[],
@@ -606,8 +605,8 @@ fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL")) -> i64 {
         .collect(),
     };
     let mut placed = 0;
-    for id in ids {
-        let group = Group::find(&id).or_report(f);
+    for name_or_id in groups {
+        let group = Group::find(&name_or_id).or_report(f);
         let key = crate::capture::group_lock_key(&group.id).or_report(f);
         pgrx::Spi::run_with_args(crate::capture::GROUP_LOCK_SQL, &[key.into()]).map_err(CausalError::from).or_report(f);
         placed += catch_up(&group).or_report(f) as i64;
@@ -625,7 +624,7 @@ pub fn reconcile_local(
     entry: reconcile::NewEntry,
 ) -> Result<Reconciled, CausalError> {
     let hash = entry.0;
-    let state = dag.store().current_state().map_err(causal_core::DagError::from)?;
+    let state = dag.store().state().map_err(causal_core::DagError::from)?;
     // The entry itself is the last stored; those before it may wait to be placed.
     let mut new = if state.reconciled_count + 1 < state.entry_count {
         let mut earlier = unplaced_entries(&group.id, state.reconciled_count)?;

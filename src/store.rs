@@ -248,11 +248,6 @@ impl SpiStore {
         Ok(state)
     }
 
-    /// The group's running state (read once per store; under the row lock after [`SpiStore::lock`]).
-    pub fn current_state(&self) -> Result<GroupState, StoreError> {
-        self.state()
-    }
-
     /// Records that the engine has placed every stored entry.
     pub fn mark_reconciled(&self) -> Result<(), StoreError> {
         let mut state = self.state()?;
@@ -272,7 +267,8 @@ impl SpiStore {
         Ok(self.state()?.authority_version)
     }
 
-    fn state(&self) -> Result<GroupState, StoreError> {
+    /// The group's running state (read once per store; under the row lock after [`SpiStore::lock`]).
+    pub fn state(&self) -> Result<GroupState, StoreError> {
         if let Some(s) = self.state.borrow().as_ref() {
             return Ok(s.clone());
         }

@@ -161,7 +161,7 @@ fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError>
         }
         Ok::<_, pgrx::spi::Error>(out)
     })?;
-    let state = Group::find(group_id)?.dag().store().current_state().map_err(causal_core::DagError::from)?;
+    let state = Group::find(group_id)?.dag().store().state().map_err(causal_core::DagError::from)?;
     if state.reconciled_count >= state.entry_count {
         return Ok(rows.into_iter().map(|(_, v)| Value::Object(v)).collect());
     }
