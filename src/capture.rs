@@ -598,6 +598,54 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE table_name = 'products'"), 2);
     }
 
+    #[pg_test]
+    fn a_long_backlog_is_placed_in_bounded_runs_with_the_same_outcome() {
+        setup();
+        let unplaced = "SELECT (entry_count - reconciled_count)::int8 FROM causal.group_defs WHERE name = 'shop'";
+        // Three commits of 12,000 rows: no two fit in one run (20,000 rows), so catch_up
+        // places them in three runs. Then a dozen small commits, more than a local commit
+        // takes into its own run, which the rule entry below places before itself.
+        for batch in 0..3 {
+            Spi::run(&format!(
+                "INSERT INTO products (sku, name, price) SELECT 'k' || ({batch} * 12000 + i), 'n', i % 100 \
+                 FROM generate_series(1, 12000) i; SELECT causal._flush();"
+            ))
+            .unwrap();
+        }
+        Spi::run("UPDATE products SET price = 7 WHERE sku = 'k5'; SELECT causal._flush();").unwrap();
+        assert_eq!(count(unplaced), 4);
+        // A bounded call stops after the run that reaches its rows: the first entry alone.
+        assert_eq!(count("SELECT causal.catch_up('shop', 1)"), 1);
+        assert_eq!(count(unplaced), 3);
+        assert_eq!(count("SELECT causal.catch_up('shop')"), 3);
+        assert_eq!(count(unplaced), 0);
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE table_name = 'products'"), 36000);
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE table_name = 'products' AND meta ? 'w'"), 1);
+        for i in 1..=12 {
+            Spi::run(&format!("DELETE FROM products WHERE sku = 'k{i}'; SELECT causal._flush();")).unwrap();
+        }
+        assert_eq!(count(unplaced), 12);
+        Spi::run("SELECT causal.allow('products', 'insert', 'true')").unwrap();
+        assert_eq!(count(unplaced), 0);
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE table_name = 'products' AND meta ? 'd'"), 12);
+        assert_eq!(count("SELECT count(*) FROM causal.log('shop', 1000) WHERE status <> 'ok'"), 0);
+        // What row_meta holds is what the table holds.
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM (SELECT key FROM causal.row_meta WHERE table_name = 'products' AND NOT meta ? 'd' \
+                 EXCEPT SELECT jsonb_build_array(sku)::text FROM products) d"
+            ),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM products"), 35988);
+    }
+
+    #[pg_test(error = "invalid value for max_rows: 0 is not a positive number of rows")]
+    fn catch_up_refuses_a_bound_below_one_row() {
+        setup();
+        Spi::run("SELECT causal.catch_up(NULL, 0)").unwrap();
+    }
+
     #[pg_test(error = "TRUNCATE of replicated table products is not allowed")]
     fn truncate_is_refused() {
         setup();

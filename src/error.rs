@@ -84,6 +84,8 @@ pub enum CausalError {
     BadAddress { address: String, why: String },
     #[error("invalid group id \"{0}\": a group id is the Base64 hash of the group's genesis entry")]
     BadGroupId(String),
+    #[error("invalid value for {parameter}: {why}")]
+    BadArgument { parameter: &'static str, why: String },
     #[error("SPI error: {0}")]
     Spi(#[from] pgrx::spi::Error),
 }
@@ -124,6 +126,7 @@ impl CausalError {
             CausalError::Reconcile(_) => ERRCODE_INTERNAL_ERROR,
             CausalError::Spi(_) => ERRCODE_INTERNAL_ERROR,
             CausalError::BadAddress { .. } | CausalError::BadGroupId(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            CausalError::BadArgument { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
         }
     }
 
@@ -179,6 +182,7 @@ impl CausalError {
                 "Use a multiaddr such as /ip4/10.0.0.2/tcp/4001/p2p/12D3KooW...; causal.node_addresses() on that node lists its own.",
             ),
             CausalError::BadGroupId(_) => Some("See the group_id column of causal.groups on a node that has the group."),
+            CausalError::BadArgument { .. } => None,
         }
     }
 

@@ -35,6 +35,9 @@ pub fn append_ops_as(
 ) -> Result<Hash, CausalError> {
     let mut dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
+    if !defer_placing {
+        dag = crate::replay::place_long_backlog(group, dag)?;
+    }
     let prev = dag.frontier()?;
     let key_id = author.keypair.public().key_id();
     let status = cached_status(group, &dag, &prev, &key_id, state.authority_version)?;

@@ -212,11 +212,11 @@ impl SpiReplica {
         if local_only {
             return Ok(()); // the local transaction's own writes are already in the tables
         }
-        for ((table, key, _), text) in changes.rows.iter().zip(values) {
-            let slot = per_table.entry(table.as_str()).or_default();
+        for (row, text) in changes.rows.iter().zip(values) {
+            let slot = per_table.entry(row.table.as_str()).or_default();
             match text {
                 Some(v) => slot.1.push(v),
-                None => slot.0.push(key),
+                None => slot.0.push(&row.key),
             }
         }
         if per_table.is_empty() {
@@ -455,24 +455,30 @@ impl ReplicaStore for SpiReplica {
             )
             .map_err(store_err)?;
         }
-        // Rows and their metadata; each live row's values are serialized once, for both.
+        // Rows and their metadata; each live row's values are serialized once, for both. Rows
+        // the catalog did not hold are inserted without looking for a conflict first (the
+        // group's lock keeps anyone else from adding them meanwhile); the others are upserted.
         let mut values: Vec<Option<String>> = Vec::with_capacity(changes.rows.len());
-        let (mut up_t, mut up_k, mut up_v, mut up_m) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut new = RowBatch::default();
+        let mut stored = RowBatch::default();
         let (mut del_t, mut del_k) = (Vec::new(), Vec::new());
-        for (table, key, row) in &changes.rows {
-            match row {
+        for row in &changes.rows {
+            match &row.state {
                 Some(r) => {
                     let v = serde_json::to_string(&r.values).map_err(store_err)?;
                     values.push(r.is_live().then(|| v.clone()));
-                    up_t.push(table.as_str());
-                    up_k.push(key.as_str());
-                    up_v.push(v);
-                    up_m.push(r.meta_value().to_string());
+                    let batch = if row.was_stored { &mut stored } else { &mut new };
+                    batch.tables.push(row.table.as_str());
+                    batch.keys.push(row.key.as_str());
+                    batch.values.push(v);
+                    batch.metas.push(r.meta_value().to_string());
                 }
                 None => {
                     values.push(None);
-                    del_t.push(table.as_str());
-                    del_k.push(key.as_str());
+                    if row.was_stored {
+                        del_t.push(row.table.as_str());
+                        del_k.push(row.key.as_str());
+                    }
                 }
             }
         }
@@ -485,16 +491,40 @@ impl ReplicaStore for SpiReplica {
             )
             .map_err(store_err)?;
         }
-        if !up_k.is_empty() {
+        const ROWS: &str = "SELECT $1, t, k, v::jsonb, m::jsonb FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m)";
+        if !new.keys.is_empty() {
             exec_prepared(
-                "INSERT INTO causal.row_meta (group_id, table_name, key, vals, meta) \
-                 SELECT $1, t, k, v::jsonb, m::jsonb FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m) \
-                 ON CONFLICT (group_id, table_name, key) DO UPDATE SET vals = EXCLUDED.vals, meta = EXCLUDED.meta",
-                &[self.group.clone().into(), up_t.into(), up_k.into(), up_v.into(), up_m.into()],
+                &format!("INSERT INTO causal.row_meta (group_id, table_name, key, vals, meta) {ROWS}"),
+                &new.into_args(&self.group),
+            )
+            .map_err(store_err)?;
+        }
+        if !stored.keys.is_empty() {
+            exec_prepared(
+                &format!(
+                    "INSERT INTO causal.row_meta (group_id, table_name, key, vals, meta) {ROWS} \
+                     ON CONFLICT (group_id, table_name, key) DO UPDATE SET vals = EXCLUDED.vals, meta = EXCLUDED.meta"
+                ),
+                &stored.into_args(&self.group),
             )
             .map_err(store_err)?;
         }
         self.write_user_tables(changes, &values)
+    }
+}
+
+/// `row_meta` rows to write, as parallel arrays for `unnest`.
+#[derive(Default)]
+struct RowBatch<'c> {
+    tables: Vec<&'c str>,
+    keys: Vec<&'c str>,
+    values: Vec<String>,
+    metas: Vec<String>,
+}
+
+impl RowBatch<'_> {
+    fn into_args(self, group: &str) -> [pgrx::datum::DatumWithOid<'static>; 5] {
+        [group.into(), self.tables.into(), self.keys.into(), self.values.into(), self.metas.into()]
     }
 }
 
@@ -532,15 +562,18 @@ pub struct Reconciled {
 
 /// Reconciles a group after an import stored `new` entries (decoded, predecessors first).
 pub fn reconcile_imported(group: &Group, new: Vec<reconcile::NewEntry>) -> Result<Reconciled, CausalError> {
-    run_engine(SpiReplica::new(group), |r| reconcile::plan_decoded(r, new).map_err(engine_err))
+    let mut replica = SpiReplica::new(group);
+    let upto = replica.dag.store().state().map_err(causal_core::DagError::from)?.entry_count;
+    run_engine(&mut replica, upto, |r| reconcile::plan_decoded(r, new).map_err(engine_err))
 }
 
-/// The stored entries from node id `from` on, decoded, in node-id order (predecessors first):
-/// the local commits the engine has not placed yet.
-pub fn unplaced_entries(group: &str, from: u32) -> Result<Vec<reconcile::NewEntry>, CausalError> {
+/// The stored entries with node ids from `from` up to (not including) `to`, decoded, in
+/// node-id order (predecessors first): local commits the engine has not placed yet.
+pub fn unplaced_entries(group: &str, from: u32, to: u32) -> Result<Vec<reconcile::NewEntry>, CausalError> {
     let rows = run_prepared(
-        "SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND node_id >= $2 ORDER BY node_id",
-        &[group.into(), i32::try_from(from).unwrap_or(i32::MAX).into()],
+        "SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND node_id >= $2 AND node_id < $3 \
+         ORDER BY node_id",
+        &[group.into(), i32::try_from(from).unwrap_or(i32::MAX).into(), i32::try_from(to).unwrap_or(i32::MAX).into()],
         false,
         |rows| {
             rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?)))
@@ -564,32 +597,108 @@ pub fn unplaced_entries(group: &str, from: u32) -> Result<Vec<reconcile::NewEntr
     Ok(out)
 }
 
+/// How many row operations one engine run places at most while catching up (an entry is never
+/// split, so a larger one runs alone). The engine holds a run's rows in memory: bounded runs
+/// keep that memory small and its maps in cache, which made placing a large backlog about
+/// twice as fast per row as one run over all of it, besides not growing without bound.
+const PLACEMENT_RUN_ROWS: usize = 20_000;
+
+/// How many entries are read from the catalog at a time while catching up.
+const PLACEMENT_PAGE: u32 = 64;
+
 /// Places the group's local commits that the engine has not placed yet (see
-/// [`SpiStore::mark_reconciled`]): one engine run over all of them, whose rows are already in
-/// the tables. Returns how many it placed. It locks the group's row itself; an import and
-/// `causal.catch_up` hold the group's lock exclusively first, so no local writer is mid-way.
+/// [`SpiStore::mark_reconciled`]), whose rows are already in the tables: in engine runs of at
+/// most [`PLACEMENT_RUN_ROWS`] row operations, oldest first, each recorded as placed when it
+/// is applied. Returns how many entries it placed. It locks the group's row itself; an import
+/// and `causal.catch_up` hold the group's lock exclusively first, so no local writer is
+/// mid-way. A long catch-up reports its progress in the server log.
 pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
+    catch_up_at_most(group, None)
+}
+
+/// [`catch_up`], stopping after the first run that brings the rows placed to `max_rows` or
+/// more (`None`: no bound). Returns how many entries it placed.
+pub fn catch_up_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize, CausalError> {
     let dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
-    if state.reconciled_count >= state.entry_count {
+    let (start, end) = (state.reconciled_count, state.entry_count);
+    if start >= end {
         return Ok(0);
     }
-    let entries = unplaced_entries(&group.id, state.reconciled_count)?;
-    let n = entries.len();
-    let local = entries.iter().map(|e| e.0).collect();
-    let replica = SpiReplica { group: group.id.clone(), dag, local };
-    run_engine(replica, |r| reconcile::plan_decoded(r, entries).map_err(engine_err))?;
-    Ok(n)
+    let mut replica = SpiReplica { group: group.id.clone(), dag, local: Vec::new() };
+    let placed_to = place_backlog(&mut replica, start, end, max_rows)?;
+    Ok((placed_to - start) as usize)
+}
+
+/// Places the stored entries with node ids `start..end`, local commits whose rows are in the
+/// tables already, in bounded runs (see [`catch_up`]), and stops early once `max_rows` rows
+/// are placed. Returns the node id up to which entries are placed.
+fn place_backlog(replica: &mut SpiReplica, start: u32, end: u32, max_rows: Option<usize>) -> Result<u32, CausalError> {
+    let mut pending: std::collections::VecDeque<reconcile::NewEntry> = std::collections::VecDeque::new();
+    let (mut read_to, mut placed_to) = (start, start);
+    let started = std::time::Instant::now();
+    let mut reported = started;
+    let mut placed_rows = 0;
+    let run_rows_at_most = max_rows.map_or(PLACEMENT_RUN_ROWS, |m| m.clamp(1, PLACEMENT_RUN_ROWS));
+    while placed_to < end && max_rows.is_none_or(|m| placed_rows < m) {
+        // Read pages until the pending entries hold a run's worth of rows, or none are left.
+        let mut rows: usize = pending.iter().map(|e| e.2.ops.len()).sum();
+        while rows < run_rows_at_most && read_to < end {
+            let to = read_to.saturating_add(PLACEMENT_PAGE).min(end);
+            let page = unplaced_entries(&replica.group, read_to, to)?;
+            if page.len() as u32 != to - read_to {
+                return Err(CausalError::Corrupt(format!(
+                    "group {}: entries {read_to}..{to} are not all stored",
+                    replica.group
+                )));
+            }
+            rows += page.iter().map(|e| e.2.ops.len()).sum::<usize>();
+            pending.extend(page);
+            read_to = to;
+        }
+        let mut run = Vec::new();
+        let mut run_rows = 0;
+        while let Some(e) = pending.front() {
+            if !run.is_empty() && run_rows + e.2.ops.len() > run_rows_at_most {
+                break;
+            }
+            run_rows += e.2.ops.len();
+            run.extend(pending.pop_front());
+        }
+        placed_to += run.len() as u32;
+        placed_rows += run_rows;
+        replica.local = run.iter().map(|e| e.0).collect();
+        run_engine(replica, placed_to, |r| reconcile::plan_decoded(r, run).map_err(engine_err))?;
+        if reported.elapsed() >= std::time::Duration::from_secs(10) && placed_to < end {
+            reported = std::time::Instant::now();
+            pgrx::log!(
+                "pg_causal: placing group {}: {} of {} entries placed ({:.0} s)",
+                replica.group,
+                placed_to - start,
+                end - start,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(placed_to)
 }
 
 /// Places the local commits that the engine has not placed yet, in every group or in `grp`;
 /// returns how many. Local commits of plain data are placed in batches: before an import, an
-/// administrative entry or a schema change of their group, or when this is called. Takes each
-/// group's lock exclusively, so it waits for the group's writing transactions to commit.
+/// administrative entry or a schema change of their group, when the sync worker gets to them,
+/// or when this is called. Takes each group's lock exclusively, so it waits for the group's
+/// writing transactions to commit. With `max_rows`, it stops in each group once about that
+/// many rows are placed (whole entries, in bounded runs), so the lock is held briefly; the
+/// sync worker calls it so, again and again, until nothing is left.
 #[pgrx::pg_extern(name = "catch_up")]
-fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL")) -> i64 {
+fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL"), max_rows: pgrx::default!(Option<i64>, "NULL")) -> i64 {
     use crate::error::OrReport;
     let f = "causal.catch_up";
+    if let Some(m) = max_rows.filter(|m| *m < 1) {
+        CausalError::BadArgument { parameter: "max_rows", why: format!("{m} is not a positive number of rows") }
+            .report(f);
+    }
+    let budget = max_rows.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
     let groups: Vec<String> = match grp {
         Some(g) => vec![g.to_string()],
         None => run_prepared(
@@ -609,7 +718,12 @@ fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL")) -> i64 {
         let group = Group::find(&name_or_id).or_report(f);
         let key = crate::capture::group_lock_key(&group.id).or_report(f);
         pgrx::Spi::run_with_args(crate::capture::GROUP_LOCK_SQL, &[key.into()]).map_err(CausalError::from).or_report(f);
-        placed += catch_up(&group).or_report(f) as i64;
+        let before = std::time::Instant::now();
+        let n = catch_up_at_most(&group, budget).or_report(f);
+        placed += n as i64;
+        if n > 0 {
+            pgrx::debug1!("pg_causal: placed {n} entries of group {} in {:?}", group.id, before.elapsed());
+        }
     }
     placed
 }
@@ -625,9 +739,10 @@ pub fn reconcile_local(
 ) -> Result<Reconciled, CausalError> {
     let hash = entry.0;
     let state = dag.store().state().map_err(causal_core::DagError::from)?;
-    // The entry itself is the last stored; those before it may wait to be placed.
+    // The entry itself is the last stored; those before it may wait to be placed (a few: see
+    // `place_long_backlog`).
     let mut new = if state.reconciled_count + 1 < state.entry_count {
-        let mut earlier = unplaced_entries(&group.id, state.reconciled_count)?;
+        let mut earlier = unplaced_entries(&group.id, state.reconciled_count, state.entry_count)?;
         earlier.retain(|e| e.0 != hash);
         earlier
     } else {
@@ -635,8 +750,8 @@ pub fn reconcile_local(
     };
     new.push(entry);
     let local = new.iter().map(|e| e.0).collect();
-    let replica = SpiReplica { group: group.id.clone(), dag, local };
-    run_engine(replica, |r| {
+    let mut replica = SpiReplica { group: group.id.clone(), dag, local };
+    run_engine(&mut replica, state.entry_count, |r| {
         let changes = reconcile::plan_decoded(r, new).map_err(engine_err)?;
         match changes.journal.iter().find(|(h, j)| *h == hash && !j.verdict.is_ok()) {
             Some((_, j)) => Err(CausalError::Cancelled(j.verdict.reason.clone().unwrap_or_default())),
@@ -645,19 +760,39 @@ pub fn reconcile_local(
     })
 }
 
+/// Before a local commit that is placed at once is appended through `dag` (whose group row
+/// is locked): places the earlier local commits still waiting, in bounded runs, if there are
+/// more than a few. The few that remain go into the commit's own run ([`reconcile_local`]).
+/// Placing them first keeps that run small, and a commit carrying authority is never stored
+/// while runs that do not include it resolve the group's authority.
+pub fn place_long_backlog(group: &Group, dag: Dag<SpiStore>) -> Result<Dag<SpiStore>, CausalError> {
+    let state = dag.store().state().map_err(causal_core::DagError::from)?;
+    if state.entry_count.saturating_sub(state.reconciled_count) <= SMALL_BACKLOG {
+        return Ok(dag);
+    }
+    let mut replica = SpiReplica { group: group.id.clone(), dag, local: Vec::new() };
+    place_backlog(&mut replica, state.reconciled_count, state.entry_count, None)?;
+    Ok(replica.dag)
+}
+
+/// How many earlier unplaced entries a local commit placed at once takes into its own run.
+const SMALL_BACKLOG: u32 = 8;
+
 fn engine_err(e: ReconcileError) -> CausalError {
     CausalError::Reconcile(e.to_string())
 }
 
-/// Plans a run on `replica`, then applies it, timing both halves.
+/// Plans a run on `replica`, then applies it, timing both halves. Afterwards the entries
+/// before node id `placed_to` count as placed.
 fn run_engine(
-    mut replica: SpiReplica,
+    replica: &mut SpiReplica,
+    placed_to: u32,
     plan: impl FnOnce(&SpiReplica) -> Result<Changes, CausalError>,
 ) -> Result<Reconciled, CausalError> {
     let started = std::time::Instant::now();
-    let changes = plan(&replica)?;
+    let changes = plan(replica)?;
     let planned = started.elapsed();
     replica.apply(&changes).map_err(engine_err)?;
-    replica.dag.store().mark_reconciled().map_err(causal_core::DagError::from)?;
+    replica.dag.store().mark_reconciled(placed_to).map_err(causal_core::DagError::from)?;
     Ok(Reconciled { changes, plan: planned, apply: started.elapsed() - planned })
 }

@@ -248,13 +248,14 @@ impl SpiStore {
         Ok(state)
     }
 
-    /// Records that the engine has placed every stored entry.
-    pub fn mark_reconciled(&self) -> Result<(), StoreError> {
+    /// Records that the engine has placed every stored entry before node id `placed_to`.
+    pub fn mark_reconciled(&self, placed_to: u32) -> Result<(), StoreError> {
         let mut state = self.state()?;
-        if state.reconciled_count == state.entry_count {
+        let placed_to = placed_to.min(state.entry_count);
+        if state.reconciled_count >= placed_to {
             return Ok(());
         }
-        state.reconciled_count = state.entry_count;
+        state.reconciled_count = placed_to;
         if !self.defer_state.get() {
             write_state(&self.group, &state)?;
         }

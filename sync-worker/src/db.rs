@@ -205,6 +205,13 @@ impl Db {
         Ok(ImportOutcome { stored, rejected, frontier })
     }
 
+    /// Places local commits that wait for the reconciliation engine (`causal.catch_up`), about
+    /// `max_rows` rows per group in one short transaction; returns how many entries it placed.
+    pub async fn catch_up(&self, max_rows: i64) -> Result<i64, DbError> {
+        let row = self.client.query_one("SELECT causal.catch_up(NULL, $1)", &[&max_rows]).await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Publishes the worker's status for `causal.peers` and `causal.sync_status`.
     pub async fn report(&self, report: &Value) -> Result<(), DbError> {
         let text = report.to_string();

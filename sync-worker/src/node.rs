@@ -1,5 +1,6 @@
 //! The running worker: one task owns the libp2p Swarm and the protocol [`Session`]; database
-//! work runs in two tasks of its own (reads that serve peers, and imports), and each peer's
+//! work runs in three tasks of its own (reads that serve peers, imports, and placing local
+//! commits in the background), and each peer's
 //! stream has a reader and a writer task. Every queue between them is bounded and named in
 //! [`queues`]; the status report shows their depth.
 //!
@@ -157,6 +158,8 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     let (imports_tx, imports_rx) = mpsc::channel::<(String, String, Vec<Value>)>(queues::DATABASE_IMPORTS);
     tokio::spawn(serve_reads(db::connect(&config.conninfo, None).await?, reads_rx, results_tx.clone()));
     tokio::spawn(run_imports(db::connect(&config.conninfo, None).await?, imports_rx, results_tx.clone()));
+    let commits = std::sync::Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(place_local_commits(db::connect(&config.conninfo, None).await?, commits.clone()));
 
     let mut swarm = build_swarm(keypair)?;
     for a in &config.listen {
@@ -203,6 +206,7 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
             Some((peer, body)) = inbound_rx.recv() => session.frame(&peer, &body, now_ms()),
             Some(note) = notify_rx.recv() => {
                 if let Some(group) = note.strip_prefix("group:") {
+                    commits.notify_one();
                     let _ = reads_tx.try_send(Read::Frontier { group: group.to_string() });
                 } else if note == "join" {
                     for g in db.wanted_groups().await.unwrap_or_default() {
@@ -478,6 +482,40 @@ async fn run_imports(db: Db, mut rx: mpsc::Receiver<(String, String, Vec<Value>)
         };
         if tx.send(result).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Rows placed per `causal.catch_up` call: each call is a transaction holding the group's lock,
+/// which the group's writers wait for, so it stays short (a few tens of milliseconds).
+const PLACEMENT_ROWS_PER_CALL: i64 = 5_000;
+
+/// Places local commits of plain data that wait for the reconciliation engine (docs/SEMANTICS.md,
+/// "Deferred placement"), so the backlog does not grow until the next import: woken by local
+/// commits, after a short pause that lets commits gather, and once a second regardless. Logs
+/// its progress while a backlog lasts.
+async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::sync::Notify>) {
+    loop {
+        let _ = tokio::time::timeout(Duration::from_secs(1), commits.notified()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let (mut placed, mut reported) = (0i64, std::time::Instant::now());
+        loop {
+            match db.catch_up(PLACEMENT_ROWS_PER_CALL).await {
+                Ok(0) => break,
+                Ok(n) => placed += n,
+                Err(e) => {
+                    tracing::warn!("placing local commits failed: {e}");
+                    break;
+                }
+            }
+            if reported.elapsed() >= Duration::from_secs(10) {
+                reported = std::time::Instant::now();
+                tracing::info!(placed, seconds = started.elapsed().as_secs(), "placing local commits");
+            }
+        }
+        if placed > 0 {
+            tracing::debug!(placed, took_ms = started.elapsed().as_millis() as u64, "placed local commits");
         }
     }
 }

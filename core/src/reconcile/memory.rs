@@ -278,14 +278,20 @@ impl ReplicaStore for MemReplica {
                 j.verdict = v.clone();
             }
         }
-        for (t, k, r) in &changes.rows {
-            let table = self.rows.entry(t.clone()).or_default();
-            match r {
+        for c in &changes.rows {
+            let table = self.rows.entry(c.table.clone()).or_default();
+            match &c.state {
                 Some(r) => {
-                    table.insert(k.clone(), r.clone());
+                    let held = table.insert(c.key.clone(), r.clone()).is_some();
+                    if held && !c.was_stored {
+                        return Err(ReconcileError::Corrupt(format!(
+                            "row {} of {} was stored already",
+                            c.key, c.table
+                        )));
+                    }
                 }
                 None => {
-                    table.remove(k);
+                    table.remove(&c.key);
                 }
             }
         }

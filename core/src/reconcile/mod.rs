@@ -171,14 +171,26 @@ pub enum ReconcileError {
 pub struct Changes {
     /// Journal records of every entry (re)evaluated in this run.
     pub journal: Vec<(Hash, JournalEntry)>,
-    /// Final states of the rows touched (`None`: the row is gone, not even a tombstone).
-    pub rows: Vec<(String, RowKey, Option<RowState>)>,
+    /// Final states of the rows touched, by table and key.
+    pub rows: Vec<RowChange>,
     /// Table schemas in force after this run, for the tables whose schema changed.
     pub schemas: Vec<TableSchema>,
     /// Verdicts of authority entries that changed.
     pub authority: Vec<(Hash, Verdict)>,
     /// Counters for progress reports and benchmarks.
     pub stats: Stats,
+}
+
+/// The final state of one row a run touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    pub table: String,
+    pub key: RowKey,
+    /// `None`: the row is gone, not even a tombstone.
+    pub state: Option<RowState>,
+    /// Whether the store held the row (or its tombstone) before the run. A store may insert
+    /// a row it did not hold without looking for it first.
+    pub was_stored: bool,
 }
 
 /// How much a run did.

@@ -1,6 +1,6 @@
 //! Rewinding and replaying a region of the canonical order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
@@ -12,8 +12,8 @@ use crate::schema::TableSchema;
 use super::authority::{carries_authority, Authority};
 use super::eval::{rule_holds, RuleInput, RuleRows};
 use super::{
-    row_key, Changes, JournalEntry, OrderKey, ReconcileError, RegionEntry, ReplicaStore, RowKey, RowState, UndoRecord,
-    Verdict,
+    row_key, Changes, JournalEntry, OrderKey, ReconcileError, RegionEntry, ReplicaStore, RowChange, RowKey, RowState,
+    UndoRecord, Verdict,
 };
 
 /// Whether an entry carries a barrier operation: one whose effect a concurrent entry must
@@ -28,6 +28,14 @@ fn short(h: &Hash) -> String {
 
 type Slot = (String, RowKey);
 
+/// Hash maps keyed by rows. foldhash is several times faster than the standard SipHash on
+/// these short string keys, and its seed is random per map, so keys chosen by a hostile peer
+/// cannot be aimed at collisions in advance.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Row states by table and key (`None`: no row at all).
+type RowMap = HashMap<Slot, Option<RowState>>;
+
 /// A cancellation: the reason and the entries responsible.
 type Cancel = (String, Vec<Hash>);
 
@@ -35,15 +43,20 @@ pub(super) struct Replay<'a, R: ReplicaStore> {
     store: &'a R,
     auth: &'a Authority,
     /// Row states as changed by this run (`None`: no row at all).
-    overlay: HashMap<Slot, Option<RowState>>,
+    overlay: RowMap,
     /// Row states read from the store.
-    cache: HashMap<Slot, Option<RowState>>,
+    cache: RowMap,
     /// Rows deleted by barrier entries of the region whose author stands: slot -> (region
     /// index, entry).
     lookahead: HashMap<Slot, Vec<(usize, Hash)>>,
     rules: HashMap<(String, String, String), Option<Rule>>,
     /// The key id of the author of the entry being replayed.
     author: String,
+    /// Tables found replicated at the position of the entry being replayed.
+    replicated: Vec<String>,
+    /// The map each entry's writes are collected in, kept between entries so its memory is
+    /// allocated once per run, not once per entry.
+    scratch: RowMap,
 }
 
 impl<'a, R: ReplicaStore> Replay<'a, R> {
@@ -51,11 +64,13 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         Replay {
             store,
             auth,
-            overlay: HashMap::new(),
-            cache: HashMap::new(),
-            lookahead: HashMap::new(),
-            rules: HashMap::new(),
+            overlay: HashMap::default(),
+            cache: HashMap::default(),
+            lookahead: HashMap::default(),
+            rules: HashMap::default(),
             author: String::new(),
+            replicated: Vec::new(),
+            scratch: HashMap::default(),
         }
     }
 
@@ -117,8 +132,17 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             }
             changes.journal.push((order.hash, JournalEntry { order: *order, verdict, undo }));
         }
-        let mut rows: Vec<_> = self.overlay.into_iter().map(|((t, k), s)| (t, k, s)).collect();
-        rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let cache = &self.cache;
+        let mut rows: Vec<RowChange> = self
+            .overlay
+            .into_iter()
+            .map(|(slot, state)| {
+                // Every slot the run wrote was read first; one it somehow did not is upserted.
+                let was_stored = !matches!(cache.get(&slot), Some(None));
+                RowChange { table: slot.0, key: slot.1, state, was_stored }
+            })
+            .collect();
+        rows.sort_unstable_by(|a, b| (&a.table, &a.key).cmp(&(&b.table, &b.key)));
         changes.rows = rows;
         Ok(changes)
     }
@@ -161,11 +185,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         Ok(())
     }
 
-    fn read(
-        &mut self,
-        local: &HashMap<Slot, Option<RowState>>,
-        slot: &Slot,
-    ) -> Result<Option<RowState>, ReconcileError> {
+    fn read(&mut self, local: &RowMap, slot: &Slot) -> Result<Option<RowState>, ReconcileError> {
         if let Some(s) = local.get(slot).or_else(|| self.overlay.get(slot)).or_else(|| self.cache.get(slot)) {
             return Ok(s.clone());
         }
@@ -198,7 +218,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
 
     fn rows_where(
         &mut self,
-        local: &HashMap<Slot, Option<RowState>>,
+        local: &RowMap,
         table: &str,
         equal: &[(String, Value)],
     ) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
@@ -239,46 +259,73 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         payload: &SignedPayload,
         changes: &mut Changes,
     ) -> Result<(Verdict, Vec<UndoRecord>), ReconcileError> {
+        let mut local = std::mem::take(&mut self.scratch);
+        local.reserve(payload.ops.len());
+        let outcome = self.apply_entry_with(i, order, payload, changes, &mut local);
+        local.clear();
+        self.scratch = local;
+        outcome
+    }
+
+    fn apply_entry_with(
+        &mut self,
+        i: usize,
+        order: &OrderKey,
+        payload: &SignedPayload,
+        changes: &mut Changes,
+        local: &mut RowMap,
+    ) -> Result<(Verdict, Vec<UndoRecord>), ReconcileError> {
         let h = order.hash;
         self.author = payload.author.to_b64();
-        let mut local: HashMap<Slot, Option<RowState>> = HashMap::new();
-        let mut undo: Vec<UndoRecord> = Vec::new();
+        self.replicated.clear();
         let mut deleted: Vec<(String, RowState)> = Vec::new();
         for op in &payload.ops {
             let outcome = match op {
-                Op::Insert { table, row } => self.insert(i, &h, table, row, &mut local)?,
-                Op::Update { table, key, set, unset } => self.update(i, &h, table, key, set, unset, &mut local)?,
-                Op::Delete { table, key } => self.delete(i, &h, table, key, &mut local, &mut deleted)?,
+                Op::Insert { table, row } => self.insert(i, &h, table, row, local)?,
+                Op::Update { table, key, set, unset } => self.update(i, &h, table, key, set, unset, local)?,
+                Op::Delete { table, key } => self.delete(i, &h, table, key, local, &mut deleted)?,
                 _ => Err(("authority operations cannot be mixed with row operations".to_string(), vec![])),
             };
             if let Err((reason, responsible)) = outcome {
                 return Ok((Verdict::cancelled(reason, responsible), Vec::new()));
             }
         }
-        if let Err((reason, responsible)) = self.restrict(i, &h, &deleted, &local)? {
+        if let Err((reason, responsible)) = self.restrict(i, &h, &deleted, local)? {
             return Ok((Verdict::cancelled(reason, responsible), Vec::new()));
         }
-        let mut slots: Vec<Slot> = local.keys().cloned().collect();
-        slots.sort();
-        for slot in slots {
-            let before = match self.overlay.get(&slot).or_else(|| self.cache.get(&slot)) {
+        // The entry stands: its rows join the overlay, and the undo record keeps what each
+        // was before, in key order.
+        let mut written: Vec<(Slot, Option<RowState>)> = local.drain().collect();
+        written.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut undo: Vec<UndoRecord> = Vec::with_capacity(written.len());
+        for (slot, after) in written {
+            if let Some(current) = self.overlay.get_mut(&slot) {
+                let before = std::mem::replace(current, after);
+                undo.push(UndoRecord { table: slot.0, key: slot.1, before });
+                continue;
+            }
+            let before = match self.cache.get(&slot) {
                 Some(b) => b.clone(),
-                None => self.read(&HashMap::new(), &slot)?,
+                None => self.read(&RowMap::default(), &slot)?,
             };
             undo.push(UndoRecord { table: slot.0.clone(), key: slot.1.clone(), before });
-            let after = local.remove(&slot).flatten();
             self.overlay.insert(slot, after);
         }
         changes.stats.row_ops += payload.ops.len() as u64;
         Ok((Verdict::ok(), undo))
     }
 
-    fn table_for(&self, h: &Hash, table: &str) -> Result<Result<&'a TableSchema, Cancel>, ReconcileError> {
+    /// The table's schema, if the table is replicated at the position of entry `h` (the one
+    /// being replayed: what was found is kept for its other operations).
+    fn table_for(&mut self, h: &Hash, table: &str) -> Result<Result<&'a TableSchema, Cancel>, ReconcileError> {
         let Some(schema) = self.schema(table) else {
             return Ok(Err((format!("table {table} is not replicated in the group"), vec![])));
         };
-        if !self.auth.replicated_at(self.store.dag(), table, h)? {
-            return Ok(Err((format!("table {table} is not replicated at the entry's position"), vec![])));
+        if !self.replicated.iter().any(|t| t == table) {
+            if !self.auth.replicated_at(self.store.dag(), table, h)? {
+                return Ok(Err((format!("table {table} is not replicated at the entry's position"), vec![])));
+            }
+            self.replicated.push(table.to_string());
         }
         Ok(Ok(schema))
     }
@@ -289,7 +336,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         h: &Hash,
         table: &str,
         row: &Map<String, Value>,
-        local: &mut HashMap<Slot, Option<RowState>>,
+        local: &mut RowMap,
     ) -> Result<Result<(), Cancel>, ReconcileError> {
         let schema = match self.table_for(h, table)? {
             Ok(s) => s,
@@ -350,7 +397,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         key: &Map<String, Value>,
         set: &Map<String, Value>,
         unset: &[String],
-        local: &mut HashMap<Slot, Option<RowState>>,
+        local: &mut RowMap,
     ) -> Result<Result<(), Cancel>, ReconcileError> {
         let schema = match self.table_for(h, table)? {
             Ok(s) => s,
@@ -419,7 +466,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         h: &Hash,
         table: &str,
         key: &Map<String, Value>,
-        local: &mut HashMap<Slot, Option<RowState>>,
+        local: &mut RowMap,
         deleted: &mut Vec<(String, RowState)>,
     ) -> Result<Result<(), Cancel>, ReconcileError> {
         let schema = match self.table_for(h, table)? {
@@ -458,7 +505,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         i: usize,
         h: &Hash,
         deleted: &[(String, RowState)],
-        local: &HashMap<Slot, Option<RowState>>,
+        local: &RowMap,
     ) -> Result<Result<(), Cancel>, ReconcileError> {
         for (table, row) in deleted {
             for child in self.auth.tables() {
@@ -492,7 +539,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
 
     fn uniques(
         &mut self,
-        local: &HashMap<Slot, Option<RowState>>,
+        local: &RowMap,
         schema: &TableSchema,
         key: &RowKey,
         row: &Map<String, Value>,
@@ -528,7 +575,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         &mut self,
         i: usize,
         h: &Hash,
-        local: &HashMap<Slot, Option<RowState>>,
+        local: &RowMap,
         schema: &TableSchema,
         row: &Map<String, Value>,
         changed: Option<&[String]>,
@@ -614,7 +661,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         &mut self,
         i: usize,
         h: &Hash,
-        local: &HashMap<Slot, Option<RowState>>,
+        local: &RowMap,
         schema: &TableSchema,
         operation: Operation,
         new: Option<&Map<String, Value>>,
@@ -678,7 +725,7 @@ impl RuleScope for Scope<'_> {
 /// The rows an entry's rule sees, and which concurrent deletes took some away.
 struct ViewRows<'r, 'a, R: ReplicaStore> {
     replay: &'r mut Replay<'a, R>,
-    local: &'r HashMap<Slot, Option<RowState>>,
+    local: &'r RowMap,
     i: usize,
     h: Hash,
     removed_by: Vec<Hash>,
