@@ -61,7 +61,6 @@ pub fn append_ops_as(
     );
     // Its predecessors are the whole frontier, read under the lock: it cannot be stored yet.
     dag.store().assume_absent(entry.hash);
-    dag.store().use_payload_text(entry.hash, encoded.canonical);
     let hash = dag.insert_verified(entry)?.hash;
     if !defer_placing {
         crate::replay::reconcile_local(group, dag, (hash, prev, payload))?;

@@ -54,9 +54,6 @@ pub struct SpiStore {
     pending: RefCell<PendingRows>,
     /// Hashes known not to be stored (from [`SpiStore::prefetch_ids`]), so asking costs nothing.
     absent: RefCell<std::collections::HashSet<Hash>>,
-    /// The payload text of the entry about to be inserted, when its author has it already
-    /// (the canonical text it was hashed from): stored as is instead of serialized again.
-    payload_text: RefCell<Option<(Hash, String)>>,
 }
 
 /// Entry and tag rows not yet written (column by column, for one `unnest` insert). Reads find
@@ -129,7 +126,6 @@ impl SpiStore {
             defer_state: std::cell::Cell::new(false),
             pending: RefCell::default(),
             absent: RefCell::default(),
-            payload_text: RefCell::default(),
         }
     }
 
@@ -155,12 +151,6 @@ impl SpiStore {
             authority_version: to_u32(version)?,
             reconciled_count: to_u32(reconciled)?,
         })
-    }
-
-    /// Gives the text to store as the payload of entry `hash` when it is inserted next: its
-    /// canonical JSON text, which its hash was computed from (it must be exactly that).
-    pub fn use_payload_text(&self, hash: Hash, canonical: String) {
-        *self.payload_text.borrow_mut() = Some((hash, canonical));
     }
 
     /// Records that `hash` is not stored, so the duplicate check of an append costs no query.
@@ -454,10 +444,7 @@ impl DagStore for SpiStore {
     fn insert(&mut self, node: Node, entry: Entry) -> Result<NodeId, StoreError> {
         let mut state = self.state()?;
         let id = state.entry_count;
-        let payload = match self.payload_text.borrow_mut().take() {
-            Some((h, text)) if h == node.hash => text,
-            _ => serde_json::to_string(&entry.payload).map_err(|e| corrupt(e.to_string()))?,
-        };
+        let payload = serde_json::to_string(&entry.payload).map_err(|e| corrupt(e.to_string()))?;
         let tags: Vec<String> = entry
             .meta
             .iter()
