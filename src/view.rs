@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use causal_core::entry::{Entry, Position};
-use causal_core::payload::{Op, SignedPayload};
+use causal_core::payload::SignedPayload;
+use causal_core::reconcile::fold_op;
 use causal_core::reconcile::memory::MemReplica;
-use causal_core::reconcile::row_key;
 use causal_core::Hash;
 
 use crate::error::{CausalError, OrReport};
@@ -168,28 +168,8 @@ fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError>
     let schema = crate::apply::local_schema_by_name(group_id, table)?;
     let mut view: BTreeMap<String, Map<String, Value>> = rows.into_iter().collect();
     for (_, _, payload) in crate::replay::unplaced_entries(group_id, state.reconciled_count, state.entry_count)? {
-        for op in payload.ops {
-            match op {
-                Op::Insert { table: t, row } if t == table => {
-                    if let Some(k) = row_key(&schema, &row) {
-                        view.insert(k, row);
-                    }
-                }
-                Op::Update { table: t, key, set, unset } if t == table => {
-                    if let Some(row) = row_key(&schema, &key).and_then(|k| view.get_mut(&k)) {
-                        row.extend(set);
-                        for c in unset {
-                            row.remove(&c);
-                        }
-                    }
-                }
-                Op::Delete { table: t, key } if t == table => {
-                    if let Some(k) = row_key(&schema, &key) {
-                        view.remove(&k);
-                    }
-                }
-                _ => {}
-            }
+        for op in &payload.ops {
+            fold_op(&mut view, &schema, op);
         }
     }
     Ok(view.into_values().map(Value::Object).collect())

@@ -487,7 +487,8 @@ async fn run_imports(db: Db, mut rx: mpsc::Receiver<(String, String, Vec<Value>)
 }
 
 /// Rows placed per `causal.catch_up` call: each call is a transaction holding the group's lock,
-/// which the group's writers wait for, so it stays short (a few tens of milliseconds).
+/// which the group's writers wait for, so it stays short (about 60 ms at the 12 µs per row
+/// measured for placement, docs/BENCHMARKS.md).
 const PLACEMENT_ROWS_PER_CALL: i64 = 5_000;
 
 /// Places local commits of plain data that wait for the reconciliation engine (docs/SEMANTICS.md,

@@ -61,38 +61,15 @@ impl MemReplica {
     /// The live rows of `table` in the view at `at` seen from this replica's frontier: the
     /// entries of `at`'s history whose verdict (from here) is ok, folded in canonical order.
     pub fn view_at(&self, table: &str, at: &crate::entry::Position) -> Result<Vec<Map<String, Value>>, ReconcileError> {
-        use crate::payload::Op;
         let schema = self.authority_schema(table)?;
         let mut rows: BTreeMap<RowKey, Map<String, Value>> = BTreeMap::new();
         for h in self.order.values() {
             if !self.dag.in_history(h, at)? || !self.journal.get(h).is_some_and(|j| j.verdict.is_ok()) {
                 continue;
             }
-            let Some(p) = self.payloads.get(h) else { continue };
+            let (Some(p), Some(schema)) = (self.payloads.get(h), schema.as_ref()) else { continue };
             for op in &p.ops {
-                match op {
-                    Op::Insert { table: t, row } if t == table => {
-                        if let Some(k) = schema.as_ref().and_then(|s| super::row_key(s, row)) {
-                            rows.insert(k, row.clone());
-                        }
-                    }
-                    Op::Update { table: t, key, set, unset } if t == table => {
-                        if let Some(r) =
-                            schema.as_ref().and_then(|s| super::row_key(s, key)).and_then(|k| rows.get_mut(&k))
-                        {
-                            r.extend(set.iter().map(|(c, v)| (c.clone(), v.clone())));
-                            for c in unset {
-                                r.remove(c);
-                            }
-                        }
-                    }
-                    Op::Delete { table: t, key } if t == table => {
-                        if let Some(k) = schema.as_ref().and_then(|s| super::row_key(s, key)) {
-                            rows.remove(&k);
-                        }
-                    }
-                    _ => {}
-                }
+                super::fold_op(&mut rows, schema, op);
             }
         }
         Ok(rows.into_values().collect())

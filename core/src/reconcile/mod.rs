@@ -30,7 +30,7 @@ use crate::dag::{Dag, DagError, DagStore};
 use crate::entry::Position;
 use crate::hash::Hash;
 use crate::json::canonical_string;
-use crate::payload::{PayloadError, SignedPayload};
+use crate::payload::{Op, PayloadError, SignedPayload};
 use crate::schema::TableSchema;
 
 pub use authority::{carries_authority, Authority};
@@ -179,6 +179,32 @@ pub struct Changes {
     pub authority: Vec<(Hash, Verdict)>,
     /// Counters for progress reports and benchmarks.
     pub stats: Stats,
+}
+
+/// Applies `op` to `rows` (live rows of `schema`'s table, by key) if it writes that table, as
+/// an entry whose verdict is ok does: for folding a linear stretch of history into a view.
+pub fn fold_op(rows: &mut BTreeMap<RowKey, Map<String, Value>>, schema: &TableSchema, op: &Op) {
+    match op {
+        Op::Insert { table, row } if *table == schema.table => {
+            if let Some(k) = row_key(schema, row) {
+                rows.insert(k, row.clone());
+            }
+        }
+        Op::Update { table, key, set, unset } if *table == schema.table => {
+            if let Some(r) = row_key(schema, key).and_then(|k| rows.get_mut(&k)) {
+                r.extend(set.iter().map(|(c, v)| (c.clone(), v.clone())));
+                for c in unset {
+                    r.remove(c);
+                }
+            }
+        }
+        Op::Delete { table, key } if *table == schema.table => {
+            if let Some(k) = row_key(schema, key) {
+                rows.remove(&k);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The final state of one row a run touched.
