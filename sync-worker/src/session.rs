@@ -178,9 +178,21 @@ struct GroupSync<P> {
     /// The fetched entries in topological order, computed once after headers arrive (entries
     /// leave `fetched` as they are imported; the order stays valid for the rest).
     order: Option<Vec<String>>,
+    /// Where in `order` the scans for payloads to request and entries to import start: every
+    /// entry before `request_from` has its payload or has it requested, and every entry before
+    /// `import_from` has left `fetched`. Each work step then costs in proportion to what it
+    /// hands out, not to the whole catch-up (both go back to 0 when the order changes or a
+    /// payload request is released).
+    request_from: usize,
+    import_from: usize,
     /// Whether the fetched headers were known to have no unresolved predecessor when no
     /// header has arrived since (imports only resolve more).
     resolved: bool,
+    /// Predecessors of fetched headers that are neither fetched nor stored, each with the
+    /// peer that sent a header naming it. Computed from every fetched header once after
+    /// headers arrive or leave unimported, then only filtered, so a walk step costs in
+    /// proportion to the step rather than to everything fetched so far.
+    missing: Option<Vec<(String, P)>>,
 }
 
 impl<P> Default for GroupSync<P> {
@@ -197,7 +209,10 @@ impl<P> Default for GroupSync<P> {
             last_progress_ms: 0,
             imported_total: 0,
             order: None,
+            request_from: 0,
+            import_from: 0,
             resolved: false,
+            missing: None,
         }
     }
 }
@@ -415,6 +430,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             // Headers only this peer could complete are dropped; payloads it owed are asked
             // of whoever announces them next.
             g.fetched.retain(|_, f| &f.source != peer || f.payload.is_some());
+            g.missing = None;
         }
         for g in groups {
             self.work(&g, now_ms);
@@ -686,6 +702,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             }
             g.order = None;
             g.resolved = false;
+            g.missing = None;
             g.fetched.insert(
                 h.hash,
                 Fetched {
@@ -783,7 +800,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             // A complete walk down to our limits: every predecessor it did not send, and every
             // start hash it did not send, is in our history already.
             if let Some(g) = self.groups.get_mut(&r.group) {
-                let mut known: Vec<String> = unresolved(g);
+                let mut known: Vec<String> = missing(g).iter().map(|(p, _)| p.clone()).collect();
                 known.extend(r.asked.iter().filter(|h| !g.fetched.contains_key(*h)).cloned());
                 g.stored.extend(known);
             }
@@ -805,6 +822,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                 if let Some(f) = g.fetched.get_mut(h) {
                     if f.payload.is_none() {
                         f.payload_requested = false;
+                        g.request_from = 0;
                     }
                 }
             }
@@ -826,6 +844,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             None => {
                 let source = genesis.source.clone();
                 g.fetched.remove(group);
+                g.missing = None;
                 self.penalize(&source, Offence::BadEntry, now_ms);
             }
         }
@@ -847,6 +866,9 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             f.verified = ok;
             ok
         });
+        if !liars.is_empty() {
+            g.missing = None;
+        }
         for p in liars {
             self.penalize(&p, Offence::BadEntry, now_ms);
         }
@@ -867,6 +889,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         if g.stored.len() > STORED_MEMORY {
             // Only needed to place fetched headers; the frontier is kept separately.
             g.stored.clear();
+            g.missing = None;
         }
         g.stored.extend(outcome.stored.iter().cloned());
         g.imported_total += outcome.stored.len() as u64;
@@ -915,6 +938,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                 .collect();
             for c in children {
                 g.fetched.remove(&c);
+                g.missing = None;
                 gone.push(c);
             }
         }
@@ -942,19 +966,14 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         if g.fetched.len() >= max_fetched {
             return;
         }
-        let resolved = all_resolved(g);
-        let g = &*g;
         // First, predecessors of fetched headers that are still missing, from the peer that
         // sent those headers (it must hold them).
         let mut per_peer: BTreeMap<P, BTreeSet<String>> = BTreeMap::new();
-        for f in g.fetched.values().filter(|_| !resolved) {
-            for p in &f.header.prev {
-                let p = p.to_b64();
-                if !g.fetched.contains_key(&p) && !g.stored.contains(&p) && !g.frontier.contains(&p) {
-                    per_peer.entry(f.source.clone()).or_default().insert(p);
-                }
-            }
+        let wanted: &[(String, P)] = if all_resolved(g) { &[] } else { missing(g) };
+        for (p, source) in wanted {
+            per_peer.entry(source.clone()).or_default().insert(p.clone());
         }
+        let g = &*g;
         // Then frontier hashes peers announced that we lack.
         if per_peer.is_empty() {
             let mut peers: Vec<&P> = g.peer_frontiers.keys().collect();
@@ -998,26 +1017,51 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         if self.header_request_in_flight(group) {
             return;
         }
-        let chunk = self.config.payload_chunk;
+        let chunk = self.config.payload_chunk.max(1);
         let per_peer_limit = self.config.payload_requests_per_peer;
         let Some(g) = self.groups.get_mut(group) else { return };
         if !all_resolved(g) {
             return;
         }
-        let order = cached_order(g).to_vec();
-        let mut wanted: BTreeMap<P, Vec<String>> = BTreeMap::new();
-        for h in order {
-            let Some(f) = g.fetched.get(&h) else { continue };
-            if f.payload.is_none() && !f.payload_requested {
-                wanted.entry(f.source.clone()).or_default().push(h);
+        cached_order(g);
+        let Some(order) = g.order.as_deref() else { return };
+        // Free request slots per connected peer; the scan stops once they are all filled.
+        let mut slots: HashMap<P, usize> = HashMap::new();
+        for (p, s) in &self.peers {
+            if s.connected {
+                let in_flight = self.requests.values().filter(|r| &r.peer == p && r.max == 0).count();
+                slots.insert(p.clone(), per_peer_limit.saturating_sub(in_flight) * chunk);
             }
         }
-        for (peer, hashes) in wanted {
-            if !self.peers.get(&peer).is_some_and(|s| s.connected) {
+        let mut wanted: BTreeMap<P, Vec<String>> = BTreeMap::new();
+        let mut settled = true;
+        let mut i = g.request_from;
+        while i < order.len() && slots.values().any(|n| *n > 0) {
+            let h = &order[i];
+            i += 1;
+            let Some(f) = g.fetched.get(h) else { continue };
+            if f.payload.is_some() || f.payload_requested {
                 continue;
             }
-            let in_flight = self.requests.values().filter(|r| r.peer == peer && r.max == 0).count();
-            for part in hashes.chunks(chunk).take(per_peer_limit.saturating_sub(in_flight)) {
+            match slots.get_mut(&f.source) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    wanted.entry(f.source.clone()).or_default().push(h.clone());
+                }
+                // Its source cannot take more now: come back to it next time.
+                _ => {
+                    if settled {
+                        g.request_from = i - 1;
+                    }
+                    settled = false;
+                }
+            }
+        }
+        if settled {
+            g.request_from = i;
+        }
+        for (peer, hashes) in wanted {
+            for part in hashes.chunks(chunk) {
                 let id = self.new_request_id();
                 if let Some(g) = self.groups.get_mut(group) {
                     for h in part {
@@ -1039,25 +1083,31 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
     fn import_ready(&mut self, group: &str) {
         let chunk = self.config.import_chunk;
         let Some(g) = self.groups.get_mut(group) else { return };
-        if g.importing.is_some() || g.alg.is_none() {
+        // Nothing is importable while the walk has not reached known history.
+        if g.importing.is_some() || g.alg.is_none() || !all_resolved(g) {
             return;
         }
-        // Entries whose payload is here and whose predecessors are stored or go first.
+        cached_order(g);
+        let Some(order) = g.order.as_deref() else { return };
+        // Entries whose payload is here and whose predecessors are stored or go first. The
+        // imported prefix of the order is skipped for good.
+        while g.import_from < order.len() && !g.fetched.contains_key(&order[g.import_from]) {
+            g.import_from += 1;
+        }
         let mut ready: Vec<String> = Vec::new();
-        let mut placed: HashSet<String> = HashSet::new();
-        let order = cached_order(g).to_vec();
-        for h in order {
-            let Some(f) = g.fetched.get(&h) else { continue };
+        let mut placed: HashSet<&str> = HashSet::new();
+        for h in &order[g.import_from..] {
+            let Some(f) = g.fetched.get(h) else { continue };
             if !f.verified || f.payload.is_none() {
                 continue;
             }
             let prev_ok = f.header.prev.iter().all(|p| {
                 let p = p.to_b64();
-                g.stored.contains(&p) || g.frontier.contains(&p) || placed.contains(&p)
+                g.stored.contains(&p) || g.frontier.contains(&p) || placed.contains(p.as_str())
             });
             if prev_ok {
-                placed.insert(h.clone());
-                ready.push(h);
+                placed.insert(h);
+                ready.push(h.clone());
                 if ready.len() >= chunk {
                     break;
                 }
@@ -1108,9 +1158,9 @@ fn group_without_alg<P>(groups: &BTreeMap<String, GroupSync<P>>, group: &str) ->
 
 /// Whether every fetched header's predecessors are fetched or stored (cached until a header
 /// arrives: imports and the frontier only resolve more).
-fn all_resolved<P>(g: &mut GroupSync<P>) -> bool {
+fn all_resolved<P: Clone>(g: &mut GroupSync<P>) -> bool {
     if !g.resolved {
-        g.resolved = unresolved(g).is_empty();
+        g.resolved = missing(g).is_empty();
     }
     g.resolved
 }
@@ -1120,22 +1170,32 @@ fn all_resolved<P>(g: &mut GroupSync<P>) -> bool {
 fn cached_order<P>(g: &mut GroupSync<P>) -> &[String] {
     if g.order.is_none() {
         g.order = Some(topological(g));
+        g.request_from = 0;
+        g.import_from = 0;
     }
     g.order.as_deref().unwrap_or(&[])
 }
 
-/// Predecessors of fetched headers that are neither fetched nor known to be stored.
-fn unresolved<P>(g: &GroupSync<P>) -> Vec<String> {
-    let mut out = BTreeSet::new();
-    for f in g.fetched.values() {
-        for p in &f.header.prev {
-            let p = p.to_b64();
-            if !g.fetched.contains_key(&p) && !g.stored.contains(&p) && !g.frontier.contains(&p) {
-                out.insert(p);
+/// Predecessors of fetched headers that are neither fetched nor known to be stored, with a
+/// peer that named each (see [`GroupSync::missing`]).
+fn missing<P: Clone>(g: &mut GroupSync<P>) -> &[(String, P)] {
+    let known = |g: &GroupSync<P>, p: &str| g.fetched.contains_key(p) || g.stored.contains(p) || g.frontier.contains(p);
+    let list = match g.missing.take() {
+        Some(list) => list.into_iter().filter(|(p, _)| !known(g, p)).collect(),
+        None => {
+            let mut found: BTreeMap<String, P> = BTreeMap::new();
+            for f in g.fetched.values() {
+                for p in &f.header.prev {
+                    let p = p.to_b64();
+                    if !known(g, &p) {
+                        found.entry(p).or_insert_with(|| f.source.clone());
+                    }
+                }
             }
+            found.into_iter().collect()
         }
-    }
-    out.into_iter().collect()
+    };
+    g.missing.insert(list).as_slice()
 }
 
 /// The fetched entries, predecessors first (ties broken by hash, so the order is stable).
