@@ -48,7 +48,7 @@ fn grow(dag: &mut Dag<MemStore>, rng: &mut SmallRng, count: usize, start: Positi
             let n = *next;
             *next += 1;
             let payload = json!({ "id": format!("{n}:{}", rng.gen::<u32>()) });
-            let tag = meta([("tag", vec![if n % 7 == 0 { "barrier" } else { "plain" }])]);
+            let tag = meta([("tag", vec![if n.is_multiple_of(7) { "barrier" } else { "plain" }])]);
             let h = dag.append(payload, tag, after.clone()).expect("append").hash;
             frontier.insert(h);
         }

@@ -398,10 +398,8 @@ impl<S: RuleScope + ?Sized> Parser<'_, S> {
             Tok::Num(n) => Ok(Operand::Number(n)),
             Tok::Ident(w) if w == "true" || w == "false" => Ok(Operand::Bool(w == "true")),
             Tok::Ident(w) if w == "new" || w == "old" => {
-                let allowed = match (w.as_str(), self.operation) {
-                    ("new", Operation::Delete) | ("old", Operation::Insert) => false,
-                    _ => true,
-                };
+                let allowed =
+                    !matches!((w.as_str(), self.operation), ("new", Operation::Delete) | ("old", Operation::Insert));
                 if !allowed {
                     return Err(syntax(pos, format!("{w}. is not available in {} rules", self.operation.name())));
                 }

@@ -124,6 +124,10 @@ pub trait DagStore {
 
     /// Number of nodes.
     fn len(&self) -> Result<u64, StoreError>;
+    /// Whether the store holds no node.
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
     fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError>;
     fn node(&self, id: NodeId) -> Result<Self::NodeRef<'_>, StoreError>;
     fn entry(&self, id: NodeId) -> Result<Self::EntryRef<'_>, StoreError>;
