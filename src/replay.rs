@@ -202,21 +202,21 @@ impl SpiReplica {
         SpiReplica { group: group.id.clone(), dag: group.dag(), local: Vec::new() }
     }
 
-    /// Writes the rows of a run into the user tables. `values[i]` is the JSON text of the
-    /// values of `changes.rows[i]` when that row is live.
-    fn write_user_tables(&self, changes: &Changes, values: &[Option<String>]) -> Result<(), ReconcileError> {
-        // Per table: keys of rows to delete (gone or tombstoned) and live rows to upsert, as
-        // JSON texts.
-        let mut per_table: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+    /// Writes the rows of a run into the user tables: live rows are upserted, the others
+    /// (gone or tombstoned) deleted.
+    fn write_user_tables(&self, changes: &Changes) -> Result<(), ReconcileError> {
+        // Per table: keys of rows to delete (JSON texts) and the values of live rows to upsert.
+        type Slot<'c> = (Vec<&'c str>, Vec<&'c Map<String, Value>>);
+        let mut per_table: BTreeMap<&str, Slot> = BTreeMap::new();
         let local_only = changes.journal.iter().all(|(h, j)| self.local.contains(h) && j.verdict.is_ok());
         if local_only {
             return Ok(()); // the local transaction's own writes are already in the tables
         }
-        for (row, text) in changes.rows.iter().zip(values) {
+        for row in &changes.rows {
             let slot = per_table.entry(row.table.as_str()).or_default();
-            match text {
-                Some(v) => slot.1.push(v),
-                None => slot.0.push(&row.key),
+            match &row.state {
+                Some(r) if r.is_live() => slot.1.push(&r.values),
+                _ => slot.0.push(&row.key),
             }
         }
         if per_table.is_empty() {
@@ -243,33 +243,56 @@ impl SpiReplica {
                     exec_prepared(&sql, &[deletes.clone().into()]).map_err(store_err)?;
                 }
                 if !upserts.is_empty() {
-                    let cols: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
-                    let exprs: Vec<String> = schema.columns.iter().map(|c| decode_expr(&c.name, &c.ty)).collect();
-                    let non_key: Vec<String> = schema
-                        .columns
-                        .iter()
-                        .filter(|c| !schema.primary_key.contains(&c.name))
-                        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
-                        .collect();
-                    let action = if non_key.is_empty() {
-                        "DO NOTHING".to_string()
-                    } else {
-                        format!("DO UPDATE SET {}", non_key.join(", "))
-                    };
-                    let pk: Vec<String> = schema.primary_key.iter().map(|c| quote_ident(c)).collect();
-                    let sql = format!(
-                        "INSERT INTO {table} ({}) SELECT {} FROM unnest($1::text[]::jsonb[]) r ON CONFLICT ({}) {action}",
-                        cols.join(", "),
-                        exprs.join(", "),
-                        pk.join(", ")
-                    );
-                    exec_prepared(&sql, &[upserts.clone().into()]).map_err(store_err)?;
+                    upsert_rows(table, &schema, upserts)?;
                 }
             }
             Ok(())
         })
         .map_err(store_err)?
     }
+}
+
+/// The text of an encoded value as Postgres reads it for the column (what `->>` gives: a
+/// string's contents, any other value's JSON text; NULL for null or absent).
+fn column_text(v: Option<&Value>) -> Option<String> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.replace("ü", "u")),
+        Some(other) => Some(other.to_string()),
+    }
+}
+
+/// Inserts or updates live rows of `table`: one text array per column, each element cast to
+/// the column's type in SQL (no JSON is parsed on the Postgres side).
+fn upsert_rows(table: &str, schema: &TableSchema, rows: &[&Map<String, Value>]) -> Result<(), ReconcileError> {
+    let cols: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let params: Vec<String> = (1..=schema.columns.len()).map(|i| format!("${i}::text[]")).collect();
+    let fields: Vec<String> = (1..=schema.columns.len()).map(|i| format!("f{i}")).collect();
+    let exprs: Vec<String> =
+        schema.columns.iter().zip(&fields).map(|(c, f)| decode_field(&format!("x.{f}"), &c.ty)).collect();
+    let non_key: Vec<String> = schema
+        .columns
+        .iter()
+        .filter(|c| !schema.primary_key.contains(&c.name))
+        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+        .collect();
+    let action =
+        if non_key.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", non_key.join(", ")) };
+    let pk: Vec<String> = schema.primary_key.iter().map(|c| quote_ident(c)).collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM unnest({}) AS x({}) ON CONFLICT ({}) {action}",
+        cols.join(", "),
+        exprs.join(", "),
+        params.join(", "),
+        fields.join(", "),
+        pk.join(", ")
+    );
+    let args: Vec<pgrx::datum::DatumWithOid> = schema
+        .columns
+        .iter()
+        .map(|c| rows.iter().map(|r| column_text(r.get(&c.name))).collect::<Vec<Option<String>>>().into())
+        .collect();
+    exec_prepared(&sql, &args).map_err(store_err)
 }
 
 impl ReplicaStore for SpiReplica {
@@ -455,26 +478,22 @@ impl ReplicaStore for SpiReplica {
             )
             .map_err(store_err)?;
         }
-        // Rows and their metadata; each live row's values are serialized once, for both. Rows
-        // the catalog did not hold are inserted without looking for a conflict first (the
-        // group's lock keeps anyone else from adding them meanwhile); the others are upserted.
-        let mut values: Vec<Option<String>> = Vec::with_capacity(changes.rows.len());
+        // Rows and their metadata. Rows the catalog did not hold are inserted without looking
+        // for a conflict first (the group's lock keeps anyone else from adding them
+        // meanwhile); the others are upserted.
         let mut new = RowBatch::default();
         let mut stored = RowBatch::default();
         let (mut del_t, mut del_k) = (Vec::new(), Vec::new());
         for row in &changes.rows {
             match &row.state {
                 Some(r) => {
-                    let v = serde_json::to_string(&r.values).map_err(store_err)?;
-                    values.push(r.is_live().then(|| v.clone()));
                     let batch = if row.was_stored { &mut stored } else { &mut new };
                     batch.tables.push(row.table.as_str());
                     batch.keys.push(row.key.as_str());
-                    batch.values.push(v);
+                    batch.values.push(serde_json::to_string(&r.values).map_err(store_err)?);
                     batch.metas.push(r.meta_value().to_string());
                 }
                 None => {
-                    values.push(None);
                     if row.was_stored {
                         del_t.push(row.table.as_str());
                         del_k.push(row.key.as_str());
@@ -509,7 +528,7 @@ impl ReplicaStore for SpiReplica {
             )
             .map_err(store_err)?;
         }
-        self.write_user_tables(changes, &values)
+        self.write_user_tables(changes)
     }
 }
 
