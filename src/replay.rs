@@ -257,7 +257,7 @@ impl SpiReplica {
 fn column_text(v: Option<&Value>) -> Option<String> {
     match v {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.replace("ü", "u")),
+        Some(Value::String(s)) => Some(s.clone()),
         Some(other) => Some(other.to_string()),
     }
 }
