@@ -349,6 +349,18 @@ impl SignedPayload {
     /// Verifies the signature with the author's public key, at `prev` in `group` (None for
     /// the genesis, whose author must be the admin it names).
     pub fn verify(&self, key: &PublicKey, group: Option<&Hash>, prev: &Position) -> Result<(), PayloadError> {
+        let msg = self.message_to_verify(key, group, prev)?;
+        key.verify(&msg, &self.signature).map_err(|_| PayloadError::BadSignature { author: self.author })
+    }
+
+    /// Everything [`SignedPayload::verify`] checks but the signature itself, and the message the
+    /// signature must be over (for a [`crate::identity::SignatureBatch`]).
+    pub fn message_to_verify(
+        &self,
+        key: &PublicKey,
+        group: Option<&Hash>,
+        prev: &Position,
+    ) -> Result<Vec<u8>, PayloadError> {
         if key.key_id() != self.author {
             return Err(PayloadError::BadSignature { author: self.author });
         }
@@ -357,8 +369,7 @@ impl SignedPayload {
                 return Err(PayloadError::GenesisAuthor { author: self.author, admin: g.admin.key_id() });
             }
         }
-        let msg = signing_message(group, self.genesis.as_ref(), &self.author, &self.ops, prev)?;
-        key.verify(&msg, &self.signature).map_err(|_| PayloadError::BadSignature { author: self.author })
+        Ok(signing_message(group, self.genesis.as_ref(), &self.author, &self.ops, prev)?)
     }
 }
 

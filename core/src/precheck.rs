@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use crate::entry::Entry;
 use crate::hash::{Hash, HashAlgorithm};
-use crate::identity::{KeyId, PublicKey};
-use crate::payload::SignedPayload;
+use crate::identity::{KeyId, PublicKey, SignatureBatch};
+use crate::payload::{PayloadError, SignedPayload};
 
 /// What the storage-free checks found about one entry.
 #[derive(Debug)]
@@ -25,24 +25,57 @@ pub enum Prechecked {
     Invalid(String),
 }
 
-fn precheck_one(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &HashMap<KeyId, PublicKey>) -> Prechecked {
+/// The checks before the signature: hashes, decoding, and the message the signature must be
+/// over when the author's key is known.
+enum Checked {
+    Done(Prechecked),
+    /// The payload, the key, and the signed message.
+    Sign(SignedPayload, PublicKey, Vec<u8>),
+}
+
+fn check_unsigned(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &HashMap<KeyId, PublicKey>) -> Checked {
     if let Err(err) = e.verify_hashes(alg) {
-        return Prechecked::Invalid(err.to_string());
+        return Checked::Done(Prechecked::Invalid(err.to_string()));
     }
     let payload = match SignedPayload::from_value(&e.payload) {
         Ok(p) => p,
-        Err(err) => return Prechecked::Invalid(format!("invalid payload: {err}")),
+        Err(err) => return Checked::Done(Prechecked::Invalid(format!("invalid payload: {err}"))),
     };
     if payload.genesis.is_some() {
-        return Prechecked::Invalid("a second genesis entry".into());
+        return Checked::Done(Prechecked::Invalid("a second genesis entry".into()));
     }
     match keys.get(&payload.author) {
-        None => Prechecked::UnknownAuthor(payload),
-        Some(key) => match payload.verify(key, Some(group), &e.header.prev) {
-            Ok(()) => Prechecked::Signed(payload),
-            Err(err) => Prechecked::Invalid(err.to_string()),
+        None => Checked::Done(Prechecked::UnknownAuthor(payload)),
+        Some(key) => match payload.message_to_verify(key, Some(group), &e.header.prev) {
+            Ok(msg) => Checked::Sign(payload, *key, msg),
+            Err(err) => Checked::Done(Prechecked::Invalid(err.to_string())),
         },
     }
+}
+
+/// Prechecks a run of entries on this thread, their signatures as one batch. A batch that
+/// fails is checked signature by signature to find the bad ones; both ways apply the same
+/// rule ([`SignatureBatch`]), so the outcome does not depend on how entries were batched.
+fn precheck_run(entries: &[Entry], alg: HashAlgorithm, group: &Hash, keys: &HashMap<KeyId, PublicKey>) -> Vec<Prechecked> {
+    let checked: Vec<Checked> = entries.iter().map(|e| check_unsigned(e, alg, group, keys)).collect();
+    let mut batch = SignatureBatch::new();
+    for c in &checked {
+        if let Checked::Sign(payload, key, msg) = c {
+            batch.push(key, msg, &payload.signature);
+        }
+    }
+    let all_valid = batch.verify();
+    checked
+        .into_iter()
+        .map(|c| match c {
+            Checked::Done(p) => p,
+            Checked::Sign(payload, _, _) if all_valid => Prechecked::Signed(payload),
+            Checked::Sign(payload, key, msg) => match key.verify(&msg, &payload.signature) {
+                Ok(()) => Prechecked::Signed(payload),
+                Err(_) => Prechecked::Invalid(PayloadError::BadSignature { author: payload.author }.to_string()),
+            },
+        })
+        .collect()
 }
 
 /// Prechecks every entry of `entries` (non-genesis entries of `group`), splitting the work over
@@ -57,21 +90,19 @@ pub fn precheck_batch(
     let threads = threads.clamp(1, 64);
     // Small batches are not worth a thread.
     if threads == 1 || entries.len() < 64 {
-        return entries.iter().map(|e| precheck_one(e, alg, group, keys)).collect();
+        return precheck_run(entries, alg, group, keys);
     }
     let chunk = entries.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let handles: Vec<_> = entries
-            .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|e| precheck_one(e, alg, group, keys)).collect::<Vec<_>>()))
-            .collect();
+        let handles: Vec<_> =
+            entries.chunks(chunk).map(|part| s.spawn(move || precheck_run(part, alg, group, keys))).collect();
         let mut out = Vec::with_capacity(entries.len());
         for (h, part) in handles.into_iter().zip(entries.chunks(chunk)) {
             match h.join() {
                 Ok(v) => out.extend(v),
                 // A thread cannot panic on input (every step returns errors), but if one did,
                 // redo its part here rather than lose the batch.
-                Err(_) => out.extend(part.iter().map(|e| precheck_one(e, alg, group, keys))),
+                Err(_) => out.extend(precheck_run(part, alg, group, keys)),
             }
         }
         out
