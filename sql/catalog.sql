@@ -68,6 +68,7 @@ CREATE TABLE causal.dag_entries (
     hash        text COLLATE "C" NOT NULL,
     prev        text[] NOT NULL,
     payload     text COMPRESSION lz4 NOT NULL,  -- the payload's JSON text, exactly as hashed
+    payload_hash text COLLATE "C" NOT NULL,     -- the header's payload hash (Base64)
     chain       integer NOT NULL,
     seq         integer NOT NULL,
     preds       integer[] NOT NULL,

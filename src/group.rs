@@ -56,7 +56,7 @@ impl Group {
     }
 
     pub fn dag(&self) -> Dag<SpiStore> {
-        Dag::new(SpiStore::new(&self.id, self.algorithm), self.algorithm)
+        Dag::new(SpiStore::new(&self.id), self.algorithm)
     }
 }
 

@@ -13,7 +13,7 @@ use pgrx::spi;
 use causal_core::dag::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
 use causal_core::entry::{Entry, Header, Meta};
 use causal_core::membership::{MEMBER_TAG, RULE_TAG, SCHEMA_TAG};
-use causal_core::{Hash, HashAlgorithm};
+use causal_core::Hash;
 
 use crate::spi_util::{exec_prepared, get_prepared, run_prepared};
 
@@ -44,7 +44,6 @@ pub struct GroupState {
 /// One group's DAG, stored in the catalog.
 pub struct SpiStore {
     group: String,
-    alg: HashAlgorithm,
     state: RefCell<Option<GroupState>>,
     entries: RefCell<HashMap<NodeId, Rc<Entry>>>,
     /// While set, the running state is kept in memory and written by `write_state` (an import
@@ -65,6 +64,7 @@ struct PendingRows {
     /// Predecessor hashes joined by spaces (Base64 has none).
     prev: Vec<String>,
     payload: Vec<String>,
+    payload_hash: Vec<String>,
     chain: Vec<i32>,
     seq: Vec<i32>,
     /// Array literals (`{1,2}`): rows of different lengths cannot share one 2-D array.
@@ -117,10 +117,9 @@ const STATE_LOCK_SQL: &str = "SELECT entry_count, chain_lens, frontier, authorit
      FROM causal.group_defs WHERE group_id = $1 FOR UPDATE";
 
 impl SpiStore {
-    pub fn new(group: &str, alg: HashAlgorithm) -> SpiStore {
+    pub fn new(group: &str) -> SpiStore {
         SpiStore {
             group: group.to_string(),
-            alg,
             state: RefCell::new(None),
             entries: RefCell::default(),
             defer_state: std::cell::Cell::new(false),
@@ -202,10 +201,10 @@ impl SpiStore {
         let p = std::mem::take(&mut *self.pending.borrow_mut());
         if !p.node_id.is_empty() {
             exec_prepared(
-                "INSERT INTO causal.dag_entries (group_id, node_id, hash, prev, payload, chain, seq, preds, clock) \
-                 SELECT $1, i, h, string_to_array(p, ' '), d, c, s, r::int[], k::int[] \
-                 FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[], $8::text[], $9::text[]) \
-                 AS x(i, h, p, d, c, s, r, k)",
+                "INSERT INTO causal.dag_entries (group_id, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
+                 SELECT $1, i, h, string_to_array(p, ' '), d, ph, c, s, r::int[], k::int[] \
+                 FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $10::text[], $6::int[], $7::int[], $8::text[], $9::text[]) \
+                 AS x(i, h, p, d, ph, c, s, r, k)",
                 &[
                     self.group.clone().into(),
                     p.node_id.into(),
@@ -216,6 +215,7 @@ impl SpiStore {
                     p.seq.into(),
                     p.preds.into(),
                     p.clock.into(),
+                    p.payload_hash.into(),
                 ],
             )
             .map_err(backend)?;
@@ -367,7 +367,7 @@ impl DagStore for SpiStore {
         }
         let row = run_prepared(
             "SELECT hash, prev, payload, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
-               WHERE t.group_id = e.group_id AND t.chain = e.chain AND t.seq = e.seq), '{}') \
+               WHERE t.group_id = e.group_id AND t.chain = e.chain AND t.seq = e.seq), '{}'), payload_hash \
              FROM causal.dag_entries e WHERE group_id = $1 AND node_id = $2",
             &[self.group.clone().into(), to_i32(id)?.into()],
             false,
@@ -378,11 +378,12 @@ impl DagStore for SpiStore {
                     r.get::<Vec<String>>(2)?,
                     r.get::<String>(3)?,
                     r.get::<Vec<String>>(4)?,
+                    r.get::<String>(5)?,
                 ))),
             },
         )
         .map_err(backend)?;
-        let Some((Some(hash), Some(prev), Some(payload), tags)) = row else {
+        let Some((Some(hash), Some(prev), Some(payload), tags, Some(payload_hash))) = row else {
             return Err(corrupt(format!("entry {id} of group {} is missing", self.group)));
         };
         let parse = |h: &str| h.parse::<Hash>().map_err(|e| corrupt(e.to_string()));
@@ -394,11 +395,13 @@ impl DagStore for SpiStore {
                 None => meta.entry(tag).or_default().is_empty(),
             };
         }
-        // The payload hash is not stored; it is part of the header, so recompute it.
-        let payload_hash = self.alg.hash_literal(&payload_value).map_err(|e| corrupt(e.to_string()))?;
+        // The header as stored; `causal.verify` recomputes both hashes from the payload.
         let entry = Rc::new(Entry {
             hash: parse(&hash)?,
-            header: Header { payload_hash, prev: prev.iter().map(|h| parse(h)).collect::<Result<_, _>>()? },
+            header: Header {
+                payload_hash: parse(&payload_hash)?,
+                prev: prev.iter().map(|h| parse(h)).collect::<Result<_, _>>()?,
+            },
             payload: payload_value,
             meta,
         });
@@ -458,6 +461,7 @@ impl DagStore for SpiStore {
             p.hash.push(node.hash.to_b64());
             p.prev.push(entry.header.prev.iter().map(Hash::to_b64).collect::<Vec<_>>().join(" "));
             p.payload.push(payload);
+            p.payload_hash.push(entry.header.payload_hash.to_b64());
             p.chain.push(to_i32(node.chain)?);
             p.seq.push(to_i32(node.seq)?);
             p.preds.push(array_literal(&to_i32s(&node.preds)?));
@@ -513,7 +517,7 @@ mod tests {
             .unwrap();
         let alg = HashAlgorithm::Sha256;
         let mut mem = Dag::new(MemStore::new(), alg);
-        let mut spi = Dag::new(SpiStore::new("g", alg), alg);
+        let mut spi = Dag::new(SpiStore::new("g"), alg);
         let mut state: u64 = 0x9e3779b97f4a7c15;
         let mut rand = move |n: usize| {
             state ^= state << 13;
@@ -555,7 +559,7 @@ mod tests {
             );
         }
         // A fresh store (no cache) reads back the same entries.
-        let fresh = Dag::new(SpiStore::new("g", alg), alg);
+        let fresh = Dag::new(SpiStore::new("g"), alg);
         for h in hashes.iter().step_by(17) {
             assert_eq!(mem.entry(h).unwrap(), fresh.entry(h).unwrap());
         }

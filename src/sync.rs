@@ -155,6 +155,31 @@ fn entries_by_hash(
     Ok(rows.into_iter().filter_map(|(h, prev, payload)| Some((h?, (prev.unwrap_or_default(), payload?)))).collect())
 }
 
+/// Headers of the stored entries among `hashes`: predecessors and payload hash, and the
+/// payload when `with_payloads` (probed one by one, as in [`entries_by_hash`]).
+#[allow(clippy::type_complexity)]
+fn headers_by_hash(
+    group_id: &str,
+    hashes: &[String],
+    with_payloads: bool,
+) -> Result<std::collections::HashMap<String, (Vec<String>, String, Option<String>)>, CausalError> {
+    let rows = crate::spi_util::run_prepared(
+        "SELECT e.hash, e.prev, e.payload_hash, CASE WHEN $3 THEN e.payload END FROM unnest($2::text[]) AS h(hash) \
+         CROSS JOIN LATERAL (SELECT hash, prev, payload_hash, payload FROM causal.dag_entries \
+         WHERE group_id = $1 AND hash = h.hash OFFSET 0) e",
+        &[group_id.into(), hashes.to_vec().into(), with_payloads.into()],
+        false,
+        |rows| {
+            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?, r.get::<String>(4)?)))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        },
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(h, prev, ph, payload)| Some((h?, (prev.unwrap_or_default(), ph?, payload))))
+        .collect())
+}
+
 fn hashes(list: &[String]) -> Vec<Hash> {
     list.iter().filter_map(|h| h.parse().ok()).collect()
 }
@@ -179,26 +204,26 @@ fn _sync_headers(
         .walk_back(&hashes(&start), &hashes(&limits), usize::try_from(max).unwrap_or(0))
         .map_err(CausalError::from)
         .or_report(f);
-    // One read for every entry the walk found, then headers in walk order.
+    // One read for every entry the walk found (headers as stored; payloads only when they
+    // go with the answer), then headers in walk order.
     let texts: Vec<String> = walk.hashes.iter().map(Hash::to_b64).collect();
-    let found = entries_by_hash(&group.id, &texts).or_report(f);
+    let send_payloads = with_payloads && walk.complete;
+    let found = headers_by_hash(&group.id, &texts, send_payloads).or_report(f);
     let mut rows = Vec::with_capacity(walk.hashes.len() * 2 + 1);
     let mut payloads = Vec::with_capacity(walk.hashes.len());
     for h in &texts {
-        let Some((prev, payload)) = found.get(h) else { continue };
-        let value = causal_core::json::parse(payload).map_err(|e| CausalError::Corrupt(e.to_string())).or_report(f);
-        let payload_hash = group.algorithm.hash_literal(&value).map_err(CausalError::from).or_report(f);
+        let Some((prev, payload_hash, payload)) = found.get(h) else { continue };
         let prev_set: serde_json::Map<String, Value> =
             prev.iter().map(|p| (p.clone(), Value::String(String::new()))).collect();
-        let header = serde_json::json!({"payloadHash": payload_hash.to_b64(), "prevEntryHashes": prev_set});
+        let header = serde_json::json!({"payloadHash": payload_hash, "prevEntryHashes": prev_set});
         rows.push(("header".to_string(), Some(h.clone()), header.to_string()));
-        payloads.push((h.clone(), payload.clone()));
+        if let Some(p) = payload {
+            payloads.push((h.clone(), p.clone()));
+        }
     }
     rows.push(("complete".to_string(), None, walk.complete.to_string()));
-    if with_payloads && walk.complete {
-        for (h, p) in payloads.into_iter().rev() {
-            rows.push(("payload".to_string(), Some(h), p));
-        }
+    for (h, p) in payloads.into_iter().rev() {
+        rows.push(("payload".to_string(), Some(h), p));
     }
     TableIterator::new(rows)
 }

@@ -100,7 +100,8 @@ impl PublicKey {
 
     /// Checks `signature` over `message` under the ZIP-215 rules (see [`SignatureBatch`]).
     pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), IdentityError> {
-        let key = ed25519_zebra::VerificationKey::try_from(self.raw_bytes()).map_err(|_| IdentityError::InvalidPoint)?;
+        let key =
+            ed25519_zebra::VerificationKey::try_from(self.raw_bytes()).map_err(|_| IdentityError::InvalidPoint)?;
         key.verify(&signature.zip215(), message).map_err(|_| IdentityError::BadSignature)
     }
 }

@@ -56,7 +56,12 @@ fn check_unsigned(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &HashMap<Ke
 /// Prechecks a run of entries on this thread, their signatures as one batch. A batch that
 /// fails is checked signature by signature to find the bad ones; both ways apply the same
 /// rule ([`SignatureBatch`]), so the outcome does not depend on how entries were batched.
-fn precheck_run(entries: &[Entry], alg: HashAlgorithm, group: &Hash, keys: &HashMap<KeyId, PublicKey>) -> Vec<Prechecked> {
+fn precheck_run(
+    entries: &[Entry],
+    alg: HashAlgorithm,
+    group: &Hash,
+    keys: &HashMap<KeyId, PublicKey>,
+) -> Vec<Prechecked> {
     let checked: Vec<Checked> = entries.iter().map(|e| check_unsigned(e, alg, group, keys)).collect();
     let mut batch = SignatureBatch::new();
     for c in &checked {

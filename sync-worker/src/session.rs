@@ -189,10 +189,10 @@ struct GroupSync<P> {
     /// header has arrived since (imports only resolve more).
     resolved: bool,
     /// Predecessors of fetched headers that are neither fetched nor stored, each with the
-    /// peer that sent a header naming it. Computed from every fetched header once after
-    /// headers arrive or leave unimported, then only filtered, so a walk step costs in
-    /// proportion to the step rather than to everything fetched so far.
-    missing: Option<Vec<(String, P)>>,
+    /// peer that sent a header naming it. Computed from every fetched header only after
+    /// headers leave unimported (None), kept up as headers arrive, and filtered when read, so
+    /// a walk step costs in proportion to the step rather than to everything fetched so far.
+    missing: Option<BTreeMap<String, P>>,
 }
 
 impl<P> Default for GroupSync<P> {
@@ -702,7 +702,13 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             }
             g.order = None;
             g.resolved = false;
-            g.missing = None;
+            // The new header's predecessors may be missing; it is no longer (stale entries
+            // are dropped when the list is read).
+            if let Some(missing) = g.missing.as_mut() {
+                for p in &header.prev {
+                    missing.entry(p.to_b64()).or_insert_with(|| peer.clone());
+                }
+            }
             g.fetched.insert(
                 h.hash,
                 Fetched {
@@ -800,7 +806,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             // A complete walk down to our limits: every predecessor it did not send, and every
             // start hash it did not send, is in our history already.
             if let Some(g) = self.groups.get_mut(&r.group) {
-                let mut known: Vec<String> = missing(g).iter().map(|(p, _)| p.clone()).collect();
+                let mut known: Vec<String> = missing(g).into_iter().map(|(p, _)| p).collect();
                 known.extend(r.asked.iter().filter(|h| !g.fetched.contains_key(*h)).cloned());
                 g.stored.extend(known);
             }
@@ -969,9 +975,9 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         // First, predecessors of fetched headers that are still missing, from the peer that
         // sent those headers (it must hold them).
         let mut per_peer: BTreeMap<P, BTreeSet<String>> = BTreeMap::new();
-        let wanted: &[(String, P)] = if all_resolved(g) { &[] } else { missing(g) };
+        let wanted: Vec<(String, P)> = if all_resolved(g) { Vec::new() } else { missing(g) };
         for (p, source) in wanted {
-            per_peer.entry(source.clone()).or_default().insert(p.clone());
+            per_peer.entry(source).or_default().insert(p);
         }
         let g = &*g;
         // Then frontier hashes peers announced that we lack.
@@ -1178,24 +1184,24 @@ fn cached_order<P>(g: &mut GroupSync<P>) -> &[String] {
 
 /// Predecessors of fetched headers that are neither fetched nor known to be stored, with a
 /// peer that named each (see [`GroupSync::missing`]).
-fn missing<P: Clone>(g: &mut GroupSync<P>) -> &[(String, P)] {
+fn missing<P: Clone>(g: &mut GroupSync<P>) -> Vec<(String, P)> {
     let known = |g: &GroupSync<P>, p: &str| g.fetched.contains_key(p) || g.stored.contains(p) || g.frontier.contains(p);
-    let list = match g.missing.take() {
-        Some(list) => list.into_iter().filter(|(p, _)| !known(g, p)).collect(),
+    let mut list = match g.missing.take() {
+        Some(list) => list,
         None => {
             let mut found: BTreeMap<String, P> = BTreeMap::new();
             for f in g.fetched.values() {
                 for p in &f.header.prev {
-                    let p = p.to_b64();
-                    if !known(g, &p) {
-                        found.entry(p).or_insert_with(|| f.source.clone());
-                    }
+                    found.entry(p.to_b64()).or_insert_with(|| f.source.clone());
                 }
             }
-            found.into_iter().collect()
+            found
         }
     };
-    g.missing.insert(list).as_slice()
+    list.retain(|p, _| !known(g, p));
+    let out = list.iter().map(|(p, s)| (p.clone(), s.clone())).collect();
+    g.missing = Some(list);
+    out
 }
 
 /// The fetched entries, predecessors first (ties broken by hash, so the order is stable).
