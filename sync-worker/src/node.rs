@@ -496,17 +496,37 @@ const PLACEMENT_ROWS_PER_CALL: i64 = 5_000;
 /// commits, after a short pause that lets commits gather, and once a second regardless. Logs
 /// its progress while a backlog lasts.
 async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::sync::Notify>) {
+    // After a failure, retries come less and less often (up to once a minute, commits do not
+    // wake them), and the same error is logged again only at the 1st, 2nd, 4th, 8th ... try.
+    let (mut failures, mut last_error) = (0u32, None::<String>);
     loop {
-        let _ = tokio::time::timeout(Duration::from_secs(1), commits.notified()).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if failures == 0 {
+            let _ = tokio::time::timeout(Duration::from_secs(1), commits.notified()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs((1u64 << failures.min(6)).min(60))).await;
+        }
         let started = std::time::Instant::now();
         let (mut placed, mut reported) = (0i64, std::time::Instant::now());
         loop {
             match db.catch_up(PLACEMENT_ROWS_PER_CALL).await {
-                Ok(0) => break,
-                Ok(n) => placed += n,
+                Ok(n) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "placing local commits works again");
+                        (failures, last_error) = (0, None);
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    placed += n;
+                }
                 Err(e) => {
-                    tracing::warn!("placing local commits failed: {e}");
+                    failures = failures.saturating_add(1);
+                    let text = e.to_string();
+                    if last_error.as_deref() != Some(text.as_str()) || failures.is_power_of_two() {
+                        tracing::warn!(failures, "placing local commits failed: {text}");
+                    }
+                    last_error = Some(text);
                     break;
                 }
             }
