@@ -199,7 +199,26 @@ impl SpiStore {
     /// Writes the pending entry and tag rows.
     fn flush(&self) -> Result<(), StoreError> {
         let p = std::mem::take(&mut *self.pending.borrow_mut());
-        if !p.node_id.is_empty() {
+        if p.node_id.len() == 1 {
+            // One entry (a local commit): plain parameters, not ten one-element arrays.
+            exec_prepared(
+                "INSERT INTO causal.dag_entries (group_id, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
+                 VALUES ($1, $2, $3, string_to_array($4, ' '), $5, $6, $7, $8, $9::int[], $10::int[])",
+                &[
+                    self.group.clone().into(),
+                    p.node_id[0].into(),
+                    p.hash[0].clone().into(),
+                    p.prev[0].clone().into(),
+                    p.payload[0].clone().into(),
+                    p.payload_hash[0].clone().into(),
+                    p.chain[0].into(),
+                    p.seq[0].into(),
+                    p.preds[0].clone().into(),
+                    p.clock[0].clone().into(),
+                ],
+            )
+            .map_err(backend)?;
+        } else if !p.node_id.is_empty() {
             exec_prepared(
                 "INSERT INTO causal.dag_entries (group_id, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
                  SELECT $1, i, h, string_to_array(p, ' '), d, ph, c, s, r::int[], k::int[] \
