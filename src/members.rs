@@ -22,10 +22,10 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
     append_ops_as(group, ops, admin_only, &current_author()?, false)
 }
 
-/// [`append_ops`] signed by `author`, whose use the caller has checked. With `defer_placing`, the engine does not run
-/// now: the entry waits, with any other local commits, to be placed in a batch
-/// ([`crate::replay::catch_up`]). Capture defers plain data changes to tables without rules,
-/// which Postgres's own constraints have already checked at the frontier.
+/// [`append_ops`] signed by `author`, whose use the caller has checked. With `defer_placing`,
+/// the engine does not run now: the entry waits, with any other local commits, to be placed
+/// in a batch ([`crate::replay::catch_up`]). Capture defers plain data changes to tables
+/// without rules, which Postgres's own constraints have already checked at the frontier.
 pub fn append_ops_as(
     group: &Group,
     ops: Vec<Op>,

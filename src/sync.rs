@@ -132,38 +132,26 @@ fn join_group(group_id: &str) -> String {
     group_id.to_string()
 }
 
-/// Predecessors and payload text (as stored, as hashed) of the entries of `group` among
-/// `hashes`, in one query.
+/// What is stored of one entry: its header (predecessors and payload hash) and, when asked
+/// for, its payload text (as stored, as hashed).
+struct StoredEntry {
+    prev: Vec<String>,
+    payload_hash: String,
+    payload: Option<String>,
+}
+
+/// The stored entries of `group` among `hashes`, in one query, with their payloads when
+/// `with_payloads`.
 fn entries_by_hash(
     group_id: &str,
     hashes: &[String],
-) -> Result<std::collections::HashMap<String, (Vec<String>, String)>, CausalError> {
+    with_payloads: bool,
+) -> Result<std::collections::HashMap<String, StoredEntry>, CausalError> {
     let rows = crate::spi_util::run_prepared(
         // One index lookup per hash: `hash = ANY($2)` under a generic plan made on stale
         // statistics scanned the whole group instead. `OFFSET 0` keeps the LATERAL subquery a
         // per-row probe; without it the subquery is pulled up into a join, which such a plan
         // can run as a scan too.
-        "SELECT e.hash, e.prev, e.payload FROM unnest($2::text[]) AS h(hash) CROSS JOIN LATERAL \
-         (SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND hash = h.hash OFFSET 0) e",
-        &[group_id.into(), hashes.to_vec().into()],
-        false,
-        |rows| {
-            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?)))
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        },
-    )?;
-    Ok(rows.into_iter().filter_map(|(h, prev, payload)| Some((h?, (prev.unwrap_or_default(), payload?)))).collect())
-}
-
-/// Headers of the stored entries among `hashes`: predecessors and payload hash, and the
-/// payload when `with_payloads` (probed one by one, as in [`entries_by_hash`]).
-#[allow(clippy::type_complexity)]
-fn headers_by_hash(
-    group_id: &str,
-    hashes: &[String],
-    with_payloads: bool,
-) -> Result<std::collections::HashMap<String, (Vec<String>, String, Option<String>)>, CausalError> {
-    let rows = crate::spi_util::run_prepared(
         "SELECT e.hash, e.prev, e.payload_hash, CASE WHEN $3 THEN e.payload END FROM unnest($2::text[]) AS h(hash) \
          CROSS JOIN LATERAL (SELECT hash, prev, payload_hash, payload FROM causal.dag_entries \
          WHERE group_id = $1 AND hash = h.hash OFFSET 0) e",
@@ -176,7 +164,9 @@ fn headers_by_hash(
     )?;
     Ok(rows
         .into_iter()
-        .filter_map(|(h, prev, ph, payload)| Some((h?, (prev.unwrap_or_default(), ph?, payload))))
+        .filter_map(|(h, prev, payload_hash, payload)| {
+            Some((h?, StoredEntry { prev: prev.unwrap_or_default(), payload_hash: payload_hash?, payload }))
+        })
         .collect())
 }
 
@@ -208,17 +198,17 @@ fn _sync_headers(
     // go with the answer), then headers in walk order.
     let texts: Vec<String> = walk.hashes.iter().map(Hash::to_b64).collect();
     let send_payloads = with_payloads && walk.complete;
-    let found = headers_by_hash(&group.id, &texts, send_payloads).or_report(f);
+    let mut found = entries_by_hash(&group.id, &texts, send_payloads).or_report(f);
     let mut rows = Vec::with_capacity(walk.hashes.len() * 2 + 1);
     let mut payloads = Vec::with_capacity(walk.hashes.len());
     for h in &texts {
-        let Some((prev, payload_hash, payload)) = found.get(h) else { continue };
+        let Some(e) = found.remove(h) else { continue };
         let prev_set: serde_json::Map<String, Value> =
-            prev.iter().map(|p| (p.clone(), Value::String(String::new()))).collect();
-        let header = serde_json::json!({"payloadHash": payload_hash, "prevEntryHashes": prev_set});
+            e.prev.into_iter().map(|p| (p, Value::String(String::new()))).collect();
+        let header = serde_json::json!({"payloadHash": e.payload_hash, "prevEntryHashes": prev_set});
         rows.push(("header".to_string(), Some(h.clone()), header.to_string()));
-        if let Some(p) = payload {
-            payloads.push((h.clone(), p.clone()));
+        if let Some(p) = e.payload {
+            payloads.push((h.clone(), p));
         }
     }
     rows.push(("complete".to_string(), None, walk.complete.to_string()));
@@ -236,9 +226,11 @@ fn _sync_payloads(
 ) -> TableIterator<'static, (name!(hash, String), name!(payload, String))> {
     let f = "causal._sync_payloads";
     let group = Group::find(grp).or_report(f);
-    let found = entries_by_hash(&group.id, &hashes_wanted).or_report(f);
-    let rows: Vec<(String, String)> =
-        hashes_wanted.iter().filter_map(|h| found.get(h).map(|(_, p)| (h.clone(), p.clone()))).collect();
+    let found = entries_by_hash(&group.id, &hashes_wanted, true).or_report(f);
+    let rows: Vec<(String, String)> = hashes_wanted
+        .iter()
+        .filter_map(|h| found.get(h).and_then(|e| e.payload.clone()).map(|p| (h.clone(), p)))
+        .collect();
     TableIterator::new(rows)
 }
 

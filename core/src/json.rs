@@ -138,11 +138,12 @@ fn write_value<'v>(value: &'v Value, out: &mut String, path: &mut PathTracker<'v
     match value {
         Value::Null => return Err(JsonError::Null { path: path.render() }),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) if exact_integer(n).is_some() => {
-            use std::fmt::Write;
-            let _ = write!(out, "{}", exact_integer(n).unwrap_or_default());
-        }
         Value::Number(n) => {
+            if let Some(i) = exact_integer(n) {
+                use std::fmt::Write;
+                let _ = write!(out, "{i}");
+                return Ok(());
+            }
             let text = n.to_string();
             let as_double = n.as_f64().or_else(|| text.parse::<f64>().ok());
             match as_double.and_then(format_number) {

@@ -27,13 +27,13 @@ pub enum Prechecked {
 
 /// The checks before the signature: hashes, decoding, and the message the signature must be
 /// over when the author's key is known.
-enum Checked {
+enum Checked<'k> {
     Done(Prechecked),
-    /// The payload, the key, and the signed message.
-    Sign(SignedPayload, PublicKey, Vec<u8>),
+    /// The payload, the author's key, and the signed message.
+    Sign(SignedPayload, &'k PublicKey, Vec<u8>),
 }
 
-fn check_unsigned(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &HashMap<KeyId, PublicKey>) -> Checked {
+fn check_unsigned<'k>(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &'k HashMap<KeyId, PublicKey>) -> Checked<'k> {
     if let Err(err) = e.verify_hashes(alg) {
         return Checked::Done(Prechecked::Invalid(err.to_string()));
     }
@@ -47,7 +47,7 @@ fn check_unsigned(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &HashMap<Ke
     match keys.get(&payload.author) {
         None => Checked::Done(Prechecked::UnknownAuthor(payload)),
         Some(key) => match payload.message_to_verify(key, Some(group), &e.header.prev) {
-            Ok(msg) => Checked::Sign(payload, *key, msg),
+            Ok(msg) => Checked::Sign(payload, key, msg),
             Err(err) => Checked::Done(Prechecked::Invalid(err.to_string())),
         },
     }

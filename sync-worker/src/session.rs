@@ -806,7 +806,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             // A complete walk down to our limits: every predecessor it did not send, and every
             // start hash it did not send, is in our history already.
             if let Some(g) = self.groups.get_mut(&r.group) {
-                let mut known: Vec<String> = missing(g).into_iter().map(|(p, _)| p).collect();
+                let mut known: Vec<String> = missing(g).keys().cloned().collect();
                 known.extend(r.asked.iter().filter(|h| !g.fetched.contains_key(*h)).cloned());
                 g.stored.extend(known);
             }
@@ -975,9 +975,10 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         // First, predecessors of fetched headers that are still missing, from the peer that
         // sent those headers (it must hold them).
         let mut per_peer: BTreeMap<P, BTreeSet<String>> = BTreeMap::new();
-        let wanted: Vec<(String, P)> = if all_resolved(g) { Vec::new() } else { missing(g) };
-        for (p, source) in wanted {
-            per_peer.entry(source).or_default().insert(p);
+        if !all_resolved(g) {
+            for (p, source) in missing(g) {
+                per_peer.entry(source.clone()).or_default().insert(p.clone());
+            }
         }
         let g = &*g;
         // Then frontier hashes peers announced that we lack.
@@ -1040,7 +1041,9 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             }
         }
         let mut wanted: BTreeMap<P, Vec<String>> = BTreeMap::new();
-        let mut settled = true;
+        // The first entry passed over because its source had no slot left: the next scan
+        // starts there.
+        let mut passed_over = None;
         let mut i = g.request_from;
         while i < order.len() && slots.values().any(|n| *n > 0) {
             let h = &order[i];
@@ -1054,18 +1057,12 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                     *n -= 1;
                     wanted.entry(f.source.clone()).or_default().push(h.clone());
                 }
-                // Its source cannot take more now: come back to it next time.
                 _ => {
-                    if settled {
-                        g.request_from = i - 1;
-                    }
-                    settled = false;
+                    passed_over.get_or_insert(i - 1);
                 }
             }
         }
-        if settled {
-            g.request_from = i;
-        }
+        g.request_from = passed_over.unwrap_or(i);
         for (peer, hashes) in wanted {
             for part in hashes.chunks(chunk) {
                 let id = self.new_request_id();
@@ -1184,7 +1181,7 @@ fn cached_order<P>(g: &mut GroupSync<P>) -> &[String] {
 
 /// Predecessors of fetched headers that are neither fetched nor known to be stored, with a
 /// peer that named each (see [`GroupSync::missing`]).
-fn missing<P: Clone>(g: &mut GroupSync<P>) -> Vec<(String, P)> {
+fn missing<P: Clone>(g: &mut GroupSync<P>) -> &BTreeMap<String, P> {
     let known = |g: &GroupSync<P>, p: &str| g.fetched.contains_key(p) || g.stored.contains(p) || g.frontier.contains(p);
     let mut list = match g.missing.take() {
         Some(list) => list,
@@ -1199,9 +1196,7 @@ fn missing<P: Clone>(g: &mut GroupSync<P>) -> Vec<(String, P)> {
         }
     };
     list.retain(|p, _| !known(g, p));
-    let out = list.iter().map(|(p, s)| (p.clone(), s.clone())).collect();
-    g.missing = Some(list);
-    out
+    g.missing.insert(list)
 }
 
 /// The fetched entries, predecessors first (ties broken by hash, so the order is stable).
