@@ -423,17 +423,10 @@ impl ReplicaStore for SpiReplica {
 
     fn apply(&mut self, changes: &Changes) -> Result<(), ReconcileError> {
         // The journal: the records of this run, then authority verdicts that changed for
-        // entries outside it (their order and undo records stay as they were).
+        // entries outside it (their order and undo records stay as they were). Entries placed
+        // for the first time get a plain insert; the others' records are rewritten.
         let mut seen: std::collections::HashSet<&Hash> = std::collections::HashSet::new();
-        let n = changes.journal.len() + changes.authority.len();
-        let (mut hashes, mut heights, mut statuses, mut reasons, mut blamed, mut undos) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let (mut first, mut again) = (JournalBatch::default(), JournalBatch::default());
         let records = changes
             .journal
             .iter()
@@ -443,21 +436,19 @@ impl ReplicaStore for SpiReplica {
             if !seen.insert(h) {
                 continue;
             }
-            hashes.push(h.to_b64());
-            heights.push(order.map(|o| i32::try_from(o.height).unwrap_or(i32::MAX)));
-            statuses.push(verdict.status.as_str().to_string());
-            reasons.push(verdict.reason.clone());
-            blamed.push(if verdict.responsible.is_empty() {
-                None
-            } else {
-                Some(verdict.responsible.iter().map(Hash::to_b64).collect::<Vec<_>>().join(" "))
-            });
-            undos.push(match undo {
-                Some(u) if !u.is_empty() => Some(undo_value(u).to_string()),
-                _ => None,
-            });
+            let batch = if order.is_some() && changes.first_placed.contains(h) { &mut first } else { &mut again };
+            batch.push(h, order, verdict, undo);
         }
-        if !hashes.is_empty() {
+        if !first.hashes.is_empty() {
+            exec_prepared(
+                "INSERT INTO causal.journal (group_id, hash, height, status, reason, responsible, undo) \
+                 SELECT $1, h, o, s, r, string_to_array(p, ' '), u::jsonb \
+                 FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(h, o, s, r, p, u)",
+                &first.into_args(&self.group),
+            )
+            .map_err(store_err)?;
+        }
+        if !again.hashes.is_empty() {
             // A record without a height only changes a verdict: the row keeps its order and undo.
             exec_prepared(
                 "INSERT INTO causal.journal AS j (group_id, hash, height, status, reason, responsible, undo) \
@@ -466,15 +457,7 @@ impl ReplicaStore for SpiReplica {
                  ON CONFLICT (group_id, hash) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
                  status = EXCLUDED.status, reason = EXCLUDED.reason, responsible = EXCLUDED.responsible, \
                  undo = CASE WHEN EXCLUDED.height IS NULL THEN j.undo ELSE EXCLUDED.undo END",
-                &[
-                    self.group.clone().into(),
-                    hashes.into(),
-                    heights.into(),
-                    statuses.into(),
-                    reasons.into(),
-                    blamed.into(),
-                    undos.into(),
-                ],
+                &again.into_args(&self.group),
             )
             .map_err(store_err)?;
         }
@@ -529,6 +512,47 @@ impl ReplicaStore for SpiReplica {
             .map_err(store_err)?;
         }
         self.write_user_tables(changes)
+    }
+}
+
+/// Journal records to write, as parallel arrays for `unnest`.
+#[derive(Default)]
+struct JournalBatch {
+    hashes: Vec<String>,
+    heights: Vec<Option<i32>>,
+    statuses: Vec<&'static str>,
+    reasons: Vec<Option<String>>,
+    blamed: Vec<Option<String>>,
+    undos: Vec<Option<String>>,
+}
+
+impl JournalBatch {
+    fn push(&mut self, h: &Hash, order: Option<&OrderKey>, verdict: &Verdict, undo: Option<&Vec<UndoRecord>>) {
+        self.hashes.push(h.to_b64());
+        self.heights.push(order.map(|o| i32::try_from(o.height).unwrap_or(i32::MAX)));
+        self.statuses.push(verdict.status.as_str());
+        self.reasons.push(verdict.reason.clone());
+        self.blamed.push(if verdict.responsible.is_empty() {
+            None
+        } else {
+            Some(verdict.responsible.iter().map(Hash::to_b64).collect::<Vec<_>>().join(" "))
+        });
+        self.undos.push(match undo {
+            Some(u) if !u.is_empty() => Some(undo_value(u).to_string()),
+            _ => None,
+        });
+    }
+
+    fn into_args(self, group: &str) -> [pgrx::datum::DatumWithOid<'static>; 7] {
+        [
+            group.into(),
+            self.hashes.into(),
+            self.heights.into(),
+            self.statuses.into(),
+            self.reasons.into(),
+            self.blamed.into(),
+            self.undos.into(),
+        ]
     }
 }
 

@@ -21,7 +21,7 @@ mod eval;
 pub mod memory;
 mod replay;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
 use serde_json::{json, Map, Value};
@@ -171,6 +171,8 @@ pub enum ReconcileError {
 pub struct Changes {
     /// Journal records of every entry (re)evaluated in this run.
     pub journal: Vec<(Hash, JournalEntry)>,
+    /// The entries among `journal` placed for the first time (no record of them existed).
+    pub first_placed: HashSet<Hash>,
     /// Final states of the rows touched, by table and key.
     pub rows: Vec<RowChange>,
     /// Table schemas in force after this run, for the tables whose schema changed.

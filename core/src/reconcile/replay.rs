@@ -117,8 +117,12 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             standing.push(s);
         }
         // Replay.
-        for (i, ((order, payload, _), standing)) in region.iter().zip(standing).enumerate() {
+        changes.first_placed.reserve(region.len());
+        for (i, ((order, payload, recorded), standing)) in region.iter().zip(standing).enumerate() {
             changes.stats.replayed += 1;
+            if recorded.is_none() {
+                changes.first_placed.insert(order.hash);
+            }
             let (verdict, undo) = if let Some(v) = self.auth.verdict(&order.hash) {
                 (v.clone(), Vec::new())
             } else {
