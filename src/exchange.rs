@@ -380,16 +380,18 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
                     Ok(payload) => {
                         let mut entry = e;
                         entry.meta = derive_meta(&payload);
+                        let (hash, prev) = (entry.hash, entry.header.prev.clone());
+                        let meta = entry.meta.clone();
                         // Its hashes were verified by the precheck.
-                        match dag.insert_verified(entry.clone()) {
+                        match dag.insert_verified(entry) {
                             Ok(_) => {
-                                positions.covers.appended(entry.hash, &entry.header.prev, &entry.meta);
+                                positions.covers.appended(hash, &prev, &meta);
                                 accepted += 1;
-                                stored.push((entry.hash, entry.header.prev, payload));
+                                stored.push((hash, prev, payload));
                             }
                             Err(err) => {
-                                rejected_set.insert(entry.hash);
-                                rejected.push((entry.hash, err.to_string()));
+                                rejected_set.insert(hash);
+                                rejected.push((hash, err.to_string()));
                             }
                         }
                     }

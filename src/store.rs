@@ -491,9 +491,10 @@ impl DagStore for SpiStore {
                 p.tag_seq.push(to_i32(node.seq)?);
             }
         }
+        let carries_authority = [MEMBER_TAG, SCHEMA_TAG, RULE_TAG].iter().any(|t| entry.meta.contains_key(*t));
         if self.defer_state.get() {
             // Readers find the entry in the caches until the rows are flushed.
-            self.entries.borrow_mut().insert(id, Rc::new(entry.clone()));
+            self.entries.borrow_mut().insert(id, Rc::new(entry));
         } else {
             self.flush()?;
         }
@@ -506,7 +507,7 @@ impl DagStore for SpiStore {
         state.chain_lens[c] = node.seq;
         state.frontier.retain(|f| !node.preds.contains(f));
         state.frontier.push(id);
-        if [MEMBER_TAG, SCHEMA_TAG, RULE_TAG].iter().any(|t| entry.meta.contains_key(*t)) {
+        if carries_authority {
             state.authority_version += 1;
         }
         if !self.defer_state.get() {
