@@ -26,6 +26,12 @@ mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
+/// Rust's allocations (decoded entries, the engine's maps) use mimalloc: an import allocates
+/// and frees millions of small objects, where glibc's allocator spent a tenth of the time.
+/// Postgres's own memory (palloc) is untouched.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
