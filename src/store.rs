@@ -17,15 +17,29 @@ use causal_core::Hash;
 
 use crate::spi_util::{exec_prepared, get_prepared, run_prepared};
 
-thread_local! {
-    static NODES: RefCell<HashMap<(String, NodeId), Rc<Node>>> = RefCell::new(HashMap::new());
-    static IDS: RefCell<HashMap<(String, Hash), NodeId>> = RefCell::new(HashMap::new());
+/// One group's cached nodes and the node ids of their hashes.
+#[derive(Default)]
+struct NodeCache {
+    nodes: HashMap<NodeId, Rc<Node>>,
+    ids: HashMap<Hash, NodeId>,
 }
 
-/// Forgets cached nodes; called when a transaction aborts.
+thread_local! {
+    /// Per group id. A store holds its group's cache, so a lookup hashes no group id.
+    static CACHES: RefCell<HashMap<String, Rc<RefCell<NodeCache>>>> = RefCell::new(HashMap::new());
+}
+
+/// Forgets cached nodes; called when a transaction aborts. The caches are emptied in place,
+/// since a store may still hold one.
 pub fn clear_cache() {
-    NODES.with(|n| n.borrow_mut().clear());
-    IDS.with(|n| n.borrow_mut().clear());
+    CACHES.with(|c| {
+        for cache in c.borrow().values() {
+            if let Ok(mut cache) = cache.try_borrow_mut() {
+                *cache = NodeCache::default();
+            }
+        }
+        c.borrow_mut().clear();
+    });
 }
 
 /// The running state of a group's DAG, as kept in its row.
@@ -44,6 +58,7 @@ pub struct GroupState {
 /// One group's DAG, stored in the catalog.
 pub struct SpiStore {
     group: String,
+    cache: Rc<RefCell<NodeCache>>,
     state: RefCell<Option<GroupState>>,
     entries: RefCell<HashMap<NodeId, Rc<Entry>>>,
     /// While set, the running state is kept in memory and written by `write_state` (an import
@@ -118,8 +133,10 @@ const STATE_LOCK_SQL: &str = "SELECT entry_count, chain_lens, frontier, authorit
 
 impl SpiStore {
     pub fn new(group: &str) -> SpiStore {
+        let cache = CACHES.with(|c| Rc::clone(c.borrow_mut().entry(group.to_string()).or_default()));
         SpiStore {
             group: group.to_string(),
+            cache,
             state: RefCell::new(None),
             entries: RefCell::default(),
             defer_state: std::cell::Cell::new(false),
@@ -165,10 +182,10 @@ impl SpiStore {
     /// Learns in one query which of `hashes` are stored: their node ids are cached, and the
     /// others are remembered as absent until inserted.
     pub fn prefetch_ids(&self, hashes: &[Hash]) -> Result<(), StoreError> {
-        let mut unknown: Vec<Hash> = IDS.with(|c| {
-            let c = c.borrow();
-            hashes.iter().filter(|h| !c.contains_key(&(self.group.clone(), **h))).copied().collect()
-        });
+        let mut unknown: Vec<Hash> = {
+            let c = self.cache.borrow();
+            hashes.iter().filter(|h| !c.ids.contains_key(*h)).copied().collect()
+        };
         unknown.sort();
         unknown.dedup();
         if unknown.is_empty() {
@@ -189,7 +206,7 @@ impl SpiStore {
             let (Some(h), Some(id)) = (h, id) else { continue };
             let h: Hash = h.parse().map_err(|_| corrupt(format!("bad hash {h}")))?;
             let id = to_u32(id)?;
-            IDS.with(|c| c.borrow_mut().insert((self.group.clone(), h), id));
+            self.cache.borrow_mut().ids.insert(h, id);
             stored.insert(h);
         }
         self.absent.borrow_mut().extend(unknown.into_iter().filter(|h| !stored.contains(h)));
@@ -323,8 +340,7 @@ impl DagStore for SpiStore {
     }
 
     fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError> {
-        let key = (self.group.clone(), *hash);
-        if let Some(id) = IDS.with(|c| c.borrow().get(&key).copied()) {
+        if let Some(id) = self.cache.borrow().ids.get(hash).copied() {
             return Ok(Some(id));
         }
         if self.absent.borrow().contains(hash) {
@@ -338,14 +354,13 @@ impl DagStore for SpiStore {
         .map(to_u32)
         .transpose()?;
         if let Some(id) = id {
-            IDS.with(|c| c.borrow_mut().insert(key, id));
+            self.cache.borrow_mut().ids.insert(*hash, id);
         }
         Ok(id)
     }
 
     fn node(&self, id: NodeId) -> Result<Rc<Node>, StoreError> {
-        let key = (self.group.clone(), id);
-        if let Some(n) = NODES.with(|c| c.borrow().get(&key).cloned()) {
+        if let Some(n) = self.cache.borrow().nodes.get(&id).cloned() {
             return Ok(n);
         }
         let row = run_prepared(
@@ -374,9 +389,10 @@ impl DagStore for SpiStore {
             preds: to_u32s(preds)?,
             clock: Clock(to_u32s(clock)?),
         });
-        NODES.with(|c| c.borrow_mut().insert(key, node.clone()));
         // The frontier is read by node id and named by hash next (as an entry's predecessors).
-        IDS.with(|c| c.borrow_mut().insert((self.group.clone(), node.hash), id));
+        let mut cache = self.cache.borrow_mut();
+        cache.nodes.insert(id, node.clone());
+        cache.ids.insert(node.hash, id);
         Ok(node)
     }
 
@@ -514,9 +530,10 @@ impl DagStore for SpiStore {
             write_state(&self.group, &state)?;
         }
         *self.state.borrow_mut() = Some(state);
-        IDS.with(|n| n.borrow_mut().insert((self.group.clone(), node.hash), id));
         self.absent.borrow_mut().remove(&node.hash);
-        NODES.with(|n| n.borrow_mut().insert((self.group.clone(), id), Rc::new(node)));
+        let mut cache = self.cache.borrow_mut();
+        cache.ids.insert(node.hash, id);
+        cache.nodes.insert(id, Rc::new(node));
         Ok(id)
     }
 }
