@@ -39,8 +39,13 @@ SELECT pg_catalog.pg_extension_config_dump('causal.identity_grants', '');
 -- carry authority (membership, schema, rules; resolved authority is cached until it moves), and
 -- how many entries (in node-id order) the reconciliation engine has placed: local commits of
 -- plain data are placed later, in batches (docs/SEMANTICS.md, "Deferred placement").
+-- Each group also has a number, local to this database, that the per-entry and per-row tables
+-- below use in place of the 44-character group id: every index on them leads with the group,
+-- and an integer there makes their keys shorter and their comparisons cheaper.
+CREATE SEQUENCE causal.group_numbers AS integer;
 CREATE TABLE causal.group_defs (
     group_id           text PRIMARY KEY,
+    grp                integer NOT NULL UNIQUE DEFAULT nextval('causal.group_numbers'),
     name               text NOT NULL UNIQUE CHECK (name <> ''),
     hash_algorithm     text NOT NULL CHECK (hash_algorithm IN ('blake3', 'sha-256')),
     entry_count        integer NOT NULL DEFAULT 0,
@@ -63,7 +68,7 @@ CREATE TABLE causal.group_defs (
 -- transaction, and a foreign-key check per row would cost each imported entry several
 -- extra index probes. Like Postgres's own catalogs, their integrity is the code's job.
 CREATE TABLE causal.dag_entries (
-    group_id    text COLLATE "C" NOT NULL,
+    grp         integer NOT NULL,               -- group_defs.grp
     node_id     integer NOT NULL,
     hash        text COLLATE "C" NOT NULL,
     prev        text[] NOT NULL,
@@ -74,9 +79,9 @@ CREATE TABLE causal.dag_entries (
     preds       integer[] NOT NULL,
     clock       integer[] NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (group_id, node_id),
-    UNIQUE (group_id, hash),
-    UNIQUE (group_id, chain, seq)
+    PRIMARY KEY (grp, node_id),
+    UNIQUE (grp, hash),
+    UNIQUE (grp, chain, seq)
 );
 
 -- The reconciliation journal (docs/SEMANTICS.md), one row per entry the engine has placed:
@@ -84,24 +89,24 @@ CREATE TABLE causal.dag_entries (
 -- for a cancellation, and the prior states of the rows it changed, so a late concurrent entry
 -- can rewind it. Entries are immutable; this is what reconciliation rewrites, kept narrow.
 CREATE TABLE causal.journal (
-    group_id    text COLLATE "C" NOT NULL,
+    grp         integer NOT NULL,
     hash        text COLLATE "C" NOT NULL,
     height      integer,
     status      text NOT NULL DEFAULT 'ok',
     reason      text,
     responsible text[],
     undo        jsonb,
-    PRIMARY KEY (group_id, hash)
+    PRIMARY KEY (grp, hash)
 );
-CREATE INDEX journal_order ON causal.journal (group_id, height, decode(hash, 'base64'));
+CREATE INDEX journal_order ON causal.journal (grp, height, decode(hash, 'base64'));
 
 -- Metadata tags per entry, for the filtered cover searches: 'key' or 'key=value'.
 CREATE TABLE causal.dag_entry_tags (
-    group_id text COLLATE "C" NOT NULL,
+    grp      integer NOT NULL,
     tag      text COLLATE "C" NOT NULL,
     chain    integer NOT NULL,
     seq      integer NOT NULL,
-    PRIMARY KEY (group_id, tag, chain, seq)
+    PRIMARY KEY (grp, tag, chain, seq)
 );
 
 -- Tables replicated in a group, with their recorded schema.
@@ -116,6 +121,7 @@ CREATE TABLE causal.replicated_tables (
 REVOKE ALL ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.journal, causal.replicated_tables FROM PUBLIC;
 GRANT SELECT ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.journal, causal.replicated_tables TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('causal.group_defs', '');
+SELECT pg_catalog.pg_extension_config_dump('causal.group_numbers', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.dag_entries', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.dag_entry_tags', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.journal', '');
@@ -135,12 +141,12 @@ CREATE TABLE causal.table_rules (
 -- tombstone keeps `meta.d` and empty values). Keys are the canonical JSON arrays of the
 -- primary-key values. The user tables hold the same rows; replay writes both.
 CREATE TABLE causal.row_meta (
-    group_id   text COLLATE "C" NOT NULL,
+    grp        integer NOT NULL,
     table_name text COLLATE "C" NOT NULL,
     key        text COLLATE "C" NOT NULL,
     vals       jsonb NOT NULL,
     meta       jsonb NOT NULL,
-    PRIMARY KEY (group_id, table_name, key)
+    PRIMARY KEY (grp, table_name, key)
 );
 -- Rows are also looked up by the columns of UNIQUE constraints and foreign keys: each such
 -- set gets a partial expression index per group and table when the schema is recorded

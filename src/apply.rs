@@ -183,7 +183,8 @@ pub fn local_schema_by_name(group_id: &str, table: &str) -> Result<TableSchema, 
 pub fn fill_default(group_id: &str, table: &str, column: &str, value: &Value) -> Result<(), CausalError> {
     Spi::run_with_args(
         "UPDATE causal.row_meta SET vals = vals || jsonb_build_object($3::text, $4::jsonb) \
-         WHERE group_id = $1 AND table_name = $2 AND NOT meta ? 'd' AND NOT vals ? $3",
+         WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND table_name = $2 \
+         AND NOT meta ? 'd' AND NOT vals ? $3",
         &[group_id.into(), table.into(), column.into(), pgrx::JsonB(value.clone()).into()],
     )?;
     Ok(())

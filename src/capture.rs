@@ -573,7 +573,7 @@ mod tests {
         // One batch places all three.
         assert_eq!(count("SELECT causal.catch_up('shop')"), 3);
         assert_eq!(count(unplaced), 0);
-        assert_eq!(count("SELECT count(*) FROM causal.journal j JOIN causal.group_defs g USING (group_id) WHERE g.name = 'shop' AND status = 'ok'"), 5);
+        assert_eq!(count("SELECT count(*) FROM causal.journal j JOIN causal.group_defs g USING (grp) WHERE g.name = 'shop' AND status = 'ok'"), 5);
         assert_eq!(Spi::get_one::<String>(view).unwrap().unwrap(), "A:2.00,C:-");
         assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE table_name = 'products' AND NOT meta ? 'd'"), 2);
         assert_eq!(count("SELECT causal.catch_up()"), 0);

@@ -171,8 +171,8 @@ fn known_keys(group_id: &str, entries: &[Entry]) -> Result<HashMap<KeyId, Public
     let mut keys = HashMap::new();
     let stored: Vec<Option<String>> = crate::spi_util::run_prepared(
         "SELECT DISTINCT e.payload FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
-         ON e.group_id = t.group_id AND e.chain = t.chain AND e.seq = t.seq \
-         WHERE t.group_id = $1 AND t.tag = 'member'",
+         ON e.grp = t.grp AND e.chain = t.chain AND e.seq = t.seq \
+         WHERE t.grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND t.tag = 'member'",
         &[group_id.into()],
         false,
         |rows| rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>(),
@@ -274,10 +274,7 @@ fn adopt_group(group_id: &str, alg: HashAlgorithm, entries: &[Entry]) -> Result<
     if get_opt::<bool>("SELECT true FROM causal.group_defs WHERE name = $1", &[g.name.clone().into()])?.is_some() {
         return Err(CausalError::DuplicateGroup(g.name));
     }
-    Spi::run_with_args(
-        "INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ($1, $2, $3)",
-        &[group_id.into(), g.name.into(), alg.name().into()],
-    )?;
+    crate::group::insert_group(group_id, &g.name, alg)?;
     let group = Group::find(group_id)?;
     let mut e = genesis.clone();
     e.meta = derive_meta(&payload);
@@ -442,8 +439,8 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
             // records took two thirds of this step's time (440 -> 220 ms at 100k entries), and
             // autovacuum gathers those columns' statistics later.
             Spi::run(
-                "ANALYZE causal.dag_entries (group_id, node_id, hash, chain, seq), causal.dag_entry_tags, \
-                 causal.journal (group_id, hash, height, status), causal.row_meta",
+                "ANALYZE causal.dag_entries (grp, node_id, hash, chain, seq), causal.dag_entry_tags, \
+                 causal.journal (grp, hash, height, status), causal.row_meta",
             )?;
         }
     }

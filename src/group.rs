@@ -28,6 +28,9 @@ pub fn clear_cache() {
 #[derive(Clone)]
 pub struct Group {
     pub id: String,
+    /// The group's number in this database (`group_defs.grp`), which the per-entry and
+    /// per-row catalog tables use in place of the id.
+    pub num: i32,
     pub algorithm: HashAlgorithm,
 }
 
@@ -38,26 +41,40 @@ impl Group {
             return Ok(g);
         }
         let row = run_prepared(
-            "SELECT group_id, hash_algorithm FROM causal.group_defs WHERE name = $1 OR group_id = $1",
+            "SELECT group_id, hash_algorithm, grp FROM causal.group_defs WHERE name = $1 OR group_id = $1",
             &[name_or_id.into()],
             false,
             |mut rows| match rows.next() {
                 None => Ok(None),
-                Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<String>(2)?))),
+                Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<String>(2)?, r.get::<i32>(3)?))),
             },
         )?;
-        let Some((Some(id), Some(alg))) = row else {
+        let Some((Some(id), Some(alg), Some(num))) = row else {
             return Err(CausalError::UnknownGroup(name_or_id.chars().take(80).collect()));
         };
         let algorithm = HashAlgorithm::parse(&alg).map_err(|e| CausalError::Corrupt(e.to_string()))?;
-        let group = Group { id, algorithm };
+        let group = Group { id, num, algorithm };
         FOUND.with(|f| f.borrow_mut().insert(name_or_id.to_string(), group.clone()));
         Ok(group)
     }
 
     pub fn dag(&self) -> Dag<SpiStore> {
-        Dag::new(SpiStore::new(&self.id), self.algorithm)
+        Dag::new(SpiStore::new(&self.id, self.num), self.algorithm)
     }
+}
+
+/// Adds a group's row and returns the number it got.
+pub fn insert_group(id: &str, name: &str, algorithm: HashAlgorithm) -> Result<i32, CausalError> {
+    run_prepared(
+        "INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ($1, $2, $3) RETURNING grp",
+        &[id.into(), name.into(), algorithm.name().into()],
+        true,
+        |mut rows| match rows.next() {
+            Some(r) => r.get::<i32>(1),
+            None => Ok(None),
+        },
+    )?
+    .ok_or_else(|| CausalError::Corrupt(format!("group {id} got no number")))
 }
 
 fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
@@ -78,12 +95,9 @@ fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
     let payload = SignedPayload::sign_genesis(&author.keypair, genesis)?;
     let entry = Entry::new(algorithm, payload.to_value(), Position::new(), derive_meta(&payload))?;
     let id = entry.hash.to_b64();
-    Spi::run_with_args(
-        "INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ($1, $2, $3)",
-        &[id.clone().into(), name.into(), algorithm.name().into()],
-    )?;
+    let num = insert_group(&id, name, algorithm)?;
     let hash = entry.hash;
-    let group = Group { id: id.clone(), algorithm };
+    let group = Group { id: id.clone(), num, algorithm };
     let mut dag = group.dag();
     dag.insert(entry)?;
     crate::replay::reconcile_local(&group, dag, (hash, Position::new(), payload))?;

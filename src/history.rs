@@ -62,10 +62,10 @@ fn log(
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT e.hash, e.prev, e.payload, coalesce(j.status, 'ok'), j.reason FROM causal.dag_entries e \
-             LEFT JOIN causal.journal j ON j.group_id = e.group_id AND j.hash = e.hash \
-             WHERE e.group_id = $1 ORDER BY e.node_id DESC LIMIT $2",
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.hash = e.hash \
+             WHERE e.grp = $1 ORDER BY e.node_id DESC LIMIT $2",
             None,
-            &[group.id.clone().into(), max_entries.max(0).into()],
+            &[group.num.into(), max_entries.max(0).into()],
         )?;
         for r in rows {
             let payload = r.get::<String>(3)?.unwrap_or_default();
@@ -97,9 +97,9 @@ fn entry(hash: &str) -> Option<JsonB> {
     let f = "causal.entry";
     let row = Spi::connect(|client| {
         let mut rows = client.select(
-            "SELECT e.group_id, e.prev, e.payload, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
-             FROM causal.dag_entries e JOIN causal.group_defs g USING (group_id) \
-             LEFT JOIN causal.journal j ON j.group_id = e.group_id AND j.hash = e.hash WHERE e.hash = $1",
+            "SELECT g.group_id, e.prev, e.payload, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
+             FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.hash = e.hash WHERE e.hash = $1",
             Some(1),
             &[hash.into()],
         )?;
@@ -187,9 +187,9 @@ fn verify(grp: &str) -> bool {
     let mut rows = Vec::new();
     Spi::connect(|client| {
         let table = client.select(
-            "SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 ORDER BY node_id",
+            "SELECT hash, prev, payload FROM causal.dag_entries WHERE grp = $1 ORDER BY node_id",
             None,
-            &[group.id.clone().into()],
+            &[group.num.into()],
         )?;
         for r in table {
             rows.push((

@@ -141,8 +141,8 @@ fn members(
     let group = Group::find(grp).or_report(f);
     let keys = Spi::get_one_with_args::<Vec<String>>(
         "SELECT coalesce(array_agg(DISTINCT substr(tag, 8)), '{}') FROM causal.dag_entry_tags \
-         WHERE group_id = $1 AND tag LIKE 'member=%'",
-        &[group.id.clone().into()],
+         WHERE grp = $1 AND tag LIKE 'member=%'",
+        &[group.num.into()],
     )
     .map_err(CausalError::from)
     .or_report(f)

@@ -56,10 +56,11 @@ pub fn ensure_lookup_indexes(group_id: &str, schema: &TableSchema) -> Result<(),
     for cols in sets {
         let exprs: Vec<String> = cols.iter().map(|c| format!("(vals -> {})", sql_literal(c))).collect();
         let name = lookup_index_name(group_id, &schema.table, &cols);
+        let num = crate::spi_util::get_opt::<i32>("SELECT grp FROM causal.group_defs WHERE group_id = $1", &[group_id.into()])?
+            .ok_or_else(|| CausalError::UnknownGroup(group_id.to_string()))?;
         pgrx::Spi::run(&format!(
-            "CREATE INDEX IF NOT EXISTS {name} ON causal.row_meta ({}) WHERE group_id = {} AND table_name = {}",
+            "CREATE INDEX IF NOT EXISTS {name} ON causal.row_meta ({}) WHERE grp = {num} AND table_name = {}",
             exprs.join(", "),
-            sql_literal(group_id),
             sql_literal(&schema.table)
         ))?;
     }
@@ -81,6 +82,8 @@ fn store_err(e: impl std::fmt::Display) -> ReconcileError {
 /// A group's replica state in the catalog.
 pub struct SpiReplica {
     group: String,
+    /// The group's number (`group_defs.grp`), which keys its rows.
+    num: i32,
     dag: Dag<SpiStore>,
     /// Entries written locally in this transaction: their rows are already in the tables.
     local: Vec<Hash>,
@@ -199,7 +202,7 @@ pub fn violated_check(schema: &TableSchema, row: &Map<String, Value>) -> Result<
 
 impl SpiReplica {
     pub fn new(group: &Group) -> SpiReplica {
-        SpiReplica { group: group.id.clone(), dag: group.dag(), local: Vec::new() }
+        SpiReplica { group: group.id.clone(), num: group.num, dag: group.dag(), local: Vec::new() }
     }
 
     /// Writes the rows of a run into the user tables: live rows are upserted, the others
@@ -318,8 +321,8 @@ impl ReplicaStore for SpiReplica {
 
     fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
         let rows = run_prepared(
-            "SELECT hash, height, status, reason, responsible, undo FROM causal.journal WHERE group_id = $1 AND hash = $2",
-            &[self.group.clone().into(), h.to_b64().into()],
+            "SELECT hash, height, status, reason, responsible, undo FROM causal.journal WHERE grp = $1 AND hash = $2",
+            &[self.num.into(), h.to_b64().into()],
             false,
             read_journal,
         )
@@ -333,10 +336,10 @@ impl ReplicaStore for SpiReplica {
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError> {
         let rows = run_prepared(
             "SELECT hash, height, status, reason, responsible, undo FROM causal.journal \
-             WHERE group_id = $1 AND height IS NOT NULL AND (height, decode(hash, 'base64')) >= ($2, $3) \
+             WHERE grp = $1 AND height IS NOT NULL AND (height, decode(hash, 'base64')) >= ($2, $3) \
              ORDER BY height, decode(hash, 'base64')",
             &[
-                self.group.clone().into(),
+                self.num.into(),
                 i32::try_from(from.height).unwrap_or(i32::MAX).into(),
                 from.hash.as_bytes().as_slice().into(),
             ],
@@ -356,9 +359,9 @@ impl ReplicaStore for SpiReplica {
     fn authority_entries(&self) -> Result<Vec<Hash>, ReconcileError> {
         let hashes = run_prepared(
             "SELECT DISTINCT e.hash FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
-             ON e.group_id = t.group_id AND e.chain = t.chain AND e.seq = t.seq \
-             WHERE t.group_id = $1 AND t.tag IN ('member', 'schema', 'rule')",
-            &[self.group.clone().into()],
+             ON e.grp = t.grp AND e.chain = t.chain AND e.seq = t.seq \
+             WHERE t.grp = $1 AND t.tag IN ('member', 'schema', 'rule')",
+            &[self.num.into()],
             false,
             |rows| rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>(),
         )
@@ -380,8 +383,8 @@ impl ReplicaStore for SpiReplica {
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
                 let rows = run_prepared(
-                    "SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND key = $3",
-                    &[self.group.clone().into(), table.into(), k.clone().into()],
+                    "SELECT key, vals, meta FROM causal.row_meta WHERE grp = $1 AND table_name = $2 AND key = $3",
+                    &[self.num.into(), table.into(), k.clone().into()],
                     false,
                     read_rows,
                 )
@@ -392,8 +395,8 @@ impl ReplicaStore for SpiReplica {
         }
         let rows = run_prepared(
             "SELECT m.key, m.vals, m.meta FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL \
-             (SELECT key, vals, meta FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND key = k.key OFFSET 0) m",
-            &[self.group.clone().into(), table.into(), keys.to_vec().into()],
+             (SELECT key, vals, meta FROM causal.row_meta WHERE grp = $1 AND table_name = $2 AND key = k.key OFFSET 0) m",
+            &[self.num.into(), table.into(), keys.to_vec().into()],
             false,
             read_rows,
         )
@@ -405,8 +408,8 @@ impl ReplicaStore for SpiReplica {
         // Group and table are literals, so the plan can use the partial index that
         // `ensure_lookup_indexes` made for these columns.
         let mut sql = format!(
-            "SELECT key, vals, meta FROM causal.row_meta WHERE group_id = {} AND table_name = {} AND NOT meta ? 'd'",
-            sql_literal(&self.group),
+            "SELECT key, vals, meta FROM causal.row_meta WHERE grp = {} AND table_name = {} AND NOT meta ? 'd'",
+            self.num,
             sql_literal(table)
         );
         for (i, (c, _)) in equal.iter().enumerate() {
@@ -441,23 +444,23 @@ impl ReplicaStore for SpiReplica {
         }
         if !first.hashes.is_empty() {
             exec_prepared(
-                "INSERT INTO causal.journal (group_id, hash, height, status, reason, responsible, undo) \
+                "INSERT INTO causal.journal (grp, hash, height, status, reason, responsible, undo) \
                  SELECT $1, h, o, s, r, string_to_array(p, ' '), u::jsonb \
                  FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(h, o, s, r, p, u)",
-                &first.into_args(&self.group),
+                &first.into_args(self.num),
             )
             .map_err(store_err)?;
         }
         if !again.hashes.is_empty() {
             // A record without a height only changes a verdict: the row keeps its order and undo.
             exec_prepared(
-                "INSERT INTO causal.journal AS j (group_id, hash, height, status, reason, responsible, undo) \
+                "INSERT INTO causal.journal AS j (grp, hash, height, status, reason, responsible, undo) \
                  SELECT $1, h, o, s, r, string_to_array(p, ' '), u::jsonb \
                  FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(h, o, s, r, p, u) \
-                 ON CONFLICT (group_id, hash) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
+                 ON CONFLICT (grp, hash) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
                  status = EXCLUDED.status, reason = EXCLUDED.reason, responsible = EXCLUDED.responsible, \
                  undo = CASE WHEN EXCLUDED.height IS NULL THEN j.undo ELSE EXCLUDED.undo END",
-                &again.into_args(&self.group),
+                &again.into_args(self.num),
             )
             .map_err(store_err)?;
         }
@@ -488,26 +491,26 @@ impl ReplicaStore for SpiReplica {
             // `key = ANY($3)` lets the planner reach each row by its index.
             exec_prepared(
                 "DELETE FROM causal.row_meta m USING unnest($2::text[], $3::text[]) AS x(t, k) \
-                 WHERE m.group_id = $1 AND m.key = ANY($3) AND m.table_name = x.t AND m.key = x.k",
-                &[self.group.clone().into(), del_t.into(), del_k.into()],
+                 WHERE m.grp = $1 AND m.key = ANY($3) AND m.table_name = x.t AND m.key = x.k",
+                &[self.num.into(), del_t.into(), del_k.into()],
             )
             .map_err(store_err)?;
         }
         const ROWS: &str = "SELECT $1, t, k, v::jsonb, m::jsonb FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m)";
         if !new.keys.is_empty() {
             exec_prepared(
-                &format!("INSERT INTO causal.row_meta (group_id, table_name, key, vals, meta) {ROWS}"),
-                &new.into_args(&self.group),
+                &format!("INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) {ROWS}"),
+                &new.into_args(self.num),
             )
             .map_err(store_err)?;
         }
         if !stored.keys.is_empty() {
             exec_prepared(
                 &format!(
-                    "INSERT INTO causal.row_meta (group_id, table_name, key, vals, meta) {ROWS} \
-                     ON CONFLICT (group_id, table_name, key) DO UPDATE SET vals = EXCLUDED.vals, meta = EXCLUDED.meta"
+                    "INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) {ROWS} \
+                     ON CONFLICT (grp, table_name, key) DO UPDATE SET vals = EXCLUDED.vals, meta = EXCLUDED.meta"
                 ),
-                &stored.into_args(&self.group),
+                &stored.into_args(self.num),
             )
             .map_err(store_err)?;
         }
@@ -543,7 +546,7 @@ impl JournalBatch {
         });
     }
 
-    fn into_args(self, group: &str) -> [pgrx::datum::DatumWithOid<'static>; 7] {
+    fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 7] {
         [
             group.into(),
             self.hashes.into(),
@@ -566,7 +569,7 @@ struct RowBatch<'c> {
 }
 
 impl RowBatch<'_> {
-    fn into_args(self, group: &str) -> [pgrx::datum::DatumWithOid<'static>; 5] {
+    fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 5] {
         [group.into(), self.tables.into(), self.keys.into(), self.values.into(), self.metas.into()]
     }
 }
@@ -614,7 +617,8 @@ pub fn reconcile_imported(group: &Group, new: Vec<reconcile::NewEntry>) -> Resul
 /// node-id order (predecessors first): local commits the engine has not placed yet.
 pub fn unplaced_entries(group: &str, from: u32, to: u32) -> Result<Vec<reconcile::NewEntry>, CausalError> {
     let rows = run_prepared(
-        "SELECT hash, prev, payload FROM causal.dag_entries WHERE group_id = $1 AND node_id >= $2 AND node_id < $3 \
+        "SELECT hash, prev, payload FROM causal.dag_entries \
+         WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND node_id >= $2 AND node_id < $3 \
          ORDER BY node_id",
         &[group.into(), i32::try_from(from).unwrap_or(i32::MAX).into(), i32::try_from(to).unwrap_or(i32::MAX).into()],
         false,
@@ -669,7 +673,7 @@ pub fn catch_up_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize,
     if start >= end {
         return Ok(0);
     }
-    let mut replica = SpiReplica { group: group.id.clone(), dag, local: Vec::new() };
+    let mut replica = SpiReplica { group: group.id.clone(), num: group.num, dag, local: Vec::new() };
     let placed_to = place_backlog(&mut replica, start, end, max_rows)?;
     Ok((placed_to - start) as usize)
 }
@@ -794,7 +798,7 @@ pub fn reconcile_local(
     };
     new.push(entry);
     let local = new.iter().map(|e| e.0).collect();
-    let mut replica = SpiReplica { group: group.id.clone(), dag, local };
+    let mut replica = SpiReplica { group: group.id.clone(), num: group.num, dag, local };
     run_engine(&mut replica, state.entry_count, |r| {
         let changes = reconcile::plan_decoded(r, new).map_err(engine_err)?;
         match changes.journal.iter().find(|(h, j)| *h == hash && !j.verdict.is_ok()) {
@@ -814,7 +818,7 @@ pub fn place_long_backlog(group: &Group, dag: Dag<SpiStore>) -> Result<Dag<SpiSt
     if state.entry_count.saturating_sub(state.reconciled_count) <= SMALL_BACKLOG {
         return Ok(dag);
     }
-    let mut replica = SpiReplica { group: group.id.clone(), dag, local: Vec::new() };
+    let mut replica = SpiReplica { group: group.id.clone(), num: group.num, dag, local: Vec::new() };
     place_backlog(&mut replica, state.reconciled_count, state.entry_count, None)?;
     Ok(replica.dag)
 }

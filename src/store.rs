@@ -58,6 +58,8 @@ pub struct GroupState {
 /// One group's DAG, stored in the catalog.
 pub struct SpiStore {
     group: String,
+    /// The group's number (`group_defs.grp`), which keys its rows.
+    num: i32,
     cache: Rc<RefCell<NodeCache>>,
     state: RefCell<Option<GroupState>>,
     entries: RefCell<HashMap<NodeId, Rc<Entry>>>,
@@ -132,10 +134,11 @@ const STATE_LOCK_SQL: &str = "SELECT entry_count, chain_lens, frontier, authorit
      FROM causal.group_defs WHERE group_id = $1 FOR UPDATE";
 
 impl SpiStore {
-    pub fn new(group: &str) -> SpiStore {
+    pub fn new(group: &str, num: i32) -> SpiStore {
         let cache = CACHES.with(|c| Rc::clone(c.borrow_mut().entry(group.to_string()).or_default()));
         SpiStore {
             group: group.to_string(),
+            num,
             cache,
             state: RefCell::new(None),
             entries: RefCell::default(),
@@ -195,8 +198,8 @@ impl SpiStore {
         let found = run_prepared(
             // One index lookup per hash (see `entries_by_hash` in sync.rs for why not ANY).
             "SELECT e.hash, e.node_id FROM unnest($2::text[]) AS h(hash) CROSS JOIN LATERAL \
-             (SELECT hash, node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = h.hash OFFSET 0) e",
-            &[self.group.clone().into(), texts.into()],
+             (SELECT hash, node_id FROM causal.dag_entries WHERE grp = $1 AND hash = h.hash OFFSET 0) e",
+            &[self.num.into(), texts.into()],
             false,
             |rows| rows.map(|r| Ok((r.get::<String>(1)?, r.get::<i32>(2)?))).collect::<Result<Vec<_>, spi::Error>>(),
         )
@@ -219,10 +222,10 @@ impl SpiStore {
         if p.node_id.len() == 1 {
             // One entry (a local commit): plain parameters, not ten one-element arrays.
             exec_prepared(
-                "INSERT INTO causal.dag_entries (group_id, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
+                "INSERT INTO causal.dag_entries (grp, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
                  VALUES ($1, $2, $3, string_to_array($4, ' '), $5, $6, $7, $8, $9::int[], $10::int[])",
                 &[
-                    self.group.clone().into(),
+                    self.num.into(),
                     p.node_id[0].into(),
                     p.hash[0].clone().into(),
                     p.prev[0].clone().into(),
@@ -237,12 +240,12 @@ impl SpiStore {
             .map_err(backend)?;
         } else if !p.node_id.is_empty() {
             exec_prepared(
-                "INSERT INTO causal.dag_entries (group_id, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
+                "INSERT INTO causal.dag_entries (grp, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
                  SELECT $1, i, h, string_to_array(p, ' '), d, ph, c, s, r::int[], k::int[] \
                  FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $10::text[], $6::int[], $7::int[], $8::text[], $9::text[]) \
                  AS x(i, h, p, d, ph, c, s, r, k)",
                 &[
-                    self.group.clone().into(),
+                    self.num.into(),
                     p.node_id.into(),
                     p.hash.into(),
                     p.prev.into(),
@@ -258,9 +261,9 @@ impl SpiStore {
         }
         if !p.tag.is_empty() {
             exec_prepared(
-                "INSERT INTO causal.dag_entry_tags (group_id, tag, chain, seq) \
+                "INSERT INTO causal.dag_entry_tags (grp, tag, chain, seq) \
                  SELECT $1, t, c, s FROM unnest($2::text[], $3::int[], $4::int[]) AS x(t, c, s)",
-                &[self.group.clone().into(), p.tag.into(), p.tag_chain.into(), p.tag_seq.into()],
+                &[self.num.into(), p.tag.into(), p.tag_chain.into(), p.tag_seq.into()],
             )
             .map_err(backend)?;
         }
@@ -347,8 +350,8 @@ impl DagStore for SpiStore {
             return Ok(None);
         }
         let id = get_prepared::<i32>(
-            "SELECT node_id FROM causal.dag_entries WHERE group_id = $1 AND hash = $2",
-            &[self.group.clone().into(), hash.to_b64().into()],
+            "SELECT node_id FROM causal.dag_entries WHERE grp = $1 AND hash = $2",
+            &[self.num.into(), hash.to_b64().into()],
         )
         .map_err(backend)?
         .map(to_u32)
@@ -364,8 +367,8 @@ impl DagStore for SpiStore {
             return Ok(n);
         }
         let row = run_prepared(
-            "SELECT hash, chain, seq, preds, clock FROM causal.dag_entries WHERE group_id = $1 AND node_id = $2",
-            &[self.group.clone().into(), to_i32(id)?.into()],
+            "SELECT hash, chain, seq, preds, clock FROM causal.dag_entries WHERE grp = $1 AND node_id = $2",
+            &[self.num.into(), to_i32(id)?.into()],
             false,
             |mut rows| match rows.next() {
                 None => Ok(None),
@@ -407,9 +410,9 @@ impl DagStore for SpiStore {
         }
         let row = run_prepared(
             "SELECT hash, prev, payload, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
-               WHERE t.group_id = e.group_id AND t.chain = e.chain AND t.seq = e.seq), '{}'), payload_hash \
-             FROM causal.dag_entries e WHERE group_id = $1 AND node_id = $2",
-            &[self.group.clone().into(), to_i32(id)?.into()],
+               WHERE t.grp = e.grp AND t.chain = e.chain AND t.seq = e.seq), '{}'), payload_hash \
+             FROM causal.dag_entries e WHERE grp = $1 AND node_id = $2",
+            &[self.num.into(), to_i32(id)?.into()],
             false,
             |mut rows| match rows.next() {
                 None => Ok(None),
@@ -460,8 +463,8 @@ impl DagStore for SpiStore {
     fn chain_member(&self, chain: ChainId, seq: Seq) -> Result<NodeId, StoreError> {
         self.flush()?;
         get_prepared::<i32>(
-            "SELECT node_id FROM causal.dag_entries WHERE group_id = $1 AND chain = $2 AND seq = $3",
-            &[self.group.clone().into(), to_i32(chain)?.into(), to_i32(seq)?.into()],
+            "SELECT node_id FROM causal.dag_entries WHERE grp = $1 AND chain = $2 AND seq = $3",
+            &[self.num.into(), to_i32(chain)?.into(), to_i32(seq)?.into()],
         )
         .map_err(backend)?
         .map(to_u32)
@@ -472,8 +475,8 @@ impl DagStore for SpiStore {
     fn latest_tagged(&self, tag: &MetaTag, chain: ChainId, lo: Seq, hi: Seq) -> Result<Option<Seq>, StoreError> {
         self.flush()?;
         get_prepared::<i32>(
-            "SELECT max(seq) FROM causal.dag_entry_tags WHERE group_id = $1 AND tag = $2 AND chain = $3 AND seq BETWEEN $4 AND $5",
-            &[self.group.clone().into(), tag_text(tag).into(), to_i32(chain)?.into(), to_i32(lo)?.into(), to_i32(hi)?.into()],
+            "SELECT max(seq) FROM causal.dag_entry_tags WHERE grp = $1 AND tag = $2 AND chain = $3 AND seq BETWEEN $4 AND $5",
+            &[self.num.into(), tag_text(tag).into(), to_i32(chain)?.into(), to_i32(lo)?.into(), to_i32(hi)?.into()],
         )
         .map_err(backend)?
         .map(to_u32)
@@ -563,7 +566,8 @@ mod tests {
             .unwrap();
         let alg = HashAlgorithm::Sha256;
         let mut mem = Dag::new(MemStore::new(), alg);
-        let mut spi = Dag::new(SpiStore::new("g"), alg);
+        let num = Spi::get_one::<i32>("SELECT grp FROM causal.group_defs WHERE group_id = 'g'").unwrap().unwrap();
+        let mut spi = Dag::new(SpiStore::new("g", num), alg);
         let mut state: u64 = 0x9e3779b97f4a7c15;
         let mut rand = move |n: usize| {
             state ^= state << 13;
@@ -605,7 +609,7 @@ mod tests {
             );
         }
         // A fresh store (no cache) reads back the same entries.
-        let fresh = Dag::new(SpiStore::new("g"), alg);
+        let fresh = Dag::new(SpiStore::new("g", num), alg);
         for h in hashes.iter().step_by(17) {
             assert_eq!(mem.entry(h).unwrap(), fresh.entry(h).unwrap());
         }

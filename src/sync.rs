@@ -152,9 +152,10 @@ fn entries_by_hash(
         // statistics scanned the whole group instead. `OFFSET 0` keeps the LATERAL subquery a
         // per-row probe; without it the subquery is pulled up into a join, which such a plan
         // can run as a scan too.
-        "SELECT e.hash, e.prev, e.payload_hash, CASE WHEN $3 THEN e.payload END FROM unnest($2::text[]) AS h(hash) \
+        "SELECT e.hash, e.prev, e.payload_hash, CASE WHEN $3 THEN e.payload END \
+         FROM (SELECT grp FROM causal.group_defs WHERE group_id = $1) g CROSS JOIN unnest($2::text[]) AS h(hash) \
          CROSS JOIN LATERAL (SELECT hash, prev, payload_hash, payload FROM causal.dag_entries \
-         WHERE group_id = $1 AND hash = h.hash OFFSET 0) e",
+         WHERE grp = g.grp AND hash = h.hash OFFSET 0) e",
         &[group_id.into(), hashes.to_vec().into(), with_payloads.into()],
         false,
         |rows| {

@@ -21,8 +21,9 @@ type EntryRow = (String, String, Option<String>, Option<Vec<String>>, Option<i32
 fn entry_row(hash: &str) -> Result<Option<EntryRow>, CausalError> {
     Ok(Spi::connect(|client| {
         let mut rows = client.select(
-            "SELECT e.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, e.payload \
-             FROM causal.dag_entries e LEFT JOIN causal.journal j ON j.group_id = e.group_id AND j.hash = e.hash \
+            "SELECT g.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, e.payload \
+             FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.hash = e.hash \
              WHERE e.hash = $1",
             Some(1),
             &[hash.into()],
@@ -120,9 +121,9 @@ fn snapshot_rows(
     // Replay the history of `from` in memory with the same engine, then fold `at`'s history.
     let hashes: Vec<String> = Spi::connect(|client| {
         let rows = client.select(
-            "SELECT hash FROM causal.dag_entries WHERE group_id = $1 ORDER BY node_id",
+            "SELECT hash FROM causal.dag_entries WHERE grp = $1 ORDER BY node_id",
             None,
-            &[group.id.clone().into()],
+            &[group.num.into()],
         )?;
         rows.map(|r| r.get::<String>(1).map(Option::unwrap_or_default)).collect::<Result<Vec<_>, _>>()
     })?;
@@ -148,7 +149,8 @@ fn snapshot_rows(
 fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError> {
     let rows: Vec<(String, Map<String, Value>)> = Spi::connect(|client| {
         let rows = client.select(
-            "SELECT key, vals FROM causal.row_meta WHERE group_id = $1 AND table_name = $2 AND NOT meta ? 'd' \
+            "SELECT key, vals FROM causal.row_meta \
+             WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND table_name = $2 AND NOT meta ? 'd' \
              ORDER BY key COLLATE \"C\"",
             None,
             &[group_id.into(), table.into()],
