@@ -219,6 +219,16 @@ fn _sync_headers(
     TableIterator::new(rows)
 }
 
+/// The hashes among `hashes_asked` that the group's DAG holds (the sync worker asks before it
+/// walks back from hashes a peer announced).
+#[pg_extern(stable)]
+fn _sync_stored(grp: &str, hashes_asked: Vec<String>) -> Vec<String> {
+    let f = "causal._sync_stored";
+    let group = Group::find(grp).or_report(f);
+    let found = entries_by_hash(&group.id, &hashes_asked, false).or_report(f);
+    hashes_asked.into_iter().filter(|h| found.contains_key(h)).collect()
+}
+
 /// Serves a peer's payload request: the payloads (JSON text) of the entries found.
 #[pg_extern(stable)]
 fn _sync_payloads(

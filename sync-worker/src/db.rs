@@ -167,6 +167,15 @@ impl Db {
         Ok((headers, complete, payloads))
     }
 
+    /// Which of `hashes` the group's DAG holds (`causal._sync_stored`).
+    pub async fn stored(&self, group: &str, hashes: &[String]) -> Result<Vec<String>, DbError> {
+        let rows = self.client.query("SELECT causal._sync_stored($1, $2)", &[&group, &hashes]).await?;
+        match rows.first() {
+            Some(r) => Ok(r.try_get::<_, Option<Vec<String>>>(0)?.unwrap_or_default()),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Serves a payload request (`causal._sync_payloads`).
     pub async fn read_payloads(&self, group: &str, hashes: &[String]) -> Result<Vec<(String, Value)>, DbError> {
         let rows =

@@ -77,6 +77,7 @@ fn now_ms() -> u64 {
 enum Read {
     Serve(Serve<PeerId>),
     Frontier { group: String },
+    Stored { group: String, hashes: Vec<String> },
 }
 
 enum DbResult {
@@ -98,6 +99,11 @@ enum DbResult {
         group: String,
         hash_algorithm: String,
         frontier: Vec<String>,
+    },
+    Stored {
+        group: String,
+        asked: Vec<String>,
+        stored: Vec<String>,
     },
     Imported {
         group: String,
@@ -281,6 +287,12 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                         session.import_failed(&group, now_ms());
                     }
                 }
+                Action::CheckStored { group, hashes } => {
+                    if reads_tx.try_send(Read::Stored { group: group.clone(), hashes: hashes.clone() }).is_err() {
+                        tracing::warn!("database reads queue full ({}); walking without checking", queues::DATABASE_READS);
+                        session.stored_checked(&group, hashes, Vec::new(), now_ms());
+                    }
+                }
                 Action::Disconnect { peer, reason, banned_until_ms } => {
                     tracing::warn!(%peer, %reason, banned_for_s = (banned_until_ms.saturating_sub(now_ms())) / 1000, "peer banned");
                     writers.remove(&peer);
@@ -411,6 +423,7 @@ fn on_db_result(result: DbResult, session: &mut Session<PeerId>) {
         DbResult::Frontier { group, hash_algorithm, frontier } => {
             session.local_frontier(&group, &hash_algorithm, &frontier, now)
         }
+        DbResult::Stored { group, asked, stored } => session.stored_checked(&group, asked, stored, now),
         DbResult::Imported { group, hash_algorithm, outcome, entries, took } => {
             let to_fetch = session.group_status().iter().find(|g| g.group == group).map(|g| g.to_fetch).unwrap_or(0);
             tracing::info!(
@@ -456,6 +469,13 @@ async fn serve_reads(db: Db, mut rx: mpsc::Receiver<Read>, tx: mpsc::Sender<DbRe
                         continue;
                     }
                 }
+            }
+            Read::Stored { group, hashes } => {
+                let stored = db.stored(&group, &hashes).await.unwrap_or_else(|e| {
+                    tracing::warn!("checking which announced entries are stored: {e}");
+                    Vec::new()
+                });
+                DbResult::Stored { group, asked: hashes, stored }
             }
             Read::Frontier { group } => match db.group(&group).await {
                 Ok(Some(g)) => DbResult::Frontier { group, hash_algorithm: g.hash_algorithm, frontier: g.frontier },

@@ -96,6 +96,11 @@ pub enum Action<P> {
     Import { group: String, hash_algorithm: String, entries: Vec<Value> },
     /// Close every connection to the peer (it was banned until the given time).
     Disconnect { peer: P, reason: String, banned_until_ms: u64 },
+    /// Find which of `hashes` (from peers' frontiers) the database holds, then report with
+    /// [`Session::stored_checked`]. Until then no header walk starts from them: a peer behind
+    /// us announces entries we have (we saw our frontier pass them) and walking back from
+    /// them would fetch history we hold.
+    CheckStored { group: String, hashes: Vec<String> },
 }
 
 /// How an import went, per entry.
@@ -172,6 +177,10 @@ struct GroupSync<P> {
     fetched: HashMap<String, Fetched<P>>,
     /// Predecessors known to be stored here (learnt from complete walks and imports).
     stored: HashSet<String>,
+    /// Frontier hashes of peers that the database was asked about ([`Action::CheckStored`])
+    /// and does not hold, and those it is being asked about.
+    checked_absent: HashSet<String>,
+    checking: HashSet<String>,
     importing: Option<Vec<String>>,
     last_progress_ms: u64,
     imported_total: u64,
@@ -205,6 +214,8 @@ impl<P> Default for GroupSync<P> {
             last_sent: HashMap::new(),
             fetched: HashMap::new(),
             stored: HashSet::new(),
+            checked_absent: HashSet::new(),
+            checking: HashSet::new(),
             importing: None,
             last_progress_ms: 0,
             imported_total: 0,
@@ -371,6 +382,25 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         }
         if changed {
             self.broadcast_frontier(group, now_ms);
+        }
+        self.work(group, now_ms);
+    }
+
+    /// The answer to [`Action::CheckStored`]: of `asked`, the database holds `stored` (a failed
+    /// check reports none, and walks go ahead as if nothing were held).
+    pub fn stored_checked(&mut self, group: &str, asked: Vec<String>, stored: Vec<String>, now_ms: u64) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        let stored: HashSet<String> = stored.into_iter().collect();
+        // Only peers' current frontiers matter; older answers are dropped, so this stays small.
+        let announced: HashSet<&String> = g.peer_frontiers.values().flatten().collect();
+        g.checked_absent.retain(|h| announced.contains(h));
+        for h in asked {
+            g.checking.remove(&h);
+            if stored.contains(&h) {
+                g.stored.insert(h);
+            } else if announced.contains(&h) {
+                g.checked_absent.insert(h);
+            }
         }
         self.work(group, now_ms);
     }
@@ -980,9 +1010,10 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                 per_peer.entry(source.clone()).or_default().insert(p.clone());
             }
         }
-        let g = &*g;
-        // Then frontier hashes peers announced that we lack.
+        // Then frontier hashes peers announced that we lack. While the database holds the
+        // group, it is asked first about hashes we have not seen (see Action::CheckStored).
         if per_peer.is_empty() {
+            let mut to_check: BTreeSet<String> = BTreeSet::new();
             let mut peers: Vec<&P> = g.peer_frontiers.keys().collect();
             peers.sort();
             for peer in peers {
@@ -991,12 +1022,21 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                     .filter(|h| !g.stored.contains(*h) && !g.fetched.contains_key(*h) && !g.frontier.contains(*h))
                     .cloned()
                     .collect();
-                if !unknown.is_empty() {
-                    per_peer.insert(peer.clone(), unknown);
+                let (absent, unchecked): (BTreeSet<String>, BTreeSet<String>) =
+                    unknown.into_iter().partition(|h| !g.present || g.checked_absent.contains(h));
+                to_check.extend(unchecked.into_iter().filter(|h| !g.checking.contains(h)));
+                if !absent.is_empty() {
+                    per_peer.insert(peer.clone(), absent);
                     break;
                 }
             }
+            if !to_check.is_empty() {
+                let hashes: Vec<String> = to_check.into_iter().take(MAX_HASH_LIST).collect();
+                g.checking.extend(hashes.iter().cloned());
+                self.actions.push_back(Action::CheckStored { group: group.to_string(), hashes });
+            }
         }
+        let Some(g) = self.groups.get(group) else { return };
         let Some((peer, start)) = per_peer.into_iter().find(|(p, _)| self.peers.get(p).is_some_and(|s| s.connected))
         else {
             return;

@@ -32,6 +32,8 @@ struct Net {
     now: u64,
     rng: u64,
     disconnects: Vec<(Id, Id)>,
+    /// Header walks each node served.
+    walks_served: BTreeMap<Id, usize>,
     /// Milliseconds that pass per frame delivered.
     step_ms: u64,
 }
@@ -69,6 +71,7 @@ impl Net {
             now: 1,
             rng: seed | 1,
             disconnects: Vec::new(),
+            walks_served: BTreeMap::new(),
             step_ms: 1,
         };
         (net, dag)
@@ -130,6 +133,7 @@ impl Net {
                     }
                 }
                 Action::Serve(Serve::Headers { peer, group, request_id, start, limits, max, with_payloads }) => {
+                    *self.walks_served.entry(id).or_default() += 1;
                     let dag = node.dag.as_ref().unwrap();
                     let parse = |v: &[String]| v.iter().map(|h| h.parse::<Hash>().unwrap()).collect::<Vec<_>>();
                     let walk = dag.walk_back(&parse(&start), &parse(&limits), max as usize).unwrap();
@@ -168,6 +172,17 @@ impl Net {
                     }
                     outcome.frontier = frontier_of(dag);
                     node.session.imported(&group, outcome, &hash_algorithm, now);
+                }
+                Action::CheckStored { group, hashes } => {
+                    let stored = match node.dag.as_ref() {
+                        Some(dag) => hashes
+                            .iter()
+                            .filter(|h| h.parse::<Hash>().is_ok_and(|h| dag.contains(&h).unwrap_or(false)))
+                            .cloned()
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    node.session.stored_checked(&group, hashes, stored, now);
                 }
                 Action::Disconnect { peer, .. } => {
                     self.disconnects.push((id, peer));
@@ -281,6 +296,32 @@ fn a_late_joiner_fetches_the_whole_group() {
     let status = net.nodes[&2].session.group_status();
     assert_eq!(status[0].imported, 501);
     assert_eq!(status[0].to_fetch, 0);
+}
+
+/// A peer behind us announces entries we hold but never saw as our frontier (many local
+/// commits passed between two looks at it). We ask our database before walking back from
+/// them: the peer serves no header walk, and it still catches up from us. (Found in the 100k
+/// catch-up benchmark: the node ahead walked the whole history back from the one behind, three
+/// times over, as each import moved that one's frontier.)
+#[test]
+fn a_peer_behind_us_is_not_walked_for_history_we_hold() {
+    let (mut net, mut dag) = Net::new(13);
+    extend_chain(&mut dag, 300);
+    // Node 2 holds the genesis and the first 100 entries of node 1's chain.
+    let all = dag.walk_back(&dag.frontier().unwrap().into_iter().collect::<Vec<_>>(), &[], 1000).unwrap().hashes;
+    let mut prefix = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
+    for h in all.iter().rev().take(101) {
+        prefix.insert(dag.entry(h).unwrap().unwrap()).unwrap();
+    }
+    net.add(1, Some(dag));
+    net.add(2, Some(prefix));
+    net.connect(1, 2);
+    net.run();
+    net.assert_converged(&[1, 2]);
+    assert_eq!(net.dag(2).len().unwrap(), 301);
+    assert_eq!(net.walks_served.get(&2).copied().unwrap_or(0), 0, "node 2 served header walks");
+    assert!(net.walks_served.get(&1).copied().unwrap_or(0) > 0);
+    assert!(net.disconnects.is_empty());
 }
 
 /// A node hears a peer's frontier of a group before it wants that group (the announcement
