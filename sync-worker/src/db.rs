@@ -2,7 +2,7 @@
 //! The worker never writes the catalog itself: entries go in through `causal.import`, which
 //! validates them like any bundle, and status goes through `causal._sync_report`.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -63,6 +63,16 @@ pub async fn connect(conninfo: &str, notifications: Option<mpsc::Sender<String>>
 /// may meet an extension of another version).
 fn group_row(r: &tokio_postgres::Row) -> Result<GroupRow, DbError> {
     Ok(GroupRow { group_id: r.try_get(0)?, hash_algorithm: r.try_get(1)?, frontier: r.try_get(2)? })
+}
+
+/// A bundle for `causal.import`, serialized from borrowed entries.
+#[derive(serde::Serialize)]
+struct BundleRef<'a> {
+    format: &'a str,
+    group: &'a str,
+    #[serde(rename = "hashAlgorithm")]
+    hash_algorithm: &'a str,
+    entries: &'a [Value],
 }
 
 fn parse_json(text: &str) -> Option<Value> {
@@ -197,8 +207,10 @@ impl Db {
         entries: Vec<Value>,
     ) -> Result<ImportOutcome, DbError> {
         let hashes: Vec<String> = entries.iter().filter_map(|e| e["hash"].as_str().map(str::to_string)).collect();
-        let bundle = json!({"format": "pg_causal-bundle/1", "group": group, "hashAlgorithm": hash_algorithm, "entries": entries});
+        // Written out directly: `json!` would first convert every entry into a new value.
+        let bundle = BundleRef { format: "pg_causal-bundle/1", group, hash_algorithm, entries: &entries };
         let bytes = serde_json::to_vec(&bundle).map_err(|_| DbError::Unexpected("bundle"))?;
+        drop(entries);
         let row = self.client.query_one("SELECT causal.import($1)::text", &[&bytes]).await?;
         let text: String = row.try_get(0)?;
         let result: Value = serde_json::from_str(&text).map_err(|_| DbError::Unexpected("causal.import"))?;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash as StdHash;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use causal_core::entry::Header;
 use causal_core::HashAlgorithm;
@@ -1165,8 +1165,13 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         let entries: Vec<Value> = ready
             .iter()
             .map(|h| {
+                // Cloned as values (`json!` would convert each through the serializer).
                 let f = &g.fetched[h];
-                json!({"hash": h, "header": f.raw, "payload": f.payload})
+                let mut entry = serde_json::Map::with_capacity(3);
+                entry.insert("hash".into(), Value::String(h.clone()));
+                entry.insert("header".into(), f.raw.clone());
+                entry.insert("payload".into(), f.payload.clone().unwrap_or(Value::Null));
+                Value::Object(entry)
             })
             .collect();
         let alg = g.alg.map(|a| a.name().to_string()).unwrap_or_default();
