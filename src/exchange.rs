@@ -13,8 +13,7 @@ use causal_core::Hash;
 use crate::error::{CausalError, OrReport};
 use crate::group::Group;
 
-/// The bundle format tag.
-pub const BUNDLE_FORMAT: &str = "pg_causal-bundle/1";
+pub use causal_core::BUNDLE_FORMAT;
 
 fn export_bundle(grp: &str, since: Option<Vec<String>>) -> Result<Vec<u8>, CausalError> {
     let group = Group::find(grp)?;

@@ -27,3 +27,8 @@ pub mod schema;
 pub use dag::{Appended, Dag, DagError, DagStore, ForkPosition, MemStore, MetaFilter};
 pub use entry::{Entry, Header, Meta, Position};
 pub use hash::{Hash, HashAlgorithm};
+
+/// The format name of a bundle of entries, as `causal.export` writes and `causal.import` reads
+/// it (the sync worker writes one per import): `{"format", "group", "hashAlgorithm",
+/// "entries": [wire entries, predecessors first]}`.
+pub const BUNDLE_FORMAT: &str = "pg_causal-bundle/1";

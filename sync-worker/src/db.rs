@@ -65,16 +65,6 @@ fn group_row(r: &tokio_postgres::Row) -> Result<GroupRow, DbError> {
     Ok(GroupRow { group_id: r.try_get(0)?, hash_algorithm: r.try_get(1)?, frontier: r.try_get(2)? })
 }
 
-/// A bundle for `causal.import`, serialized from borrowed entries.
-#[derive(serde::Serialize)]
-struct BundleRef<'a> {
-    format: &'a str,
-    group: &'a str,
-    #[serde(rename = "hashAlgorithm")]
-    hash_algorithm: &'a str,
-    entries: &'a [Value],
-}
-
 fn parse_json(text: &str) -> Option<Value> {
     causal_core::json::parse(text).ok()
 }
@@ -200,18 +190,8 @@ impl Db {
 
     /// Imports entries through `causal.import` (one transaction: validation, storage,
     /// reconciliation), and reads the group's frontier after it.
-    pub async fn import(
-        &self,
-        group: &str,
-        hash_algorithm: &str,
-        entries: Vec<Value>,
-    ) -> Result<ImportOutcome, DbError> {
-        let hashes: Vec<String> = entries.iter().filter_map(|e| e["hash"].as_str().map(str::to_string)).collect();
-        // Written out directly: `json!` would first convert every entry into a new value.
-        let bundle = BundleRef { format: "pg_causal-bundle/1", group, hash_algorithm, entries: &entries };
-        let bytes = serde_json::to_vec(&bundle).map_err(|_| DbError::Unexpected("bundle"))?;
-        drop(entries);
-        let row = self.client.query_one("SELECT causal.import($1)::text", &[&bytes]).await?;
+    pub async fn import(&self, group: &str, hashes: Vec<String>, bundle: Vec<u8>) -> Result<ImportOutcome, DbError> {
+        let row = self.client.query_one("SELECT causal.import($1)::text", &[&bundle]).await?;
         let text: String = row.try_get(0)?;
         let result: Value = serde_json::from_str(&text).map_err(|_| DbError::Unexpected("causal.import"))?;
         let rejected: Vec<(String, String)> = result["rejected"]

@@ -161,7 +161,7 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     listener.listen().await?;
     let (results_tx, mut results_rx) = mpsc::channel::<DbResult>(queues::DATABASE_RESULTS);
     let (reads_tx, reads_rx) = mpsc::channel::<Read>(queues::DATABASE_READS);
-    let (imports_tx, imports_rx) = mpsc::channel::<(String, String, Vec<Value>)>(queues::DATABASE_IMPORTS);
+    let (imports_tx, imports_rx) = mpsc::channel::<ImportJob>(queues::DATABASE_IMPORTS);
     tokio::spawn(serve_reads(db::connect(&config.conninfo, None).await?, reads_rx, results_tx.clone()));
     tokio::spawn(run_imports(db::connect(&config.conninfo, None).await?, imports_rx, results_tx.clone()));
     let commits = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -282,8 +282,9 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                         );
                     }
                 }
-                Action::Import { group, hash_algorithm, entries } => {
-                    if imports_tx.try_send((group.clone(), hash_algorithm, entries)).is_err() {
+                Action::Import { group, hash_algorithm, hashes, bundle } => {
+                    let job = ImportJob { group: group.clone(), hash_algorithm, hashes, bundle };
+                    if imports_tx.try_send(job).is_err() {
                         session.import_failed(&group, now_ms());
                     }
                 }
@@ -492,11 +493,19 @@ async fn serve_reads(db: Db, mut rx: mpsc::Receiver<Read>, tx: mpsc::Sender<DbRe
     }
 }
 
-async fn run_imports(db: Db, mut rx: mpsc::Receiver<(String, String, Vec<Value>)>, tx: mpsc::Sender<DbResult>) {
-    while let Some((group, hash_algorithm, entries)) = rx.recv().await {
+/// A bundle to import (see `Action::Import`).
+struct ImportJob {
+    group: String,
+    hash_algorithm: String,
+    hashes: Vec<String>,
+    bundle: Vec<u8>,
+}
+
+async fn run_imports(db: Db, mut rx: mpsc::Receiver<ImportJob>, tx: mpsc::Sender<DbResult>) {
+    while let Some(ImportJob { group, hash_algorithm, hashes, bundle }) = rx.recv().await {
         let started = std::time::Instant::now();
-        let n = entries.len();
-        let result = match db.import(&group, &hash_algorithm, entries).await {
+        let n = hashes.len();
+        let result = match db.import(&group, hashes, bundle).await {
             Ok(outcome) => DbResult::Imported { group, hash_algorithm, outcome, entries: n, took: started.elapsed() },
             Err(e) => DbResult::ImportFailed { group, error: e.to_string() },
         };

@@ -91,9 +91,10 @@ pub enum Action<P> {
     /// Serve a peer's request from the database, then answer with [`Session::headers_read`] or
     /// [`Session::payloads_read`].
     Serve(Serve<P>),
-    /// Import entries (wire form, predecessors first) through the extension, then report with
-    /// [`Session::imported`] or [`Session::import_failed`].
-    Import { group: String, hash_algorithm: String, entries: Vec<Value> },
+    /// Import a bundle (`causal.export`'s format: the entries `hashes`, in wire form,
+    /// predecessors first) through the extension, then report with [`Session::imported`] or
+    /// [`Session::import_failed`].
+    Import { group: String, hash_algorithm: String, hashes: Vec<String>, bundle: Vec<u8> },
     /// Close every connection to the peer (it was banned until the given time).
     Disconnect { peer: P, reason: String, banned_until_ms: u64 },
     /// Find which of `hashes` (from peers' frontiers) the database holds, then report with
@@ -101,6 +102,24 @@ pub enum Action<P> {
     /// us announces entries we have (we saw our frontier pass them) and walking back from
     /// them would fetch history we hold.
     CheckStored { group: String, hashes: Vec<String> },
+}
+
+/// A bundle for `causal.import`, serialized from borrowed entries.
+#[derive(serde::Serialize)]
+struct BundleRef<'a> {
+    format: &'a str,
+    group: &'a str,
+    #[serde(rename = "hashAlgorithm")]
+    hash_algorithm: &'a str,
+    entries: Vec<WireEntryRef<'a>>,
+}
+
+/// An entry in wire form (`{"hash", "header", "payload"}`), borrowed.
+#[derive(serde::Serialize)]
+struct WireEntryRef<'a> {
+    hash: &'a str,
+    header: &'a Value,
+    payload: &'a Value,
 }
 
 /// How an import went, per entry.
@@ -1162,21 +1181,21 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             return;
         }
         let Some(g) = self.groups.get_mut(group) else { return };
-        let entries: Vec<Value> = ready
+        let alg = g.alg.map(|a| a.name().to_string()).unwrap_or_default();
+        // Written straight from the fetched entries: no copy of them is made, and the task
+        // that runs the import gets bytes, not values this thread would have to take back.
+        let null = Value::Null;
+        let entries: Vec<WireEntryRef> = ready
             .iter()
             .map(|h| {
-                // Cloned as values (`json!` would convert each through the serializer).
                 let f = &g.fetched[h];
-                let mut entry = serde_json::Map::with_capacity(3);
-                entry.insert("hash".into(), Value::String(h.clone()));
-                entry.insert("header".into(), f.raw.clone());
-                entry.insert("payload".into(), f.payload.clone().unwrap_or(Value::Null));
-                Value::Object(entry)
+                WireEntryRef { hash: h, header: &f.raw, payload: f.payload.as_ref().unwrap_or(&null) }
             })
             .collect();
-        let alg = g.alg.map(|a| a.name().to_string()).unwrap_or_default();
-        g.importing = Some(ready);
-        self.actions.push_back(Action::Import { group: group.to_string(), hash_algorithm: alg, entries });
+        let bundle = BundleRef { format: causal_core::BUNDLE_FORMAT, group, hash_algorithm: &alg, entries };
+        let Ok(bundle) = serde_json::to_vec(&bundle) else { return };
+        g.importing = Some(ready.clone());
+        self.actions.push_back(Action::Import { group: group.to_string(), hash_algorithm: alg, hashes: ready, bundle });
     }
 
     /// Time passed: requests past their deadline fail.

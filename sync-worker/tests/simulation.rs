@@ -158,7 +158,11 @@ impl Net {
                     }
                     node.session.payloads_read(&peer, &group, &request_id, out);
                 }
-                Action::Import { group, hash_algorithm, entries } => {
+                Action::Import { group, hash_algorithm, bundle, .. } => {
+                    let bundle: Value = serde_json::from_slice(&bundle).unwrap();
+                    assert_eq!(bundle["format"], "pg_causal-bundle/1");
+                    assert_eq!(bundle["group"], group.as_str());
+                    let entries = bundle["entries"].as_array().unwrap().clone();
                     let alg = HashAlgorithm::parse(&hash_algorithm).unwrap();
                     let dag = node.dag.get_or_insert_with(|| Dag::new(MemStore::new(), alg));
                     let mut outcome = ImportOutcome::default();
