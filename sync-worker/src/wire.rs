@@ -169,17 +169,85 @@ impl SyncMsg {
     }
 }
 
+/// `payload-msg` and `header-batch`, the messages a catch-up brings by the hundred thousand,
+/// read as plain structs: serde reads an internally tagged enum by first copying the whole
+/// message into a generic buffer and then converting that (each payload or header twice).
+/// The generic path still decides for any frame these do not take, so both accept exactly the
+/// same frames and report the same errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkEnvelope<M> {
+    topic: String,
+    msg: M,
+}
+
+#[derive(Deserialize)]
+enum PayloadMsgTag {
+    #[serde(rename = "payload-msg")]
+    PayloadMsg,
+}
+
+#[derive(Deserialize)]
+enum HeaderBatchTag {
+    #[serde(rename = "header-batch")]
+    HeaderBatch,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PayloadMsgFields {
+    #[serde(rename = "type")]
+    _tag: PayloadMsgTag,
+    request_id: String,
+    sequence: u32,
+    hash: String,
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HeaderBatchFields {
+    #[serde(rename = "type")]
+    _tag: HeaderBatchTag,
+    request_id: String,
+    sequence: u32,
+    headers: Vec<WireHeader>,
+}
+
+/// The bulk messages by the fast path, when the frame starts like one (as ours do: the
+/// topic, then the message's type); `None` sends the frame down the generic path.
+fn decode_bulk(body: &[u8]) -> Option<Envelope> {
+    let head = &body[..body.len().min(160)];
+    let starts_with = |tag: &[u8]| head.windows(tag.len()).any(|w| w == tag);
+    if starts_with(br#""type":"payload-msg""#) {
+        let env: BulkEnvelope<PayloadMsgFields> = serde_json::from_slice(body).ok()?;
+        let m = env.msg;
+        let msg = SyncMsg::PayloadMsg { request_id: m.request_id, sequence: m.sequence, hash: m.hash, payload: m.payload };
+        Some(Envelope { topic: env.topic, msg })
+    } else if starts_with(br#""type":"header-batch""#) {
+        let env: BulkEnvelope<HeaderBatchFields> = serde_json::from_slice(body).ok()?;
+        let m = env.msg;
+        let msg = SyncMsg::HeaderBatch { request_id: m.request_id, sequence: m.sequence, headers: m.headers };
+        Some(Envelope { topic: env.topic, msg })
+    } else {
+        None
+    }
+}
+
 impl Envelope {
     /// Decodes one frame's body (without its length prefix).
     pub fn decode(body: &[u8]) -> Result<Envelope, WireError> {
         if body.len() > MAX_FRAME {
             return Err(WireError::TooLarge(body.len()));
         }
-        let env: Envelope = serde_json::from_slice(body).map_err(|e| {
-            let mut text = e.to_string();
-            text.truncate(200);
-            WireError::Malformed(text)
-        })?;
+        let env = match decode_bulk(body) {
+            Some(env) => env,
+            None => serde_json::from_slice(body).map_err(|e| {
+                let mut text = e.to_string();
+                text.truncate(200);
+                WireError::Malformed(text)
+            })?,
+        };
         hash("topic", &env.topic)?;
         env.msg.validate()?;
         Ok(env)
@@ -267,6 +335,53 @@ mod tests {
         r.push(&frame[5..]);
         let body = r.next_frame().unwrap().unwrap();
         assert_eq!(Envelope::decode(&body).unwrap(), env);
+    }
+
+    /// The fast path for bulk messages accepts exactly what the generic decoder accepts, and
+    /// decodes it alike; anything it does not take goes the generic way.
+    #[test]
+    fn bulk_messages_decode_as_the_generic_decoder_does() {
+        let generic = |body: &[u8]| -> Result<Envelope, String> { serde_json::from_slice(body).map_err(|e| e.to_string()) };
+        let checked = |env: Envelope| -> Result<Envelope, String> {
+            hash("topic", &env.topic).map_err(|e| e.to_string())?;
+            env.msg.validate().map_err(|e| e.to_string())?;
+            Ok(env)
+        };
+        let payload = json!({"ops": [{"insert": {"id": 1, "big": 18446744073709551615u64, "f": 0.5}}], "s": "\u{e9}\n"});
+        let header = json!({"payloadHash": H, "prevEntryHashes": {H: ""}});
+        let frames: Vec<String> = vec![
+            // As our encoder writes them: the fast path.
+            Envelope { topic: H.into(), msg: SyncMsg::PayloadMsg { request_id: "r".into(), sequence: 3, hash: H.into(), payload: payload.clone() } }
+                .to_text(),
+            Envelope { topic: H.into(), msg: SyncMsg::HeaderBatch { request_id: "r".into(), sequence: 0, headers: vec![WireHeader { hash: H.into(), header: header.clone() }] } }
+                .to_text(),
+            // Fields in another order, unknown fields, a duplicate, a bad hash, a wrong type.
+            format!(r#"{{"msg":{{"payload":{payload},"hash":"{H}","sequence":1,"requestId":"r","type":"payload-msg"}},"topic":"{H}"}}"#),
+            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"{H}","payload":1,"extra":2}}}}"#),
+            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"{H}","payload":1}},"x":0}}"#),
+            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"sequence":2,"hash":"{H}","payload":1}}}}"#),
+            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"nope","payload":1}}}}"#),
+            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":-1,"hash":"{H}","payload":1}}}}"#),
+            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"{H}"}}}}"#),
+            format!(r#"{{"topic":"{H}","msg":{{"type":"header-batch","requestId":"r","sequence":0,"headers":[{{"hash":"{H}","header":{{}},"x":1}}]}}}}"#),
+            format!(r#"{{"topic":"{H}","msg":{{"type":"header-batch","requestId":"","sequence":0,"headers":[]}}}}"#),
+        ];
+        for f in &frames {
+            let slow = generic(f.as_bytes());
+            if let Some(env) = decode_bulk(f.as_bytes()) {
+                assert_eq!(Ok(&env), slow.as_ref(), "{f}");
+            }
+            let decoded = Envelope::decode(f.as_bytes()).map_err(|e| e.to_string());
+            assert_eq!(decoded.ok(), slow.and_then(checked).ok(), "{f}");
+        }
+        // Our own frames take the fast path.
+        assert!(decode_bulk(frames[0].as_bytes()).is_some() && decode_bulk(frames[1].as_bytes()).is_some());
+    }
+
+    impl Envelope {
+        fn to_text(&self) -> String {
+            String::from_utf8(self.encode()).unwrap()
+        }
     }
 
     #[test]
