@@ -388,20 +388,16 @@ unsafe fn flush_as_owner() {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
-            if PENDING.with(|p| !p.borrow().is_empty()) {
-                // Statements have finished, so there is no active snapshot; SPI needs one. If the
-                // flush fails, the abort that follows releases it.
-                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-                flush_as_owner();
-                pg_sys::PopActiveSnapshot();
-            }
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if PENDING.with(|p| !p.borrow().is_empty()) => {
+            // Statements have finished, so there is no active snapshot; SPI needs one. If the
+            // flush fails, the abort that follows releases it.
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            flush_as_owner();
+            pg_sys::PopActiveSnapshot();
         }
-        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
-            if PENDING.with(|p| !p.borrow().is_empty()) {
-                clear();
-                CausalError::Prepare.report("causal commit");
-            }
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE if PENDING.with(|p| !p.borrow().is_empty()) => {
+            clear();
+            CausalError::Prepare.report("causal commit");
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             clear();

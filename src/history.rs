@@ -41,6 +41,7 @@ fn parse_position(prev: &[String]) -> Result<Position, CausalError> {
 /// The group's entries, newest first: hash, predecessors, author key id, a short summary of
 /// the operations, status (`ok` or `cancelled`) and the reason for a cancellation.
 #[pg_extern(stable)]
+#[allow(clippy::type_complexity)] // the row type pgrx spells out for SQL
 fn log(
     grp: &str,
     max_entries: default!(i32, 100),

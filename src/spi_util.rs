@@ -28,9 +28,9 @@ fn replan_due(uses: u64) -> bool {
     if uses < 64 {
         false
     } else if uses <= 1 << 20 {
-        uses.is_power_of_two() && uses.trailing_zeros() % 2 == 0
+        uses.is_power_of_two() && uses.trailing_zeros().is_multiple_of(2)
     } else {
-        uses % (1 << 20) == 0
+        uses.is_multiple_of(1 << 20)
     }
 }
 

@@ -1158,15 +1158,26 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         }
         let mut ready: Vec<String> = Vec::new();
         let mut placed: HashSet<&str> = HashSet::new();
+        // The scan gives up after a chunk's worth of entries that cannot go yet: in a long
+        // catch-up, everything past the first payload still on its way waits for it, and
+        // scanning to the end of the order on every finished request cost O(catch-up) each.
+        let mut waiting = 0;
         for h in &order[g.import_from..] {
+            if waiting > chunk {
+                break;
+            }
             let Some(f) = g.fetched.get(h) else { continue };
             if !f.verified || f.payload.is_none() {
+                waiting += 1;
                 continue;
             }
             let prev_ok = f.header.prev.iter().all(|p| {
                 let p = p.to_b64();
                 g.stored.contains(&p) || g.frontier.contains(&p) || placed.contains(p.as_str())
             });
+            if !prev_ok {
+                waiting += 1;
+            }
             if prev_ok {
                 placed.insert(h);
                 ready.push(h.clone());
