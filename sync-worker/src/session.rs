@@ -55,7 +55,7 @@ impl Default for Config {
             max_headers: 4096,
             payload_chunk: 1024,
             payload_requests_per_peer: 4,
-            import_chunk: 2000,
+            import_chunk: 5000,
             max_fetched: 1_000_000,
             request_timeout_ms: 30_000,
             pushback_interval_ms: 15_000,
