@@ -12,12 +12,27 @@ use crate::wire::WireHeader;
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("the node identity is missing or unreadable (the worker needs to read causal.identity_keys: connect as a superuser or the extension's owner)")]
     NoNodeKey,
     #[error("unexpected answer from {0}")]
     Unexpected(&'static str),
+}
+
+/// A database error with the server's SQLSTATE, message and detail (tokio-postgres prints
+/// only "db error" for those).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => {
+            let mut text = format!("{} ({})", d.message(), d.code().code());
+            if let Some(detail) = d.detail() {
+                text.push_str(&format!(": {detail}"));
+            }
+            text
+        }
+        None => e.to_string(),
+    }
 }
 
 /// A group as the database has it.
