@@ -438,10 +438,21 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
             // Only the columns that plans filter on (and row_meta whole, for the statistics of
             // its lookup indexes' expressions): sampling payloads, predecessor lists and undo
             // records took two thirds of this step's time (440 -> 220 ms at 100k entries), and
-            // autovacuum gathers those columns' statistics later.
+            // autovacuum gathers those columns' statistics later. A sample of 3,000 rows
+            // (statistics target 10, for this statement only) is enough to keep plans on
+            // their indexes, and costs a tenth of the default's 30,000 (58 -> 6 ms at 100k
+            // entries with warm caches; in a catch-up, imports that analyzed took 100-350 ms
+            // longer than the others).
+            let target = get_opt::<String>("SELECT current_setting('default_statistics_target')", &[])?
+                .unwrap_or_else(|| "100".into());
+            Spi::run("SELECT set_config('default_statistics_target', '10', true)")?;
             Spi::run(
                 "ANALYZE causal.dag_entries (grp, node_id, hash, chain, seq), causal.dag_entry_tags, \
                  causal.journal (grp, hash, height, status), causal.row_meta",
+            )?;
+            Spi::run_with_args(
+                "SELECT set_config('default_statistics_target', $1, true)",
+                &[target.into()],
             )?;
         }
     }
