@@ -94,7 +94,7 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
                 }
                 Spi::run(&d)?;
                 if let Some(v) = &c.default_value {
-                    fill_default(&group.id, table, &c.name, v)?;
+                    fill_default(group, table, &c.name, v)?;
                 }
             }
             relid
@@ -123,7 +123,7 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
         )?;
         crate::capture::install_triggers(relid)?;
     }
-    crate::replay::ensure_lookup_indexes(&group.id, &schema)
+    crate::replay::ensure_lookup_indexes(group, &schema)
 }
 
 fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
@@ -180,12 +180,11 @@ pub fn local_schema_by_name(group_id: &str, table: &str) -> Result<TableSchema, 
 
 /// Postgres fills an added column's default into the existing rows; replay's copy of the rows
 /// (`causal.row_meta`) gets the same value, so both stay equal.
-pub fn fill_default(group_id: &str, table: &str, column: &str, value: &Value) -> Result<(), CausalError> {
+pub fn fill_default(group: &Group, table: &str, column: &str, value: &Value) -> Result<(), CausalError> {
     Spi::run_with_args(
         "UPDATE causal.row_meta SET vals = vals || jsonb_build_object($3::text, $4::jsonb) \
-         WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND table_name = $2 \
-         AND NOT meta ? 'd' AND NOT vals ? $3",
-        &[group_id.into(), table.into(), column.into(), pgrx::JsonB(value.clone()).into()],
+         WHERE grp = $1 AND table_name = $2 AND NOT meta ? 'd' AND NOT vals ? $3",
+        &[group.num.into(), table.into(), column.into(), pgrx::JsonB(value.clone()).into()],
     )?;
     Ok(())
 }

@@ -96,7 +96,7 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
     crate::replay::catch_up(&group)?;
     for c in &new.columns[old_len..] {
         if let Some(v) = &c.default_value {
-            crate::apply::fill_default(&group_id, &new.table, &c.name, v)?;
+            crate::apply::fill_default(&group, &new.table, &c.name, v)?;
         }
     }
     let value = new.to_value();
@@ -105,7 +105,7 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
         "UPDATE causal.replicated_tables SET schema = $2 WHERE relid = $1",
         &[relid.into(), pgrx::JsonB(value).into()],
     )?;
-    crate::replay::ensure_lookup_indexes(&group_id, &new)?;
+    crate::replay::ensure_lookup_indexes(&group, &new)?;
     crate::capture::tables_changed()
 }
 

@@ -40,7 +40,7 @@ pub fn clear_cache() {
 /// foreign key's), a partial expression index on `causal.row_meta` covering this group's rows
 /// of `schema`'s table. Called whenever a table's schema is recorded. (A GIN index over every
 /// value of every row did this job before, and cost each written row about 3.5 µs.)
-pub fn ensure_lookup_indexes(group_id: &str, schema: &TableSchema) -> Result<(), CausalError> {
+pub fn ensure_lookup_indexes(group: &Group, schema: &TableSchema) -> Result<(), CausalError> {
     let mut sets: Vec<Vec<String>> = schema
         .uniques
         .iter()
@@ -55,12 +55,11 @@ pub fn ensure_lookup_indexes(group_id: &str, schema: &TableSchema) -> Result<(),
     sets.dedup();
     for cols in sets {
         let exprs: Vec<String> = cols.iter().map(|c| format!("(vals -> {})", sql_literal(c))).collect();
-        let name = lookup_index_name(group_id, &schema.table, &cols);
-        let num = crate::spi_util::get_opt::<i32>("SELECT grp FROM causal.group_defs WHERE group_id = $1", &[group_id.into()])?
-            .ok_or_else(|| CausalError::UnknownGroup(group_id.to_string()))?;
+        let name = lookup_index_name(&group.id, &schema.table, &cols);
         pgrx::Spi::run(&format!(
-            "CREATE INDEX IF NOT EXISTS {name} ON causal.row_meta ({}) WHERE grp = {num} AND table_name = {}",
+            "CREATE INDEX IF NOT EXISTS {name} ON causal.row_meta ({}) WHERE grp = {} AND table_name = {}",
             exprs.join(", "),
+            group.num,
             sql_literal(&schema.table)
         ))?;
     }
@@ -442,24 +441,20 @@ impl ReplicaStore for SpiReplica {
             let batch = if order.is_some() && changes.first_placed.contains(h) { &mut first } else { &mut again };
             batch.push(h, order, verdict, undo);
         }
+        const RECORDS: &str = "INSERT INTO causal.journal AS j (grp, hash, height, status, reason, responsible, undo) \
+             SELECT $1, h, o, s, r, string_to_array(p, ' '), u::jsonb \
+             FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(h, o, s, r, p, u)";
         if !first.hashes.is_empty() {
-            exec_prepared(
-                "INSERT INTO causal.journal (grp, hash, height, status, reason, responsible, undo) \
-                 SELECT $1, h, o, s, r, string_to_array(p, ' '), u::jsonb \
-                 FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(h, o, s, r, p, u)",
-                &first.into_args(self.num),
-            )
-            .map_err(store_err)?;
+            exec_prepared(RECORDS, &first.into_args(self.num)).map_err(store_err)?;
         }
         if !again.hashes.is_empty() {
             // A record without a height only changes a verdict: the row keeps its order and undo.
             exec_prepared(
-                "INSERT INTO causal.journal AS j (grp, hash, height, status, reason, responsible, undo) \
-                 SELECT $1, h, o, s, r, string_to_array(p, ' '), u::jsonb \
-                 FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(h, o, s, r, p, u) \
-                 ON CONFLICT (grp, hash) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
-                 status = EXCLUDED.status, reason = EXCLUDED.reason, responsible = EXCLUDED.responsible, \
-                 undo = CASE WHEN EXCLUDED.height IS NULL THEN j.undo ELSE EXCLUDED.undo END",
+                &format!(
+                    "{RECORDS} ON CONFLICT (grp, hash) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
+                     status = EXCLUDED.status, reason = EXCLUDED.reason, responsible = EXCLUDED.responsible, \
+                     undo = CASE WHEN EXCLUDED.height IS NULL THEN j.undo ELSE EXCLUDED.undo END"
+                ),
                 &again.into_args(self.num),
             )
             .map_err(store_err)?;

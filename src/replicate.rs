@@ -177,7 +177,7 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
         &[group.id.clone().into(), name.into(), relid.into(), pgrx::JsonB(value).into()],
     )?;
     crate::capture::install_triggers(relid)?;
-    crate::replay::ensure_lookup_indexes(&group.id, &schema)?;
+    crate::replay::ensure_lookup_indexes(&group, &schema)?;
     crate::capture::tables_changed()?;
     Ok(hash.to_b64())
 }
