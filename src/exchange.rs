@@ -451,10 +451,7 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
                 "ANALYZE causal.dag_entries (grp, node_id, hash, chain, seq), causal.dag_entry_tags, \
                  causal.journal (grp, hash, height, status), causal.row_meta",
             )?;
-            Spi::run_with_args(
-                "SELECT set_config('default_statistics_target', $1, true)",
-                &[target.into()],
-            )?;
+            Spi::run_with_args("SELECT set_config('default_statistics_target', $1, true)", &[target.into()])?;
         }
     }
     let changes = run.changes;

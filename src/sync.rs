@@ -7,6 +7,7 @@
 use pgrx::prelude::*;
 use serde_json::Value;
 
+use causal_core::dag::{ChainId, Seq};
 use causal_core::identity::PublicKey;
 use causal_core::Hash;
 
@@ -171,6 +172,59 @@ fn entries_by_hash(
         .collect())
 }
 
+/// Runs of consecutive places on one chain, as `(chains, from, to)` columns: a walk's places,
+/// read as ranges. Places further apart than [`RUN_GAP`] start a new run, so a walk that
+/// took a few entries far down a chain does not read everything in between.
+fn chain_runs(positions: &[(ChainId, Seq)]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+    let mut sorted = positions.to_vec();
+    sorted.sort_unstable();
+    let mut runs: Vec<(ChainId, Seq, Seq)> = Vec::new();
+    for (chain, seq) in sorted {
+        match runs.last_mut() {
+            Some((c, _, to)) if *c == chain && seq <= to.saturating_add(RUN_GAP) => *to = seq,
+            _ => runs.push((chain, seq, seq)),
+        }
+    }
+    let n = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    (
+        runs.iter().map(|r| n(r.0)).collect(),
+        runs.iter().map(|r| n(r.1)).collect(),
+        runs.iter().map(|r| n(r.2)).collect(),
+    )
+}
+
+/// See [`chain_runs`].
+const RUN_GAP: Seq = 32;
+
+/// The stored entries of `group` at `positions` (a walk's), read by chain ranges rather than
+/// one index probe per hash; the rows in a range that are not in the walk are dropped later.
+fn entries_by_position(
+    group: &Group,
+    positions: &[(ChainId, Seq)],
+    with_payloads: bool,
+) -> Result<std::collections::HashMap<String, StoredEntry>, CausalError> {
+    let (chains, from, to) = chain_runs(positions);
+    let rows = crate::spi_util::run_prepared(
+        // `OFFSET 0` keeps each range a probe of the (grp, chain, seq) index (see above).
+        "SELECT e.hash, e.prev, e.payload_hash, CASE WHEN $5 THEN e.payload END \
+         FROM unnest($2::int[], $3::int[], $4::int[]) AS r(chain, lo, hi) \
+         CROSS JOIN LATERAL (SELECT hash, prev, payload_hash, payload FROM causal.dag_entries \
+         WHERE grp = $1 AND chain = r.chain AND seq BETWEEN r.lo AND r.hi OFFSET 0) e",
+        &[group.num.into(), chains.into(), from.into(), to.into(), with_payloads.into()],
+        false,
+        |rows| {
+            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?, r.get::<String>(4)?)))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        },
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(h, prev, payload_hash, payload)| {
+            Some((h?, StoredEntry { prev: prev.unwrap_or_default(), payload_hash: payload_hash?, payload }))
+        })
+        .collect())
+}
+
 fn hashes(list: &[String]) -> Vec<Hash> {
     list.iter().filter_map(|h| h.parse().ok()).collect()
 }
@@ -199,7 +253,7 @@ fn _sync_headers(
     // go with the answer), then headers in walk order.
     let texts: Vec<String> = walk.hashes.iter().map(Hash::to_b64).collect();
     let send_payloads = with_payloads && walk.complete;
-    let mut found = entries_by_hash(&group.id, &texts, send_payloads).or_report(f);
+    let mut found = entries_by_position(&group, &walk.positions, send_payloads).or_report(f);
     let mut rows = Vec::with_capacity(walk.hashes.len() * 2 + 1);
     let mut payloads = Vec::with_capacity(walk.hashes.len());
     for h in &texts {
@@ -375,6 +429,59 @@ mod tests {
         )
         .unwrap();
         assert_eq!(none, Some(0));
+    }
+
+    /// Every header served hashes to its entry's hash, a truncated walk says so, and the walk's
+    /// places are read back as runs of each chain.
+    #[pg_test]
+    fn served_headers_hash_to_their_entries() {
+        use causal_core::entry::Header;
+        use causal_core::HashAlgorithm;
+        let g = Spi::get_one::<String>("SELECT causal.create_group('g')").unwrap().unwrap();
+        for i in 0..5 {
+            Spi::run(&format!("SELECT causal.create_identity('m{i}')")).unwrap();
+            Spi::run(&format!(
+                "SELECT causal.add_member('g', (SELECT public_key FROM causal.identities WHERE name = 'm{i}'))"
+            ))
+            .unwrap();
+        }
+        let entries = Spi::get_one::<i64>("SELECT count(*) FROM causal.dag_entries").unwrap().unwrap();
+        assert_eq!(entries, 6);
+        let served = |max: i32| -> Vec<(String, Option<String>, String)> {
+            Spi::connect(|c| {
+                c.select(
+                    "SELECT kind, hash, body FROM causal._sync_headers($1, causal.frontier($1), '{}', $2, false)",
+                    None,
+                    &[g.clone().into(), max.into()],
+                )
+                .unwrap()
+                .map(|r| {
+                    (
+                        r.get::<String>(1).unwrap().unwrap(),
+                        r.get::<String>(2).unwrap(),
+                        r.get::<String>(3).unwrap().unwrap(),
+                    )
+                })
+                .collect()
+            })
+        };
+        let rows = served(100);
+        let headers: Vec<_> = rows.iter().filter(|r| r.0 == "header").collect();
+        assert_eq!(headers.len(), 6);
+        for (_, hash, body) in &headers {
+            let header = Header::from_literal(&serde_json::from_str(body).unwrap()).unwrap();
+            assert_eq!(Some(header.entry_hash(HashAlgorithm::Blake3).to_b64()), *hash);
+        }
+        assert_eq!(rows.last().map(|r| (r.0.as_str(), r.2.as_str())), Some(("complete", "true")));
+        let rows = served(2);
+        assert_eq!(rows.iter().filter(|r| r.0 == "header").count(), 2);
+        assert_eq!(rows.last().map(|r| (r.0.as_str(), r.2.as_str())), Some(("complete", "false")));
+    }
+
+    #[test]
+    fn a_walks_places_are_read_as_runs() {
+        let (chains, from, to) = super::chain_runs(&[(0, 5), (0, 3), (1, 2), (0, 4), (0, 90), (1, 1)]);
+        assert_eq!((chains, from, to), (vec![0, 0, 1], vec![3, 90, 1], vec![5, 90, 2]));
     }
 
     #[pg_test]

@@ -311,7 +311,10 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                 }
                 Action::CheckStored { group, hashes } => {
                     if reads_tx.try_send(Read::Stored { group: group.clone(), hashes: hashes.clone() }).is_err() {
-                        tracing::warn!("database reads queue full ({}); walking without checking", queues::DATABASE_READS);
+                        tracing::warn!(
+                            "database reads queue full ({}); walking without checking",
+                            queues::DATABASE_READS
+                        );
                         session.stored_checked(&group, hashes, Vec::new(), now_ms());
                     }
                 }

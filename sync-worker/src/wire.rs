@@ -222,7 +222,8 @@ fn decode_bulk(body: &[u8]) -> Option<Envelope> {
     if starts_with(br#""type":"payload-msg""#) {
         let env: BulkEnvelope<PayloadMsgFields> = serde_json::from_slice(body).ok()?;
         let m = env.msg;
-        let msg = SyncMsg::PayloadMsg { request_id: m.request_id, sequence: m.sequence, hash: m.hash, payload: m.payload };
+        let msg =
+            SyncMsg::PayloadMsg { request_id: m.request_id, sequence: m.sequence, hash: m.hash, payload: m.payload };
         Some(Envelope { topic: env.topic, msg })
     } else if starts_with(br#""type":"header-batch""#) {
         let env: BulkEnvelope<HeaderBatchFields> = serde_json::from_slice(body).ok()?;
@@ -341,29 +342,60 @@ mod tests {
     /// decodes it alike; anything it does not take goes the generic way.
     #[test]
     fn bulk_messages_decode_as_the_generic_decoder_does() {
-        let generic = |body: &[u8]| -> Result<Envelope, String> { serde_json::from_slice(body).map_err(|e| e.to_string()) };
+        let generic =
+            |body: &[u8]| -> Result<Envelope, String> { serde_json::from_slice(body).map_err(|e| e.to_string()) };
         let checked = |env: Envelope| -> Result<Envelope, String> {
             hash("topic", &env.topic).map_err(|e| e.to_string())?;
             env.msg.validate().map_err(|e| e.to_string())?;
             Ok(env)
         };
-        let payload = json!({"ops": [{"insert": {"id": 1, "big": 18446744073709551615u64, "f": 0.5}}], "s": "\u{e9}\n"});
+        let payload =
+            json!({"ops": [{"insert": {"id": 1, "big": 18446744073709551615u64, "f": 0.5}}], "s": "\u{e9}\n"});
         let header = json!({"payloadHash": H, "prevEntryHashes": {H: ""}});
         let frames: Vec<String> = vec![
             // As our encoder writes them: the fast path.
-            Envelope { topic: H.into(), msg: SyncMsg::PayloadMsg { request_id: "r".into(), sequence: 3, hash: H.into(), payload: payload.clone() } }
-                .to_text(),
-            Envelope { topic: H.into(), msg: SyncMsg::HeaderBatch { request_id: "r".into(), sequence: 0, headers: vec![WireHeader { hash: H.into(), header: header.clone() }] } }
-                .to_text(),
+            Envelope {
+                topic: H.into(),
+                msg: SyncMsg::PayloadMsg {
+                    request_id: "r".into(),
+                    sequence: 3,
+                    hash: H.into(),
+                    payload: payload.clone(),
+                },
+            }
+            .to_text(),
+            Envelope {
+                topic: H.into(),
+                msg: SyncMsg::HeaderBatch {
+                    request_id: "r".into(),
+                    sequence: 0,
+                    headers: vec![WireHeader { hash: H.into(), header: header.clone() }],
+                },
+            }
+            .to_text(),
             // Fields in another order, unknown fields, a duplicate, a bad hash, a wrong type.
-            format!(r#"{{"msg":{{"payload":{payload},"hash":"{H}","sequence":1,"requestId":"r","type":"payload-msg"}},"topic":"{H}"}}"#),
-            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"{H}","payload":1,"extra":2}}}}"#),
-            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"{H}","payload":1}},"x":0}}"#),
-            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"sequence":2,"hash":"{H}","payload":1}}}}"#),
-            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"nope","payload":1}}}}"#),
-            format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":-1,"hash":"{H}","payload":1}}}}"#),
+            format!(
+                r#"{{"msg":{{"payload":{payload},"hash":"{H}","sequence":1,"requestId":"r","type":"payload-msg"}},"topic":"{H}"}}"#
+            ),
+            format!(
+                r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"{H}","payload":1,"extra":2}}}}"#
+            ),
+            format!(
+                r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"{H}","payload":1}},"x":0}}"#
+            ),
+            format!(
+                r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"sequence":2,"hash":"{H}","payload":1}}}}"#
+            ),
+            format!(
+                r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"nope","payload":1}}}}"#
+            ),
+            format!(
+                r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":-1,"hash":"{H}","payload":1}}}}"#
+            ),
             format!(r#"{{"topic":"{H}","msg":{{"type":"payload-msg","requestId":"r","sequence":1,"hash":"{H}"}}}}"#),
-            format!(r#"{{"topic":"{H}","msg":{{"type":"header-batch","requestId":"r","sequence":0,"headers":[{{"hash":"{H}","header":{{}},"x":1}}]}}}}"#),
+            format!(
+                r#"{{"topic":"{H}","msg":{{"type":"header-batch","requestId":"r","sequence":0,"headers":[{{"hash":"{H}","header":{{}},"x":1}}]}}}}"#
+            ),
             format!(r#"{{"topic":"{H}","msg":{{"type":"header-batch","requestId":"","sequence":0,"headers":[]}}}}"#),
         ];
         for f in &frames {

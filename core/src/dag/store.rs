@@ -146,6 +146,13 @@ pub trait DagStore {
     /// The nodes that are in no other node's `preds`.
     fn frontier(&self) -> Result<Vec<NodeId>, StoreError>;
 
+    /// A hint: the nodes of `chain` at `lo..=hi` (those that exist) will be read soon. A store
+    /// that reads nodes one query at a time can load them in one; the default does nothing.
+    fn prefetch_chain(&self, chain: ChainId, lo: Seq, hi: Seq) -> Result<(), StoreError> {
+        let _ = (chain, lo, hi);
+        Ok(())
+    }
+
     /// Stores a new node and its entry under the next id, appends it to its chain, indexes its
     /// metadata and updates the frontier. The caller has checked that `node` is valid and new.
     fn insert(&mut self, node: Node, entry: Entry) -> Result<NodeId, StoreError>;

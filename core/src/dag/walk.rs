@@ -3,18 +3,25 @@
 //! knows. A requester whose `limits` is its frontier therefore gets exactly the entries it
 //! lacks, and a walk that reaches only known history answers empty and complete.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::{Dag, DagError, DagStore};
+use super::{ChainId, Dag, DagError, DagStore, Seq};
 use crate::hash::Hash;
 
-/// The result of a walk: entry hashes in breadth-first order from `start`, and whether the
-/// walk finished (`false`: it stopped at `max`).
+/// The result of a walk: entry hashes in breadth-first order from `start`, each entry's place
+/// in its chain, and whether the walk finished (`false`: it stopped at `max`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Walk {
     pub hashes: Vec<Hash>,
+    /// `(chain, seq)` of each of `hashes`, in the same order.
+    pub positions: Vec<(ChainId, Seq)>,
     pub complete: bool,
 }
+
+/// Nodes a walk asks the store to load at once the first time it goes down a chain; each
+/// further load on that chain asks for twice as many (at most what the walk may still
+/// collect), so a long linear history costs a few reads and a short branch little.
+const FIRST_PREFETCH: Seq = 64;
 
 impl<S: DagStore> Dag<S> {
     /// Walks back breadth first from the `start` entries this DAG holds, leaving out `limits`
@@ -36,6 +43,9 @@ impl<S: DagStore> Dag<S> {
         }
         let mut seen: HashSet<Hash> = HashSet::new();
         let mut hashes = Vec::new();
+        let mut positions = Vec::new();
+        // Per chain: the seqs loaded at once so far (lo..=hi) and the size of the next load.
+        let mut loaded: HashMap<ChainId, (Seq, Seq, Seq)> = HashMap::new();
         while let Some(h) = queue.pop_front() {
             if limit_set.contains(&h) || !seen.insert(h) {
                 continue;
@@ -46,16 +56,29 @@ impl<S: DagStore> Dag<S> {
                 continue;
             }
             if hashes.len() >= max {
-                return Ok(Walk { hashes, complete: false });
+                return Ok(Walk { hashes, positions, complete: false });
             }
             hashes.push(h);
+            positions.push((node.chain, node.seq));
+            // Its chain's earlier members are the likely next steps: load them together.
+            let (chain, next) = (node.chain, node.seq.saturating_sub(1));
+            let floor = below.get(chain).saturating_add(1);
+            let remaining = Seq::try_from(max - hashes.len()).unwrap_or(Seq::MAX);
+            let (lo, hi, size) = loaded.get(&chain).copied().unwrap_or((Seq::MAX, 0, FIRST_PREFETCH));
+            if next >= floor && remaining > 0 && !(lo..=hi).contains(&next) {
+                let want = size.min(remaining);
+                let from = floor.max(next.saturating_sub(want - 1));
+                self.store.prefetch_chain(chain, from, next)?;
+                let range = if next < lo && next.saturating_add(1) >= lo { (from, hi) } else { (from, next) };
+                loaded.insert(chain, (range.0, range.1, size.saturating_mul(2)));
+            }
             // The node's predecessors are the entry's `prev`, resolved: no entry read needed.
             let preds: Vec<_> = node.preds.clone();
             for p in preds {
                 queue.push_back(self.store.node(p)?.hash);
             }
         }
-        Ok(Walk { hashes, complete: true })
+        Ok(Walk { hashes, positions, complete: true })
     }
 }
 
@@ -83,9 +106,10 @@ mod tests {
         assert_eq!(w.hashes.len(), 5);
         // Truncated at max, and a start this DAG lacks is skipped.
         let w = dag.walk_back(&[unknown, m], &[], 2).unwrap();
-        assert_eq!(w, super::Walk { hashes: vec![m, a2], complete: false });
+        assert_eq!((w.hashes, w.complete), (vec![m, a2], false));
+        assert_eq!(w.positions.len(), 2);
         // Nothing to send when the requester is ahead.
         let w = dag.walk_back(&[a1], &[m], 10).unwrap();
-        assert_eq!(w, super::Walk { hashes: vec![], complete: true });
+        assert_eq!(w, super::Walk { hashes: vec![], positions: vec![], complete: true });
     }
 }
