@@ -217,6 +217,56 @@ impl SpiStore {
     }
 
     /// Writes the pending entry and tag rows.
+    /// Reads the nodes at `lo..=hi` of `chain` in one statement, caches them, and returns their
+    /// ids in chain order.
+    fn load_chain(&self, chain: ChainId, lo: Seq, hi: Seq) -> Result<Vec<NodeId>, StoreError> {
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        self.flush()?;
+        let rows = run_prepared(
+            "SELECT node_id, hash, seq, preds, clock FROM causal.dag_entries \
+             WHERE grp = $1 AND chain = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq",
+            &[self.num.into(), to_i32(chain)?.into(), to_i32(lo)?.into(), to_i32(hi)?.into()],
+            false,
+            |rows| {
+                rows.map(|r| {
+                    Ok((
+                        r.get::<i32>(1)?,
+                        r.get::<String>(2)?,
+                        r.get::<i32>(3)?,
+                        r.get::<Vec<i32>>(4)?,
+                        r.get::<Vec<i32>>(5)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, spi::Error>>()
+            },
+        )
+        .map_err(backend)?;
+        let mut cache = self.cache.borrow_mut();
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (Some(id), Some(hash), Some(seq), Some(preds), Some(clock)) = row else {
+                return Err(corrupt(format!("a node of chain {chain} of group {} has a null column", self.group)));
+            };
+            let id = to_u32(id)?;
+            ids.push(id);
+            if cache.nodes.contains_key(&id) {
+                continue;
+            }
+            let node = Node {
+                hash: hash.parse().map_err(|_| corrupt(format!("node {id} has a bad hash")))?,
+                chain,
+                seq: to_u32(seq)?,
+                preds: to_u32s(preds)?,
+                clock: Clock(to_u32s(clock)?),
+            };
+            cache.ids.insert(node.hash, id);
+            cache.nodes.insert(id, Rc::new(node));
+        }
+        Ok(ids)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let p = std::mem::take(&mut *self.pending.borrow_mut());
         if p.node_id.len() == 1 {
@@ -489,49 +539,15 @@ impl DagStore for SpiStore {
 
     /// One range read instead of a query per node (a sync header walk goes down chains).
     fn prefetch_chain(&self, chain: ChainId, lo: Seq, hi: Seq) -> Result<(), StoreError> {
-        if lo > hi {
-            return Ok(());
+        self.load_chain(chain, lo, hi).map(|_| ())
+    }
+
+    fn chain_members(&self, chain: ChainId, lo: Seq, hi: Seq) -> Result<Vec<NodeId>, StoreError> {
+        let ids = self.load_chain(chain, lo, hi)?;
+        if ids.len() != (lo.max(1)..=hi).count() {
+            return Err(corrupt(format!("chain {chain} of group {} lacks members in {lo}..={hi}", self.group)));
         }
-        // Pending rows are in the cache already, and not in the table yet.
-        let rows = run_prepared(
-            "SELECT node_id, hash, seq, preds, clock FROM causal.dag_entries \
-             WHERE grp = $1 AND chain = $2 AND seq BETWEEN $3 AND $4",
-            &[self.num.into(), to_i32(chain)?.into(), to_i32(lo)?.into(), to_i32(hi)?.into()],
-            false,
-            |rows| {
-                rows.map(|r| {
-                    Ok((
-                        r.get::<i32>(1)?,
-                        r.get::<String>(2)?,
-                        r.get::<i32>(3)?,
-                        r.get::<Vec<i32>>(4)?,
-                        r.get::<Vec<i32>>(5)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, spi::Error>>()
-            },
-        )
-        .map_err(backend)?;
-        let mut cache = self.cache.borrow_mut();
-        for row in rows {
-            let (Some(id), Some(hash), Some(seq), Some(preds), Some(clock)) = row else {
-                return Err(corrupt(format!("a node of chain {chain} of group {} has a null column", self.group)));
-            };
-            let id = to_u32(id)?;
-            if cache.nodes.contains_key(&id) {
-                continue;
-            }
-            let node = Node {
-                hash: hash.parse().map_err(|_| corrupt(format!("node {id} has a bad hash")))?,
-                chain,
-                seq: to_u32(seq)?,
-                preds: to_u32s(preds)?,
-                clock: Clock(to_u32s(clock)?),
-            };
-            cache.ids.insert(node.hash, id);
-            cache.nodes.insert(id, Rc::new(node));
-        }
-        Ok(())
+        Ok(ids)
     }
 
     fn insert(&mut self, node: Node, entry: Entry) -> Result<NodeId, StoreError> {
@@ -670,6 +686,12 @@ mod tests {
             let expected = mem.walk_back(&start, &limits, max).unwrap();
             assert_eq!(expected, fresh.walk_back(&start, &limits, max).unwrap());
             assert!(expected.complete || max < 150);
+            super::clear_cache();
+            let fresh = Dag::new(SpiStore::new("g", num), alg);
+            assert_eq!(
+                mem.walk_forward(&start, &limits, max).unwrap(),
+                fresh.walk_forward(&start, &limits, max).unwrap()
+            );
         }
     }
 }

@@ -230,10 +230,12 @@ fn hashes(list: &[String]) -> Vec<Hash> {
 }
 
 /// Serves a peer's header request (sync protocol): the headers of the entries reachable from
-/// `start` that are not in the history of `limits`, breadth first, at most `max`; then a row
-/// saying whether the walk was complete; then, when `with_payloads` and complete, the
-/// payloads, deepest first. Rows are `(kind, hash, body)` with kind `header`, `complete` or
-/// `payload`; bodies are JSON text.
+/// `start` that are not in the history of `limits`, at most `max`, breadth first from
+/// `start` (the spec's walk) or, when `forward`, oldest first (pg_causal's extension: each
+/// answer can be imported at once); then a row saying whether the walk was complete; then,
+/// when `with_payloads` and the walk was complete or `forward`, the payloads, predecessors
+/// first. Rows are `(kind, hash, body)` with kind `header`, `complete` or `payload`; bodies
+/// are JSON text.
 #[pg_extern(stable)]
 fn _sync_headers(
     grp: &str,
@@ -241,18 +243,22 @@ fn _sync_headers(
     limits: Vec<String>,
     max: i32,
     with_payloads: bool,
+    forward: default!(bool, false),
 ) -> TableIterator<'static, (name!(kind, String), name!(hash, Option<String>), name!(body, String))> {
     let f = "causal._sync_headers";
     let group = Group::find(grp).or_report(f);
     let dag = group.dag();
-    let walk = dag
-        .walk_back(&hashes(&start), &hashes(&limits), usize::try_from(max).unwrap_or(0))
-        .map_err(CausalError::from)
-        .or_report(f);
+    let max = usize::try_from(max).unwrap_or(0);
+    let walk = if forward {
+        dag.walk_forward(&hashes(&start), &hashes(&limits), max)
+    } else {
+        dag.walk_back(&hashes(&start), &hashes(&limits), max)
+    };
+    let walk = walk.map_err(CausalError::from).or_report(f);
     // One read for every entry the walk found (headers as stored; payloads only when they
     // go with the answer), then headers in walk order.
     let texts: Vec<String> = walk.hashes.iter().map(Hash::to_b64).collect();
-    let send_payloads = with_payloads && walk.complete;
+    let send_payloads = with_payloads && (walk.complete || forward);
     let mut found = entries_by_position(&group, &walk.positions, send_payloads).or_report(f);
     let mut rows = Vec::with_capacity(walk.hashes.len() * 2 + 1);
     let mut payloads = Vec::with_capacity(walk.hashes.len());
@@ -267,7 +273,11 @@ fn _sync_headers(
         }
     }
     rows.push(("complete".to_string(), None, walk.complete.to_string()));
-    for (h, p) in payloads.into_iter().rev() {
+    // A backward walk found the deepest entries last; a forward one, first.
+    if !forward {
+        payloads.reverse();
+    }
+    for (h, p) in payloads {
         rows.push(("payload".to_string(), Some(h), p));
     }
     TableIterator::new(rows)

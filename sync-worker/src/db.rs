@@ -154,13 +154,14 @@ impl Db {
         limits: &[String],
         max: u32,
         with_payloads: bool,
+        forward: bool,
     ) -> Result<(Vec<WireHeader>, bool, Option<Vec<(String, Value)>>), DbError> {
         let max = i32::try_from(max).unwrap_or(i32::MAX);
         let rows = self
             .client
             .query(
-                "SELECT kind, hash, body FROM causal._sync_headers($1, $2, $3, $4, $5)",
-                &[&group, &start, &limits, &max, &with_payloads],
+                "SELECT kind, hash, body FROM causal._sync_headers($1, $2, $3, $4, $5, $6)",
+                &[&group, &start, &limits, &max, &with_payloads, &forward],
             )
             .await?;
         let (mut headers, mut payloads, mut complete) = (Vec::new(), Vec::new(), false);
@@ -178,7 +179,7 @@ impl Db {
                 _ => return Err(DbError::Unexpected("_sync_headers")),
             }
         }
-        let payloads = (with_payloads && complete).then_some(payloads);
+        let payloads = (with_payloads && (complete || forward)).then_some(payloads);
         Ok((headers, complete, payloads))
     }
 

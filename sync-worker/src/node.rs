@@ -111,6 +111,7 @@ enum DbResult {
     },
     Imported {
         group: String,
+        epoch: u64,
         hash_algorithm: String,
         outcome: ImportOutcome,
         entries: usize,
@@ -118,6 +119,7 @@ enum DbResult {
     },
     ImportFailed {
         group: String,
+        epoch: u64,
         error: String,
     },
 }
@@ -303,10 +305,11 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                         );
                     }
                 }
-                Action::Import { group, hash_algorithm, hashes, bundle } => {
-                    let job = ImportJob { group: group.clone(), hash_algorithm, hashes, bundle };
+                Action::Import { group, hash_algorithm, hashes, bundle, epoch } => {
+                    let job = ImportJob { group: group.clone(), hash_algorithm, hashes, bundle, epoch };
                     if imports_tx.try_send(job).is_err() {
-                        session.import_failed(&group, now_ms());
+                        tracing::warn!(group = %group, "imports queue full ({}); fetched entries wait", queues::DATABASE_IMPORTS);
+                        session.import_failed(&group, epoch, now_ms());
                     }
                 }
                 Action::CheckStored { group, hashes } => {
@@ -450,7 +453,7 @@ fn on_db_result(result: DbResult, session: &mut Session<PeerId>) {
         }
         DbResult::Stored { group, asked, stored } => session.stored_checked(&group, asked, stored, now),
         DbResult::FrontierFailed { .. } => {}
-        DbResult::Imported { group, hash_algorithm, outcome, entries, took } => {
+        DbResult::Imported { group, epoch, hash_algorithm, outcome, entries, took } => {
             let to_fetch = session.group_status().iter().find(|g| g.group == group).map(|g| g.to_fetch).unwrap_or(0);
             tracing::info!(
                 group = %group,
@@ -464,11 +467,11 @@ fn on_db_result(result: DbResult, session: &mut Session<PeerId>) {
             for (h, why) in outcome.rejected.iter().take(5) {
                 tracing::warn!(group = %group, entry = %h, "rejected: {why}");
             }
-            session.imported(&group, outcome, &hash_algorithm, now)
+            session.imported(&group, epoch, outcome, &hash_algorithm, now)
         }
-        DbResult::ImportFailed { group, error } => {
+        DbResult::ImportFailed { group, epoch, error } => {
             tracing::warn!(group = %group, "import failed: {error}");
-            session.import_failed(&group, now)
+            session.import_failed(&group, epoch, now)
         }
     }
 }
@@ -476,8 +479,8 @@ fn on_db_result(result: DbResult, session: &mut Session<PeerId>) {
 async fn serve_reads(db: Db, mut rx: mpsc::Receiver<Read>, tx: mpsc::Sender<DbResult>) {
     while let Some(job) = rx.recv().await {
         let result = match job {
-            Read::Serve(Serve::Headers { peer, group, request_id, start, limits, max, with_payloads }) => {
-                match db.read_headers(&group, &start, &limits, max, with_payloads).await {
+            Read::Serve(Serve::Headers { peer, group, request_id, start, limits, max, with_payloads, forward }) => {
+                match db.read_headers(&group, &start, &limits, max, with_payloads, forward).await {
                     Ok((headers, complete, payloads)) => {
                         DbResult::Headers { peer, group, request_id, headers, complete, payloads }
                     }
@@ -565,15 +568,31 @@ struct ImportJob {
     hash_algorithm: String,
     hashes: Vec<String>,
     bundle: Vec<u8>,
+    epoch: u64,
 }
 
+/// Runs imports in the order given. Once one of a group fails, the others of its epoch
+/// queued behind it (which may build on it) are reported failed without running.
 async fn run_imports(db: Db, mut rx: mpsc::Receiver<ImportJob>, tx: mpsc::Sender<DbResult>) {
-    while let Some(ImportJob { group, hash_algorithm, hashes, bundle }) = rx.recv().await {
+    let mut failed: HashMap<String, u64> = HashMap::new();
+    while let Some(ImportJob { group, hash_algorithm, hashes, bundle, epoch }) = rx.recv().await {
+        if failed.get(&group) == Some(&epoch) {
+            let error = "an earlier import of this group failed".to_string();
+            if tx.send(DbResult::ImportFailed { group, epoch, error }).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let started = std::time::Instant::now();
         let n = hashes.len();
         let result = match db.import(&group, hashes, bundle).await {
-            Ok(outcome) => DbResult::Imported { group, hash_algorithm, outcome, entries: n, took: started.elapsed() },
-            Err(e) => DbResult::ImportFailed { group, error: e.to_string() },
+            Ok(outcome) => {
+                DbResult::Imported { group, epoch, hash_algorithm, outcome, entries: n, took: started.elapsed() }
+            }
+            Err(e) => {
+                failed.insert(group.clone(), epoch);
+                DbResult::ImportFailed { group, epoch, error: e.to_string() }
+            }
         };
         if tx.send(result).await.is_err() {
             return;

@@ -37,8 +37,19 @@ pub struct Config {
     pub payload_requests_per_peer: usize,
     /// Entries per import.
     pub import_chunk: usize,
+    /// Imports handed to the database at once, per group: the next one is ready when the
+    /// last ends, so the database does not wait for the worker in between.
+    pub imports_in_flight: usize,
     /// Headers held while fetching, per group (beyond this, fetching waits for imports).
     pub max_fetched: usize,
+    /// Ask for what peers announce oldest first (`forward` header requests, a pg_causal
+    /// extension): each answer comes with its payloads and can be imported while the next is
+    /// fetched. Otherwise, the spec's backward walk, whose entries can be imported only once
+    /// it reaches known history.
+    pub forward_fetch: bool,
+    /// Entries fetched and not imported yet beyond which no further forward request goes out
+    /// (imports drain them).
+    pub forward_window: usize,
     /// A request with no message for this long fails (spec: 30 s).
     pub request_timeout_ms: u64,
     /// Least time between two push-backs of an unchanged frontier to one peer (spec: 15 s).
@@ -56,7 +67,10 @@ impl Default for Config {
             payload_chunk: 1024,
             payload_requests_per_peer: 4,
             import_chunk: 5000,
+            imports_in_flight: 2,
             max_fetched: 1_000_000,
+            forward_fetch: true,
+            forward_window: 16_384,
             request_timeout_ms: 30_000,
             pushback_interval_ms: 15_000,
             ban_ms: 10 * 60_000,
@@ -68,8 +82,9 @@ impl Default for Config {
 /// A peer's request, to be read from the database.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Serve<P> {
-    /// Walk the group's DAG (`Dag::walk_back`) and answer with [`Session::headers_read`]; when
-    /// `with_payloads` and the walk is complete, read the payloads too.
+    /// Walk the group's DAG (`Dag::walk_back`, or `Dag::walk_forward` when `forward`) and
+    /// answer with [`Session::headers_read`]; when `with_payloads` and the walk is complete or
+    /// `forward`, read the payloads too.
     Headers {
         peer: P,
         group: String,
@@ -78,6 +93,7 @@ pub enum Serve<P> {
         limits: Vec<String>,
         max: u32,
         with_payloads: bool,
+        forward: bool,
     },
     /// Read the payloads and answer with [`Session::payloads_read`].
     Payloads { peer: P, group: String, request_id: String, hashes: Vec<String> },
@@ -93,8 +109,10 @@ pub enum Action<P> {
     Serve(Serve<P>),
     /// Import a bundle (`causal.export`'s format: the entries `hashes`, in wire form,
     /// predecessors first) through the extension, then report with [`Session::imported`] or
-    /// [`Session::import_failed`].
-    Import { group: String, hash_algorithm: String, hashes: Vec<String>, bundle: Vec<u8> },
+    /// [`Session::import_failed`], giving back `epoch`. Imports of a group run in the order
+    /// given, and an import may build on the one before it: once one fails, the others of
+    /// its group and epoch must not run (report them failed).
+    Import { group: String, hash_algorithm: String, hashes: Vec<String>, bundle: Vec<u8>, epoch: u64 },
     /// Close every connection to the peer (it was banned until the given time).
     Disconnect { peer: P, reason: String, banned_until_ms: u64 },
     /// Find which of `hashes` (from peers' frontiers) the database holds, then report with
@@ -200,7 +218,13 @@ struct GroupSync<P> {
     /// and does not hold, and those it is being asked about.
     checked_absent: HashSet<String>,
     checking: HashSet<String>,
-    importing: Option<Vec<String>>,
+    /// Batches handed to the database, oldest first, and their entries.
+    importing: VecDeque<Vec<String>>,
+    in_flight: HashSet<String>,
+    /// Raised when an import fails: what was handed out before is void.
+    import_epoch: u64,
+    /// After a failed import, when to try again (a tick does).
+    retry_import_at: Option<u64>,
     last_progress_ms: u64,
     imported_total: u64,
     /// The fetched entries in topological order, computed once after headers arrive (entries
@@ -235,7 +259,10 @@ impl<P> Default for GroupSync<P> {
             stored: HashSet::new(),
             checked_absent: HashSet::new(),
             checking: HashSet::new(),
-            importing: None,
+            importing: VecDeque::new(),
+            in_flight: HashSet::new(),
+            import_epoch: 0,
+            retry_import_at: None,
             last_progress_ms: 0,
             imported_total: 0,
             order: None,
@@ -526,7 +553,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                 }
                 self.new_frontier(peer, &topic, frontier, now_ms)
             }
-            SyncMsg::HeaderRequest { request_id, dag_id, start, limits, max_headers, auto_payload } => {
+            SyncMsg::HeaderRequest { request_id, dag_id, start, limits, max_headers, auto_payload, forward } => {
                 if dag_id != topic {
                     return self.penalize(peer, Offence::Malformed, now_ms);
                 }
@@ -549,6 +576,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                     limits,
                     max: max_headers.min(MAX_HEADERS_PER_REQUEST),
                     with_payloads: auto_payload,
+                    forward,
                 }));
             }
             SyncMsg::PayloadRequest { request_id, dag_id, hashes } => {
@@ -619,7 +647,8 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
     // --- serving ---
 
     /// Answers a [`Serve::Headers`]: the headers in walk order, whether the walk was
-    /// complete, and (when asked and complete) the payloads of those entries.
+    /// complete, and (when asked, and the walk was complete or forward) the payloads of those
+    /// entries, predecessors first.
     pub fn headers_read(
         &mut self,
         peer: &P,
@@ -632,7 +661,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         if !self.serving_done(peer, request_id) {
             return; // cancelled, or the peer is gone
         }
-        let payloads = payloads.filter(|_| complete).unwrap_or_default();
+        let payloads = payloads.unwrap_or_default();
         let meta = SyncMsg::HeaderResponseMeta {
             request_id: request_id.to_string(),
             header_count: headers.len() as u32,
@@ -931,12 +960,16 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
 
     // --- imports ---
 
-    /// The database imported the entries of the last [`Action::Import`] of `group`.
-    pub fn imported(&mut self, group: &str, outcome: ImportOutcome, hash_algorithm: &str, now_ms: u64) {
+    /// The database imported the entries of the oldest [`Action::Import`] of `group` under way.
+    pub fn imported(&mut self, group: &str, epoch: u64, outcome: ImportOutcome, hash_algorithm: &str, now_ms: u64) {
         let Some(g) = self.groups.get_mut(group) else { return };
-        let Some(batch) = g.importing.take() else { return };
+        if epoch != g.import_epoch {
+            return;
+        }
+        let Some(batch) = g.importing.pop_front() else { return };
         let mut sources: HashMap<String, P> = HashMap::new();
         for h in &batch {
+            g.in_flight.remove(h);
             if let Some(f) = g.fetched.remove(h) {
                 sources.insert(h.clone(), f.source);
             }
@@ -973,11 +1006,17 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         self.local_frontier(group, hash_algorithm, &outcome.frontier, now_ms);
     }
 
-    /// The import itself failed (the database refused the bundle, or was unavailable). The
-    /// entries stay fetched and are offered again later.
-    pub fn import_failed(&mut self, group: &str, now_ms: u64) {
+    /// An import failed (the database refused the bundle, or was unavailable), and with it
+    /// every later one of its epoch. The entries stay fetched and are offered again later.
+    pub fn import_failed(&mut self, group: &str, epoch: u64, now_ms: u64) {
         if let Some(g) = self.groups.get_mut(group) {
-            g.importing = None;
+            if epoch == g.import_epoch {
+                g.importing.clear();
+                g.in_flight.clear();
+                g.import_epoch += 1;
+                g.import_from = 0;
+                g.retry_import_at = Some(now_ms + IMPORT_RETRY_MS);
+            }
             g.last_progress_ms = now_ms;
         }
     }
@@ -1022,8 +1061,9 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             return;
         }
         // First, predecessors of fetched headers that are still missing, from the peer that
-        // sent those headers (it must hold them).
+        // sent those headers (it must hold them), walking back.
         let mut per_peer: BTreeMap<P, BTreeSet<String>> = BTreeMap::new();
+        let mut forward = false;
         if !all_resolved(g) {
             for (p, source) in missing(g) {
                 per_peer.entry(source.clone()).or_default().insert(p.clone());
@@ -1046,6 +1086,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                 to_check.extend(unchecked.into_iter().filter(|h| !g.checking.contains(h)));
                 if !absent.is_empty() {
                     per_peer.insert(peer.clone(), absent);
+                    forward = self.config.forward_fetch;
                     break;
                 }
             }
@@ -1060,8 +1101,17 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         else {
             return;
         };
+        if forward && g.fetched.len() >= self.config.forward_window {
+            return; // imports first
+        }
         let start: Vec<String> = start.into_iter().take(MAX_HASH_LIST).collect();
-        let limits: Vec<String> = g.frontier.iter().take(MAX_HASH_LIST).cloned().collect();
+        // A forward request leaves out what was fetched already: the limits name our frontier
+        // and the newest of the fetched entries, whose histories hold everything else fetched.
+        let mut limits: Vec<String> = g.frontier.iter().cloned().collect();
+        if forward {
+            limits.extend(fetched_heads(g));
+        }
+        limits.truncate(MAX_HASH_LIST);
         let id = self.new_request_id();
         let deadline = now_ms + self.config.request_timeout_ms;
         let asked = start.iter().cloned().collect();
@@ -1073,6 +1123,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             limits,
             max_headers: max,
             auto_payload: true,
+            forward,
         };
         self.send(&peer, group, msg);
     }
@@ -1146,7 +1197,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         let chunk = self.config.import_chunk;
         let Some(g) = self.groups.get_mut(group) else { return };
         // Nothing is importable while the walk has not reached known history.
-        if g.importing.is_some() || g.alg.is_none() || !all_resolved(g) {
+        if g.importing.len() >= self.config.imports_in_flight.max(1) || g.alg.is_none() || !all_resolved(g) {
             return;
         }
         cached_order(g);
@@ -1167,13 +1218,19 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                 break;
             }
             let Some(f) = g.fetched.get(h) else { continue };
+            if g.in_flight.contains(h) {
+                continue;
+            }
             if !f.verified || f.payload.is_none() {
                 waiting += 1;
                 continue;
             }
             let prev_ok = f.header.prev.iter().all(|p| {
                 let p = p.to_b64();
-                g.stored.contains(&p) || g.frontier.contains(&p) || placed.contains(p.as_str())
+                g.stored.contains(&p)
+                    || g.frontier.contains(&p)
+                    || g.in_flight.contains(&p)
+                    || placed.contains(p.as_str())
             });
             if !prev_ok {
                 waiting += 1;
@@ -1186,9 +1243,15 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
                 }
             }
         }
-        // While payloads are still on their way, wait for a batch worth its transaction.
+        // While payloads are still on their way, wait for a batch worth its transaction; a
+        // batch queued behind another import waits for a full one while anything is coming.
         let more_coming = self.requests.values().any(|r| r.group == group && !r.asked.is_empty() && r.max == 0);
-        if ready.is_empty() || (more_coming && ready.len() < self.config.import_chunk.min(MIN_IMPORT_BATCH)) {
+        let anything_coming = self.requests.values().any(|r| r.group == group);
+        let queued_behind = !g.importing.is_empty();
+        if ready.is_empty()
+            || (more_coming && ready.len() < self.config.import_chunk.min(MIN_IMPORT_BATCH))
+            || (queued_behind && anything_coming && ready.len() < chunk)
+        {
             return;
         }
         let Some(g) = self.groups.get_mut(group) else { return };
@@ -1205,12 +1268,32 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             .collect();
         let bundle = BundleRef { format: causal_core::BUNDLE_FORMAT, group, hash_algorithm: &alg, entries };
         let Ok(bundle) = serde_json::to_vec(&bundle) else { return };
-        g.importing = Some(ready.clone());
-        self.actions.push_back(Action::Import { group: group.to_string(), hash_algorithm: alg, hashes: ready, bundle });
+        g.in_flight.extend(ready.iter().cloned());
+        g.importing.push_back(ready.clone());
+        let epoch = g.import_epoch;
+        self.actions.push_back(Action::Import {
+            group: group.to_string(),
+            hash_algorithm: alg,
+            hashes: ready,
+            bundle,
+            epoch,
+        });
     }
 
-    /// Time passed: requests past their deadline fail.
+    /// Time passed: requests past their deadline fail, and imports that failed are tried again.
     pub fn tick(&mut self, now_ms: u64) {
+        let retry: Vec<String> = self
+            .groups
+            .iter_mut()
+            .filter(|(_, g)| g.retry_import_at.is_some_and(|t| t <= now_ms))
+            .map(|(id, g)| {
+                g.retry_import_at = None;
+                id.clone()
+            })
+            .collect();
+        for group in retry {
+            self.work(&group, now_ms);
+        }
         let expired: Vec<(String, P)> = self
             .requests
             .iter()
@@ -1227,11 +1310,22 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
 /// transaction, so a trickle of tiny ones is slow).
 const MIN_IMPORT_BATCH: usize = 500;
 
+/// How long after a failed import the fetched entries are offered again.
+const IMPORT_RETRY_MS: u64 = 1_000;
+
 /// Hashes remembered as stored per group before the memory is reset.
 const STORED_MEMORY: usize = 1_000_000;
 
 fn group_without_alg<P>(groups: &BTreeMap<String, GroupSync<P>>, group: &str) -> bool {
     groups.get(group).is_some_and(|g| g.alg.is_none() && g.fetched.contains_key(group))
+}
+
+/// The fetched entries no other fetched entry names as a predecessor.
+fn fetched_heads<P>(g: &GroupSync<P>) -> Vec<String> {
+    let named: HashSet<String> = g.fetched.values().flat_map(|f| f.header.prev.iter().map(|p| p.to_b64())).collect();
+    let mut heads: Vec<String> = g.fetched.keys().filter(|h| !named.contains(*h)).cloned().collect();
+    heads.sort();
+    heads
 }
 
 /// Whether every fetched header's predecessors are fetched or stored (cached until a header

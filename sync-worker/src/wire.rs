@@ -49,6 +49,11 @@ pub enum SyncMsg {
         limits: Vec<String>,
         max_headers: u32,
         auto_payload: bool,
+        /// pg_causal's extension (absent means false): the oldest entries first instead of
+        /// the spec's backward walk, with their payloads even when more are left (see
+        /// docs/SYNC.md).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        forward: bool,
     },
     #[serde(rename_all = "camelCase")]
     HeaderResponseMeta { request_id: String, header_count: u32, complete: bool, payload_count: u32 },
@@ -321,6 +326,7 @@ mod tests {
             limits: vec![],
             max_headers: 10,
             auto_payload: true,
+            forward: false,
         };
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(
@@ -328,6 +334,14 @@ mod tests {
             json!({"type": "header-request", "requestId": "r1", "dagId": H, "start": [H], "limits": [],
                    "maxHeaders": 10, "autoPayload": true})
         );
+        // Our extension appears only when set, and a spec peer's request (without it) reads
+        // as a backward walk.
+        let mut fwd = v.clone();
+        fwd["forward"] = json!(true);
+        match serde_json::from_value::<SyncMsg>(fwd).unwrap() {
+            SyncMsg::HeaderRequest { forward, .. } => assert!(forward),
+            other => panic!("{other:?}"),
+        }
         let env = Envelope { topic: H.into(), msg: m };
         let mut r = FrameReader::new();
         let frame = env.to_frame();

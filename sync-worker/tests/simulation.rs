@@ -20,6 +20,9 @@ struct Node {
     dag: Option<Dag<MemStore>>,
     /// Frames this node sends instead of the honest ones (None: honest).
     hostile: Option<Box<Tamper>>,
+    /// Serves `forward` header requests with the spec's backward walk, as a peer that does
+    /// not know pg_causal's extension would.
+    spec_server: bool,
 }
 
 struct Net {
@@ -36,6 +39,28 @@ struct Net {
     walks_served: BTreeMap<Id, usize>,
     /// Milliseconds that pass per frame delivered.
     step_ms: u64,
+    /// The session configuration of nodes added from now on.
+    config: Config,
+    /// What happened, in order: (node, "walk" served / "import" started).
+    events: Vec<(Id, &'static str)>,
+    /// The most entries each node held fetched and not yet imported.
+    most_fetched: BTreeMap<Id, usize>,
+    /// Imports handed to the nodes' databases, not run yet.
+    imports: VecDeque<Import>,
+    /// Until when each node's database refuses imports, and the epoch of each node's last
+    /// failure (the imports queued behind it fail too).
+    db_down_until: BTreeMap<Id, u64>,
+    failed_epoch: BTreeMap<Id, u64>,
+    /// The most imports each node had handed to its database at once.
+    most_imports_queued: BTreeMap<Id, usize>,
+}
+
+struct Import {
+    node: Id,
+    group: String,
+    hash_algorithm: String,
+    bundle: Vec<u8>,
+    epoch: u64,
 }
 
 /// Appends `n` entries, each after the last.
@@ -73,6 +98,13 @@ impl Net {
             disconnects: Vec::new(),
             walks_served: BTreeMap::new(),
             step_ms: 1,
+            config: Config { max_headers: 64, payload_chunk: 16, import_chunk: 50, ..Config::default() },
+            events: Vec::new(),
+            most_fetched: BTreeMap::new(),
+            imports: VecDeque::new(),
+            db_down_until: BTreeMap::new(),
+            failed_epoch: BTreeMap::new(),
+            most_imports_queued: BTreeMap::new(),
         };
         (net, dag)
     }
@@ -85,24 +117,18 @@ impl Net {
     }
 
     fn add(&mut self, id: Id, dag: Option<Dag<MemStore>>) {
-        let mut session = Session::new(
-            Config { max_headers: 64, payload_chunk: 16, import_chunk: 50, ..Config::default() },
-            &format!("n{id}"),
-        );
+        let mut session = Session::new(self.config.clone(), &format!("n{id}"));
         match &dag {
             Some(d) => session.local_frontier(&self.group, self.alg.name(), &frontier_of(d), self.now),
             None => session.want_group(&self.group, self.now),
         }
-        self.nodes.insert(id, Node { session, dag, hostile: None });
+        self.nodes.insert(id, Node { session, dag, hostile: None, spec_server: false });
     }
 
     /// A node that neither holds nor wants the group (yet).
     fn add_idle(&mut self, id: Id) {
-        let session = Session::new(
-            Config { max_headers: 64, payload_chunk: 16, import_chunk: 50, ..Config::default() },
-            &format!("n{id}"),
-        );
-        self.nodes.insert(id, Node { session, dag: None, hostile: None });
+        let session = Session::new(self.config.clone(), &format!("n{id}"));
+        self.nodes.insert(id, Node { session, dag: None, hostile: None, spec_server: false });
     }
 
     fn connect(&mut self, a: Id, b: Id) {
@@ -132,11 +158,26 @@ impl Net {
                         self.wire.push_back((id, peer, body));
                     }
                 }
-                Action::Serve(Serve::Headers { peer, group, request_id, start, limits, max, with_payloads }) => {
+                Action::Serve(Serve::Headers {
+                    peer,
+                    group,
+                    request_id,
+                    start,
+                    limits,
+                    max,
+                    with_payloads,
+                    forward,
+                }) => {
                     *self.walks_served.entry(id).or_default() += 1;
+                    self.events.push((id, "walk"));
+                    let forward = forward && !node.spec_server;
                     let dag = node.dag.as_ref().unwrap();
                     let parse = |v: &[String]| v.iter().map(|h| h.parse::<Hash>().unwrap()).collect::<Vec<_>>();
-                    let walk = dag.walk_back(&parse(&start), &parse(&limits), max as usize).unwrap();
+                    let walk = if forward {
+                        dag.walk_forward(&parse(&start), &parse(&limits), max as usize).unwrap()
+                    } else {
+                        dag.walk_back(&parse(&start), &parse(&limits), max as usize).unwrap()
+                    };
                     let mut headers = Vec::new();
                     let mut payloads = Vec::new();
                     for h in &walk.hashes {
@@ -144,8 +185,10 @@ impl Net {
                         headers.push(WireHeader { hash: h.to_b64(), header: e.header.to_literal() });
                         payloads.push((h.to_b64(), e.payload.clone()));
                     }
-                    payloads.reverse();
-                    let payloads = with_payloads.then_some(payloads);
+                    if !forward {
+                        payloads.reverse();
+                    }
+                    let payloads = (with_payloads && (walk.complete || forward)).then_some(payloads);
                     node.session.headers_read(&peer, &group, &request_id, headers, walk.complete, payloads);
                 }
                 Action::Serve(Serve::Payloads { peer, group, request_id, hashes }) => {
@@ -158,24 +201,13 @@ impl Net {
                     }
                     node.session.payloads_read(&peer, &group, &request_id, out);
                 }
-                Action::Import { group, hash_algorithm, bundle, .. } => {
-                    let bundle: Value = serde_json::from_slice(&bundle).unwrap();
-                    assert_eq!(bundle["format"], "pg_causal-bundle/1");
-                    assert_eq!(bundle["group"], group.as_str());
-                    let entries = bundle["entries"].as_array().unwrap().clone();
-                    let alg = HashAlgorithm::parse(&hash_algorithm).unwrap();
-                    let dag = node.dag.get_or_insert_with(|| Dag::new(MemStore::new(), alg));
-                    let mut outcome = ImportOutcome::default();
-                    for v in entries {
-                        let e = Entry::from_wire(&v).unwrap();
-                        let h = e.hash.to_b64();
-                        match dag.insert(e) {
-                            Ok(_) => outcome.stored.push(h),
-                            Err(err) => outcome.rejected.push((h, err.to_string())),
-                        }
-                    }
-                    outcome.frontier = frontier_of(dag);
-                    node.session.imported(&group, outcome, &hash_algorithm, now);
+                Action::Import { group, hash_algorithm, bundle, epoch, .. } => {
+                    self.events.push((id, "import"));
+                    // The database gets to it later (see `run`), in the order given.
+                    self.imports.push_back(Import { node: id, group, hash_algorithm, bundle, epoch });
+                    let queued = self.imports.iter().filter(|i| i.node == id).count();
+                    let most = self.most_imports_queued.entry(id).or_default();
+                    *most = (*most).max(queued);
                 }
                 Action::CheckStored { group, hashes } => {
                     let stored = match node.dag.as_ref() {
@@ -198,16 +230,66 @@ impl Net {
         }
     }
 
+    /// Runs the oldest import handed to a database, as the worker's import task does.
+    fn run_import(&mut self) {
+        let Some(Import { node: id, group, hash_algorithm, bundle, epoch }) = self.imports.pop_front() else { return };
+        let now = self.now;
+        let down = self.db_down_until.get(&id).is_some_and(|t| now < *t);
+        let node = self.nodes.get_mut(&id).unwrap();
+        if down || self.failed_epoch.get(&id) == Some(&epoch) {
+            self.failed_epoch.insert(id, epoch);
+            node.session.import_failed(&group, epoch, now);
+            return;
+        }
+        let bundle: Value = serde_json::from_slice(&bundle).unwrap();
+        assert_eq!(bundle["format"], "pg_causal-bundle/1");
+        assert_eq!(bundle["group"], group.as_str());
+        let entries = bundle["entries"].as_array().unwrap().clone();
+        let alg = HashAlgorithm::parse(&hash_algorithm).unwrap();
+        let dag = node.dag.get_or_insert_with(|| Dag::new(MemStore::new(), alg));
+        let mut outcome = ImportOutcome::default();
+        for v in entries {
+            let e = Entry::from_wire(&v).unwrap();
+            let h = e.hash.to_b64();
+            match dag.insert(e) {
+                Ok(_) => outcome.stored.push(h),
+                Err(err) => outcome.rejected.push((h, err.to_string())),
+            }
+        }
+        outcome.frontier = frontier_of(dag);
+        node.session.imported(&group, epoch, outcome, &hash_algorithm, now);
+    }
+
     /// Runs until nothing is in flight; delivery picks frames at random but keeps each link's
-    /// order (a stream is ordered).
+    /// order (a stream is ordered), and imports run now and then, in order.
     fn run(&mut self) {
+        // Whether the clock was moved on once with nothing in flight (so retries come due).
+        let mut waited = false;
         for _ in 0..1_000_000 {
             let ids: Vec<Id> = self.nodes.keys().copied().collect();
             for id in ids {
                 self.act(id);
+                let fetched = self.nodes[&id].session.group_status().iter().map(|g| g.to_fetch).sum();
+                let most = self.most_fetched.entry(id).or_default();
+                *most = (*most).max(fetched);
             }
-            if self.wire.is_empty() {
-                return;
+            if self.wire.is_empty() && self.imports.is_empty() {
+                let down = self.db_down_until.values().any(|t| self.now < *t);
+                if waited && !down {
+                    return;
+                }
+                waited = true;
+                self.now += 2_000;
+                let now = self.now;
+                for node in self.nodes.values_mut() {
+                    node.session.tick(now);
+                }
+                continue;
+            }
+            waited = false;
+            if !self.imports.is_empty() && (self.wire.is_empty() || self.rand(8) == 0) {
+                self.run_import();
+                continue;
             }
             // Pick a link with frames and deliver its oldest frame.
             let i = self.rand(self.wire.len());
@@ -251,6 +333,31 @@ impl Net {
 #[test]
 fn three_nodes_converge_after_concurrent_writes_in_any_delivery_order() {
     for seed in 1..40u64 {
+        converge_three(seed, |_, _| {});
+    }
+}
+
+/// The same with the spec's backward walks only, and with a mix: node 2 fetches backward,
+/// node 3 serves `forward` requests as the spec's walks (a peer without the extension).
+#[test]
+fn three_nodes_converge_with_peers_that_walk_back() {
+    for seed in 1..25u64 {
+        converge_three(seed, |_, net| net.config.forward_fetch = false);
+        converge_three(seed, |id, net| {
+            net.config.forward_fetch = id != 2;
+            if id == 3 {
+                if let Some(n) = net.nodes.get_mut(&3) {
+                    n.spec_server = true;
+                }
+            }
+        });
+    }
+}
+
+/// Three nodes from the genesis, concurrent writes, convergence; `setup(id, net)` runs before
+/// and after node `id` is added.
+fn converge_three(seed: u64, setup: impl Fn(Id, &mut Net)) {
+    {
         let (mut net, genesis_dag) = Net::new(seed);
         // Each node starts from the genesis alone.
         let copy = |d: &Dag<MemStore>| {
@@ -266,9 +373,11 @@ fn three_nodes_converge_after_concurrent_writes_in_any_delivery_order() {
             }
             c
         };
-        net.add(1, Some(copy(&genesis_dag)));
-        net.add(2, Some(copy(&genesis_dag)));
-        net.add(3, Some(copy(&genesis_dag)));
+        for id in 1..=3 {
+            setup(id, &mut net);
+            net.add(id, Some(copy(&genesis_dag)));
+            setup(id, &mut net);
+        }
         net.connect(1, 2);
         net.connect(2, 3);
         net.run();
@@ -300,6 +409,67 @@ fn a_late_joiner_fetches_the_whole_group() {
     let status = net.nodes[&2].session.group_status();
     assert_eq!(status[0].imported, 501);
     assert_eq!(status[0].to_fetch, 0);
+}
+
+/// A node far behind imports while it fetches: forward requests bring the oldest entries
+/// first with their payloads, so the first import starts long before the last request is
+/// served, and no more than the window (plus one answer) waits fetched at any time.
+#[test]
+fn a_catch_up_imports_while_it_fetches() {
+    let (mut net, mut dag) = Net::new(11);
+    net.config.forward_window = 200;
+    extend_chain(&mut dag, 1500);
+    let behind = genesis_only(&dag, &net.group);
+    net.add(1, Some(dag));
+    net.add(2, Some(behind));
+    net.connect(1, 2);
+    net.run();
+    net.assert_converged(&[1, 2]);
+    let first_import = net.events.iter().position(|e| *e == (2, "import")).unwrap();
+    let last_walk = net.events.iter().rposition(|e| *e == (1, "walk")).unwrap();
+    assert!(first_import < last_walk / 4, "first import at event {first_import}, last walk at {last_walk}");
+    // Each request leaves out what was fetched already: about one walk per 64 entries.
+    let walks = net.walks_served[&1];
+    assert!((1500 / 64..=1500 / 64 + 3).contains(&walks), "{walks} walks served");
+    let most = net.most_fetched[&2];
+    assert!(most <= 200 + 64, "{most} entries waited fetched");
+    // The next import is handed over while one runs, never more than two.
+    assert_eq!(net.most_imports_queued[&2], 2);
+    // The same catch-up with the spec's walk imports only once the walk is done.
+    let (mut net, mut dag) = Net::new(11);
+    net.config.forward_fetch = false;
+    extend_chain(&mut dag, 1500);
+    let behind = genesis_only(&dag, &net.group);
+    net.add(1, Some(dag));
+    net.add(2, Some(behind));
+    net.connect(1, 2);
+    net.run();
+    net.assert_converged(&[1, 2]);
+    let first_import = net.events.iter().position(|e| *e == (2, "import")).unwrap();
+    let walks_before = net.events[..first_import].iter().filter(|e| **e == (1, "walk")).count();
+    assert!(walks_before >= 1500 / 64, "{walks_before} walks before the first import");
+}
+
+/// Imports the database refuses (it was unavailable) fail with those queued behind them, and
+/// the entries are imported later, once, in order.
+#[test]
+fn failed_imports_are_tried_again() {
+    for seed in 1..10u64 {
+        let (mut net, mut dag) = Net::new(seed);
+        extend_chain(&mut dag, 700);
+        let behind = genesis_only(&dag, &net.group);
+        net.add(1, Some(dag));
+        net.add(2, Some(behind));
+        // Down for the first imports, or until the fetching is long over (then only the
+        // retry brings the entries in).
+        let until = if seed % 2 == 0 { 150 } else { 20_000 };
+        net.db_down_until.insert(2, net.now + until);
+        net.connect(1, 2);
+        net.run();
+        net.assert_converged(&[1, 2]);
+        assert_eq!(net.nodes[&2].session.group_status()[0].imported, 700);
+        assert!(net.disconnects.is_empty(), "{:?}", net.disconnects);
+    }
 }
 
 /// A peer behind us announces entries we hold but never saw as our frontier (many local

@@ -138,6 +138,11 @@ pub trait DagStore {
     fn chain_len(&self, chain: ChainId) -> Result<Seq, StoreError>;
     /// The node at `seq` (1-based) of `chain`.
     fn chain_member(&self, chain: ChainId, seq: Seq) -> Result<NodeId, StoreError>;
+    /// The nodes at `lo..=hi` of `chain`, in order (`hi` at most the chain's length). A store
+    /// that reads nodes one query at a time can read them in one.
+    fn chain_members(&self, chain: ChainId, lo: Seq, hi: Seq) -> Result<Vec<NodeId>, StoreError> {
+        (lo.max(1)..=hi).map(|s| self.chain_member(chain, s)).collect()
+    }
 
     /// The highest sequence number in `lo..=hi` of a node of `chain` whose metadata carries
     /// `tag`, if any.

@@ -82,10 +82,63 @@ impl<S: DagStore> Dag<S> {
     }
 }
 
+impl<S: DagStore> Dag<S> {
+    /// The oldest-first counterpart of [`Dag::walk_back`], for pg_causal's `forward` header
+    /// requests: of the entries in the history of the `start` entries this DAG holds and not
+    /// in the history of the `limits` it holds, the first `max` in node order. Node order is
+    /// the order entries were stored in, so every entry comes after its predecessors: each
+    /// answer holds, besides what the requester has, everything its entries depend on, and
+    /// can be imported at once. `complete` says nothing is left after it.
+    pub fn walk_forward(&self, start: &[Hash], limits: &[Hash], max: usize) -> Result<Walk, DagError> {
+        let ids = |hashes: &[Hash]| -> Result<Vec<_>, DagError> {
+            let mut out = Vec::new();
+            for h in hashes {
+                if let Some(id) = self.store.node_id(h)? {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        };
+        let below = self.position_clock(&ids(limits)?)?;
+        let top = self.position_clock(&ids(start)?)?;
+        // On each chain the part to send is `below + 1 ..= top` (a chain is a path, and a
+        // history holds a prefix of every chain). Node ids grow along a chain, so the first
+        // `max` of the union in node order are among the first `max` of each chain.
+        let cap = Seq::try_from(max).unwrap_or(Seq::MAX);
+        let mut found: Vec<(super::NodeId, ChainId, Seq)> = Vec::new();
+        let mut left_over = false;
+        for chain in 0..top.width() {
+            let (lo, hi) = (below.get(chain).saturating_add(1), top.get(chain));
+            if lo > hi {
+                continue;
+            }
+            if cap == 0 {
+                left_over = true;
+                break;
+            }
+            let to = hi.min(lo.saturating_add(cap - 1));
+            left_over |= to < hi;
+            let members = self.store.chain_members(chain, lo, to)?;
+            found.extend(members.into_iter().zip(lo..=to).map(|(id, seq)| (id, chain, seq)));
+        }
+        found.sort_unstable();
+        if found.len() > max {
+            found.truncate(max);
+            left_over = true;
+        }
+        let mut hashes = Vec::with_capacity(found.len());
+        for (id, ..) in &found {
+            hashes.push(self.store.node(*id)?.hash);
+        }
+        let positions = found.iter().map(|(_, c, s)| (*c, *s)).collect();
+        Ok(Walk { hashes, positions, complete: !left_over })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::entry::{Meta, Position};
-    use crate::{Dag, HashAlgorithm, MemStore};
+    use crate::{Dag, Hash, HashAlgorithm, MemStore};
     use serde_json::json;
 
     #[test]
@@ -111,5 +164,64 @@ mod tests {
         // Nothing to send when the requester is ahead.
         let w = dag.walk_back(&[a1], &[m], 10).unwrap();
         assert_eq!(w, super::Walk { hashes: vec![], positions: vec![], complete: true });
+        // Forward: the same entries, oldest first, in chunks that each follow what came before.
+        let w = dag.walk_forward(&[m], &[a1], 100).unwrap();
+        assert!(w.complete);
+        assert_eq!(w.hashes, vec![a2, b1, m]);
+        let w = dag.walk_forward(&[m], &[a1], 2).unwrap();
+        assert_eq!((w.hashes, w.complete), (vec![a2, b1], false));
+        let w = dag.walk_forward(&[m], &[a1, a2, b1], 2).unwrap();
+        assert_eq!((w.hashes, w.complete), (vec![m], true));
+        let w = dag.walk_forward(&[a1], &[m], 10).unwrap();
+        assert_eq!(w, super::Walk { hashes: vec![], positions: vec![], complete: true });
+        assert!(!dag.walk_forward(&[m], &[], 0).unwrap().complete);
+    }
+
+    /// Forward walks in chunks, each asked with the last chunk's entries added to the limits,
+    /// bring exactly what a backward walk brings, every entry after its predecessors.
+    #[test]
+    fn forward_chunks_cover_the_backward_walk() {
+        use std::collections::HashSet;
+        let mut dag = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
+        let g = dag.append(json!("g"), Meta::new(), Position::new()).unwrap().hash;
+        let mut all = vec![g];
+        let mut state: u64 = 0x2545f4914f6cdd1d;
+        let mut rand = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for i in 0..300 {
+            let mut prev = Position::new();
+            for _ in 0..1 + rand(3) {
+                prev.insert(all[all.len() - 1 - rand(all.len().min(20))]);
+            }
+            let prev = dag.minimal_cover(&prev).unwrap();
+            all.push(dag.append(json!(i), Meta::new(), prev).unwrap().hash);
+        }
+        let frontier: Vec<_> = dag.frontier().unwrap().into_iter().collect();
+        for (known, max) in [(0, 7), (50, 1), (120, 33), (299, 5)] {
+            let limits = vec![all[known]];
+            let back: HashSet<_> = dag.walk_back(&frontier, &limits, 10_000).unwrap().hashes.into_iter().collect();
+            let mut have: HashSet<Hash> = HashSet::new();
+            let mut limits_now = limits.clone();
+            loop {
+                let w = dag.walk_forward(&frontier, &limits_now, max).unwrap();
+                assert!(w.hashes.len() <= max);
+                for h in &w.hashes {
+                    let e = dag.entry(h).unwrap().unwrap();
+                    for p in &e.header.prev {
+                        assert!(have.contains(p) || !back.contains(p), "{h} came before its predecessor {p}");
+                    }
+                    assert!(have.insert(*h), "{h} sent twice");
+                }
+                limits_now.extend(w.hashes.iter().copied());
+                if w.complete {
+                    break;
+                }
+            }
+            assert_eq!(have, back, "known {known}, max {max}");
+        }
     }
 }
