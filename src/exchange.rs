@@ -78,7 +78,7 @@ use causal_core::entry::{Entry, Position};
 use causal_core::identity::{KeyId, PublicKey};
 use causal_core::membership::{derive_meta, member_status, MemberStatus, MEMBER_TAG, SCHEMA_TAG};
 use causal_core::payload::{Op, SignedPayload};
-use causal_core::precheck::{precheck_batch, Prechecked};
+use causal_core::precheck::{precheck_stream, Prechecked};
 use causal_core::reconcile::NewEntry;
 use causal_core::schema::TableSchema;
 use causal_core::{Dag, DagError, HashAlgorithm};
@@ -291,6 +291,10 @@ fn all_present(dag: &causal_core::Dag<crate::store::SpiStore>, prev: &Position) 
     Ok(true)
 }
 
+/// Entries checked per chunk before they are stored (see `precheck_stream`): small enough
+/// that storing starts early, large enough that a batch of signatures is still cheap.
+const PRECHECK_CHUNK: usize = 256;
+
 fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     let parsing = std::time::Instant::now();
     let (group_id, alg_name, raw) = parse_bundle(bytes)?;
@@ -334,74 +338,95 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     let mut rejected: Vec<(Hash, String)> = Vec::new();
     let mut rejected_set: HashSet<Hash> = HashSet::new();
     let mut checking = std::time::Duration::ZERO;
-    let mut pending: Vec<Entry> = entries.into_iter().filter(|e| !(adopted && e.hash == gid)).collect();
-    // Hashes, decoding and signatures need no storage: check them all first, on every core.
-    let t = std::time::Instant::now();
+    let pending: Vec<Entry> = entries.into_iter().filter(|e| !(adopted && e.hash == gid)).collect();
     let keys = known_keys(&group_id, &pending)?;
-    let mut prechecked: HashMap<Hash, Prechecked> = pending
-        .iter()
-        .map(|e| e.hash)
-        .zip(precheck_batch(&pending, alg, &gid, &keys, crate::guc::verify_threads()))
-        .collect();
-    let precheck = t.elapsed();
     // One query tells which of the bundle's entries (and their predecessors) are stored.
     let mut asked: Vec<Hash> = pending.iter().map(|e| e.hash).collect();
     asked.extend(pending.iter().flat_map(|e| e.header.prev.iter().copied()));
     dag.store().prefetch_ids(&asked).map_err(DagError::from)?;
+    drop(asked);
     let mut positions = Positions::default();
-    loop {
-        let mut progress = false;
-        let mut waiting = Vec::new();
-        for e in pending {
-            if dag.contains(&e.hash)? {
-                duplicates += 1;
-                progress = true;
-            } else if let Some(bad) = e.header.prev.iter().find(|p| rejected_set.contains(*p)) {
-                rejected_set.insert(e.hash);
-                rejected.push((e.hash, format!("depends on rejected entry {bad}")));
-                progress = true;
-            } else if all_present(&dag, &e.header.prev)? {
-                progress = true;
-                let t = std::time::Instant::now();
-                let pre = prechecked
-                    .remove(&e.hash)
-                    .unwrap_or_else(|| Prechecked::Invalid("the bundle holds this entry twice".into()));
-                let verdict = validate(&dag, &mut positions, &gid, &e, pre);
-                checking += t.elapsed();
-                match verdict {
-                    Err(reason) => {
-                        rejected_set.insert(e.hash);
-                        rejected.push((e.hash, reason));
-                    }
-                    Ok(payload) => {
-                        let mut entry = e;
-                        entry.meta = derive_meta(&payload);
-                        let (hash, prev) = (entry.hash, entry.header.prev.clone());
-                        let meta = entry.meta.clone();
-                        // Its hashes were verified by the precheck.
-                        match dag.insert_verified(entry) {
-                            Ok(_) => {
-                                positions.covers.appended(hash, &prev, &meta);
-                                accepted += 1;
-                                stored.push((hash, prev, payload));
-                            }
-                            Err(err) => {
-                                rejected_set.insert(hash);
-                                rejected.push((hash, err.to_string()));
-                            }
+    // Stores one prechecked entry whose turn has come; gives it back if a predecessor is not
+    // stored yet (it comes later in the bundle, or is missing).
+    let mut place = |dag: &mut causal_core::Dag<crate::store::SpiStore>,
+                     e: Entry,
+                     pre: Prechecked|
+     -> Result<Option<(Entry, Prechecked)>, CausalError> {
+        if dag.contains(&e.hash)? {
+            duplicates += 1;
+        } else if let Some(bad) = e.header.prev.iter().find(|p| rejected_set.contains(*p)) {
+            rejected_set.insert(e.hash);
+            rejected.push((e.hash, format!("depends on rejected entry {bad}")));
+        } else if all_present(dag, &e.header.prev)? {
+            let t = std::time::Instant::now();
+            let verdict = validate(dag, &mut positions, &gid, &e, pre);
+            checking += t.elapsed();
+            match verdict {
+                Err(reason) => {
+                    rejected_set.insert(e.hash);
+                    rejected.push((e.hash, reason));
+                }
+                Ok(payload) => {
+                    let mut entry = e;
+                    entry.meta = derive_meta(&payload);
+                    let (hash, prev) = (entry.hash, entry.header.prev.clone());
+                    let meta = entry.meta.clone();
+                    // Its hashes were verified by the precheck.
+                    match dag.insert_verified(entry) {
+                        Ok(_) => {
+                            positions.covers.appended(hash, &prev, &meta);
+                            accepted += 1;
+                            stored.push((hash, prev, payload));
+                        }
+                        Err(err) => {
+                            rejected_set.insert(hash);
+                            rejected.push((hash, err.to_string()));
                         }
                     }
                 }
-            } else {
-                waiting.push(e);
+            }
+        } else {
+            return Ok(Some((e, pre)));
+        }
+        Ok(None)
+    };
+    // Hashes, decoding and signatures need no storage: they are checked on other threads,
+    // a chunk at a time, while this one stores the entries already checked (in bundle order,
+    // which is predecessors first for bundles from `causal.export` and the sync worker).
+    let mut waiting: Vec<(Entry, Prechecked)> = Vec::new();
+    let (mut in_place, stream_started) = (std::time::Duration::ZERO, std::time::Instant::now());
+    let workers = crate::guc::verify_threads();
+    precheck_stream(pending, alg, &gid, &keys, workers, PRECHECK_CHUNK, |part| {
+        let t = std::time::Instant::now();
+        for (e, pre) in part {
+            if let Some(back) = place(&mut dag, e, pre)? {
+                waiting.push(back);
             }
         }
-        pending = waiting;
-        if !progress || pending.is_empty() {
+        // Their rows are written now, while the next chunks are checked.
+        dag.store().write_pending().map_err(DagError::from)?;
+        in_place += t.elapsed();
+        Ok::<(), CausalError>(())
+    })?;
+    // The time this thread waited for the checks.
+    let precheck = stream_started.elapsed().saturating_sub(in_place);
+    // Entries that came before their predecessors in the bundle.
+    loop {
+        let mut progress = false;
+        let mut still = Vec::new();
+        for (e, pre) in std::mem::take(&mut waiting) {
+            match place(&mut dag, e, pre)? {
+                Some(back) => still.push(back),
+                None => progress = true,
+            }
+        }
+        waiting = still;
+        if !progress || waiting.is_empty() {
             break;
         }
     }
-    for e in pending {
+    drop(place);
+    for (e, _) in waiting {
         let mut missing = String::new();
         for p in &e.header.prev {
             if !dag.contains(p)? {

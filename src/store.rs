@@ -267,6 +267,11 @@ impl SpiStore {
         Ok(ids)
     }
 
+    /// Writes the entries' rows that wait (an import writes them a chunk at a time).
+    pub fn write_pending(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let p = std::mem::take(&mut *self.pending.borrow_mut());
         if p.node_id.len() == 1 {

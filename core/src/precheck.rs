@@ -114,6 +114,102 @@ pub fn precheck_batch(
     })
 }
 
+/// Prechecks `entries` on `workers` threads besides the calling one (none: on the calling
+/// thread), handing them back with their results to `take`, in order, `chunk` entries at a
+/// time, as soon as each chunk and all before it are checked: the caller's work on the first
+/// chunks (storing, replaying) overlaps the checks of the later ones. `take` runs on the
+/// calling thread. An error from `take` stops the checks and is returned.
+pub fn precheck_stream<E>(
+    entries: Vec<Entry>,
+    alg: HashAlgorithm,
+    group: &Hash,
+    keys: &HashMap<KeyId, PublicKey>,
+    workers: usize,
+    chunk: usize,
+    mut take: impl FnMut(Vec<(Entry, Prechecked)>) -> Result<(), E>,
+) -> Result<(), E> {
+    let chunk = chunk.max(1);
+    let workers = workers.min(64);
+    let mut chunks: Vec<Vec<Entry>> = Vec::with_capacity(entries.len().div_ceil(chunk));
+    let mut rest = entries.into_iter().peekable();
+    while rest.peek().is_some() {
+        chunks.push(rest.by_ref().take(chunk).collect());
+    }
+    let run = |part: Vec<Entry>| -> Vec<(Entry, Prechecked)> {
+        // Every step returns errors rather than panic on input; should one panic anyway, its
+        // entries are refused rather than lost silently.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| precheck_run(&part, alg, group, keys)));
+        let results = checked.unwrap_or_else(|_| {
+            part.iter().map(|_| Prechecked::Invalid("the entry's checks failed unexpectedly".into())).collect()
+        });
+        part.into_iter().zip(results).collect()
+    };
+    if workers == 0 || chunks.len() < 2 {
+        for part in chunks {
+            take(run(part))?;
+        }
+        return Ok(());
+    }
+    let n = chunks.len();
+    let queue = std::sync::Mutex::new(chunks.into_iter().enumerate().collect::<std::collections::VecDeque<_>>());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<(Entry, Prechecked)>)>();
+        for _ in 0..workers {
+            let (tx, queue, stop, run) = (tx.clone(), &queue, &stop, &run);
+            s.spawn(move || loop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let next = match queue.lock() {
+                    Ok(mut q) => q.pop_front(),
+                    Err(_) => return,
+                };
+                let Some((k, part)) = next else { return };
+                if tx.send((k, run(part))).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        let mut ready: std::collections::BTreeMap<usize, Vec<(Entry, Prechecked)>> = Default::default();
+        let mut next = 0;
+        while next < n {
+            match ready.remove(&next) {
+                Some(part) => {
+                    if let Err(e) = take(part) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    next += 1;
+                }
+                None => match rx.recv() {
+                    Ok((k, part)) => {
+                        ready.insert(k, part);
+                    }
+                    // Every worker is gone (a poisoned queue): whatever they did not take is
+                    // checked here.
+                    Err(_) => {
+                        let left: Vec<(usize, Vec<Entry>)> = match queue.lock() {
+                            Ok(mut q) => q.drain(..).collect(),
+                            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+                        };
+                        for (k, part) in left {
+                            ready.insert(k, run(part));
+                        }
+                        if !ready.contains_key(&next) {
+                            // Lost with a worker that died mid-chunk: cannot happen without a
+                            // panic outside `run`, which catches them.
+                            return Ok(());
+                        }
+                    }
+                },
+            }
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +225,46 @@ mod tests {
         }];
         let p = SignedPayload::sign(kp, group, ops, prev).expect("sign");
         Entry::new(HashAlgorithm::Blake3, p.to_value(), prev.clone(), Default::default()).expect("entry")
+    }
+
+    /// The streaming checks hand every entry back once, in order, with the same results as
+    /// the batch, and stop at the caller's first error.
+    #[test]
+    fn streams_entries_back_in_order() {
+        let alice = Keypair::generate();
+        let group = HashAlgorithm::Blake3.digest(b"group");
+        let mut keys = HashMap::new();
+        keys.insert(alice.public().key_id(), alice.public());
+        let prev: Position = [group].into_iter().collect();
+        let mut entries: Vec<Entry> = (0..300).map(|n| entry(&alice, &group, &prev, n)).collect();
+        entries[77].payload["author"] = json!("x");
+        for threads in [0, 1, 2] {
+            let mut seen = Vec::new();
+            let mut chunks = 0;
+            let r: Result<(), ()> =
+                precheck_stream(entries.clone(), HashAlgorithm::Blake3, &group, &keys, threads, 32, |part| {
+                    assert!(part.len() <= 32);
+                    chunks += 1;
+                    for (e, p) in part {
+                        seen.push((e.hash, matches!(p, Prechecked::Signed(_))));
+                    }
+                    Ok(())
+                });
+            assert!(r.is_ok());
+            assert_eq!(chunks, 300usize.div_ceil(32));
+            let expected: Vec<_> = entries.iter().enumerate().map(|(i, e)| (e.hash, i != 77)).collect();
+            assert_eq!(seen, expected, "threads {threads}");
+            let mut calls = 0;
+            let r = precheck_stream(entries.clone(), HashAlgorithm::Blake3, &group, &keys, threads, 32, |_| {
+                calls += 1;
+                if calls == 3 {
+                    Err("stop")
+                } else {
+                    Ok(())
+                }
+            });
+            assert_eq!((r, calls), (Err("stop"), 3));
+        }
     }
 
     #[test]
