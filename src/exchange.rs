@@ -425,7 +425,6 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
             break;
         }
     }
-    drop(place);
     for (e, _) in waiting {
         let mut missing = String::new();
         for p in &e.header.prev {

@@ -9,7 +9,8 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 pub static AUTHOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `causal.verify_threads`: how many threads check the hashes and signatures of an imported
-/// batch (pure computation, no database access from those threads).
+/// batch while the backend stores the entries already checked (pure computation, no
+/// database access from those threads); 0 checks them in the backend.
 pub static VERIFY_THREADS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
 /// `causal.listen_addresses`: multiaddrs the sync worker listens on (comma-separated).
@@ -51,9 +52,9 @@ pub fn register() {
     GucRegistry::define_int_guc(
         c"causal.verify_threads",
         c"Threads that verify the hashes and signatures of imported entries.",
-        c"The checks that need no database access run on this many threads; 1 runs them in the backend alone.",
+        c"The checks that need no database access run on this many threads besides the backend, which stores what they have checked meanwhile; 0 runs them in the backend.",
         &VERIFY_THREADS,
-        1,
+        0,
         64,
         GucContext::Userset,
         GucFlags::default(),
@@ -75,7 +76,7 @@ pub fn author() -> Option<String> {
 
 /// The current value of `causal.verify_threads`.
 pub fn verify_threads() -> usize {
-    usize::try_from(VERIFY_THREADS.get()).unwrap_or(1).max(1)
+    usize::try_from(VERIFY_THREADS.get()).unwrap_or(0)
 }
 
 fn list(setting: &GucSetting<Option<CString>>) -> Vec<String> {

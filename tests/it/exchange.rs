@@ -246,6 +246,31 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
     let skus: Vec<String> =
         b.query("SELECT sku FROM products WHERE name = 'forged'", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(skus, vec!["bob1"]);
+
+    // 7. A long bundle, checked on other threads a chunk (256 entries) at a time while the
+    //    backend stores the chunks before, and in the backend alone, with a tampered entry in
+    //    its third chunk: the 400 entries before it are stored; it and its 299 dependents are
+    //    refused, across chunk boundaries.
+    for threads in [2, 0] {
+        b.batch_execute(&format!("SET causal.verify_threads = {threads}")).unwrap();
+        let mut f = Forge::from(&export(&mut a, None));
+        let mut tip = f.last_hash();
+        for i in 0..700 {
+            tip = f.push_signed(&admin, vec![insert_op(&format!("long{threads}-{i}"))], [tip].into());
+        }
+        let bad = f.entries().len() - 300;
+        f.entries()[bad]["payload"]["ops"][0]["row"]["name"] = json!("tampered");
+        let r = import(&mut b, &f.bytes());
+        let why = reasons(&r);
+        assert_eq!(why.len(), 300, "{r}");
+        assert!(why[0].contains("payload hash mismatch"), "{r}");
+        assert!(why[1..].iter().all(|w| w.contains("depends on rejected entry")), "{r}");
+        let stored: i64 = b
+            .query_one("SELECT count(*) FROM products WHERE sku LIKE $1", &[&format!("long{threads}-%")])
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, 400);
+    }
     let ok: bool = b.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
     assert!(ok);
 }
