@@ -364,12 +364,19 @@ impl SpiStore {
 
     /// The group's running state (read once per store; under the row lock after [`SpiStore::lock`]).
     pub fn state(&self) -> Result<GroupState, StoreError> {
+        self.with_state(GroupState::clone)
+    }
+
+    /// Reads the running state without copying it (the DAG index asks for chain lengths
+    /// several times per entry stored).
+    fn with_state<T>(&self, read: impl FnOnce(&GroupState) -> T) -> Result<T, StoreError> {
         if let Some(s) = self.state.borrow().as_ref() {
-            return Ok(s.clone());
+            return Ok(read(s));
         }
         let state = self.load_state(STATE_SQL, false)?;
-        *self.state.borrow_mut() = Some(state.clone());
-        Ok(state)
+        let out = read(&state);
+        *self.state.borrow_mut() = Some(state);
+        Ok(out)
     }
 }
 
@@ -394,7 +401,7 @@ impl DagStore for SpiStore {
     type EntryRef<'a> = Rc<Entry>;
 
     fn len(&self) -> Result<u64, StoreError> {
-        Ok(u64::from(self.state()?.entry_count))
+        self.with_state(|s| u64::from(s.entry_count))
     }
 
     fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError> {
@@ -508,11 +515,11 @@ impl DagStore for SpiStore {
     }
 
     fn chain_count(&self) -> Result<ChainId, StoreError> {
-        Ok(self.state()?.chain_lens.len() as ChainId)
+        self.with_state(|s| s.chain_lens.len() as ChainId)
     }
 
     fn chain_len(&self, chain: ChainId) -> Result<Seq, StoreError> {
-        Ok(self.state()?.chain_lens.get(chain as usize).copied().unwrap_or(0))
+        self.with_state(|s| s.chain_lens.get(chain as usize).copied().unwrap_or(0))
     }
 
     fn chain_member(&self, chain: ChainId, seq: Seq) -> Result<NodeId, StoreError> {

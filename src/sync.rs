@@ -141,6 +141,21 @@ struct StoredEntry {
     payload: Option<String>,
 }
 
+/// Rows `(hash, prev, payload_hash, payload)` read as stored entries by hash.
+fn stored_entries(
+    rows: pgrx::spi::SpiTupleTable<'_>,
+) -> Result<std::collections::HashMap<String, StoredEntry>, pgrx::spi::Error> {
+    let mut out = std::collections::HashMap::new();
+    for r in rows {
+        let (hash, prev, payload_hash) = (r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?);
+        if let (Some(hash), Some(payload_hash)) = (hash, payload_hash) {
+            let payload = r.get::<String>(4)?;
+            out.insert(hash, StoredEntry { prev: prev.unwrap_or_default(), payload_hash, payload });
+        }
+    }
+    Ok(out)
+}
+
 /// The stored entries of `group` among `hashes`, in one query, with their payloads when
 /// `with_payloads`.
 fn entries_by_hash(
@@ -159,17 +174,9 @@ fn entries_by_hash(
          WHERE grp = g.grp AND hash = h.hash OFFSET 0) e",
         &[group_id.into(), hashes.to_vec().into(), with_payloads.into()],
         false,
-        |rows| {
-            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?, r.get::<String>(4)?)))
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        },
+        stored_entries,
     )?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(h, prev, payload_hash, payload)| {
-            Some((h?, StoredEntry { prev: prev.unwrap_or_default(), payload_hash: payload_hash?, payload }))
-        })
-        .collect())
+    Ok(rows)
 }
 
 /// Runs of consecutive places on one chain, as `(chains, from, to)` columns: a walk's places,
@@ -212,17 +219,9 @@ fn entries_by_position(
          WHERE grp = $1 AND chain = r.chain AND seq BETWEEN r.lo AND r.hi OFFSET 0) e",
         &[group.num.into(), chains.into(), from.into(), to.into(), with_payloads.into()],
         false,
-        |rows| {
-            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?, r.get::<String>(4)?)))
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        },
+        stored_entries,
     )?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(h, prev, payload_hash, payload)| {
-            Some((h?, StoredEntry { prev: prev.unwrap_or_default(), payload_hash: payload_hash?, payload }))
-        })
-        .collect())
+    Ok(rows)
 }
 
 fn hashes(list: &[String]) -> Vec<Hash> {

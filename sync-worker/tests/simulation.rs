@@ -416,15 +416,7 @@ fn a_late_joiner_fetches_the_whole_group() {
 /// served, and no more than the window (plus one answer) waits fetched at any time.
 #[test]
 fn a_catch_up_imports_while_it_fetches() {
-    let (mut net, mut dag) = Net::new(11);
-    net.config.forward_window = 200;
-    extend_chain(&mut dag, 1500);
-    let behind = genesis_only(&dag, &net.group);
-    net.add(1, Some(dag));
-    net.add(2, Some(behind));
-    net.connect(1, 2);
-    net.run();
-    net.assert_converged(&[1, 2]);
+    let net = catch_up_1500(|c| c.forward_window = 200);
     let first_import = net.events.iter().position(|e| *e == (2, "import")).unwrap();
     let last_walk = net.events.iter().rposition(|e| *e == (1, "walk")).unwrap();
     assert!(first_import < last_walk / 4, "first import at event {first_import}, last walk at {last_walk}");
@@ -436,8 +428,17 @@ fn a_catch_up_imports_while_it_fetches() {
     // The next import is handed over while one runs, never more than two.
     assert_eq!(net.most_imports_queued[&2], 2);
     // The same catch-up with the spec's walk imports only once the walk is done.
+    let net = catch_up_1500(|c| c.forward_fetch = false);
+    let first_import = net.events.iter().position(|e| *e == (2, "import")).unwrap();
+    let walks_before = net.events[..first_import].iter().filter(|e| **e == (1, "walk")).count();
+    assert!(walks_before >= 1500 / 64, "{walks_before} walks before the first import");
+}
+
+/// Node 2, holding the genesis only, catches up 1500 entries from node 1 (configured by
+/// `configure`); the two have converged.
+fn catch_up_1500(configure: impl Fn(&mut Config)) -> Net {
     let (mut net, mut dag) = Net::new(11);
-    net.config.forward_fetch = false;
+    configure(&mut net.config);
     extend_chain(&mut dag, 1500);
     let behind = genesis_only(&dag, &net.group);
     net.add(1, Some(dag));
@@ -445,9 +446,7 @@ fn a_catch_up_imports_while_it_fetches() {
     net.connect(1, 2);
     net.run();
     net.assert_converged(&[1, 2]);
-    let first_import = net.events.iter().position(|e| *e == (2, "import")).unwrap();
-    let walks_before = net.events[..first_import].iter().filter(|e| **e == (1, "walk")).count();
-    assert!(walks_before >= 1500 / 64, "{walks_before} walks before the first import");
+    net
 }
 
 /// Imports the database refuses (it was unavailable) fail with those queued behind them, and
