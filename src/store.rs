@@ -216,7 +216,6 @@ impl SpiStore {
         Ok(())
     }
 
-    /// Writes the pending entry and tag rows.
     /// Reads the nodes at `lo..=hi` of `chain` in one statement, caches them, and returns their
     /// ids in chain order.
     fn load_chain(&self, chain: ChainId, lo: Seq, hi: Seq) -> Result<Vec<NodeId>, StoreError> {
@@ -272,6 +271,7 @@ impl SpiStore {
         self.flush()
     }
 
+    /// Writes the pending entry and tag rows.
     fn flush(&self) -> Result<(), StoreError> {
         let p = std::mem::take(&mut *self.pending.borrow_mut());
         if p.node_id.len() == 1 {
