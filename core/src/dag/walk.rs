@@ -102,30 +102,58 @@ impl<S: DagStore> Dag<S> {
         let below = self.position_clock(&ids(limits)?)?;
         let top = self.position_clock(&ids(start)?)?;
         // On each chain the part to send is `below + 1 ..= top` (a chain is a path, and a
-        // history holds a prefix of every chain). Node ids grow along a chain, so the first
-        // `max` of the union in node order are among the first `max` of each chain.
-        let cap = Seq::try_from(max).unwrap_or(Seq::MAX);
-        let mut found: Vec<(super::NodeId, ChainId, Seq)> = Vec::new();
-        let mut left_over = false;
+        // history holds a prefix of every chain), and node ids grow along a chain: the answer
+        // is a merge of the chains by node id. Each chain is read a page at a time (the first
+        // small, each next one twice the last), so a wide DAG costs about what is sent plus a
+        // page per chain, not `max` per chain.
+        struct Cursor {
+            chain: ChainId,
+            /// The next seq to read, and the last to send.
+            next: Seq,
+            hi: Seq,
+            page: Seq,
+            read: std::collections::VecDeque<(super::NodeId, Seq)>,
+        }
+        // A page never asks for more than the answer still needs.
+        let load = |c: &mut Cursor, needed: usize| -> Result<(), DagError> {
+            let size = c.page.min(Seq::try_from(needed).unwrap_or(Seq::MAX)).max(1);
+            let to = c.hi.min(c.next.saturating_add(size - 1));
+            let ids = self.store.chain_members(c.chain, c.next, to)?;
+            c.read.extend(ids.into_iter().zip(c.next..=to));
+            c.next = to.saturating_add(1);
+            c.page = c.page.saturating_mul(2);
+            Ok(())
+        };
+        let mut cursors: Vec<Cursor> = Vec::new();
+        let mut heads = std::collections::BinaryHeap::new();
         for chain in 0..top.width() {
             let (lo, hi) = (below.get(chain).saturating_add(1), top.get(chain));
             if lo > hi {
                 continue;
             }
-            if cap == 0 {
-                left_over = true;
-                break;
+            let mut c = Cursor { chain, next: lo, hi, page: FIRST_PREFETCH, read: Default::default() };
+            if max > 0 {
+                load(&mut c, max)?;
             }
-            let to = hi.min(lo.saturating_add(cap - 1));
-            left_over |= to < hi;
-            let members = self.store.chain_members(chain, lo, to)?;
-            found.extend(members.into_iter().zip(lo..=to).map(|(id, seq)| (id, chain, seq)));
+            if let Some((id, _)) = c.read.front() {
+                heads.push(std::cmp::Reverse((*id, cursors.len())));
+            }
+            cursors.push(c);
         }
-        found.sort_unstable();
-        if found.len() > max {
-            found.truncate(max);
-            left_over = true;
+        let mut found: Vec<(super::NodeId, ChainId, Seq)> = Vec::new();
+        while found.len() < max {
+            let Some(std::cmp::Reverse((_, i))) = heads.pop() else { break };
+            let c = &mut cursors[i];
+            let Some((id, seq)) = c.read.pop_front() else { continue };
+            found.push((id, c.chain, seq));
+            if c.read.is_empty() && c.next <= c.hi && found.len() < max {
+                load(c, max - found.len())?;
+            }
+            if let Some((next, _)) = c.read.front() {
+                heads.push(std::cmp::Reverse((*next, i)));
+            }
         }
+        let left_over = cursors.iter().any(|c| !c.read.is_empty() || c.next <= c.hi);
         let mut hashes = Vec::with_capacity(found.len());
         for (id, ..) in &found {
             hashes.push(self.store.node(*id)?.hash);
@@ -137,6 +165,7 @@ impl<S: DagStore> Dag<S> {
 
 #[cfg(test)]
 mod tests {
+    use crate::dag::{ChainId, MetaTag, NodeId, Seq, StoreError};
     use crate::entry::{Meta, Position};
     use crate::{Dag, Hash, HashAlgorithm, MemStore};
     use serde_json::json;
@@ -175,6 +204,77 @@ mod tests {
         let w = dag.walk_forward(&[a1], &[m], 10).unwrap();
         assert_eq!(w, super::Walk { hashes: vec![], positions: vec![], complete: true });
         assert!(!dag.walk_forward(&[m], &[], 0).unwrap().complete);
+    }
+
+    /// A store that counts the chain members it is asked for.
+    struct Counting {
+        inner: MemStore,
+        members_read: std::cell::Cell<usize>,
+    }
+
+    impl crate::dag::DagStore for Counting {
+        type NodeRef<'a> = &'a crate::dag::Node;
+        type EntryRef<'a> = &'a crate::entry::Entry;
+        fn len(&self) -> Result<u64, StoreError> {
+            self.inner.len()
+        }
+        fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError> {
+            self.inner.node_id(hash)
+        }
+        fn node(&self, id: NodeId) -> Result<&crate::dag::Node, StoreError> {
+            self.inner.node(id)
+        }
+        fn entry(&self, id: NodeId) -> Result<&crate::entry::Entry, StoreError> {
+            self.inner.entry(id)
+        }
+        fn chain_count(&self) -> Result<ChainId, StoreError> {
+            self.inner.chain_count()
+        }
+        fn chain_len(&self, chain: ChainId) -> Result<Seq, StoreError> {
+            self.inner.chain_len(chain)
+        }
+        fn chain_member(&self, chain: ChainId, seq: Seq) -> Result<NodeId, StoreError> {
+            self.members_read.set(self.members_read.get() + 1);
+            self.inner.chain_member(chain, seq)
+        }
+        fn latest_tagged(&self, tag: &MetaTag, chain: ChainId, lo: Seq, hi: Seq) -> Result<Option<Seq>, StoreError> {
+            self.inner.latest_tagged(tag, chain, lo, hi)
+        }
+        fn frontier(&self) -> Result<Vec<NodeId>, StoreError> {
+            self.inner.frontier()
+        }
+        fn insert(&mut self, node: crate::dag::Node, entry: crate::entry::Entry) -> Result<NodeId, StoreError> {
+            self.inner.insert(node, entry)
+        }
+    }
+
+    /// A forward walk over a wide DAG reads about what it sends plus a small page per chain,
+    /// not `max` entries of every chain.
+    #[test]
+    fn a_forward_walk_reads_little_more_than_it_sends() {
+        let store = Counting { inner: MemStore::new(), members_read: Default::default() };
+        let mut dag = Dag::new(store, HashAlgorithm::Blake3);
+        let g = dag.append(json!("g"), Meta::new(), Position::new()).unwrap().hash;
+        // 20 writers, each on its own branch from the genesis, taking turns.
+        let mut tips = vec![g; 20];
+        for i in 0..400 {
+            for (w, tip) in tips.iter_mut().enumerate() {
+                *tip = dag.append(json!([w, i]), Meta::new(), [*tip].into()).unwrap().hash;
+            }
+        }
+        dag.store().members_read.set(0);
+        let w = dag.walk_forward(&tips, &[g], 500).unwrap();
+        assert_eq!((w.hashes.len(), w.complete), (500, false));
+        // Oldest first: the first 25 turns of every writer (the first writer's chain starts
+        // with the genesis).
+        assert!(w.positions.iter().all(|(_, seq)| *seq <= 26), "{:?}", w.positions.iter().max_by_key(|p| p.1));
+        let read = dag.store().members_read.get();
+        assert!(read <= 500 + 20 * 64, "{read} chain members read for 500 sent");
+        // Down one chain, pages grow but never past what the answer needs.
+        dag.store().members_read.set(0);
+        let w = dag.walk_forward(&tips[..1], &[g], 300).unwrap();
+        assert_eq!(w.hashes.len(), 300);
+        assert_eq!(dag.store().members_read.get(), 300);
     }
 
     /// Forward walks in chunks, each asked with the last chunk's entries added to the limits,
