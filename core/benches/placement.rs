@@ -1,7 +1,8 @@
-//! Placement: the reconciliation engine's run over a linear backlog of local commits, each
-//! inserting 1,000 new rows (the shape `bench/capture.sh`'s workload (b) leaves behind), on the
-//! in-memory replica. This is the engine's own share of placing a backlog; the extension adds
-//! the reads and writes of its catalog tables.
+//! Placement: the reconciliation engine's run over a linear backlog of local commits, on the
+//! in-memory replica: 100 entries inserting 1,000 new rows each (the shape `bench/capture.sh`'s
+//! workload (b) leaves behind), and 20,000 entries of one new row each (a single-row import's
+//! shape, `bench/import.sh`). This is the engine's own share; the extension adds the reads and
+//! writes of its catalog tables.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -19,10 +20,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use serde_json::json;
 use support::*;
 
-const ENTRIES: usize = 100;
-const ROWS: usize = 1000;
+/// `(entries, rows per entry)` of each case.
+const CASES: [(usize, usize); 2] = [(100, 1000), (20_000, 1)];
 
-fn backlog() -> (Vec<causal_core::entry::Entry>, Vec<causal_core::entry::Entry>) {
+fn backlog(entries_n: usize, rows: usize) -> (Vec<causal_core::entry::Entry>, Vec<causal_core::entry::Entry>) {
     let admin = Keypair::generate();
     let g = genesis(&admin);
     let mut site = Site::new(&g);
@@ -35,11 +36,11 @@ fn backlog() -> (Vec<causal_core::entry::Entry>, Vec<causal_core::entry::Entry>)
         )],
     );
     let mut prev: Position = std::iter::once(schema.hash).collect();
-    let mut entries = Vec::with_capacity(ENTRIES);
-    for e in 0..ENTRIES {
-        let ops = (0..ROWS)
+    let mut entries = Vec::with_capacity(entries_n);
+    for e in 0..entries_n {
+        let ops = (0..rows)
             .map(|r| {
-                let id = e * ROWS + r;
+                let id = e * rows + r;
                 insert(
                     "t",
                     json!({"id": id.to_string(), "payload": format!("row {id} of the benchmark"), "n": id % 100}),
@@ -54,29 +55,31 @@ fn backlog() -> (Vec<causal_core::entry::Entry>, Vec<causal_core::entry::Entry>)
 }
 
 fn placement(c: &mut Criterion) {
-    let (base, entries) = backlog();
     let mut group = c.benchmark_group("placement");
-    group.throughput(Throughput::Elements((ENTRIES * ROWS) as u64));
     group.sample_size(10).measurement_time(Duration::from_secs(10));
-    group.bench_function(format!("linear backlog, {ENTRIES} entries of {ROWS} new rows"), |b| {
-        b.iter_batched(
-            || {
-                let mut replica = MemReplica::new(ALG);
-                replica.receive(&base).expect("genesis and schema");
-                let mut decoded: Vec<NewEntry> = Vec::with_capacity(entries.len());
-                for e in &entries {
-                    let payload = SignedPayload::from_value(&e.payload).expect("a payload");
-                    let mut stored = e.clone();
-                    stored.meta = derive_meta(&payload);
-                    replica.dag_mut().insert(stored).expect("stored");
-                    decoded.push((e.hash, e.header.prev.clone(), payload));
-                }
-                (replica, decoded)
-            },
-            |(replica, decoded)| black_box(plan_decoded(&replica, decoded).expect("planned")),
-            BatchSize::LargeInput,
-        )
-    });
+    for (n, rows) in CASES {
+        let (base, entries) = backlog(n, rows);
+        group.throughput(Throughput::Elements((n * rows) as u64));
+        group.bench_function(format!("linear backlog, {n} entries of {rows} new rows"), |b| {
+            b.iter_batched(
+                || {
+                    let mut replica = MemReplica::new(ALG);
+                    replica.receive(&base).expect("genesis and schema");
+                    let mut decoded: Vec<NewEntry> = Vec::with_capacity(entries.len());
+                    for e in &entries {
+                        let payload = SignedPayload::from_value(&e.payload).expect("a payload");
+                        let mut stored = e.clone();
+                        stored.meta = derive_meta(&payload);
+                        replica.dag_mut().insert(stored).expect("stored");
+                        decoded.push((e.hash, e.header.prev.clone(), payload));
+                    }
+                    (replica, decoded)
+                },
+                |(replica, decoded)| black_box(plan_decoded(&replica, decoded).expect("planned")),
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
 }
 
