@@ -11,7 +11,7 @@ pub static AUTHOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::
 /// `causal.verify_threads`: how many threads check the hashes and signatures of an imported
 /// batch while the backend stores the entries already checked (pure computation, no
 /// database access from those threads); 0 checks them in the backend.
-pub static VERIFY_THREADS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static VERIFY_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 
 /// `causal.listen_addresses`: multiaddrs the sync worker listens on (comma-separated).
 pub static LISTEN_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
