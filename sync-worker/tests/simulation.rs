@@ -53,6 +53,8 @@ struct Net {
     failed_epoch: BTreeMap<Id, u64>,
     /// The most imports each node had handed to its database at once.
     most_imports_queued: BTreeMap<Id, usize>,
+    /// Forward requests a spec server answered with backward walks.
+    forward_served_as_spec: usize,
 }
 
 struct Import {
@@ -105,6 +107,7 @@ impl Net {
             db_down_until: BTreeMap::new(),
             failed_epoch: BTreeMap::new(),
             most_imports_queued: BTreeMap::new(),
+            forward_served_as_spec: 0,
         };
         (net, dag)
     }
@@ -170,6 +173,9 @@ impl Net {
                 }) => {
                     *self.walks_served.entry(id).or_default() += 1;
                     self.events.push((id, "walk"));
+                    if forward && node.spec_server {
+                        self.forward_served_as_spec += 1;
+                    }
                     let forward = forward && !node.spec_server;
                     let dag = node.dag.as_ref().unwrap();
                     let parse = |v: &[String]| v.iter().map(|h| h.parse::<Hash>().unwrap()).collect::<Vec<_>>();
@@ -333,67 +339,51 @@ impl Net {
 #[test]
 fn three_nodes_converge_after_concurrent_writes_in_any_delivery_order() {
     for seed in 1..40u64 {
-        converge_three(seed, |_, _| {});
+        converge_three(seed, |_| true, None);
     }
 }
 
-/// The same with the spec's backward walks only, and with a mix: node 2 fetches backward,
-/// node 3 serves `forward` requests as the spec's walks (a peer without the extension).
+/// The same with the spec's backward walks only, and with a mix: node 1 fetches backward, and
+/// node 2, between the others, serves `forward` requests as the spec's walks (a peer without
+/// the extension), which node 3 then continues backward.
 #[test]
 fn three_nodes_converge_with_peers_that_walk_back() {
     for seed in 1..25u64 {
-        converge_three(seed, |_, net| net.config.forward_fetch = false);
-        converge_three(seed, |id, net| {
-            net.config.forward_fetch = id != 2;
-            if id == 3 {
-                if let Some(n) = net.nodes.get_mut(&3) {
-                    n.spec_server = true;
-                }
-            }
-        });
+        converge_three(seed, |_| false, None);
+        let net = converge_three(seed, |id| id != 1, Some(2));
+        assert!(net.forward_served_as_spec > 0, "seed {seed}: no forward request met the spec server");
     }
 }
 
-/// Three nodes from the genesis, concurrent writes, convergence; `setup(id, net)` runs before
-/// and after node `id` is added.
-fn converge_three(seed: u64, setup: impl Fn(Id, &mut Net)) {
-    {
-        let (mut net, genesis_dag) = Net::new(seed);
-        // Each node starts from the genesis alone.
-        let copy = |d: &Dag<MemStore>| {
-            let mut c = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
-            for h in d
-                .walk_back(&d.frontier().unwrap().into_iter().collect::<Vec<_>>(), &[], 1000)
-                .unwrap()
-                .hashes
-                .iter()
-                .rev()
-            {
-                c.insert(d.entry(h).unwrap().unwrap()).unwrap();
-            }
-            c
-        };
-        for id in 1..=3 {
-            setup(id, &mut net);
-            net.add(id, Some(copy(&genesis_dag)));
-            setup(id, &mut net);
-        }
-        net.connect(1, 2);
-        net.connect(2, 3);
-        net.run();
-        // Concurrent writes everywhere, more than one walk's worth on node 1.
-        net.write(1, 150 + seed as usize, "a");
-        net.write(2, 7, "b");
-        net.write(3, 3, "c");
-        net.run();
-        net.assert_converged(&[1, 2, 3]);
-        assert_eq!(net.dag(3).len().unwrap(), 1 + 150 + seed + 7 + 3);
-        // Live: one more write travels two hops.
-        net.write(3, 1, "d");
-        net.run();
-        net.assert_converged(&[1, 2, 3]);
-        assert!(net.disconnects.is_empty(), "seed {seed}: honest peers were disconnected: {:?}", net.disconnects);
+/// Three nodes from the genesis, concurrent writes, convergence. `forward_fetch(id)` says
+/// whether node `id` asks forward; `spec_server` serves forward requests as backward walks.
+fn converge_three(seed: u64, forward_fetch: impl Fn(Id) -> bool, spec_server: Option<Id>) -> Net {
+    let (mut net, genesis_dag) = Net::new(seed);
+    // Each node starts from the genesis alone.
+    for id in 1..=3 {
+        net.config.forward_fetch = forward_fetch(id);
+        let dag = genesis_only(&genesis_dag, &net.group);
+        net.add(id, Some(dag));
     }
+    if let Some(node) = spec_server.and_then(|id| net.nodes.get_mut(&id)) {
+        node.spec_server = true;
+    }
+    net.connect(1, 2);
+    net.connect(2, 3);
+    net.run();
+    // Concurrent writes everywhere, more than one walk's worth on node 1.
+    net.write(1, 150 + seed as usize, "a");
+    net.write(2, 7, "b");
+    net.write(3, 3, "c");
+    net.run();
+    net.assert_converged(&[1, 2, 3]);
+    assert_eq!(net.dag(3).len().unwrap(), 1 + 150 + seed + 7 + 3);
+    // Live: one more write travels two hops.
+    net.write(3, 1, "d");
+    net.run();
+    net.assert_converged(&[1, 2, 3]);
+    assert!(net.disconnects.is_empty(), "seed {seed}: honest peers were disconnected: {:?}", net.disconnects);
+    net
 }
 
 #[test]
