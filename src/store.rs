@@ -92,6 +92,13 @@ struct PendingRows {
     tag_seq: Vec<i32>,
 }
 
+/// A node's row: `node_id, hash, chain, seq, preds, clock`, the columns both node reads select.
+type NodeRow = (Option<i32>, Option<String>, Option<i32>, Option<i32>, Option<Vec<i32>>, Option<Vec<i32>>);
+
+fn node_row(r: &spi::SpiHeapTupleData<'_>) -> Result<NodeRow, spi::Error> {
+    Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+}
+
 fn array_literal(v: &[i32]) -> String {
     format!("{{{}}}", v.iter().map(i32::to_string).collect::<Vec<_>>().join(","))
 }
@@ -224,46 +231,45 @@ impl SpiStore {
         }
         self.flush()?;
         let rows = run_prepared(
-            "SELECT node_id, hash, seq, preds, clock FROM causal.dag_entries \
+            "SELECT node_id, hash, chain, seq, preds, clock FROM causal.dag_entries \
              WHERE grp = $1 AND chain = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq",
             &[self.num.into(), to_i32(chain)?.into(), to_i32(lo)?.into(), to_i32(hi)?.into()],
             false,
-            |rows| {
-                rows.map(|r| {
-                    Ok((
-                        r.get::<i32>(1)?,
-                        r.get::<String>(2)?,
-                        r.get::<i32>(3)?,
-                        r.get::<Vec<i32>>(4)?,
-                        r.get::<Vec<i32>>(5)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, spi::Error>>()
-            },
+            |rows| rows.map(|r| node_row(&r)).collect::<Result<Vec<_>, spi::Error>>(),
         )
         .map_err(backend)?;
-        let mut cache = self.cache.borrow_mut();
         let mut ids = Vec::with_capacity(rows.len());
         for row in rows {
-            let (Some(id), Some(hash), Some(seq), Some(preds), Some(clock)) = row else {
-                return Err(corrupt(format!("a node of chain {chain} of group {} has a null column", self.group)));
-            };
-            let id = to_u32(id)?;
+            let (id, node) = self.node_from_row(row)?;
+            self.remember(id, node);
             ids.push(id);
-            if cache.nodes.contains_key(&id) {
-                continue;
-            }
-            let node = Node {
-                hash: hash.parse().map_err(|_| corrupt(format!("node {id} has a bad hash")))?,
-                chain,
-                seq: to_u32(seq)?,
-                preds: to_u32s(preds)?,
-                clock: Clock(to_u32s(clock)?),
-            };
-            cache.ids.insert(node.hash, id);
-            cache.nodes.insert(id, Rc::new(node));
         }
         Ok(ids)
+    }
+
+    /// A node read with [`node_row`], checked.
+    fn node_from_row(&self, row: NodeRow) -> Result<(NodeId, Node), StoreError> {
+        let (Some(id), Some(hash), Some(chain), Some(seq), Some(preds), Some(clock)) = row else {
+            return Err(corrupt(format!("a node of group {} has a null column", self.group)));
+        };
+        let id = to_u32(id)?;
+        let node = Node {
+            hash: hash.parse().map_err(|_| corrupt(format!("node {id} has a bad hash")))?,
+            chain: to_u32(chain)?,
+            seq: to_u32(seq)?,
+            preds: to_u32s(preds)?,
+            clock: Clock(to_u32s(clock)?),
+        };
+        Ok((id, node))
+    }
+
+    /// Caches a node read from the catalog (the one cached already, if any, is kept) and its
+    /// id by hash: the frontier is read by node id and named by hash next.
+    fn remember(&self, id: NodeId, node: Node) -> Rc<Node> {
+        let mut cache = self.cache.borrow_mut();
+        let node = cache.nodes.entry(id).or_insert_with(|| Rc::new(node)).clone();
+        cache.ids.insert(node.hash, id);
+        node
     }
 
     /// Writes the entries' rows that wait (an import writes them a chunk at a time).
@@ -429,36 +435,17 @@ impl DagStore for SpiStore {
             return Ok(n);
         }
         let row = run_prepared(
-            "SELECT hash, chain, seq, preds, clock FROM causal.dag_entries WHERE grp = $1 AND node_id = $2",
+            "SELECT node_id, hash, chain, seq, preds, clock FROM causal.dag_entries WHERE grp = $1 AND node_id = $2",
             &[self.num.into(), to_i32(id)?.into()],
             false,
-            |mut rows| match rows.next() {
-                None => Ok(None),
-                Some(r) => Ok(Some((
-                    r.get::<String>(1)?,
-                    r.get::<i32>(2)?,
-                    r.get::<i32>(3)?,
-                    r.get::<Vec<i32>>(4)?,
-                    r.get::<Vec<i32>>(5)?,
-                ))),
-            },
+            |mut rows| rows.next().map(|r| node_row(&r)).transpose(),
         )
         .map_err(backend)?;
-        let Some((Some(hash), Some(chain), Some(seq), Some(preds), Some(clock))) = row else {
+        let Some(row) = row else {
             return Err(corrupt(format!("node {id} of group {} is missing", self.group)));
         };
-        let node = Rc::new(Node {
-            hash: hash.parse().map_err(|_| corrupt(format!("node {id} has a bad hash")))?,
-            chain: to_u32(chain)?,
-            seq: to_u32(seq)?,
-            preds: to_u32s(preds)?,
-            clock: Clock(to_u32s(clock)?),
-        });
-        // The frontier is read by node id and named by hash next (as an entry's predecessors).
-        let mut cache = self.cache.borrow_mut();
-        cache.nodes.insert(id, node.clone());
-        cache.ids.insert(node.hash, id);
-        Ok(node)
+        let (id, node) = self.node_from_row(row)?;
+        Ok(self.remember(id, node))
     }
 
     fn entry(&self, id: NodeId) -> Result<Rc<Entry>, StoreError> {

@@ -83,37 +83,6 @@ fn precheck_run(
         .collect()
 }
 
-/// Prechecks every entry of `entries` (non-genesis entries of `group`), splitting the work over
-/// up to `threads` threads. The result is in the order of `entries`.
-pub fn precheck_batch(
-    entries: &[Entry],
-    alg: HashAlgorithm,
-    group: &Hash,
-    keys: &HashMap<KeyId, PublicKey>,
-    threads: usize,
-) -> Vec<Prechecked> {
-    let threads = threads.clamp(1, 64);
-    // Small batches are not worth a thread.
-    if threads == 1 || entries.len() < 64 {
-        return precheck_run(entries, alg, group, keys);
-    }
-    let chunk = entries.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> =
-            entries.chunks(chunk).map(|part| s.spawn(move || precheck_run(part, alg, group, keys))).collect();
-        let mut out = Vec::with_capacity(entries.len());
-        for (h, part) in handles.into_iter().zip(entries.chunks(chunk)) {
-            match h.join() {
-                Ok(v) => out.extend(v),
-                // A thread cannot panic on input (every step returns errors), but if one did,
-                // redo its part here rather than lose the batch.
-                Err(_) => out.extend(precheck_run(part, alg, group, keys)),
-            }
-        }
-        out
-    })
-}
-
 /// Prechecks `entries` on `workers` threads besides the calling one (none: on the calling
 /// thread), handing them back with their results to `take`, in order, `chunk` entries at a
 /// time, as soon as each chunk and all before it are checked: the caller's work on the first
@@ -187,8 +156,8 @@ pub fn precheck_stream<E>(
                     Ok((k, part)) => {
                         ready.insert(k, part);
                     }
-                    // Every worker is gone (a poisoned queue): whatever they did not take is
-                    // checked here.
+                    // Every worker is gone. Each sends every chunk it takes (`run` catches
+                    // panics), so what is missing is still queued: it is checked here.
                     Err(_) => {
                         let left: Vec<(usize, Vec<Entry>)> = match queue.lock() {
                             Ok(mut q) => q.drain(..).collect(),
@@ -197,11 +166,7 @@ pub fn precheck_stream<E>(
                         for (k, part) in left {
                             ready.insert(k, run(part));
                         }
-                        if !ready.contains_key(&next) {
-                            // Lost with a worker that died mid-chunk: cannot happen without a
-                            // panic outside `run`, which catches them.
-                            return Ok(());
-                        }
+                        assert!(ready.contains_key(&next), "chunk {next} of the checked entries was lost");
                     }
                 },
             }
@@ -283,7 +248,17 @@ mod tests {
             Entry::new(HashAlgorithm::Blake3, moved.payload.clone(), other, Default::default()).expect("entry");
         // A flipped payload byte breaks the hashes.
         entries[150].payload["author"] = json!("x");
-        let out = precheck_batch(&entries, HashAlgorithm::Blake3, &group, &keys, 2);
+        let all = |workers: usize| -> Vec<Prechecked> {
+            let mut out = Vec::new();
+            let r: Result<(), ()> =
+                precheck_stream(entries.clone(), HashAlgorithm::Blake3, &group, &keys, workers, 64, |part| {
+                    out.extend(part.into_iter().map(|(_, p)| p));
+                    Ok(())
+                });
+            assert!(r.is_ok());
+            out
+        };
+        let out = all(2);
         assert_eq!(out.len(), 200);
         for (i, r) in out.iter().enumerate() {
             match (i, r) {
@@ -294,7 +269,7 @@ mod tests {
                 (_, other) => panic!("entry {i}: {other:?}"),
             }
         }
-        let sequential = precheck_batch(&entries, HashAlgorithm::Blake3, &group, &keys, 1);
+        let sequential = all(0);
         assert_eq!(format!("{sequential:?}"), format!("{out:?}"));
     }
 }

@@ -66,11 +66,12 @@ impl<S: DagStore> Dag<S> {
             let remaining = Seq::try_from(max - hashes.len()).unwrap_or(Seq::MAX);
             let (lo, hi, size) = loaded.get(&chain).copied().unwrap_or((Seq::MAX, 0, FIRST_PREFETCH));
             if next >= floor && remaining > 0 && !(lo..=hi).contains(&next) {
-                let want = size.min(remaining);
-                let from = floor.max(next.saturating_sub(want - 1));
+                let from = floor.max(next.saturating_sub(size.min(remaining) - 1));
                 self.store.prefetch_chain(chain, from, next)?;
-                let range = if next < lo && next.saturating_add(1) >= lo { (from, hi) } else { (from, next) };
-                loaded.insert(chain, (range.0, range.1, size.saturating_mul(2)));
+                // The loaded range grows when the new one touches it, else the new one replaces it.
+                let touches = from <= hi.saturating_add(1) && lo <= next.saturating_add(1);
+                let (lo, hi) = if touches { (from.min(lo), next.max(hi)) } else { (from, next) };
+                loaded.insert(chain, (lo, hi, size.saturating_mul(2)));
             }
             // The node's predecessors are the entry's `prev`, resolved: no entry read needed.
             let preds: Vec<_> = node.preds.clone();
