@@ -73,6 +73,7 @@ pub fn parse_bundle(bytes: &[u8]) -> Result<(String, String, Vec<Value>), Causal
 
 use std::collections::{HashMap, HashSet};
 
+use causal_core::dag::closure::StoredProbe;
 use causal_core::dag::cover_cache::CoverCache;
 use causal_core::entry::{Entry, Position};
 use causal_core::identity::{KeyId, PublicKey};
@@ -340,11 +341,19 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     let mut checking = std::time::Duration::ZERO;
     let pending: Vec<Entry> = entries.into_iter().filter(|e| !(adopted && e.hash == gid)).collect();
     let keys = known_keys(&group_id, &pending)?;
-    // One query tells which of the bundle's entries (and their predecessors) are stored.
-    let mut asked: Vec<Hash> = pending.iter().map(|e| e.hash).collect();
-    asked.extend(pending.iter().flat_map(|e| e.header.prev.iter().copied()));
-    dag.store().prefetch_ids(&asked).map_err(DagError::from)?;
-    drop(asked);
+    // Which of the bundle's entries (and their predecessors) are stored. The stored set is
+    // closed under predecessors, so the bundle's boundary is asked first, and the rest only
+    // where that leaves it open (`StoredProbe`): new history costs two lookups, not one per
+    // entry.
+    {
+        let probe = StoredProbe::new(pending.iter().map(|e| (&e.hash, &e.header.prev)));
+        dag.store().prefetch_ids(&probe.first_round()).map_err(DagError::from)?;
+        let (ask, absent) = probe.second_round(|h| dag.store().known(h));
+        dag.store().prefetch_ids(&ask).map_err(DagError::from)?;
+        for h in absent {
+            dag.store().assume_absent(h);
+        }
+    }
     let mut positions = Positions::default();
     // Stores one prechecked entry whose turn has come; gives it back if a predecessor is not
     // stored yet (it comes later in the bundle, or is missing).

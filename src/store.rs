@@ -184,6 +184,17 @@ impl SpiStore {
         self.absent.borrow_mut().insert(hash);
     }
 
+    /// What this store knows of `hash` without asking: stored, absent, or not known.
+    pub fn known(&self, hash: &Hash) -> Option<bool> {
+        if self.cache.borrow().ids.contains_key(hash) {
+            Some(true)
+        } else if self.absent.borrow().contains(hash) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// Keeps the running state in memory until [`SpiStore::write_state`].
     pub fn defer_state_writes(&self) {
         self.defer_state.set(true);

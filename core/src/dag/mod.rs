@@ -2,6 +2,7 @@
 //! the sync protocol need (minimal cover, frontier, fork position, meet, and the two filtered
 //! cover searches), answered from the chain/clock index without walking the history.
 
+pub mod closure;
 pub mod cover_cache;
 mod mem;
 pub mod naive;
