@@ -5,6 +5,7 @@
 mod apply;
 mod capture;
 mod ddl;
+mod direct;
 mod error;
 mod exchange;
 mod functions;

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use pgrx::pg_sys;
 use pgrx::spi;
 
 use causal_core::dag::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
@@ -15,6 +16,7 @@ use causal_core::entry::{Entry, Header, Meta};
 use causal_core::membership::{MEMBER_TAG, RULE_TAG, SCHEMA_TAG};
 use causal_core::Hash;
 
+use crate::direct::{Cell, Inserter};
 use crate::spi_util::{exec_prepared, get_prepared, run_prepared};
 
 /// One group's cached nodes and the node ids of their hashes.
@@ -78,15 +80,13 @@ pub struct SpiStore {
 struct PendingRows {
     node_id: Vec<i32>,
     hash: Vec<String>,
-    /// Predecessor hashes joined by spaces (Base64 has none).
-    prev: Vec<String>,
+    prev: Vec<Vec<String>>,
     payload: Vec<String>,
     payload_hash: Vec<String>,
     chain: Vec<i32>,
     seq: Vec<i32>,
-    /// Array literals (`{1,2}`): rows of different lengths cannot share one 2-D array.
-    preds: Vec<String>,
-    clock: Vec<String>,
+    preds: Vec<Vec<i32>>,
+    clock: Vec<Vec<i32>>,
     tag: Vec<String>,
     tag_chain: Vec<i32>,
     tag_seq: Vec<i32>,
@@ -97,10 +97,6 @@ type NodeRow = (Option<i32>, Option<String>, Option<i32>, Option<i32>, Option<Ve
 
 fn node_row(r: &spi::SpiHeapTupleData<'_>) -> Result<NodeRow, spi::Error> {
     Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-}
-
-fn array_literal(v: &[i32]) -> String {
-    format!("{{{}}}", v.iter().map(i32::to_string).collect::<Vec<_>>().join(","))
 }
 
 fn backend(e: spi::Error) -> StoreError {
@@ -291,45 +287,8 @@ impl SpiStore {
     /// Writes the pending entry and tag rows.
     fn flush(&self) -> Result<(), StoreError> {
         let p = std::mem::take(&mut *self.pending.borrow_mut());
-        if p.node_id.len() == 1 {
-            // One entry (a local commit): plain parameters, not ten one-element arrays.
-            exec_prepared(
-                "INSERT INTO causal.dag_entries (grp, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
-                 VALUES ($1, $2, $3, string_to_array($4, ' '), $5, $6, $7, $8, $9::int[], $10::int[])",
-                &[
-                    self.num.into(),
-                    p.node_id[0].into(),
-                    p.hash[0].clone().into(),
-                    p.prev[0].clone().into(),
-                    p.payload[0].clone().into(),
-                    p.payload_hash[0].clone().into(),
-                    p.chain[0].into(),
-                    p.seq[0].into(),
-                    p.preds[0].clone().into(),
-                    p.clock[0].clone().into(),
-                ],
-            )
-            .map_err(backend)?;
-        } else if !p.node_id.is_empty() {
-            exec_prepared(
-                "INSERT INTO causal.dag_entries (grp, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
-                 SELECT $1, i, h, string_to_array(p, ' '), d, ph, c, s, r::int[], k::int[] \
-                 FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $10::text[], $6::int[], $7::int[], $8::text[], $9::text[]) \
-                 AS x(i, h, p, d, ph, c, s, r, k)",
-                &[
-                    self.num.into(),
-                    p.node_id.into(),
-                    p.hash.into(),
-                    p.prev.into(),
-                    p.payload.into(),
-                    p.chain.into(),
-                    p.seq.into(),
-                    p.preds.into(),
-                    p.clock.into(),
-                    p.payload_hash.into(),
-                ],
-            )
-            .map_err(backend)?;
+        if !p.node_id.is_empty() {
+            write_entry_rows(self.num, &p).map_err(|e| StoreError::Backend(Box::new(e)))?;
         }
         if !p.tag.is_empty() {
             exec_prepared(
@@ -411,6 +370,44 @@ fn write_state(group: &str, state: &GroupState) -> Result<(), StoreError> {
         ],
     )
     .map_err(backend)
+}
+
+/// The columns of `causal.dag_entries`, in table order.
+pub(crate) const ENTRY_COLUMNS: &[(&str, pg_sys::Oid)] = &[
+    ("grp", pg_sys::INT4OID),
+    ("node_id", pg_sys::INT4OID),
+    ("hash", pg_sys::TEXTOID),
+    ("prev", pg_sys::TEXTARRAYOID),
+    ("payload", pg_sys::TEXTOID),
+    ("payload_hash", pg_sys::TEXTOID),
+    ("chain", pg_sys::INT4OID),
+    ("seq", pg_sys::INT4OID),
+    ("preds", pg_sys::INT4ARRAYOID),
+    ("clock", pg_sys::INT4ARRAYOID),
+    ("received_at", pg_sys::TIMESTAMPTZOID),
+];
+
+/// Inserts entry rows without SQL (see `direct.rs`): for a local commit's single entry and
+/// for an import's thousands alike.
+fn write_entry_rows(grp: i32, p: &PendingRows) -> Result<(), crate::error::CausalError> {
+    let mut rows = Inserter::open("dag_entries", ENTRY_COLUMNS)?;
+    for i in 0..p.node_id.len() {
+        rows.push(&[
+            Cell::Int4(grp),
+            Cell::Int4(p.node_id[i]),
+            Cell::Text(&p.hash[i]),
+            Cell::TextArray(&p.prev[i]),
+            Cell::Text(&p.payload[i]),
+            Cell::Text(&p.payload_hash[i]),
+            Cell::Int4(p.chain[i]),
+            Cell::Int4(p.seq[i]),
+            Cell::Int4Array(&p.preds[i]),
+            Cell::Int4Array(&p.clock[i]),
+            Cell::Now,
+        ])?;
+    }
+    rows.finish();
+    Ok(())
 }
 
 impl DagStore for SpiStore {
@@ -575,13 +572,13 @@ impl DagStore for SpiStore {
             let mut p = self.pending.borrow_mut();
             p.node_id.push(to_i32(id)?);
             p.hash.push(node.hash.to_b64());
-            p.prev.push(entry.header.prev.iter().map(Hash::to_b64).collect::<Vec<_>>().join(" "));
+            p.prev.push(entry.header.prev.iter().map(Hash::to_b64).collect());
             p.payload.push(payload);
             p.payload_hash.push(entry.header.payload_hash.to_b64());
             p.chain.push(to_i32(node.chain)?);
             p.seq.push(to_i32(node.seq)?);
-            p.preds.push(array_literal(&to_i32s(&node.preds)?));
-            p.clock.push(array_literal(&to_i32s(&node.clock.0)?));
+            p.preds.push(to_i32s(&node.preds)?);
+            p.clock.push(to_i32s(&node.clock.0)?);
             for tag in tags {
                 p.tag.push(tag);
                 p.tag_chain.push(to_i32(node.chain)?);

@@ -1,0 +1,346 @@
+//! Rows of pg_causal's own catalog tables written without SQL, the way COPY writes them:
+//! tuples are formed from typed values, stored with `heap_multi_insert` (one WAL record per
+//! page filled, not per row) and indexed with the executor's `ExecInsertIndexTuples` (which
+//! keeps unique checks, expression and partial indexes working as an INSERT would).
+//!
+//! An INSERT through SPI costs each statement a plan-cache check, an executor start and end,
+//! and each row an `unnest` into a tuple store and a cast per array column. For the entry
+//! rows of a local commit and of an import that was most of the write.
+//!
+//! Only tables without triggers, rules or foreign keys may be written this way (pg_causal's
+//! per-entry catalog); what an INSERT would check is checked here: the caller's INSERT
+//! privilege, and that the table has the columns the caller writes, in order and by type.
+
+use pgrx::pg_sys;
+use pgrx::IntoDatum;
+
+use crate::error::CausalError;
+
+/// One value of a row to insert.
+pub enum Cell<'a> {
+    Int4(i32),
+    Text(&'a str),
+    TextArray(&'a [String]),
+    Int4Array(&'a [i32]),
+    /// `now()`: the transaction's start time, as a column default would give it.
+    Now,
+}
+
+impl Cell<'_> {
+    fn type_oid(&self) -> pg_sys::Oid {
+        match self {
+            Cell::Int4(_) => pg_sys::INT4OID,
+            Cell::Text(_) => pg_sys::TEXTOID,
+            Cell::TextArray(_) => pg_sys::TEXTARRAYOID,
+            Cell::Int4Array(_) => pg_sys::INT4ARRAYOID,
+            Cell::Now => pg_sys::TIMESTAMPTZOID,
+        }
+    }
+
+    /// The datum, allocated in the current memory context (`None`: NULL).
+    fn datum(&self) -> Option<pg_sys::Datum> {
+        match self {
+            Cell::Int4(v) => Some(pg_sys::Datum::from(*v)),
+            Cell::Text(s) => (*s).into_datum(),
+            Cell::TextArray(v) => v.iter().map(String::as_str).collect::<Vec<&str>>().into_datum(),
+            Cell::Int4Array(v) => v.to_vec().into_datum(),
+            Cell::Now => Some(pg_sys::Datum::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })),
+        }
+    }
+}
+
+/// Tuples buffered before each `heap_multi_insert` (COPY's figure).
+const BATCH: usize = 1000;
+
+/// An open insertion into one catalog table. Rows are buffered and written in batches;
+/// [`Inserter::finish`] writes the rest and closes the table and its indexes.
+pub struct Inserter {
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    bistate: pg_sys::BulkInsertState,
+    slots: Vec<*mut pg_sys::TupleTableSlot>,
+    used: usize,
+    /// Holds the buffered rows' datums; reset after each batch.
+    batch_cx: pg_sys::MemoryContext,
+    cid: pg_sys::CommandId,
+    natts: usize,
+    closed: bool,
+}
+
+impl Inserter {
+    /// Opens `causal.<table>` for inserting rows of `columns` (names and types, in table
+    /// order), after checking the caller may insert into it.
+    pub fn open(table: &str, columns: &[(&str, pg_sys::Oid)]) -> Result<Inserter, CausalError> {
+        let wrong = |what: String| CausalError::Corrupt(format!("catalog table causal.{table}: {what}"));
+        unsafe {
+            let ns = pg_sys::get_namespace_oid(c"causal".as_ptr(), false);
+            let name = std::ffi::CString::new(table).map_err(|e| wrong(e.to_string()))?;
+            let relid = pg_sys::get_relname_relid(name.as_ptr(), ns);
+            if relid == pg_sys::InvalidOid {
+                return Err(wrong("missing".into()));
+            }
+            let acl = pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_INSERT as pg_sys::AclMode);
+            if acl != pg_sys::AclResult::ACLCHECK_OK {
+                pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLE, name.as_ptr());
+            }
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let desc = (*rel).rd_att;
+            let natts = (*desc).natts as usize;
+            let attrs = (*desc).attrs.as_slice(natts);
+            let shape_ok = natts == columns.len()
+                && attrs.iter().zip(columns).all(|(a, (n, ty))| {
+                    !a.attisdropped
+                        && a.atttypid == *ty
+                        && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == n.as_bytes()
+                });
+            // Rows written here skip the executor: no triggers fire and no CHECK constraint
+            // is evaluated, so a table with either is not written this way.
+            let constr = (*desc).constr;
+            let has_triggers = !(*rel).trigdesc.is_null() || (!constr.is_null() && (*constr).num_check > 0);
+            if !shape_ok || has_triggers || (*(*rel).rd_rel).relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char {
+                pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                return Err(wrong("its columns, triggers or checks are not the ones pg_causal made".into()));
+            }
+            let estate = pg_sys::CreateExecutorState();
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
+            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(rri, false);
+            let batch_cx = pg_sys::AllocSetContextCreateExtended(
+                pg_sys::CurrentMemoryContext,
+                c"pg_causal direct insert".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            );
+            Ok(Inserter {
+                rel,
+                estate,
+                rri,
+                bistate: pg_sys::GetBulkInsertState(),
+                slots: Vec::new(),
+                used: 0,
+                batch_cx,
+                cid: pg_sys::GetCurrentCommandId(true),
+                natts,
+                closed: false,
+            })
+        }
+    }
+
+    /// Buffers one row (its cells in column order).
+    pub fn push(&mut self, row: &[Cell<'_>]) -> Result<(), CausalError> {
+        if row.len() != self.natts {
+            return Err(CausalError::Corrupt(format!("{} values for {} columns", row.len(), self.natts)));
+        }
+        unsafe {
+            let desc = (*self.rel).rd_att;
+            for (c, a) in row.iter().zip((*desc).attrs.as_slice(self.natts)) {
+                if c.type_oid() != a.atttypid {
+                    let column = std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_string_lossy();
+                    return Err(CausalError::Corrupt(format!("a value of the wrong type for catalog column {column}")));
+                }
+            }
+            if self.used == self.slots.len() {
+                self.slots.push(pg_sys::table_slot_create(self.rel, std::ptr::null_mut()));
+            }
+            let slot = self.slots[self.used];
+            if let Some(clear) = (*(*slot).tts_ops).clear {
+                clear(slot);
+            }
+            let old = pg_sys::MemoryContextSwitchTo(self.batch_cx);
+            let values = std::slice::from_raw_parts_mut((*slot).tts_values, self.natts);
+            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, self.natts);
+            let attrs = (*desc).attrs.as_slice(self.natts);
+            let mut null_in = None;
+            for (i, c) in row.iter().enumerate() {
+                match c.datum() {
+                    Some(d) => {
+                        values[i] = d;
+                        nulls[i] = false;
+                    }
+                    None => {
+                        values[i] = pg_sys::Datum::from(0usize);
+                        nulls[i] = true;
+                        if attrs[i].attnotnull {
+                            null_in = Some(i);
+                        }
+                    }
+                }
+            }
+            pg_sys::MemoryContextSwitchTo(old);
+            if let Some(i) = null_in {
+                let column = std::ffi::CStr::from_ptr(attrs[i].attname.data.as_ptr()).to_string_lossy();
+                return Err(CausalError::Corrupt(format!("NULL for catalog column {column}, which is NOT NULL")));
+            }
+            pg_sys::ExecStoreVirtualTuple(slot);
+            self.used += 1;
+            if self.used == BATCH {
+                self.write_batch();
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the buffered rows and their index entries.
+    fn write_batch(&mut self) {
+        if self.used == 0 {
+            return;
+        }
+        unsafe {
+            pg_sys::heap_multi_insert(
+                self.rel,
+                self.slots.as_mut_ptr(),
+                self.used as i32,
+                self.cid,
+                0,
+                self.bistate,
+            );
+            for &slot in &self.slots[..self.used] {
+                let recheck = pg_sys::ExecInsertIndexTuples(
+                    self.rri,
+                    slot,
+                    self.estate,
+                    false,
+                    false,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
+                if !recheck.is_null() {
+                    pg_sys::list_free(recheck);
+                }
+                let econtext = (*self.estate).es_per_tuple_exprcontext;
+                if !econtext.is_null() {
+                    pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+                }
+            }
+            for &slot in &self.slots[..self.used] {
+                if let Some(clear) = (*(*slot).tts_ops).clear {
+                    clear(slot);
+                }
+            }
+            pg_sys::MemoryContextReset(self.batch_cx);
+        }
+        self.used = 0;
+    }
+
+    /// Writes what is buffered and closes the table.
+    pub fn finish(mut self) {
+        self.write_batch();
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        unsafe {
+            for &slot in &self.slots {
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+            pg_sys::FreeBulkInsertState(self.bistate);
+            pg_sys::ExecCloseIndices(self.rri);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::MemoryContextDelete(self.batch_cx);
+            pg_sys::table_close(self.rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        }
+    }
+}
+
+impl Drop for Inserter {
+    /// An inserter dropped without [`Inserter::finish`] (an error on the way) writes nothing
+    /// more; the transaction is failing, and its abort undoes what was written.
+    fn drop(&mut self) {
+        // During an abort the resource owner releases the table and buffers itself; closing
+        // here would touch them twice. Only a normal drop (no error) closes.
+        if !std::thread::panicking() {
+            self.close();
+        }
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use super::{Cell, Inserter};
+
+    const ENTRY: &[(&str, pgrx::pg_sys::Oid)] = crate::store::ENTRY_COLUMNS;
+
+    fn entry_row<'a>(node: i32, hash: &'a str, prev: &'a [String], preds: &'a [i32]) -> Vec<Cell<'a>> {
+        vec![
+            Cell::Int4(7),
+            Cell::Int4(node),
+            Cell::Text(hash),
+            Cell::TextArray(prev),
+            Cell::Text("{\"ops\":[]}"),
+            Cell::Text("payload-hash"),
+            Cell::Int4(0),
+            Cell::Int4(node + 1),
+            Cell::Int4Array(preds),
+            Cell::Int4Array(preds),
+            Cell::Now,
+        ]
+    }
+
+    /// More rows than one batch: every row reads back as given, and every index finds it.
+    #[pg_test]
+    fn rows_read_back_as_given_and_are_indexed() {
+        let prev = vec!["p1".to_string(), "p2".to_string()];
+        let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
+        let hashes: Vec<String> = (0..2500).map(|i| format!("h{i}")).collect();
+        for (i, h) in hashes.iter().enumerate() {
+            let preds = [i as i32, 9];
+            rows.push(&entry_row(i as i32, h, &prev, &preds)).unwrap();
+        }
+        rows.finish();
+        let count = |sql: &str| Spi::get_one::<i64>(sql).unwrap().unwrap();
+        assert_eq!(count("SELECT count(*) FROM causal.dag_entries WHERE grp = 7"), 2500);
+        // Through each of the three indexes.
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        assert_eq!(count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND hash = 'h1234'"), 1234);
+        assert_eq!(count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND node_id = 2499"), 2499);
+        assert_eq!(count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND chain = 0 AND seq = 1001"), 1000);
+        let row = Spi::get_one::<String>(
+            "SELECT format('%s|%s|%s|%s|%s', prev, payload, preds, clock, received_at = now()) \
+             FROM causal.dag_entries WHERE grp = 7 AND node_id = 1001",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(row, "{p1,p2}|{\"ops\":[]}|{1001,9}|{1001,9}|t");
+    }
+
+    #[pg_test(error = "duplicate key value violates unique constraint \"dag_entries_grp_hash_key\"")]
+    fn a_duplicate_key_fails_as_an_insert_would() {
+        let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
+        rows.push(&entry_row(0, "same", &[], &[])).unwrap();
+        rows.push(&entry_row(1, "same", &[], &[])).unwrap();
+        rows.finish();
+    }
+
+    #[pg_test(error = "permission denied for table dag_entries")]
+    fn a_role_without_the_insert_privilege_is_refused() {
+        Spi::run("CREATE ROLE causal_direct_reader; SET ROLE causal_direct_reader").unwrap();
+        let _ = Inserter::open("dag_entries", ENTRY);
+    }
+
+    #[pg_test]
+    fn values_that_do_not_fit_the_columns_are_refused() {
+        // Columns out of order.
+        let mut swapped = ENTRY.to_vec();
+        swapped.swap(0, 1);
+        let err = Inserter::open("dag_entries", &swapped).err().expect("refused");
+        assert!(err.to_string().contains("causal.dag_entries"), "{err}");
+        // A value of the wrong type.
+        let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
+        let mut row = entry_row(0, "h", &[], &[]);
+        row[1] = Cell::Text("not a number");
+        let err = rows.push(&row).err().expect("refused");
+        assert!(err.to_string().contains("node_id"), "{err}");
+        rows.finish();
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM causal.dag_entries WHERE grp = 7").unwrap(), Some(0));
+    }
+}
