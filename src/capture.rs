@@ -68,6 +68,7 @@ fn clear() {
 
 /// Relcache callback: forgets what a change to a table, or to the catalog, may have changed.
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    crate::identity::relcache_changed(relid);
     let catalog = CATALOG_OID.with(Cell::get);
     TABLES.with(|t| {
         let mut t = t.borrow_mut();
@@ -401,6 +402,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             clear();
+            crate::identity::forget_grants();
             crate::store::clear_cache();
             crate::members::clear_cache();
             crate::group::clear_cache();
@@ -420,6 +422,7 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         PENDING.with(|p| p.borrow_mut().retain(|e| e.subxact < my_subid));
+
     }
 }
 

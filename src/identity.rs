@@ -116,6 +116,9 @@ pub fn check_author_grant() -> Result<String, CausalError> {
     };
     // The role that called us, even inside SECURITY DEFINER functions.
     let caller = unsafe { pg_sys::GetOuterUserId() };
+    if GRANTED.with(|g| g.borrow().contains(&(caller, name.clone()))) {
+        return Ok(name);
+    }
     let allowed = get_prepared::<bool>(
         "SELECT (SELECT rolsuper FROM pg_roles WHERE oid = $1) \
              OR EXISTS (SELECT 1 FROM causal.identity_grants g \
@@ -128,8 +131,79 @@ pub fn check_author_grant() -> Result<String, CausalError> {
             .unwrap_or_default();
         return Err(CausalError::IdentityNotGranted { identity: name, role });
     }
+    if GRANTS_OID.with(std::cell::Cell::get) == pg_sys::InvalidOid {
+        let oid = unsafe {
+            pg_sys::get_relname_relid(c"identity_grants".as_ptr(), pg_sys::get_namespace_oid(c"causal".as_ptr(), false))
+        };
+        GRANTS_OID.with(|o| o.set(oid));
+    }
+    GRANTED.with(|g| g.borrow_mut().insert((caller, name.clone())));
     Ok(name)
 }
+
+thread_local! {
+    /// (role, identity) pairs found allowed, so a commit does not ask again (the query was
+    /// about a tenth of a single-row commit's time). Only what was allowed is kept: a new
+    /// grant needs no invalidation. What can take a use away clears it: any change to roles
+    /// or role memberships (syscache callbacks), a changed or deleted grant (the
+    /// `causal_grants_changed` trigger sends a relcache invalidation of
+    /// `causal.identity_grants`), and an aborted transaction (which may have granted).
+    static GRANTED: std::cell::RefCell<std::collections::HashSet<(pg_sys::Oid, String)>> = Default::default();
+    /// The oid of `causal.identity_grants`, once known.
+    static GRANTS_OID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+}
+
+/// Forgets every (role, identity) pair found allowed.
+pub fn forget_grants() {
+    GRANTED.with(|g| g.borrow_mut().clear());
+}
+
+/// Relcache invalidation of `relid` (`InvalidOid`: of every relation): forgets the grants
+/// found allowed if it is `causal.identity_grants`.
+pub fn relcache_changed(relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid || relid == GRANTS_OID.with(std::cell::Cell::get) {
+        forget_grants();
+        GRANTS_OID.with(|o| o.set(pg_sys::InvalidOid));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_roles_changed(_arg: pg_sys::Datum, _cacheid: std::ffi::c_int, _hash: u32) {
+    forget_grants();
+}
+
+/// Registers the callbacks that clear the grants found allowed; called from `_PG_init`.
+pub fn register_callbacks() {
+    unsafe {
+        for cache in [
+            pg_sys::SysCacheIdentifier::AUTHOID,
+            pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
+            pg_sys::SysCacheIdentifier::AUTHMEMROLEMEM,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(cache as std::ffi::c_int, Some(on_roles_changed), pg_sys::Datum::from(0usize));
+        }
+    }
+}
+
+/// Statement trigger on `causal.identity_grants` (UPDATE, DELETE, TRUNCATE): tells every
+/// backend, at commit, to forget the grants it found allowed.
+#[pg_trigger]
+fn _grants_changed<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, CausalError> {
+    let relid = trigger.relid().map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    let _ = relid;
+    Ok(None)
+}
+
+extension_sql!(
+    r#"
+CREATE TRIGGER causal_grants_changed AFTER UPDATE OR DELETE OR TRUNCATE ON causal.identity_grants
+    FOR EACH STATEMENT EXECUTE FUNCTION causal._grants_changed();
+"#,
+    name = "grants_changed_trigger",
+    requires = ["catalog", _grants_changed]
+);
 
 /// The identity this session authors as, with its key. Reading the key needs the extension
 /// owner's rights, so callers run as SECURITY DEFINER.
@@ -240,6 +314,22 @@ mod tests {
         };
         let (writer, other) = (state("app_writer"), state("app_other"));
         assert_eq!((writer.as_str(), other.as_str()), ("ok", "42501"));
+        // What was found allowed is kept, and forgotten when a use is taken away: a deleted
+        // grant, a revoked role membership.
+        assert_eq!(state("app_writer"), "ok");
+        Spi::run("DELETE FROM causal.identity_grants WHERE role_name = 'app_writer'").unwrap();
+        assert_eq!(state("app_writer"), "42501");
+        Spi::run("SELECT causal.grant_identity('writer', 'app_writer'); CREATE ROLE app_member;                   GRANT app_writer TO app_member; GRANT USAGE ON SCHEMA causal TO app_member")
+            .unwrap();
+        assert_eq!(state("app_member"), "ok");
+        Spi::run("REVOKE app_writer FROM app_member").unwrap();
+        assert_eq!(state("app_member"), "42501");
+        // A grant made in a transaction that rolls back is not kept either.
+        Spi::run(
+            "DO $$ BEGIN BEGIN PERFORM causal.grant_identity('writer', 'app_other');              SET LOCAL ROLE app_other; SET LOCAL causal.author = 'writer'; PERFORM causal.current_author_id();              RAISE EXCEPTION 'undo'; EXCEPTION WHEN OTHERS THEN NULL; END; RESET ROLE; END $$",
+        )
+        .unwrap();
+        assert_eq!(state("app_other"), "42501");
     }
 
     #[pg_test]

@@ -37,6 +37,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
     capture::register_callbacks();
+    identity::register_callbacks();
     worker::register();
 }
 
