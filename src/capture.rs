@@ -422,7 +422,6 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         PENDING.with(|p| p.borrow_mut().retain(|e| e.subxact < my_subid));
-
     }
 }
 

@@ -189,14 +189,7 @@ impl Inserter {
             return;
         }
         unsafe {
-            pg_sys::heap_multi_insert(
-                self.rel,
-                self.slots.as_mut_ptr(),
-                self.used as i32,
-                self.cid,
-                0,
-                self.bistate,
-            );
+            pg_sys::heap_multi_insert(self.rel, self.slots.as_mut_ptr(), self.used as i32, self.cid, 0, self.bistate);
             for &slot in &self.slots[..self.used] {
                 let recheck = pg_sys::ExecInsertIndexTuples(
                     self.rri,
@@ -303,7 +296,10 @@ mod tests {
         Spi::run("SET LOCAL enable_seqscan = off").unwrap();
         assert_eq!(count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND hash = 'h1234'"), 1234);
         assert_eq!(count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND node_id = 2499"), 2499);
-        assert_eq!(count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND chain = 0 AND seq = 1001"), 1000);
+        assert_eq!(
+            count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND chain = 0 AND seq = 1001"),
+            1000
+        );
         let row = Spi::get_one::<String>(
             "SELECT format('%s|%s|%s|%s|%s', prev, payload, preds, clock, received_at = now()) \
              FROM causal.dag_entries WHERE grp = 7 AND node_id = 1001",

@@ -180,7 +180,11 @@ pub fn register_callbacks() {
             pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
             pg_sys::SysCacheIdentifier::AUTHMEMROLEMEM,
         ] {
-            pg_sys::CacheRegisterSyscacheCallback(cache as std::ffi::c_int, Some(on_roles_changed), pg_sys::Datum::from(0usize));
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as std::ffi::c_int,
+                Some(on_roles_changed),
+                pg_sys::Datum::from(0usize),
+            );
         }
     }
 }
