@@ -422,6 +422,8 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         PENDING.with(|p| p.borrow_mut().retain(|e| e.subxact < my_subid));
+        // The subtransaction may have granted what was found allowed in it.
+        crate::identity::forget_grants();
     }
 }
 

@@ -131,12 +131,12 @@ pub fn check_author_grant() -> Result<String, CausalError> {
             .unwrap_or_default();
         return Err(CausalError::IdentityNotGranted { identity: name, role });
     }
-    if GRANTS_OID.with(std::cell::Cell::get) == pg_sys::InvalidOid {
-        let oid = unsafe {
-            pg_sys::get_relname_relid(c"identity_grants".as_ptr(), pg_sys::get_namespace_oid(c"causal".as_ptr(), false))
-        };
-        GRANTS_OID.with(|o| o.set(oid));
-    }
+    // Looked up each time a pair is kept (rarely): an oid kept across transactions could be
+    // that of a table whose creation rolled back.
+    let oid = unsafe {
+        pg_sys::get_relname_relid(c"identity_grants".as_ptr(), pg_sys::get_namespace_oid(c"causal".as_ptr(), false))
+    };
+    GRANTS_OID.with(|o| o.set(oid));
     GRANTED.with(|g| g.borrow_mut().insert((caller, name.clone())));
     Ok(name)
 }
@@ -156,6 +156,7 @@ thread_local! {
 /// Forgets every (role, identity) pair found allowed.
 pub fn forget_grants() {
     GRANTED.with(|g| g.borrow_mut().clear());
+    GRANTS_OID.with(|o| o.set(pg_sys::InvalidOid));
 }
 
 /// Relcache invalidation of `relid` (`InvalidOid`: of every relation): forgets the grants
@@ -163,7 +164,6 @@ pub fn forget_grants() {
 pub fn relcache_changed(relid: pg_sys::Oid) {
     if relid == pg_sys::InvalidOid || relid == GRANTS_OID.with(std::cell::Cell::get) {
         forget_grants();
-        GRANTS_OID.with(|o| o.set(pg_sys::InvalidOid));
     }
 }
 
@@ -196,7 +196,7 @@ fn _grants_changed<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, CausalError> {
     let relid = trigger.relid().map_err(|e| CausalError::Corrupt(e.to_string()))?;
-    let _ = relid;
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
     Ok(None)
 }
 
