@@ -254,6 +254,119 @@ impl Drop for Inserter {
     }
 }
 
+/// Replaces `columns` of the row at `tid` in `causal.<table>`, a row the caller holds locked
+/// (`SELECT ... FOR UPDATE`), without SQL: the new version is written with
+/// `CatalogTupleUpdate` (a heap-only update when no indexed column changes, as here).
+/// Returns the new version's tid, or `None` when the row at `tid` is no longer the newest
+/// version (something else updated it in this transaction); the caller then updates through
+/// SQL. No trigger fires and no CHECK constraint is evaluated, so only columns that no CHECK
+/// reads may be written this way; the table may have no triggers but internal ones (of
+/// foreign keys that reference it), and the columns written may not be indexed.
+pub fn update_locked_row(
+    table: &str,
+    tid: pg_sys::ItemPointerData,
+    columns: &[(&str, Cell<'_>)],
+) -> Result<Option<pg_sys::ItemPointerData>, CausalError> {
+    let wrong = |what: String| CausalError::Corrupt(format!("catalog table causal.{table}: {what}"));
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"causal".as_ptr(), false);
+        let name = std::ffi::CString::new(table).map_err(|e| wrong(e.to_string()))?;
+        let relid = pg_sys::get_relname_relid(name.as_ptr(), ns);
+        if relid == pg_sys::InvalidOid {
+            return Err(wrong("missing".into()));
+        }
+        let acl = pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_UPDATE as pg_sys::AclMode);
+        if acl != pg_sys::AclResult::ACLCHECK_OK {
+            pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLE, name.as_ptr());
+        }
+        let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+        let rel = pg_sys::table_open(relid, lock);
+        let desc = (*rel).rd_att;
+        let natts = (*desc).natts as usize;
+        let attrs = (*desc).attrs.as_slice(natts);
+        let mut replace = vec![false; natts];
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![false; natts];
+        // Only internal triggers may be skipped: those of foreign keys that reference this
+        // table, which act only when a referenced key changes, and no indexed column (every
+        // referenced key is indexed) is written here.
+        let trigdesc = (*rel).trigdesc;
+        let user_trigger = !trigdesc.is_null()
+            && std::slice::from_raw_parts((*trigdesc).triggers, (*trigdesc).numtriggers as usize)
+                .iter()
+                .any(|t| !t.tgisinternal);
+        let indexed = pg_sys::RelationGetIndexAttrBitmap(rel, pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_ALL);
+        let mut problem = if user_trigger { Some("it has triggers".to_string()) } else { None };
+        for (column, cell) in columns {
+            if problem.is_some() {
+                break;
+            }
+            match attrs.iter().position(|a| {
+                !a.attisdropped && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == column.as_bytes()
+            }) {
+                Some(i)
+                    if pg_sys::bms_is_member(i as i32 + 1 - pg_sys::FirstLowInvalidHeapAttributeNumber, indexed) =>
+                {
+                    problem = Some(format!("column {column} is indexed"))
+                }
+                Some(i) if attrs[i].atttypid == cell.type_oid() => match cell.datum() {
+                    Some(d) => {
+                        replace[i] = true;
+                        values[i] = d;
+                    }
+                    None => problem = Some(format!("NULL for column {column}")),
+                },
+                _ => problem = Some(format!("no column {column} of that type")),
+            }
+        }
+        if let Some(p) = problem {
+            pg_sys::table_close(rel, lock);
+            return Err(wrong(p));
+        }
+        // The locked version, whatever the snapshot: it is the newest unless this transaction
+        // updated the row since (then its t_ctid points further).
+        let mut old: pg_sys::HeapTupleData = std::mem::zeroed();
+        old.t_self = tid;
+        let mut buffer: pg_sys::Buffer = 0;
+        let found = pg_sys::heap_fetch(rel, &raw mut pg_sys::SnapshotAnyData, &mut old, &mut buffer, true);
+        if !found || old.t_data.is_null() {
+            if buffer != 0 {
+                pg_sys::ReleaseBuffer(buffer);
+            }
+            pg_sys::table_close(rel, lock);
+            return Ok(None);
+        }
+        let newest = {
+            let next = (*old.t_data).t_ctid;
+            next.ip_blkid.bi_hi == tid.ip_blkid.bi_hi
+                && next.ip_blkid.bi_lo == tid.ip_blkid.bi_lo
+                && next.ip_posid == tid.ip_posid
+        };
+        let new = if newest {
+            Some(pg_sys::heap_modify_tuple(
+                &mut old,
+                desc,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+                replace.as_mut_ptr(),
+            ))
+        } else {
+            None
+        };
+        pg_sys::ReleaseBuffer(buffer);
+        let Some(new) = new else {
+            pg_sys::table_close(rel, lock);
+            return Ok(None);
+        };
+        let mut otid = tid;
+        pg_sys::CatalogTupleUpdate(rel, &mut otid, new);
+        let new_tid = (*new).t_self;
+        pg_sys::heap_freetuple(new);
+        pg_sys::table_close(rel, lock);
+        Ok(Some(new_tid))
+    }
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
@@ -338,5 +451,43 @@ mod tests {
         assert!(err.to_string().contains("node_id"), "{err}");
         rows.finish();
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM causal.dag_entries WHERE grp = 7").unwrap(), Some(0));
+    }
+
+    /// A locked row is updated in place; a tid that is no longer the newest version is
+    /// refused (the caller falls back to SQL), and so is a column that is not there.
+    #[pg_test]
+    fn a_locked_row_is_updated_in_place_once_per_version() {
+        Spi::run("INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ('g', 'g', 'blake3')").unwrap();
+        let tid = Spi::get_one::<pgrx::pg_sys::ItemPointerData>(
+            "SELECT ctid FROM causal.group_defs WHERE group_id = 'g' FOR UPDATE",
+        )
+        .unwrap()
+        .unwrap();
+        let lens = [3, 4];
+        let new = super::update_locked_row(
+            "group_defs",
+            tid,
+            &[("entry_count", Cell::Int4(7)), ("chain_lens", Cell::Int4Array(&lens))],
+        )
+        .unwrap()
+        .expect("the newest version");
+        let row = Spi::get_one_with_args::<String>(
+            "SELECT format('%s|%s|%s|%s', entry_count, chain_lens, name, ctid = $1) FROM causal.group_defs WHERE group_id = 'g'",
+            &[new.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(row, "7|{3,4}|g|t");
+        // The old version is not the newest any more.
+        let again = super::update_locked_row("group_defs", tid, &[("entry_count", Cell::Int4(8))]).unwrap();
+        assert!(again.is_none());
+        let err = super::update_locked_row("group_defs", new, &[("nothing", Cell::Int4(8))]).err().expect("refused");
+        assert!(err.to_string().contains("no column nothing"), "{err}");
+        let err = super::update_locked_row("group_defs", new, &[("grp", Cell::Int4(8))]).err().expect("refused");
+        assert!(err.to_string().contains("column grp is indexed"), "{err}");
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT entry_count FROM causal.group_defs WHERE group_id = 'g'").unwrap(),
+            Some(7)
+        );
     }
 }

@@ -72,6 +72,9 @@ pub struct SpiStore {
     pending: RefCell<PendingRows>,
     /// Hashes known not to be stored (from [`SpiStore::prefetch_ids`]), so asking costs nothing.
     absent: RefCell<std::collections::HashSet<Hash>>,
+    /// Where the group's row is, while this store holds it locked ([`SpiStore::lock`]): the
+    /// state is written there without SQL.
+    locked_row: std::cell::Cell<Option<pg_sys::ItemPointerData>>,
 }
 
 /// Entry and tag rows not yet written (column by column, for one `unnest` insert). Reads find
@@ -133,7 +136,7 @@ pub fn tag_text(tag: &MetaTag) -> String {
 
 const STATE_SQL: &str = "SELECT entry_count, chain_lens, frontier, authority_version, reconciled_count \
      FROM causal.group_defs WHERE group_id = $1";
-const STATE_LOCK_SQL: &str = "SELECT entry_count, chain_lens, frontier, authority_version, reconciled_count \
+const STATE_LOCK_SQL: &str = "SELECT entry_count, chain_lens, frontier, authority_version, reconciled_count, ctid \
      FROM causal.group_defs WHERE group_id = $1 FOR UPDATE";
 
 impl SpiStore {
@@ -148,19 +151,25 @@ impl SpiStore {
             defer_state: std::cell::Cell::new(false),
             pending: RefCell::default(),
             absent: RefCell::default(),
+            locked_row: std::cell::Cell::new(None),
         }
     }
 
     fn load_state(&self, sql: &'static str, locking: bool) -> Result<GroupState, StoreError> {
         let row = run_prepared(sql, &[self.group.clone().into()], locking, |mut rows| match rows.next() {
             None => Ok(None),
-            Some(r) => Ok(Some((
-                r.get::<i32>(1)?,
-                r.get::<Vec<i32>>(2)?,
-                r.get::<Vec<i32>>(3)?,
-                r.get::<i32>(4)?,
-                r.get::<i32>(5)?,
-            ))),
+            Some(r) => {
+                if locking {
+                    self.locked_row.set(r.get::<pg_sys::ItemPointerData>(6)?);
+                }
+                Ok(Some((
+                    r.get::<i32>(1)?,
+                    r.get::<Vec<i32>>(2)?,
+                    r.get::<Vec<i32>>(3)?,
+                    r.get::<i32>(4)?,
+                    r.get::<i32>(5)?,
+                )))
+            }
         })
         .map_err(backend)?;
         let Some((Some(count), Some(lens), Some(frontier), Some(version), Some(reconciled))) = row else {
@@ -306,7 +315,7 @@ impl SpiStore {
         self.defer_state.set(false);
         self.flush()?;
         match self.state.borrow().as_ref() {
-            Some(s) => write_state(&self.group, s),
+            Some(s) => self.write_state_row(s),
             None => Ok(()),
         }
     }
@@ -327,7 +336,7 @@ impl SpiStore {
         }
         state.reconciled_count = placed_to;
         if !self.defer_state.get() {
-            write_state(&self.group, &state)?;
+            self.write_state_row(&state)?;
         }
         *self.state.borrow_mut() = Some(state);
         Ok(())
@@ -356,20 +365,45 @@ impl SpiStore {
     }
 }
 
-fn write_state(group: &str, state: &GroupState) -> Result<(), StoreError> {
-    exec_prepared(
-        "UPDATE causal.group_defs SET entry_count = $2, chain_lens = $3, frontier = $4, authority_version = $5, \
-         reconciled_count = $6 WHERE group_id = $1",
-        &[
-            group.into(),
-            to_i32(state.entry_count)?.into(),
-            to_i32s(&state.chain_lens)?.into(),
-            to_i32s(&state.frontier)?.into(),
-            to_i32(state.authority_version)?.into(),
-            to_i32(state.reconciled_count)?.into(),
-        ],
-    )
-    .map_err(backend)
+impl SpiStore {
+    /// Writes the group's running state into its row: in place when this store holds the row
+    /// locked and nothing else updated it since (a local commit: about 9 us less than the
+    /// UPDATE statement, inside the section that commits of the group take one at a time),
+    /// else through SQL.
+    fn write_state_row(&self, state: &GroupState) -> Result<(), StoreError> {
+        if let Some(tid) = self.locked_row.get() {
+            let (lens, frontier) = (to_i32s(&state.chain_lens)?, to_i32s(&state.frontier)?);
+            let written = crate::direct::update_locked_row(
+                "group_defs",
+                tid,
+                &[
+                    ("entry_count", Cell::Int4(to_i32(state.entry_count)?)),
+                    ("chain_lens", Cell::Int4Array(&lens)),
+                    ("frontier", Cell::Int4Array(&frontier)),
+                    ("authority_version", Cell::Int4(to_i32(state.authority_version)?)),
+                    ("reconciled_count", Cell::Int4(to_i32(state.reconciled_count)?)),
+                ],
+            )
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+            self.locked_row.set(written);
+            if written.is_some() {
+                return Ok(());
+            }
+        }
+        exec_prepared(
+            "UPDATE causal.group_defs SET entry_count = $2, chain_lens = $3, frontier = $4, authority_version = $5, \
+             reconciled_count = $6 WHERE group_id = $1",
+            &[
+                self.group.clone().into(),
+                to_i32(state.entry_count)?.into(),
+                to_i32s(&state.chain_lens)?.into(),
+                to_i32s(&state.frontier)?.into(),
+                to_i32(state.authority_version)?.into(),
+                to_i32(state.reconciled_count)?.into(),
+            ],
+        )
+        .map_err(backend)
+    }
 }
 
 /// The columns of `causal.dag_entries`, in table order.
@@ -609,7 +643,7 @@ impl DagStore for SpiStore {
             state.authority_version += 1;
         }
         if !self.defer_state.get() {
-            write_state(&self.group, &state)?;
+            self.write_state_row(&state)?;
         }
         *self.state.borrow_mut() = Some(state);
         self.absent.borrow_mut().remove(&node.hash);
