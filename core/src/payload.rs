@@ -134,13 +134,38 @@ impl Op {
         }
     }
 
+    /// Decodes an operation strictly: every field its kind has, and no other, with keys in
+    /// their canonical Base64 form. So every operation this accepts encodes back
+    /// ([`Op::to_value`]) to exactly the JSON it came from: the operations the signature
+    /// covers (re-encoded) are the ones the payload hash covers (as received). A lenient
+    /// decoder let anyone add a field to another author's signed operation and rehash the
+    /// entry: a second, validly signed entry at the same position with the same operations.
     pub fn from_value(v: &Value) -> Result<Op, PayloadError> {
         let m = v.as_object().ok_or_else(|| malformed("ops[]"))?;
+        let kind = str_field(m, "op")?;
+        let fields: &[&str] = match kind {
+            "add-member" => &["op", "publicKey", "keyId", "admin", "name"],
+            "remove-member" => &["op", "keyId"],
+            "schema" => &["op", "table", "schema"],
+            "rule" => &["op", "table", "operation", "rule"],
+            "unreplicate" => &["op", "table"],
+            "insert" => &["op", "table", "row"],
+            "update" => &["op", "table", "key", "set", "unset"],
+            "delete" => &["op", "table", "key"],
+            other => return Err(PayloadError::UnknownOp(other.chars().take(32).collect())),
+        };
+        if let Some(k) = m.keys().find(|k| !fields.contains(&k.as_str())) {
+            return Err(malformed(&format!("ops[].{k} (unexpected in a {kind} operation)")));
+        }
         let table = || str_field(m, "table").map(str::to_string);
-        Ok(match str_field(m, "op")? {
+        Ok(match kind {
             "add-member" => {
-                let public_key = PublicKey::from_b64(str_field(m, "publicKey")?)
-                    .map_err(|source| PayloadError::Key { field: "publicKey", source })?;
+                let text = str_field(m, "publicKey")?;
+                let public_key =
+                    PublicKey::from_b64(text).map_err(|source| PayloadError::Key { field: "publicKey", source })?;
+                if public_key.to_b64() != text {
+                    return Err(malformed("publicKey (not in canonical Base64)"));
+                }
                 if str_field(m, "keyId")? != public_key.key_id().to_b64() {
                     return Err(malformed("keyId (does not match publicKey)"));
                 }
@@ -155,7 +180,12 @@ impl Op {
                 }
             }
             "remove-member" => {
-                Op::RemoveMember { key_id: str_field(m, "keyId")?.parse().map_err(|_| malformed("keyId"))? }
+                let text = str_field(m, "keyId")?;
+                let key_id: KeyId = text.parse().map_err(|_| malformed("keyId"))?;
+                if key_id.to_b64() != text {
+                    return Err(malformed("keyId (not in canonical Base64)"));
+                }
+                Op::RemoveMember { key_id }
             }
             "schema" => {
                 Op::Schema { table: table()?, schema: m.get("schema").cloned().ok_or_else(|| malformed("schema"))? }
@@ -453,6 +483,36 @@ mod tests {
                 unset: vec!["price".into()],
             },
         ]
+    }
+
+    /// Every operation the decoder accepts encodes back to exactly its input; an unexpected
+    /// field, or a key not in canonical Base64, is refused.
+    #[test]
+    fn operations_decode_strictly_and_encode_back_exactly() {
+        let key = Keypair::generate().public();
+        let mut all = ops();
+        all.push(Op::AddMember { public_key: key.clone(), name: Some("n".into()), admin: true });
+        all.push(Op::AddMember { public_key: key.clone(), name: None, admin: false });
+        all.push(Op::RemoveMember { key_id: key.key_id() });
+        all.push(Op::Schema { table: "t".into(), schema: json!({"columns": [1, {"a": true}]}) });
+        all.push(Op::Rule { table: "t".into(), operation: "insert".into(), rule: "true".into() });
+        all.push(Op::Unreplicate { table: "t".into() });
+        all.push(Op::Delete { table: "t".into(), key: json!({"id": "1"}).as_object().cloned().unwrap() });
+        for op in &all {
+            let v = op.to_value();
+            let back = Op::from_value(&v).unwrap();
+            assert_eq!(&back, op);
+            assert_eq!(canonical_string(&back.to_value()).unwrap(), canonical_string(&v).unwrap());
+            let mut extra = v.clone();
+            extra["extra"] = json!(1);
+            let err = Op::from_value(&extra).unwrap_err().to_string();
+            assert!(err.contains("extra"), "{err}");
+        }
+        // Base64 that decodes to the same key but is not its canonical text.
+        let mut v = Op::RemoveMember { key_id: key.key_id() }.to_value();
+        let text = v["keyId"].as_str().unwrap().trim_end_matches('=').to_string();
+        v["keyId"] = json!(text);
+        assert!(Op::from_value(&v).is_err());
     }
 
     #[test]

@@ -232,6 +232,28 @@ mod tests {
         }
     }
 
+    /// A third party that adds a field to another author's signed operation (and rehashes
+    /// the entry) gets it refused: operations decode strictly. (A lenient decoder ignored the
+    /// field, the signature over the re-encoded operations still held, and the copy was a
+    /// second valid entry at the same position.)
+    #[test]
+    fn a_field_added_to_a_signed_operation_is_refused() {
+        let alice = Keypair::generate();
+        let group = HashAlgorithm::Blake3.digest(b"group");
+        let keys: HashMap<_, _> = [(alice.public().key_id(), alice.public())].into();
+        let prev: Position = [group].into_iter().collect();
+        let genuine = entry(&alice, &group, &prev, 7);
+        let mut forged = genuine.payload.clone();
+        forged["ops"][0]["note"] = json!("added by someone else");
+        let forged = Entry::new(HashAlgorithm::Blake3, forged, prev.clone(), Default::default()).unwrap();
+        let checked = precheck_run(&[genuine, forged], HashAlgorithm::Blake3, &group, &keys);
+        assert!(matches!(checked[0], Prechecked::Signed(_)));
+        match &checked[1] {
+            Prechecked::Invalid(reason) => assert!(reason.contains("note"), "{reason}"),
+            _ => panic!("the forged entry was accepted"),
+        }
+    }
+
     #[test]
     fn verifies_in_parallel_and_in_order() {
         let (alice, mallory) = (Keypair::generate(), Keypair::generate());
