@@ -16,6 +16,23 @@ use pgrx::IntoDatum;
 
 use crate::error::CausalError;
 
+/// Opens `causal.<table>` with a row-exclusive lock, after checking that the current user has
+/// `privilege` on it (an ACL_* bit), as the statement it stands for would check.
+unsafe fn open_catalog_table(table: &str, privilege: u32) -> Result<pg_sys::Relation, CausalError> {
+    let wrong = |what: String| CausalError::Corrupt(format!("catalog table causal.{table}: {what}"));
+    let ns = pg_sys::get_namespace_oid(c"causal".as_ptr(), false);
+    let name = std::ffi::CString::new(table).map_err(|e| wrong(e.to_string()))?;
+    let relid = pg_sys::get_relname_relid(name.as_ptr(), ns);
+    if relid == pg_sys::InvalidOid {
+        return Err(wrong("missing".into()));
+    }
+    let acl = pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), privilege as pg_sys::AclMode);
+    if acl != pg_sys::AclResult::ACLCHECK_OK {
+        pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLE, name.as_ptr());
+    }
+    Ok(pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE))
+}
+
 /// One value of a row to insert.
 pub enum Cell<'a> {
     Int4(i32),
@@ -74,17 +91,7 @@ impl Inserter {
     pub fn open(table: &str, columns: &[(&str, pg_sys::Oid)]) -> Result<Inserter, CausalError> {
         let wrong = |what: String| CausalError::Corrupt(format!("catalog table causal.{table}: {what}"));
         unsafe {
-            let ns = pg_sys::get_namespace_oid(c"causal".as_ptr(), false);
-            let name = std::ffi::CString::new(table).map_err(|e| wrong(e.to_string()))?;
-            let relid = pg_sys::get_relname_relid(name.as_ptr(), ns);
-            if relid == pg_sys::InvalidOid {
-                return Err(wrong("missing".into()));
-            }
-            let acl = pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_INSERT as pg_sys::AclMode);
-            if acl != pg_sys::AclResult::ACLCHECK_OK {
-                pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLE, name.as_ptr());
-            }
-            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let rel = open_catalog_table(table, pg_sys::ACL_INSERT)?;
             let desc = (*rel).rd_att;
             let natts = (*desc).natts as usize;
             let attrs = (*desc).attrs.as_slice(natts);
@@ -269,18 +276,8 @@ pub fn update_locked_row(
 ) -> Result<Option<pg_sys::ItemPointerData>, CausalError> {
     let wrong = |what: String| CausalError::Corrupt(format!("catalog table causal.{table}: {what}"));
     unsafe {
-        let ns = pg_sys::get_namespace_oid(c"causal".as_ptr(), false);
-        let name = std::ffi::CString::new(table).map_err(|e| wrong(e.to_string()))?;
-        let relid = pg_sys::get_relname_relid(name.as_ptr(), ns);
-        if relid == pg_sys::InvalidOid {
-            return Err(wrong("missing".into()));
-        }
-        let acl = pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_UPDATE as pg_sys::AclMode);
-        if acl != pg_sys::AclResult::ACLCHECK_OK {
-            pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLE, name.as_ptr());
-        }
         let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
-        let rel = pg_sys::table_open(relid, lock);
+        let rel = open_catalog_table(table, pg_sys::ACL_UPDATE)?;
         let desc = (*rel).rd_att;
         let natts = (*desc).natts as usize;
         let attrs = (*desc).attrs.as_slice(natts);
