@@ -29,7 +29,8 @@ use crate::rules::RuleInput;
 use crate::spi_util::{get_opt, run_prepared};
 
 struct Pending {
-    group_id: String,
+    /// The group's id, shared with the table's [`TableInfo`] (not copied for every row).
+    group_id: std::rc::Rc<str>,
     subxact: pg_sys::SubTransactionId,
     op: Op,
     /// The table has rules: its entry is placed by the engine at commit, so a write that the
@@ -42,7 +43,12 @@ struct Pending {
 /// catalog of replicated tables or their rules changes ([`tables_changed`]).
 pub struct TableInfo {
     pub group_id: String,
+    /// The same id, shared by the changes buffered for this table.
+    group_key: std::rc::Rc<str>,
     pub schema: TableSchema,
+    /// The attribute number of each schema column in the table's tuples, in schema order;
+    /// found on the first row encoded (the entry is dropped when the table changes).
+    attnums: std::cell::OnceCell<Vec<std::num::NonZeroUsize>>,
     /// The second key of the group's advisory lock ([`group_lock_key`]).
     lock_key: i32,
     /// Rule text by operation name; absent means any live member may write.
@@ -139,7 +145,15 @@ pub fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalEr
         },
     )?;
     let lock_key = group_lock_key(&group_id)?;
-    let info = std::rc::Rc::new(TableInfo { group_id, schema, lock_key, rules });
+    let group_key: std::rc::Rc<str> = group_id.as_str().into();
+    let info = std::rc::Rc::new(TableInfo {
+        group_id,
+        group_key,
+        schema,
+        attnums: std::cell::OnceCell::new(),
+        lock_key,
+        rules,
+    });
     TABLES.with(|t| t.borrow_mut().insert(relid, info.clone()));
     Ok(info)
 }
@@ -157,20 +171,25 @@ fn float(v: f64) -> Value {
 /// Encodes one column of a tuple; `None` for NULL.
 fn encode_column(
     tuple: &PgHeapTuple<'_, impl pgrx::WhoAllocated>,
+    attno: std::num::NonZeroUsize,
     name: &str,
     ty: &ColumnType,
 ) -> Result<Option<Value>, CausalError> {
     let bad = |e: pgrx::datum::TryFromDatumError| CausalError::Corrupt(format!("column {name}: {e}"));
     Ok(match ty {
-        ColumnType::Text | ColumnType::Varchar(_) => tuple.get_by_name::<String>(name).map_err(bad)?.map(Value::String),
-        ColumnType::Int2 => tuple.get_by_name::<i16>(name).map_err(bad)?.map(|v| json!(v)),
-        ColumnType::Int4 => tuple.get_by_name::<i32>(name).map_err(bad)?.map(|v| json!(v)),
-        ColumnType::Int8 => tuple.get_by_name::<i64>(name).map_err(bad)?.map(|v| json!(v.to_string())),
-        ColumnType::Numeric { .. } => tuple.get_by_name::<AnyNumeric>(name).map_err(bad)?.map(|v| json!(v.to_string())),
-        ColumnType::Float8 => tuple.get_by_name::<f64>(name).map_err(bad)?.map(float),
-        ColumnType::Float4 => tuple.get_by_name::<f32>(name).map_err(bad)?.map(|v| float(f64::from(v))),
-        ColumnType::Bool => tuple.get_by_name::<bool>(name).map_err(bad)?.map(Value::Bool),
-        ColumnType::Date => tuple.get_by_name::<pgrx::datum::Date>(name).map_err(bad)?.map(|d| {
+        ColumnType::Text | ColumnType::Varchar(_) => {
+            tuple.get_by_index::<String>(attno).map_err(bad)?.map(Value::String)
+        }
+        ColumnType::Int2 => tuple.get_by_index::<i16>(attno).map_err(bad)?.map(|v| json!(v)),
+        ColumnType::Int4 => tuple.get_by_index::<i32>(attno).map_err(bad)?.map(|v| json!(v)),
+        ColumnType::Int8 => tuple.get_by_index::<i64>(attno).map_err(bad)?.map(|v| json!(v.to_string())),
+        ColumnType::Numeric { .. } => {
+            tuple.get_by_index::<AnyNumeric>(attno).map_err(bad)?.map(|v| json!(v.to_string()))
+        }
+        ColumnType::Float8 => tuple.get_by_index::<f64>(attno).map_err(bad)?.map(float),
+        ColumnType::Float4 => tuple.get_by_index::<f32>(attno).map_err(bad)?.map(|v| float(f64::from(v))),
+        ColumnType::Bool => tuple.get_by_index::<bool>(attno).map_err(bad)?.map(Value::Bool),
+        ColumnType::Date => tuple.get_by_index::<pgrx::datum::Date>(attno).map_err(bad)?.map(|d| {
             if d.is_infinity() {
                 json!("infinity")
             } else if d.is_neg_infinity() {
@@ -179,7 +198,7 @@ fn encode_column(
                 json!(format_date(d.to_pg_epoch_days()))
             }
         }),
-        ColumnType::Timestamp => tuple.get_by_name::<pgrx::datum::Timestamp>(name).map_err(bad)?.map(|t| {
+        ColumnType::Timestamp => tuple.get_by_index::<pgrx::datum::Timestamp>(attno).map_err(bad)?.map(|t| {
             if t.is_infinity() {
                 json!("infinity")
             } else if t.is_neg_infinity() {
@@ -189,7 +208,7 @@ fn encode_column(
             }
         }),
         ColumnType::Timestamptz => {
-            tuple.get_by_name::<pgrx::datum::TimestampWithTimeZone>(name).map_err(bad)?.map(|t| {
+            tuple.get_by_index::<pgrx::datum::TimestampWithTimeZone>(attno).map_err(bad)?.map(|t| {
                 if t.is_infinity() {
                     json!("infinity")
                 } else if t.is_neg_infinity() {
@@ -199,16 +218,16 @@ fn encode_column(
                 }
             })
         }
-        ColumnType::Uuid => tuple.get_by_name::<pgrx::datum::Uuid>(name).map_err(bad)?.map(|u| {
+        ColumnType::Uuid => tuple.get_by_index::<pgrx::datum::Uuid>(attno).map_err(bad)?.map(|u| {
             let b = u.as_bytes();
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
             json!(format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]))
         }),
         ColumnType::Bytea => tuple
-            .get_by_name::<&[u8]>(name)
+            .get_by_index::<&[u8]>(attno)
             .map_err(bad)?
             .map(|b| json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b))),
-        ColumnType::Jsonb => match tuple.get_by_name::<JsonB>(name).map_err(bad)? {
+        ColumnType::Jsonb => match tuple.get_by_index::<JsonB>(attno).map_err(bad)? {
             Some(j) => Some(json!(serde_json::to_string(&j.0)
                 .map_err(|e| CausalError::Corrupt(format!("column {name}: jsonb not serializable: {e}")))?)),
             None => None,
@@ -218,11 +237,25 @@ fn encode_column(
 
 fn encode_row(
     tuple: &PgHeapTuple<'_, impl pgrx::WhoAllocated>,
-    schema: &TableSchema,
+    info: &TableInfo,
 ) -> Result<Map<String, Value>, CausalError> {
+    let schema = &info.schema;
+    let attnums = match info.attnums.get() {
+        Some(a) => a,
+        None => {
+            let mut found = Vec::with_capacity(schema.columns.len());
+            for c in &schema.columns {
+                let (attno, _) = tuple.get_attribute_by_name(&c.name).ok_or_else(|| {
+                    CausalError::Corrupt(format!("column {} is not in table {}", c.name, schema.table))
+                })?;
+                found.push(attno);
+            }
+            info.attnums.get_or_init(|| found)
+        }
+    };
     let mut row = Map::new();
-    for c in &schema.columns {
-        if let Some(v) = encode_column(tuple, &c.name, &c.ty)? {
+    for (c, attno) in schema.columns.iter().zip(attnums) {
+        if let Some(v) = encode_column(tuple, *attno, &c.name, &c.ty)? {
             row.insert(c.name.clone(), v);
         }
     }
@@ -259,15 +292,15 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     match trigger.op().map_err(|e| CausalError::Corrupt(e.to_string()))? {
         PgTriggerOperation::Insert => {
             let new = trigger.new().ok_or_else(|| CausalError::Corrupt("INSERT without NEW".into()))?;
-            let row = encode_row(&new, schema)?;
+            let row = encode_row(&new, &info)?;
             check(Operation::Insert, Some(&row), None)?;
             ops.push(Op::Insert { table, row });
         }
         PgTriggerOperation::Update => {
             let old =
-                encode_row(&trigger.old().ok_or_else(|| CausalError::Corrupt("UPDATE without OLD".into()))?, schema)?;
+                encode_row(&trigger.old().ok_or_else(|| CausalError::Corrupt("UPDATE without OLD".into()))?, &info)?;
             let new =
-                encode_row(&trigger.new().ok_or_else(|| CausalError::Corrupt("UPDATE without NEW".into()))?, schema)?;
+                encode_row(&trigger.new().ok_or_else(|| CausalError::Corrupt("UPDATE without NEW".into()))?, &info)?;
             check(Operation::Update, Some(&new), Some(&old))?;
             let (old_key, new_key) = (key_of(&old, schema), key_of(&new, schema));
             if old_key != new_key {
@@ -285,7 +318,7 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
         }
         PgTriggerOperation::Delete => {
             let old =
-                encode_row(&trigger.old().ok_or_else(|| CausalError::Corrupt("DELETE without OLD".into()))?, schema)?;
+                encode_row(&trigger.old().ok_or_else(|| CausalError::Corrupt("DELETE without OLD".into()))?, &info)?;
             ops.push(Op::Delete { table, key: key_of(&old, schema) });
         }
         PgTriggerOperation::Truncate => {
@@ -296,7 +329,7 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         for op in ops {
-            p.push(Pending { group_id: info.group_id.clone(), subxact, op, ruled: !info.rules.is_empty() });
+            p.push(Pending { group_id: info.group_key.clone(), subxact, op, ruled: !info.rules.is_empty() });
         }
     });
     Ok(())
@@ -324,7 +357,7 @@ fn _refuse_truncate<'a>(
 fn flush() {
     let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     // Per group: its operations, and whether any of them touched a table with rules.
-    let mut by_group: Vec<(String, Vec<Op>, bool)> = Vec::new();
+    let mut by_group: Vec<(std::rc::Rc<str>, Vec<Op>, bool)> = Vec::new();
     for p in pending {
         match by_group.iter_mut().find(|(g, _, _)| *g == p.group_id) {
             Some((_, ops, ruled)) => {
