@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 
 use causal_core::entry::Entry;
 use causal_core::identity::PublicKey;
-use causal_core::membership::{derive_meta, member_at, MemberStatus};
+use causal_core::membership::{derive_meta_of, member_at, MemberStatus};
 use causal_core::payload::{Op, SignedPayload};
 use causal_core::Hash;
 
@@ -49,20 +49,21 @@ pub fn append_ops_as(
         });
     }
     let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
-    // Serialized, hashed and signed once here; the store trusts these hashes.
-    let encoded = SignedPayload::sign_encoded(&author.keypair, &group_id, ops, &prev)?;
-    let payload = encoded.payload;
-    let entry = Entry::with_canonical_payload(
-        dag.hash_algorithm(),
-        encoded.value,
-        &encoded.canonical,
-        prev.clone(),
-        derive_meta(&payload),
-    );
+    // Serialized, hashed and signed once here; the store trusts these hashes. An entry placed
+    // later (plain data) needs no decoded operations any more: they move into its value.
+    let meta = derive_meta_of(None, &ops);
+    let (value, canonical, payload) = if defer_placing {
+        let (value, canonical) = SignedPayload::sign_into_value(&author.keypair, &group_id, ops, &prev)?;
+        (value, canonical, None)
+    } else {
+        let encoded = SignedPayload::sign_encoded(&author.keypair, &group_id, ops, &prev)?;
+        (encoded.value, encoded.canonical, Some(encoded.payload))
+    };
+    let entry = Entry::with_canonical_payload(dag.hash_algorithm(), value, &canonical, prev.clone(), meta);
     // Its predecessors are the whole frontier, read under the lock: it cannot be stored yet.
     dag.store().assume_absent(entry.hash);
     let hash = dag.insert_verified(entry)?.hash;
-    if !defer_placing {
+    if let Some(payload) = payload {
         crate::replay::reconcile_local(group, dag, (hash, prev, payload))?;
     }
     crate::sync::notify_changed(&group.id)?;

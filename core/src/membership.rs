@@ -24,15 +24,20 @@ pub const KIND_TAG: &str = "kind";
 
 /// Metadata derived from a payload. Deterministic, so every replica indexes alike.
 pub fn derive_meta(payload: &SignedPayload) -> Meta {
+    derive_meta_of(payload.genesis.as_ref(), &payload.ops)
+}
+
+/// [`derive_meta`] of a payload's parts (its genesis fields, if any, and its operations).
+pub fn derive_meta_of(genesis: Option<&crate::payload::Genesis>, ops: &[Op]) -> Meta {
     let mut meta = Meta::new();
     let mut tag = |k: &str, v: String| {
         meta.entry(k.to_string()).or_default().insert(v);
     };
-    if let Some(g) = &payload.genesis {
+    if let Some(g) = genesis {
         tag(MEMBER_TAG, g.admin.key_id().to_b64());
         tag(KIND_TAG, "barrier".into());
     }
-    for op in &payload.ops {
+    for op in ops {
         match op {
             Op::AddMember { public_key, .. } => tag(MEMBER_TAG, public_key.key_id().to_b64()),
             Op::RemoveMember { key_id } => {

@@ -111,26 +111,56 @@ fn obj_field<'a>(m: &'a Map<String, Value>, key: &str) -> Result<&'a Map<String,
 }
 
 impl Op {
+    /// The operation's JSON form.
     pub fn to_value(&self) -> Value {
+        self.clone().into_value()
+    }
+
+    /// [`Op::to_value`], moving the operation's rows and keys into the value instead of
+    /// copying them.
+    pub fn into_value(self) -> Value {
+        fn object(fields: Vec<(&str, Value)>) -> Value {
+            Value::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        }
         match self {
             Op::AddMember { public_key, name, admin } => {
-                let mut m = json!({"op": "add-member", "publicKey": public_key.to_b64(), "keyId": public_key.key_id().to_b64(), "admin": admin});
+                let mut fields = vec![
+                    ("op", json!("add-member")),
+                    ("publicKey", json!(public_key.to_b64())),
+                    ("keyId", json!(public_key.key_id().to_b64())),
+                    ("admin", json!(admin)),
+                ];
                 if let Some(n) = name {
-                    m["name"] = json!(n);
+                    fields.push(("name", Value::String(n)));
                 }
-                m
+                object(fields)
             }
-            Op::RemoveMember { key_id } => json!({"op": "remove-member", "keyId": key_id.to_b64()}),
-            Op::Schema { table, schema } => json!({"op": "schema", "table": table, "schema": schema}),
-            Op::Rule { table, operation, rule } => {
-                json!({"op": "rule", "table": table, "operation": operation, "rule": rule})
+            Op::RemoveMember { key_id } => {
+                object(vec![("op", json!("remove-member")), ("keyId", json!(key_id.to_b64()))])
             }
-            Op::Unreplicate { table } => json!({"op": "unreplicate", "table": table}),
-            Op::Insert { table, row } => json!({"op": "insert", "table": table, "row": row}),
-            Op::Update { table, key, set, unset } => {
-                json!({"op": "update", "table": table, "key": key, "set": set, "unset": unset})
+            Op::Schema { table, schema } => {
+                object(vec![("op", json!("schema")), ("table", Value::String(table)), ("schema", schema)])
             }
-            Op::Delete { table, key } => json!({"op": "delete", "table": table, "key": key}),
+            Op::Rule { table, operation, rule } => object(vec![
+                ("op", json!("rule")),
+                ("table", Value::String(table)),
+                ("operation", Value::String(operation)),
+                ("rule", Value::String(rule)),
+            ]),
+            Op::Unreplicate { table } => object(vec![("op", json!("unreplicate")), ("table", Value::String(table))]),
+            Op::Insert { table, row } => {
+                object(vec![("op", json!("insert")), ("table", Value::String(table)), ("row", Value::Object(row))])
+            }
+            Op::Update { table, key, set, unset } => object(vec![
+                ("op", json!("update")),
+                ("table", Value::String(table)),
+                ("key", Value::Object(key)),
+                ("set", Value::Object(set)),
+                ("unset", Value::Array(unset.into_iter().map(Value::String).collect())),
+            ]),
+            Op::Delete { table, key } => {
+                object(vec![("op", json!("delete")), ("table", Value::String(table)), ("key", Value::Object(key))])
+            }
         }
     }
 
@@ -248,6 +278,50 @@ pub fn signing_message(
     Ok(crate::hash::HashAlgorithm::Sha256.digest(&message).as_bytes().to_vec())
 }
 
+/// Signs the operations `ops_value` (their JSON array) by `keypair` at `prev` of `group`,
+/// serializing them once: returns the author, the signature, the payload's value and its
+/// canonical text. The object keys sort as `author` < `group` < `ops` < `prevEntryHashes` <
+/// `signature`, so the canonical ops text is spliced into both the signed message and the
+/// payload's canonical text.
+fn sign_ops_value(
+    keypair: &Keypair,
+    group: &Hash,
+    ops_value: Value,
+    prev: &Position,
+) -> Result<(KeyId, Signature, Value, String), JsonError> {
+    let author = keypair.public().key_id();
+    let ops_text = canonical_string(&ops_value)?;
+    let author_text = canonical_string(&json!(author.to_b64()))?;
+    let prev_set: Map<String, Value> = prev.iter().map(|h| (h.to_b64(), json!(""))).collect();
+    let mut message = String::with_capacity(SIGNATURE_CONTEXT.len() + ops_text.len() + 128 + 48 * prev.len());
+    message.push_str(SIGNATURE_CONTEXT);
+    message.push_str("{\"author\":");
+    message.push_str(&author_text);
+    message.push_str(",\"group\":");
+    message.push_str(&canonical_string(&json!(group.to_b64()))?);
+    message.push_str(",\"ops\":");
+    message.push_str(&ops_text);
+    message.push_str(",\"prevEntryHashes\":");
+    message.push_str(&canonical_string(&Value::Object(prev_set))?);
+    message.push('}');
+    let digest = crate::hash::HashAlgorithm::Sha256.digest(message.as_bytes());
+    let signature = keypair.sign(digest.as_bytes());
+    let signature_text = signature.to_b64();
+    let mut canonical = String::with_capacity(ops_text.len() + 200);
+    canonical.push_str("{\"author\":");
+    canonical.push_str(&author_text);
+    canonical.push_str(",\"ops\":");
+    canonical.push_str(&ops_text);
+    canonical.push_str(",\"signature\":");
+    canonical.push_str(&canonical_string(&json!(signature_text))?);
+    canonical.push('}');
+    let mut m = Map::new();
+    m.insert("author".into(), json!(author.to_b64()));
+    m.insert("ops".into(), ops_value);
+    m.insert("signature".into(), json!(signature_text));
+    Ok((author, signature, Value::Object(m), canonical))
+}
+
 /// A payload signed for a position, with its JSON value and canonical text computed once
 /// ([`SignedPayload::sign_encoded`]).
 pub struct EncodedPayload {
@@ -270,42 +344,24 @@ impl SignedPayload {
         ops: Vec<Op>,
         prev: &Position,
     ) -> Result<EncodedPayload, JsonError> {
-        let author = keypair.public().key_id();
         let ops_value = Value::Array(ops.iter().map(Op::to_value).collect());
-        let ops_text = canonical_string(&ops_value)?;
-        let author_text = canonical_string(&json!(author.to_b64()))?;
-        let prev_set: Map<String, Value> = prev.iter().map(|h| (h.to_b64(), json!(""))).collect();
-        let mut message = String::with_capacity(SIGNATURE_CONTEXT.len() + ops_text.len() + 128 + 48 * prev.len());
-        message.push_str(SIGNATURE_CONTEXT);
-        message.push_str("{\"author\":");
-        message.push_str(&author_text);
-        message.push_str(",\"group\":");
-        message.push_str(&canonical_string(&json!(group.to_b64()))?);
-        message.push_str(",\"ops\":");
-        message.push_str(&ops_text);
-        message.push_str(",\"prevEntryHashes\":");
-        message.push_str(&canonical_string(&Value::Object(prev_set))?);
-        message.push('}');
-        let digest = crate::hash::HashAlgorithm::Sha256.digest(message.as_bytes());
-        let signature = keypair.sign(digest.as_bytes());
-        let signature_text = signature.to_b64();
-        let mut canonical = String::with_capacity(ops_text.len() + 200);
-        canonical.push_str("{\"author\":");
-        canonical.push_str(&author_text);
-        canonical.push_str(",\"ops\":");
-        canonical.push_str(&ops_text);
-        canonical.push_str(",\"signature\":");
-        canonical.push_str(&canonical_string(&json!(signature_text))?);
-        canonical.push('}');
-        let mut m = Map::new();
-        m.insert("author".into(), json!(author.to_b64()));
-        m.insert("ops".into(), ops_value);
-        m.insert("signature".into(), json!(signature_text));
-        Ok(EncodedPayload {
-            payload: SignedPayload { genesis: None, author, ops, signature },
-            value: Value::Object(m),
-            canonical,
-        })
+        let (author, signature, value, canonical) = sign_ops_value(keypair, group, ops_value, prev)?;
+        Ok(EncodedPayload { payload: SignedPayload { genesis: None, author, ops, signature }, value, canonical })
+    }
+
+    /// [`SignedPayload::sign_encoded`] for a caller that needs the payload's value and
+    /// canonical text only, not the operations decoded: they are moved into the value rather
+    /// than copied (a local commit whose placement waits; for a 1,000-row entry the copy was
+    /// about a fourteenth of the commit's CPU).
+    pub fn sign_into_value(
+        keypair: &Keypair,
+        group: &Hash,
+        ops: Vec<Op>,
+        prev: &Position,
+    ) -> Result<(Value, String), JsonError> {
+        let ops_value = Value::Array(ops.into_iter().map(Op::into_value).collect());
+        let (_, _, value, canonical) = sign_ops_value(keypair, group, ops_value, prev)?;
+        Ok((value, canonical))
     }
 
     /// Signs `ops` by `keypair` for the position `prev` of `group`.
@@ -500,6 +556,7 @@ mod tests {
         all.push(Op::Delete { table: "t".into(), key: json!({"id": "1"}).as_object().cloned().unwrap() });
         for op in &all {
             let v = op.to_value();
+            assert_eq!(op.clone().into_value(), v);
             let back = Op::from_value(&v).unwrap();
             assert_eq!(&back, op);
             assert_eq!(canonical_string(&back.to_value()).unwrap(), canonical_string(&v).unwrap());
@@ -535,7 +592,9 @@ mod tests {
         for (n, ops) in [(0, vec![]), (1, ops()), (3, many)] {
             let prev: Position = (0..n).map(|i: u8| alg.digest(&[i])).collect();
             let slow = SignedPayload::sign(&key, &group, ops.clone(), &prev).unwrap();
+            let moved = SignedPayload::sign_into_value(&key, &group, ops.clone(), &prev).unwrap();
             let fast = SignedPayload::sign_encoded(&key, &group, ops, &prev).unwrap();
+            assert_eq!(moved, (fast.value.clone(), fast.canonical.clone()));
             assert_eq!(fast.payload, slow);
             assert_eq!(fast.value, slow.to_value());
             assert_eq!(fast.canonical, canonical_string(&slow.to_value()).unwrap());
