@@ -42,9 +42,8 @@ struct Pending {
 /// the table's relcache entry is invalidated (any ALTER TABLE), or all at once when the
 /// catalog of replicated tables or their rules changes ([`tables_changed`]).
 pub struct TableInfo {
-    pub group_id: String,
-    /// The same id, shared by the changes buffered for this table.
-    group_key: std::rc::Rc<str>,
+    /// The group's id, shared by the changes buffered for this table.
+    pub group_id: std::rc::Rc<str>,
     pub schema: TableSchema,
     /// The attribute number of each schema column in the table's tuples, in schema order;
     /// found on the first row encoded (the entry is dropped when the table changes).
@@ -145,10 +144,8 @@ pub fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalEr
         },
     )?;
     let lock_key = group_lock_key(&group_id)?;
-    let group_key: std::rc::Rc<str> = group_id.as_str().into();
     let info = std::rc::Rc::new(TableInfo {
-        group_id,
-        group_key,
+        group_id: group_id.into(),
         schema,
         attnums: std::cell::OnceCell::new(),
         lock_key,
@@ -329,7 +326,7 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         for op in ops {
-            p.push(Pending { group_id: info.group_key.clone(), subxact, op, ruled: !info.rules.is_empty() });
+            p.push(Pending { group_id: info.group_id.clone(), subxact, op, ruled: !info.rules.is_empty() });
         }
     });
     Ok(())

@@ -77,8 +77,9 @@ pub struct SpiStore {
     locked_row: std::cell::Cell<Option<pg_sys::ItemPointerData>>,
 }
 
-/// Entry and tag rows not yet written (column by column, for one `unnest` insert). Reads find
-/// pending entries in the node, id and entry caches; a read that goes to SQL flushes first.
+/// Entry and tag rows not yet written, column by column (entry rows go in through
+/// [`Inserter`], tag rows through one `unnest` insert). Reads find pending entries in the
+/// node, id and entry caches; a read that goes to SQL flushes first.
 #[derive(Default)]
 struct PendingRows {
     node_id: Vec<i32>,

@@ -334,10 +334,9 @@ pub struct EncodedPayload {
 
 impl SignedPayload {
     /// [`SignedPayload::sign`], serializing the operations once for the signature, the
-    /// payload's value and its canonical text (a 1,000-row entry used to be serialized three
-    /// times). The results are byte-for-byte those of the separate functions: object keys
-    /// sort as `author` < `group` < `ops` < `prevEntryHashes` < `signature`, so the canonical
-    /// ops text can be spliced into both objects.
+    /// payload's value and its canonical text (`sign_ops_value`; a 1,000-row entry used to
+    /// be serialized three times). The results are byte-for-byte those of the separate
+    /// functions.
     pub fn sign_encoded(
         keypair: &Keypair,
         group: &Hash,
