@@ -17,6 +17,8 @@ use pgrx::prelude::*;
 use pgrx::{AnyNumeric, JsonB};
 use serde_json::{json, Map, Value};
 
+use causal_core::membership::derive_meta_of;
+use causal_core::op_text::{InsertWriter, OpText};
 use causal_core::payload::Op;
 use causal_core::rules::Operation;
 use causal_core::schema::{format_date, format_timestamp, ColumnType, TableSchema};
@@ -24,7 +26,7 @@ use causal_core::schema::{format_date, format_timestamp, ColumnType, TableSchema
 use crate::error::{CausalError, OrReport};
 use crate::group::Group;
 use crate::identity::check_author_grant;
-use crate::members::append_ops_as;
+use crate::members::{append_ops_as, append_texts_as};
 use crate::rules::RuleInput;
 use crate::spi_util::{get_opt, run_prepared};
 
@@ -32,10 +34,26 @@ struct Pending {
     /// The group's id, shared with the table's [`TableInfo`] (not copied for every row).
     group_id: std::rc::Rc<str>,
     subxact: pg_sys::SubTransactionId,
-    op: Op,
+    op: PendingOp,
     /// The table has rules: its entry is placed by the engine at commit, so a write that the
     /// engine would cancel fails there (rules read other tables, which Postgres does not check).
     ruled: bool,
+}
+
+/// A buffered change: an insert into a table without rules is written as text at once (it is
+/// only signed and stored at commit); anything else is kept as an operation.
+enum PendingOp {
+    Decoded(Op),
+    Text(OpText),
+}
+
+impl PendingOp {
+    fn into_op(self) -> Result<Op, CausalError> {
+        match self {
+            PendingOp::Decoded(op) => Ok(op),
+            PendingOp::Text(t) => t.to_op().map_err(|e| CausalError::Corrupt(format!("a captured insert: {e}"))),
+        }
+    }
 }
 
 /// What capture needs of a replicated table. Kept for the backend's life and dropped when
@@ -52,6 +70,8 @@ pub struct TableInfo {
     lock_key: i32,
     /// Rule text by operation name; absent means any live member may write.
     rules: HashMap<String, String>,
+    /// Writes the table's inserts as text, columns in schema order.
+    inserts: InsertWriter,
 }
 
 thread_local! {
@@ -144,8 +164,11 @@ pub fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalEr
         },
     )?;
     let lock_key = group_lock_key(&group_id)?;
+    let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    let inserts = InsertWriter::new(&schema.table, &columns);
     let info = std::rc::Rc::new(TableInfo {
         group_id: group_id.into(),
+        inserts,
         schema,
         attnums: std::cell::OnceCell::new(),
         lock_key,
@@ -236,6 +259,15 @@ fn encode_row(
     tuple: &PgHeapTuple<'_, impl pgrx::WhoAllocated>,
     info: &TableInfo,
 ) -> Result<Map<String, Value>, CausalError> {
+    let values = column_values(tuple, info)?;
+    Ok(info.schema.columns.iter().zip(values).filter_map(|(c, v)| v.map(|v| (c.name.clone(), v))).collect())
+}
+
+/// The encoded value of each schema column of a tuple, in schema order; `None` for NULL.
+fn column_values(
+    tuple: &PgHeapTuple<'_, impl pgrx::WhoAllocated>,
+    info: &TableInfo,
+) -> Result<Vec<Option<Value>>, CausalError> {
     let schema = &info.schema;
     let attnums = match info.attnums.get() {
         Some(a) => a,
@@ -250,13 +282,7 @@ fn encode_row(
             info.attnums.get_or_init(|| found)
         }
     };
-    let mut row = Map::new();
-    for (c, attno) in schema.columns.iter().zip(attnums) {
-        if let Some(v) = encode_column(tuple, *attno, &c.name, &c.ty)? {
-            row.insert(c.name.clone(), v);
-        }
-    }
-    Ok(row)
+    schema.columns.iter().zip(attnums).map(|(c, attno)| encode_column(tuple, *attno, &c.name, &c.ty)).collect()
 }
 
 fn key_of(row: &Map<String, Value>, schema: &TableSchema) -> Map<String, Value> {
@@ -285,13 +311,19 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     };
     let schema = &info.schema;
     let table = schema.table.clone();
-    let mut ops = Vec::new();
+    let mut ops: Vec<PendingOp> = Vec::new();
     match trigger.op().map_err(|e| CausalError::Corrupt(e.to_string()))? {
+        PgTriggerOperation::Insert if info.rules.is_empty() => {
+            // No rule to check: the row is written as the operation's text at once.
+            let new = trigger.new().ok_or_else(|| CausalError::Corrupt("INSERT without NEW".into()))?;
+            let text = info.inserts.write(&column_values(&new, &info)?)?;
+            ops.push(PendingOp::Text(text));
+        }
         PgTriggerOperation::Insert => {
             let new = trigger.new().ok_or_else(|| CausalError::Corrupt("INSERT without NEW".into()))?;
             let row = encode_row(&new, &info)?;
             check(Operation::Insert, Some(&row), None)?;
-            ops.push(Op::Insert { table, row });
+            ops.push(PendingOp::Decoded(Op::Insert { table, row }));
         }
         PgTriggerOperation::Update => {
             let old =
@@ -302,21 +334,21 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
             let (old_key, new_key) = (key_of(&old, schema), key_of(&new, schema));
             if old_key != new_key {
                 // A changed primary key is a different row: delete the old, insert the new.
-                ops.push(Op::Delete { table: table.clone(), key: old_key });
-                ops.push(Op::Insert { table, row: new });
+                ops.push(PendingOp::Decoded(Op::Delete { table: table.clone(), key: old_key }));
+                ops.push(PendingOp::Decoded(Op::Insert { table, row: new }));
             } else {
                 let set: Map<String, Value> =
                     new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
                 let unset: Vec<String> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
                 if !set.is_empty() || !unset.is_empty() {
-                    ops.push(Op::Update { table, key: new_key, set, unset });
+                    ops.push(PendingOp::Decoded(Op::Update { table, key: new_key, set, unset }));
                 }
             }
         }
         PgTriggerOperation::Delete => {
             let old =
                 encode_row(&trigger.old().ok_or_else(|| CausalError::Corrupt("DELETE without OLD".into()))?, &info)?;
-            ops.push(Op::Delete { table, key: key_of(&old, schema) });
+            ops.push(PendingOp::Decoded(Op::Delete { table, key: key_of(&old, schema) }));
         }
         PgTriggerOperation::Truncate => {
             return Err(CausalError::Truncate(schema.table.clone()));
@@ -354,7 +386,7 @@ fn _refuse_truncate<'a>(
 fn flush() {
     let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     // Per group: its operations, and whether any of them touched a table with rules.
-    let mut by_group: Vec<(std::rc::Rc<str>, Vec<Op>, bool)> = Vec::new();
+    let mut by_group: Vec<(std::rc::Rc<str>, Vec<PendingOp>, bool)> = Vec::new();
     for p in pending {
         match by_group.iter_mut().find(|(g, _, _)| *g == p.group_id) {
             Some((_, ops, ruled)) => {
@@ -375,10 +407,37 @@ fn flush() {
     .or_report("causal commit");
     for (group_id, ops, ruled) in by_group {
         let group = Group::find(&group_id).or_report("causal commit");
-        // Without rules, Postgres's constraints checked these rows at the frontier, which is
-        // where the entry goes: the engine places it later, in a batch (replay::catch_up).
-        append_ops_as(&group, ops, false, &signer, !ruled).or_report("causal commit");
+        if ruled {
+            // The engine places the entry now, and checks the rules there.
+            let ops = ops.into_iter().map(PendingOp::into_op).collect::<Result<Vec<_>, _>>().or_report("causal commit");
+            append_ops_as(&group, ops, false, &signer, false).or_report("causal commit");
+        } else {
+            // Without rules, Postgres's constraints checked these rows at the frontier, which
+            // is where the entry goes: the engine places it later, in a batch
+            // (replay::catch_up). The entry is stored as text, signed over the same text.
+            let (texts, meta) = texts_of(ops).or_report("causal commit");
+            append_texts_as(&group, &texts, meta, &signer).or_report("causal commit");
+        }
     }
+}
+
+/// The operations' texts, and the entry's metadata (which only decoded operations carry:
+/// a delete is a barrier; inserts have none).
+fn texts_of(ops: Vec<PendingOp>) -> Result<(Vec<OpText>, causal_core::entry::Meta), CausalError> {
+    let mut meta = causal_core::entry::Meta::new();
+    let mut texts = Vec::with_capacity(ops.len());
+    for op in ops {
+        texts.push(match op {
+            PendingOp::Text(t) => t,
+            PendingOp::Decoded(op) => {
+                for (k, v) in derive_meta_of(None, std::slice::from_ref(&op)) {
+                    meta.entry(k).or_default().extend(v);
+                }
+                OpText::from_op(&op)?
+            }
+        });
+    }
+    Ok((texts, meta))
 }
 
 /// The same flush, callable from SQL (tests run inside one transaction and flush by hand).
@@ -582,6 +641,53 @@ mod tests {
 
     fn count(sql: &str) -> i64 {
         Spi::get_one::<i64>(sql).unwrap().unwrap()
+    }
+
+    /// Inserts into a table without rules are written as text in the trigger and signed as
+    /// text at commit. Values whose canonical form is not ordinary JSON (control characters,
+    /// doubles, arrays in jsonb) and an entry long enough for its canonical operations to be
+    /// permuted still give an entry that verifies, reads back in commit order, and places
+    /// the rows the table holds.
+    #[pg_test]
+    fn inserts_written_as_text_verify_and_read_back() {
+        setup();
+        Spi::run(
+            "INSERT INTO products (sku, name, price, added, ok, n, f) \
+             SELECT 'k' || i, CASE WHEN i % 3 = 0 THEN E'tab\\there\\nline ' || i ELSE 'plain \"q\" \\\\ ' || i END, \
+                    i, '2026-11-22 10:00:00+00', i % 2 = 0, 9007199254740993 + i, \
+                    (ARRAY[1e21, 0.1, 5, -0.0, 1.5e17])[1 + i % 5] \
+             FROM generate_series(1, 12) i; \
+             DELETE FROM products WHERE sku = 'k4'; \
+             INSERT INTO products (sku, name) VALUES ('\u{1F389}', 'party'); \
+             SELECT causal._flush();",
+        )
+        .unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+        let ops = last_ops();
+        let ops = ops.as_array().unwrap();
+        assert_eq!(ops.len(), 14);
+        for (i, op) in ops.iter().take(12).enumerate() {
+            assert_eq!(op["op"], "insert");
+            assert_eq!(op["row"]["sku"], format!("k{}", i + 1), "operations stay in commit order");
+        }
+        assert_eq!(ops[2]["row"]["name"], "tab\there\nline 3");
+        assert_eq!(ops[12]["op"], "delete");
+        assert_eq!(ops[13]["row"]["sku"], "\u{1F389}");
+        // The delete makes the entry a barrier, as an entry built from operations would be.
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM causal.dag_entry_tags t JOIN causal.dag_entries e USING (grp, chain, seq) \
+                 WHERE e.node_id = (SELECT max(node_id) FROM causal.dag_entries) AND t.tag = 'kind=barrier'"
+            ),
+            1
+        );
+        assert_eq!(count("SELECT causal.catch_up('shop')"), 1);
+        let joined = "SELECT count(*) FROM products p JOIN causal.snapshot('products') s ON s->>'sku' = p.sku";
+        assert_eq!(count(joined), 12);
+        let differing = format!(
+            "{joined} WHERE s->>'name' <> p.name OR (s->>'n')::int8 <> p.n OR (s->>'f')::float8 IS DISTINCT FROM p.f"
+        );
+        assert_eq!(count(&differing), 0, "the placed rows are the table's rows");
     }
 
     #[pg_test]

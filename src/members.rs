@@ -5,9 +5,10 @@ use std::collections::HashMap;
 
 use pgrx::prelude::*;
 
-use causal_core::entry::Entry;
+use causal_core::entry::{EncodedEntry, Entry, Meta};
 use causal_core::identity::PublicKey;
 use causal_core::membership::{derive_meta_of, member_at, MemberStatus};
+use causal_core::op_text::{sign_op_texts, OpText};
 use causal_core::payload::{Op, SignedPayload};
 use causal_core::Hash;
 
@@ -33,22 +34,7 @@ pub fn append_ops_as(
     author: &Author,
     defer_placing: bool,
 ) -> Result<Hash, CausalError> {
-    let mut dag = group.dag();
-    let state = dag.store().lock().map_err(causal_core::DagError::from)?;
-    if !defer_placing {
-        dag = crate::replay::place_long_backlog(group, dag)?;
-    }
-    let prev = dag.frontier()?;
-    let key_id = author.keypair.public().key_id();
-    let status = cached_status(group, &dag, &prev, &key_id, state.authority_version)?;
-    if !status.live || (admin_only && !status.admin) {
-        return Err(CausalError::NotAllowed {
-            key_id: key_id.to_b64(),
-            needs: if admin_only { "an admin" } else { "a member" },
-            group: group.id.clone(),
-        });
-    }
-    let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
+    let (mut dag, prev, group_id) = lock_for_append(group, admin_only, author, defer_placing)?;
     // Serialized, hashed and signed once here; the store trusts these hashes. An entry placed
     // later (plain data) needs no decoded operations any more: they move into its value.
     let meta = derive_meta_of(None, &ops);
@@ -68,6 +54,48 @@ pub fn append_ops_as(
     }
     crate::sync::notify_changed(&group.id)?;
     Ok(hash)
+}
+
+/// A local commit of plain data, its operations already written as text (capture): signed as
+/// `author` and appended after the frontier, for the engine to place later, as
+/// [`append_ops_as`] does with `defer_placing`. `meta` is the entry's metadata, derived from
+/// its operations.
+pub fn append_texts_as(group: &Group, ops: &[OpText], meta: Meta, author: &Author) -> Result<Hash, CausalError> {
+    let (mut dag, prev, group_id) = lock_for_append(group, false, author, true)?;
+    let signed = sign_op_texts(&author.keypair, &group_id, ops, &prev)?;
+    let entry = EncodedEntry::new(dag.hash_algorithm(), &signed.canonical, signed.stored, prev, meta);
+    dag.store().assume_absent(entry.hash);
+    let hash = dag.insert_encoded(entry)?.hash;
+    crate::sync::notify_changed(&group.id)?;
+    Ok(hash)
+}
+
+/// Locks the group for an append by `author` (a live member, an admin when `admin_only`)
+/// and returns its DAG, the frontier the entry follows and the group's id. Unless
+/// `defer_placing`, a long backlog of unplaced local commits is placed first.
+fn lock_for_append(
+    group: &Group,
+    admin_only: bool,
+    author: &Author,
+    defer_placing: bool,
+) -> Result<(causal_core::Dag<crate::store::SpiStore>, causal_core::Position, Hash), CausalError> {
+    let mut dag = group.dag();
+    let state = dag.store().lock().map_err(causal_core::DagError::from)?;
+    if !defer_placing {
+        dag = crate::replay::place_long_backlog(group, dag)?;
+    }
+    let prev = dag.frontier()?;
+    let key_id = author.keypair.public().key_id();
+    let status = cached_status(group, &dag, &prev, &key_id, state.authority_version)?;
+    if !status.live || (admin_only && !status.admin) {
+        return Err(CausalError::NotAllowed {
+            key_id: key_id.to_b64(),
+            needs: if admin_only { "an admin" } else { "a member" },
+            group: group.id.clone(),
+        });
+    }
+    let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
+    Ok((dag, prev, group_id))
 }
 
 thread_local! {

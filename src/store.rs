@@ -12,7 +12,7 @@ use pgrx::pg_sys;
 use pgrx::spi;
 
 use causal_core::dag::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
-use causal_core::entry::{Entry, Header, Meta};
+use causal_core::entry::{EncodedEntry, Entry, Header, Meta};
 use causal_core::membership::{MEMBER_TAG, RULE_TAG, SCHEMA_TAG};
 use causal_core::Hash;
 
@@ -593,11 +593,38 @@ impl DagStore for SpiStore {
     }
 
     fn insert(&mut self, node: Node, entry: Entry) -> Result<NodeId, StoreError> {
+        let payload = serde_json::to_string(&entry.payload).map_err(|e| corrupt(e.to_string()))?;
+        let (header, meta) = (entry.header.clone(), entry.meta.clone());
+        self.insert_text(node, &header, payload, &meta, |_| Ok(entry))
+    }
+
+    fn insert_encoded(&mut self, node: Node, entry: EncodedEntry) -> Result<NodeId, StoreError> {
+        let EncodedEntry { hash, header, payload_text, meta } = entry;
+        self.insert_text(node, &header, payload_text, &meta, |text| {
+            let payload = causal_core::json::parse(text).map_err(|e| corrupt(format!("payload text: {e}")))?;
+            Ok(Entry { hash, header: header.clone(), payload, meta: meta.clone() })
+        })
+    }
+}
+
+impl SpiStore {
+    /// Stores a node with its entry's payload text. `entry` gives the decoded entry, from that
+    /// text, when it is to be kept in the cache (a tagged entry during an import).
+    fn insert_text(
+        &mut self,
+        node: Node,
+        header: &Header,
+        payload: String,
+        meta: &Meta,
+        entry: impl FnOnce(&str) -> Result<Entry, StoreError>,
+    ) -> Result<NodeId, StoreError> {
         let mut state = self.state()?;
         let id = state.entry_count;
-        let payload = serde_json::to_string(&entry.payload).map_err(|e| corrupt(e.to_string()))?;
-        let tags: Vec<String> = entry
-            .meta
+        // Entries with tags (membership, schema, rules) are read again while an import goes
+        // on, so they stay in the cache; a plain data entry's payload is not read (the engine
+        // gets it decoded), and keeping 100k of them doubled an import's memory.
+        let cached = if self.defer_state.get() && !meta.is_empty() { Some(entry(&payload)?) } else { None };
+        let tags: Vec<String> = meta
             .iter()
             .flat_map(|(key, values)| {
                 std::iter::once(key.clone()).chain(values.iter().map(move |v| format!("{key}={v}")))
@@ -607,9 +634,9 @@ impl DagStore for SpiStore {
             let mut p = self.pending.borrow_mut();
             p.node_id.push(to_i32(id)?);
             p.hash.push(node.hash.to_b64());
-            p.prev.push(entry.header.prev.iter().map(Hash::to_b64).collect());
+            p.prev.push(header.prev.iter().map(Hash::to_b64).collect());
             p.payload.push(payload);
-            p.payload_hash.push(entry.header.payload_hash.to_b64());
+            p.payload_hash.push(header.payload_hash.to_b64());
             p.chain.push(to_i32(node.chain)?);
             p.seq.push(to_i32(node.seq)?);
             p.preds.push(to_i32s(&node.preds)?);
@@ -620,13 +647,10 @@ impl DagStore for SpiStore {
                 p.tag_seq.push(to_i32(node.seq)?);
             }
         }
-        let carries_authority = [MEMBER_TAG, SCHEMA_TAG, RULE_TAG].iter().any(|t| entry.meta.contains_key(*t));
+        let carries_authority = [MEMBER_TAG, SCHEMA_TAG, RULE_TAG].iter().any(|t| meta.contains_key(*t));
         if self.defer_state.get() {
-            // Entries with tags (membership, schema, rules) are read again while the import
-            // goes on, so they stay in the cache; a plain data entry's payload is not read (the
-            // engine gets it decoded), and keeping 100k of them doubled an import's memory.
-            if !entry.meta.is_empty() {
-                self.entries.borrow_mut().insert(id, Rc::new(entry));
+            if let Some(e) = cached {
+                self.entries.borrow_mut().insert(id, Rc::new(e));
             }
         } else {
             self.flush()?;
@@ -654,6 +678,7 @@ impl DagStore for SpiStore {
         Ok(id)
     }
 }
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {

@@ -103,6 +103,33 @@ impl Entry {
     }
 }
 
+/// An entry whose payload is held as the JSON text to store, not as a value: a local commit
+/// writes its payload's text once ([`crate::op_text`]) and never needs the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedEntry {
+    pub hash: Hash,
+    pub header: Header,
+    /// JSON text of the payload; it parses to a value whose canonical text hashes to
+    /// `header.payload_hash`.
+    pub payload_text: String,
+    pub meta: Meta,
+}
+
+impl EncodedEntry {
+    /// The entry for a payload whose canonical text is `canonical` and whose stored text is
+    /// `payload_text` (the caller guarantees they are the same value), at `prev`.
+    pub fn new(alg: HashAlgorithm, canonical: &str, payload_text: String, prev: Position, meta: Meta) -> EncodedEntry {
+        let header = Header { payload_hash: alg.digest(canonical.as_bytes()), prev };
+        EncodedEntry { hash: header.entry_hash(alg), header, payload_text, meta }
+    }
+
+    /// The entry with its payload parsed.
+    pub fn decode(self) -> Result<Entry, JsonError> {
+        let payload = crate::json::parse(&self.payload_text)?;
+        Ok(Entry { hash: self.hash, header: self.header, payload, meta: self.meta })
+    }
+}
+
 /// Most predecessors an entry may name. A minimal cover is an antichain, so this bounds how
 /// many concurrent branches one entry can merge; it keeps a hostile entry from costing
 /// unbounded work.

@@ -18,6 +18,7 @@ pub mod hash;
 pub mod identity;
 pub mod json;
 pub mod membership;
+pub mod op_text;
 pub mod payload;
 pub mod precheck;
 pub mod reconcile;

@@ -289,8 +289,51 @@ fn sign_ops_value(
     ops_value: Value,
     prev: &Position,
 ) -> Result<(KeyId, Signature, Value, String), JsonError> {
-    let author = keypair.public().key_id();
     let ops_text = canonical_string(&ops_value)?;
+    let signed = sign_ops_text(keypair, group, &ops_text, prev)?;
+    let canonical = signed.payload_text(&ops_text);
+    let mut m = Map::new();
+    m.insert("author".into(), json!(signed.author.to_b64()));
+    m.insert("ops".into(), ops_value);
+    m.insert("signature".into(), json!(signed.signature.to_b64()));
+    Ok((signed.author, signed.signature, Value::Object(m), canonical))
+}
+
+/// A signature over operations already in canonical text, and the payload's other members.
+pub(crate) struct SignedOps {
+    pub author: KeyId,
+    pub signature: Signature,
+    /// The canonical texts of the author's key id and of the signature (JSON strings).
+    author_text: String,
+    signature_text: String,
+}
+
+impl SignedOps {
+    /// The payload `{"author", "ops", "signature"}` with `ops_text` as its operations (the
+    /// canonical text if `ops_text` is canonical; any JSON text of the operations otherwise).
+    pub fn payload_text(&self, ops_text: &str) -> String {
+        let mut out = String::with_capacity(ops_text.len() + 200);
+        out.push_str("{\"author\":");
+        out.push_str(&self.author_text);
+        out.push_str(",\"ops\":");
+        out.push_str(ops_text);
+        out.push_str(",\"signature\":");
+        out.push_str(&self.signature_text);
+        out.push('}');
+        out
+    }
+}
+
+/// Signs operations whose canonical array text is `ops_text` by `keypair` at `prev` of
+/// `group`: the signed message is the canonical text of `{"author", "group", "ops",
+/// "prevEntryHashes"}` after [`SIGNATURE_CONTEXT`], the same bytes [`signing_message`] hashes.
+pub(crate) fn sign_ops_text(
+    keypair: &Keypair,
+    group: &Hash,
+    ops_text: &str,
+    prev: &Position,
+) -> Result<SignedOps, JsonError> {
+    let author = keypair.public().key_id();
     let author_text = canonical_string(&json!(author.to_b64()))?;
     let prev_set: Map<String, Value> = prev.iter().map(|h| (h.to_b64(), json!(""))).collect();
     let mut message = String::with_capacity(SIGNATURE_CONTEXT.len() + ops_text.len() + 128 + 48 * prev.len());
@@ -300,26 +343,14 @@ fn sign_ops_value(
     message.push_str(",\"group\":");
     message.push_str(&canonical_string(&json!(group.to_b64()))?);
     message.push_str(",\"ops\":");
-    message.push_str(&ops_text);
+    message.push_str(ops_text);
     message.push_str(",\"prevEntryHashes\":");
     message.push_str(&canonical_string(&Value::Object(prev_set))?);
     message.push('}');
     let digest = crate::hash::HashAlgorithm::Sha256.digest(message.as_bytes());
     let signature = keypair.sign(digest.as_bytes());
-    let signature_text = signature.to_b64();
-    let mut canonical = String::with_capacity(ops_text.len() + 200);
-    canonical.push_str("{\"author\":");
-    canonical.push_str(&author_text);
-    canonical.push_str(",\"ops\":");
-    canonical.push_str(&ops_text);
-    canonical.push_str(",\"signature\":");
-    canonical.push_str(&canonical_string(&json!(signature_text))?);
-    canonical.push('}');
-    let mut m = Map::new();
-    m.insert("author".into(), json!(author.to_b64()));
-    m.insert("ops".into(), ops_value);
-    m.insert("signature".into(), json!(signature_text));
-    Ok((author, signature, Value::Object(m), canonical))
+    let signature_text = canonical_string(&json!(signature.to_b64()))?;
+    Ok(SignedOps { author, signature, author_text, signature_text })
 }
 
 /// A payload signed for a position, with its JSON value and canonical text computed once

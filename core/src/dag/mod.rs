@@ -15,7 +15,7 @@ pub use store::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError
 
 use serde_json::Value;
 
-use crate::entry::{Entry, HashMismatch, Meta, Position};
+use crate::entry::{EncodedEntry, Entry, HashMismatch, Meta, Position};
 use crate::hash::{Hash, HashAlgorithm};
 use crate::json::JsonError;
 
@@ -156,19 +156,40 @@ impl<S: DagStore> Dag<S> {
     }
 
     fn insert_checked(&mut self, entry: Entry) -> Result<Appended, DagError> {
-        if self.store.node_id(&entry.hash)?.is_some() {
-            return Ok(Appended { hash: entry.hash, new: false });
+        let hash = entry.hash;
+        let Some(node) = self.new_node(hash, &entry.header.prev)? else {
+            return Ok(Appended { hash, new: false });
+        };
+        self.store.insert(node, entry)?;
+        Ok(Appended { hash, new: true })
+    }
+
+    /// Inserts an entry whose payload is text, built by the caller from trusted parts (a
+    /// local commit): its hashes are not recomputed. Otherwise as [`Dag::insert`].
+    pub fn insert_encoded(&mut self, entry: EncodedEntry) -> Result<Appended, DagError> {
+        let hash = entry.hash;
+        let Some(node) = self.new_node(hash, &entry.header.prev)? else {
+            return Ok(Appended { hash, new: false });
+        };
+        self.store.insert_encoded(node, entry)?;
+        Ok(Appended { hash, new: true })
+    }
+
+    /// The index node an entry `hash` at `prev` gets; None if the entry is stored already.
+    fn new_node(&self, hash: Hash, prev: &Position) -> Result<Option<Node>, DagError> {
+        if self.store.node_id(&hash)?.is_some() {
+            return Ok(None);
         }
-        let mut preds = Vec::with_capacity(entry.header.prev.len());
-        for p in &entry.header.prev {
+        let mut preds = Vec::with_capacity(prev.len());
+        for p in prev {
             match self.store.node_id(p)? {
                 Some(id) => preds.push(id),
-                None => return Err(DagError::MissingPredecessor { entry: entry.hash, missing: *p }),
+                None => return Err(DagError::MissingPredecessor { entry: hash, missing: *p }),
             }
         }
         if let Some(redundant) = self.first_dominated(&preds)? {
             let redundant = self.store.node(redundant)?.hash;
-            return Err(DagError::NotMinimalCover { entry: entry.hash, redundant });
+            return Err(DagError::NotMinimalCover { entry: hash, redundant });
         }
 
         // The new node's history is the union of its predecessors' histories.
@@ -191,9 +212,7 @@ impl<S: DagStore> Dag<S> {
         let seq =
             self.store.chain_len(chain)?.checked_add(1).ok_or_else(|| StoreError::Full("chain too long".into()))?;
         clock.set(chain, seq);
-        let hash = entry.hash;
-        self.store.insert(Node { hash, chain, seq, preds, clock }, entry)?;
-        Ok(Appended { hash, new: true })
+        Ok(Some(Node { hash, chain, seq, preds, clock }))
     }
 
     /// The DAG's frontier: the minimal cover of all its entries.

@@ -17,7 +17,7 @@
 
 use std::ops::Deref;
 
-use crate::entry::Entry;
+use crate::entry::{EncodedEntry, Entry};
 use crate::hash::Hash;
 
 /// Dense number of a node, in append order.
@@ -161,4 +161,11 @@ pub trait DagStore {
     /// Stores a new node and its entry under the next id, appends it to its chain, indexes its
     /// metadata and updates the frontier. The caller has checked that `node` is valid and new.
     fn insert(&mut self, node: Node, entry: Entry) -> Result<NodeId, StoreError>;
+
+    /// [`DagStore::insert`] for an entry whose payload is JSON text. A store that keeps the
+    /// text as it is overrides this; the default parses it.
+    fn insert_encoded(&mut self, node: Node, entry: EncodedEntry) -> Result<NodeId, StoreError> {
+        let entry = entry.decode().map_err(|e| StoreError::Corrupt(format!("payload text: {e}")))?;
+        self.insert(node, entry)
+    }
 }
