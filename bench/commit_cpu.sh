@@ -14,7 +14,8 @@ DIR="$RUN_DIR/bench-commit"
 stop_clusters_under "$DIR"
 rm -rf "$DIR"
 PORT="$(free_port)"
-trap 'stop_cluster "$DIR/node"' EXIT
+# The cluster's data goes too, unless CAUSAL_KEEP_BENCH is set.
+trap 'stop_cluster "$DIR/node"; [ -n "${CAUSAL_KEEP_BENCH:-}" ] || rm -rf "$DIR"' EXIT
 printf 'shared_buffers = 256MB\nmax_wal_size = 4GB\nsynchronous_commit = off\n' | start_cluster "$DIR/node" "$PORT"
 psql_() { as_postgres psql -X -q -t -A -h "$DIR/node/sock" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
 psql_ -c "CREATE EXTENSION pg_causal; SELECT causal.create_group('bench');

@@ -14,7 +14,8 @@ RATE="${3:-50}"
 DIR="$RUN_DIR/bench-sync"
 stop_clusters_under "$DIR"
 rm -rf "$DIR"
-trap 'stop_clusters_under "$DIR"' EXIT
+# The clusters' data goes too, unless CAUSAL_KEEP_BENCH is set.
+trap 'stop_clusters_under "$DIR"; [ -n "${CAUSAL_KEEP_BENCH:-}" ] || rm -rf "$DIR"' EXIT
 declare -A PORT P2P
 conf() { # node p2p-port
     printf "shared_buffers = 512MB\nmax_wal_size = 8GB\nsynchronous_commit = off\nwal_level = logical\n"

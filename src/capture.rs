@@ -18,7 +18,7 @@ use pgrx::{AnyNumeric, JsonB};
 use serde_json::{json, Map, Value};
 
 use causal_core::membership::derive_meta_of;
-use causal_core::op_text::{InsertWriter, OpText};
+use causal_core::op_text::{Field, InsertWriter, OpText};
 use causal_core::payload::Op;
 use causal_core::rules::Operation;
 use causal_core::schema::{format_date, format_timestamp, ColumnType, TableSchema};
@@ -263,26 +263,56 @@ fn encode_row(
     Ok(info.schema.columns.iter().zip(values).filter_map(|(c, v)| v.map(|v| (c.name.clone(), v))).collect())
 }
 
+/// The attribute number of each schema column in `tuple`'s table, in schema order.
+fn attnums<'i>(
+    tuple: &PgHeapTuple<'_, impl pgrx::WhoAllocated>,
+    info: &'i TableInfo,
+) -> Result<&'i [std::num::NonZeroUsize], CausalError> {
+    if let Some(a) = info.attnums.get() {
+        return Ok(a);
+    }
+    let mut found = Vec::with_capacity(info.schema.columns.len());
+    for c in &info.schema.columns {
+        let (attno, _) = tuple
+            .get_attribute_by_name(&c.name)
+            .ok_or_else(|| CausalError::Corrupt(format!("column {} is not in table {}", c.name, info.schema.table)))?;
+        found.push(attno);
+    }
+    Ok(info.attnums.get_or_init(|| found))
+}
+
+/// Each schema column of a tuple as a field for [`InsertWriter::write_fields`], in schema
+/// order: text borrowed from the tuple, small integers and booleans as they are, any other
+/// type encoded as [`encode_column`] does.
+fn column_fields<'t>(
+    tuple: &'t PgHeapTuple<'_, impl pgrx::WhoAllocated>,
+    info: &TableInfo,
+) -> Result<Vec<Field<'t>>, CausalError> {
+    let attnums = attnums(tuple, info)?;
+    let mut fields = Vec::with_capacity(attnums.len());
+    for (c, attno) in info.schema.columns.iter().zip(attnums) {
+        let bad = |e: pgrx::datum::TryFromDatumError| CausalError::Corrupt(format!("column {}: {e}", c.name));
+        let field = match c.ty {
+            ColumnType::Text | ColumnType::Varchar(_) => {
+                tuple.get_by_index::<&str>(*attno).map_err(bad)?.map(Field::Str)
+            }
+            ColumnType::Int2 => tuple.get_by_index::<i16>(*attno).map_err(bad)?.map(|v| Field::Int(v.into())),
+            ColumnType::Int4 => tuple.get_by_index::<i32>(*attno).map_err(bad)?.map(|v| Field::Int(v.into())),
+            ColumnType::Bool => tuple.get_by_index::<bool>(*attno).map_err(bad)?.map(Field::Bool),
+            _ => encode_column(tuple, *attno, &c.name, &c.ty)?.map(Field::Value),
+        };
+        fields.push(field.unwrap_or(Field::Null));
+    }
+    Ok(fields)
+}
+
 /// The encoded value of each schema column of a tuple, in schema order; `None` for NULL.
 fn column_values(
     tuple: &PgHeapTuple<'_, impl pgrx::WhoAllocated>,
     info: &TableInfo,
 ) -> Result<Vec<Option<Value>>, CausalError> {
-    let schema = &info.schema;
-    let attnums = match info.attnums.get() {
-        Some(a) => a,
-        None => {
-            let mut found = Vec::with_capacity(schema.columns.len());
-            for c in &schema.columns {
-                let (attno, _) = tuple.get_attribute_by_name(&c.name).ok_or_else(|| {
-                    CausalError::Corrupt(format!("column {} is not in table {}", c.name, schema.table))
-                })?;
-                found.push(attno);
-            }
-            info.attnums.get_or_init(|| found)
-        }
-    };
-    schema.columns.iter().zip(attnums).map(|(c, attno)| encode_column(tuple, *attno, &c.name, &c.ty)).collect()
+    let attnums = attnums(tuple, info)?;
+    info.schema.columns.iter().zip(attnums).map(|(c, attno)| encode_column(tuple, *attno, &c.name, &c.ty)).collect()
 }
 
 fn key_of(row: &Map<String, Value>, schema: &TableSchema) -> Map<String, Value> {
@@ -295,15 +325,22 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     }
     let relid = trigger.relid().map_err(|e| CausalError::Corrupt(e.to_string()))?;
     let info = table_info(relid)?;
-    let author = match AUTHOR.with(|a| a.borrow().as_ref().map(|(_, k)| k.clone())) {
-        Some(a) => a,
-        None => {
-            let name = check_author_grant()?;
-            let key_id = crate::identity::key_id_of(&name)?;
-            AUTHOR.with(|a| *a.borrow_mut() = Some((name, key_id.clone())));
-            key_id
-        }
-    };
+    if AUTHOR.with(|a| a.borrow().is_none()) {
+        let name = check_author_grant()?;
+        let key_id = crate::identity::key_id_of(&name)?;
+        AUTHOR.with(|a| *a.borrow_mut() = Some((name, key_id)));
+    }
+    let kind = trigger.op().map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    if info.rules.is_empty() && matches!(kind, PgTriggerOperation::Insert) {
+        // No rule to check (the common case, and the cheapest path): the row is written as
+        // the operation's text at once, without building a JSON map of it.
+        let new = trigger.new().ok_or_else(|| CausalError::Corrupt("INSERT without NEW".into()))?;
+        let op = PendingOp::Text(info.inserts.write_fields(&column_fields(&new, &info)?)?);
+        PENDING.with(|p| p.borrow_mut().push(Pending { group_id: info.group_id.clone(), subxact, op, ruled: false }));
+        return Ok(());
+    }
+    let author = AUTHOR.with(|a| a.borrow().as_ref().map(|(_, k)| k.clone())).unwrap_or_default();
     let check = |op: Operation, new: Option<&Map<String, Value>>, old: Option<&Map<String, Value>>| {
         let Some(rule) = info.rules.get(op.name()) else { return Ok(()) };
         let input = RuleInput { schema: &info.schema, new, old, author: &author };
@@ -312,13 +349,7 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     let schema = &info.schema;
     let table = schema.table.clone();
     let mut ops: Vec<PendingOp> = Vec::new();
-    match trigger.op().map_err(|e| CausalError::Corrupt(e.to_string()))? {
-        PgTriggerOperation::Insert if info.rules.is_empty() => {
-            // No rule to check: the row is written as the operation's text at once.
-            let new = trigger.new().ok_or_else(|| CausalError::Corrupt("INSERT without NEW".into()))?;
-            let text = info.inserts.write(&column_values(&new, &info)?)?;
-            ops.push(PendingOp::Text(text));
-        }
+    match kind {
         PgTriggerOperation::Insert => {
             let new = trigger.new().ok_or_else(|| CausalError::Corrupt("INSERT without NEW".into()))?;
             let row = encode_row(&new, &info)?;
@@ -354,7 +385,6 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
             return Err(CausalError::Truncate(schema.table.clone()));
         }
     }
-    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         for op in ops {

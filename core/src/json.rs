@@ -167,7 +167,8 @@ fn exact_integer(n: &serde_json::Number) -> Option<i64> {
     n.as_i64().filter(|i| (-MAX_EXACT..=MAX_EXACT).contains(i))
 }
 
-fn write_string(s: &str, out: &mut String) {
+/// Appends the canonical text of the string `s` (escaping only `\\` and `"`).
+pub fn write_string(s: &str, out: &mut String) {
     out.push('"');
     for ch in s.chars() {
         match ch {

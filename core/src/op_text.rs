@@ -17,7 +17,9 @@ use serde_json::{Map, Value};
 use crate::entry::Position;
 use crate::hash::Hash;
 use crate::identity::Keypair;
-use crate::json::{array_order, canonical_is_plain, canonical_string, cmp_utf16, parse, write_canonical, JsonError};
+use crate::json::{
+    array_order, canonical_is_plain, canonical_string, cmp_utf16, parse, write_canonical, write_string, JsonError,
+};
 use crate::payload::{sign_ops_text, Op, PayloadError};
 
 /// One operation's texts.
@@ -92,41 +94,105 @@ impl InsertWriter {
 
     /// The insert of a row whose column values (`None` for NULL) are `values`, one per column.
     pub fn write(&self, values: &[Option<Value>]) -> Result<OpText, JsonError> {
-        if values.len() != self.columns.len() {
+        let fields: Vec<Field<'_>> = values.iter().map(|v| v.as_ref().map_or(Field::Null, Field::of)).collect();
+        self.write_fields(&fields)
+    }
+
+    /// [`InsertWriter::write`] from fields, which borrow strings instead of owning them.
+    pub fn write_fields(&self, fields: &[Field<'_>]) -> Result<OpText, JsonError> {
+        if fields.len() != self.columns.len() {
             return Err(JsonError::Syntax(format!(
                 "{} values for the {} columns of {}",
-                values.len(),
+                fields.len(),
                 self.columns.len(),
                 self.table
             )));
         }
-        let mut canonical = String::with_capacity(64 + 24 * values.len());
+        let mut canonical = String::with_capacity(64 + 24 * fields.len());
         canonical.push_str("{\"op\":\"insert\",\"row\":{");
         let mut plain = self.names_plain;
         let mut first = true;
         for (i, key) in &self.order {
-            let Some(v) = &values[*i] else { continue };
+            let field = &fields[*i];
+            if matches!(field, Field::Null) {
+                continue;
+            }
             if !first {
                 canonical.push(',');
             }
             first = false;
             canonical.push_str(key);
-            write_canonical(v, &mut canonical)?;
-            plain &= canonical_is_plain(v);
+            plain &= field.write(&mut canonical)?;
         }
         canonical.push_str(&self.suffix);
         let stored = if plain {
             None
         } else {
-            let row: Map<String, Value> = self
-                .columns
-                .iter()
-                .zip(values)
-                .filter_map(|(c, v)| v.as_ref().map(|v| (c.clone(), v.clone())))
-                .collect();
+            let row: Map<String, Value> =
+                self.columns.iter().zip(fields).filter_map(|(c, v)| v.to_value().map(|v| (c.clone(), v))).collect();
             Some(Op::Insert { table: self.table.clone(), row }.into_value().to_string())
         };
         Ok(OpText { canonical, stored })
+    }
+}
+
+/// One column value of a row for [`InsertWriter::write_fields`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Field<'a> {
+    /// SQL NULL: the column is left out of the row.
+    Null,
+    Bool(bool),
+    /// An integer; beyond ±2^53 it is written as [`Field::Value`] would write the number.
+    Int(i64),
+    Str(&'a str),
+    /// Any other literal.
+    Value(Value),
+}
+
+impl<'a> Field<'a> {
+    /// The narrowest cell for a value (a string is borrowed).
+    pub fn of(v: &'a Value) -> Field<'a> {
+        match v {
+            Value::Bool(b) => Field::Bool(*b),
+            Value::String(s) => Field::Str(s),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) if n.to_string() == i.to_string() => Field::Int(i),
+                _ => Field::Value(v.clone()),
+            },
+            _ => Field::Value(v.clone()),
+        }
+    }
+
+    fn to_value(&self) -> Option<Value> {
+        match self {
+            Field::Null => None,
+            Field::Bool(b) => Some(Value::Bool(*b)),
+            Field::Int(i) => Some(Value::from(*i)),
+            Field::Str(s) => Some(Value::String(s.to_string())),
+            Field::Value(v) => Some(v.clone()),
+        }
+    }
+
+    /// Appends the cell's canonical text; says whether that is also ordinary JSON text of it.
+    fn write(&self, out: &mut String) -> Result<bool, JsonError> {
+        const MAX_EXACT: i64 = 1 << 53;
+        match self {
+            Field::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Field::Int(i) if (-MAX_EXACT..=MAX_EXACT).contains(i) => {
+                use std::fmt::Write;
+                let _ = write!(out, "{i}");
+            }
+            Field::Str(s) => {
+                write_string(s, out);
+                return Ok(!s.bytes().any(|b| b < 0x20));
+            }
+            Field::Null | Field::Int(_) | Field::Value(_) => {
+                let v = self.to_value().unwrap_or(Value::Null);
+                write_canonical(&v, out)?;
+                return Ok(canonical_is_plain(&v));
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -217,6 +283,11 @@ mod tests {
         assert!(!t.stored().contains('\n'));
         // A number other than an integer is written the ECMAScript way in canonical form.
         assert!(w.write(&[Some(json!(1e21))]).unwrap().stored.is_some());
+        // An integer beyond 2^53 is a double in canonical form, and exact in the stored text.
+        let big = w.write_fields(&[Field::Int((1 << 53) + 1)]).unwrap();
+        let op = Op::Insert { table: "t".into(), row: row(&[("a", json!((1i64 << 53) + 1))]) };
+        assert_eq!(big.canonical(), canonical_string(&op.to_value()).unwrap());
+        assert_eq!(parse(big.stored()).unwrap(), op.to_value());
         let named = InsertWriter::new("t", &["new\nline"]);
         assert!(named.write(&[Some(json!(1))]).unwrap().stored.is_some());
     }
