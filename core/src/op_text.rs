@@ -186,7 +186,11 @@ impl<'a> Field<'a> {
                 write_string(s, out);
                 return Ok(!s.bytes().any(|b| b < 0x20));
             }
-            Field::Null | Field::Int(_) | Field::Value(_) => {
+            Field::Value(v) => {
+                write_canonical(v, out)?;
+                return Ok(canonical_is_plain(v));
+            }
+            Field::Null | Field::Int(_) => {
                 let v = self.to_value().unwrap_or(Value::Null);
                 write_canonical(&v, out)?;
                 return Ok(canonical_is_plain(&v));
