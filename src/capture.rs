@@ -720,6 +720,33 @@ mod tests {
         assert_eq!(count(&differing), 0, "the placed rows are the table's rows");
     }
 
+    /// An insert written as text into a table without rules, in a transaction that also
+    /// writes a table with rules of the same group: the entry is placed at commit, so the
+    /// text is decoded back into its operation for the engine.
+    #[pg_test]
+    fn a_text_insert_beside_a_ruled_table_is_placed_at_commit() {
+        setup();
+        Spi::run(
+            "CREATE TABLE notes (id int PRIMARY KEY, body text); \
+             SELECT causal.replicate('shop', 'notes'); \
+             SELECT causal.allow('notes', 'insert', 'new.id > 0');",
+        )
+        .unwrap();
+        Spi::run(
+            "INSERT INTO products (sku, name, price) VALUES ('A', E'two\\nlines', 1); \
+             INSERT INTO notes VALUES (1, 'first'); SELECT causal._flush();",
+        )
+        .unwrap();
+        assert_eq!(
+            count("SELECT (entry_count - reconciled_count)::int8 FROM causal.group_defs WHERE name = 'shop'"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE table_name IN ('products', 'notes')"), 2);
+        let name = Spi::get_one::<String>("SELECT vals->>'name' FROM causal.row_meta WHERE table_name = 'products'");
+        assert_eq!(name.unwrap().as_deref(), Some("two\nlines"));
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+    }
+
     #[pg_test]
     fn plain_data_commits_are_placed_later_in_a_batch() {
         setup();
