@@ -577,8 +577,8 @@ mod tests {
     fn operations_decode_strictly_and_encode_back_exactly() {
         let key = Keypair::generate().public();
         let mut all = ops();
-        all.push(Op::AddMember { public_key: key.clone(), name: Some("n".into()), admin: true });
-        all.push(Op::AddMember { public_key: key.clone(), name: None, admin: false });
+        all.push(Op::AddMember { public_key: key, name: Some("n".into()), admin: true });
+        all.push(Op::AddMember { public_key: key, name: None, admin: false });
         all.push(Op::RemoveMember { key_id: key.key_id() });
         all.push(Op::Schema { table: "t".into(), schema: json!({"columns": [1, {"a": true}]}) });
         all.push(Op::Rule { table: "t".into(), operation: "insert".into(), rule: "true".into() });

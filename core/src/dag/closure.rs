@@ -139,7 +139,7 @@ mod tests {
         let batch = chain(1, 1001, h(0));
         let (asked, known) = settle(&batch, &stored);
         assert_eq!(asked, 2, "the outside predecessor and the first entry");
-        assert!(batch.iter().all(|(e, _)| known[e] == false));
+        assert!(batch.iter().all(|(e, _)| !known[e]));
     }
 
     #[test]
@@ -182,8 +182,8 @@ mod tests {
                 .collect();
             // Stored: a prefix-closed set, entries taken in order while their predecessors are.
             let mut stored = HashSet::new();
-            for i in 0..n {
-                if (i * 100) / n < stored_share && prev[i].iter().all(|p| stored.contains(p)) {
+            for (i, ps) in prev.iter().enumerate() {
+                if (i * 100) / n < stored_share && ps.iter().all(|p| stored.contains(p)) {
                     stored.insert(h(i as u32));
                 }
             }
