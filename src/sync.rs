@@ -24,7 +24,12 @@ pub fn notify_changed(group_id: &str) -> Result<(), CausalError> {
 }
 
 fn notify(what: &str) -> Result<(), CausalError> {
-    crate::spi_util::exec_prepared("SELECT pg_notify($1, $2)", &[CHANNEL.into(), what.into()])?;
+    use pgrx::IntoDatum;
+    // pg_notify called directly, not through a statement: every local commit notifies, and
+    // the statement cost more than the notification itself.
+    unsafe {
+        pgrx::fcinfo::direct_function_call_as_datum(pg_sys::pg_notify, &[CHANNEL.into_datum(), what.into_datum()])
+    };
     Ok(())
 }
 

@@ -173,3 +173,29 @@ fn ungranted_roles_cannot_write_replicated_tables() {
         db.query_one("SELECT key_id FROM causal.identities WHERE name = 'app_id'", &[]).unwrap().get(0);
     assert_eq!(newest(&mut db).2["author"], key_id.as_str());
 }
+
+/// A local commit wakes the sync worker: `NOTIFY causal_sync, 'group:<id>'` reaches a
+/// listening session once the transaction commits, and not for a rollback.
+#[test]
+fn a_commit_notifies_listeners_of_its_group() {
+    let node = Cluster::start("capture-notify", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    let group: String = db.query_one("SELECT group_id FROM causal.groups WHERE name = 'shop'", &[]).unwrap().get(0);
+    let mut listener = node.connect("postgres");
+    listener.batch_execute("LISTEN causal_sync").unwrap();
+    let received = |listener: &mut Client| -> Vec<(String, String)> {
+        use causal_integration::postgres::fallible_iterator::FallibleIterator;
+        let mut n = listener.notifications();
+        let mut out = Vec::new();
+        let mut it = n.timeout_iter(std::time::Duration::from_millis(500));
+        while let Ok(Some(m)) = it.next() {
+            out.push((m.channel().to_string(), m.payload().to_string()));
+        }
+        out
+    };
+    db.batch_execute("BEGIN; INSERT INTO products VALUES ('R', 'Rolled back', 1); ROLLBACK").unwrap();
+    assert_eq!(received(&mut listener), vec![], "a rolled-back transaction notifies nobody");
+    db.batch_execute("INSERT INTO products VALUES ('A', 'Widget', 9.99)").unwrap();
+    assert_eq!(received(&mut listener), vec![("causal_sync".to_string(), format!("group:{group}"))]);
+}
