@@ -86,6 +86,11 @@ thread_local! {
     static AUTHOR: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
 }
 
+/// Whether this transaction has buffered changes to tables of the group `group_id`.
+pub fn has_pending_writes(group_id: &str) -> bool {
+    PENDING.with(|p| p.borrow().iter().any(|e| &*e.group_id == group_id))
+}
+
 fn clear() {
     PENDING.with(|p| p.borrow_mut().clear());
     AUTHOR.with(|a| *a.borrow_mut() = None);

@@ -74,6 +74,10 @@ pub enum CausalError {
     Truncate(String),
     #[error("PREPARE TRANSACTION is not supported for transactions that write replicated tables")]
     Prepare,
+    #[error(
+        "this transaction has already written replicated tables of group {0}, so it cannot import the group's history"
+    )]
+    WritesBeforeImport(String),
     #[error("pg_causal's catalog is inconsistent: {0}")]
     Corrupt(String),
     #[error("the transaction would be cancelled in its group: {0}")]
@@ -121,6 +125,7 @@ impl CausalError {
             CausalError::AlreadyReplicated { .. } => ERRCODE_DUPLICATE_OBJECT,
             CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
             CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CausalError::WritesBeforeImport(_) => ERRCODE_INVALID_TRANSACTION_STATE,
             CausalError::Corrupt(_) => ERRCODE_DATA_CORRUPTED,
             CausalError::Cancelled(_) => ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION,
             CausalError::Reconcile(_) => ERRCODE_INTERNAL_ERROR,
@@ -176,6 +181,9 @@ impl CausalError {
             CausalError::TableMismatch(_) => Some("Compare causal.describe on the exporting database; rename or fix the local table, then import again."),
             CausalError::BadBundle(_) => Some("Pass the bytea that causal.export returned, unchanged. Nothing was stored."),
             CausalError::RuleDenied { .. } => Some("The rule is evaluated as the session's author (causal.author); see causal.table_rules."),
+            CausalError::WritesBeforeImport(_) => Some(
+                "Import in a transaction of its own, or before the writes: replaying the group's history would overwrite rows this transaction wrote.",
+            ),
             CausalError::Corrupt(_) | CausalError::Spi(_) | CausalError::Reconcile(_) => None,
             CausalError::Cancelled(_) => Some("The group's reconciliation refuses this write at the current frontier; nothing was committed."),
             CausalError::BadAddress { .. } => Some(

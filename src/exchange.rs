@@ -314,6 +314,14 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
         Err(CausalError::UnknownGroup(_)) => (adopt_group(&group_id, alg, &entries)?, true),
         Err(e) => return Err(e),
     };
+    // Replay would overwrite rows this transaction wrote, whose entry is made at its commit.
+    if crate::capture::has_pending_writes(&group.id) {
+        let name = crate::spi_util::get_opt::<String>(
+            "SELECT name FROM causal.group_defs WHERE group_id = $1",
+            &[group.id.as_str().into()],
+        )?;
+        return Err(CausalError::WritesBeforeImport(name.unwrap_or_else(|| group.id.clone())));
+    }
     let parsed = parsing.elapsed();
     let started = std::time::Instant::now();
     // Local writers of the group finish first, and new ones wait for this import.

@@ -309,3 +309,36 @@ fn every_supported_type_replays_exactly() {
     assert_eq!(at_a.len(), 3);
     assert_eq!(at_a, at_b);
 }
+
+/// An import in a transaction that has already written the group's tables is refused: replay
+/// would overwrite rows whose entry is only made at commit. Nothing is stored, and the same
+/// import succeeds on its own.
+#[test]
+fn an_import_after_writes_to_the_group_in_the_same_transaction_is_refused() {
+    let (a_node, b_node) = (Cluster::start("xwa", &[]), Cluster::start("xwb", &[]));
+    let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
+    setup_a(&mut a);
+    b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let b_key: String = b.query_one("SELECT public_key FROM causal.identities WHERE is_node", &[]).unwrap().get(0);
+    a.execute("SELECT causal.add_member('shop', $1)", &[&b_key]).unwrap();
+    let r = import(&mut b, &export(&mut a, None));
+    assert_eq!(r["rejected"], json!([]), "{r}");
+    let since = frontier(&mut a);
+    a.batch_execute("INSERT INTO products VALUES ('X', 'remote', 1)").unwrap();
+    let bundle = export(&mut a, Some(since));
+
+    let mut tx = b.transaction().unwrap();
+    tx.batch_execute("INSERT INTO products VALUES ('X', 'local', 2)").unwrap();
+    let err = tx.query_one("SELECT causal.import($1)::text", &[&bundle]).unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25000"), "{err}");
+    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("already written replicated tables of group shop"), "{message}");
+    tx.rollback().unwrap();
+
+    let before: i64 = b.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0);
+    let r = import(&mut b, &bundle);
+    assert_eq!(r["accepted"], 1, "{r}");
+    let after: i64 = b.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0);
+    assert_eq!(after, before + 1);
+    assert_eq!(rows(&mut b).iter().find(|r| r.0 == "X").map(|r| r.1.clone()), Some("remote".to_string()));
+}
