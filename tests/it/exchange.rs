@@ -312,7 +312,7 @@ fn every_supported_type_replays_exactly() {
 
 /// An import in a transaction that has already written the group's tables is refused: replay
 /// would overwrite rows whose entry is only made at commit. Nothing is stored, and the same
-/// import succeeds on its own.
+/// import succeeds on its own. Writes after an import in one transaction are fine.
 #[test]
 fn an_import_after_writes_to_the_group_in_the_same_transaction_is_refused() {
     let (a_node, b_node) = (Cluster::start("xwa", &[]), Cluster::start("xwb", &[]));
@@ -341,4 +341,21 @@ fn an_import_after_writes_to_the_group_in_the_same_transaction_is_refused() {
     let after: i64 = b.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0);
     assert_eq!(after, before + 1);
     assert_eq!(rows(&mut b).iter().find(|r| r.0 == "X").map(|r| r.1.clone()), Some("remote".to_string()));
+
+    // Writes after an import in the same transaction are captured after the imported history.
+    let since = frontier(&mut a);
+    a.batch_execute("INSERT INTO products VALUES ('Z', 'remote', 1)").unwrap();
+    let bundle = export(&mut a, Some(since));
+    let z_hash = frontier(&mut a);
+    let mut tx = b.transaction().unwrap();
+    tx.query_one("SELECT causal.import($1)::text", &[&bundle]).unwrap();
+    tx.batch_execute("INSERT INTO products VALUES ('Y', 'local', 2)").unwrap();
+    tx.commit().unwrap();
+    let prev: Vec<String> =
+        b.query_one("SELECT prev FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap().get(0);
+    assert_eq!(prev, z_hash, "the local entry follows the imported one");
+    let skus: Vec<String> = rows(&mut b).into_iter().map(|r| r.0).collect();
+    assert!(skus.contains(&"Y".to_string()) && skus.contains(&"Z".to_string()), "{skus:?}");
+    let not_ok: i64 = b.query_one("SELECT count(*) FROM causal.log('shop') WHERE status <> 'ok'", &[]).unwrap().get(0);
+    assert_eq!(not_ok, 0);
 }
