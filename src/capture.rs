@@ -84,6 +84,22 @@ thread_local! {
     static REPLAYING: Cell<bool> = const { Cell::new(false) };
     /// This transaction's author (identity name and key id), once checked.
     static AUTHOR: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+    /// Groups this transaction has appended restricting entries to ([`restricting_entry`]).
+    static RESTRICTED: RefCell<Vec<std::rc::Rc<str>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Notes that this transaction appended to `group_id` an entry that can cancel row changes
+/// after it: a rule, or taking a table out of the group. The transaction's row changes, whose
+/// entry comes after that one at commit whatever the order of the statements, are then placed
+/// at commit rather than later, so a change the new entry refuses fails the commit instead of
+/// being cancelled after it (with its row left in the table).
+pub fn restricting_entry(group_id: &str) {
+    RESTRICTED.with(|a| {
+        let mut a = a.borrow_mut();
+        if !a.iter().any(|g| &**g == group_id) {
+            a.push(group_id.into());
+        }
+    });
 }
 
 /// Whether this transaction has buffered changes to tables of the group `group_id`.
@@ -93,6 +109,7 @@ pub fn has_pending_writes(group_id: &str) -> bool {
 
 fn clear() {
     PENDING.with(|p| p.borrow_mut().clear());
+    RESTRICTED.with(|a| a.borrow_mut().clear());
     AUTHOR.with(|a| *a.borrow_mut() = None);
 }
 
@@ -442,8 +459,10 @@ fn flush() {
     .or_report("causal commit");
     for (group_id, ops, ruled) in by_group {
         let group = Group::find(&group_id).or_report("causal commit");
-        if ruled {
-            // The engine places the entry now, and checks the rules there.
+        let restricted = RESTRICTED.with(|a| a.borrow().iter().any(|g| *g == group_id));
+        if ruled || restricted {
+            // The engine places the entry now, and checks the rules there (including one this
+            // transaction declared before committing).
             let ops = ops.into_iter().map(PendingOp::into_op).collect::<Result<Vec<_>, _>>().or_report("causal commit");
             append_ops_as(&group, ops, false, &signer, false).or_report("causal commit");
         } else {
@@ -750,6 +769,57 @@ mod tests {
         let name = Spi::get_one::<String>("SELECT vals->>'name' FROM causal.row_meta WHERE table_name = 'products'");
         assert_eq!(name.unwrap().as_deref(), Some("two\nlines"));
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+    }
+
+    /// A rule declared after an insert in the same transaction: the rule's entry is appended
+    /// when declared, the rows' entry at commit, after it, so the rule applies to the insert
+    /// (docs/SQL_API.md, "What is recorded"). The rows' entry is then placed at commit, so an
+    /// insert the rule refuses fails the commit (before, it was placed later and cancelled,
+    /// and its row stayed in the table).
+    #[pg_test(
+        error = "the transaction would be cancelled in its group: insert on products is not allowed by the rule new.price > 100"
+    )]
+    fn a_rule_declared_after_an_insert_in_its_transaction_applies_to_it() {
+        setup();
+        Spi::run(
+            "INSERT INTO products (sku, name, price) VALUES ('cheap', 'c', 1); \
+             SELECT causal.allow('products', 'insert', 'new.price > 100'); \
+             SELECT causal._flush();",
+        )
+        .unwrap();
+    }
+
+    /// The same with an insert the rule allows: placed at commit, nothing left to place.
+    #[pg_test]
+    fn an_insert_before_a_rule_it_satisfies_is_placed_at_commit() {
+        setup();
+        Spi::run(
+            "INSERT INTO products (sku, name, price) VALUES ('dear', 'd', 500); \
+             SELECT causal.allow('products', 'insert', 'new.price > 100'); \
+             SELECT causal._flush();",
+        )
+        .unwrap();
+        assert_eq!(
+            count("SELECT (entry_count - reconciled_count)::int8 FROM causal.group_defs WHERE name = 'shop'"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM causal.log('shop') WHERE status <> 'ok'"), 0);
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE table_name = 'products'"), 1);
+    }
+
+    /// Taking a table out of the group after writing it in the same transaction: the rows'
+    /// entry would follow the table's removal, so the commit fails.
+    #[pg_test(
+        error = "the transaction would be cancelled in its group: table products is not replicated at the entry's position"
+    )]
+    fn writes_before_unreplicate_in_one_transaction_fail_the_commit() {
+        setup();
+        Spi::run(
+            "INSERT INTO products (sku, name, price) VALUES ('A', 'a', 1); \
+             SELECT causal.unreplicate('products'); \
+             SELECT causal._flush();",
+        )
+        .unwrap();
     }
 
     #[pg_test]

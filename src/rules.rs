@@ -86,6 +86,7 @@ fn allow_rule(relid: pg_sys::Oid, operation: &str, rule: &str) -> Result<String,
         recorded.push(Op::Rule { table: table.clone(), operation: op.name().to_string(), rule: rule.to_string() });
     }
     let hash = append_ops(&group, recorded, true)?;
+    crate::capture::restricting_entry(&group.id);
     for op in ops {
         Spi::run_with_args(
             "INSERT INTO causal.table_rules (group_id, table_name, operation, rule) VALUES ($1, $2, $3, $4) \
