@@ -822,6 +822,33 @@ mod tests {
         .unwrap();
     }
 
+    /// `INSERT ... ON CONFLICT DO UPDATE`: the row that existed is recorded as an update, the
+    /// new one as an insert, in the order Postgres processed them; placed, the view is the
+    /// table.
+    #[pg_test]
+    fn an_upsert_records_updates_and_inserts_in_order() {
+        setup();
+        Spi::run("INSERT INTO products (sku, name, price) VALUES ('A', 'old', 1); SELECT causal._flush();").unwrap();
+        Spi::run(
+            "INSERT INTO products (sku, name, price) VALUES ('B', 'new', 2), ('A', 'renamed', 3) \
+             ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price; \
+             SELECT causal._flush();",
+        )
+        .unwrap();
+        let ops = last_ops();
+        let kinds: Vec<&str> = ops.as_array().unwrap().iter().map(|o| o["op"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["insert", "update"]);
+        assert_eq!(ops[0]["row"]["sku"], "B");
+        assert_eq!(ops[1]["key"]["sku"], "A");
+        assert_eq!(ops[1]["set"]["name"], "renamed");
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+        assert_eq!(count("SELECT causal.catch_up('shop')"), 2);
+        let view =
+            "SELECT string_agg(s->>'sku' || ':' || (s->>'name') || ':' || (s->>'price'), ',' ORDER BY s->>'sku') \
+                    FROM causal.snapshot('products') s";
+        assert_eq!(Spi::get_one::<String>(view).unwrap().as_deref(), Some("A:renamed:3.00,B:new:2.00"));
+    }
+
     #[pg_test]
     fn plain_data_commits_are_placed_later_in_a_batch() {
         setup();
