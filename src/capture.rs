@@ -849,6 +849,22 @@ mod tests {
         assert_eq!(Spi::get_one::<String>(view).unwrap().as_deref(), Some("A:renamed:3.00,B:new:2.00"));
     }
 
+    /// A text value stored out of line and compressed (TOAST) is read whole by the text path.
+    #[pg_test]
+    fn a_toasted_text_value_is_captured_whole() {
+        setup();
+        Spi::run(
+            "INSERT INTO products (sku, name) VALUES ('big', repeat('0123456789', 20000) || 'end'); \
+             SELECT causal._flush();",
+        )
+        .unwrap();
+        let ops = last_ops();
+        let name = ops[0]["row"]["name"].as_str().unwrap();
+        assert_eq!(name.len(), 200_003);
+        assert!(name.ends_with("9end"));
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+    }
+
     #[pg_test]
     fn plain_data_commits_are_placed_later_in_a_batch() {
         setup();
