@@ -865,6 +865,35 @@ mod tests {
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
     }
 
+    /// ADD COLUMN after row changes in the same transaction: Postgres would give the earlier
+    /// rows the default, their entry (made at commit, after the schema entry) would not, and
+    /// the table would differ from the view. Refused.
+    #[pg_test(
+        error = "this transaction has already written replicated tables of group shop, so it cannot add a column to one of them"
+    )]
+    fn add_column_after_row_changes_in_one_transaction_is_refused() {
+        setup();
+        Spi::run(
+            "INSERT INTO products (sku, name, price) VALUES ('A', 'a', 1); \
+             ALTER TABLE products ADD COLUMN color text DEFAULT 'red';",
+        )
+        .unwrap();
+    }
+
+    /// In the other order, the rows carry the new column's value.
+    #[pg_test]
+    fn add_column_before_row_changes_in_one_transaction_is_captured() {
+        setup();
+        Spi::run(
+            "ALTER TABLE products ADD COLUMN color text DEFAULT 'red'; \
+             INSERT INTO products (sku, name, price) VALUES ('A', 'a', 1); \
+             SELECT causal._flush(); SELECT causal.catch_up('shop');",
+        )
+        .unwrap();
+        let view = "SELECT s->>'color' FROM causal.snapshot('products') s WHERE s->>'sku' = 'A'";
+        assert_eq!(Spi::get_one::<String>(view).unwrap().as_deref(), Some("red"));
+    }
+
     #[pg_test]
     fn plain_data_commits_are_placed_later_in_a_batch() {
         setup();

@@ -74,10 +74,8 @@ pub enum CausalError {
     Truncate(String),
     #[error("PREPARE TRANSACTION is not supported for transactions that write replicated tables")]
     Prepare,
-    #[error(
-        "this transaction has already written replicated tables of group {0}, so it cannot import the group's history"
-    )]
-    WritesBeforeImport(String),
+    #[error("this transaction has already written replicated tables of group {group}, so it cannot {action}")]
+    WritesFirst { group: String, action: &'static str },
     #[error("pg_causal's catalog is inconsistent: {0}")]
     Corrupt(String),
     #[error("the transaction would be cancelled in its group: {0}")]
@@ -125,7 +123,7 @@ impl CausalError {
             CausalError::AlreadyReplicated { .. } => ERRCODE_DUPLICATE_OBJECT,
             CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
             CausalError::IdentityNotGranted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            CausalError::WritesBeforeImport(_) => ERRCODE_INVALID_TRANSACTION_STATE,
+            CausalError::WritesFirst { .. } => ERRCODE_INVALID_TRANSACTION_STATE,
             CausalError::Corrupt(_) => ERRCODE_DATA_CORRUPTED,
             CausalError::Cancelled(_) => ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION,
             CausalError::Reconcile(_) => ERRCODE_INTERNAL_ERROR,
@@ -181,8 +179,8 @@ impl CausalError {
             CausalError::TableMismatch(_) => Some("Compare causal.describe on the exporting database; rename or fix the local table, then import again."),
             CausalError::BadBundle(_) => Some("Pass the bytea that causal.export returned, unchanged. Nothing was stored."),
             CausalError::RuleDenied { .. } => Some("The rule is evaluated as the session's author (causal.author); see causal.table_rules."),
-            CausalError::WritesBeforeImport(_) => Some(
-                "Import in a transaction of its own, or before the writes: replaying the group's history would overwrite rows this transaction wrote.",
+            CausalError::WritesFirst { .. } => Some(
+                "Do it before the row changes, or in a transaction of its own: the rows' entry is made at commit, after it, and would not match what the table holds.",
             ),
             CausalError::Corrupt(_) | CausalError::Spi(_) | CausalError::Reconcile(_) => None,
             CausalError::Cancelled(_) => Some("The group's reconciliation refuses this write at the current frontier; nothing was committed."),

@@ -320,7 +320,10 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
             "SELECT name FROM causal.group_defs WHERE group_id = $1",
             &[group.id.as_str().into()],
         )?;
-        return Err(CausalError::WritesBeforeImport(name.unwrap_or_else(|| group.id.clone())));
+        return Err(CausalError::WritesFirst {
+            group: name.unwrap_or_else(|| group.id.clone()),
+            action: "import the group's history",
+        });
     }
     let parsed = parsing.elapsed();
     let started = std::time::Instant::now();
