@@ -594,16 +594,85 @@ const GROUP_LOCK_CLASS: u32 = 1667331443;
 fn _lock_group<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, CausalError> {
     let relid = trigger.relation().map(|r| r.oid()).map_err(|e| CausalError::Corrupt(e.to_string()))?;
     let info = table_info(relid).or_report("causal._lock_group");
+    lock_group_shared(info.lock_key);
+    Ok(None)
+}
+
+fn lock_group_shared(lock_key: i32) {
     let tag = pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         locktag_field2: GROUP_LOCK_CLASS,
-        locktag_field3: info.lock_key as u32,
+        locktag_field3: lock_key as u32,
         locktag_field4: 2,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
-    Ok(None)
+}
+
+/// Takes the group's write lock shared, as a local write does before its first row lock.
+pub fn lock_group_for_writes(group_id: &str) -> Result<(), CausalError> {
+    lock_group_shared(group_lock_key(group_id)?);
+    Ok(())
+}
+
+/// The most rows `causal.replicate` takes into the group with the calling transaction: they
+/// all go into that transaction's one entry.
+pub const MAX_EXISTING_ROWS: u64 = 1_000_000;
+
+/// Buffers every row of `relid` as an insert of this transaction, as the capture trigger would
+/// have: `causal.replicate` of a table that holds rows puts them in the group, in the calling
+/// transaction's entry, after the table's schema entry. Returns how many rows.
+pub fn capture_existing_rows(relid: pg_sys::Oid) -> Result<u64, CausalError> {
+    let info = table_info(relid)?;
+    if AUTHOR.with(|a| a.borrow().is_none()) {
+        let name = check_author_grant()?;
+        let key_id = crate::identity::key_id_of(&name)?;
+        AUTHOR.with(|a| *a.borrow_mut() = Some((name, key_id)));
+    }
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let mut rows = 0u64;
+    unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        use pg_sys::ScanOptions::*;
+        let flags = SO_TYPE_SEQSCAN | SO_ALLOW_STRAT | SO_ALLOW_SYNC | SO_ALLOW_PAGEMODE;
+        let scan = pg_sys::heap_beginscan(
+            rel,
+            pg_sys::GetActiveSnapshot(),
+            0,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            flags,
+        );
+        let mut read = || -> Result<(), CausalError> {
+            loop {
+                let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if tuple.is_null() {
+                    return Ok(());
+                }
+                rows += 1;
+                if rows > MAX_EXISTING_ROWS {
+                    return Err(CausalError::Unsupported {
+                        table: info.schema.table.clone(),
+                        what: format!(
+                            "it holds more than {MAX_EXISTING_ROWS} rows, which would all go into one entry; \
+                             replicate an empty copy and load the rows in batches of transactions"
+                        ),
+                    });
+                }
+                let t = PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att), tuple);
+                let op = PendingOp::Text(info.inserts.write_fields(&column_fields(&t, &info)?)?);
+                PENDING.with(|p| {
+                    p.borrow_mut().push(Pending { group_id: info.group_id.clone(), subxact, op, ruled: false })
+                });
+            }
+        };
+        let result = read();
+        pg_sys::heap_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        result?;
+    }
+    Ok(rows)
 }
 
 /// Creates the capture, locking and TRUNCATE triggers on a newly replicated table.
@@ -892,6 +961,30 @@ mod tests {
         .unwrap();
         let view = "SELECT s->>'color' FROM causal.snapshot('products') s WHERE s->>'sku' = 'A'";
         assert_eq!(Spi::get_one::<String>(view).unwrap().as_deref(), Some("red"));
+    }
+
+    /// `causal.replicate` of a table that already holds rows takes them into the group: they
+    /// are inserts of the calling transaction's entry, after the schema entry.
+    #[pg_test]
+    fn replicating_a_table_takes_its_rows_into_the_group() {
+        Spi::run(
+            "SELECT causal.create_group('shop'); \
+             CREATE TABLE t (id int PRIMARY KEY, v text, n bigint); \
+             INSERT INTO t VALUES (1, 'a', NULL), (2, E'line\\nbreak', 9007199254740993), (3, NULL, 3); \
+             SELECT causal.replicate('shop', 't'); \
+             SELECT causal._flush();",
+        )
+        .unwrap();
+        let ops = last_ops();
+        let ops = ops.as_array().unwrap();
+        assert_eq!(ops.len(), 3);
+        assert!(ops.iter().all(|o| o["op"] == "insert" && o["table"] == "t"));
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+        Spi::run("SELECT causal.catch_up('shop')").unwrap();
+        assert_eq!(count("SELECT count(*) FROM causal.snapshot('t')"), 3, "the view holds the table's rows");
+        let differing = "SELECT count(*) FROM t JOIN causal.snapshot('t') s ON (s->>'id')::int = t.id \
+                         WHERE s->>'v' IS DISTINCT FROM t.v OR (s->>'n')::int8 IS DISTINCT FROM t.n";
+        assert_eq!(count(differing), 0);
     }
 
     #[pg_test]

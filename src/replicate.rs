@@ -171,6 +171,9 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
     }
     let schema = derive_schema(&group, relid)?;
     let value: Value = schema.to_value();
+    // The rows the table holds are written into the group by this transaction (below), so it
+    // takes the group's write lock as a writer does, before the group's state row.
+    crate::capture::lock_group_for_writes(&group.id)?;
     let hash = append_ops(&group, vec![Op::Schema { table: name.clone(), schema: value.clone() }], true)?;
     Spi::run_with_args(
         "INSERT INTO causal.replicated_tables (group_id, table_name, relid, schema) VALUES ($1, $2, $3, $4)",
@@ -179,6 +182,8 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
     crate::capture::install_triggers(relid)?;
     crate::replay::ensure_lookup_indexes(&group, &schema)?;
     crate::capture::tables_changed()?;
+    // Rows the table already holds become inserts of this transaction's entry.
+    crate::capture::capture_existing_rows(relid)?;
     Ok(hash.to_b64())
 }
 

@@ -359,3 +359,26 @@ fn an_import_after_writes_to_the_group_in_the_same_transaction_is_refused() {
     let not_ok: i64 = b.query_one("SELECT count(*) FROM causal.log('shop') WHERE status <> 'ok'", &[]).unwrap().get(0);
     assert_eq!(not_ok, 0);
 }
+
+/// A table that already holds rows when it is replicated brings them into the group: another
+/// database that imports the history gets the table with its rows.
+#[test]
+fn replicating_a_table_with_rows_brings_them_to_other_databases() {
+    let (a_node, b_node) = (Cluster::start("xra", &[]), Cluster::start("xrb", &[]));
+    let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
+    a.batch_execute(
+        "CREATE EXTENSION pg_causal;
+         SELECT causal.create_group('shop');
+         CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0));
+         INSERT INTO products SELECT 'k' || i, 'item ' || i, i FROM generate_series(1, 500) i;",
+    )
+    .unwrap();
+    a.batch_execute("SELECT causal.replicate('shop', 'products')").unwrap();
+    b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let r = import(&mut b, &export(&mut a, None));
+    assert_eq!(r["rejected"], json!([]), "{r}");
+    assert_eq!(r["cancelled"], 0, "{r}");
+    let (at_a, at_b) = (rows(&mut a), rows(&mut b));
+    assert_eq!(at_a.len(), 500);
+    assert_eq!(at_a, at_b);
+}
