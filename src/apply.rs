@@ -108,6 +108,12 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
             if existing != expected {
                 return Err(CausalError::TableMismatch(table.to_string()));
             }
+            // The group's history defines the table's rows; rows it already holds would stay
+            // here alone, outside the group's view.
+            let rel = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])?.unwrap_or_default();
+            if get_opt::<bool>(&format!("SELECT true FROM {rel} LIMIT 1"), &[])?.is_some() {
+                return Err(CausalError::TableHasRows(table.to_string()));
+            }
             relid
         }
     };

@@ -60,6 +60,8 @@ pub enum CausalError {
     BadRule { table: String, error: causal_core::rules::RuleError },
     #[error("table {0} exists here but does not match the group's schema for it")]
     TableMismatch(String),
+    #[error("table {0} exists here and holds rows, but the group's history defines its rows")]
+    TableHasRows(String),
     #[error("malformed bundle: {0}")]
     BadBundle(String),
     #[error("ALTER TABLE of replicated table {table} is not supported: {what}")]
@@ -119,6 +121,7 @@ impl CausalError {
             CausalError::UnsupportedAlter { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             CausalError::BadBundle(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CausalError::TableMismatch(_) => ERRCODE_DUPLICATE_TABLE,
+            CausalError::TableHasRows(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CausalError::StillReferenced { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             CausalError::AlreadyReplicated { .. } => ERRCODE_DUPLICATE_OBJECT,
             CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
@@ -178,6 +181,9 @@ impl CausalError {
             CausalError::StillReferenced { .. } => Some("Unreplicate the referencing table first."),
             CausalError::TableMismatch(_) => Some("Compare causal.describe on the exporting database; rename or fix the local table, then import again."),
             CausalError::BadBundle(_) => Some("Pass the bytea that causal.export returned, unchanged. Nothing was stored."),
+            CausalError::TableHasRows(_) => Some(
+                "Empty or rename the local table, then import again; or put its rows in the group from the database that replicates it.",
+            ),
             CausalError::RuleDenied { .. } => Some("The rule is evaluated as the session's author (causal.author); see causal.table_rules."),
             CausalError::WritesFirst { .. } => Some(
                 "Do it before the row changes, or in a transaction of its own: the rows' entry is made at commit, after it, and would not match what the table holds.",

@@ -382,3 +382,39 @@ fn replicating_a_table_with_rows_brings_them_to_other_databases() {
     assert_eq!(at_a.len(), 500);
     assert_eq!(at_a, at_b);
 }
+
+/// An importing database may already have a table of the same name: it must match the group's
+/// schema (else 42P07) and be empty (else 55000, since the group's history defines its rows).
+/// Either refusal stores nothing; an empty matching table is adopted.
+#[test]
+fn an_existing_table_must_match_and_be_empty() {
+    let (a_node, b_node) = (Cluster::start("xta", &[]), Cluster::start("xtb", &[]));
+    let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
+    setup_a(&mut a);
+    let bundle = export(&mut a, None);
+    b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let entries =
+        |b: &mut Client| -> i64 { b.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0) };
+    let code = |b: &mut Client| {
+        let err = b.query_one("SELECT causal.import($1)::text", &[&bundle]).unwrap_err();
+        sqlstate(&err)
+    };
+
+    b.batch_execute("CREATE TABLE products (sku text PRIMARY KEY, name text)").unwrap();
+    assert_eq!(code(&mut b).as_deref(), Some("42P07"), "a table of another shape");
+    assert_eq!(entries(&mut b), 0);
+
+    b.batch_execute(
+        "DROP TABLE products;
+         CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0));
+         INSERT INTO products VALUES ('L', 'local only', 1);",
+    )
+    .unwrap();
+    assert_eq!(code(&mut b).as_deref(), Some("55000"), "a table that holds rows");
+    assert_eq!(entries(&mut b), 0);
+
+    b.batch_execute("DELETE FROM products").unwrap();
+    let r = import(&mut b, &bundle);
+    assert_eq!(r["accepted"], 5, "{r}");
+    assert_eq!(rows(&mut a), rows(&mut b));
+}
