@@ -644,6 +644,8 @@ pub fn capture_existing_rows(relid: pg_sys::Oid) -> Result<u64, CausalError> {
             std::ptr::null_mut(),
             flags,
         );
+        // Values stored out of line are detoasted into this context, emptied after each row.
+        let mut row_memory = pgrx::PgMemoryContexts::new("causal.replicate rows");
         let mut read = || -> Result<(), CausalError> {
             loop {
                 let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
@@ -660,8 +662,12 @@ pub fn capture_existing_rows(relid: pg_sys::Oid) -> Result<u64, CausalError> {
                         ),
                     });
                 }
-                let t = PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att), tuple);
-                let op = PendingOp::Text(info.inserts.write_fields(&column_fields(&t, &info)?)?);
+                let text = row_memory.switch_to(|_| -> Result<OpText, CausalError> {
+                    let t = PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att), tuple);
+                    Ok(info.inserts.write_fields(&column_fields(&t, &info)?)?)
+                });
+                row_memory.reset();
+                let op = PendingOp::Text(text?);
                 PENDING.with(|p| {
                     p.borrow_mut().push(Pending { group_id: info.group_id.clone(), subxact, op, ruled: false })
                 });
@@ -970,18 +976,22 @@ mod tests {
         Spi::run(
             "SELECT causal.create_group('shop'); \
              CREATE TABLE t (id int PRIMARY KEY, v text, n bigint); \
-             INSERT INTO t VALUES (1, 'a', NULL), (2, E'line\\nbreak', 9007199254740993), (3, NULL, 3); \
+             INSERT INTO t VALUES (1, 'a', NULL), (2, E'line\\nbreak', 9007199254740993), (3, NULL, 3), \
+                                  (4, repeat('toasted ', 20000), 4), (5, repeat('again ', 30000), 5); \
              SELECT causal.replicate('shop', 't'); \
              SELECT causal._flush();",
         )
         .unwrap();
         let ops = last_ops();
         let ops = ops.as_array().unwrap();
-        assert_eq!(ops.len(), 3);
+        assert_eq!(ops.len(), 5);
         assert!(ops.iter().all(|o| o["op"] == "insert" && o["table"] == "t"));
+        // Values stored out of line are read whole (each row is read in a context reset after it).
+        let long: Vec<usize> = ops.iter().filter_map(|o| o["row"]["v"].as_str()).map(str::len).collect();
+        assert!(long.contains(&160_000) && long.contains(&180_000), "{long:?}");
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
         Spi::run("SELECT causal.catch_up('shop')").unwrap();
-        assert_eq!(count("SELECT count(*) FROM causal.snapshot('t')"), 3, "the view holds the table's rows");
+        assert_eq!(count("SELECT count(*) FROM causal.snapshot('t')"), 5, "the view holds the table's rows");
         let differing = "SELECT count(*) FROM t JOIN causal.snapshot('t') s ON (s->>'id')::int = t.id \
                          WHERE s->>'v' IS DISTINCT FROM t.v OR (s->>'n')::int8 IS DISTINCT FROM t.n";
         assert_eq!(count(differing), 0);
