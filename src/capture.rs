@@ -997,6 +997,31 @@ mod tests {
         assert_eq!(count(differing), 0);
     }
 
+    /// Fault injection: the view holds a row the table does not (written into `row_meta`
+    /// directly), so a local insert of the same key, which Postgres accepted, is cancelled
+    /// when the engine first places it. Placement puts the table's row back to the view's.
+    #[pg_test]
+    fn a_local_commit_cancelled_at_placement_gives_its_rows_back_to_the_view() {
+        setup();
+        Spi::run(
+            "INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) \
+             SELECT grp, 'products', '[\"X\"]', '{\"sku\": \"X\", \"name\": \"view\"}', \
+                    jsonb_build_object('i', (SELECT hash FROM causal.dag_entries d WHERE d.grp = g.grp AND node_id = 1)) \
+             FROM causal.group_defs g WHERE name = 'shop'; \
+             INSERT INTO products (sku, name, price) VALUES ('X', 'local', 1), ('Y', 'kept', 2); \
+             SELECT causal._flush();",
+        )
+        .unwrap();
+        assert_eq!(count("SELECT causal.catch_up('shop')"), 1);
+        assert_eq!(
+            Spi::get_one::<String>("SELECT status FROM causal.log('shop', 1)").unwrap().as_deref(),
+            Some("cancelled")
+        );
+        // The entry is cancelled whole: X goes back to the view's row, Y (new) goes away.
+        let table = "SELECT string_agg(sku || ':' || name, ',' ORDER BY sku) FROM products";
+        assert_eq!(Spi::get_one::<String>(table).unwrap().as_deref(), Some("X:view"));
+    }
+
     #[pg_test]
     fn plain_data_commits_are_placed_later_in_a_batch() {
         setup();

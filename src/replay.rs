@@ -214,12 +214,18 @@ impl SpiReplica {
         if local_only {
             return Ok(()); // the local transaction's own writes are already in the tables
         }
+        let resync = self.cancelled_local_rows(changes)?;
         for row in &changes.rows {
             let slot = per_table.entry(row.table.as_str()).or_default();
             match &row.state {
                 Some(r) if r.is_live() => slot.1.push(&r.values),
                 _ => slot.0.push(&row.key),
             }
+        }
+        for (table, (deletes, upserts)) in &resync {
+            let slot = per_table.entry(table.as_str()).or_default();
+            slot.0.extend(deletes.iter().map(String::as_str));
+            slot.1.extend(upserts.iter());
         }
         if per_table.is_empty() {
             return Ok(());
@@ -253,6 +259,66 @@ impl SpiReplica {
         .map_err(store_err)?
     }
 }
+
+impl SpiReplica {
+    /// The rows of local commits that this run cancelled when it first placed them, as the
+    /// view now has them: (keys to delete, live rows to write back) per table. Such a commit's
+    /// own transaction wrote its rows into the tables, and a cancelled entry changes no row of
+    /// the view, so the run's row changes do not cover them (docs/SEMANTICS.md §10).
+    fn cancelled_local_rows(&self, changes: &Changes) -> Result<BTreeMap<String, RowsToWrite>, ReconcileError> {
+        let mut keys: BTreeMap<String, Vec<RowKey>> = BTreeMap::new();
+        for (h, j) in &changes.journal {
+            if !self.local.contains(h) || j.verdict.is_ok() || !changes.first_placed.contains(h) {
+                continue;
+            }
+            let payload = run_prepared(
+                "SELECT payload FROM causal.dag_entries WHERE grp = $1 AND hash = $2",
+                &[self.num.into(), h.to_b64().into()],
+                false,
+                |mut rows| rows.next().map(|r| r.get::<String>(1)).transpose().map(Option::flatten),
+            )
+            .map_err(store_err)?
+            .ok_or_else(|| ReconcileError::Corrupt(format!("local entry {h} is not stored")))?;
+            let value = causal_core::json::parse(&payload).map_err(store_err)?;
+            let ops = causal_core::payload::SignedPayload::from_value(&value)
+                .map_err(|source| ReconcileError::Payload { hash: h.to_b64(), source })?
+                .ops;
+            for op in &ops {
+                let (table, cols) = match op {
+                    causal_core::payload::Op::Insert { table, row } => (table, row),
+                    causal_core::payload::Op::Update { table, key, .. }
+                    | causal_core::payload::Op::Delete { table, key } => (table, key),
+                    _ => continue,
+                };
+                // A table no longer in the group is this database's alone: nothing to resync.
+                let Ok(schema) = crate::apply::local_schema_by_name(&self.group, table) else { continue };
+                if let Some(k) = causal_core::reconcile::row_key(&schema, cols) {
+                    keys.entry(table.clone()).or_default().push(k);
+                }
+            }
+        }
+        let changed: std::collections::HashSet<(&str, &str)> =
+            changes.rows.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect();
+        let mut out: BTreeMap<String, RowsToWrite> = BTreeMap::new();
+        for (table, mut ks) in keys {
+            ks.retain(|k| !changed.contains(&(table.as_str(), k.as_str())));
+            ks.sort();
+            ks.dedup();
+            let states: HashMap<RowKey, RowState> = self.rows(&table, &ks)?.into_iter().collect();
+            let slot = out.entry(table).or_default();
+            for k in ks {
+                match states.get(&k) {
+                    Some(s) if s.is_live() => slot.1.push(s.values.clone()),
+                    _ => slot.0.push(k),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Keys of rows to delete, and live rows to write, in one table.
+type RowsToWrite = (Vec<RowKey>, Vec<Map<String, Value>>);
 
 /// The text of an encoded value as Postgres reads it for the column (what `->>` gives: a
 /// string's contents, any other value's JSON text; NULL for null or absent).
