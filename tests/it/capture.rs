@@ -199,3 +199,24 @@ fn a_commit_notifies_listeners_of_its_group() {
     db.batch_execute("INSERT INTO products VALUES ('A', 'Widget', 9.99)").unwrap();
     assert_eq!(received(&mut listener), vec![("causal_sync".to_string(), format!("group:{group}"))]);
 }
+
+/// A rule declared by another session between a transaction's insert and its commit: the
+/// insert's entry follows the rule, and the engine, placing it later, cancels it. The row its
+/// own transaction wrote into the table goes too, so the table stays the group's view.
+#[test]
+fn a_rule_declared_concurrently_cancels_a_later_commit_and_its_row() {
+    let node = Cluster::start("capture-concurrent-rule", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    let mut writer = node.connect("postgres");
+    let mut tx = writer.transaction().unwrap();
+    tx.batch_execute("INSERT INTO products VALUES ('cheap', 'c', 1)").unwrap();
+    db.batch_execute("SELECT causal.allow('products', 'insert', 'new.price > 100')").unwrap();
+    tx.commit().unwrap();
+    db.batch_execute("SELECT causal.catch_up('shop')").unwrap();
+    let status: String = db.query_one("SELECT status FROM causal.log('shop', 1)", &[]).unwrap().get(0);
+    assert_eq!(status, "cancelled");
+    let in_table: i64 = db.query_one("SELECT count(*) FROM products", &[]).unwrap().get(0);
+    let in_view: i64 = db.query_one("SELECT count(*) FROM causal.snapshot('products')", &[]).unwrap().get(0);
+    assert_eq!((in_table, in_view), (0, 0));
+}
