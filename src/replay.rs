@@ -297,6 +297,9 @@ impl SpiReplica {
                 }
             }
         }
+        if keys.is_empty() {
+            return Ok(BTreeMap::new()); // the common case: every entry placed as it was written
+        }
         let changed: std::collections::HashSet<(&str, &str)> =
             changes.rows.iter().map(|r| (r.table.as_str(), r.key.as_str())).collect();
         let mut out: BTreeMap<String, RowsToWrite> = BTreeMap::new();
