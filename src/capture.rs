@@ -102,9 +102,30 @@ pub fn restricting_entry(group_id: &str) {
     });
 }
 
-/// Whether this transaction has buffered changes to tables of the group `group_id`.
-pub fn has_pending_writes(group_id: &str) -> bool {
-    PENDING.with(|p| p.borrow().iter().any(|e| &*e.group_id == group_id))
+/// Fails with [`CausalError::WritesFirst`] if this transaction has buffered changes to tables
+/// of the group `group_id`: `action` would come before them in the group's history.
+pub fn refuse_after_writes(group_id: &str, action: &'static str) -> Result<(), CausalError> {
+    if !PENDING.with(|p| p.borrow().iter().any(|e| &*e.group_id == group_id)) {
+        return Ok(());
+    }
+    let name = get_opt::<String>("SELECT name FROM causal.group_defs WHERE group_id = $1", &[group_id.into()])?;
+    Err(CausalError::WritesFirst { group: name.unwrap_or_else(|| group_id.to_string()), action })
+}
+
+/// Checks, once per transaction, that the calling role may author as the session's identity.
+fn ensure_author() -> Result<(), CausalError> {
+    if AUTHOR.with(|a| a.borrow().is_none()) {
+        let name = check_author_grant()?;
+        let key_id = crate::identity::key_id_of(&name)?;
+        AUTHOR.with(|a| *a.borrow_mut() = Some((name, key_id)));
+    }
+    Ok(())
+}
+
+/// Buffers a change of `info`'s table for this transaction's entry.
+fn buffer(info: &TableInfo, subxact: pg_sys::SubTransactionId, op: PendingOp) {
+    let ruled = !info.rules.is_empty();
+    PENDING.with(|p| p.borrow_mut().push(Pending { group_id: info.group_id.clone(), subxact, op, ruled }));
 }
 
 fn clear() {
@@ -347,19 +368,14 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     }
     let relid = trigger.relid().map_err(|e| CausalError::Corrupt(e.to_string()))?;
     let info = table_info(relid)?;
-    if AUTHOR.with(|a| a.borrow().is_none()) {
-        let name = check_author_grant()?;
-        let key_id = crate::identity::key_id_of(&name)?;
-        AUTHOR.with(|a| *a.borrow_mut() = Some((name, key_id)));
-    }
+    ensure_author()?;
     let kind = trigger.op().map_err(|e| CausalError::Corrupt(e.to_string()))?;
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     if info.rules.is_empty() && matches!(kind, PgTriggerOperation::Insert) {
         // No rule to check (the common case, and the cheapest path): the row is written as
         // the operation's text at once, without building a JSON map of it.
         let new = trigger.new().ok_or_else(|| CausalError::Corrupt("INSERT without NEW".into()))?;
-        let op = PendingOp::Text(info.inserts.write_fields(&column_fields(&new, &info)?)?);
-        PENDING.with(|p| p.borrow_mut().push(Pending { group_id: info.group_id.clone(), subxact, op, ruled: false }));
+        buffer(&info, subxact, PendingOp::Text(info.inserts.write_fields(&column_fields(&new, &info)?)?));
         return Ok(());
     }
     let author = AUTHOR.with(|a| a.borrow().as_ref().map(|(_, k)| k.clone())).unwrap_or_default();
@@ -407,12 +423,9 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
             return Err(CausalError::Truncate(schema.table.clone()));
         }
     }
-    PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        for op in ops {
-            p.push(Pending { group_id: info.group_id.clone(), subxact, op, ruled: !info.rules.is_empty() });
-        }
-    });
+    for op in ops {
+        buffer(&info, subxact, op);
+    }
     Ok(())
 }
 
@@ -625,11 +638,7 @@ pub const MAX_EXISTING_ROWS: u64 = 1_000_000;
 /// transaction's entry, after the table's schema entry. Returns how many rows.
 pub fn capture_existing_rows(relid: pg_sys::Oid) -> Result<u64, CausalError> {
     let info = table_info(relid)?;
-    if AUTHOR.with(|a| a.borrow().is_none()) {
-        let name = check_author_grant()?;
-        let key_id = crate::identity::key_id_of(&name)?;
-        AUTHOR.with(|a| *a.borrow_mut() = Some((name, key_id)));
-    }
+    ensure_author()?;
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let mut rows = 0u64;
     unsafe {
@@ -667,10 +676,7 @@ pub fn capture_existing_rows(relid: pg_sys::Oid) -> Result<u64, CausalError> {
                     Ok(info.inserts.write_fields(&column_fields(&t, &info)?)?)
                 });
                 row_memory.reset();
-                let op = PendingOp::Text(text?);
-                PENDING.with(|p| {
-                    p.borrow_mut().push(Pending { group_id: info.group_id.clone(), subxact, op, ruled: false })
-                });
+                buffer(&info, subxact, PendingOp::Text(text?));
             }
         };
         let result = read();
@@ -774,7 +780,7 @@ mod tests {
 
     /// Inserts into a table without rules are written as text in the trigger and signed as
     /// text at commit. Values whose canonical form is not ordinary JSON (control characters,
-    /// doubles, arrays in jsonb) and an entry long enough for its canonical operations to be
+    /// doubles) and an entry long enough for its canonical operations to be
     /// permuted still give an entry that verifies, reads back in commit order, and places
     /// the rows the table holds.
     #[pg_test]

@@ -55,14 +55,7 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
     }
     // Postgres gives the new column's default to rows this transaction wrote before, but their
     // entry, made at commit after the schema entry, would carry them without it.
-    if crate::capture::has_pending_writes(&group.id) {
-        let name =
-            get_opt::<String>("SELECT name FROM causal.group_defs WHERE group_id = $1", &[group.id.as_str().into()])?;
-        return Err(CausalError::WritesFirst {
-            group: name.unwrap_or_else(|| group.id.clone()),
-            action: "add a column to one of them",
-        });
-    }
+    crate::capture::refuse_after_writes(&group.id, "add a column to one of them")?;
     let same_prefix = new.columns.len() > old.columns.len() && new.columns[..old.columns.len()] == old.columns[..];
     let same_constraints = new.primary_key == old.primary_key
         && new.uniques == old.uniques

@@ -315,16 +315,7 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
         Err(e) => return Err(e),
     };
     // Replay would overwrite rows this transaction wrote, whose entry is made at its commit.
-    if crate::capture::has_pending_writes(&group.id) {
-        let name = crate::spi_util::get_opt::<String>(
-            "SELECT name FROM causal.group_defs WHERE group_id = $1",
-            &[group.id.as_str().into()],
-        )?;
-        return Err(CausalError::WritesFirst {
-            group: name.unwrap_or_else(|| group.id.clone()),
-            action: "import the group's history",
-        });
-    }
+    crate::capture::refuse_after_writes(&group.id, "import the group's history")?;
     let parsed = parsing.elapsed();
     let started = std::time::Instant::now();
     // Local writers of the group finish first, and new ones wait for this import.
