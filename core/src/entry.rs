@@ -91,16 +91,22 @@ impl Entry {
 
     /// Recomputes both hashes and says which one, if any, does not match.
     pub fn verify_hashes(&self, alg: HashAlgorithm) -> Result<(), HashMismatch> {
-        let payload_hash = alg.hash_literal(&self.payload).map_err(HashMismatch::Payload)?;
-        if payload_hash != self.header.payload_hash {
-            return Err(HashMismatch::PayloadHash { stated: self.header.payload_hash, actual: payload_hash });
-        }
-        let entry_hash = self.header.entry_hash(alg);
-        if entry_hash != self.hash {
-            return Err(HashMismatch::EntryHash { stated: self.hash, actual: entry_hash });
-        }
-        Ok(())
+        verify_hashes(alg, &self.hash, &self.header, &self.payload)
     }
+}
+
+/// Recomputes the payload hash of `payload` and the hash of `header`, and says which one, if
+/// any, differs from what the entry states.
+pub fn verify_hashes(alg: HashAlgorithm, hash: &Hash, header: &Header, payload: &Value) -> Result<(), HashMismatch> {
+    let payload_hash = alg.hash_literal(payload).map_err(HashMismatch::Payload)?;
+    if payload_hash != header.payload_hash {
+        return Err(HashMismatch::PayloadHash { stated: header.payload_hash, actual: payload_hash });
+    }
+    let entry_hash = header.entry_hash(alg);
+    if entry_hash != *hash {
+        return Err(HashMismatch::EntryHash { stated: *hash, actual: entry_hash });
+    }
+    Ok(())
 }
 
 /// An entry whose payload is held as the JSON text to store, not as a value: a local commit
@@ -150,6 +156,9 @@ pub enum WireError {
     NotASet,
     #[error("an entry may name at most {MAX_PREDECESSORS} predecessors; this one names {0}")]
     TooManyPredecessors(usize),
+    /// The text is not an entry's JSON ([`crate::wire::WireEntry::parse`]).
+    #[error("{0}")]
+    Syntax(String),
 }
 
 impl Header {

@@ -8,6 +8,7 @@ use crate::hash::{Hash, HashAlgorithm};
 use crate::identity::{PublicKey, Signature};
 use crate::json::{canonical_string, parse};
 use crate::payload::SignedPayload;
+use crate::wire::{WireBundle, WireEntry};
 
 /// A fuzz target: its name and its body.
 pub type Target = (&'static str, fn(&[u8]));
@@ -16,6 +17,7 @@ pub type Target = (&'static str, fn(&[u8]));
 pub const TARGETS: &[Target] = &[
     ("canonical_json", canonical_json),
     ("entry_wire", entry_wire),
+    ("bundle", bundle),
     ("key_material", key_material),
     ("group_payload", group_payload),
 ];
@@ -44,10 +46,22 @@ pub fn entry_wire(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(value) = parse(text) else { return };
-    let Ok(entry) = Entry::from_wire(&value) else {
+    // The decoder imports use: what it accepts with a payload that parses, the value-based
+    // one accepts alike. (It reads the payload's text only for its extent, so a string
+    // escape that is not a character, such as a lone surrogate, shows when the payload is
+    // parsed, and the entry is refused then.)
+    let wire = WireEntry::parse(text).ok().and_then(|w| w.decode().ok());
+    let Ok(value) = parse(text) else {
+        assert!(wire.is_none(), "WireEntry accepts text that is not JSON");
         return;
     };
+    let Ok(entry) = Entry::from_wire(&value) else {
+        assert!(wire.is_none(), "WireEntry accepts what Entry::from_wire refuses");
+        return;
+    };
+    if let Some(w) = wire {
+        assert_eq!(w, entry, "WireEntry reads another entry");
+    }
     for alg in HashAlgorithm::ALL {
         let mut dag = Dag::new(MemStore::new(), alg);
         if let Ok(app) = dag.insert(entry.clone()) {
@@ -55,6 +69,24 @@ pub fn entry_wire(data: &[u8]) {
             assert!(entry.header.prev.is_empty(), "accepted an entry whose predecessors are missing");
             assert_eq!(dag.entry(&entry.hash).ok().flatten().map(|e| e.payload), Some(entry.payload.clone()));
         }
+    }
+}
+
+/// A bundle from `causal.import`'s caller: refused whole, or its entries read one by one
+/// exactly as the entry decoder reads them alone.
+pub fn bundle(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(b) = WireBundle::parse(text) else { return };
+    for e in &b.entries {
+        let again = format!(
+            "{{\"hash\":\"{}\",\"header\":{},\"payload\":{}}}",
+            e.hash.to_b64(),
+            e.header.to_literal(),
+            e.payload
+        );
+        assert_eq!(WireEntry::parse(&again).as_ref(), Ok(e), "an entry reads differently alone");
     }
 }
 

@@ -24,6 +24,7 @@ pub mod precheck;
 pub mod reconcile;
 pub mod rules;
 pub mod schema;
+pub mod wire;
 
 pub use dag::{Appended, Dag, DagError, DagStore, ForkPosition, MemStore, MetaFilter};
 pub use entry::{Entry, Header, Meta, Position};

@@ -6,9 +6,12 @@
 //! (a key's id is the hash of the key, so any record of it is the right one). Whether that
 //! author may write at the entry's position is a question about history, left to the caller.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::entry::Entry;
+use serde_json::Value;
+
+use crate::entry::{Entry, Header};
 use crate::hash::{Hash, HashAlgorithm};
 use crate::identity::{KeyId, PublicKey, SignatureBatch};
 use crate::payload::{PayloadError, SignedPayload};
@@ -25,6 +28,39 @@ pub enum Prechecked {
     Invalid(String),
 }
 
+/// An entry to check: decoded ([`Entry`]) or with its payload still text
+/// ([`crate::wire::WireEntry`], parsed on the checking thread and dropped after).
+pub trait Incoming: Send {
+    fn hash(&self) -> &Hash;
+    fn header(&self) -> &Header;
+    /// The payload as a value; an error says why the text is not JSON.
+    fn payload_value(&self) -> Result<Cow<'_, Value>, String>;
+}
+
+impl Incoming for Entry {
+    fn hash(&self) -> &Hash {
+        &self.hash
+    }
+    fn header(&self) -> &Header {
+        &self.header
+    }
+    fn payload_value(&self) -> Result<Cow<'_, Value>, String> {
+        Ok(Cow::Borrowed(&self.payload))
+    }
+}
+
+impl Incoming for crate::wire::WireEntry<'_> {
+    fn hash(&self) -> &Hash {
+        &self.hash
+    }
+    fn header(&self) -> &Header {
+        &self.header
+    }
+    fn payload_value(&self) -> Result<Cow<'_, Value>, String> {
+        crate::json::parse(self.payload).map(Cow::Owned).map_err(|e| e.to_string())
+    }
+}
+
 /// The checks before the signature: hashes, decoding, and the message the signature must be
 /// over when the author's key is known.
 enum Checked<'k> {
@@ -33,11 +69,20 @@ enum Checked<'k> {
     Sign(SignedPayload, &'k PublicKey, Vec<u8>),
 }
 
-fn check_unsigned<'k>(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &'k HashMap<KeyId, PublicKey>) -> Checked<'k> {
-    if let Err(err) = e.verify_hashes(alg) {
+fn check_unsigned<'k>(
+    e: &impl Incoming,
+    alg: HashAlgorithm,
+    group: &Hash,
+    keys: &'k HashMap<KeyId, PublicKey>,
+) -> Checked<'k> {
+    let value = match e.payload_value() {
+        Ok(v) => v,
+        Err(err) => return Checked::Done(Prechecked::Invalid(format!("payload is not JSON: {err}"))),
+    };
+    if let Err(err) = crate::entry::verify_hashes(alg, e.hash(), e.header(), &value) {
         return Checked::Done(Prechecked::Invalid(err.to_string()));
     }
-    let payload = match SignedPayload::from_value(&e.payload) {
+    let payload = match SignedPayload::from_value(&value) {
         Ok(p) => p,
         Err(err) => return Checked::Done(Prechecked::Invalid(format!("invalid payload: {err}"))),
     };
@@ -46,7 +91,7 @@ fn check_unsigned<'k>(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &'k Has
     }
     match keys.get(&payload.author) {
         None => Checked::Done(Prechecked::UnknownAuthor(payload)),
-        Some(key) => match payload.message_to_verify(key, Some(group), &e.header.prev) {
+        Some(key) => match payload.message_to_verify(key, Some(group), &e.header().prev) {
             Ok(msg) => Checked::Sign(payload, key, msg),
             Err(err) => Checked::Done(Prechecked::Invalid(err.to_string())),
         },
@@ -57,7 +102,7 @@ fn check_unsigned<'k>(e: &Entry, alg: HashAlgorithm, group: &Hash, keys: &'k Has
 /// fails is checked signature by signature to find the bad ones; both ways apply the same
 /// rule ([`SignatureBatch`]), so the outcome does not depend on how entries were batched.
 fn precheck_run(
-    entries: &[Entry],
+    entries: &[impl Incoming],
     alg: HashAlgorithm,
     group: &Hash,
     keys: &HashMap<KeyId, PublicKey>,
@@ -88,23 +133,23 @@ fn precheck_run(
 /// time, as soon as each chunk and all before it are checked: the caller's work on the first
 /// chunks (storing, replaying) overlaps the checks of the later ones. `take` runs on the
 /// calling thread. An error from `take` stops the checks and is returned.
-pub fn precheck_stream<E>(
-    entries: Vec<Entry>,
+pub fn precheck_stream<T: Incoming, E>(
+    entries: Vec<T>,
     alg: HashAlgorithm,
     group: &Hash,
     keys: &HashMap<KeyId, PublicKey>,
     workers: usize,
     chunk: usize,
-    mut take: impl FnMut(Vec<(Entry, Prechecked)>) -> Result<(), E>,
+    mut take: impl FnMut(Vec<(T, Prechecked)>) -> Result<(), E>,
 ) -> Result<(), E> {
     let chunk = chunk.max(1);
     let workers = workers.min(64);
-    let mut chunks: Vec<Vec<Entry>> = Vec::with_capacity(entries.len().div_ceil(chunk));
+    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(entries.len().div_ceil(chunk));
     let mut rest = entries.into_iter().peekable();
     while rest.peek().is_some() {
         chunks.push(rest.by_ref().take(chunk).collect());
     }
-    let run = |part: Vec<Entry>| -> Vec<(Entry, Prechecked)> {
+    let run = |part: Vec<T>| -> Vec<(T, Prechecked)> {
         // Every step returns errors rather than panic on input; should one panic anyway, its
         // entries are refused rather than lost silently.
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| precheck_run(&part, alg, group, keys)));
@@ -123,7 +168,7 @@ pub fn precheck_stream<E>(
     let queue = std::sync::Mutex::new(chunks.into_iter().enumerate().collect::<std::collections::VecDeque<_>>());
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<(Entry, Prechecked)>)>();
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<(T, Prechecked)>)>();
         for _ in 0..workers {
             let (tx, queue, stop, run) = (tx.clone(), &queue, &stop, &run);
             s.spawn(move || loop {
@@ -141,7 +186,19 @@ pub fn precheck_stream<E>(
             });
         }
         drop(tx);
-        let mut ready: std::collections::BTreeMap<usize, Vec<(Entry, Prechecked)>> = Default::default();
+        let mut ready: std::collections::BTreeMap<usize, Vec<(T, Prechecked)>> = Default::default();
+        // Every worker is gone. Each sends every chunk it takes (`run` catches panics), so
+        // what is missing is still queued: it is checked here.
+        let collect_left = |ready: &mut std::collections::BTreeMap<usize, Vec<(T, Prechecked)>>| {
+            let left: Vec<(usize, Vec<T>)> = match queue.lock() {
+                Ok(mut q) => q.drain(..).collect(),
+                Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+            };
+            for (k, part) in left {
+                ready.insert(k, run(part));
+            }
+        };
+        let lost = |next: usize| -> ! { panic!("chunk {next} of the checked entries was lost") };
         let mut next = 0;
         while next < n {
             match ready.remove(&next) {
@@ -152,21 +209,39 @@ pub fn precheck_stream<E>(
                     }
                     next += 1;
                 }
-                None => match rx.recv() {
+                None => match rx.try_recv() {
                     Ok((k, part)) => {
                         ready.insert(k, part);
                     }
-                    // Every worker is gone. Each sends every chunk it takes (`run` catches
-                    // panics), so what is missing is still queued: it is checked here.
-                    Err(_) => {
-                        let left: Vec<(usize, Vec<Entry>)> = match queue.lock() {
-                            Ok(mut q) => q.drain(..).collect(),
-                            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+                    // Nothing checked yet: rather than wait, this thread checks a queued
+                    // chunk itself (the workers may be fewer than the cores, or descheduled).
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        let queued = match queue.lock() {
+                            Ok(mut q) => q.pop_front(),
+                            Err(_) => None,
                         };
-                        for (k, part) in left {
-                            ready.insert(k, run(part));
+                        match queued {
+                            Some((k, part)) => {
+                                ready.insert(k, run(part));
+                            }
+                            None => match rx.recv() {
+                                Ok((k, part)) => {
+                                    ready.insert(k, part);
+                                }
+                                Err(_) => {
+                                    collect_left(&mut ready);
+                                    if !ready.contains_key(&next) {
+                                        lost(next)
+                                    }
+                                }
+                            },
                         }
-                        assert!(ready.contains_key(&next), "chunk {next} of the checked entries was lost");
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        collect_left(&mut ready);
+                        if !ready.contains_key(&next) {
+                            lost(next)
+                        }
                     }
                 },
             }
@@ -293,5 +368,22 @@ mod tests {
         }
         let sequential = all(0);
         assert_eq!(format!("{sequential:?}"), format!("{out:?}"));
+        // Entries read from their wire text (payloads parsed on the checking threads) get
+        // the same results, with one or two workers and with none.
+        let texts: Vec<String> = entries.iter().map(|e| e.to_wire().to_string()).collect();
+        for workers in [0, 1, 2] {
+            let wire: Vec<crate::wire::WireEntry> =
+                texts.iter().map(|t| crate::wire::WireEntry::parse(t).expect("wire entry")).collect();
+            let mut got = Vec::new();
+            let r: Result<(), ()> =
+                precheck_stream(wire, HashAlgorithm::Blake3, &group, &keys, workers, 16, |part| {
+                    got.extend(part.into_iter().map(|(e, p)| (e.hash, p)));
+                    Ok(())
+                });
+            assert!(r.is_ok());
+            assert!(got.iter().zip(&entries).all(|((h, _), e)| *h == e.hash), "out of order");
+            let results: Vec<&Prechecked> = got.iter().map(|(_, p)| p).collect();
+            assert_eq!(format!("{results:?}"), format!("{:?}", out.iter().collect::<Vec<_>>()));
+        }
     }
 }
