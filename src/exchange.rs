@@ -54,33 +54,17 @@ fn export(grp: &str, since: default!(Option<Vec<String>>, "NULL")) -> Vec<u8> {
     export_bundle(grp, since).or_report("causal.export")
 }
 
-/// Reads a bundle's header and entries, refusing a malformed bundle outright.
-pub fn parse_bundle(bytes: &[u8]) -> Result<(String, String, Vec<Value>), CausalError> {
-    let bad = |why: &str| CausalError::BadBundle(why.to_string());
-    let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
-    let mut v = causal_core::json::parse(text).map_err(|e| bad(&format!("not JSON: {e}")))?;
-    if v["format"] != BUNDLE_FORMAT {
-        return Err(bad(&format!("format is not {BUNDLE_FORMAT}")));
-    }
-    let group = v["group"].as_str().ok_or_else(|| bad("group is missing"))?.to_string();
-    let alg = v["hashAlgorithm"].as_str().ok_or_else(|| bad("hashAlgorithm is missing"))?.to_string();
-    let entries = match v.get_mut("entries").map(Value::take) {
-        Some(Value::Array(a)) => a,
-        _ => return Err(bad("entries is missing")),
-    };
-    Ok((group, alg, entries))
-}
-
 use std::collections::{HashMap, HashSet};
 
 use causal_core::dag::closure::StoredProbe;
 use causal_core::dag::cover_cache::CoverCache;
-use causal_core::entry::{Entry, Position};
+use causal_core::entry::{EncodedEntry, Position};
 use causal_core::identity::{KeyId, PublicKey};
 use causal_core::membership::{derive_meta, member_status, MemberStatus, MEMBER_TAG, SCHEMA_TAG};
 use causal_core::payload::{Op, SignedPayload};
 use causal_core::precheck::{precheck_stream, Prechecked};
 use causal_core::reconcile::NewEntry;
+use causal_core::wire::{WireBundle, WireEntry};
 use causal_core::schema::TableSchema;
 use causal_core::{Dag, DagError, HashAlgorithm};
 use std::rc::Rc;
@@ -152,7 +136,7 @@ fn schema_in(dag: &Dag<SpiStore>, last: &Position, table: &str) -> Result<Option
 /// The public keys this import can check signatures with before walking history: every key
 /// the group's stored membership entries and the bundle name. (A key's id is its hash, so any
 /// record of a key is the right one; whether its holder may write is decided per entry.)
-fn known_keys(group_id: &str, entries: &[Entry]) -> Result<HashMap<KeyId, PublicKey>, CausalError> {
+fn known_keys(group_id: &str, entries: &[WireEntry]) -> Result<HashMap<KeyId, PublicKey>, CausalError> {
     fn collect(payload: &Value, keys: &mut HashMap<KeyId, PublicKey>) {
         let found = payload["admin"]["publicKey"].as_str().into_iter().chain(
             payload["ops"]
@@ -182,8 +166,16 @@ fn known_keys(group_id: &str, entries: &[Entry]) -> Result<HashMap<KeyId, Public
             collect(&v, &mut keys);
         }
     }
+    // Only payloads that can name a key are parsed here (the others are parsed once, on the
+    // checking threads). One that spells its field names with escapes is parsed too; and a
+    // key missed here would only be looked up later, entry by entry.
     for e in entries {
-        collect(&e.payload, &mut keys);
+        let text = e.payload;
+        if text.contains("add-member") || text.contains("admin") || text.contains('\\') {
+            if let Ok(v) = causal_core::json::parse(text) {
+                collect(&v, &mut keys);
+            }
+        }
     }
     Ok(keys)
 }
@@ -197,7 +189,7 @@ fn validate(
     dag: &Dag<SpiStore>,
     positions: &mut Positions,
     group_id: &Hash,
-    e: &Entry,
+    prev: &Position,
     pre: Prechecked,
 ) -> Result<SignedPayload, String> {
     let (payload, signed) = match pre {
@@ -205,7 +197,6 @@ fn validate(
         Prechecked::Signed(p) => (p, true),
         Prechecked::UnknownAuthor(p) => (p, false),
     };
-    let prev = &e.header.prev;
     let status = positions.member(dag, prev, &payload.author)?;
     let Some(key) = status.public_key.filter(|_| status.live) else {
         return Err(format!("author {} is not a live member at the entry's position", payload.author));
@@ -258,12 +249,14 @@ fn validate(
 }
 
 /// Creates the group from the genesis in the bundle.
-fn adopt_group(group_id: &str, alg: HashAlgorithm, entries: &[Entry]) -> Result<Group, CausalError> {
+fn adopt_group(group_id: &str, alg: HashAlgorithm, entries: &[WireEntry]) -> Result<Group, CausalError> {
     let bad = |why: String| CausalError::BadBundle(why);
     let genesis = entries
         .iter()
         .find(|e| e.hash.to_b64() == group_id)
-        .ok_or_else(|| CausalError::UnknownGroup(format!("{group_id} (the bundle does not hold its genesis)")))?;
+        .ok_or_else(|| CausalError::UnknownGroup(format!("{group_id} (the bundle does not hold its genesis)")))?
+        .decode()
+        .map_err(|e| bad(format!("genesis: {e}")))?;
     genesis.verify_hashes(alg).map_err(|e| bad(format!("genesis: {e}")))?;
     let payload = SignedPayload::from_value(&genesis.payload).map_err(|e| bad(format!("genesis: {e}")))?;
     let g = payload.genesis.clone().ok_or_else(|| bad("the group's first entry is not a genesis".into()))?;
@@ -276,7 +269,7 @@ fn adopt_group(group_id: &str, alg: HashAlgorithm, entries: &[Entry]) -> Result<
     }
     crate::group::insert_group(group_id, &g.name, alg)?;
     let group = Group::find(group_id)?;
-    let mut e = genesis.clone();
+    let mut e = genesis;
     e.meta = derive_meta(&payload);
     group.dag().insert(e)?;
     Ok(group)
@@ -296,15 +289,13 @@ fn all_present(dag: &causal_core::Dag<crate::store::SpiStore>, prev: &Position) 
 /// that storing starts early, large enough that a batch of signatures is still cheap.
 const PRECHECK_CHUNK: usize = 256;
 
-fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
+fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     let parsing = std::time::Instant::now();
-    let (group_id, alg_name, raw) = parse_bundle(bytes)?;
+    // Entries keep their payloads as text until they are checked (see `causal_core::wire`).
+    let text = std::str::from_utf8(bytes).map_err(|_| CausalError::BadBundle("not UTF-8".into()))?;
+    let WireBundle { group: group_id, hash_algorithm: alg_name, entries } =
+        WireBundle::parse(text).map_err(|e| CausalError::BadBundle(e.to_string()))?;
     let alg = HashAlgorithm::parse(&alg_name).map_err(|e| CausalError::BadBundle(e.to_string()))?;
-    let entries: Vec<Entry> = raw
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| Entry::from_wire_owned(v).map_err(|e| CausalError::BadBundle(format!("entry {i}: {e}"))))
-        .collect::<Result<_, _>>()?;
     let gid: Hash = group_id.parse().map_err(|_| CausalError::BadBundle("group is not a hash".into()))?;
     let (group, adopted) = match Group::find(&group_id) {
         Ok(g) if g.algorithm != alg => {
@@ -341,7 +332,7 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     let mut rejected: Vec<(Hash, String)> = Vec::new();
     let mut rejected_set: HashSet<Hash> = HashSet::new();
     let mut checking = std::time::Duration::ZERO;
-    let pending: Vec<Entry> = entries.into_iter().filter(|e| !(adopted && e.hash == gid)).collect();
+    let pending: Vec<WireEntry> = entries.into_iter().filter(|e| !(adopted && e.hash == gid)).collect();
     let keys = known_keys(&group_id, &pending)?;
     // Which of the bundle's entries (and their predecessors) are stored. The stored set is
     // closed under predecessors, so the bundle's boundary is asked first, and the rest only
@@ -360,9 +351,9 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     // Stores one prechecked entry whose turn has come; gives it back if a predecessor is not
     // stored yet (it comes later in the bundle, or is missing).
     let mut place = |dag: &mut causal_core::Dag<crate::store::SpiStore>,
-                     e: Entry,
+                     e: WireEntry<'b>,
                      pre: Prechecked|
-     -> Result<Option<(Entry, Prechecked)>, CausalError> {
+     -> Result<Option<(WireEntry<'b>, Prechecked)>, CausalError> {
         if dag.contains(&e.hash)? {
             duplicates += 1;
         } else if let Some(bad) = e.header.prev.iter().find(|p| rejected_set.contains(*p)) {
@@ -370,7 +361,7 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
             rejected.push((e.hash, format!("depends on rejected entry {bad}")));
         } else if all_present(dag, &e.header.prev)? {
             let t = std::time::Instant::now();
-            let verdict = validate(dag, &mut positions, &gid, &e, pre);
+            let verdict = validate(dag, &mut positions, &gid, &e.header.prev, pre);
             checking += t.elapsed();
             match verdict {
                 Err(reason) => {
@@ -378,12 +369,12 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
                     rejected.push((e.hash, reason));
                 }
                 Ok(payload) => {
-                    let mut entry = e;
-                    entry.meta = derive_meta(&payload);
-                    let (hash, prev) = (entry.hash, entry.header.prev.clone());
-                    let meta = entry.meta.clone();
-                    // Its hashes were verified by the precheck.
-                    match dag.insert_verified(entry) {
+                    let meta = derive_meta(&payload);
+                    let (hash, prev) = (e.hash, e.header.prev.clone());
+                    // Its hashes were verified by the precheck; the payload is stored as it
+                    // came, which parses to the value they were computed from.
+                    let entry = EncodedEntry { hash, header: e.header, payload_text: e.payload.to_owned(), meta: meta.clone() };
+                    match dag.insert_encoded(entry) {
                         Ok(_) => {
                             positions.covers.appended(hash, &prev, &meta);
                             accepted += 1;
@@ -404,7 +395,7 @@ fn import_bundle(bytes: &[u8]) -> Result<Value, CausalError> {
     // Hashes, decoding and signatures need no storage: they are checked on other threads,
     // a chunk at a time, while this one stores the entries already checked (in bundle order,
     // which is predecessors first for bundles from `causal.export` and the sync worker).
-    let mut waiting: Vec<(Entry, Prechecked)> = Vec::new();
+    let mut waiting: Vec<(WireEntry, Prechecked)> = Vec::new();
     let (mut in_place, stream_started) = (std::time::Duration::ZERO, std::time::Instant::now());
     let workers = crate::guc::verify_threads();
     precheck_stream(pending, alg, &gid, &keys, workers, PRECHECK_CHUNK, |part| {

@@ -181,6 +181,21 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
     assert_eq!(r["accepted"], 1, "{r}");
     assert_eq!(rows(&mut a), rows(&mut b));
 
+    // 1b. A payload that is no JSON value (a lone surrogate escape): entries keep their
+    //     payloads as text until they are checked, so that entry is refused then, alone,
+    //     and the entries before it are stored (a whole-bundle parse had refused them all).
+    let mut f = Forge::from(&clean);
+    let tip = f.last_hash();
+    f.push_signed(&admin, vec![insert_op("S")], [tip].into());
+    let text = String::from_utf8(f.bytes()).unwrap();
+    let at = text.rfind("\"payload\":{").unwrap() + "\"payload\":{".len();
+    let broken = format!("{}\"x\":\"\\udbbb\",{}", &text[..at], &text[at..]);
+    let r = import(&mut b, broken.as_bytes());
+    assert_eq!((r["accepted"].as_i64(), r["duplicates"].as_i64()), (Some(0), Some(5)), "{r}");
+    let why = reasons(&r);
+    assert_eq!(why.len(), 1, "{r}");
+    assert!(why[0].contains("payload is not JSON"), "{r}");
+
     // 2. Right hashes, wrong signature (signed by someone else, claiming the admin).
     let mut f = Forge::from(&clean);
     let tip = f.last_hash();
