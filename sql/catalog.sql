@@ -88,17 +88,22 @@ CREATE TABLE causal.dag_entries (
 -- its place in the canonical order (height, then hash), its verdict, the entries responsible
 -- for a cancellation, and the prior states of the rows it changed, so a late concurrent entry
 -- can rewind it. Entries are immutable; this is what reconciliation rewrites, kept narrow.
+-- Rows are keyed by the entry's node id, and ordered by height alone: ties are few (entries
+-- of one height are concurrent) and are put in hash order by the engine. Both keys are
+-- integers that grow as history does, so an import adds to the right of both indexes (keyed
+-- by the hash, the two took random places and a decode per row).
 CREATE TABLE causal.journal (
     grp         integer NOT NULL,
-    hash        text COLLATE "C" NOT NULL,
+    node_id     integer NOT NULL,               -- dag_entries.node_id
+    hash        text COLLATE "C" NOT NULL,      -- the entry's hash (not indexed: use node_id)
     height      integer,
     status      text NOT NULL DEFAULT 'ok',
     reason      text,
     responsible text[],
-    undo        jsonb,
-    PRIMARY KEY (grp, hash)
+    undo        text,                           -- JSON; read only by the engine
+    PRIMARY KEY (grp, node_id)
 );
-CREATE INDEX journal_order ON causal.journal (grp, height, decode(hash, 'base64'));
+CREATE INDEX journal_order ON causal.journal (grp, height);
 
 -- Metadata tags per entry, for the filtered cover searches: 'key' or 'key=value'.
 CREATE TABLE causal.dag_entry_tags (

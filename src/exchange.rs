@@ -475,7 +475,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
             Spi::run("SELECT set_config('default_statistics_target', '10', true)")?;
             Spi::run(
                 "ANALYZE causal.dag_entries (grp, node_id, hash, chain, seq), causal.dag_entry_tags, \
-                 causal.journal (grp, hash, height, status), causal.row_meta",
+                 causal.journal (grp, node_id, height, status), causal.row_meta",
             )?;
             Spi::run_with_args("SELECT set_config('default_statistics_target', $1, true)", &[target.into()])?;
         }

@@ -63,7 +63,7 @@ fn log(
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT e.hash, e.prev, e.payload, coalesce(j.status, 'ok'), j.reason FROM causal.dag_entries e \
-             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.hash = e.hash \
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
              WHERE e.grp = $1 ORDER BY e.node_id DESC LIMIT $2",
             None,
             &[group.num.into(), max_entries.max(0).into()],
@@ -100,7 +100,7 @@ fn entry(hash: &str) -> Option<JsonB> {
         let mut rows = client.select(
             "SELECT g.group_id, e.prev, e.payload, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
              FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
-             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.hash = e.hash WHERE e.hash = $1",
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id WHERE e.hash = $1",
             Some(1),
             &[hash.into()],
         )?;

@@ -9,15 +9,16 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
-use pgrx::JsonB;
+use pgrx::{pg_sys, JsonB};
 use serde_json::{json, Map, Value};
 
 use causal_core::reconcile::{
     self, Changes, JournalEntry, OrderKey, ReconcileError, ReplicaStore, RowKey, RowState, Status, UndoRecord, Verdict,
 };
 use causal_core::schema::{ColumnType, TableSchema};
-use causal_core::{Dag, Hash};
+use causal_core::{Dag, DagStore, Hash};
 
+use crate::direct::{Cell, Inserter};
 use crate::error::CausalError;
 use crate::group::Group;
 use crate::rules::{quote_ident, sql_literal};
@@ -118,11 +119,15 @@ fn undo_from(v: &Value) -> Result<Vec<UndoRecord>, ReconcileError> {
     Ok(out)
 }
 
+fn node_i32(id: causal_core::dag::NodeId) -> Result<i32, ReconcileError> {
+    i32::try_from(id).map_err(|_| ReconcileError::Corrupt(format!("node id {id} out of range")))
+}
+
 fn parse_hash(s: &str) -> Result<Hash, ReconcileError> {
     s.parse().map_err(|_| ReconcileError::Corrupt(format!("bad hash {s}")))
 }
 
-type JournalRow = (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<JsonB>);
+type JournalRow = (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<String>);
 
 fn journal_row(r: JournalRow) -> Result<Option<(Hash, JournalEntry)>, ReconcileError> {
     let (Some(hash), Some(height), Some(status)) = (r.0, r.1, r.2) else { return Ok(None) };
@@ -131,7 +136,7 @@ fn journal_row(r: JournalRow) -> Result<Option<(Hash, JournalEntry)>, ReconcileE
     let verdict =
         Verdict { status: if status == "ok" { Status::Ok } else { Status::Cancelled }, reason: r.3, responsible };
     let undo = match r.5 {
-        Some(u) => undo_from(&u.0)?,
+        Some(u) => undo_from(&causal_core::json::parse(&u).map_err(|e| ReconcileError::Corrupt(format!("undo record: {e}")))?)?,
         None => Vec::new(),
     };
     let height = u32::try_from(height).map_err(|_| ReconcileError::Corrupt("negative height".into()))?;
@@ -388,9 +393,10 @@ impl ReplicaStore for SpiReplica {
     }
 
     fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
+        let Some(id) = self.dag.store().node_id(h).map_err(store_err)? else { return Ok(None) };
         let rows = run_prepared(
-            "SELECT hash, height, status, reason, responsible, undo FROM causal.journal WHERE grp = $1 AND hash = $2",
-            &[self.num.into(), h.to_b64().into()],
+            "SELECT hash, height, status, reason, responsible, undo FROM causal.journal WHERE grp = $1 AND node_id = $2",
+            &[self.num.into(), node_i32(id)?.into()],
             false,
             read_journal,
         )
@@ -402,15 +408,11 @@ impl ReplicaStore for SpiReplica {
     }
 
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError> {
+        // The index orders by height only; entries of one height are put in hash order here.
         let rows = run_prepared(
             "SELECT hash, height, status, reason, responsible, undo FROM causal.journal \
-             WHERE grp = $1 AND height IS NOT NULL AND (height, decode(hash, 'base64')) >= ($2, $3) \
-             ORDER BY height, decode(hash, 'base64')",
-            &[
-                self.num.into(),
-                i32::try_from(from.height).unwrap_or(i32::MAX).into(),
-                from.hash.as_bytes().as_slice().into(),
-            ],
+             WHERE grp = $1 AND height >= $2 ORDER BY height",
+            &[self.num.into(), i32::try_from(from.height).unwrap_or(i32::MAX).into()],
             false,
             read_journal,
         )
@@ -418,9 +420,12 @@ impl ReplicaStore for SpiReplica {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             if let Some(x) = journal_row(r)? {
-                out.push(x);
+                if x.1.order >= *from {
+                    out.push(x);
+                }
             }
         }
+        out.sort_by_key(|(_, j)| j.order);
         Ok(out)
     }
 
@@ -508,19 +513,27 @@ impl ReplicaStore for SpiReplica {
                 continue;
             }
             let batch = if order.is_some() && changes.first_placed.contains(h) { &mut first } else { &mut again };
-            batch.push(h, order, verdict, undo);
+            let id = self
+                .dag
+                .store()
+                .node_id(h)
+                .map_err(store_err)?
+                .ok_or_else(|| ReconcileError::Corrupt(format!("journal record for entry {h}, which is not stored")))?;
+            batch.push(node_i32(id)?, h, order, verdict, undo);
         }
-        const RECORDS: &str = "INSERT INTO causal.journal AS j (grp, hash, height, status, reason, responsible, undo) \
-             SELECT $1, h, o, s, r, string_to_array(p, ' '), u::jsonb \
-             FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(h, o, s, r, p, u)";
+        const RECORDS: &str = "INSERT INTO causal.journal AS j (grp, node_id, hash, height, status, reason, responsible, undo) \
+             SELECT $1, n, h, o, s, r, string_to_array(p, ' '), u \
+             FROM unnest($2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+             AS x(n, h, o, s, r, p, u)";
         if !first.hashes.is_empty() {
-            exec_prepared(RECORDS, &first.into_args(self.num)).map_err(store_err)?;
+            // New records are plain inserts: written directly, as entry rows are.
+            first.write_direct(self.num).map_err(store_err)?;
         }
         if !again.hashes.is_empty() {
             // A record without a height only changes a verdict: the row keeps its order and undo.
             exec_prepared(
                 &format!(
-                    "{RECORDS} ON CONFLICT (grp, hash) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
+                    "{RECORDS} ON CONFLICT (grp, node_id) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
                      status = EXCLUDED.status, reason = EXCLUDED.reason, responsible = EXCLUDED.responsible, \
                      undo = CASE WHEN EXCLUDED.height IS NULL THEN j.undo ELSE EXCLUDED.undo END"
                 ),
@@ -562,11 +575,7 @@ impl ReplicaStore for SpiReplica {
         }
         const ROWS: &str = "SELECT $1, t, k, v::jsonb, m::jsonb FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m)";
         if !new.keys.is_empty() {
-            exec_prepared(
-                &format!("INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) {ROWS}"),
-                &new.into_args(self.num),
-            )
-            .map_err(store_err)?;
+            new.write_direct(self.num).map_err(store_err)?;
         }
         if !stored.keys.is_empty() {
             exec_prepared(
@@ -582,9 +591,31 @@ impl ReplicaStore for SpiReplica {
     }
 }
 
+/// The columns of `causal.journal`, in table order.
+const JOURNAL_COLUMNS: &[(&str, pg_sys::Oid)] = &[
+    ("grp", pg_sys::INT4OID),
+    ("node_id", pg_sys::INT4OID),
+    ("hash", pg_sys::TEXTOID),
+    ("height", pg_sys::INT4OID),
+    ("status", pg_sys::TEXTOID),
+    ("reason", pg_sys::TEXTOID),
+    ("responsible", pg_sys::TEXTARRAYOID),
+    ("undo", pg_sys::TEXTOID),
+];
+
+/// The columns of `causal.row_meta`, in table order.
+const ROW_META_COLUMNS: &[(&str, pg_sys::Oid)] = &[
+    ("grp", pg_sys::INT4OID),
+    ("table_name", pg_sys::TEXTOID),
+    ("key", pg_sys::TEXTOID),
+    ("vals", pg_sys::JSONBOID),
+    ("meta", pg_sys::JSONBOID),
+];
+
 /// Journal records to write, as parallel arrays for `unnest`.
 #[derive(Default)]
 struct JournalBatch {
+    node_ids: Vec<i32>,
     hashes: Vec<String>,
     heights: Vec<Option<i32>>,
     statuses: Vec<&'static str>,
@@ -594,7 +625,8 @@ struct JournalBatch {
 }
 
 impl JournalBatch {
-    fn push(&mut self, h: &Hash, order: Option<&OrderKey>, verdict: &Verdict, undo: Option<&Vec<UndoRecord>>) {
+    fn push(&mut self, id: i32, h: &Hash, order: Option<&OrderKey>, verdict: &Verdict, undo: Option<&Vec<UndoRecord>>) {
+        self.node_ids.push(id);
         self.hashes.push(h.to_b64());
         self.heights.push(order.map(|o| i32::try_from(o.height).unwrap_or(i32::MAX)));
         self.statuses.push(verdict.status.as_str());
@@ -610,9 +642,34 @@ impl JournalBatch {
         });
     }
 
-    fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 7] {
+    /// Inserts the records as new rows of `causal.journal`, without SQL (`direct.rs`).
+    fn write_direct(&self, group: i32) -> Result<(), CausalError> {
+        let mut rows = Inserter::open("journal", JOURNAL_COLUMNS)?;
+        let mut blamed: Vec<String> = Vec::new();
+        for i in 0..self.hashes.len() {
+            blamed.clear();
+            if let Some(b) = &self.blamed[i] {
+                blamed.extend(b.split(' ').map(str::to_string));
+            }
+            rows.push(&[
+                Cell::Int4(group),
+                Cell::Int4(self.node_ids[i]),
+                Cell::Text(&self.hashes[i]),
+                self.heights[i].map_or(Cell::Null(pg_sys::INT4OID), Cell::Int4),
+                Cell::Text(self.statuses[i]),
+                self.reasons[i].as_deref().map_or(Cell::Null(pg_sys::TEXTOID), Cell::Text),
+                if self.blamed[i].is_some() { Cell::TextArray(&blamed) } else { Cell::Null(pg_sys::TEXTARRAYOID) },
+                self.undos[i].as_deref().map_or(Cell::Null(pg_sys::TEXTOID), Cell::Text),
+            ])?;
+        }
+        rows.finish();
+        Ok(())
+    }
+
+    fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 8] {
         [
             group.into(),
+            self.node_ids.into(),
             self.hashes.into(),
             self.heights.into(),
             self.statuses.into(),
@@ -633,6 +690,22 @@ struct RowBatch<'c> {
 }
 
 impl RowBatch<'_> {
+    /// Inserts the rows as new rows of `causal.row_meta`, without SQL (`direct.rs`).
+    fn write_direct(&self, group: i32) -> Result<(), CausalError> {
+        let mut rows = Inserter::open("row_meta", ROW_META_COLUMNS)?;
+        for i in 0..self.keys.len() {
+            rows.push(&[
+                Cell::Int4(group),
+                Cell::Text(self.tables[i]),
+                Cell::Text(self.keys[i]),
+                Cell::Jsonb(&self.values[i]),
+                Cell::Jsonb(&self.metas[i]),
+            ])?;
+        }
+        rows.finish();
+        Ok(())
+    }
+
     fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 5] {
         [group.into(), self.tables.into(), self.keys.into(), self.values.into(), self.metas.into()]
     }

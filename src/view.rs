@@ -23,7 +23,7 @@ fn entry_row(hash: &str) -> Result<Option<EntryRow>, CausalError> {
         let mut rows = client.select(
             "SELECT g.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, e.payload \
              FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
-             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.hash = e.hash \
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
              WHERE e.hash = $1",
             Some(1),
             &[hash.into()],
