@@ -319,13 +319,13 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     let mut dag = group.dag();
     dag.store().lock().map_err(DagError::from)?;
     dag.store().defer_state_writes();
-    // The entries stored by this import, decoded, predecessors first.
-    let mut stored: Vec<NewEntry> = Vec::new();
+    // The entries stored by this import and not placed yet, decoded, predecessors first.
+    let mut unplaced = Unplaced::default();
     if adopted {
         if let Some(g) = dag.entry(&gid)? {
             let p =
                 SignedPayload::from_value(&g.payload).map_err(|e| CausalError::BadBundle(format!("genesis: {e}")))?;
-            stored.push((g.hash, g.header.prev, p));
+            unplaced.push((g.hash, g.header.prev, p));
         }
     }
     let (mut accepted, mut duplicates) = (if adopted { 1 } else { 0 }, 0);
@@ -353,7 +353,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     let mut place = |dag: &mut causal_core::Dag<crate::store::SpiStore>,
                      e: WireEntry<'b>,
                      pre: Prechecked|
-     -> Result<Option<(WireEntry<'b>, Prechecked)>, CausalError> {
+     -> Result<Placed<'b>, CausalError> {
         if dag.contains(&e.hash)? {
             duplicates += 1;
         } else if let Some(bad) = e.header.prev.iter().find(|p| rejected_set.contains(*p)) {
@@ -378,7 +378,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
                         Ok(_) => {
                             positions.covers.appended(hash, &prev, &meta);
                             accepted += 1;
-                            stored.push((hash, prev, payload));
+                            return Ok(Placed::Stored((hash, prev, payload)));
                         }
                         Err(err) => {
                             rejected_set.insert(hash);
@@ -388,21 +388,31 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
                 }
             }
         } else {
-            return Ok(Some((e, pre)));
+            return Ok(Placed::Waiting(e, pre));
         }
-        Ok(None)
+        Ok(Placed::Not)
     };
-    // Hashes, decoding and signatures need no storage: they are checked on other threads,
-    // a chunk at a time, while this one stores the entries already checked (in bundle order,
-    // which is predecessors first for bundles from `causal.export` and the sync worker).
+    // Stored entries wait here for the engine, which places them (rows, verdicts) every
+    // `causal.import_run_rows` row operations while the next chunks are checked, and once more at
+    // the end: the checks on the other threads overlap the engine's work as well as the
+    // storing. Placing history in runs gives the view that placing it at once would (the
+    // view is a function of the history, not of how it arrived; docs/SEMANTICS.md).
     let mut waiting: Vec<(WireEntry, Prechecked)> = Vec::new();
     let (mut in_place, stream_started) = (std::time::Duration::ZERO, std::time::Instant::now());
     let workers = crate::guc::verify_threads();
+    let run_rows = crate::guc::import_run_rows();
     precheck_stream(pending, alg, &gid, &keys, workers, PRECHECK_CHUNK, |part| {
         let t = std::time::Instant::now();
         for (e, pre) in part {
-            if let Some(back) = place(&mut dag, e, pre)? {
-                waiting.push(back);
+            match place(&mut dag, e, pre)? {
+                Placed::Stored(n) => {
+                    unplaced.push(n);
+                    if unplaced.rows >= run_rows {
+                        unplaced.place(&group, &dag)?;
+                    }
+                }
+                Placed::Waiting(e, pre) => waiting.push((e, pre)),
+                Placed::Not => {}
             }
         }
         // Their rows are written now, while the next chunks are checked.
@@ -418,8 +428,15 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
         let mut still = Vec::new();
         for (e, pre) in std::mem::take(&mut waiting) {
             match place(&mut dag, e, pre)? {
-                Some(back) => still.push(back),
-                None => progress = true,
+                Placed::Stored(n) => {
+                    unplaced.push(n);
+                    if unplaced.rows >= run_rows {
+                        unplaced.place(&group, &dag)?;
+                    }
+                    progress = true;
+                }
+                Placed::Waiting(e, pre) => still.push((e, pre)),
+                Placed::Not => progress = true,
             }
         }
         waiting = still;
@@ -437,12 +454,10 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
         }
         rejected.push((e.hash, format!("missing predecessor {missing}")));
     }
-    // Tables and rules first, then the engine replays rows and verdicts (one transaction).
+    dag.store().write_pending().map_err(DagError::from)?;
+    unplaced.place(&group, &dag)?;
     dag.store().write_state().map_err(DagError::from)?;
-    let validated = started.elapsed();
-    crate::apply::apply_catalog(&group, &stored)?;
-    let catalog = started.elapsed() - validated;
-    let run = crate::replay::reconcile_imported(&group, stored)?;
+    let stored_and_placed = started.elapsed();
     if accepted > 0 {
         crate::sync::notify_changed(&group.id)?;
     }
@@ -480,19 +495,81 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
             Spi::run_with_args("SELECT set_config('default_statistics_target', $1, true)", &[target.into()])?;
         }
     }
-    let changes = run.changes;
+    let Unplaced { placed, cancelled, runs, catalog, plan, apply, .. } = unplaced;
+    // Storing is what the stream and the late entries took, less the checks and placing.
+    let storing = stored_and_placed.saturating_sub(checking + precheck + catalog + plan + apply);
     Ok(json!({
         "group": group_id,
         "accepted": accepted,
         "duplicates": duplicates,
-        "replayed": changes.stats.replayed,
-        "rewound": changes.stats.rewound,
-        "cancelled": changes.journal.iter().filter(|(_, j)| !j.verdict.is_ok()).count(),
+        "replayed": placed.replayed,
+        "rewound": placed.rewound,
+        "cancelled": cancelled,
+        "runs": runs,
         "rejected": rejected.iter().map(|(h, r)| json!({"hash": h.to_b64(), "reason": r})).collect::<Vec<_>>(),
         "ms": {"parse": parsed.as_millis() as u64, "precheck": precheck.as_millis() as u64, "validate": checking.as_millis() as u64,
-               "store": (validated - checking - precheck).as_millis() as u64, "catalog": catalog.as_millis() as u64,
-               "reconcile": run.plan.as_millis() as u64, "replay": run.apply.as_millis() as u64},
+               "store": storing.as_millis() as u64, "catalog": catalog.as_millis() as u64,
+               "reconcile": plan.as_millis() as u64, "replay": apply.as_millis() as u64},
     }))
+}
+
+/// What became of one entry of a bundle when its turn came.
+enum Placed<'b> {
+    /// Stored, to be placed by the engine.
+    Stored(NewEntry),
+    /// A predecessor is not stored yet: tried again later.
+    Waiting(WireEntry<'b>, Prechecked),
+    /// A duplicate, or rejected.
+    Not,
+}
+
+/// Entries an import has stored and the engine has not placed yet, and what its runs did.
+#[derive(Default)]
+struct Unplaced {
+    entries: Vec<NewEntry>,
+    rows: usize,
+    placed: causal_core::reconcile::Stats,
+    cancelled: usize,
+    /// The engine's runs.
+    runs: usize,
+    catalog: std::time::Duration,
+    plan: std::time::Duration,
+    apply: std::time::Duration,
+}
+
+impl Unplaced {
+    fn push(&mut self, entry: NewEntry) {
+        self.rows += entry.2.ops.len().max(1);
+        self.entries.push(entry);
+    }
+
+    /// Applies the catalog changes among the entries, then places them all. `dag` is the
+    /// import's store: its state row is written first (the engine reads it), and its own copy
+    /// learns how far entries are placed.
+    fn place(&mut self, group: &Group, dag: &Dag<SpiStore>) -> Result<(), CausalError> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.entries);
+        self.rows = 0;
+        // The state row as the engine will read it; then the import goes on keeping its
+        // state in memory.
+        dag.store().write_state().map_err(DagError::from)?;
+        dag.store().defer_state_writes();
+        let t = std::time::Instant::now();
+        crate::apply::apply_catalog(group, &entries)?;
+        self.catalog += t.elapsed();
+        let run = crate::replay::reconcile_imported(group, entries)?;
+        let upto = dag.store().state().map_err(DagError::from)?.entry_count;
+        dag.store().mark_reconciled(upto).map_err(DagError::from)?;
+        self.placed.replayed += run.changes.stats.replayed;
+        self.placed.rewound += run.changes.stats.rewound;
+        self.cancelled += run.changes.journal.iter().filter(|(_, j)| !j.verdict.is_ok()).count();
+        self.plan += run.plan;
+        self.apply += run.apply;
+        self.runs += 1;
+        Ok(())
+    }
 }
 
 /// Validates and stores the entries of a bundle from `causal.export`. Returns

@@ -8,6 +8,11 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 /// means the node identity.
 pub static AUTHOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `causal.import_run_rows`: how many row operations an import stores before the engine
+/// places them (and again at the end): smaller runs hold less memory and overlap more of the
+/// checks, larger ones pay the engine's per-run costs less often.
+pub static IMPORT_RUN_ROWS: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+
 /// `causal.verify_threads`: how many threads check the hashes and signatures of an imported
 /// batch while the backend stores the entries already checked (pure computation, no
 /// database access from those threads); 0 checks them in the backend.
@@ -50,6 +55,16 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"causal.import_run_rows",
+        c"Row operations an import stores before the reconciliation engine places them.",
+        c"The engine places an import's entries in runs of about this many row operations while the next entries are checked, and the rest at the end; the outcome is the same for any value.",
+        &IMPORT_RUN_ROWS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"causal.verify_threads",
         c"Threads that verify the hashes and signatures of imported entries.",
         c"The checks that need no database access run on this many threads besides the backend, which stores what they have checked meanwhile; 0 runs them in the backend.",
@@ -75,6 +90,10 @@ pub fn author() -> Option<String> {
 }
 
 /// The current value of `causal.verify_threads`.
+pub fn import_run_rows() -> usize {
+    usize::try_from(IMPORT_RUN_ROWS.get()).unwrap_or(1).max(1)
+}
+
 pub fn verify_threads() -> usize {
     usize::try_from(VERIFY_THREADS.get()).unwrap_or(0)
 }
