@@ -581,5 +581,6 @@ impl Unplaced {
 /// `cancelled` among those replayed).
 #[pg_extern]
 fn import(bundle: &[u8]) -> pgrx::JsonB {
-    pgrx::JsonB(import_bundle(bundle).or_report("causal.import"))
+    let result = crate::spi_util::without_jit(|| import_bundle(bundle)).map_err(CausalError::from);
+    pgrx::JsonB(result.and_then(|r| r).or_report("causal.import"))
 }

@@ -798,7 +798,7 @@ const PLACEMENT_PAGE: u32 = 64;
 /// and `causal.catch_up` hold the group's lock exclusively first, so no local writer is
 /// mid-way. A long catch-up reports its progress in the server log.
 pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
-    catch_up_at_most(group, None)
+    crate::spi_util::without_jit(|| catch_up_at_most(group, None))?
 }
 
 /// [`catch_up`], stopping after the first run that brings the rows placed to `max_rows` or
@@ -904,7 +904,10 @@ fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL"), max_rows: pgrx::de
         let key = crate::capture::group_lock_key(&group.id).or_report(f);
         pgrx::Spi::run_with_args(crate::capture::GROUP_LOCK_SQL, &[key.into()]).map_err(CausalError::from).or_report(f);
         let before = std::time::Instant::now();
-        let n = catch_up_at_most(&group, per_group).or_report(f);
+        let n = crate::spi_util::without_jit(|| catch_up_at_most(&group, per_group))
+            .map_err(CausalError::from)
+            .and_then(|r| r)
+            .or_report(f);
         placed += n as i64;
         if n > 0 {
             pgrx::debug1!("pg_causal: placed {n} entries of group {} in {:?}", group.id, before.elapsed());

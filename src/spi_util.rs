@@ -98,8 +98,26 @@ pub fn with_replica_role<T>(f: impl FnOnce() -> T) -> Result<T, spi::Error> {
     Ok(result)
 }
 
-#[cfg(test)]
+/// Runs `f` with JIT compilation off (for this transaction), and restores the setting after.
+/// pg_causal's own statements are index probes and batch writes that JIT never pays back: the
+/// planner's cost estimate for reading a run's 20,000 rows crossed `jit_above_cost`, and each
+/// run compiled its expressions (and the first loaded LLVM), about 4% of an import's engine time.
+pub fn without_jit<T>(f: impl FnOnce() -> T) -> Result<T, spi::Error> {
+    let jit = get_opt::<String>("SELECT current_setting('jit')", &[])?.unwrap_or_else(|| "off".into());
+    if jit == "off" {
+        return Ok(f());
+    }
+    Spi::run("SELECT set_config('jit', 'off', true)")?;
+    let result = f();
+    Spi::run_with_args("SELECT set_config('jit', $1, true)", &[jit.into()])?;
+    Ok(result)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
 mod tests {
+    use pgrx::prelude::*;
+
     #[test]
     fn replans_follow_a_geometric_schedule() {
         let due: Vec<u64> = (1..=5000).filter(|u| super::replan_due(*u)).collect();
@@ -107,5 +125,16 @@ mod tests {
         assert!(super::replan_due(1 << 20));
         assert!(super::replan_due(3 << 20));
         assert!(!super::replan_due((1 << 20) + 1));
+    }
+
+    /// JIT is off inside and back to the session's setting after, whatever it was.
+    #[pg_test]
+    fn without_jit_turns_jit_off_and_restores_it() {
+        let jit = || Spi::get_one::<String>("SELECT current_setting('jit')").unwrap().unwrap();
+        for setting in ["on", "off"] {
+            Spi::run(&format!("SET jit = {setting}")).unwrap();
+            let inside = super::without_jit(jit).unwrap();
+            assert_eq!((inside.as_str(), jit()), ("off", setting.to_string()));
+        }
     }
 }

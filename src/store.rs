@@ -22,9 +22,13 @@ use crate::spi_util::{exec_prepared, get_prepared, run_prepared};
 /// One group's cached nodes and the node ids of their hashes.
 #[derive(Default)]
 struct NodeCache {
-    nodes: HashMap<NodeId, Rc<Node>>,
-    ids: HashMap<Hash, NodeId>,
+    nodes: FastMap<NodeId, Rc<Node>>,
+    ids: FastMap<Hash, NodeId>,
 }
+
+/// The caches' maps: their keys are node ids and hashes, for which foldhash is several times
+/// cheaper than the standard SipHash (lookups by hash were 9% of the engine's time in an import).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 thread_local! {
     /// Per group id. A store holds its group's cache, so a lookup hashes no group id.
@@ -64,14 +68,14 @@ pub struct SpiStore {
     num: i32,
     cache: Rc<RefCell<NodeCache>>,
     state: RefCell<Option<GroupState>>,
-    entries: RefCell<HashMap<NodeId, Rc<Entry>>>,
+    entries: RefCell<FastMap<NodeId, Rc<Entry>>>,
     /// While set, the running state is kept in memory and written by `write_state` (an import
     /// stores thousands of entries in one transaction; rewriting one row that often is slow),
     /// and new entries' rows wait in `pending` to be written in one statement.
     defer_state: std::cell::Cell<bool>,
     pending: RefCell<PendingRows>,
     /// Hashes known not to be stored (from [`SpiStore::prefetch_ids`]), so asking costs nothing.
-    absent: RefCell<std::collections::HashSet<Hash>>,
+    absent: RefCell<std::collections::HashSet<Hash, foldhash::fast::RandomState>>,
     /// Where the group's row is, while this store holds it locked ([`SpiStore::lock`]): the
     /// state is written there without SQL.
     locked_row: std::cell::Cell<Option<pg_sys::ItemPointerData>>,
