@@ -486,11 +486,11 @@ mod tests {
         assert_eq!(row, "{p1,p2}|{\"ops\":[]}|{1001,9}|{1001,9}|t");
     }
 
-    #[pg_test(error = "duplicate key value violates unique constraint \"dag_entries_grp_hash_key\"")]
+    #[pg_test(error = "duplicate key value violates unique constraint \"dag_entries_pkey\"")]
     fn a_duplicate_key_fails_as_an_insert_would() {
         let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
-        rows.push(&entry_row(0, "same", &[], &[])).unwrap();
-        rows.push(&entry_row(1, "same", &[], &[])).unwrap();
+        rows.push(&entry_row(0, "one", &[], &[])).unwrap();
+        rows.push(&entry_row(0, "other", &[], &[])).unwrap();
         rows.finish();
     }
 
