@@ -113,6 +113,32 @@ pub fn without_jit<T>(f: impl FnOnce() -> T) -> Result<T, spi::Error> {
     Ok(result)
 }
 
+/// Runs `f` in a subtransaction: `Some` of its result when it completes, `None` when it raised
+/// a unique violation (23505), which the subtransaction's rollback undoes. Any other error
+/// propagates and fails the transaction, as it would have without the subtransaction.
+pub fn unless_unique_violation<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    // SAFETY: the subtransaction is begun and ended here, on the backend's thread; the memory
+    // context and resource owner are the caller's again afterwards, as PL/Python and PL/Perl
+    // restore them around theirs.
+    unsafe {
+        let context = pgrx::pg_sys::CurrentMemoryContext;
+        let owner = pgrx::pg_sys::CurrentResourceOwner;
+        pgrx::pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pgrx::pg_sys::MemoryContextSwitchTo(context);
+        let outcome = pgrx::PgTryBuilder::new(move || Some(f()))
+            .catch_when(pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |_| None)
+            .execute();
+        if outcome.is_some() {
+            pgrx::pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pgrx::pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pgrx::pg_sys::MemoryContextSwitchTo(context);
+        pgrx::pg_sys::CurrentResourceOwner = owner;
+        outcome
+    }
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
@@ -125,6 +151,18 @@ mod tests {
         assert!(super::replan_due(1 << 20));
         assert!(super::replan_due(3 << 20));
         assert!(!super::replan_due((1 << 20) + 1));
+    }
+
+    /// A unique violation inside is undone and reported as `None`; what completes is kept.
+    #[pg_test]
+    fn a_unique_violation_is_undone_and_reported() {
+        Spi::run("CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u VALUES (1)").unwrap();
+        let clash = super::unless_unique_violation(|| Spi::run("INSERT INTO u VALUES (2), (1)"));
+        assert!(clash.is_none());
+        let fine = super::unless_unique_violation(|| Spi::run("INSERT INTO u VALUES (3)"));
+        assert!(matches!(fine, Some(Ok(()))));
+        let rows = Spi::get_one::<String>("SELECT string_agg(id::text, ',' ORDER BY id) FROM u").unwrap();
+        assert_eq!(rows.as_deref(), Some("1,3"));
     }
 
     /// JIT is off inside and back to the session's setting after, whatever it was.
