@@ -87,7 +87,8 @@ CREATE TABLE causal.dag_entries (
 -- shape after 100k took 428 ms with a btree on (grp, hash), 237 ms with this index instead
 -- (a btree on sha-256 hashes in Base64; 2-core machine). A hash index cannot be unique: an
 -- entry is stored once per group by the code (content addressing; every append checks, under
--- the group's lock, that the hash is not stored yet).
+-- the group's lock, that the hash is not stored yet). Lookups write `hash = $h AND grp + 0 =
+-- $g`, so that the planner uses this index alone (see SpiStore::node_id).
 CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash);
 
 -- The reconciliation journal (docs/SEMANTICS.md), one row per entry the engine has placed:

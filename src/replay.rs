@@ -282,7 +282,7 @@ impl SpiReplica {
                 continue;
             }
             let payload = run_prepared(
-                "SELECT payload FROM causal.dag_entries WHERE grp = $1 AND hash = $2",
+                "SELECT payload FROM causal.dag_entries WHERE hash = $2 AND grp + 0 = $1",
                 &[self.num.into(), h.to_b64().into()],
                 false,
                 |mut rows| rows.next().map(|r| r.get::<String>(1)).transpose().map(Option::flatten),

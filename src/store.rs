@@ -226,7 +226,7 @@ impl SpiStore {
         let found = run_prepared(
             // One index lookup per hash (see `entries_by_hash` in sync.rs for why not ANY).
             "SELECT e.hash, e.node_id FROM unnest($2::text[]) AS h(hash) CROSS JOIN LATERAL \
-             (SELECT hash, node_id FROM causal.dag_entries WHERE grp = $1 AND hash = h.hash OFFSET 0) e",
+             (SELECT hash, node_id FROM causal.dag_entries WHERE hash = h.hash AND grp + 0 = $1 OFFSET 0) e",
             &[self.num.into(), texts.into()],
             false,
             |rows| rows.map(|r| Ok((r.get::<String>(1)?, r.get::<i32>(2)?))).collect::<Result<Vec<_>, spi::Error>>(),
@@ -464,8 +464,11 @@ impl DagStore for SpiStore {
         if self.absent.borrow().contains(hash) {
             return Ok(None);
         }
+        // By the hash index alone: `grp + 0` keeps the planner from adding a bitmap scan of
+        // the group's whole primary-key range to it (it did, and each lookup read every entry
+        // of the group: an import that rewound 10k entries took 6.7 s instead of 0.9 s).
         let id = get_prepared::<i32>(
-            "SELECT node_id FROM causal.dag_entries WHERE grp = $1 AND hash = $2",
+            "SELECT node_id FROM causal.dag_entries WHERE hash = $2 AND grp + 0 = $1",
             &[self.num.into(), hash.to_b64().into()],
         )
         .map_err(backend)?
