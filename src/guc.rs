@@ -11,7 +11,7 @@ pub static AUTHOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::
 /// `causal.import_run_rows`: how many row operations an import stores before the engine
 /// places them (and again at the end): smaller runs hold less memory and overlap more of the
 /// checks, larger ones pay the engine's per-run costs less often.
-pub static IMPORT_RUN_ROWS: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+pub static IMPORT_RUN_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 /// `causal.verify_threads`: how many threads check the hashes and signatures of an imported
 /// batch while the backend stores the entries already checked (pure computation, no
