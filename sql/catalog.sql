@@ -101,8 +101,7 @@ CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash);
 -- by the hash, the two took random places and a decode per row).
 CREATE TABLE causal.journal (
     grp         integer NOT NULL,
-    node_id     integer NOT NULL,               -- dag_entries.node_id
-    hash        text COLLATE "C" NOT NULL,      -- the entry's hash (not indexed: use node_id)
+    node_id     integer NOT NULL,               -- dag_entries.node_id (the hash is there)
     height      integer,
     status      text NOT NULL DEFAULT 'ok',
     reason      text,

@@ -76,16 +76,21 @@ use crate::spi_util::get_opt;
 /// Answers about entries' positions during one import: who is a member and what each table's
 /// schema is. Covers come from a [`CoverCache`] (no query for an entry that extends a chain),
 /// and each distinct cover is decoded once.
+/// Asked once per entry, so lookups allocate nothing once an answer is known.
 #[derive(Default)]
 struct Positions {
     covers: CoverCache,
-    members: HashMap<(Position, KeyId), MemberStatus>,
-    schemas: HashMap<(Position, String), Rc<Option<TableSchema>>>,
+    members: FastMap<(Position, KeyId), MemberStatus>,
+    schemas: FastMap<Position, FastMap<String, Rc<Option<TableSchema>>>>,
+    key_texts: FastMap<KeyId, String>,
 }
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl Positions {
     fn member(&mut self, dag: &Dag<SpiStore>, position: &Position, key: &KeyId) -> Result<MemberStatus, String> {
-        let last = self.covers.cover(dag, position, MEMBER_TAG, &key.to_b64()).map_err(|e| e.to_string())?;
+        let text = self.key_texts.entry(*key).or_insert_with(|| key.to_b64());
+        let last = self.covers.cover(dag, position, MEMBER_TAG, text).map_err(|e| e.to_string())?;
         let slot = (last, *key);
         if let Some(s) = self.members.get(&slot) {
             return Ok(s.clone());
@@ -103,12 +108,11 @@ impl Positions {
         table: &str,
     ) -> Result<Rc<Option<TableSchema>>, String> {
         let last = self.covers.cover(dag, position, SCHEMA_TAG, table).map_err(|e| e.to_string())?;
-        let slot = (last, table.to_string());
-        if let Some(s) = self.schemas.get(&slot) {
+        if let Some(s) = self.schemas.get(&last).and_then(|m| m.get(table)) {
             return Ok(s.clone());
         }
-        let schema = Rc::new(schema_in(dag, &slot.0, table)?);
-        self.schemas.insert(slot, schema.clone());
+        let schema = Rc::new(schema_in(dag, &last, table)?);
+        self.schemas.entry(last).or_default().insert(table.to_string(), schema.clone());
         Ok(schema)
     }
 }

@@ -425,8 +425,8 @@ impl ReplicaStore for SpiReplica {
     fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
         let Some(id) = self.dag.store().node_id(h).map_err(store_err)? else { return Ok(None) };
         let rows = run_prepared(
-            "SELECT hash, height, status, reason, responsible, undo FROM causal.journal WHERE grp = $1 AND node_id = $2",
-            &[self.num.into(), node_i32(id)?.into()],
+            "SELECT $3::text, height, status, reason, responsible, undo FROM causal.journal WHERE grp = $1 AND node_id = $2",
+            &[self.num.into(), node_i32(id)?.into(), h.to_b64().into()],
             false,
             read_journal,
         )
@@ -440,8 +440,9 @@ impl ReplicaStore for SpiReplica {
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError> {
         // The index orders by height only; entries of one height are put in hash order here.
         let rows = run_prepared(
-            "SELECT hash, height, status, reason, responsible, undo FROM causal.journal \
-             WHERE grp = $1 AND height >= $2 ORDER BY height",
+            "SELECT e.hash, j.height, j.status, j.reason, j.responsible, j.undo FROM causal.journal j \
+             JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id \
+             WHERE j.grp = $1 AND j.height >= $2 ORDER BY j.height",
             &[self.num.into(), i32::try_from(from.height).unwrap_or(i32::MAX).into()],
             false,
             read_journal,
@@ -549,17 +550,16 @@ impl ReplicaStore for SpiReplica {
                 .node_id(h)
                 .map_err(store_err)?
                 .ok_or_else(|| ReconcileError::Corrupt(format!("journal record for entry {h}, which is not stored")))?;
-            batch.push(node_i32(id)?, h, order, verdict, undo);
+            batch.push(node_i32(id)?, order, verdict, undo);
         }
-        const RECORDS: &str = "INSERT INTO causal.journal AS j (grp, node_id, hash, height, status, reason, responsible, undo) \
-             SELECT $1, n, h, o, s, r, string_to_array(p, ' '), u \
-             FROM unnest($2::int[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[]) \
-             AS x(n, h, o, s, r, p, u)";
-        if !first.hashes.is_empty() {
+        const RECORDS: &str = "INSERT INTO causal.journal AS j (grp, node_id, height, status, reason, responsible, undo) \
+             SELECT $1, n, o, s, r, string_to_array(p, ' '), u \
+             FROM unnest($2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(n, o, s, r, p, u)";
+        if !first.node_ids.is_empty() {
             // New records are plain inserts: written directly, as entry rows are.
             first.write_direct(self.num).map_err(store_err)?;
         }
-        if !again.hashes.is_empty() {
+        if !again.node_ids.is_empty() {
             // A record without a height only changes a verdict: the row keeps its order and undo.
             exec_prepared(
                 &format!(
@@ -625,7 +625,6 @@ impl ReplicaStore for SpiReplica {
 const JOURNAL_COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("grp", pg_sys::INT4OID),
     ("node_id", pg_sys::INT4OID),
-    ("hash", pg_sys::TEXTOID),
     ("height", pg_sys::INT4OID),
     ("status", pg_sys::TEXTOID),
     ("reason", pg_sys::TEXTOID),
@@ -646,7 +645,6 @@ const ROW_META_COLUMNS: &[(&str, pg_sys::Oid)] = &[
 #[derive(Default)]
 struct JournalBatch {
     node_ids: Vec<i32>,
-    hashes: Vec<String>,
     heights: Vec<Option<i32>>,
     statuses: Vec<&'static str>,
     reasons: Vec<Option<String>>,
@@ -655,9 +653,8 @@ struct JournalBatch {
 }
 
 impl JournalBatch {
-    fn push(&mut self, id: i32, h: &Hash, order: Option<&OrderKey>, verdict: &Verdict, undo: Option<&Vec<UndoRecord>>) {
+    fn push(&mut self, id: i32, order: Option<&OrderKey>, verdict: &Verdict, undo: Option<&Vec<UndoRecord>>) {
         self.node_ids.push(id);
-        self.hashes.push(h.to_b64());
         self.heights.push(order.map(|o| i32::try_from(o.height).unwrap_or(i32::MAX)));
         self.statuses.push(verdict.status.as_str());
         self.reasons.push(verdict.reason.clone());
@@ -676,7 +673,7 @@ impl JournalBatch {
     fn write_direct(&self, group: i32) -> Result<(), CausalError> {
         let mut rows = Inserter::open("journal", JOURNAL_COLUMNS)?;
         let mut blamed: Vec<String> = Vec::new();
-        for i in 0..self.hashes.len() {
+        for i in 0..self.node_ids.len() {
             blamed.clear();
             if let Some(b) = &self.blamed[i] {
                 blamed.extend(b.split(' ').map(str::to_string));
@@ -684,7 +681,6 @@ impl JournalBatch {
             rows.push(&[
                 Cell::Int4(group),
                 Cell::Int4(self.node_ids[i]),
-                Cell::Text(&self.hashes[i]),
                 self.heights[i].map_or(Cell::Null(pg_sys::INT4OID), Cell::Int4),
                 Cell::Text(self.statuses[i]),
                 self.reasons[i].as_deref().map_or(Cell::Null(pg_sys::TEXTOID), Cell::Text),
@@ -696,11 +692,10 @@ impl JournalBatch {
         Ok(())
     }
 
-    fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 8] {
+    fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 7] {
         [
             group.into(),
             self.node_ids.into(),
-            self.hashes.into(),
             self.heights.into(),
             self.statuses.into(),
             self.reasons.into(),

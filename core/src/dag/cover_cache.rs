@@ -17,23 +17,24 @@ use super::{Dag, DagError, DagStore, MetaFilter};
 use crate::entry::{Meta, Position};
 use crate::hash::Hash;
 
-/// A tag: `(key, value)`, as in [`MetaFilter::tag`].
-type Tag = (String, String);
-
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Covers by tag key, then tag value (as in [`MetaFilter::tag`]): nested, so that a lookup by
+/// borrowed strings allocates nothing.
+type TagCovers = HashMap<String, HashMap<String, Position>>;
 
 /// Covers already known at single-entry positions, by entry and tag. An entry without tags
 /// of its own shares its predecessor's covers (an import of 100k data entries keeps one map,
 /// not 100k copies of it).
 #[derive(Default, Debug)]
 pub struct CoverCache {
-    at: HashMap<Hash, Rc<HashMap<Tag, Position>>>,
+    at: HashMap<Hash, Rc<TagCovers>>,
     /// Covers answered from the cache, and by the index (for reports and tests).
     pub hits: u64,
     pub misses: u64,
 }
 
-fn has_tag(meta: &Meta, (key, value): &Tag) -> bool {
+fn has_tag(meta: &Meta, key: &str, value: &str) -> bool {
     meta.get(key).is_some_and(|values| values.contains(value))
 }
 
@@ -51,16 +52,18 @@ impl CoverCache {
         key: &str,
         value: &str,
     ) -> Result<Position, DagError> {
-        let tag = (key.to_string(), value.to_string());
         let single = if position.len() == 1 { position.iter().next().copied() } else { None };
-        if let Some(known) = single.and_then(|h| self.at.get(&h)).and_then(|m| m.get(&tag)) {
+        if let Some(known) = single.and_then(|h| self.at.get(&h)).and_then(|m| m.get(key)).and_then(|m| m.get(value)) {
             self.hits += 1;
             return Ok(known.clone());
         }
         self.misses += 1;
         let cover = dag.cover_with_filter(position, &MetaFilter::tag(key, value), None)?;
         if let Some(h) = single {
-            Rc::make_mut(self.at.entry(h).or_default()).insert(tag, cover.clone());
+            Rc::make_mut(self.at.entry(h).or_default())
+                .entry(key.to_string())
+                .or_default()
+                .insert(value.to_string(), cover.clone());
         }
         Ok(cover)
     }
@@ -75,17 +78,19 @@ impl CoverCache {
             }
             return;
         }
-        let mut mine: HashMap<Tag, Position> = HashMap::default();
+        let mut mine: TagCovers = HashMap::default();
         if let Some(before) = before {
-            for (tag, cover) in before.iter() {
-                if !has_tag(meta, tag) {
-                    mine.insert(tag.clone(), cover.clone());
+            for (key, by_value) in before.iter() {
+                for (value, cover) in by_value {
+                    if !has_tag(meta, key, value) {
+                        mine.entry(key.clone()).or_default().insert(value.clone(), cover.clone());
+                    }
                 }
             }
         }
         for (key, values) in meta {
             for value in values {
-                mine.insert((key.clone(), value.clone()), [hash].into_iter().collect());
+                mine.entry(key.clone()).or_default().insert(value.clone(), [hash].into_iter().collect());
             }
         }
         if !mine.is_empty() {
