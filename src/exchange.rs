@@ -419,8 +419,8 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
                 Placed::Not => {}
             }
         }
-        // Their rows are written now, while the next chunks are checked.
-        dag.store().write_pending().map_err(DagError::from)?;
+        // Their rows are written with the run that places them (`Unplaced::place` writes the
+        // pending rows first): one insertion per run, not per chunk.
         in_place += t.elapsed();
         Ok::<(), CausalError>(())
     })?;
