@@ -12,7 +12,9 @@
 //!   remove each other concurrently, the removal later in the canonical order survives.
 //! - A schema entry is always ok (structure only grows: a column, once added, stays).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use super::HashMap;
 
 use crate::dag::{Dag, DagStore};
 use crate::hash::Hash;
@@ -200,7 +202,7 @@ impl Authority {
         sorted.sort_by_key(|d| d.order);
         for d in sorted {
             let Some(schema) = &d.schema else { continue };
-            let slot = self.tables.entry(d.table.clone()).or_insert_with(|| (schema.clone(), HashMap::new()));
+            let slot = self.tables.entry(d.table.clone()).or_insert_with(|| (schema.clone(), HashMap::default()));
             // The latest schema in the order, plus any column only a concurrent one added.
             let mut merged = schema.clone();
             for c in &slot.0.columns {
