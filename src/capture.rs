@@ -472,7 +472,7 @@ fn flush() {
     .or_report("causal commit");
     for (group_id, ops, ruled) in by_group {
         let group = Group::find(&group_id).or_report("causal commit");
-        let restricted = RESTRICTED.with(|a| a.borrow().iter().any(|g| *g == group_id));
+        let restricted = RESTRICTED.with(|a| a.borrow().contains(&group_id));
         if ruled || restricted {
             // The engine places the entry now, and checks the rules there (including one this
             // transaction declared before committing).
