@@ -343,8 +343,6 @@ fn column_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// Inserts or updates live rows of `table`: one text array per column, each element cast to
-/// the column's type in SQL (no JSON is parsed on the Postgres side).
 /// Writes rows new to the group's view. The table cannot hold their keys unless a row was
 /// written there outside pg_causal (with `session_replication_role = replica`, say), so they
 /// are inserted without ON CONFLICT, whose speculative insertion cost a tenth of an import's
@@ -364,7 +362,8 @@ fn upsert_rows(table: &str, schema: &TableSchema, rows: &[&Map<String, Value>]) 
 }
 
 /// The statement that inserts (or, with `upsert`, upserts) `rows` into `table`, and its
-/// arguments: one text array per column.
+/// arguments: one text array per column, each element cast to the column's type in SQL (no
+/// JSON is parsed on the Postgres side).
 fn write_rows_sql(
     table: &str,
     schema: &TableSchema,
