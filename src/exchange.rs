@@ -424,7 +424,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
         in_place += t.elapsed();
         Ok::<(), CausalError>(())
     })?;
-    // The time this thread waited for the checks.
+    // The time this thread waited for the checks, or made them itself (`precheck_stream`).
     let precheck = stream_started.elapsed().saturating_sub(in_place);
     // Entries that came before their predecessors in the bundle.
     loop {
