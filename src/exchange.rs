@@ -66,7 +66,7 @@ use causal_core::precheck::{precheck_stream, Prechecked};
 use causal_core::reconcile::NewEntry;
 use causal_core::wire::{WireBundle, WireEntry};
 use causal_core::schema::TableSchema;
-use causal_core::{Dag, DagError, HashAlgorithm};
+use causal_core::{Dag, DagError, FastMap, HashAlgorithm};
 use std::rc::Rc;
 
 use crate::store::SpiStore;
@@ -75,8 +75,8 @@ use crate::spi_util::get_opt;
 
 /// Answers about entries' positions during one import: who is a member and what each table's
 /// schema is. Covers come from a [`CoverCache`] (no query for an entry that extends a chain),
-/// and each distinct cover is decoded once.
-/// Asked once per entry, so lookups allocate nothing once an answer is known.
+/// and each distinct cover is decoded once. Asked once per entry, so a lookup allocates
+/// nothing once its answer is known.
 #[derive(Default)]
 struct Positions {
     covers: CoverCache,
@@ -84,8 +84,6 @@ struct Positions {
     schemas: FastMap<Position, FastMap<String, Rc<Option<TableSchema>>>>,
     key_texts: FastMap<KeyId, String>,
 }
-
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl Positions {
     fn member(&mut self, dag: &Dag<SpiStore>, position: &Position, key: &KeyId) -> Result<MemberStatus, String> {
@@ -409,12 +407,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
         let t = std::time::Instant::now();
         for (e, pre) in part {
             match place(&mut dag, e, pre)? {
-                Placed::Stored(n) => {
-                    unplaced.push(n);
-                    if unplaced.rows >= run_rows {
-                        unplaced.place(&group, &dag)?;
-                    }
-                }
+                Placed::Stored(n) => unplaced.add(n, run_rows, &group, &dag)?,
                 Placed::Waiting(e, pre) => waiting.push((e, pre)),
                 Placed::Not => {}
             }
@@ -433,10 +426,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
         for (e, pre) in std::mem::take(&mut waiting) {
             match place(&mut dag, e, pre)? {
                 Placed::Stored(n) => {
-                    unplaced.push(n);
-                    if unplaced.rows >= run_rows {
-                        unplaced.place(&group, &dag)?;
-                    }
+                    unplaced.add(n, run_rows, &group, &dag)?;
                     progress = true;
                 }
                 Placed::Waiting(e, pre) => still.push((e, pre)),
@@ -458,8 +448,8 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
         }
         rejected.push((e.hash, format!("missing predecessor {missing}")));
     }
-    dag.store().write_pending().map_err(DagError::from)?;
     unplaced.place(&group, &dag)?;
+    // The rows and state of what the last run did not cover (rejected or duplicate entries).
     dag.store().write_state().map_err(DagError::from)?;
     let stored_and_placed = started.elapsed();
     if accepted > 0 {
@@ -489,14 +479,12 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
             // their indexes, and costs a tenth of the default's 30,000 (58 -> 6 ms at 100k
             // entries with warm caches; in a catch-up, imports that analyzed took 100-350 ms
             // longer than the others).
-            let target = get_opt::<String>("SELECT current_setting('default_statistics_target')", &[])?
-                .unwrap_or_else(|| "100".into());
-            Spi::run("SELECT set_config('default_statistics_target', '10', true)")?;
-            Spi::run(
-                "ANALYZE causal.dag_entries (grp, node_id, hash, chain, seq), causal.dag_entry_tags, \
-                 causal.journal (grp, node_id, height, status), causal.row_meta",
-            )?;
-            Spi::run_with_args("SELECT set_config('default_statistics_target', $1, true)", &[target.into()])?;
+            crate::spi_util::with_setting("default_statistics_target", "10", || {
+                Spi::run(
+                    "ANALYZE causal.dag_entries (grp, node_id, hash, chain, seq), causal.dag_entry_tags, \
+                     causal.journal (grp, node_id, height, status), causal.row_meta",
+                )
+            })??;
         }
     }
     let Unplaced { placed, cancelled, runs, catalog, plan, apply, .. } = unplaced;
@@ -545,6 +533,15 @@ impl Unplaced {
     fn push(&mut self, entry: NewEntry) {
         self.rows += entry.2.ops.len().max(1);
         self.entries.push(entry);
+    }
+
+    /// [`Unplaced::push`], then a run of the engine once `run_rows` row operations wait.
+    fn add(&mut self, entry: NewEntry, run_rows: usize, group: &Group, dag: &Dag<SpiStore>) -> Result<(), CausalError> {
+        self.push(entry);
+        if self.rows >= run_rows {
+            self.place(group, dag)?;
+        }
+        Ok(())
     }
 
     /// Applies the catalog changes among the entries, then places them all. `dag` is the

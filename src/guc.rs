@@ -89,11 +89,12 @@ pub fn author() -> Option<String> {
     AUTHOR.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty())
 }
 
-/// The current value of `causal.verify_threads`.
+/// The current value of `causal.import_run_rows`.
 pub fn import_run_rows() -> usize {
     usize::try_from(IMPORT_RUN_ROWS.get()).unwrap_or(1).max(1)
 }
 
+/// The current value of `causal.verify_threads`.
 pub fn verify_threads() -> usize {
     usize::try_from(VERIFY_THREADS.get()).unwrap_or(0)
 }

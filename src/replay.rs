@@ -423,6 +423,8 @@ impl ReplicaStore for SpiReplica {
 
     fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
         let Some(id) = self.dag.store().node_id(h).map_err(store_err)? else { return Ok(None) };
+        // Records are keyed by node id; the row takes back the hash it was asked for ($3), in
+        // the shape `journal_from` reads too.
         let rows = run_prepared(
             "SELECT $3::text, height, status, reason, responsible, undo FROM causal.journal WHERE grp = $1 AND node_id = $2",
             &[self.num.into(), node_i32(id)?.into(), h.to_b64().into()],
@@ -647,7 +649,8 @@ struct JournalBatch {
     heights: Vec<Option<i32>>,
     statuses: Vec<&'static str>,
     reasons: Vec<Option<String>>,
-    blamed: Vec<Option<String>>,
+    /// The entries responsible for a cancellation (Base64 hashes), `None` when there are none.
+    blamed: Vec<Option<Vec<String>>>,
     undos: Vec<Option<String>>,
 }
 
@@ -660,7 +663,7 @@ impl JournalBatch {
         self.blamed.push(if verdict.responsible.is_empty() {
             None
         } else {
-            Some(verdict.responsible.iter().map(Hash::to_b64).collect::<Vec<_>>().join(" "))
+            Some(verdict.responsible.iter().map(Hash::to_b64).collect())
         });
         self.undos.push(match undo {
             Some(u) if !u.is_empty() => Some(undo_value(u).to_string()),
@@ -671,19 +674,14 @@ impl JournalBatch {
     /// Inserts the records as new rows of `causal.journal`, without SQL (`direct.rs`).
     fn write_direct(&self, group: i32) -> Result<(), CausalError> {
         let mut rows = Inserter::open("journal", JOURNAL_COLUMNS)?;
-        let mut blamed: Vec<String> = Vec::new();
         for i in 0..self.node_ids.len() {
-            blamed.clear();
-            if let Some(b) = &self.blamed[i] {
-                blamed.extend(b.split(' ').map(str::to_string));
-            }
             rows.push(&[
                 Cell::Int4(group),
                 Cell::Int4(self.node_ids[i]),
                 self.heights[i].map_or(Cell::Null(pg_sys::INT4OID), Cell::Int4),
                 Cell::Text(self.statuses[i]),
                 self.reasons[i].as_deref().map_or(Cell::Null(pg_sys::TEXTOID), Cell::Text),
-                if self.blamed[i].is_some() { Cell::TextArray(&blamed) } else { Cell::Null(pg_sys::TEXTARRAYOID) },
+                self.blamed[i].as_deref().map_or(Cell::Null(pg_sys::TEXTARRAYOID), Cell::TextArray),
                 self.undos[i].as_deref().map_or(Cell::Null(pg_sys::TEXTOID), Cell::Text),
             ])?;
         }
@@ -698,7 +696,8 @@ impl JournalBatch {
             self.heights.into(),
             self.statuses.into(),
             self.reasons.into(),
-            self.blamed.into(),
+            // `unnest` takes no ragged arrays: each list goes as one space-separated text.
+            self.blamed.into_iter().map(|b| b.map(|b| b.join(" "))).collect::<Vec<_>>().into(),
             self.undos.into(),
         ]
     }

@@ -222,17 +222,6 @@ impl Entry {
         let payload = obj.get("payload").ok_or(WireError::Missing("payload"))?.clone();
         Ok(Entry { hash, header, payload, meta: Meta::new() })
     }
-
-    /// [`Entry::from_wire`] that takes the value, so the payload is moved rather than copied.
-    pub fn from_wire_owned(mut v: Value) -> Result<Entry, WireError> {
-        let payload = match v.as_object_mut() {
-            Some(obj) if obj.contains_key("payload") => obj.insert("payload".into(), Value::Null),
-            _ => None,
-        };
-        let mut entry = Entry::from_wire(&v)?;
-        entry.payload = payload.ok_or(WireError::Missing("payload"))?;
-        Ok(entry)
-    }
 }
 
 /// A stated hash that does not match the content.

@@ -30,6 +30,12 @@ pub use dag::{Appended, Dag, DagError, DagStore, ForkPosition, MemStore, MetaFil
 pub use entry::{Entry, Header, Meta, Position};
 pub use hash::{Hash, HashAlgorithm};
 
+/// Hash maps and sets keyed by entry hashes, node ids, keys and row slots. foldhash is several
+/// times cheaper than the standard SipHash on such keys, and its seed is random per process,
+/// so keys chosen by a hostile peer cannot be aimed at collisions in advance.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// The format name of a bundle of entries, as `causal.export` writes and `causal.import` reads
 /// it (the sync worker writes one per import): `{"format", "group", "hashAlgorithm",
 /// "entries": [wire entries, predecessors first]}`.

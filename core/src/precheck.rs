@@ -198,52 +198,36 @@ pub fn precheck_stream<T: Incoming, E>(
                 ready.insert(k, run(part));
             }
         };
-        let lost = |next: usize| -> ! { panic!("chunk {next} of the checked entries was lost") };
         let mut next = 0;
         while next < n {
-            match ready.remove(&next) {
-                Some(part) => {
-                    if let Err(e) = take(part) {
-                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                        return Err(e);
-                    }
-                    next += 1;
+            if let Some(part) = ready.remove(&next) {
+                if let Err(e) = take(part) {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(e);
                 }
-                None => match rx.try_recv() {
-                    Ok((k, part)) => {
-                        ready.insert(k, part);
-                    }
-                    // Nothing checked yet: rather than wait, this thread checks a queued
-                    // chunk itself (the workers may be fewer than the cores, or descheduled).
-                    Err(std::sync::mpsc::TryRecvError::Empty) => {
-                        let queued = match queue.lock() {
-                            Ok(mut q) => q.pop_front(),
-                            Err(_) => None,
-                        };
-                        match queued {
-                            Some((k, part)) => {
-                                ready.insert(k, run(part));
-                            }
-                            None => match rx.recv() {
-                                Ok((k, part)) => {
-                                    ready.insert(k, part);
-                                }
-                                Err(_) => {
-                                    collect_left(&mut ready);
-                                    if !ready.contains_key(&next) {
-                                        lost(next)
-                                    }
-                                }
-                            },
-                        }
-                    }
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                        collect_left(&mut ready);
-                        if !ready.contains_key(&next) {
-                            lost(next)
-                        }
-                    }
-                },
+                next += 1;
+                continue;
+            }
+            // Chunk `next` is not back yet. Take what is checked; else, rather than wait, check
+            // a queued chunk here (the workers may be fewer than the cores, or descheduled);
+            // else wait for a worker.
+            if let Ok((k, part)) = rx.try_recv() {
+                ready.insert(k, part);
+                continue;
+            }
+            let queued = queue.lock().ok().and_then(|mut q| q.pop_front());
+            if let Some((k, part)) = queued {
+                ready.insert(k, run(part));
+                continue;
+            }
+            match rx.recv() {
+                Ok((k, part)) => {
+                    ready.insert(k, part);
+                }
+                Err(_) => {
+                    collect_left(&mut ready);
+                    assert!(ready.contains_key(&next), "chunk {next} of the checked entries was lost");
+                }
             }
         }
         Ok(())

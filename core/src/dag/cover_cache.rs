@@ -17,7 +17,7 @@ use super::{Dag, DagError, DagStore, MetaFilter};
 use crate::entry::{Meta, Position};
 use crate::hash::Hash;
 
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use crate::FastMap as HashMap;
 
 /// Covers by tag key, then tag value (as in [`MetaFilter::tag`]): nested, so that a lookup by
 /// borrowed strings allocates nothing.

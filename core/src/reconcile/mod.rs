@@ -23,9 +23,7 @@ mod replay;
 
 use std::collections::BTreeMap;
 
-/// Maps and sets keyed by entry hashes: foldhash is several times cheaper than SipHash here.
-pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+use crate::{FastMap as HashMap, FastSet as HashSet};
 use std::rc::Rc;
 
 use serde_json::{json, Map, Value};

@@ -28,10 +28,7 @@ fn short(h: &Hash) -> String {
 
 type Slot = (String, RowKey);
 
-/// Hash maps keyed by rows. foldhash is several times faster than the standard SipHash on
-/// these short string keys, and its seed is random per map, so keys chosen by a hostile peer
-/// cannot be aimed at collisions in advance.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use crate::FastMap as HashMap;
 
 /// Row states by table and key (`None`: no row at all).
 type RowMap = HashMap<Slot, Option<RowState>>;
