@@ -156,9 +156,19 @@ CREATE TABLE causal.row_meta (
     table_name text COLLATE "C" NOT NULL,
     key        text COLLATE "C" NOT NULL,
     vals       jsonb NOT NULL,
-    meta       jsonb NOT NULL,
-    PRIMARY KEY (grp, table_name, key)
+    meta       jsonb NOT NULL
 );
+-- Rows are found by key through a hash index, as entries are by hash. Keys are JSON texts
+-- of the primary-key values, whose byte order is not the order rows arrive in ("[10]" sorts
+-- before "[9]"), so a btree on (grp, table_name, key) took each new row at a random place:
+-- 205 ms to insert 100k rows shaped like these into a table with that btree, 126 ms with
+-- this index instead, 67 ms with no index (2-core machine). A hash index cannot be unique:
+-- (grp, table_name, key) is kept unique by replay, the table's only writer, which inserts a
+-- row only when its read (under the group's lock) found none, and otherwise updates it.
+-- Lookups write `key = $k AND grp + 0 = $g AND table_name || '' = $t`, so that the planner
+-- uses this index alone. Reading all rows of one table (causal.snapshot at the frontier)
+-- scans the whole table, or the partial indexes below where the table has some.
+CREATE INDEX row_meta_key ON causal.row_meta USING hash (key);
 -- Rows are also looked up by the columns of UNIQUE constraints and foreign keys: each such
 -- set gets a partial expression index per group and table when the schema is recorded
 -- (row_meta_lookup_*, made by the extension).

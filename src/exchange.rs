@@ -64,8 +64,8 @@ use causal_core::membership::{derive_meta, member_status, MemberStatus, MEMBER_T
 use causal_core::payload::{Op, SignedPayload};
 use causal_core::precheck::{precheck_stream, Prechecked};
 use causal_core::reconcile::NewEntry;
-use causal_core::wire::{WireBundle, WireEntry};
 use causal_core::schema::TableSchema;
+use causal_core::wire::{WireBundle, WireEntry};
 use causal_core::{Dag, DagError, FastMap, HashAlgorithm};
 use std::rc::Rc;
 
@@ -375,7 +375,8 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
                     let (hash, prev) = (e.hash, e.header.prev.clone());
                     // Its hashes were verified by the precheck; the payload is stored as it
                     // came, which parses to the value they were computed from.
-                    let entry = EncodedEntry { hash, header: e.header, payload_text: e.payload.to_owned(), meta: meta.clone() };
+                    let entry =
+                        EncodedEntry { hash, header: e.header, payload_text: e.payload.to_owned(), meta: meta.clone() };
                     match dag.insert_encoded(entry) {
                         Ok(_) => {
                             positions.covers.appended(hash, &prev, &meta);

@@ -22,7 +22,7 @@ use crate::direct::{Cell, Inserter};
 use crate::error::CausalError;
 use crate::group::Group;
 use crate::rules::{quote_ident, sql_literal};
-use crate::spi_util::{exec_prepared, run_prepared};
+use crate::spi_util::{exec_prepared, exec_prepared_count, run_prepared};
 use crate::store::SpiStore;
 
 thread_local! {
@@ -136,7 +136,9 @@ fn journal_row(r: JournalRow) -> Result<Option<(Hash, JournalEntry)>, ReconcileE
     let verdict =
         Verdict { status: if status == "ok" { Status::Ok } else { Status::Cancelled }, reason: r.3, responsible };
     let undo = match r.5 {
-        Some(u) => undo_from(&causal_core::json::parse(&u).map_err(|e| ReconcileError::Corrupt(format!("undo record: {e}")))?)?,
+        Some(u) => {
+            undo_from(&causal_core::json::parse(&u).map_err(|e| ReconcileError::Corrupt(format!("undo record: {e}")))?)?
+        }
         None => Vec::new(),
     };
     let height = u32::try_from(height).map_err(|_| ReconcileError::Corrupt("negative height".into()))?;
@@ -478,7 +480,7 @@ impl ReplicaStore for SpiReplica {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        // Equality on the whole primary key is an index lookup under any plan: a few keys (a
+        // Each key is a probe of the hash index on `key` (see ROWS_BY_KEYS): a few keys (a
         // local commit) are read one by one, more through a LATERAL join. With
         // `key = ANY(...)`, a generic plan made while the table's statistics were stale scanned
         // every key of the table instead. A LATERAL subquery is pulled up into a plain join,
@@ -487,25 +489,15 @@ impl ReplicaStore for SpiReplica {
         if keys.len() <= 8 {
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
-                let rows = run_prepared(
-                    "SELECT key, vals, meta FROM causal.row_meta WHERE grp = $1 AND table_name = $2 AND key = $3",
-                    &[self.num.into(), table.into(), k.clone().into()],
-                    false,
-                    read_rows,
-                )
-                .map_err(store_err)?;
+                let rows =
+                    run_prepared(ROW_BY_KEY, &[self.num.into(), table.into(), k.clone().into()], false, read_rows)
+                        .map_err(store_err)?;
                 out.extend(to_states(rows)?);
             }
             return Ok(out);
         }
-        let rows = run_prepared(
-            "SELECT m.key, m.vals, m.meta FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL \
-             (SELECT key, vals, meta FROM causal.row_meta WHERE grp = $1 AND table_name = $2 AND key = k.key OFFSET 0) m",
-            &[self.num.into(), table.into(), keys.to_vec().into()],
-            false,
-            read_rows,
-        )
-        .map_err(store_err)?;
+        let rows = run_prepared(ROWS_BY_KEYS, &[self.num.into(), table.into(), keys.to_vec().into()], false, read_rows)
+            .map_err(store_err)?;
         to_states(rows)
     }
 
@@ -545,15 +537,14 @@ impl ReplicaStore for SpiReplica {
                 continue;
             }
             let batch = if order.is_some() && changes.first_placed.contains(h) { &mut first } else { &mut again };
-            let id = self
-                .dag
-                .store()
-                .node_id(h)
-                .map_err(store_err)?
-                .ok_or_else(|| ReconcileError::Corrupt(format!("journal record for entry {h}, which is not stored")))?;
+            let id =
+                self.dag.store().node_id(h).map_err(store_err)?.ok_or_else(|| {
+                    ReconcileError::Corrupt(format!("journal record for entry {h}, which is not stored"))
+                })?;
             batch.push(node_i32(id)?, order, verdict, undo);
         }
-        const RECORDS: &str = "INSERT INTO causal.journal AS j (grp, node_id, height, status, reason, responsible, undo) \
+        const RECORDS: &str =
+            "INSERT INTO causal.journal AS j (grp, node_id, height, status, reason, responsible, undo) \
              SELECT $1, n, o, s, r, string_to_array(p, ' '), u \
              FROM unnest($2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(n, o, s, r, p, u)";
         if !first.node_ids.is_empty() {
@@ -595,28 +586,29 @@ impl ReplicaStore for SpiReplica {
                 }
             }
         }
+        // Rows the run read are deleted or updated where they are: each key is a probe of the
+        // hash index (as in `rows`), and the row found is reached by its tid. Every one must
+        // be found; one missing means the catalog changed under the group's lock.
+        let expect = |what: &str, done: usize, wanted: usize| {
+            if done == wanted {
+                Ok(())
+            } else {
+                Err(ReconcileError::Corrupt(format!("{what} {wanted} rows of causal.row_meta, found {done}")))
+            }
+        };
         if !del_k.is_empty() {
-            // `key = ANY($3)` lets the planner reach each row by its index.
-            exec_prepared(
-                "DELETE FROM causal.row_meta m USING unnest($2::text[], $3::text[]) AS x(t, k) \
-                 WHERE m.grp = $1 AND m.key = ANY($3) AND m.table_name = x.t AND m.key = x.k",
-                &[self.num.into(), del_t.into(), del_k.into()],
-            )
-            .map_err(store_err)?;
+            let wanted = del_k.len();
+            let done =
+                exec_prepared_count(DELETE_ROWS, &[self.num.into(), del_t.into(), del_k.into()]).map_err(store_err)?;
+            expect("deleting", done, wanted)?;
         }
-        const ROWS: &str = "SELECT $1, t, k, v::jsonb, m::jsonb FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m)";
         if !new.keys.is_empty() {
             new.write_direct(self.num).map_err(store_err)?;
         }
         if !stored.keys.is_empty() {
-            exec_prepared(
-                &format!(
-                    "INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) {ROWS} \
-                     ON CONFLICT (grp, table_name, key) DO UPDATE SET vals = EXCLUDED.vals, meta = EXCLUDED.meta"
-                ),
-                &stored.into_args(self.num),
-            )
-            .map_err(store_err)?;
+            let wanted = stored.keys.len();
+            let done = exec_prepared_count(UPDATE_ROWS, &stored.into_args(self.num)).map_err(store_err)?;
+            expect("updating", done, wanted)?;
         }
         self.write_user_tables(changes)
     }
@@ -632,6 +624,33 @@ const JOURNAL_COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("responsible", pg_sys::TEXTARRAYOID),
     ("undo", pg_sys::TEXTOID),
 ];
+
+// Statements on `row_meta` rows by key. Each key is a probe of the hash index on `key`:
+// `grp + 0` and `table_name || ''` keep the planner from combining it with another index (a
+// partial lookup index covers a whole table), and `OFFSET 0` keeps a LATERAL subquery a probe
+// per key rather than a join the planner may run as a scan of the table (see `rows`). Deletes
+// and updates reach the row found by its tid. The `tests` module checks their generic plans.
+
+/// The rows of group `$1` and table `$2` with the keys `$3`.
+const ROWS_BY_KEYS: &str = "SELECT m.key, m.vals, m.meta FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL \
+     (SELECT key, vals, meta FROM causal.row_meta WHERE key = k.key AND grp + 0 = $1 AND table_name || '' = $2 OFFSET 0) m";
+
+/// The row of group `$1`, table `$2` and key `$3`.
+const ROW_BY_KEY: &str =
+    "SELECT key, vals, meta FROM causal.row_meta WHERE key = $3 AND grp + 0 = $1 AND table_name || '' = $2";
+
+/// Deletes the rows of group `$1` with the tables and keys `$2` and `$3` (pairwise).
+const DELETE_ROWS: &str = "DELETE FROM causal.row_meta m USING \
+     (SELECT r.tid FROM unnest($2::text[], $3::text[]) AS x(t, k) CROSS JOIN LATERAL \
+      (SELECT ctid AS tid FROM causal.row_meta WHERE key = x.k AND grp + 0 = $1 AND table_name || '' = x.t OFFSET 0) r) d \
+     WHERE m.ctid = d.tid";
+
+/// Sets the values `$4` and metadata `$5` (JSON texts) of the rows of group `$1` with the
+/// tables and keys `$2` and `$3`.
+const UPDATE_ROWS: &str = "UPDATE causal.row_meta m SET vals = d.v::jsonb, meta = d.m::jsonb FROM \
+     (SELECT r.tid, x.v, x.m FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m) CROSS JOIN LATERAL \
+      (SELECT ctid AS tid FROM causal.row_meta WHERE key = x.k AND grp + 0 = $1 AND table_name || '' = x.t OFFSET 0) r) d \
+     WHERE m.ctid = d.tid";
 
 /// The columns of `causal.row_meta`, in table order.
 const ROW_META_COLUMNS: &[(&str, pg_sys::Oid)] = &[
@@ -1006,4 +1025,65 @@ fn run_engine(
     replica.apply(&changes).map_err(engine_err)?;
     replica.dag.store().mark_reconciled(placed_to).map_err(causal_core::DagError::from)?;
     Ok(Reconciled { changes, plan: planned, apply: started.elapsed() - planned })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// The statements on `row_meta` rows by key are probes of the hash index on `key`, even as
+    /// generic plans over a table without statistics that a partial lookup index covers whole
+    /// (which makes the group and table look selective), and they touch exactly their rows.
+    #[pg_test]
+    fn row_meta_statements_by_key_probe_the_key_index() {
+        Spi::run(
+            "INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) \
+             SELECT 1, 't', '[' || i || ']', jsonb_build_object('id', i, 'u', i), '{}' FROM generate_series(0, 19999) i; \
+             CREATE INDEX row_meta_lookup_test ON causal.row_meta ((vals -> 'u')) WHERE grp = 1 AND table_name = 't'",
+        )
+        .unwrap();
+        let statements = [
+            ("rows_by_keys", super::ROWS_BY_KEYS, "int, text, text[]", "1, 't', ARRAY['[5]', '[77]', '[x]']"),
+            ("row_by_key", super::ROW_BY_KEY, "int, text, text", "1, 't', '[77]'"),
+            (
+                "update_rows",
+                super::UPDATE_ROWS,
+                "int, text[], text[], text[], text[]",
+                "1, ARRAY['t'], ARRAY['[9]'], ARRAY['{\"id\": 9, \"u\": 90}'], ARRAY['{}']",
+            ),
+            ("delete_rows", super::DELETE_ROWS, "int, text[], text[]", "1, ARRAY['t', 't'], ARRAY['[5]', '[77]']"),
+        ];
+        for (name, sql, types, args) in statements {
+            Spi::run(&format!("SET LOCAL plan_cache_mode = force_generic_plan; PREPARE {name}({types}) AS {sql}"))
+                .unwrap();
+            let plan = Spi::get_one::<pgrx::Json>(&format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({args})"))
+                .unwrap()
+                .unwrap()
+                .0
+                .to_string();
+            assert!(
+                plan.contains("row_meta_key") && !plan.contains("Seq Scan") && !plan.contains("BitmapAnd"),
+                "{name}: {plan}"
+            );
+            if name.ends_with("_rows") {
+                assert!(plan.contains("Tid Scan"), "{name}: {plan}");
+            }
+        }
+        let count = |sql: &str| Spi::get_one::<i64>(sql).unwrap().unwrap_or(-1);
+        let found = Spi::connect(|c| {
+            c.select("EXECUTE rows_by_keys(1, 't', ARRAY['[5]', '[77]', '[x]'])", None, &[]).map(|t| t.len())
+        });
+        assert_eq!(found.unwrap(), 2);
+        Spi::run("EXECUTE update_rows(1, ARRAY['t'], ARRAY['[9]'], ARRAY['{\"id\": 9, \"u\": 90}'], ARRAY['{}'])")
+            .unwrap();
+        assert_eq!(count("SELECT (vals ->> 'u')::int8 FROM causal.row_meta WHERE key = '[9]'"), 90);
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE (vals ->> 'u')::int = 9"), 0);
+        Spi::run("EXECUTE delete_rows(1, ARRAY['t', 't'], ARRAY['[5]', '[77]'])").unwrap();
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta"), 19998);
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE key IN ('[5]', '[77]')"), 0);
+        for (name, ..) in statements {
+            Spi::run(&format!("DEALLOCATE {name}")).unwrap();
+        }
+    }
 }

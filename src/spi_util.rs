@@ -79,6 +79,11 @@ pub fn exec_prepared(sql: &str, args: &[DatumWithOid]) -> Result<(), spi::Error>
     run_prepared(sql, args, true, |_| Ok(()))
 }
 
+/// [`exec_prepared`], returning how many rows the statement processed.
+pub fn exec_prepared_count(sql: &str, args: &[DatumWithOid]) -> Result<usize, spi::Error> {
+    run_prepared(sql, args, true, |t| Ok(t.len()))
+}
+
 /// The first column of the first row, or `None` when there is no row or it is NULL.
 pub fn get_opt<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Result<Option<T>, spi::Error> {
     match Spi::get_one_with_args::<T>(sql, args) {

@@ -465,13 +465,10 @@ impl DagStore for SpiStore {
         // By the hash index alone: `grp + 0` keeps the planner from adding a bitmap scan of
         // the group's whole primary-key range to it (it did, and each lookup read every entry
         // of the group: an import that rewound 10k entries took 6.7 s instead of 0.9 s).
-        let id = get_prepared::<i32>(
-            NODE_ID_BY_HASH,
-            &[self.num.into(), hash.to_b64().into()],
-        )
-        .map_err(backend)?
-        .map(to_u32)
-        .transpose()?;
+        let id = get_prepared::<i32>(NODE_ID_BY_HASH, &[self.num.into(), hash.to_b64().into()])
+            .map_err(backend)?
+            .map(to_u32)
+            .transpose()?;
         if let Some(id) = id {
             self.cache.borrow_mut().ids.insert(*hash, id);
         }
@@ -709,8 +706,11 @@ mod tests {
             super::NODE_ID_BY_HASH
         ))
         .unwrap();
-        let plan =
-            Spi::get_one::<pgrx::Json>("EXPLAIN (FORMAT JSON) EXECUTE by_hash(1, 'h77')").unwrap().unwrap().0.to_string();
+        let plan = Spi::get_one::<pgrx::Json>("EXPLAIN (FORMAT JSON) EXECUTE by_hash(1, 'h77')")
+            .unwrap()
+            .unwrap()
+            .0
+            .to_string();
         assert!(plan.contains("dag_entries_hash") && !plan.contains("BitmapAnd"), "{plan}");
         assert_eq!(Spi::get_one::<i32>("EXECUTE by_hash(1, 'h77')").unwrap(), Some(77));
         Spi::run("DEALLOCATE by_hash").unwrap();

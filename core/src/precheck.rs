@@ -359,11 +359,10 @@ mod tests {
             let wire: Vec<crate::wire::WireEntry> =
                 texts.iter().map(|t| crate::wire::WireEntry::parse(t).expect("wire entry")).collect();
             let mut got = Vec::new();
-            let r: Result<(), ()> =
-                precheck_stream(wire, HashAlgorithm::Blake3, &group, &keys, workers, 16, |part| {
-                    got.extend(part.into_iter().map(|(e, p)| (e.hash, p)));
-                    Ok(())
-                });
+            let r: Result<(), ()> = precheck_stream(wire, HashAlgorithm::Blake3, &group, &keys, workers, 16, |part| {
+                got.extend(part.into_iter().map(|(e, p)| (e.hash, p)));
+                Ok(())
+            });
             assert!(r.is_ok());
             assert!(got.iter().zip(&entries).all(|((h, _), e)| *h == e.hash), "out of order");
             let results: Vec<&Prechecked> = got.iter().map(|(_, p)| p).collect();

@@ -200,10 +200,8 @@ impl<'a> WireBundle<'a> {
         }
         let group = string_field(fields.group, "group")?;
         let hash_algorithm = string_field(fields.hash_algorithm, "hashAlgorithm")?;
-        let raw: Vec<&'a RawValue> = fields
-            .entries
-            .and_then(|r| serde_json::from_str(r.get()).ok())
-            .ok_or(BundleError::Missing("entries"))?;
+        let raw: Vec<&'a RawValue> =
+            fields.entries.and_then(|r| serde_json::from_str(r.get()).ok()).ok_or(BundleError::Missing("entries"))?;
         let entries = read_entries(&raw)?;
         Ok(WireBundle { group, hash_algorithm, entries })
     }
@@ -360,7 +358,10 @@ mod tests {
         let decoded: Vec<Entry> = bundle.entries.iter().map(|e| e.decode().unwrap()).collect();
         assert_eq!(decoded, vec![a.clone(), b]);
         let refuse = |v: Value| WireBundle::parse(&v.to_string()).map(|_| ()).unwrap_err();
-        assert_eq!(refuse(json!({"format": "x", "group": "g", "hashAlgorithm": "h", "entries": []})), BundleError::Format);
+        assert_eq!(
+            refuse(json!({"format": "x", "group": "g", "hashAlgorithm": "h", "entries": []})),
+            BundleError::Format
+        );
         assert_eq!(
             refuse(json!({"format": crate::BUNDLE_FORMAT, "hashAlgorithm": "h", "entries": []})),
             BundleError::Missing("group")
@@ -370,7 +371,9 @@ mod tests {
             BundleError::Missing("entries")
         );
         assert!(matches!(
-            refuse(json!({"format": crate::BUNDLE_FORMAT, "group": "g", "hashAlgorithm": "h", "entries": [a.to_wire(), 5]})),
+            refuse(
+                json!({"format": crate::BUNDLE_FORMAT, "group": "g", "hashAlgorithm": "h", "entries": [a.to_wire(), 5]})
+            ),
             BundleError::Entry { index: 1, .. }
         ));
         assert!(matches!(WireBundle::parse("{\"format\":"), Err(BundleError::Syntax(_))));
