@@ -575,8 +575,8 @@ impl ReplicaStore for SpiReplica {
                     let batch = if row.was_stored { &mut stored } else { &mut new };
                     batch.tables.push(row.table.as_str());
                     batch.keys.push(row.key.as_str());
-                    batch.values.push(serde_json::to_string(&r.values).map_err(store_err)?);
-                    batch.metas.push(r.meta_value().to_string());
+                    batch.values.push(&r.values);
+                    batch.metas.push(r.meta_value());
                 }
                 None => {
                     if row.was_stored {
@@ -607,7 +607,8 @@ impl ReplicaStore for SpiReplica {
         }
         if !stored.keys.is_empty() {
             let wanted = stored.keys.len();
-            let done = exec_prepared_count(UPDATE_ROWS, &stored.into_args(self.num)).map_err(store_err)?;
+            let done =
+                exec_prepared_count(UPDATE_ROWS, &stored.into_args(self.num).map_err(store_err)?).map_err(store_err)?;
             expect("updating", done, wanted)?;
         }
         self.write_user_tables(changes)
@@ -722,13 +723,13 @@ impl JournalBatch {
     }
 }
 
-/// `row_meta` rows to write, as parallel arrays for `unnest`.
+/// `row_meta` rows to write, as parallel arrays.
 #[derive(Default)]
 struct RowBatch<'c> {
     tables: Vec<&'c str>,
     keys: Vec<&'c str>,
-    values: Vec<String>,
-    metas: Vec<String>,
+    values: Vec<&'c Map<String, Value>>,
+    metas: Vec<Value>,
 }
 
 impl RowBatch<'_> {
@@ -740,7 +741,7 @@ impl RowBatch<'_> {
                 Cell::Int4(group),
                 Cell::Text(self.tables[i]),
                 Cell::Text(self.keys[i]),
-                Cell::Jsonb(&self.values[i]),
+                Cell::JsonbObject(self.values[i]),
                 Cell::Jsonb(&self.metas[i]),
             ])?;
         }
@@ -748,8 +749,11 @@ impl RowBatch<'_> {
         Ok(())
     }
 
-    fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 5] {
-        [group.into(), self.tables.into(), self.keys.into(), self.values.into(), self.metas.into()]
+    /// The statement arguments for `unnest`: values and metadata as JSON texts.
+    fn into_args(self, group: i32) -> Result<[pgrx::datum::DatumWithOid<'static>; 5], serde_json::Error> {
+        let values = self.values.iter().map(serde_json::to_string).collect::<Result<Vec<String>, _>>()?;
+        let metas: Vec<String> = self.metas.iter().map(Value::to_string).collect();
+        Ok([group.into(), self.tables.into(), self.keys.into(), values.into(), metas.into()])
     }
 }
 
