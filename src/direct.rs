@@ -44,6 +44,9 @@ pub enum Cell<'a> {
     Jsonb(&'a serde_json::Value),
     /// A `jsonb` object, built from its members likewise.
     JsonbObject(&'a serde_json::Map<String, serde_json::Value>),
+    /// A value of a user table's column, as text for the column type's input function (see
+    /// [`Inserter::open_user_table`]).
+    Input(&'a str),
     /// `now()`: the transaction's start time, as a column default would give it.
     Now,
     /// NULL in a column of this type.
@@ -59,6 +62,7 @@ impl Cell<'_> {
             Cell::Int4Array(_) => pg_sys::INT4ARRAYOID,
             Cell::Jsonb(_) | Cell::JsonbObject(_) => pg_sys::JSONBOID,
             Cell::Now => pg_sys::TIMESTAMPTZOID,
+            Cell::Input(_) => pg_sys::InvalidOid,
             Cell::Null(oid) => *oid,
         }
     }
@@ -79,6 +83,8 @@ impl Cell<'_> {
                 pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(push_jsonb_object(&mut state, m)?))
             }),
             Cell::Now => Some(pg_sys::Datum::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() })),
+            // Formed by the inserter, which holds the column's input function.
+            Cell::Input(_) => None,
             Cell::Null(_) => return Ok(None),
         };
         formed.map(Some).ok_or(())
@@ -188,6 +194,49 @@ unsafe fn jsonb_string(s: &str) -> Result<pg_sys::JsonbValue, ()> {
     Ok(v)
 }
 
+/// For [`Inserter::open_user_table`]: the index in `columns` of each of `rel`'s columns, if
+/// rows of `columns` can be inserted into `rel` without SQL.
+unsafe fn user_table_order(rel: pg_sys::Relation, columns: &[&str]) -> Option<Vec<Option<usize>>> {
+    let form = (*rel).rd_rel;
+    if (*form).relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char || (*form).relispartition {
+        return None;
+    }
+    let triggers = (*rel).trigdesc;
+    if !triggers.is_null() {
+        let all = std::slice::from_raw_parts((*triggers).triggers, (*triggers).numtriggers as usize);
+        let fires = |t: &pg_sys::Trigger| {
+            t.tgenabled == pg_sys::TRIGGER_FIRES_ALWAYS as std::ffi::c_char
+                || t.tgenabled == pg_sys::TRIGGER_FIRES_ON_REPLICA as std::ffi::c_char
+        };
+        if all.iter().any(fires) {
+            return None;
+        }
+    }
+    let desc = (*rel).rd_att;
+    let constr = (*desc).constr;
+    if !constr.is_null() && (*constr).has_generated_stored {
+        return None;
+    }
+    let mut order = Vec::with_capacity((*desc).natts as usize);
+    let mut found = 0;
+    for a in (*desc).attrs.as_slice((*desc).natts as usize) {
+        if a.attisdropped {
+            order.push(None);
+            continue;
+        }
+        let name = std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
+        let i = columns.iter().position(|c| c.as_bytes() == name)?;
+        let plain_type = INPUT_TYPES.contains(&a.atttypid) && !(a.atttypid == pg_sys::VARCHAROID && a.atttypmod >= 0);
+        if !plain_type || a.attgenerated != 0 || a.attidentity == pg_sys::ATTRIBUTE_IDENTITY_ALWAYS as std::ffi::c_char
+        {
+            return None;
+        }
+        order.push(Some(i));
+        found += 1;
+    }
+    (found == columns.len()).then_some(order)
+}
+
 /// A copy, in the current memory context, of a varlena datum that is not TOASTed.
 unsafe fn copy_varlena(d: pg_sys::Datum) -> pg_sys::Datum {
     let from = d.cast_mut_ptr::<pg_sys::varlena>();
@@ -220,8 +269,41 @@ pub struct Inserter {
     scratch_cx: pg_sys::MemoryContext,
     cid: pg_sys::CommandId,
     natts: usize,
+    /// Per column of a user table, its type's input function (for [`Cell::Input`]); empty for
+    /// catalog tables.
+    inputs: Vec<Option<ColumnInput>>,
+    /// Whether rows are checked against NOT NULL and CHECK constraints (user tables).
+    check_constraints: bool,
     closed: bool,
 }
+
+/// A column type's text input function, as a cast from text calls it.
+struct ColumnInput {
+    finfo: pg_sys::FmgrInfo,
+    ioparam: pg_sys::Oid,
+    typmod: i32,
+}
+
+/// The column types whose text form [`Cell::Input`] takes: those a replicated table may have
+/// (`causal_core::schema::ColumnType`) whose input function does what replay's SQL cast from
+/// text does, but `bytea` (Base64 in the view) and `varchar(n)` (an explicit cast truncates,
+/// an input function refuses).
+const INPUT_TYPES: &[pg_sys::Oid] = &[
+    pg_sys::TEXTOID,
+    pg_sys::VARCHAROID,
+    pg_sys::INT2OID,
+    pg_sys::INT4OID,
+    pg_sys::INT8OID,
+    pg_sys::NUMERICOID,
+    pg_sys::FLOAT4OID,
+    pg_sys::FLOAT8OID,
+    pg_sys::BOOLOID,
+    pg_sys::DATEOID,
+    pg_sys::TIMESTAMPOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::UUIDOID,
+    pg_sys::JSONBOID,
+];
 
 impl Inserter {
     /// Opens `causal.<table>` for inserting rows of `columns` (names and types, in table
@@ -247,43 +329,134 @@ impl Inserter {
                 pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
                 return Err(wrong("its columns, triggers or checks are not the ones pg_causal made".into()));
             }
+            Ok(Inserter::on_relation(rel, Vec::new(), false))
+        }
+    }
+
+    /// Opens the user table `relid` for inserting rows of `columns` (its replicated columns,
+    /// by name) the way an INSERT under `session_replication_role = replica` inserts them,
+    /// when that INSERT would do nothing but store the rows, index them (unique and exclusion
+    /// constraints included) and check their NOT NULL and CHECK constraints. Returns, with the
+    /// inserter, the index in `columns` of each of the table's columns (`None` for a dropped
+    /// one); cells are given as [`Cell::Input`] or [`Cell::Null`].
+    ///
+    /// `None` (and nothing opened) when the INSERT would do more or differently, and replay
+    /// writes the rows through SQL: without the table-level INSERT privilege (column
+    /// privileges, or the error, are the INSERT's), with row-level security in force, for a
+    /// partitioned table or a partition, with a trigger that fires for replicas (`ENABLE
+    /// REPLICA` or `ALWAYS`), a deferrable unique or exclusion constraint, with generated or
+    /// `GENERATED ALWAYS` identity columns, columns
+    /// that are not among `columns` (an INSERT gives them their defaults) or of a type
+    /// outside [`INPUT_TYPES`].
+    pub fn open_user_table(relid: pg_sys::Oid, columns: &[&str]) -> Option<(Inserter, Vec<Option<usize>>)> {
+        unsafe {
+            let acl = pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_INSERT as pg_sys::AclMode);
+            if acl != pg_sys::AclResult::ACLCHECK_OK
+                || pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
+                    == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+            {
+                return None;
+            }
+            let rel = pg_sys::try_table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            if rel.is_null() {
+                return None;
+            }
+            let order = user_table_order(rel, columns);
+            if order.is_none() {
+                pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                return None;
+            }
+            let desc = (*rel).rd_att;
+            let natts = (*desc).natts as usize;
             let estate = pg_sys::CreateExecutorState();
-            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
-            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
-            pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
-            pg_sys::ExecOpenIndices(rri, false);
-            // Both contexts keep their first block when reset, sized so that a batch (and
-            // one value's parse) fits in it: with the default 8 kB, each batch's memory was
-            // freed to the C library and taken back from the kernel, and the page faults of
-            // that were three fifths of parsing jsonb values here.
-            let batch_cx = pg_sys::AllocSetContextCreateExtended(
-                pg_sys::CurrentMemoryContext,
-                c"pg_causal direct insert".as_ptr(),
-                BATCH_BLOCK,
-                BATCH_BLOCK,
-                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-            );
-            // Not a child of `batch_cx`: resetting a context deletes its children.
-            let scratch_cx = pg_sys::AllocSetContextCreateExtended(
-                pg_sys::CurrentMemoryContext,
-                c"pg_causal direct insert value".as_ptr(),
-                SCRATCH_BLOCK,
-                SCRATCH_BLOCK,
-                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-            );
-            Ok(Inserter {
-                rel,
-                estate,
-                rri,
-                bistate: pg_sys::GetBulkInsertState(),
-                slots: Vec::new(),
-                used: 0,
-                batch_cx,
-                scratch_cx,
-                cid: pg_sys::GetCurrentCommandId(true),
-                natts,
-                closed: false,
-            })
+            let cx = (*estate).es_query_cxt;
+            let mut inputs = Vec::with_capacity(natts);
+            for a in (*desc).attrs.as_slice(natts) {
+                if a.attisdropped {
+                    inputs.push(None);
+                    continue;
+                }
+                let (mut func, mut ioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+                pg_sys::getTypeInputInfo(a.atttypid, &mut func, &mut ioparam);
+                let mut finfo: pg_sys::FmgrInfo = std::mem::zeroed();
+                pg_sys::fmgr_info_cxt(func, &mut finfo, cx);
+                inputs.push(Some(ColumnInput { finfo, ioparam, typmod: a.atttypmod }));
+            }
+            let constr = (*desc).constr;
+            let check = !constr.is_null() && ((*constr).has_not_null || (*constr).num_check > 0);
+            let inserter = Inserter::with_estate(rel, estate, inputs, check);
+            // A deferred unique check is an event queued by the INSERT; none is queued here.
+            let n = (*inserter.rri).ri_NumIndices as usize;
+            let indexes =
+                if n == 0 { &[][..] } else { std::slice::from_raw_parts((*inserter.rri).ri_IndexRelationDescs, n) };
+            if indexes.iter().any(|&ix| !(*(*ix).rd_index).indimmediate) {
+                drop(inserter);
+                return None;
+            }
+            // ExecConstraints names the failing row's columns through the range table.
+            let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
+            (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+            (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+            (*rte).relid = relid;
+            (*rte).relkind = (*(*rel).rd_rel).relkind;
+            (*rte).rellockmode = pg_sys::RowExclusiveLock as i32;
+            (*rte).requiredPerms = pg_sys::ACL_INSERT as pg_sys::AclMode;
+            let old = pg_sys::MemoryContextSwitchTo(cx);
+            pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(std::ptr::null_mut(), rte.cast()));
+            pg_sys::MemoryContextSwitchTo(old);
+            order.map(|o| (inserter, o))
+        }
+    }
+
+    /// An inserter on `rel`, opened and checked by the caller.
+    unsafe fn on_relation(rel: pg_sys::Relation, inputs: Vec<Option<ColumnInput>>, check: bool) -> Inserter {
+        Inserter::with_estate(rel, pg_sys::CreateExecutorState(), inputs, check)
+    }
+
+    unsafe fn with_estate(
+        rel: pg_sys::Relation,
+        estate: *mut pg_sys::EState,
+        inputs: Vec<Option<ColumnInput>>,
+        check_constraints: bool,
+    ) -> Inserter {
+        let natts = (*(*rel).rd_att).natts as usize;
+        let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
+        (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+        pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+        pg_sys::ExecOpenIndices(rri, false);
+        // Both contexts keep their first block when reset, sized so that a batch (and
+        // one value's parse) fits in it: with the default 8 kB, each batch's memory was
+        // freed to the C library and taken back from the kernel, and the page faults of
+        // that were three fifths of parsing jsonb values here.
+        let batch_cx = pg_sys::AllocSetContextCreateExtended(
+            pg_sys::CurrentMemoryContext,
+            c"pg_causal direct insert".as_ptr(),
+            BATCH_BLOCK,
+            BATCH_BLOCK,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        // Not a child of `batch_cx`: resetting a context deletes its children.
+        let scratch_cx = pg_sys::AllocSetContextCreateExtended(
+            pg_sys::CurrentMemoryContext,
+            c"pg_causal direct insert value".as_ptr(),
+            SCRATCH_BLOCK,
+            SCRATCH_BLOCK,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        Inserter {
+            rel,
+            estate,
+            rri,
+            bistate: pg_sys::GetBulkInsertState(),
+            slots: Vec::new(),
+            used: 0,
+            batch_cx,
+            scratch_cx,
+            cid: pg_sys::GetCurrentCommandId(true),
+            natts,
+            inputs,
+            check_constraints,
+            closed: false,
         }
     }
 
@@ -294,7 +467,15 @@ impl Inserter {
         }
         unsafe {
             let desc = (*self.rel).rd_att;
+            // A user table's cells are typed by its columns (`open_user_table`).
+            let user_table = !self.inputs.is_empty();
             for (c, a) in row.iter().zip((*desc).attrs.as_slice(self.natts)) {
+                if user_table {
+                    if !matches!(c, Cell::Input(_) | Cell::Null(_)) {
+                        return Err(CausalError::Corrupt("a user table's values are given as text or NULL".into()));
+                    }
+                    continue;
+                }
                 if c.type_oid() != a.atttypid {
                     let column = std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_string_lossy();
                     return Err(CausalError::Corrupt(format!("a value of the wrong type for catalog column {column}")));
@@ -324,6 +505,8 @@ impl Inserter {
                     let copied = parsed.map(|d| d.map(|d| copy_varlena(d)));
                     pg_sys::MemoryContextReset(self.scratch_cx);
                     copied
+                } else if let Cell::Input(text) = c {
+                    self.input(i, text)
                 } else {
                     c.datum()
                 };
@@ -348,12 +531,27 @@ impl Inserter {
                 )));
             }
             pg_sys::ExecStoreVirtualTuple(slot);
+            if self.check_constraints {
+                // As an INSERT checks them, before the row is stored (an error if one fails).
+                pg_sys::ExecConstraints(self.rri, slot, self.estate);
+                pg_sys::MemoryContextReset((*pg_sys::MakePerTupleExprContext(self.estate)).ecxt_per_tuple_memory);
+            }
             self.used += 1;
             if self.used == BATCH {
                 self.write_batch();
             }
         }
         Ok(())
+    }
+
+    /// The datum of column `i` from its text, by the column type's input function (in the
+    /// current memory context; a value the type refuses raises the error a cast raises).
+    unsafe fn input(&mut self, i: usize, text: &str) -> Result<Option<pg_sys::Datum>, ()> {
+        let Some(Some(input)) = self.inputs.get_mut(i) else { return Err(()) };
+        // The input function reads a NUL-terminated string; text cannot hold NUL itself.
+        let text = std::ffi::CString::new(text).map_err(|_| ())?;
+        let d = pg_sys::InputFunctionCall(&mut input.finfo, text.as_ptr() as *mut _, input.ioparam, input.typmod);
+        Ok(Some(d))
     }
 
     /// Stores the buffered rows and their index entries.
@@ -640,6 +838,170 @@ mod tests {
         assert!(unsafe { super::jsonb_datum(&with_nul) }.is_err());
         let nul_key = serde_json::json!({"a\u{0}": 1});
         assert!(unsafe { super::jsonb_datum(&nul_key) }.is_err());
+    }
+
+    fn relid(table: &str) -> pg_sys::Oid {
+        Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{table}'::regclass::oid")).unwrap().unwrap()
+    }
+
+    /// Inserts rows of texts into `table` directly; false if the table must be written
+    /// through SQL.
+    fn insert_texts(table: &str, columns: &[&str], rows: &[Vec<Option<&str>>]) -> bool {
+        let Some((mut inserter, order)) = Inserter::open_user_table(relid(table), columns) else { return false };
+        for row in rows {
+            let cells: Vec<Cell> = order
+                .iter()
+                .map(|i| i.and_then(|i| row[i]).map_or(Cell::Null(pg_sys::InvalidOid), Cell::Input))
+                .collect();
+            inserter.push(&cells).unwrap();
+        }
+        inserter.finish();
+        true
+    }
+
+    /// Rows written into a user table directly read back as an INSERT of the same texts cast
+    /// to the column types stores them, in a table with a dropped column, and are indexed.
+    #[pg_test]
+    fn user_table_rows_are_the_ones_an_insert_of_their_texts_stores() {
+        let columns = "id int PRIMARY KEY, gone int, name text NOT NULL, price numeric(10,2) CHECK (price >= 0), n bigint, \
+             s smallint, f float8, r real, ok boolean, d date, ts timestamp(3), tz timestamptz, u uuid, j jsonb, v varchar";
+        Spi::run(&format!(
+            "CREATE TABLE direct_t ({columns}); CREATE TABLE sql_t ({columns}); \
+             ALTER TABLE direct_t DROP COLUMN gone; ALTER TABLE sql_t DROP COLUMN gone; CREATE INDEX ON direct_t (name)"
+        ))
+        .unwrap();
+        let names = ["id", "name", "price", "n", "s", "f", "r", "ok", "d", "ts", "tz", "u", "j", "v"];
+        let rows: Vec<Vec<Option<&str>>> = vec![
+            vec![
+                Some("1"),
+                Some("café"),
+                Some("12.345"),
+                Some("9007199254740993"),
+                Some("-7"),
+                Some("1.5e300"),
+                Some("0.1"),
+                Some("true"),
+                Some("2026-11-22"),
+                Some("2026-11-22 10:11:12.34567"),
+                Some("2026-11-22T10:11:12+02:00"),
+                Some("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"),
+                Some(r#"{"b": [1, 2.50], "a": null}"#),
+                Some("x"),
+            ],
+            vec![
+                Some("2"),
+                Some(""),
+                None,
+                None,
+                None,
+                Some("NaN"),
+                Some("-Infinity"),
+                Some("f"),
+                None,
+                None,
+                None,
+                None,
+                Some("[]"),
+                None,
+            ],
+        ];
+        assert!(insert_texts("direct_t", &names, &rows));
+        for row in &rows {
+            let values: Vec<String> =
+                row.iter().map(|v| v.map_or("NULL".to_string(), |t| format!("'{}'", t.replace('\'', "''")))).collect();
+            Spi::run(&format!("INSERT INTO sql_t ({}) VALUES ({})", names.join(", "), values.join(", "))).unwrap();
+        }
+        let differ = Spi::get_one::<i64>(
+            "SELECT count(*) FROM ((TABLE direct_t EXCEPT TABLE sql_t) UNION ALL (TABLE sql_t EXCEPT TABLE direct_t)) x",
+        );
+        assert_eq!(differ.unwrap(), Some(0));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM direct_t WHERE name = 'café'").unwrap(), Some(1));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT price::text FROM direct_t WHERE id = 1").unwrap().as_deref(),
+            Some("12.35")
+        );
+    }
+
+    /// What an INSERT refuses is refused with its error: a CHECK, NOT NULL, a duplicate key,
+    /// a value the type does not take.
+    #[pg_test]
+    fn user_table_rows_are_checked_as_an_insert_checks_them() {
+        Spi::run("CREATE TABLE c (id int PRIMARY KEY, lo int NOT NULL, hi int, CONSTRAINT lo_le_hi CHECK (lo <= hi))")
+            .unwrap();
+        let cols = ["id", "lo", "hi"];
+        // Each attempt in a subtransaction, rolled back when it fails (as replay's are).
+        let attempt = |row: Vec<Option<&'static str>>| unsafe {
+            let (context, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            pg_sys::MemoryContextSwitchTo(context);
+            let failed = PgTryBuilder::new(|| {
+                insert_texts("c", &cols, &[row.clone()]);
+                None
+            })
+            .catch_others(|e| match e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r) => {
+                    Some((r.sql_error_code(), r.message().to_string()))
+                }
+                _ => Some((PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, String::new())),
+            })
+            .execute();
+            if failed.is_none() {
+                pg_sys::ReleaseCurrentSubTransaction();
+            } else {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            failed
+        };
+        let (code, message) = attempt(vec![Some("1"), Some("5"), Some("3")]).unwrap();
+        assert_eq!(code, PgSqlErrorCode::ERRCODE_CHECK_VIOLATION);
+        assert!(message.contains("lo_le_hi"), "{message}");
+        let (code, _) = attempt(vec![Some("1"), None, Some("3")]).unwrap();
+        assert_eq!(code, PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION);
+        let (code, _) = attempt(vec![Some("one"), Some("1"), Some("3")]).unwrap();
+        assert_eq!(code, PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION);
+        assert!(attempt(vec![Some("1"), Some("1"), Some("3")]).is_none());
+        let (code, _) = attempt(vec![Some("1"), Some("2"), Some("3")]).unwrap();
+        assert_eq!(code, PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION);
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM c").unwrap(), Some(1));
+    }
+
+    /// Tables an INSERT would write differently, or do more for, are left to SQL.
+    #[pg_test]
+    fn user_tables_that_need_an_insert_are_not_written_directly() {
+        Spi::run(
+            "CREATE TABLE plain (id int PRIMARY KEY, v text); \
+             CREATE TABLE fk (id int PRIMARY KEY, p int REFERENCES plain); \
+             CREATE TABLE extra (id int PRIMARY KEY, v text, added int DEFAULT 7); \
+             CREATE TABLE gen (id int PRIMARY KEY, v text, g int GENERATED ALWAYS AS (id * 2) STORED); \
+             CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text); \
+             CREATE TABLE short (id int PRIMARY KEY, v varchar(3)); \
+             CREATE TABLE bin (id int PRIMARY KEY, v bytea); \
+             CREATE TABLE deferred (id int PRIMARY KEY, v text UNIQUE DEFERRABLE INITIALLY DEFERRED); \
+             CREATE TABLE parts (id int PRIMARY KEY, v text) PARTITION BY RANGE (id); \
+             CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100); \
+             CREATE TABLE trig (id int PRIMARY KEY, v text); \
+             CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
+             CREATE TRIGGER t BEFORE INSERT ON trig FOR EACH ROW EXECUTE FUNCTION noop(); \
+             CREATE TABLE trig_r (LIKE trig); CREATE TRIGGER t BEFORE INSERT ON trig_r FOR EACH ROW EXECUTE FUNCTION noop(); \
+             ALTER TABLE trig_r ENABLE REPLICA TRIGGER t",
+        )
+        .unwrap();
+        let row = vec![vec![Some("1"), Some("x")]];
+        // Triggers that do not fire for replicas (foreign keys' checks, plain user triggers) do
+        // not stand in the way, as they do not under replay's replica role.
+        for direct in ["plain", "fk", "trig"] {
+            let cols: &[&str] = if direct == "fk" { &["id", "p"] } else { &["id", "v"] };
+            assert!(
+                insert_texts(direct, cols, &[vec![Some("1"), if direct == "fk" { Some("1") } else { Some("x") }]]),
+                "{direct}"
+            );
+        }
+        for by_sql in ["extra", "gen", "ident", "short", "bin", "deferred", "parts", "parts_1", "trig_r"] {
+            assert!(!insert_texts(by_sql, &["id", "v"], &row), "{by_sql}");
+        }
+        assert!(!insert_texts("plain", &["id", "v", "missing"], &row));
     }
 
     #[pg_test]

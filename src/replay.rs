@@ -22,7 +22,7 @@ use crate::direct::{Cell, Inserter};
 use crate::error::CausalError;
 use crate::group::Group;
 use crate::rules::{quote_ident, sql_literal};
-use crate::spi_util::{exec_prepared, exec_prepared_count, run_prepared};
+use crate::spi_util::{exec_prepared, exec_prepared_count, get_prepared, run_prepared};
 use crate::store::SpiStore;
 
 thread_local! {
@@ -338,10 +338,15 @@ type RowsToWrite = (Vec<RowKey>, Vec<Map<String, Value>>);
 /// The text of an encoded value as Postgres reads it for the column (what `->>` gives: a
 /// string's contents, any other value's JSON text; NULL for null or absent).
 fn column_text(v: Option<&Value>) -> Option<String> {
+    column_text_ref(v).map(std::borrow::Cow::into_owned)
+}
+
+/// [`column_text`], borrowing strings.
+fn column_text_ref(v: Option<&Value>) -> Option<std::borrow::Cow<'_, str>> {
     match v {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => Some(other.to_string()),
+        Some(Value::String(s)) => Some(std::borrow::Cow::Borrowed(s)),
+        Some(other) => Some(std::borrow::Cow::Owned(other.to_string())),
     }
 }
 
@@ -351,11 +356,43 @@ fn column_text(v: Option<&Value>) -> Option<String> {
 /// replay; in a subtransaction, so that should the table hold one of their keys after all,
 /// the insert is undone and the rows are upserted (the view's row replaces the stray one).
 fn insert_new_rows(table: &str, schema: &TableSchema, rows: &[&Map<String, Value>]) -> Result<(), ReconcileError> {
-    let (sql, args) = write_rows_sql(table, schema, rows, false);
-    match crate::spi_util::unless_unique_violation(|| exec_prepared(&sql, &args)) {
+    let relid = get_prepared::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.into()]).map_err(store_err)?;
+    let insert = || -> Result<(), CausalError> {
+        if let Some(relid) = relid {
+            if insert_rows_direct(relid, schema, rows)? {
+                return Ok(());
+            }
+        }
+        let (sql, args) = write_rows_sql(table, schema, rows, false);
+        Ok(exec_prepared(&sql, &args)?)
+    };
+    match crate::spi_util::unless_unique_violation(insert) {
         Some(done) => done.map_err(store_err),
         None => upsert_rows(table, schema, rows),
     }
+}
+
+/// Inserts `rows` into the table `relid` without SQL, as COPY does (`Inserter::open_user_table`,
+/// which says when that is the same as the INSERT of `write_rows_sql`). Each value goes to its
+/// column type's input function as the text the INSERT casts. Returns false, having written
+/// nothing, for a table that must be written through SQL.
+fn insert_rows_direct(
+    relid: pg_sys::Oid,
+    schema: &TableSchema,
+    rows: &[&Map<String, Value>],
+) -> Result<bool, CausalError> {
+    let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    let Some((mut inserter, order)) = Inserter::open_user_table(relid, &columns) else { return Ok(false) };
+    let mut texts: Vec<Option<std::borrow::Cow<str>>> = Vec::with_capacity(order.len());
+    for row in rows {
+        texts.clear();
+        texts.extend(order.iter().map(|i| i.and_then(|i| column_text_ref(row.get(columns[i])))));
+        let cells: Vec<Cell> =
+            texts.iter().map(|t| t.as_deref().map_or(Cell::Null(pg_sys::InvalidOid), Cell::Input)).collect();
+        inserter.push(&cells)?;
+    }
+    inserter.finish();
+    Ok(true)
 }
 
 fn upsert_rows(table: &str, schema: &TableSchema, rows: &[&Map<String, Value>]) -> Result<(), ReconcileError> {
