@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::hash::Hash;
+use crate::identity::KeyId;
 use crate::payload::{Op, SignedPayload};
 use crate::rules::{parse_rule, Operation, Rule, RuleScope};
 use crate::schema::TableSchema;
@@ -47,8 +48,8 @@ pub(super) struct Replay<'a, R: ReplicaStore> {
     /// index, entry).
     lookahead: HashMap<Slot, Vec<(usize, Hash)>>,
     rules: HashMap<(String, String, String), Option<Rule>>,
-    /// The key id of the author of the entry being replayed.
-    author: String,
+    /// The key id of the author of the entry being replayed (written out only for a rule).
+    author: KeyId,
     /// Tables found replicated at the position of the entry being replayed.
     replicated: Vec<String>,
     /// The map each entry's writes are collected in, kept between entries so its memory is
@@ -65,7 +66,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             cache: HashMap::default(),
             lookahead: HashMap::default(),
             rules: HashMap::default(),
-            author: String::new(),
+            author: Hash([0; 32]),
             replicated: Vec::new(),
             scratch: HashMap::default(),
         }
@@ -277,7 +278,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         local: &mut RowMap,
     ) -> Result<(Verdict, Vec<UndoRecord>), ReconcileError> {
         let h = order.hash;
-        self.author = payload.author.to_b64();
+        self.author = payload.author;
         self.replicated.clear();
         let mut deleted: Vec<(String, RowState)> = Vec::new();
         for op in &payload.ops {
@@ -378,7 +379,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         if let Err(c) = self.foreign_keys(i, h, local, schema, &full, None)? {
             return Ok(Err(c));
         }
-        if let Err(c) = self.rules(i, h, local, schema, Operation::Insert, Some(&full), None, &self.author.clone())? {
+        if let Err(c) = self.rules(i, h, local, schema, Operation::Insert, Some(&full), None)? {
             return Ok(Err(c));
         }
         if let Err(c) = self.checks(schema, &full)? {
@@ -436,9 +437,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         if let Err(c) = self.foreign_keys(i, h, local, schema, &next.values, Some(&changed))? {
             return Ok(Err(c));
         }
-        let author = self.author.clone();
         if let Err(c) =
-            self.rules(i, h, local, schema, Operation::Update, Some(&next.values), Some(&current.values), &author)?
+            self.rules(i, h, local, schema, Operation::Update, Some(&next.values), Some(&current.values))?
         {
             return Ok(Err(c));
         }
@@ -484,8 +484,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         if !current.is_live() || (current.inserted_by != *h && !self.store.dag().precedes(&current.inserted_by, h)?) {
             return Ok(Ok(()));
         }
-        let author = self.author.clone();
-        if let Err(c) = self.rules(i, h, local, schema, Operation::Delete, None, Some(&current.values), &author)? {
+        if let Err(c) = self.rules(i, h, local, schema, Operation::Delete, None, Some(&current.values))? {
             return Ok(Err(c));
         }
         deleted.push((table.to_string(), current.clone()));
@@ -667,9 +666,13 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         operation: Operation,
         new: Option<&Map<String, Value>>,
         old: Option<&Map<String, Value>>,
-        author: &str,
     ) -> Result<Result<(), Cancel>, ReconcileError> {
         let rules = self.auth.rules_for(self.store.dag(), &schema.table, operation.name(), h)?;
+        if rules.is_empty() {
+            return Ok(Ok(()));
+        }
+        let author = self.author.to_b64();
+        let author = author.as_str();
         for (rule_entry, text) in rules {
             let cache_key = (schema.table.clone(), operation.name().to_string(), text.clone());
             if !self.rules.contains_key(&cache_key) {
