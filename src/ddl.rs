@@ -199,6 +199,20 @@ mod tests {
         assert_eq!(Spi::get_one::<i64>("SELECT entry_count FROM causal.groups").unwrap(), Some(4));
     }
 
+    /// A date default is recorded in the value encoding (ISO), whatever the session's DateStyle.
+    #[pg_test]
+    fn a_date_default_is_recorded_in_iso_form() {
+        setup();
+        Spi::run("SET DateStyle = 'SQL, DMY'").unwrap();
+        assert_eq!(outcome("ALTER TABLE products ADD COLUMN since date DEFAULT '2026-11-22'"), "ok");
+        let recorded = Spi::get_one::<String>(
+            "SELECT c ->> 'defaultValue' FROM jsonb_array_elements(causal.describe('products') -> 'columns') c \
+             WHERE c ->> 'name' = 'since'",
+        );
+        assert_eq!(recorded.unwrap().as_deref(), Some("2026-11-22"));
+        assert_eq!(Spi::get_one::<String>("SHOW DateStyle").unwrap().as_deref(), Some("SQL, DMY"));
+    }
+
     #[pg_test]
     fn other_alters_are_refused() {
         setup();
@@ -238,7 +252,9 @@ mod tests {
 fn encode_default(expr: &str, ty: &causal_core::schema::ColumnType) -> Result<Option<serde_json::Value>, CausalError> {
     use causal_core::schema::ColumnType as T;
     use serde_json::{json, Value};
-    let Some(text) = get_opt::<String>(&format!("SELECT (({expr})::{})::text", ty.sql_name()), &[])? else {
+    // A date's text follows DateStyle; the encoding is ISO's (`causal_core::schema::format_date`).
+    let sql = format!("SELECT (({expr})::{})::text", ty.sql_name());
+    let Some(text) = crate::spi_util::with_setting("DateStyle", "ISO", || get_opt::<String>(&sql, &[]))?? else {
         return Ok(None);
     };
     Ok(match ty {

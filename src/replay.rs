@@ -1083,6 +1083,100 @@ fn run_engine(
 #[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
+    use serde_json::{json, Value};
+
+    use causal_core::schema::{check_value, ColumnType};
+
+    /// Every value the validator takes for a column, Postgres takes in replay's cast: a value
+    /// it would refuse never reaches replay (where it would fail the whole import).
+    #[pg_test]
+    fn values_the_validator_takes_are_ones_postgres_takes() {
+        use ColumnType as T;
+        let numeric = |p, s| T::Numeric { precision: Some(p), scale: Some(s) };
+        let candidates: Vec<(ColumnType, Vec<Value>)> = vec![
+            (T::Text, vec![json!("plain"), json!("caf\u{e9}"), json!("nul \u{0} inside")]),
+            (
+                T::Jsonb,
+                vec![
+                    json!("{\"a\": [1, 2.5, null]}"),
+                    json!("not json"),
+                    json!("{\"a\": \"\\u0000\"}"),
+                    json!("\"\\u00e9\""),
+                    json!("[".repeat(200) + &"]".repeat(200)),
+                ],
+            ),
+            (
+                T::Uuid,
+                vec![
+                    json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+                    json!("------------------------------------"),
+                    json!("a0eebc999c0b4ef8bb6d6bb9bd380a11----"),
+                ],
+            ),
+            (
+                T::Date,
+                vec![
+                    json!("2024-02-29"),
+                    json!("2026-02-29"),
+                    json!("2026-13-01"),
+                    json!("0001-12-31 BC"),
+                    json!("4714-11-24 BC"),
+                    json!("4714-11-23 BC"),
+                    json!("5874897-12-31"),
+                    json!("5874898-01-01"),
+                    json!("infinity"),
+                ],
+            ),
+            (
+                T::Timestamp,
+                vec![
+                    json!("2026-01-01T00:00:00.000000"),
+                    json!("2026-01-01T24:00:00.000000"),
+                    json!("294276-12-31T23:59:59.999999"),
+                    json!("294277-01-01T00:00:00.000000"),
+                    json!("0044-03-15T12:00:00.000000 BC"),
+                ],
+            ),
+            (T::Timestamptz, vec![json!("2024-02-29T23:59:59.999999Z"), json!("2026-02-30T00:00:00.000000Z")]),
+            (T::Float4, vec![json!(3.4e38), json!(1e39), json!(1e-40), json!(1e-50), json!("NaN")]),
+            (
+                numeric(5, 2),
+                vec![
+                    json!("999.994"),
+                    json!("999.995"),
+                    json!("1000"),
+                    json!("-999.99"),
+                    json!("Infinity"),
+                    json!("NaN"),
+                ],
+            ),
+            (numeric(2, 5), vec![json!("0.00012"), json!("0.0012")]),
+            (T::Int4, vec![json!(2147483647), json!(2147483648i64)]),
+        ];
+        let (mut taken, mut refused) = (0, 0);
+        for (ty, values) in candidates {
+            for v in values {
+                let text = match &v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                // The statement a DO block runs; text with NUL cannot be sent at all.
+                let postgres = if text.contains('\0') {
+                    "refused".to_string()
+                } else {
+                    crate::testing::outcome(&format!("PERFORM $v${text}$v$::{}", ty.sql_name()))
+                };
+                let ours = check_value(&ty, &v);
+                assert!(ours.is_err() || postgres == "ok", "{ty:?} {v}: taken here, Postgres says {postgres}");
+                if ours.is_ok() {
+                    taken += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+        }
+        assert!(taken >= 15 && refused >= 15, "{taken} taken, {refused} refused");
+    }
 
     /// The statements on `row_meta` rows by key are probes of the hash index on `key`, even as
     /// generic plans over a table without statistics that a partial lookup index covers whole

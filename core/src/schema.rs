@@ -295,11 +295,22 @@ fn is_canonical_decimal(s: &str, integer_only: bool) -> bool {
         && s != "-0"
 }
 
-/// Checks one encoded value against a column type; the error says what is wrong.
+/// Checks one encoded value against a column type; the error says what is wrong. A value
+/// that passes is one Postgres takes for the column (replay casts it from this text): a
+/// value it would refuse is refused here, so that a peer's entry carrying one is rejected or
+/// cancelled, rather than making the import of its history fail.
 pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
     let want = |what: &str| Err(format!("expected {what}, got {}", short(v)));
+    // No Postgres text holds the NUL character.
+    if v.as_str().is_some_and(|s| s.contains('\0')) {
+        return Err("a string may not contain the NUL character (U+0000)".into());
+    }
     match ty {
-        ColumnType::Text | ColumnType::Jsonb => v.as_str().map(|_| ()).ok_or(()).or_else(|_| want("a string")),
+        ColumnType::Text => v.as_str().map(|_| ()).ok_or(()).or_else(|_| want("a string")),
+        ColumnType::Jsonb => match v.as_str() {
+            Some(s) => check_jsonb_text(s),
+            None => want("a string"),
+        },
         ColumnType::Varchar(limit) => match v.as_str() {
             Some(s) if limit.is_none_or(|n| s.chars().count() <= n as usize) => Ok(()),
             Some(_) => Err(format!("longer than {} characters", limit.unwrap_or(0))),
@@ -320,38 +331,55 @@ pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
             Some(s) if is_canonical_decimal(s, true) && s.parse::<i64>().is_ok() => Ok(()),
             _ => want("a bigint as a canonical decimal string"),
         },
-        ColumnType::Numeric { .. } => match v.as_str() {
-            Some("NaN" | "Infinity" | "-Infinity") => Ok(()),
-            Some(s) if is_canonical_decimal(s, false) || s == "-0" => Ok(()),
+        ColumnType::Numeric { precision, scale } => match v.as_str() {
+            Some("NaN") => Ok(()),
+            Some("Infinity" | "-Infinity") if precision.is_none() => Ok(()),
+            Some("Infinity" | "-Infinity") => Err("numeric(p,s) cannot hold an infinite value".into()),
+            Some(s) if is_canonical_decimal(s, false) || s == "-0" => check_numeric_fits(s, *precision, *scale),
             _ => want("a numeric as a decimal string"),
         },
-        ColumnType::Float8 | ColumnType::Float4 => match v {
+        ColumnType::Float8 => match v {
             Value::Number(n) if n.as_f64().is_some_and(f64::is_finite) => Ok(()),
+            Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => Ok(()),
+            _ => want("a number, \"NaN\", \"Infinity\" or \"-Infinity\""),
+        },
+        ColumnType::Float4 => match v {
+            // Postgres refuses a real that overflows, or underflows to zero.
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if f.is_finite() && f.abs() <= f64::from(f32::MAX) && (f == 0.0 || f as f32 != 0.0) => Ok(()),
+                _ => want("a number in the range of real"),
+            },
             Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => Ok(()),
             _ => want("a number, \"NaN\", \"Infinity\" or \"-Infinity\""),
         },
         ColumnType::Bool => v.as_bool().map(|_| ()).ok_or(()).or_else(|_| want("a boolean")),
         ColumnType::Date => match v.as_str() {
-            Some(s) if (s.len() >= 10 && s.as_bytes()[4] == b'-') || s == "infinity" || s == "-infinity" => Ok(()),
-            _ => want("a date YYYY-MM-DD"),
-        },
-        ColumnType::Timestamp | ColumnType::Timestamptz => match v.as_str() {
             Some("infinity" | "-infinity") => Ok(()),
-            Some(s)
-                if s.contains('T') && (*ty == ColumnType::Timestamp) != s.trim_end_matches(" BC").ends_with('Z') =>
-            {
-                Ok(())
-            }
-            _ => want(if *ty == ColumnType::Timestamp {
-                "an ISO-8601 timestamp"
-            } else {
-                "an ISO-8601 UTC timestamp ending in Z"
-            }),
+            Some(s) if parse_date(s).is_some() => Ok(()),
+            _ => want("a date YYYY-MM-DD (with \" BC\" before year 1), as Postgres has them"),
         },
+        ColumnType::Timestamp | ColumnType::Timestamptz => {
+            let utc = *ty == ColumnType::Timestamptz;
+            match v.as_str() {
+                Some("infinity" | "-infinity") => Ok(()),
+                Some(s) if parse_timestamp(s, utc).is_some() => Ok(()),
+                _ => want(if utc {
+                    "a UTC timestamp YYYY-MM-DDTHH:MM:SS.ffffffZ, as Postgres has them"
+                } else {
+                    "a timestamp YYYY-MM-DDTHH:MM:SS.ffffff, as Postgres has them"
+                }),
+            }
+        }
         ColumnType::Uuid => match v.as_str() {
             Some(s)
                 if s.len() == 36
-                    && s.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+                    && s.bytes().enumerate().all(|(i, b)| {
+                        if matches!(i, 8 | 13 | 18 | 23) {
+                            b == b'-'
+                        } else {
+                            b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+                        }
+                    }) =>
             {
                 Ok(())
             }
@@ -362,6 +390,123 @@ pub fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
             _ => want("Base64"),
         },
     }
+}
+
+/// A `jsonb` value's text: JSON that Postgres takes (it refuses `\u0000` in a string, and
+/// nesting deeper than serde_json's limit is refused here before its parser would be asked).
+fn check_jsonb_text(s: &str) -> Result<(), String> {
+    let value: Value = serde_json::from_str(s).map_err(|e| format!("not JSON for a jsonb column: {e}"))?;
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(has_nul),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    if has_nul(&value) {
+        return Err("a jsonb string may not contain the NUL character (\\u0000)".into());
+    }
+    Ok(())
+}
+
+/// Whether a canonical decimal fits `numeric(precision, scale)` once rounded to `scale`
+/// digits after the point, as Postgres rounds it (half away from zero).
+fn check_numeric_fits(s: &str, precision: Option<u32>, scale: Option<u32>) -> Result<(), String> {
+    let Some(p) = precision else { return Ok(()) };
+    let scale = scale.unwrap_or(0);
+    let body = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let mut digits: Vec<u8> =
+        int.bytes().chain(frac.bytes().chain(std::iter::repeat(b'0')).take(scale as usize)).collect();
+    // Round on the first dropped digit.
+    if frac.as_bytes().get(scale as usize).is_some_and(|d| *d >= b'5') {
+        let mut i = digits.len();
+        loop {
+            if i == 0 {
+                digits.insert(0, b'1');
+                break;
+            }
+            i -= 1;
+            if digits[i] == b'9' {
+                digits[i] = b'0';
+            } else {
+                digits[i] += 1;
+                break;
+            }
+        }
+    }
+    // The rounded value is `digits` x 10^-scale; it fits when it is below 10^(p - scale),
+    // that is when `digits` has at most p significant digits.
+    let significant = digits.iter().skip_while(|d| **d == b'0').count();
+    if significant > p as usize {
+        return Err(format!("does not fit numeric({p},{scale})"));
+    }
+    Ok(())
+}
+
+/// Days from 1970-01-01 of a proleptic Gregorian date (the inverse of `civil_from_days`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The first day Postgres has (4714-11-24 BC, Julian day 0), in days from 2000-01-01.
+const FIRST_PG_DAY: i64 = -2_451_545;
+
+/// A canonical date (`format_date`'s form) within Postgres's range: its days from 2000-01-01.
+fn parse_date(s: &str) -> Option<i64> {
+    let (ymd, bc) = match s.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
+    let mut parts = ymd.splitn(3, '-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if y.len() < 4 || m.len() != 2 || d.len() != 2 || ![y, m, d].iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    let (y, m, d): (i64, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if y == 0 || !(1..=12).contains(&m) || d == 0 || y > 5_874_897 {
+        return None;
+    }
+    let year = if bc { 1 - y } else { y };
+    let days = days_from_civil(year, m, d) - PG_EPOCH_DAYS;
+    // A day past the month's end comes back as another date, and is not canonical.
+    let canonical = i32::try_from(days).ok().map(format_date)?;
+    (canonical == s && days >= FIRST_PG_DAY).then_some(days)
+}
+
+/// A canonical timestamp (`format_timestamp`'s form, with `Z` when `utc`) within Postgres's
+/// range.
+fn parse_timestamp(s: &str, utc: bool) -> Option<i64> {
+    let (body, bc) = match s.strip_suffix(" BC") {
+        Some(rest) => (rest, " BC"),
+        None => (s, ""),
+    };
+    let body = if utc { body.strip_suffix('Z')? } else { body };
+    let (date, time) = body.split_once('T')?;
+    let days = parse_date(&format!("{date}{bc}"))?;
+    let t = time.as_bytes();
+    if t.len() != 15 || t[2] != b':' || t[5] != b':' || t[8] != b'.' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = time.get(r)?;
+        part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok()).flatten()
+    };
+    let (h, mi, sec, us) = (num(0..2)?, num(3..5)?, num(6..8)?, num(9..15)?);
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let micros = days.checked_mul(86_400_000_000)?.checked_add(((h * 60 + mi) * 60 + sec) * 1_000_000 + us)?;
+    // Postgres's timestamps end before 294277-01-01 00:00:00.
+    let end = (days_from_civil(294_277, 1, 1) - PG_EPOCH_DAYS) * 86_400_000_000;
+    (micros < end && format_timestamp(micros, utc) == s).then_some(micros)
 }
 
 /// Days between 1970-01-01 and Postgres's epoch, 2000-01-01.
@@ -501,6 +646,70 @@ mod tests {
         // 2024-02-29 12:34:56.789012 UTC
         let micros = ((8825i64 * 86_400 + 12 * 3600 + 34 * 60 + 56) * 1_000_000) + 789_012;
         assert_eq!(format_timestamp(micros, true), "2024-02-29T12:34:56.789012Z");
+    }
+
+    #[test]
+    /// Values Postgres would refuse for the column are refused here (replay casts them).
+    fn values_postgres_refuses() {
+        use ColumnType as T;
+        let numeric = |p, s| T::Numeric { precision: Some(p), scale: Some(s) };
+        let refused: &[(ColumnType, Value)] = &[
+            (T::Text, json!("a\u{0}b")),
+            (T::Varchar(None), json!("\u{0}")),
+            (T::Jsonb, json!("not json")),
+            (T::Jsonb, json!("{\"a\": \"\\u0000\"}")),
+            (T::Jsonb, json!("[".repeat(200) + &"]".repeat(200))),
+            (T::Uuid, json!("------------------------------------")),
+            (T::Uuid, json!("a0eebc999c0b4ef8bb6d6bb9bd380a11----")),
+            (T::Date, json!("2026-13-01")),
+            (T::Date, json!("2026-02-29")),
+            (T::Date, json!("2026-1-01")),
+            (T::Date, json!("0000-01-01")),
+            (T::Date, json!("4714-11-23 BC")),
+            (T::Date, json!("5874898-01-01")),
+            (T::Date, json!("2026-01-01 junk")),
+            (T::Timestamp, json!("2026-01-01T24:00:00.000000")),
+            (T::Timestamp, json!("2026-01-01T00:00:00")),
+            (T::Timestamp, json!("294277-01-01T00:00:00.000000")),
+            (T::Timestamptz, json!("2026-01-01T00:00:60.000000Z")),
+            (T::Timestamptz, json!("2026-02-30T00:00:00.000000Z")),
+            (T::Float4, json!(1e39)),
+            (T::Float4, json!(1e-50)),
+            (numeric(5, 2), json!("1000")),
+            (numeric(5, 2), json!("999.995")),
+            (numeric(3, 0), json!("-1000")),
+            (numeric(2, 2), json!("0.999")),
+            (numeric(2, 5), json!("0.0012")),
+            (numeric(5, 2), json!("Infinity")),
+        ];
+        for (ty, v) in refused {
+            assert!(check_value(ty, v).is_err(), "{ty:?} {v}");
+        }
+        let taken: &[(ColumnType, Value)] = &[
+            (T::Jsonb, json!("{\"a\": [1, 2.5, null, \"\\u00e9\"]}")),
+            (T::Uuid, json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")),
+            (T::Date, json!("2024-02-29")),
+            (T::Date, json!("0001-01-01")),
+            (T::Date, json!("0001-12-31 BC")),
+            (T::Date, json!("4714-11-24 BC")),
+            (T::Date, json!("5874897-12-31")),
+            (T::Date, json!("infinity")),
+            (T::Timestamp, json!("294276-12-31T23:59:59.999999")),
+            (T::Timestamp, json!("0044-03-15T12:00:00.000000 BC")),
+            (T::Timestamptz, json!("2024-02-29T23:59:59.999999Z")),
+            (T::Float4, json!(3.4e38)),
+            (T::Float4, json!(1e-40)),
+            (T::Float4, json!(0.0)),
+            (numeric(5, 2), json!("999.994")),
+            (numeric(5, 2), json!("-999.99")),
+            (numeric(2, 2), json!("0.994")),
+            (numeric(2, 5), json!("0.00012")),
+            (numeric(5, 2), json!("NaN")),
+            (T::Numeric { precision: None, scale: None }, json!("-Infinity")),
+        ];
+        for (ty, v) in taken {
+            assert!(check_value(ty, v).is_ok(), "{ty:?} {v}: {:?}", check_value(ty, v));
+        }
     }
 
     #[test]

@@ -437,9 +437,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         if let Err(c) = self.foreign_keys(i, h, local, schema, &next.values, Some(&changed))? {
             return Ok(Err(c));
         }
-        if let Err(c) =
-            self.rules(i, h, local, schema, Operation::Update, Some(&next.values), Some(&current.values))?
-        {
+        if let Err(c) = self.rules(i, h, local, schema, Operation::Update, Some(&next.values), Some(&current.values))? {
             return Ok(Err(c));
         }
         if let Err((why, _)) = self.checks(schema, &next.values)? {
