@@ -286,6 +286,23 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
             .get(0);
         assert_eq!(stored, 400);
     }
+    // 8. A member's values that Postgres would refuse (replay casts them): each such entry is
+    //    refused, alone, and the import goes on (before, they reached replay's cast, whose
+    //    error failed the whole import).
+    let mut f = Forge::from(&export(&mut a, None));
+    let tip = f.last_hash();
+    let row = |v: Value| Op::Insert { table: "products".into(), row: v.as_object().cloned().unwrap() };
+    f.push_signed(&admin, vec![row(json!({"sku": "P", "name": "too dear", "price": "123456789012"}))], [tip].into());
+    f.push_signed(&admin, vec![row(json!({"sku": "Q", "name": "nul \u{0} inside"}))], [tip].into());
+    f.push_signed(&admin, vec![row(json!({"sku": "V", "name": "valid", "price": "12345678.99"}))], [tip].into());
+    let r = import(&mut b, &f.bytes());
+    let why = reasons(&r);
+    assert_eq!((r["accepted"].as_i64(), why.len()), (Some(1), 2), "{r}");
+    assert!(why[0].contains("price") && why[0].contains("numeric(10,2)"), "{r}");
+    assert!(why[1].contains("NUL"), "{r}");
+    let price: String = b.query_one("SELECT price::text FROM products WHERE sku = 'V'", &[]).unwrap().get(0);
+    assert_eq!(price, "12345678.99");
+
     let ok: bool = b.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
     assert!(ok);
 }
