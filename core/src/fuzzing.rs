@@ -20,6 +20,7 @@ pub const TARGETS: &[Target] = &[
     ("bundle", bundle),
     ("key_material", key_material),
     ("group_payload", group_payload),
+    ("column_value", column_value),
 ];
 
 /// JSON text from outside, canonicalized: either refused, or a canonical text that does not
@@ -116,5 +117,52 @@ pub fn group_payload(data: &[u8]) {
     let Ok(value) = parse(text) else { return };
     if let Ok(p) = SignedPayload::from_value(&value) {
         assert_eq!(SignedPayload::from_value(&p.to_value()).ok(), Some(p));
+    }
+}
+
+/// A column value from a peer's row operation, checked against a column type chosen by the
+/// first byte (numeric's precision and scale by the next two); the rest is the value's JSON
+/// text. The check never panics, and a date or timestamp it takes is in its canonical form
+/// (read back, it is written out the same).
+pub fn column_value(data: &[u8]) {
+    use crate::schema::{check_value, format_date, format_timestamp, ColumnType as T};
+    let [kind, p, s, rest @ ..] = data else { return };
+    let ty = match kind % 16 {
+        0 => T::Text,
+        1 => T::Varchar(Some(u32::from(*p % 8))),
+        2 => T::Int2,
+        3 => T::Int4,
+        4 => T::Int8,
+        5 => T::Numeric { precision: Some(u32::from(*p % 40) + 1), scale: Some(u32::from(*s % 20)) },
+        6 => T::Numeric { precision: None, scale: None },
+        7 => T::Float8,
+        8 => T::Float4,
+        9 => T::Bool,
+        10 => T::Date,
+        11 => T::Timestamp,
+        12 => T::Timestamptz,
+        13 => T::Uuid,
+        14 => T::Bytea,
+        _ => T::Jsonb,
+    };
+    let Ok(text) = std::str::from_utf8(rest) else { return };
+    // The value as JSON, or else the text itself as a string.
+    let value = parse(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+    let taken = check_value(&ty, &value).is_ok();
+    let Some(s) = value.as_str() else { return };
+    if !taken || s.ends_with("infinity") {
+        return;
+    }
+    match ty {
+        T::Date => {
+            let days = crate::schema::parse_date(s).expect("a date taken parses");
+            assert_eq!(format_date(i32::try_from(days).expect("in range")), s);
+        }
+        T::Timestamp | T::Timestamptz => {
+            let utc = ty == T::Timestamptz;
+            let micros = crate::schema::parse_timestamp(s, utc).expect("a timestamp taken parses");
+            assert_eq!(format_timestamp(micros, utc), s);
+        }
+        _ => assert!(!s.contains('\0'), "a string with NUL was taken"),
     }
 }
