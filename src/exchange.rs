@@ -552,7 +552,9 @@ impl Unplaced {
         if self.entries.is_empty() {
             return Ok(());
         }
-        let entries = std::mem::take(&mut self.entries);
+        // The next run's list starts at this one's size, so it does not grow by copying.
+        let capacity = self.entries.len();
+        let entries = std::mem::replace(&mut self.entries, Vec::with_capacity(capacity));
         self.rows = 0;
         // The state row as the engine will read it; then the import goes on keeping its
         // state in memory.

@@ -24,7 +24,7 @@ pub const KIND_TAG: &str = "kind";
 
 /// Metadata derived from a payload. Deterministic, so every replica indexes alike.
 pub fn derive_meta(payload: &SignedPayload) -> Meta {
-    derive_meta_of(payload.genesis.as_ref(), &payload.ops)
+    derive_meta_of(payload.genesis.as_deref(), &payload.ops)
 }
 
 /// [`derive_meta`] of a payload's parts (its genesis fields, if any, and its operations).
