@@ -329,7 +329,7 @@ impl Inserter {
                 pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
                 return Err(wrong("its columns, triggers or checks are not the ones pg_causal made".into()));
             }
-            Ok(Inserter::on_relation(rel, Vec::new(), false))
+            Ok(Inserter::with_estate(rel, pg_sys::CreateExecutorState(), Vec::new(), false))
         }
     }
 
@@ -361,11 +361,10 @@ impl Inserter {
             if rel.is_null() {
                 return None;
             }
-            let order = user_table_order(rel, columns);
-            if order.is_none() {
+            let Some(order) = user_table_order(rel, columns) else {
                 pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
                 return None;
-            }
+            };
             let desc = (*rel).rd_att;
             let natts = (*desc).natts as usize;
             let estate = pg_sys::CreateExecutorState();
@@ -404,15 +403,11 @@ impl Inserter {
             let old = pg_sys::MemoryContextSwitchTo(cx);
             pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(std::ptr::null_mut(), rte.cast()));
             pg_sys::MemoryContextSwitchTo(old);
-            order.map(|o| (inserter, o))
+            Some((inserter, order))
         }
     }
 
-    /// An inserter on `rel`, opened and checked by the caller.
-    unsafe fn on_relation(rel: pg_sys::Relation, inputs: Vec<Option<ColumnInput>>, check: bool) -> Inserter {
-        Inserter::with_estate(rel, pg_sys::CreateExecutorState(), inputs, check)
-    }
-
+    /// An inserter on `rel`, opened and checked by the caller, in the executor state `estate`.
     unsafe fn with_estate(
         rel: pg_sys::Relation,
         estate: *mut pg_sys::EState,

@@ -680,26 +680,48 @@ fn probing_by_key<T>(f: impl FnOnce() -> Result<T, pgrx::spi::Error>) -> Result<
     crate::spi_util::with_setting("enable_bitmapscan", "off", f)?
 }
 
+/// The probe for the `row_meta` row of group `$1`, table `$t` and key `$k` (SQL expressions),
+/// selecting `$cols`: one text for the three statements below, so that they plan alike.
+macro_rules! row_probe {
+    ($cols:literal, $t:literal, $k:literal) => {
+        concat!(
+            "(SELECT ",
+            $cols,
+            " FROM causal.row_meta WHERE key = ",
+            $k,
+            " AND grp + 0 = $1 AND table_name || '' = ",
+            $t,
+            " OFFSET 0)"
+        )
+    };
+}
+
 /// The rows of group `$1` and table `$2` with the keys `$3`.
-const ROWS_BY_KEYS: &str = "SELECT m.key, m.vals, m.meta FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL \
-     (SELECT key, vals, meta FROM causal.row_meta WHERE key = k.key AND grp + 0 = $1 AND table_name || '' = $2 OFFSET 0) m";
+const ROWS_BY_KEYS: &str = concat!(
+    "SELECT m.key, m.vals, m.meta FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL ",
+    row_probe!("key, vals, meta", "$2", "k.key"),
+    " m"
+);
 
 /// The row of group `$1`, table `$2` and key `$3`.
 const ROW_BY_KEY: &str =
     "SELECT key, vals, meta FROM causal.row_meta WHERE key = $3 AND grp + 0 = $1 AND table_name || '' = $2";
 
 /// Deletes the rows of group `$1` with the tables and keys `$2` and `$3` (pairwise).
-const DELETE_ROWS: &str = "DELETE FROM causal.row_meta m USING \
-     (SELECT r.tid FROM unnest($2::text[], $3::text[]) AS x(t, k) CROSS JOIN LATERAL \
-      (SELECT ctid AS tid FROM causal.row_meta WHERE key = x.k AND grp + 0 = $1 AND table_name || '' = x.t OFFSET 0) r) d \
-     WHERE m.ctid = d.tid";
+const DELETE_ROWS: &str = concat!(
+    "DELETE FROM causal.row_meta m USING (SELECT r.tid FROM unnest($2::text[], $3::text[]) AS x(t, k) CROSS JOIN LATERAL ",
+    row_probe!("ctid AS tid", "x.t", "x.k"),
+    " r) d WHERE m.ctid = d.tid"
+);
 
 /// Sets the values `$4` and metadata `$5` (JSON texts) of the rows of group `$1` with the
 /// tables and keys `$2` and `$3`.
-const UPDATE_ROWS: &str = "UPDATE causal.row_meta m SET vals = d.v::jsonb, meta = d.m::jsonb FROM \
-     (SELECT r.tid, x.v, x.m FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m) CROSS JOIN LATERAL \
-      (SELECT ctid AS tid FROM causal.row_meta WHERE key = x.k AND grp + 0 = $1 AND table_name || '' = x.t OFFSET 0) r) d \
-     WHERE m.ctid = d.tid";
+const UPDATE_ROWS: &str = concat!(
+    "UPDATE causal.row_meta m SET vals = d.v::jsonb, meta = d.m::jsonb FROM (SELECT r.tid, x.v, x.m ",
+    "FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m) CROSS JOIN LATERAL ",
+    row_probe!("ctid AS tid", "x.t", "x.k"),
+    " r) d WHERE m.ctid = d.tid"
+);
 
 /// The columns of `causal.row_meta`, in table order.
 const ROW_META_COLUMNS: &[(&str, pg_sys::Oid)] = &[
@@ -1203,16 +1225,8 @@ mod tests {
         // As `probing_by_key` runs them (the single-key read is planned with bitmap scans on).
         for (name, sql, types, args) in statements {
             let bitmaps = if name == "row_by_key" { "on" } else { "off" };
-            Spi::run(&format!(
-                "SET LOCAL enable_bitmapscan = {bitmaps}; SET LOCAL plan_cache_mode = force_generic_plan; \
-                 PREPARE {name}({types}) AS {sql}"
-            ))
-            .unwrap();
-            let plan = Spi::get_one::<pgrx::Json>(&format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({args})"))
-                .unwrap()
-                .unwrap()
-                .0
-                .to_string();
+            Spi::run(&format!("SET LOCAL enable_bitmapscan = {bitmaps}")).unwrap();
+            let plan = crate::testing::generic_plan(name, types, sql, args);
             assert!(
                 plan.contains("row_meta_key") && !plan.contains("Seq Scan") && !plan.contains("BitmapAnd"),
                 "{name}: {plan}"

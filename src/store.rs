@@ -15,6 +15,9 @@ use causal_core::dag::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, Sto
 use causal_core::entry::{EncodedEntry, Entry, Header, Meta};
 use causal_core::membership::{MEMBER_TAG, RULE_TAG, SCHEMA_TAG};
 use causal_core::Hash;
+// The caches' maps hash node ids and entry hashes with foldhash (lookups by hash with SipHash
+// were 9% of the engine's time in an import).
+use causal_core::{FastMap, FastSet};
 
 use crate::direct::{Cell, Inserter};
 use crate::spi_util::{exec_prepared, get_prepared, run_prepared};
@@ -25,10 +28,6 @@ struct NodeCache {
     nodes: FastMap<NodeId, Rc<Node>>,
     ids: FastMap<Hash, NodeId>,
 }
-
-// The caches' maps hash node ids and entry hashes with foldhash (lookups by hash with SipHash
-// were 9% of the engine's time in an import).
-use causal_core::{FastMap, FastSet};
 
 thread_local! {
     /// Per group id. A store holds its group's cache, so a lookup hashes no group id.
@@ -701,16 +700,7 @@ mod tests {
              SELECT 1, i, 'h' || i, '{}', '{}', 'p', 0, i, '{}', '{}' FROM generate_series(0, 19999) i",
         )
         .unwrap();
-        Spi::run(&format!(
-            "SET LOCAL plan_cache_mode = force_generic_plan; PREPARE by_hash(int, text) AS {}",
-            super::NODE_ID_BY_HASH
-        ))
-        .unwrap();
-        let plan = Spi::get_one::<pgrx::Json>("EXPLAIN (FORMAT JSON) EXECUTE by_hash(1, 'h77')")
-            .unwrap()
-            .unwrap()
-            .0
-            .to_string();
+        let plan = crate::testing::generic_plan("by_hash", "int, text", super::NODE_ID_BY_HASH, "1, 'h77'");
         assert!(plan.contains("dag_entries_hash") && !plan.contains("BitmapAnd"), "{plan}");
         assert_eq!(Spi::get_one::<i32>("EXECUTE by_hash(1, 'h77')").unwrap(), Some(77));
         Spi::run("DEALLOCATE by_hash").unwrap();

@@ -28,3 +28,11 @@ pub fn shop_with_products() {
     )
     .unwrap();
 }
+
+/// The generic plan (EXPLAIN, as JSON text) of `sql` prepared as `name` with parameter
+/// `types` and run with `args`, as a statement kept by `spi_util::run_prepared` is planned
+/// once it goes generic. The statement stays prepared (DEALLOCATE `name` when done).
+pub fn generic_plan(name: &str, types: &str, sql: &str, args: &str) -> String {
+    Spi::run(&format!("SET LOCAL plan_cache_mode = force_generic_plan; PREPARE {name}({types}) AS {sql}")).unwrap();
+    Spi::get_one::<pgrx::Json>(&format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({args})")).unwrap().unwrap().0.to_string()
+}

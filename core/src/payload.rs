@@ -75,8 +75,9 @@ pub struct Genesis {
 /// A decoded, signature-bearing payload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SignedPayload {
-    /// Boxed: only a group's first entry has one, and payloads move often (a genesis inline
-    /// made every payload 384 bytes, and copying them was 2% of an import)
+    /// Boxed: only a group's first entry has one, and payloads move often. Inline, a genesis
+    /// made every payload 384 bytes; boxed, `memcpy` in a profile of a single-row import's
+    /// backend fell from 72 to 56 of about 940 samples.
     pub genesis: Option<Box<Genesis>>,
     pub author: KeyId,
     pub ops: Vec<Op>,

@@ -460,7 +460,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 const FIRST_PG_DAY: i64 = -2_451_545;
 
 /// A canonical date (`format_date`'s form) within Postgres's range: its days from 2000-01-01.
-pub(crate) fn parse_date(s: &str) -> Option<i64> {
+fn parse_date(s: &str) -> Option<i64> {
     let (ymd, bc) = match s.strip_suffix(" BC") {
         Some(rest) => (rest, true),
         None => (s, false),
@@ -483,7 +483,7 @@ pub(crate) fn parse_date(s: &str) -> Option<i64> {
 
 /// A canonical timestamp (`format_timestamp`'s form, with `Z` when `utc`) within Postgres's
 /// range.
-pub(crate) fn parse_timestamp(s: &str, utc: bool) -> Option<i64> {
+fn parse_timestamp(s: &str, utc: bool) -> Option<i64> {
     let (body, bc) = match s.strip_suffix(" BC") {
         Some(rest) => (rest, " BC"),
         None => (s, ""),
@@ -648,8 +648,8 @@ mod tests {
         assert_eq!(format_timestamp(micros, true), "2024-02-29T12:34:56.789012Z");
     }
 
-    #[test]
     /// Values Postgres would refuse for the column are refused here (replay casts them).
+    #[test]
     fn values_postgres_refuses() {
         use ColumnType as T;
         let numeric = |p, s| T::Numeric { precision: Some(p), scale: Some(s) };
