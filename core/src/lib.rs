@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dag;
+pub mod ddl;
 pub mod entry;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -24,6 +25,9 @@ pub mod precheck;
 pub mod reconcile;
 pub mod rules;
 pub mod schema;
+pub mod schema_check;
+pub mod sql_expr;
+pub mod sql_name;
 pub mod wire;
 
 pub use dag::{Appended, Dag, DagError, DagStore, ForkPosition, MemStore, MetaFilter};
