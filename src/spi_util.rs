@@ -122,10 +122,16 @@ pub fn without_jit<T>(f: impl FnOnce() -> T) -> Result<T, spi::Error> {
     with_setting("jit", "off", f)
 }
 
-/// Runs `f` in a subtransaction: `Some` of its result when it completes, `None` when it raised
-/// a unique violation (23505), which the subtransaction's rollback undoes. Any other error
-/// propagates and fails the transaction, as it would have without the subtransaction.
-pub fn unless_unique_violation<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+/// How a subtransaction ended.
+enum SubOutcome<T> {
+    Done(T),
+    /// An error it raised, with its SQLSTATE and message; the subtransaction was rolled back.
+    Failed(pgrx::PgSqlErrorCode, String),
+}
+
+/// Runs `f` in a subtransaction. It is released when `f` completes and rolled back when `f`
+/// raises, whatever the error: no subtransaction is left open behind the caller.
+fn in_subtransaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> SubOutcome<T> {
     // SAFETY: the subtransaction is begun and ended here, on the backend's thread; the memory
     // context and resource owner are the caller's again afterwards, as PL/Python and PL/Perl
     // restore them around theirs.
@@ -134,17 +140,45 @@ pub fn unless_unique_violation<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe
         let owner = pgrx::pg_sys::CurrentResourceOwner;
         pgrx::pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pgrx::pg_sys::MemoryContextSwitchTo(context);
-        let outcome = pgrx::PgTryBuilder::new(move || Some(f()))
-            .catch_when(pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |_| None)
+        let outcome = pgrx::PgTryBuilder::new(move || SubOutcome::Done(f()))
+            .catch_others(|e| match e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
+                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                    SubOutcome::Failed(r.sql_error_code(), r.message().to_string())
+                }
+            })
             .execute();
-        if outcome.is_some() {
-            pgrx::pg_sys::ReleaseCurrentSubTransaction();
-        } else {
-            pgrx::pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        match outcome {
+            SubOutcome::Done(_) => pgrx::pg_sys::ReleaseCurrentSubTransaction(),
+            SubOutcome::Failed(..) => pgrx::pg_sys::RollbackAndReleaseCurrentSubTransaction(),
         }
         pgrx::pg_sys::MemoryContextSwitchTo(context);
         pgrx::pg_sys::CurrentResourceOwner = owner;
         outcome
+    }
+}
+
+/// Runs `f` in a subtransaction: `Some` of its result when it completes, `None` when it raised
+/// a unique violation (23505), which the subtransaction's rollback undoes. Any other error is
+/// raised again after the rollback, as it would have been without the subtransaction.
+pub fn unless_unique_violation<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    match in_subtransaction(f) {
+        SubOutcome::Done(v) => Some(v),
+        SubOutcome::Failed(pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, _) => None,
+        SubOutcome::Failed(code, message) => {
+            pgrx::pg_sys::panic::ErrorReport::new(code, message, "pg_causal").report(pgrx::PgLogLevel::ERROR);
+            unreachable!("ERROR-level reports do not return")
+        }
+    }
+}
+
+/// Runs `f` in a subtransaction and turns any error it raises into `Err` with its message,
+/// after rolling the subtransaction back: for checks whose failure is an answer, not a fault.
+pub fn catching<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    match in_subtransaction(f) {
+        SubOutcome::Done(v) => Ok(v),
+        SubOutcome::Failed(_, message) => Err(message),
     }
 }
 
@@ -172,6 +206,20 @@ mod tests {
         assert!(matches!(fine, Some(Ok(()))));
         let rows = Spi::get_one::<String>("SELECT string_agg(id::text, ',' ORDER BY id) FROM u").unwrap();
         assert_eq!(rows.as_deref(), Some("1,3"));
+    }
+
+    /// An error other than a unique violation rolls the subtransaction back before it is
+    /// raised again: a caller that catches it is not left inside a subtransaction.
+    #[pg_test]
+    fn other_errors_leave_no_subtransaction_open() {
+        Spi::run("CREATE TABLE v (id int PRIMARY KEY)").unwrap();
+        // SAFETY: reads the backend's transaction nesting level.
+        let level = || unsafe { pgrx::pg_sys::GetCurrentTransactionNestLevel() };
+        let before = level();
+        let caught = super::catching(|| super::unless_unique_violation(|| Spi::run("INSERT INTO v VALUES (1 / 0)")));
+        assert!(caught.unwrap_err().contains("division by zero"));
+        assert_eq!(level(), before);
+        assert_eq!(super::catching(|| 7).unwrap(), 7);
     }
 
     /// JIT is off inside and back to the session's setting after, whatever it was.
