@@ -71,7 +71,8 @@ pub fn register() {
         &VERIFY_THREADS,
         0,
         64,
-        GucContext::Userset,
+        // It starts threads in the backend: a superuser's decision.
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -82,6 +83,10 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    // Every `causal.` name is ours: a misspelt setting (`causal.autor`) is an error rather
+    // than a placeholder that silently does nothing.
+    // SAFETY: called from _PG_init, on the backend's thread, with a static C string.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"causal".as_ptr()) };
 }
 
 /// The current value of `causal.author`, if set and not empty.
@@ -120,4 +125,30 @@ pub fn peers() -> Vec<String> {
 /// `causal.database`.
 pub fn database() -> String {
     DATABASE.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty()).unwrap_or_else(|| "postgres".into())
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use crate::testing::outcome;
+
+    /// A misspelt `causal.` setting is refused, not kept as a placeholder.
+    #[pg_test]
+    fn the_causal_prefix_is_reserved() {
+        let s = outcome("SET causal.autor = 'x'");
+        assert!(s.starts_with("42602") && s.contains("causal.autor"), "{s}");
+        assert_eq!(outcome("SET causal.import_run_rows = 5000"), "ok");
+    }
+
+    /// Settings that start threads are for superusers.
+    #[pg_test]
+    fn thread_settings_are_superuser_only() {
+        Spi::run("CREATE ROLE causal_guc_tester").unwrap();
+        Spi::run("SET ROLE causal_guc_tester").unwrap();
+        let s = outcome("SET causal.verify_threads = 8");
+        Spi::run("RESET ROLE").unwrap();
+        assert!(s.starts_with("42501"), "{s}");
+    }
 }
