@@ -9,115 +9,76 @@ use serde_json::Value;
 
 use crate::error::CausalError;
 use crate::group::Group;
-use crate::rules::quote_ident;
 use crate::spi_util::get_opt;
 
 fn local_schema(group: &Group, table: &str) -> Result<TableSchema, CausalError> {
     local_schema_by_name(&group.id, table)
 }
 
-/// The DDL that creates a table with a recorded schema.
-fn create_table_sql(s: &TableSchema) -> String {
-    let cols = |c: &[String]| c.iter().map(|x| quote_ident(x)).collect::<Vec<_>>().join(", ");
-    let mut parts: Vec<String> = s
-        .columns
-        .iter()
-        .map(|c| {
-            let mut d = format!("{} {}", quote_ident(&c.name), c.ty.sql_name());
-            if c.not_null {
-                d.push_str(" NOT NULL");
-            }
-            if let Some(def) = &c.default {
-                d.push_str(&format!(" DEFAULT {def}"));
-            }
-            d
+/// Runs DDL built by `causal_core::ddl`, one statement per call, with `search_path` and
+/// `standard_conforming_strings` pinned (the statements qualify and quote everything anyway).
+fn run_ddl(statements: &[String]) -> Result<(), CausalError> {
+    crate::spi_util::with_setting("search_path", "pg_catalog", || {
+        crate::spi_util::with_setting("standard_conforming_strings", "on", || {
+            statements.iter().try_for_each(|s| Spi::run(s).map_err(CausalError::from))
         })
-        .collect();
-    parts.push(format!("PRIMARY KEY ({})", cols(&s.primary_key)));
-    for u in &s.uniques {
-        parts.push(format!("CONSTRAINT {} UNIQUE ({})", quote_ident(&u.name), cols(&u.columns)));
-    }
-    for c in &s.checks {
-        parts.push(format!("CONSTRAINT {} CHECK {}", quote_ident(&c.name), c.expression));
-    }
-    for f in &s.foreign_keys {
-        parts.push(format!(
-            "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})",
-            quote_ident(&f.name),
-            cols(&f.columns),
-            f.references,
-            cols(&f.referenced_columns)
-        ));
-    }
-    format!("CREATE TABLE {} ({})", s.table, parts.join(", "))
+    })???;
+    Ok(())
 }
 
-/// Sequences that defaults draw from (`nextval('name'::regclass)`), so a created table's
-/// defaults work here too.
-fn sequences_of(s: &TableSchema) -> Vec<String> {
-    s.columns
-        .iter()
-        .filter_map(|c| c.default.as_deref())
-        .filter_map(|d| {
-            d.strip_prefix("nextval('")?.split_once("'::regclass)").map(|(name, _)| name.replace("''", "'"))
-        })
-        .collect()
+/// This group's table `table`, if this database replicates it.
+fn group_relid(group: &Group, table: &str) -> Result<Option<pg_sys::Oid>, CausalError> {
+    Ok(get_opt::<pg_sys::Oid>(
+        "SELECT relid FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
+        &[group.id.clone().into(), table.into()],
+    )?)
 }
 
 fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), CausalError> {
     let schema = TableSchema::from_value(schema_value).map_err(|e| CausalError::Corrupt(e.to_string()))?;
-    let relid = get_opt::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.into()])?;
-    let replicated_here = get_opt::<bool>(
-        "SELECT true FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
-        &[group.id.clone().into(), table.into()],
-    )?
-    .is_some();
-    let relid = match relid {
-        None => {
-            for seq in sequences_of(&schema) {
-                Spi::run(&format!("CREATE SEQUENCE IF NOT EXISTS {seq}"))?;
-            }
-            Spi::run(&create_table_sql(&schema))?;
-            get_opt::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.into()])?
-                .ok_or_else(|| CausalError::Corrupt(format!("created table {table} vanished")))?
-        }
-        Some(relid) if replicated_here => {
+    // Import checked the entry (`causal_core::schema_check`); a stored one that fails now
+    // was stored by an older version, and is not turned into DDL.
+    causal_core::schema_check::check_schema(&schema)
+        .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?;
+    let name = causal_core::sql_name::TableName::parse("table", table)
+        .map_err(|e| CausalError::UnsafeSchema { table: table.to_string(), what: e.to_string() })?;
+    let replicated_here = group_relid(group, table)?;
+    let relid = match replicated_here {
+        Some(relid) => {
             // A schema change: add the columns this table does not have yet.
             let local = local_schema(group, table)?;
             for c in schema.columns.iter().filter(|c| local.column(&c.name).is_none()) {
-                let mut d = format!("ALTER TABLE {table} ADD COLUMN {} {}", quote_ident(&c.name), c.ty.sql_name());
-                if let Some(def) = &c.default {
-                    d.push_str(&format!(" DEFAULT {def}"));
-                }
-                if c.not_null {
-                    d.push_str(" NOT NULL");
-                }
-                Spi::run(&d)?;
+                run_ddl(
+                    &causal_core::ddl::add_column(table, c)
+                        .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?,
+                )?;
                 if let Some(v) = &c.default_value {
                     fill_default(group, table, &c.name, v)?;
                 }
             }
             relid
         }
-        Some(relid) => {
-            let mut existing = crate::replicate::derive_schema(group, relid)?;
-            let mut expected = schema.clone();
-            for c in existing.columns.iter_mut().chain(expected.columns.iter_mut()) {
-                c.default_value = None;
+        None => {
+            let qualified = name.to_sql();
+            if let Some(relid) = get_opt::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[qualified.clone().into()])? {
+                // The member's own table (or one of another group) is never taken over.
+                if let Some(other) = get_opt::<String>(
+                    "SELECT g.name FROM causal.replicated_tables t JOIN causal.group_defs g USING (group_id) WHERE t.relid = $1",
+                    &[relid.into()],
+                )? {
+                    return Err(CausalError::AlreadyReplicated { table: table.to_string(), group: other });
+                }
+                return Err(CausalError::TableExists(table.to_string()));
             }
-            if existing != expected {
-                return Err(CausalError::TableMismatch(table.to_string()));
-            }
-            // The group's history defines the table's rows; rows it already holds would stay
-            // here alone, outside the group's view.
-            let rel = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])?.unwrap_or_default();
-            if get_opt::<bool>(&format!("SELECT true FROM {rel} LIMIT 1"), &[])?.is_some() {
-                return Err(CausalError::TableHasRows(table.to_string()));
-            }
-            relid
+            run_ddl(
+                &causal_core::ddl::create_table(&schema)
+                    .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?,
+            )?;
+            get_opt::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[qualified.into()])?
+                .ok_or_else(|| CausalError::Corrupt(format!("created table {table} vanished")))?
         }
     };
-    if replicated_here {
+    if replicated_here.is_some() {
         Spi::run_with_args(
             "UPDATE causal.replicated_tables SET schema = $3 WHERE group_id = $1 AND table_name = $2",
             &[group.id.clone().into(), table.into(), pgrx::JsonB(schema_value.clone()).into()],
@@ -141,8 +102,9 @@ fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
             &[group.id.clone().into(), table.clone().into(), operation.clone().into(), rule.clone().into()],
         )?,
         Op::Unreplicate { table } => {
-            if let Some(rel) = get_opt::<String>("SELECT to_regclass($1)::text", &[table.clone().into()])? {
-                Spi::run(&format!("DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel}; DROP TRIGGER IF EXISTS causal_lock ON {rel};"))?;
+            // Only this group's table: a name alone could reach a table of another group.
+            if let Some(relid) = group_relid(group, table)? {
+                crate::capture::remove_triggers(relid)?;
             }
             Spi::run_with_args(
                 "DELETE FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",

@@ -699,6 +699,17 @@ pub fn install_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
     Ok(())
 }
 
+/// Removes the capture triggers from a table (by oid, so never from another table of the
+/// same name).
+pub fn remove_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
+    let Some(rel) = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])? else { return Ok(()) };
+    Spi::run(&format!(
+        "DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel}; \
+         DROP TRIGGER IF EXISTS causal_lock ON {rel};"
+    ))?;
+    Ok(())
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {

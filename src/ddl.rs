@@ -130,10 +130,7 @@ fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
     let group = Group::find(&group_id)?;
     let hash = append_ops(&group, vec![Op::Unreplicate { table: name.clone() }], true)?;
     crate::capture::restricting_entry(&group.id);
-    let rel = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])?.unwrap_or(name);
-    Spi::run(&format!(
-        "DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel}; DROP TRIGGER IF EXISTS causal_lock ON {rel};"
-    ))?;
+    crate::capture::remove_triggers(relid)?;
     Spi::run_with_args("DELETE FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?;
     crate::capture::tables_changed()?;
     Ok(hash.to_b64())

@@ -50,6 +50,10 @@ pub enum CausalError {
     MutableCheck { table: String, constraint: String, expression: String },
     #[error("table {table} cannot be replicated: its foreign key {constraint} references {references}, which is not replicated in the same group")]
     ForeignKeyOutsideGroup { table: String, constraint: String, references: String },
+    #[error("table {table} cannot be replicated: {what}")]
+    UnsafeSchema { table: String, what: String },
+    #[error("table {0} exists here, outside the group; pg_causal does not take over an existing table")]
+    TableExists(String),
     #[error("table {0} has no primary key; pg_causal identifies rows by their primary key")]
     NoPrimaryKey(String),
     #[error("table {table} is already replicated in group {group}")]
@@ -58,10 +62,6 @@ pub enum CausalError {
     NotReplicated(String),
     #[error("invalid rule for {table}: {error}")]
     BadRule { table: String, error: causal_core::rules::RuleError },
-    #[error("table {0} exists here but does not match the group's schema for it")]
-    TableMismatch(String),
-    #[error("table {0} exists here and holds rows, but the group's history defines its rows")]
-    TableHasRows(String),
     #[error("malformed bundle: {0}")]
     BadBundle(String),
     #[error("ALTER TABLE of replicated table {table} is not supported: {what}")]
@@ -112,7 +112,9 @@ impl CausalError {
             CausalError::Unsupported { .. }
             | CausalError::UnsupportedType { .. }
             | CausalError::MutableCheck { .. }
+            | CausalError::UnsafeSchema { .. }
             | CausalError::ForeignKeyOutsideGroup { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CausalError::TableExists(_) => ERRCODE_DUPLICATE_TABLE,
             CausalError::NoPrimaryKey(_) => ERRCODE_INVALID_TABLE_DEFINITION,
             CausalError::Truncate(_) | CausalError::Prepare => ERRCODE_FEATURE_NOT_SUPPORTED,
             CausalError::BadRule { error, .. } => crate::rules::rule_sqlstate(error),
@@ -120,8 +122,6 @@ impl CausalError {
             CausalError::RuleDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CausalError::UnsupportedAlter { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             CausalError::BadBundle(_) => ERRCODE_INVALID_PARAMETER_VALUE,
-            CausalError::TableMismatch(_) => ERRCODE_DUPLICATE_TABLE,
-            CausalError::TableHasRows(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CausalError::StillReferenced { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             CausalError::AlreadyReplicated { .. } => ERRCODE_DUPLICATE_OBJECT,
             CausalError::NotReplicated(_) => ERRCODE_UNDEFINED_OBJECT,
@@ -166,6 +166,12 @@ impl CausalError {
                 Some("Every replica re-evaluates CHECK constraints on merged rows, so they may only call immutable functions.")
             }
             CausalError::ForeignKeyOutsideGroup { .. } => Some("Replicate the referenced table in the same group first."),
+            CausalError::UnsafeSchema { .. } => Some(
+                "CHECK constraints and defaults are replicated as data in a small expression language: columns, constants, casts to replicated types, comparisons, arithmetic, AND/OR/NOT, IS NULL, IN lists, CASE, COALESCE and a list of immutable built-in functions; defaults may also use now(), CURRENT_TIMESTAMP, gen_random_uuid() and nextval(). See docs/SECURITY.md.",
+            ),
+            CausalError::TableExists(_) => Some(
+                "Rename or drop the local table and import again; to put an existing table into a group, use causal.replicate on a node that is an admin.",
+            ),
             CausalError::NoPrimaryKey(_) => Some("Add a PRIMARY KEY, then call causal.replicate again."),
             CausalError::Unsupported { .. } | CausalError::AlreadyReplicated { .. } => None,
             CausalError::NotReplicated(_) => Some("See causal.tables."),
@@ -179,11 +185,7 @@ impl CausalError {
                 "Only ADD COLUMN of a nullable column, or one with a constant default, is supported; for anything else, causal.unreplicate the table first.",
             ),
             CausalError::StillReferenced { .. } => Some("Unreplicate the referencing table first."),
-            CausalError::TableMismatch(_) => Some("Compare causal.describe on the exporting database; rename or fix the local table, then import again."),
             CausalError::BadBundle(_) => Some("Pass the bytea that causal.export returned, unchanged. Nothing was stored."),
-            CausalError::TableHasRows(_) => Some(
-                "Empty or rename the local table, then import again; or put its rows in the group from the database that replicates it.",
-            ),
             CausalError::RuleDenied { .. } => Some("The rule is evaluated as the session's author (causal.author); see causal.table_rules."),
             CausalError::WritesFirst { .. } => Some(
                 "Do it before the row changes, or in a transaction of its own: the rows' entry is made at commit, after it, and would not match what the table holds.",

@@ -222,6 +222,16 @@ fn validate(
         if admin_op && !status.admin {
             return Err(format!("author {} is not an admin at the entry's position", payload.author));
         }
+        match op {
+            Op::Schema { table, schema } => check_schema_op(dag, positions, prev, table, schema)?,
+            Op::Rule { table, operation, rule } => check_rule_op(dag, positions, prev, table, operation, rule)?,
+            Op::Unreplicate { table } => {
+                if positions.schema(dag, prev, table)?.is_none() {
+                    return Err(format!("table {table} is not replicated at the entry's position"));
+                }
+            }
+            _ => {}
+        }
         let (table, check): (&str, Box<RowCheck>) = match op {
             Op::Insert { table, row } => (table, Box::new(move |s| s.check_row(row, true).map_err(|e| e.to_string()))),
             Op::Update { table, key, set, unset } => (
@@ -248,6 +258,66 @@ fn validate(
         }
     }
     Ok(payload)
+}
+
+/// A schema entry's checks at its position (`causal_core::schema_check`), then this
+/// database's parser's verdict on its expressions (`crate::schema_probe`).
+fn check_schema_op(
+    dag: &Dag<SpiStore>,
+    positions: &mut Positions,
+    prev: &Position,
+    table: &str,
+    schema: &Value,
+) -> Result<(), String> {
+    let new = TableSchema::from_value(schema).map_err(|e| format!("schema of {table}: {e}"))?;
+    let previous = positions.schema(dag, prev, table)?;
+    let mut table_at = |t: &str| positions.schema(dag, prev, t).map(|s| (*s).clone());
+    causal_core::schema_check::check_schema_entry(table, &new, previous.as_ref().as_ref(), &mut table_at)?;
+    crate::schema_probe::probe_schema(&new)
+}
+
+/// The tables a rule may name, as they are at its entry's position.
+struct RuleScopeAt<'a> {
+    target: Vec<String>,
+    others: std::cell::RefCell<(&'a mut Positions, &'a Dag<SpiStore>, &'a Position)>,
+}
+
+impl causal_core::rules::RuleScope for RuleScopeAt<'_> {
+    fn target_columns(&self) -> &[String] {
+        &self.target
+    }
+
+    fn table_columns(&self, table: &str) -> Option<Vec<String>> {
+        let mut others = self.others.borrow_mut();
+        let (positions, dag, prev) = &mut *others;
+        positions.schema(dag, prev, table).ok().and_then(|s| s.as_ref().as_ref().map(TableSchema::column_names))
+    }
+}
+
+/// A rule entry's checks at its position: its table is replicated there, and the rule parses
+/// against the group's tables (a rule that does not would refuse every local write).
+fn check_rule_op(
+    dag: &Dag<SpiStore>,
+    positions: &mut Positions,
+    prev: &Position,
+    table: &str,
+    operation: &str,
+    rule: &str,
+) -> Result<(), String> {
+    use causal_core::rules::Operation;
+    let Some(schema) = positions.schema(dag, prev, table)?.as_ref().clone() else {
+        return Err(format!("rule for table {table}, which is not replicated at the entry's position"));
+    };
+    let operation = match operation {
+        "insert" => Operation::Insert,
+        "update" => Operation::Update,
+        "delete" => Operation::Delete,
+        other => return Err(format!("rule for unknown operation {:?}", other.chars().take(40).collect::<String>())),
+    };
+    let scope = RuleScopeAt { target: schema.column_names(), others: std::cell::RefCell::new((positions, dag, prev)) };
+    causal_core::rules::parse_rule(rule, operation, &scope)
+        .map(|_| ())
+        .map_err(|e| format!("rule for {} on {table} does not parse: {e}", operation.name()))
 }
 
 /// Creates the group from the genesis in the bundle.

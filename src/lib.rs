@@ -17,6 +17,7 @@ mod members;
 mod replay;
 mod replicate;
 mod rules;
+mod schema_probe;
 mod spi_util;
 mod store;
 mod sync;

@@ -161,9 +161,17 @@ fn decode_expr(c: &str, ty: &ColumnType) -> String {
 /// The SQL expression that turns a JSON text `field` (an encoded value) into `ty`.
 fn decode_field(field: &str, ty: &ColumnType) -> String {
     match ty {
-        ColumnType::Bytea => format!("decode({field}, 'base64')"),
-        other => format!("{field}::{}", other.sql_name()),
+        ColumnType::Bytea => format!("pg_catalog.decode({field}, 'base64')"),
+        other => format!("CAST({field} AS {})", causal_core::sql_expr::qualified_type(other)),
     }
+}
+
+/// A group's table name as SQL: quoted and qualified, so it names the same table whatever
+/// the session's `search_path`.
+fn sql_table(table: &str) -> Result<String, ReconcileError> {
+    causal_core::sql_name::TableName::parse("table", table)
+        .map(|t| t.to_sql())
+        .map_err(|e| ReconcileError::Corrupt(e.to_string()))
 }
 
 thread_local! {
@@ -171,39 +179,48 @@ thread_local! {
     static CHECK_SQL: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
 }
 
-fn check_sql(schema: &TableSchema) -> String {
+/// The statement that names the first CHECK constraint a row violates. The expressions are
+/// written from their parsed trees (`causal_core::sql_expr`), never from the recorded text.
+fn check_sql(schema: &TableSchema) -> Result<String, ReconcileError> {
     let key = format!("{}:{}", schema.table, schema.to_value());
     if let Some(s) = CHECK_SQL.with(|c| c.borrow().get(&key).cloned()) {
-        return s;
+        return Ok(s);
     }
     let projection: Vec<String> =
         schema.columns.iter().map(|c| format!("{} AS {}", decode_expr(&c.name, &c.ty), quote_ident(&c.name))).collect();
-    let cases: Vec<String> = schema
-        .checks
-        .iter()
-        .map(|c| {
-            let expr = c.expression.trim().strip_prefix("CHECK").unwrap_or(&c.expression).trim();
-            let expr = expr.strip_suffix("NOT VALID").unwrap_or(expr).trim();
-            format!("WHEN ({expr}) IS FALSE THEN {}", sql_literal(&c.name))
-        })
-        .collect();
+    let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    let mut cases = Vec::new();
+    for c in &schema.checks {
+        let e = causal_core::sql_expr::parse(&c.expression, causal_core::sql_expr::Use::Check { columns: &columns })
+            .map_err(|e| ReconcileError::Corrupt(format!("CHECK constraint {} of {}: {e}", c.name, schema.table)))?;
+        cases.push(format!("WHEN ({}) IS FALSE THEN {}", e.to_sql(), sql_literal(&c.name)));
+    }
     let sql = format!(
-        "SELECT CASE {} END FROM (SELECT {} FROM (SELECT $1::jsonb AS r) AS x) AS t",
+        "SELECT CASE {} END FROM (SELECT {} FROM (SELECT $1::pg_catalog.jsonb AS r) AS x) AS t",
         cases.join(" "),
         projection.join(", ")
     );
     CHECK_SQL.with(|c| c.borrow_mut().insert(key, sql.clone()));
-    sql
+    Ok(sql)
 }
 
 /// Evaluates the table's CHECK constraints on an encoded row in Postgres: the first violated.
+/// A CHECK that raises an error on the row (a division by zero, say) counts as violated, with
+/// the error as its reason: an INSERT of the row would fail the same way, and the failure
+/// must cancel the entry on every replica rather than stop the import.
 pub fn violated_check(schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
-    let sql = check_sql(schema);
-    run_prepared(&sql, &[JsonB(Value::Object(row.clone())).into()], false, |mut rows| match rows.next() {
-        Some(r) => r.get::<String>(1),
-        None => Ok(None),
-    })
-    .map_err(store_err)
+    let sql = check_sql(schema)?;
+    let row = JsonB(Value::Object(row.clone()));
+    let run = move || {
+        run_prepared(&sql, &[row.into()], false, |mut rows| match rows.next() {
+            Some(r) => r.get::<String>(1),
+            None => Ok(None),
+        })
+    };
+    match crate::spi_util::catching(run) {
+        Ok(found) => found.map_err(store_err),
+        Err(message) => Ok(Some(format!("a CHECK constraint raised an error ({message})"))),
+    }
 }
 
 impl SpiReplica {
@@ -240,8 +257,9 @@ impl SpiReplica {
             return Ok(());
         }
         crate::spi_util::with_replica_role(|| {
-            for (table, (deletes, upserts, inserts)) in &per_table {
-                let schema = crate::apply::local_schema_by_name(&self.group, table).map_err(store_err)?;
+            for (name, (deletes, upserts, inserts)) in &per_table {
+                let schema = crate::apply::local_schema_by_name(&self.group, name).map_err(store_err)?;
+                let table = &sql_table(name)?;
                 let pk_cols: Vec<&str> = schema.primary_key.iter().map(String::as_str).collect();
                 if !deletes.is_empty() {
                     let cond: Vec<String> = pk_cols

@@ -43,7 +43,21 @@ fn names(sql: &str, relid: pg_sys::Oid, conoid: pg_sys::Oid) -> Result<Vec<Strin
 }
 
 /// Reads the schema of `relid` from the catalog, refusing what pg_causal cannot replicate.
+///
+/// Expressions are read with `search_path` set to `pg_catalog` alone, so `pg_get_expr`
+/// qualifies every function that is not a built-in (and the expression language refuses it),
+/// and with `standard_conforming_strings` on, so literals read the same everywhere. The schema
+/// must then pass the checks every replica makes on import (`causal_core::schema_check`).
 pub fn derive_schema(group: &Group, relid: pg_sys::Oid) -> Result<TableSchema, CausalError> {
+    let schema = crate::spi_util::with_setting("search_path", "pg_catalog", || {
+        crate::spi_util::with_setting("standard_conforming_strings", "on", || derive_schema_pinned(group, relid))
+    })???;
+    causal_core::schema_check::check_schema(&schema)
+        .map_err(|what| CausalError::UnsafeSchema { table: schema.table.clone(), what })?;
+    Ok(schema)
+}
+
+fn derive_schema_pinned(group: &Group, relid: pg_sys::Oid) -> Result<TableSchema, CausalError> {
     let table = group_table_name(relid)?;
     let is_table =
         get_opt::<bool>("SELECT relkind = 'r' FROM pg_class WHERE oid = $1", &[relid.into()])?.unwrap_or(false);
@@ -312,6 +326,48 @@ mod tests {
         setup();
         Spi::run("CREATE TABLE t (id int PRIMARY KEY, ts timestamptz CHECK (ts < now()))").unwrap();
         Spi::run("SELECT causal.replicate('shop', 't')").unwrap();
+    }
+
+    /// A function of the user's own in a CHECK is refused, even one that shadows a built-in
+    /// in the session's search_path: the expression is read with search_path = pg_catalog,
+    /// so the function shows up qualified, and the expression language refuses it.
+    #[pg_test]
+    fn functions_outside_pg_catalog_are_refused() {
+        use crate::testing::outcome;
+        setup();
+        Spi::run(
+            "CREATE FUNCTION public.length(text) RETURNS integer IMMUTABLE LANGUAGE sql AS 'SELECT 1'; \
+             SET search_path = public, pg_catalog; \
+             CREATE TABLE t (id int PRIMARY KEY, name text CHECK (length(name) > 0))",
+        )
+        .unwrap();
+        let s = outcome("PERFORM causal.replicate('shop', 't')");
+        Spi::run("RESET search_path").unwrap();
+        assert!(s.starts_with("0A000") && s.contains("public.length"), "{s}");
+        Spi::run(
+            "CREATE FUNCTION public.ok(integer) RETURNS boolean IMMUTABLE LANGUAGE sql AS 'SELECT true'; \
+             CREATE TABLE u (id int PRIMARY KEY CHECK (ok(id)))",
+        )
+        .unwrap();
+        let s = outcome("PERFORM causal.replicate('shop', 'u')");
+        assert!(s.starts_with("0A000") && s.contains("public.ok"), "{s}");
+    }
+
+    /// Defaults are checked too: one that reads a file is refused; the clock, a uuid and a
+    /// sequence are allowed (each replica receives the value, never the call).
+    #[pg_test]
+    fn defaults_are_checked() {
+        use crate::testing::outcome;
+        setup();
+        Spi::run("CREATE TABLE f (id int PRIMARY KEY, body text DEFAULT pg_read_file('/etc/hostname'))").unwrap();
+        let s = outcome("PERFORM causal.replicate('shop', 'f')");
+        assert!(s.starts_with("0A000") && s.contains("pg_read_file"), "{s}");
+        Spi::run(
+            "CREATE TABLE g (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), u uuid DEFAULT gen_random_uuid(), \
+             n integer DEFAULT (2 + 3), t text DEFAULT 'it''s')",
+        )
+        .unwrap();
+        assert_eq!(outcome("PERFORM causal.replicate('shop', 'g')"), "ok");
     }
 
     #[pg_test(error = "table t is already replicated in group shop")]

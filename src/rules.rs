@@ -245,7 +245,12 @@ pub fn rule_sql(rule: &causal_core::rules::Rule, input: &RuleInput<'_>, depth: u
         }
         Rule::Compare { left, op, right } => format!("({} {} {})", operand(left), op.symbol(), operand(right)),
         Rule::Exists { table, condition } => {
-            format!("EXISTS (SELECT 1 FROM {table} AS x{} WHERE {})", depth + 1, rule_sql(condition, input, depth + 1))
+            // The rule named a table of the group (checked when it was parsed); the name is
+            // written quoted and qualified, so it means that table whatever the search_path.
+            let target = causal_core::sql_name::TableName::parse("table", table)
+                .map(|t| t.to_sql())
+                .unwrap_or_else(|_| quote_ident(table));
+            format!("EXISTS (SELECT 1 FROM {target} AS x{} WHERE {})", depth + 1, rule_sql(condition, input, depth + 1))
         }
     }
 }
