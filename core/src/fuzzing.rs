@@ -21,6 +21,7 @@ pub const TARGETS: &[Target] = &[
     ("key_material", key_material),
     ("group_payload", group_payload),
     ("column_value", column_value),
+    ("schema_entry", schema_entry),
 ];
 
 /// JSON text from outside, canonicalized: either refused, or a canonical text that does not
@@ -174,5 +175,50 @@ pub fn column_value(data: &[u8]) {
     };
     for (w, v) in wider {
         assert!(check_value(&w, &v).is_ok(), "{ty:?} takes {value} but {w:?} refuses {v}");
+    }
+}
+
+/// Whether SQL text is one statement: no `;` outside string literals and quoted identifiers.
+fn one_statement(sql: &str) -> bool {
+    let (mut in_str, mut in_ident) = (false, false);
+    for c in sql.chars() {
+        match c {
+            '\'' if !in_ident => in_str = !in_str,
+            '"' if !in_str => in_ident = !in_ident,
+            ';' if !in_str && !in_ident => return false,
+            _ => {}
+        }
+    }
+    !in_str && !in_ident
+}
+
+/// A schema entry from a (possibly hostile) admin, as import checks it: the first line is the
+/// table name the operation gives, the rest the recorded schema as JSON, or an expression. What
+/// the checks accept must turn into DDL, each statement one statement, with each CHECK written
+/// from its parsed tree; an expression the language reads is written as one SQL expression.
+pub fn schema_entry(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (op_table, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let columns = ["a", "b", "Odd \"c\""];
+    for usage in [crate::sql_expr::Use::Check { columns: &columns }, crate::sql_expr::Use::Default] {
+        if let Ok(e) = crate::sql_expr::parse(rest, usage) {
+            assert!(one_statement(&e.to_sql()), "expression {rest:?} wrote {}", e.to_sql());
+        }
+    }
+    let Ok(value) = parse(rest) else { return };
+    let Ok(schema) = crate::schema::TableSchema::from_value(&value) else { return };
+    let mut none = |_: &str| Ok(None);
+    if crate::schema_check::check_schema_entry(op_table, &schema, None, &mut none).is_ok() {
+        let statements = crate::ddl::create_table(&schema).expect("a checked schema has DDL");
+        for s in &statements {
+            assert!(one_statement(s), "{s}");
+        }
+        let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        for c in &schema.checks {
+            let written = crate::sql_expr::parse(&c.expression, crate::sql_expr::Use::Check { columns: &columns })
+                .expect("a checked CHECK parses")
+                .to_sql();
+            assert!(statements.last().is_some_and(|s| s.contains(&format!("CHECK ({written})"))), "{statements:?}");
+        }
     }
 }
