@@ -48,10 +48,11 @@ enum RowOp {
 enum Step {
     /// A write at a site by one of the keys.
     Write { site: Index, author: Index, ops: Vec<RowOp> },
-    /// The admin (or the co-admin) removes a member.
-    Remove { site: Index, by_coadmin: bool, who: Index },
-    /// The admin re-adds a member.
-    Readd { site: Index, who: Index },
+    /// A key that may be an admin (the admin, the co-admin, or writer 2 once promoted) removes
+    /// any key, the admin included: concurrent steps make mutual removals and removal rings.
+    Remove { site: Index, by: Index, who: Index },
+    /// The admin re-adds a member, as an admin or not.
+    Readd { site: Index, who: Index, admin: bool },
     /// A site receives part of another's history: a prefix of the entries it lacks.
     Sync { from: Index, to: Index, part: Index },
 }
@@ -77,9 +78,9 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         8 => (any::<Index>(), any::<Index>(), prop::collection::vec(row_op(), 1..3))
             .prop_map(|(site, author, ops)| Step::Write { site, author, ops }),
-        1 => (any::<Index>(), any::<bool>(), any::<Index>()).prop_map(|(site, by_coadmin, who)| Step::Remove { site, by_coadmin, who }),
+        2 => (any::<Index>(), any::<Index>(), any::<Index>()).prop_map(|(site, by, who)| Step::Remove { site, by, who }),
         1 => (any::<Index>(), any::<Index>(), any::<Index>()).prop_map(|(from, to, part)| Step::Sync { from, to, part }),
-        1 => (any::<Index>(), any::<Index>()).prop_map(|(site, who)| Step::Readd { site, who }),
+        1 => (any::<Index>(), any::<Index>(), any::<bool>()).prop_map(|(site, who, admin)| Step::Readd { site, who, admin }),
         4 => (any::<Index>(), any::<Index>(), any::<Index>()).prop_map(|(from, to, part)| Step::Sync { from, to, part }),
     ]
 }
@@ -176,15 +177,15 @@ fn run(n_sites: usize, steps: &[Step]) -> Result<(), TestCaseError> {
                 let ops = ops.iter().map(|o| to_op(o, &keys)).collect();
                 sites[s].write(&keys[author.index(keys.len())], ops);
             }
-            Step::Remove { site, by_coadmin, who } => {
-                let by = if *by_coadmin { 1 } else { 0 };
-                let who = 1 + who.index(keys.len() - 1);
+            Step::Remove { site, by, who } => {
+                let by = by.index(3);
+                let who = who.index(keys.len());
                 sites[site.index(n_sites)]
                     .write(&keys[by], vec![Op::RemoveMember { key_id: keys[who].public().key_id() }]);
             }
-            Step::Readd { site, who } => {
+            Step::Readd { site, who, admin } => {
                 let who = 1 + who.index(keys.len() - 1);
-                sites[site.index(n_sites)].write(&keys[0], vec![add_member(&keys[who], who == 1)]);
+                sites[site.index(n_sites)].write(&keys[0], vec![add_member(&keys[who], *admin || who == 1)]);
             }
             Step::Sync { from, to, part } => {
                 let (f, t) = (from.index(n_sites), to.index(n_sites));

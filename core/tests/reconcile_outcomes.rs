@@ -369,6 +369,113 @@ fn mutual_removal_keeps_one_admin() {
     assert_eq!(ok.iter().filter(|s| **s == Status::Ok).count(), 1, "exactly one removal survives");
 }
 
+/// Of two admins removing each other, the one with the older admin grant wins, however
+/// long either branch is: padding a branch with entries raises its removal's height, never
+/// its author's seniority.
+#[test]
+fn mutual_removal_is_won_by_the_older_grant_whatever_the_padding() {
+    let y = Keypair::generate();
+    for (pad_admin, pad_y) in [(0, 0), (0, 4), (4, 0)] {
+        let f = fixture(vec![vec![add_member(&y, true)], vec![products()]]);
+        let (mut a, mut b) = (f.site(), f.site());
+        let mut branch_a = Vec::new();
+        for i in 0..pad_admin {
+            branch_a.push(a.write(&f.admin, vec![insert("products", json!({"sku": format!("a{i}")}))]));
+        }
+        let ra = a.write(&f.admin, vec![Op::RemoveMember { key_id: y.public().key_id() }]);
+        branch_a.push(ra.clone());
+        let mut branch_b = Vec::new();
+        for i in 0..pad_y {
+            branch_b.push(b.write(&y, vec![insert("products", json!({"sku": format!("y{i}")}))]));
+        }
+        let rb = b.write(&y, vec![Op::RemoveMember { key_id: f.admin.public().key_id() }]);
+        branch_b.push(rb.clone());
+        let mut site = Site::new(&f.genesis);
+        site.receive(&f.setup);
+        site.receive(&branch_b);
+        site.receive(&branch_a);
+        assert_eq!(site.status(&ra), Status::Ok, "padding {pad_admin}/{pad_y}: {}", site.reason(&ra));
+        assert_eq!(site.status(&rb), Status::Cancelled, "padding {pad_admin}/{pad_y}");
+        assert!(site.reason(&rb).contains("older admin grant"), "{}", site.reason(&rb));
+    }
+}
+
+/// A ring of three admins, each removing the next, concurrently: the most senior admin's
+/// removal stands and the two aimed at its attackers' authors fall, in every delivery order
+/// and whatever the heights.
+#[test]
+fn a_removal_ring_is_decided_by_seniority() {
+    let (q, r) = (Keypair::generate(), Keypair::generate());
+    let f = fixture(vec![vec![add_member(&q, true)], vec![add_member(&r, true)], vec![products()]]);
+    let (mut a, mut b, mut c) = (f.site(), f.site(), f.site());
+    let rp = a.write(&f.admin, vec![Op::RemoveMember { key_id: q.public().key_id() }]);
+    let pad1 = b.write(&q, vec![insert("products", json!({"sku": "pad1"}))]);
+    let pad2 = b.write(&q, vec![insert("products", json!({"sku": "pad2"}))]);
+    let rq = b.write(&q, vec![Op::RemoveMember { key_id: r.public().key_id() }]);
+    let pad = c.write(&r, vec![insert("products", json!({"sku": "pad3"}))]);
+    let rr = c.write(&r, vec![Op::RemoveMember { key_id: f.admin.public().key_id() }]);
+    let site = converge(&f.genesis, &f.setup, &[vec![rp.clone()], vec![pad1, pad2, rq.clone()], vec![pad, rr.clone()]]);
+    assert_eq!(site.status(&rp), Status::Ok, "{}", site.reason(&rp));
+    assert_eq!(site.status(&rq), Status::Cancelled);
+    assert_eq!(site.status(&rr), Status::Cancelled);
+}
+
+/// A delete of an older incarnation of a row (deleted and inserted again concurrently) does
+/// not cancel a concurrent update of the new incarnation, even when the delete comes later in
+/// the canonical order (here: its branch is taller).
+#[test]
+fn a_delete_of_an_older_incarnation_spares_the_new_one() {
+    let f = fixture(vec![vec![products()], vec![insert("products", json!({"sku": "p", "price": "1"}))]]);
+    let (mut a, mut b) = (f.site(), f.site());
+    let mut branch_a = Vec::new();
+    for i in 0..4 {
+        branch_a.push(a.write(&f.admin, vec![insert("products", json!({"sku": format!("pad{i}")}))]));
+    }
+    let old_delete = a.write(&f.admin, vec![delete("products", json!({"sku": "p"}))]);
+    branch_a.push(old_delete.clone());
+    let b1 = b.write(&f.admin, vec![delete("products", json!({"sku": "p"}))]);
+    let b2 = b.write(&f.admin, vec![insert("products", json!({"sku": "p", "price": "2"}))]);
+    let b3 = b.write(&f.admin, vec![update("products", json!({"sku": "p"}), json!({"price": "3"}))]);
+    let site = converge(&f.genesis, &f.setup, &[branch_a, vec![b1, b2, b3.clone()]]);
+    assert_eq!(site.status(&b3), Status::Ok, "{}", site.reason(&b3));
+    assert_eq!(site.row("products", json!(["p"])).map(|r| r["price"].clone()), Some(json!("3")));
+}
+
+/// A delete that is cancelled itself (its author's capability was revoked concurrently, so
+/// the delete rule refuses it) takes nothing away from a concurrent update of the row, wherever
+/// the canonical order puts it (the reference's "a voided delete does not kill").
+#[test]
+fn a_cancelled_delete_cancels_nothing() {
+    let (bob, carol) = (Keypair::generate(), Keypair::generate());
+    for pad in [0, 2] {
+        let mut ops = wiki(&bob);
+        ops.push(vec![Op::Rule {
+            table: "pages".into(),
+            operation: "delete".into(),
+            rule: "exists(caps where caps.label = 'writer' and caps.grantee = $author)".into(),
+        }]);
+        ops.push(vec![add_member(&carol, false)]);
+        let mut f = fixture(ops);
+        // Bob (a writer) writes the page.
+        let page = f.a.write(&bob, vec![insert("pages", json!({"id": 1, "title": "first"}))]);
+        assert_eq!(f.a.status(&page), Status::Ok);
+        f.setup.push(page);
+        let (mut a, mut b, mut c) = (f.site(), f.site(), f.site());
+        let revoke = a.write(&f.admin, vec![delete("caps", json!({"id": 1}))]);
+        let mut branch_b = Vec::new();
+        for i in 0..pad {
+            branch_b.push(b.write(&f.admin, vec![insert("caps", json!({"id": 10 + i, "label": "x", "grantee": "y"}))]));
+        }
+        let gone = b.write(&bob, vec![delete("pages", json!({"id": 1}))]);
+        branch_b.push(gone.clone());
+        let edit = c.write(&carol, vec![update("pages", json!({"id": 1}), json!({"title": "edited"}))]);
+        let site = converge(&f.genesis, &f.setup, &[vec![revoke], branch_b, vec![edit.clone()]]);
+        assert_eq!(site.status(&gone), Status::Cancelled, "pad {pad}: {} / {}", site.reason(&gone), site.reason(&edit));
+        assert_eq!(site.status(&edit), Status::Ok, "pad {pad}: {}", site.reason(&edit));
+        assert_eq!(site.row("pages", json!([1])).map(|r| r["title"].clone()), Some(json!("edited")));
+    }
+}
+
 #[test]
 fn late_concurrent_entry_rewinds_only_above_the_fork() {
     let f = fixture(vec![vec![products()]]);

@@ -12,21 +12,21 @@
 //!   remove each other concurrently, the removal later in the canonical order survives.
 //! - A schema entry is always ok (structure only grows: a column, once added, stays).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::HashMap;
 
 use crate::dag::{Dag, DagStore};
 use crate::hash::Hash;
-use crate::identity::KeyId;
+use crate::identity::{KeyId, PublicKey};
 use crate::payload::{Op, SignedPayload};
 use crate::schema::TableSchema;
 
-use super::{OrderKey, ReconcileError, Verdict};
+use super::{removal_conflicts, OrderKey, ReconcileError, Verdict};
 
 #[derive(Clone, Debug)]
 enum Change {
-    Add { admin: bool },
+    Add { admin: bool, key: PublicKey },
     Remove,
 }
 
@@ -125,7 +125,7 @@ impl Authority {
                     entry: order.hash,
                     order: *order,
                     key: g.admin.key_id(),
-                    change: Change::Add { admin: true },
+                    change: Change::Add { admin: true, key: g.admin },
                 });
             }
             for op in &p.ops {
@@ -134,7 +134,7 @@ impl Authority {
                         entry: order.hash,
                         order: *order,
                         key: public_key.key_id(),
-                        change: Change::Add { admin: *admin },
+                        change: Change::Add { admin: *admin, key: *public_key },
                     }),
                     Op::RemoveMember { key_id } => all_changes.push(MemberChange {
                         entry: order.hash,
@@ -146,19 +146,85 @@ impl Authority {
                 }
             }
         }
+        // Removals whose authors remove each other concurrently are decided first, by
+        // seniority (`removal_conflicts`). A removal that stands there but is cancelled by the
+        // pass (its author was not an admin in its view) is taken out and the conflicts
+        // decided again, until nothing changes; each round takes out at least one removal.
+        let authors: HashMap<Hash, KeyId> = entries.iter().map(|(o, p)| (o.hash, p.author)).collect();
+        let mut removals = Vec::new();
+        for c in all_changes.iter().filter(|c| matches!(c.change, Change::Remove)) {
+            let Some(author) = authors.get(&c.entry).copied() else { continue };
+            let mut seniority = None;
+            for g in
+                all_changes.iter().filter(|g| g.key == author && matches!(g.change, Change::Add { admin: true, .. }))
+            {
+                if (g.entry == c.entry || dag.precedes(&g.entry, &c.entry)?) && seniority.is_none_or(|s| g.order > s) {
+                    seniority = Some(g.order);
+                }
+            }
+            removals.push(removal_conflicts::Removal {
+                entry: c.entry,
+                order: c.order,
+                author,
+                removed: c.key,
+                seniority,
+            });
+        }
+        let mut excluded: BTreeSet<Hash> = BTreeSet::new();
+        loop {
+            let live: Vec<removal_conflicts::Removal> =
+                removals.iter().filter(|r| !excluded.contains(&r.entry)).cloned().collect();
+            let fallen = removal_conflicts::resolve(dag, &live)?;
+            let a = Authority::pass(dag, &entries, &all_changes, &fallen, &excluded)?;
+            let newly: Vec<Hash> = live
+                .iter()
+                .filter(|r| !fallen.contains_key(&r.entry) && a.verdicts.get(&r.entry).is_some_and(|v| !v.is_ok()))
+                .map(|r| r.entry)
+                .collect();
+            if newly.is_empty() {
+                return Ok(a);
+            }
+            excluded.extend(newly);
+        }
+    }
+
+    /// One pass over the authority entries in canonical order, with the removal conflicts
+    /// decided (`fallen`); `excluded` removals are cancelled anyway and count for nothing.
+    fn pass<S: DagStore>(
+        dag: &Dag<S>,
+        entries: &[(OrderKey, SignedPayload)],
+        all_changes: &[MemberChange],
+        fallen: &removal_conflicts::Fallen,
+        excluded: &BTreeSet<Hash>,
+    ) -> Result<Authority, ReconcileError> {
         let mut a = Authority::default();
-        for (order, p) in &entries {
+        for (order, p) in entries {
             let h = order.hash;
             let verdict = if p.genesis.is_some()
                 || p.ops.iter().all(|op| matches!(op, Op::Schema { .. } | Op::Unreplicate { .. }))
             {
                 Verdict::ok()
             } else {
-                // Undecided removals later in the order count against the author.
-                let pending: Vec<&MemberChange> = all_changes.iter().filter(|c| c.order > *order).collect();
-                match a.standing_with(dag, &p.author, &h, true, &pending)? {
-                    Ok(()) => Verdict::ok(),
-                    Err((reason, responsible)) => Verdict::cancelled(reason, responsible),
+                // Removals later in the order count against the author unless they fell in a
+                // conflict (or are cancelled anyway).
+                let pending: Vec<&MemberChange> = all_changes
+                    .iter()
+                    .filter(|c| c.order > *order && !fallen.contains_key(&c.entry) && !excluded.contains(&c.entry))
+                    .collect();
+                if let Some(by) = fallen.get(&h) {
+                    let first = by.first().map(short).unwrap_or_default();
+                    Verdict::cancelled(
+                        format!(
+                            "author {} was removed concurrently by entry {first}, which stands: of admins removing each other, the one with the older admin grant wins",
+                            short(&p.author)
+                        ),
+                        by.clone(),
+                    )
+                } else {
+                    match a.standing_with(dag, &p.author, &h, true, &pending)? {
+                        Ok(()) => Verdict::ok(),
+                        Err((reason, responsible)) => Verdict::cancelled(reason, responsible),
+                    }
                 }
             };
             let ok = verdict.is_ok();
@@ -244,6 +310,38 @@ impl Authority {
         self.tables.get(table).and_then(|t| t.1.get(column).copied())
     }
 
+    /// The status of `key` at `position` seen from the entries this authority was resolved
+    /// from: its last `ok` membership changes there (cancelled ones count for nothing). A
+    /// removal among them makes it no member; it is an admin when all of them add it as one.
+    pub fn status_at<S: DagStore>(
+        &self,
+        dag: &Dag<S>,
+        key: &KeyId,
+        position: &crate::entry::Position,
+    ) -> Result<crate::membership::MemberStatus, ReconcileError> {
+        let mut past = Vec::new();
+        for c in self.members.iter().filter(|c| c.key == *key) {
+            let mut inside = false;
+            for p in position {
+                if *p == c.entry || dag.precedes(&c.entry, p)? {
+                    inside = true;
+                    break;
+                }
+            }
+            if inside {
+                past.push(c);
+            }
+        }
+        let last = last_of(dag, &past, |c: &MemberChange| c.entry)?;
+        let live = !last.is_empty() && last.iter().all(|c| matches!(c.change, Change::Add { .. }));
+        let admin = live && last.iter().all(|c| matches!(c.change, Change::Add { admin: true, .. }));
+        let public_key = self.members.iter().rev().find_map(|c| match &c.change {
+            Change::Add { key: k, .. } if c.key == *key => Some(*k),
+            _ => None,
+        });
+        Ok(crate::membership::MemberStatus { live, admin, public_key })
+    }
+
     /// Whether `key` is a live member (an admin, if `need_admin`) in the view of entry `at`.
     pub fn standing<S: DagStore>(
         &self,
@@ -300,7 +398,7 @@ impl Authority {
                 concurrent_removals,
             )));
         }
-        if need_admin && !last.iter().all(|c| matches!(c.change, Change::Add { admin: true })) {
+        if need_admin && !last.iter().all(|c| matches!(c.change, Change::Add { admin: true, .. })) {
             return Ok(Err((format!("author {who} is not an admin at the entry's position"), vec![])));
         }
         Ok(Ok(()))

@@ -30,6 +30,7 @@ fn short(h: &Hash) -> String {
 type Slot = (String, RowKey);
 
 use crate::FastMap as HashMap;
+use crate::FastSet as HashSet;
 
 /// Row states by table and key (`None`: no row at all).
 type RowMap = HashMap<Slot, Option<RowState>>;
@@ -47,6 +48,8 @@ pub(super) struct Replay<'a, R: ReplicaStore> {
     /// Rows deleted by barrier entries of the region whose author stands: slot -> (region
     /// index, entry).
     lookahead: HashMap<Slot, Vec<(usize, Hash)>>,
+    /// Deletes left out of `lookahead` (see [`Replay::excluding`]).
+    void_deletes: HashSet<Hash>,
     rules: HashMap<(String, String, String), Option<Rule>>,
     /// The key id of the author of the entry being replayed (written out only for a rule).
     author: KeyId,
@@ -65,6 +68,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             overlay: HashMap::default(),
             cache: HashMap::default(),
             lookahead: HashMap::default(),
+            void_deletes: HashSet::default(),
             rules: HashMap::default(),
             author: Hash([0; 32]),
             replicated: Vec::new(),
@@ -80,9 +84,16 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         self.schema(table).and_then(|s| row_key(s, key))
     }
 
-    pub(super) fn run(mut self, region: Vec<RegionEntry>) -> Result<Changes, ReconcileError> {
+    /// Deletes that count for no concurrent entry: they were cancelled themselves in an
+    /// earlier replay of the same region (`reconcile::replay_region`).
+    pub(super) fn excluding(mut self, void_deletes: HashSet<Hash>) -> Self {
+        self.void_deletes = void_deletes;
+        self
+    }
+
+    pub(super) fn run(mut self, region: &[RegionEntry]) -> Result<Changes, ReconcileError> {
         let mut changes = Changes::default();
-        self.prefetch(&region)?;
+        self.prefetch(region)?;
         // Rewind: undo the applied entries of the region, latest first.
         for (_, _, journal) in region.iter().rev() {
             if let Some(j) = journal {
@@ -103,7 +114,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             } else {
                 self.auth.standing(self.store.dag(), &payload.author, &order.hash, false)?
             };
-            if !is_auth && s.is_ok() {
+            if !is_auth && s.is_ok() && !self.void_deletes.contains(&order.hash) {
                 for op in &payload.ops {
                     if let Op::Delete { table, key } = op {
                         if let Some(k) = self.key_of(table, key) {
@@ -210,7 +221,14 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         }
         if let Some(deletes) = self.lookahead.get(slot) {
             for (j, d) in deletes {
-                if *j > i && d != h && !self.store.dag().precedes(h, d)? {
+                // A delete acts only on the incarnation it saw: one that the row's current
+                // incarnation is not in the history of (deleted and inserted again
+                // concurrently) takes nothing away from it.
+                if *j > i
+                    && d != h
+                    && !self.store.dag().precedes(h, d)?
+                    && self.store.dag().precedes(&row.inserted_by, d)?
+                {
                     return Ok(Err((format!("it was deleted by concurrent entry {}", short(d)), vec![*d])));
                 }
             }
