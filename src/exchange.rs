@@ -79,6 +79,12 @@ use crate::spi_util::get_opt;
 /// nothing once its answer is known.
 #[derive(Default)]
 struct Positions {
+    /// The group, for the membership view with verdicts (`Positions::member`'s slow path).
+    group: Option<Group>,
+    /// The group's authority entries with order keys, by the authority version they were read at.
+    authority: Option<(u32, Rc<Vec<(causal_core::reconcile::OrderKey, SignedPayload)>>)>,
+    /// Statuses from the membership view, by (authority entries in the position's past, key).
+    viewed: FastMap<(Vec<Hash>, KeyId), MemberStatus>,
     covers: CoverCache,
     members: FastMap<(Position, KeyId), MemberStatus>,
     schemas: FastMap<Position, FastMap<String, Rc<Option<TableSchema>>>>,
@@ -86,7 +92,65 @@ struct Positions {
 }
 
 impl Positions {
-    fn member(&mut self, dag: &Dag<SpiStore>, position: &Position, key: &KeyId) -> Result<MemberStatus, String> {
+    /// The status of `key` at `position`. The index of membership changes answers first; where
+    /// it finds the key removed (or, with `need_admin`, not an admin), the membership view with
+    /// verdicts answers too, so a removal the group cancelled removes no one. Either answer is
+    /// a function of the position's past, so every replica admits the same entries.
+    fn member(
+        &mut self,
+        dag: &Dag<SpiStore>,
+        position: &Position,
+        key: &KeyId,
+        need_admin: bool,
+    ) -> Result<MemberStatus, String> {
+        let status = self.indexed_member(dag, position, key)?;
+        if status.live && (status.admin || !need_admin) {
+            return Ok(status);
+        }
+        let view = self.viewed_member(dag, position, key)?;
+        Ok(MemberStatus {
+            live: status.live || view.live,
+            admin: (status.live && status.admin) || view.admin,
+            public_key: status.public_key.or(view.public_key),
+        })
+    }
+
+    fn viewed_member(&mut self, dag: &Dag<SpiStore>, position: &Position, key: &KeyId) -> Result<MemberStatus, String> {
+        let Some(group) = self.group.clone() else { return Err("no group for the membership view".into()) };
+        let version = dag.store().authority_version().map_err(|e| e.to_string())?;
+        if self.authority.as_ref().is_none_or(|(v, _)| *v != version) {
+            dag.store().flush_pending().map_err(|e| e.to_string())?;
+            let input = crate::members::authority_input(&group).map_err(|e| e.to_string())?;
+            self.authority = Some((version, Rc::new(input)));
+        }
+        let input = self.authority.as_ref().map(|(_, i)| i.clone()).unwrap_or_default();
+        let mut past = Vec::new();
+        for (o, _) in input.iter() {
+            if position.iter().any(|p| *p == o.hash)
+                || position
+                    .iter()
+                    .try_fold(false, |acc, p| Ok::<_, DagError>(acc || dag.precedes(&o.hash, p)?))
+                    .map_err(|e| e.to_string())?
+            {
+                past.push(o.hash);
+            }
+        }
+        let slot = (past, *key);
+        if let Some(s) = self.viewed.get(&slot) {
+            return Ok(s.clone());
+        }
+        let status = causal_core::reconcile::membership_view::member_in_view(dag, &input, position, key)
+            .map_err(|e| e.to_string())?;
+        self.viewed.insert(slot, status.clone());
+        Ok(status)
+    }
+
+    fn indexed_member(
+        &mut self,
+        dag: &Dag<SpiStore>,
+        position: &Position,
+        key: &KeyId,
+    ) -> Result<MemberStatus, String> {
         let text = self.key_texts.entry(*key).or_insert_with(|| key.to_b64());
         let last = self.covers.cover(dag, position, MEMBER_TAG, text).map_err(|e| e.to_string())?;
         let slot = (last, *key);
@@ -199,7 +263,17 @@ fn validate(
         Prechecked::Signed(p) => (p, true),
         Prechecked::UnknownAuthor(p) => (p, false),
     };
-    let status = positions.member(dag, prev, &payload.author)?;
+    let needs_admin = payload.ops.iter().any(|op| {
+        matches!(
+            op,
+            Op::AddMember { .. }
+                | Op::RemoveMember { .. }
+                | Op::Schema { .. }
+                | Op::Rule { .. }
+                | Op::Unreplicate { .. }
+        )
+    });
+    let status = positions.member(dag, prev, &payload.author, needs_admin)?;
     let Some(key) = status.public_key.filter(|_| status.live) else {
         return Err(format!("author {} is not a live member at the entry's position", payload.author));
     };
@@ -419,7 +493,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
             dag.store().assume_absent(h);
         }
     }
-    let mut positions = Positions::default();
+    let mut positions = Positions { group: Some(group.clone()), ..Positions::default() };
     // Stores one prechecked entry whose turn has come; gives it back if a predecessor is not
     // stored yet (it comes later in the bundle, or is missing).
     let mut place = |dag: &mut causal_core::Dag<crate::store::SpiStore>,

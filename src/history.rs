@@ -168,10 +168,18 @@ fn check_entry(
         Ok(h) => h,
         Err(e) => return Some(format!("group id: {e}")),
     };
-    let status = match member_at(dag, &prev, &signed.author) {
+    let mut status = match member_at(dag, &prev, &signed.author) {
         Ok(s) => s,
         Err(e) => return Some(e.to_string()),
     };
+    if !status.live {
+        // The index counts a removal the group cancelled; the view with verdicts does not.
+        match crate::members::status_in_view(group, dag, &prev, &signed.author) {
+            Ok(view) if view.live => status = view,
+            Ok(_) => {}
+            Err(e) => return Some(e.to_string()),
+        }
+    }
     match (status.live, status.public_key) {
         (true, Some(key)) => signed.verify(&key, Some(&group_id), &prev).err().map(|e| e.to_string()),
         _ => Some(format!("author {} is not a live member at the entry's position", signed.author)),

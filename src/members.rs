@@ -7,9 +7,10 @@ use pgrx::prelude::*;
 
 use causal_core::entry::{EncodedEntry, Entry, Meta};
 use causal_core::identity::PublicKey;
-use causal_core::membership::{derive_meta_of, member_at, MemberStatus};
+use causal_core::membership::{derive_meta_of, MemberStatus};
 use causal_core::op_text::{sign_op_texts, OpText};
 use causal_core::payload::{Op, SignedPayload};
+use causal_core::reconcile::OrderKey;
 use causal_core::Hash;
 
 use crate::error::{CausalError, OrReport};
@@ -122,15 +123,48 @@ fn cached_status(
             return Ok(s);
         }
     }
-    let status = member_at(dag, frontier, key).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    let status = status_in_view(group, dag, frontier, key)?;
     STATUS.with(|c| c.borrow_mut().insert(k, (version, status.clone())));
     Ok(status)
+}
+
+/// The group's authority entries (genesis, membership, schema, rules) with their order keys:
+/// the journal's, or computed for entries not placed yet.
+pub fn authority_input(group: &Group) -> Result<Vec<(OrderKey, SignedPayload)>, CausalError> {
+    use causal_core::reconcile::ReplicaStore;
+    let replica = crate::replay::SpiReplica::new(group);
+    let rerr = |e: causal_core::reconcile::ReconcileError| CausalError::Reconcile(e.to_string());
+    let hashes = replica.authority_entries().map_err(rerr)?;
+    let heights = causal_core::reconcile::membership_view::heights(replica.dag(), &hashes, &mut |h| {
+        Ok(replica.journal(h)?.map(|j| j.order.height))
+    })
+    .map_err(rerr)?;
+    let mut out = Vec::with_capacity(hashes.len());
+    for h in hashes {
+        let height = heights.get(&h).copied().ok_or_else(|| CausalError::Corrupt(format!("no height for {h}")))?;
+        out.push((OrderKey { height, hash: h }, replica.payload(&h).map_err(rerr)?));
+    }
+    Ok(out)
+}
+
+/// The status of `key` at `position` seen from there, with membership verdicts: a removal
+/// that the group's reconciliation cancelled removes no one
+/// (`causal_core::reconcile::membership_view`).
+pub fn status_in_view(
+    group: &Group,
+    dag: &causal_core::Dag<crate::store::SpiStore>,
+    position: &causal_core::Position,
+    key: &Hash,
+) -> Result<MemberStatus, CausalError> {
+    let input = authority_input(group)?;
+    causal_core::reconcile::membership_view::member_in_view(dag, &input, position, key)
+        .map_err(|e| CausalError::Reconcile(e.to_string()))
 }
 
 fn status_of(group: &Group, key_id: &Hash) -> Result<MemberStatus, CausalError> {
     let dag = group.dag();
     let frontier = dag.frontier()?;
-    member_at(&dag, &frontier, key_id).map_err(|e| CausalError::Corrupt(e.to_string()))
+    status_in_view(group, &dag, &frontier, key_id)
 }
 
 /// Adds a member (or changes its admin flag). `public_key` is the serialized public key in

@@ -341,6 +341,12 @@ impl SpiStore {
         Ok(())
     }
 
+    /// Writes the entries and tags not written yet, so that statements over the catalog see
+    /// every stored entry (the membership view reads the authority entries by tag).
+    pub fn flush_pending(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
     /// The group's authority version: how many stored entries carry authority.
     pub fn authority_version(&self) -> Result<u32, StoreError> {
         Ok(self.state()?.authority_version)

@@ -392,3 +392,32 @@ fn k_a_cancelled_revocation_brings_the_insert_back() {
     assert_eq!(net.count(3, "SELECT count(*) FROM pages WHERE id = 5"), 1);
     assert_eq!(net.count(0, "SELECT count(*) FROM caps"), 1);
 }
+
+/// Two admins remove each other while apart. The log keeps the removal by the admin with the
+/// older grant (the group's creator), and every reader agrees with it: `causal.members` lists
+/// that admin, who can still write and add members, and every database takes its new entries.
+/// (The index of membership changes alone counts the cancelled removal too, and showed no
+/// admin at all: the group was frozen.)
+#[test]
+fn a_mutual_removal_does_not_freeze_the_group() {
+    let mut net = two_writers("rc-mutual", PRODUCTS);
+    net.share_from(0);
+    let (a_key, _) = net.public_key(0, None);
+    let (b_key, _) = net.public_key(1, None);
+    net.exec(0, &format!("SELECT causal.remove_member('g', '{b_key}')"));
+    net.exec(1, &format!("SELECT causal.remove_member('g', '{a_key}')"));
+    net.exchange();
+    for db in 0..net.dbs.len() {
+        let members = net.text(db, "SELECT string_agg(key_id || ':' || admin, ',') FROM causal.members('g')");
+        assert_eq!(members, format!("{a_key}:true"), "r{db}");
+    }
+    net.exec(0, "INSERT INTO products VALUES ('after', 'x', 1)");
+    net.exec(0, "SELECT causal.create_identity('carol')");
+    let (_, carol) = net.public_key(0, Some("carol"));
+    net.dbs[0].execute("SELECT causal.add_member('g', $1, 'carol')", &[&carol]).unwrap();
+    net.share_from(0);
+    for db in 0..net.dbs.len() {
+        assert_eq!(net.count(db, "SELECT count(*) FROM products WHERE sku = 'after'"), 1, "r{db}");
+        assert_eq!(net.text(db, "SELECT causal.verify('g')::text"), "true", "r{db}");
+    }
+}
