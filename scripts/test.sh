@@ -24,6 +24,9 @@ RESULTS="$(mktemp)"
 trap 'cleanup; rm -f "$RESULTS"' EXIT
 step() { "$@" 2>&1 | tee -a "$RESULTS"; }
 
+say "Formatting (cargo fmt --all --check)"
+cargo fmt --all --check || die "code is not formatted: run cargo fmt --all"
+
 say "causal-core: unit, property ($CAUSAL_PROPTEST_CASES cases each) and conformance tests"
 step cargo test --release -p causal-core -- --nocapture
 

@@ -395,12 +395,17 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
     let mut changes = loop {
         let changes = replay_region(store, &authority, &region)?;
         let before = start;
-        for (h, j) in &changes.journal {
-            let Some((_, payload, Some(recorded))) = region.iter().find(|(k, _, _)| k.hash == *h) else { continue };
-            if recorded.verdict.status != j.verdict.status
-                && payload.ops.iter().any(|op| matches!(op, Op::Delete { .. }))
-            {
-                bound(h, &mut start)?;
+        // The journaled verdicts of the region's deletes, to compare with the new ones.
+        let recorded: HashMap<Hash, Status> = region
+            .iter()
+            .filter(|(_, p, _)| p.ops.iter().any(|op| matches!(op, Op::Delete { .. })))
+            .filter_map(|(k, _, j)| j.as_ref().map(|j| (k.hash, j.verdict.status)))
+            .collect();
+        if !recorded.is_empty() {
+            for (h, j) in &changes.journal {
+                if recorded.get(h).is_some_and(|s| *s != j.verdict.status) {
+                    bound(h, &mut start)?;
+                }
             }
         }
         if start == before {
