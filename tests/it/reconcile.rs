@@ -409,7 +409,8 @@ fn a_mutual_removal_does_not_freeze_the_group() {
     net.exchange();
     for db in 0..net.dbs.len() {
         let members = net.text(db, "SELECT string_agg(key_id || ':' || admin, ',') FROM causal.members('g')");
-        assert_eq!(members, format!("{a_key}:true"), "r{db}");
+        // The observers' node identities are admins too (`Net::members`), untouched.
+        assert!(members.contains(&format!("{a_key}:true")) && !members.contains(&b_key), "r{db}: {members}");
     }
     net.exec(0, "INSERT INTO products VALUES ('after', 'x', 1)");
     net.exec(0, "SELECT causal.create_identity('carol')");
