@@ -126,12 +126,7 @@ impl Positions {
         let input = self.authority.as_ref().map(|(_, i)| i.clone()).unwrap_or_default();
         let mut past = Vec::new();
         for (o, _) in input.iter() {
-            if position.iter().any(|p| *p == o.hash)
-                || position
-                    .iter()
-                    .try_fold(false, |acc, p| Ok::<_, DagError>(acc || dag.precedes(&o.hash, p)?))
-                    .map_err(|e| e.to_string())?
-            {
+            if causal_core::reconcile::membership_view::within(dag, &o.hash, position).map_err(|e| e.to_string())? {
                 past.push(o.hash);
             }
         }
@@ -263,16 +258,7 @@ fn validate(
         Prechecked::Signed(p) => (p, true),
         Prechecked::UnknownAuthor(p) => (p, false),
     };
-    let needs_admin = payload.ops.iter().any(|op| {
-        matches!(
-            op,
-            Op::AddMember { .. }
-                | Op::RemoveMember { .. }
-                | Op::Schema { .. }
-                | Op::Rule { .. }
-                | Op::Unreplicate { .. }
-        )
-    });
+    let needs_admin = payload.ops.iter().any(causal_core::reconcile::authority::is_authority_op);
     let status = positions.member(dag, prev, &payload.author, needs_admin)?;
     let Some(key) = status.public_key.filter(|_| status.live) else {
         return Err(format!("author {} is not a live member at the entry's position", payload.author));
@@ -282,20 +268,12 @@ fn validate(
             return Err(err.to_string());
         }
     }
+    if needs_admin && !status.admin {
+        return Err(format!("author {} is not an admin at the entry's position", payload.author));
+    }
     // One schema lookup per table per entry (a 100-row entry touches one table).
     let mut schemas: HashMap<&str, Rc<Option<TableSchema>>> = HashMap::new();
     for op in &payload.ops {
-        let admin_op = matches!(
-            op,
-            Op::AddMember { .. }
-                | Op::RemoveMember { .. }
-                | Op::Schema { .. }
-                | Op::Rule { .. }
-                | Op::Unreplicate { .. }
-        );
-        if admin_op && !status.admin {
-            return Err(format!("author {} is not an admin at the entry's position", payload.author));
-        }
         match op {
             Op::Schema { table, schema } => check_schema_op(dag, positions, prev, table, schema)?,
             Op::Rule { table, operation, rule } => check_rule_op(dag, positions, prev, table, operation, rule)?,

@@ -178,18 +178,10 @@ mod tests {
     }
 }
 
-/// A SQL string literal for `s`, safe whatever `standard_conforming_strings` says.
-pub fn sql_literal(s: &str) -> String {
-    if s.contains('\\') {
-        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", s.replace('\'', "''"))
-    }
-}
-
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+/// Quoting for SQL text, from core (`sql_expr::sql_literal` is safe whatever
+/// `standard_conforming_strings` says).
+pub use causal_core::sql_expr::sql_literal;
+pub use causal_core::sql_name::quote_ident;
 
 /// The values a rule reads while checking one write.
 pub struct RuleInput<'a> {

@@ -96,19 +96,17 @@ fn last_of<'x, T, S: DagStore>(
     Ok(last)
 }
 
+/// Whether an operation carries authority (only an admin may make it).
+pub fn is_authority_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::AddMember { .. } | Op::RemoveMember { .. } | Op::Rule { .. } | Op::Schema { .. } | Op::Unreplicate { .. }
+    )
+}
+
 /// Whether a payload carries authority.
 pub fn carries_authority(p: &SignedPayload) -> bool {
-    p.genesis.is_some()
-        || p.ops.iter().any(|op| {
-            matches!(
-                op,
-                Op::AddMember { .. }
-                    | Op::RemoveMember { .. }
-                    | Op::Rule { .. }
-                    | Op::Schema { .. }
-                    | Op::Unreplicate { .. }
-            )
-        })
+    p.genesis.is_some() || p.ops.iter().any(is_authority_op)
 }
 
 impl Authority {

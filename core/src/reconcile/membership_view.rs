@@ -21,7 +21,7 @@ use crate::payload::SignedPayload;
 use super::{Authority, OrderKey, ReconcileError};
 
 /// Whether `h` is in `position` or in its causal past.
-fn within<S: DagStore>(dag: &Dag<S>, h: &Hash, position: &Position) -> Result<bool, ReconcileError> {
+pub fn within<S: DagStore>(dag: &Dag<S>, h: &Hash, position: &Position) -> Result<bool, ReconcileError> {
     for p in position {
         if p == h || dag.precedes(h, p)? {
             return Ok(true);
