@@ -686,7 +686,18 @@ fn describe(t: &Tok) -> String {
 
 /// Parses an expression text and checks it for its use.
 pub fn parse(text: &str, usage: Use<'_>) -> Result<Expr, ExprError> {
-    let toks = tokenize(text)?;
+    let mut toks = tokenize(text)?;
+    if let Use::Check { .. } = usage {
+        // The form `pg_get_constraintdef` writes: `CHECK (expr)`, maybe `NOT VALID`.
+        let word = |t: Option<&Tok>, w: &str| matches!(t, Some(Tok::Ident(s, false)) if s == w);
+        if word(toks.first(), "check") && toks.get(1) == Some(&Tok::Punct('(')) {
+            toks.remove(0);
+        }
+        let n = toks.len();
+        if n >= 2 && word(toks.get(n - 2), "not") && word(toks.get(n - 1), "valid") {
+            toks.truncate(n - 2);
+        }
+    }
     let mut p = Parser { toks, pos: 0, depth: 0 };
     let e = p.expr()?;
     if p.pos != p.toks.len() {
@@ -879,6 +890,9 @@ mod tests {
         check("(COALESCE(qty, 0) >= 0)").unwrap();
         check("((price)::double precision < '1e10'::double precision)").unwrap();
         check("(pg_catalog.lower(name) = name)").unwrap();
+        // The constraint-definition form that older schema entries recorded.
+        assert_eq!(check("CHECK ((qty <= price))").unwrap(), check("(qty <= price)").unwrap());
+        assert_eq!(check("CHECK ((qty > 0)) NOT VALID").unwrap(), check("(qty > 0)").unwrap());
         assert_eq!(default("0").unwrap(), "0");
         assert_eq!(default("'x'::text").unwrap(), "CAST('x' AS pg_catalog.text)");
         assert_eq!(default("now()").unwrap(), "pg_catalog.now()");
