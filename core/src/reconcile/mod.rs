@@ -390,66 +390,10 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
         }
     }
 
-    // 4. Rewind and replay. A delete whose own verdict flipped counts differently for the
-    // entries concurrent to it (a cancelled delete takes nothing away): widen until stable.
-    let mut changes = loop {
-        let changes = replay_region(store, &authority, &region)?;
-        let before = start;
-        // The journaled verdicts of the region's deletes, to compare with the new ones.
-        let recorded: HashMap<Hash, Status> = region
-            .iter()
-            .filter(|(_, p, _)| p.ops.iter().any(|op| matches!(op, Op::Delete { .. })))
-            .filter_map(|(k, _, j)| j.as_ref().map(|j| (k.hash, j.verdict.status)))
-            .collect();
-        if !recorded.is_empty() {
-            for (h, j) in &changes.journal {
-                if recorded.get(h).is_some_and(|s| *s != j.verdict.status) {
-                    bound(h, &mut start)?;
-                }
-            }
-        }
-        if start == before {
-            break changes;
-        }
-        region = load_region(store, &start, &new_keys)?;
-    };
+    // 4. Rewind and replay.
+    let mut changes = replay::Replay::new(store, &authority).run(&region)?;
     changes.authority = authority_changes;
     Ok(changes)
-}
-
-/// Replays a region. A delete that ends up cancelled itself takes nothing away from concurrent
-/// entries (docs/SEMANTICS.md §4): when one was counted against another entry, the region is
-/// replayed again without it, until no cancelled delete is blamed for a cancellation. Each
-/// round leaves out at least one more delete, so the rounds end.
-fn replay_region<R: ReplicaStore>(
-    store: &R,
-    authority: &Authority,
-    region: &[RegionEntry],
-) -> Result<Changes, ReconcileError> {
-    let mut void: HashSet<Hash> = HashSet::default();
-    loop {
-        let changes = replay::Replay::new(store, authority).excluding(void.clone()).run(region)?;
-        let cancelled: HashSet<Hash> =
-            changes.journal.iter().filter(|(_, j)| !j.verdict.is_ok()).map(|(h, _)| *h).collect();
-        let deletes: HashSet<Hash> = region
-            .iter()
-            .filter(|(k, p, _)| cancelled.contains(&k.hash) && p.ops.iter().any(|op| matches!(op, Op::Delete { .. })))
-            .map(|(k, _, _)| k.hash)
-            .collect();
-        let mut newly: Vec<Hash> = changes
-            .journal
-            .iter()
-            .filter(|(_, j)| !j.verdict.is_ok())
-            .flat_map(|(_, j)| j.verdict.responsible.iter())
-            .filter(|h| deletes.contains(*h) && !void.contains(*h))
-            .copied()
-            .collect();
-        if newly.is_empty() {
-            return Ok(changes);
-        }
-        newly.sort();
-        void.extend(newly);
-    }
 }
 
 /// Resolves the authority of every stored entry, noting which verdicts differ from the

@@ -30,7 +30,6 @@ fn short(h: &Hash) -> String {
 type Slot = (String, RowKey);
 
 use crate::FastMap as HashMap;
-use crate::FastSet as HashSet;
 
 /// Row states by table and key (`None`: no row at all).
 type RowMap = HashMap<Slot, Option<RowState>>;
@@ -48,8 +47,6 @@ pub(super) struct Replay<'a, R: ReplicaStore> {
     /// Rows deleted by barrier entries of the region whose author stands: slot -> (region
     /// index, entry).
     lookahead: HashMap<Slot, Vec<(usize, Hash)>>,
-    /// Deletes left out of `lookahead` (see [`Replay::excluding`]).
-    void_deletes: HashSet<Hash>,
     rules: HashMap<(String, String, String), Option<Rule>>,
     /// The key id of the author of the entry being replayed (written out only for a rule).
     author: KeyId,
@@ -68,7 +65,6 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             overlay: HashMap::default(),
             cache: HashMap::default(),
             lookahead: HashMap::default(),
-            void_deletes: HashSet::default(),
             rules: HashMap::default(),
             author: Hash([0; 32]),
             replicated: Vec::new(),
@@ -82,13 +78,6 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
 
     fn key_of(&self, table: &str, key: &Map<String, Value>) -> Option<RowKey> {
         self.schema(table).and_then(|s| row_key(s, key))
-    }
-
-    /// Deletes that count for no concurrent entry: they were cancelled themselves in an
-    /// earlier replay of the same region (`reconcile::replay_region`).
-    pub(super) fn excluding(mut self, void_deletes: HashSet<Hash>) -> Self {
-        self.void_deletes = void_deletes;
-        self
     }
 
     pub(super) fn run(mut self, region: &[RegionEntry]) -> Result<Changes, ReconcileError> {
@@ -114,7 +103,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             } else {
                 self.auth.standing(self.store.dag(), &payload.author, &order.hash, false)?
             };
-            if !is_auth && s.is_ok() && !self.void_deletes.contains(&order.hash) {
+            if !is_auth && s.is_ok() {
                 for op in &payload.ops {
                     if let Op::Delete { table, key } = op {
                         if let Some(k) = self.key_of(table, key) {
