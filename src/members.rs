@@ -210,10 +210,16 @@ fn members(
     .map_err(CausalError::from)
     .or_report(f)
     .unwrap_or_default();
+    // The group's authority entries are read once, for every key.
+    let dag = group.dag();
+    let frontier = dag.frontier().map_err(CausalError::from).or_report(f);
+    let input = authority_input(&group).or_report(f);
     let mut rows = Vec::new();
     for k in keys {
         let Ok(key) = k.parse::<Hash>() else { continue };
-        let s = status_of(&group, &key).or_report(f);
+        let s = causal_core::reconcile::membership_view::member_in_view(&dag, &input, &frontier, &key)
+            .map_err(|e| CausalError::Reconcile(e.to_string()))
+            .or_report(f);
         if s.live {
             rows.push((k, s.admin, s.public_key.map(|p| p.to_b64())));
         }

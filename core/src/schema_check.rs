@@ -57,8 +57,7 @@ fn comparable(a: &ColumnType, b: &ColumnType) -> bool {
     family(a) == family(b)
 }
 
-/// A column's default, parsed; `constant` when it must be the same on every replica (no
-/// generator).
+/// A column's default, parsed in the expression language (`None`: the column has none).
 pub fn parse_default(table: &str, c: &Column) -> Result<Option<Expr>, String> {
     let Some(text) = &c.default else { return Ok(None) };
     sql_expr::parse(text, Use::Default)

@@ -617,12 +617,10 @@ impl Parser {
                     }
                     Ok(Expr::Coalesce(args))
                 }
-                _ if known(SQL_VALUE_FUNCTIONS, &name).is_some()
-                    && !self.peek().is_some_and(|t| *t == Tok::Punct('(')) =>
-                {
-                    Ok(Expr::SqlValue(known(SQL_VALUE_FUNCTIONS, &name).unwrap_or("current_timestamp")))
-                }
-                _ => self.name_or_call(name),
+                _ => match known(SQL_VALUE_FUNCTIONS, &name) {
+                    Some(f) if self.peek() != Some(&Tok::Punct('(')) => Ok(Expr::SqlValue(f)),
+                    _ => self.name_or_call(name),
+                },
             },
             Tok::Ident(name, true) => self.name_or_call(name),
             other => err(format!("unexpected {}", describe(&other))),

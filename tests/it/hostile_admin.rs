@@ -28,7 +28,6 @@ fn reasons(r: &Value) -> Vec<String> {
 struct Scene {
     _a_node: Cluster,
     _b_node: Cluster,
-    a: Client,
     b: Client,
     admin: Keypair,
     group: Hash,
@@ -63,7 +62,6 @@ impl Scene {
         Scene {
             _a_node: a_node,
             _b_node: b_node,
-            a,
             b,
             admin,
             group: group.parse().unwrap(),
@@ -210,7 +208,6 @@ fn crafted_schema_entries_are_rejected_and_run_nothing() {
     let ok = s.new_table("t8", |_| {});
     let r = s.forge(vec![ok]);
     assert_eq!((r["accepted"].as_i64(), r["rejected"].clone()), (Some(1), json!([])), "{r}");
-    let _ = &s.a;
 }
 
 /// A member's own table of the group's table name, even an empty one that matches, is never
