@@ -42,6 +42,7 @@ enum RowOp {
     Grant { id: u8, who: u8 },
     Revoke { id: u8 },
     InsertPage { id: u8 },
+    DeletePage { id: u8 },
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +72,7 @@ fn row_op() -> impl Strategy<Value = RowOp> {
         (0u8..2, 0u8..3).prop_map(|(id, who)| RowOp::Grant { id, who }),
         (0u8..2).prop_map(|id| RowOp::Revoke { id }),
         (0u8..4).prop_map(|id| RowOp::InsertPage { id }),
+        (0u8..4).prop_map(|id| RowOp::DeletePage { id }),
     ]
 }
 
@@ -115,11 +117,19 @@ fn setup_ops(keys: &[Keypair]) -> Vec<Vec<Op>> {
             ),
             schema_op("pages", json!({"columns": [col("id", "integer", true)], "primaryKey": ["id"]})),
         ],
-        vec![Op::Rule {
-            table: "pages".into(),
-            operation: "insert".into(),
-            rule: "exists(caps where caps.label = 'writer' and caps.grantee = $author)".into(),
-        }],
+        // Writers may write pages and revoke capabilities, each other's included: concurrent
+        // revocations make deletes that cancel one another.
+        ["pages:insert", "pages:delete", "caps:delete"]
+            .iter()
+            .map(|t| {
+                let (table, operation) = t.split_once(':').unwrap_or_default();
+                Op::Rule {
+                    table: table.into(),
+                    operation: operation.into(),
+                    rule: "exists(caps where caps.label = 'writer' and caps.grantee = $author)".into(),
+                }
+            })
+            .collect(),
         vec![add_member(&keys[1], true), add_member(&keys[2], false), add_member(&keys[3], false)],
         vec![
             insert("ranges", json!({"id": 1, "lo": 3, "hi": 6})),
@@ -155,6 +165,7 @@ fn to_op(op: &RowOp, keys: &[Keypair]) -> Op {
         ),
         RowOp::Revoke { id } => delete("caps", json!({"id": id})),
         RowOp::InsertPage { id } => insert("pages", json!({"id": id})),
+        RowOp::DeletePage { id } => delete("pages", json!({"id": id})),
     }
 }
 

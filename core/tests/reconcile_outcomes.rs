@@ -441,6 +441,41 @@ fn a_delete_of_an_older_incarnation_spares_the_new_one() {
     assert_eq!(site.row("products", json!(["p"])).map(|r| r["price"].clone()), Some(json!("3")));
 }
 
+/// A delete that is cancelled itself (its author's capability was revoked concurrently, so
+/// the delete rule refuses it) takes nothing away from a concurrent update of the row, wherever
+/// the canonical order puts it (the reference's "a voided delete does not kill").
+#[test]
+fn a_cancelled_delete_cancels_nothing() {
+    let (bob, carol) = (Keypair::generate(), Keypair::generate());
+    for pad in [0, 2] {
+        let mut ops = wiki(&bob);
+        ops.push(vec![Op::Rule {
+            table: "pages".into(),
+            operation: "delete".into(),
+            rule: "exists(caps where caps.label = 'writer' and caps.grantee = $author)".into(),
+        }]);
+        ops.push(vec![add_member(&carol, false)]);
+        let mut f = fixture(ops);
+        // Bob (a writer) writes the page.
+        let page = f.a.write(&bob, vec![insert("pages", json!({"id": 1, "title": "first"}))]);
+        assert_eq!(f.a.status(&page), Status::Ok);
+        f.setup.push(page);
+        let (mut a, mut b, mut c) = (f.site(), f.site(), f.site());
+        let revoke = a.write(&f.admin, vec![delete("caps", json!({"id": 1}))]);
+        let mut branch_b = Vec::new();
+        for i in 0..pad {
+            branch_b.push(b.write(&f.admin, vec![insert("caps", json!({"id": 10 + i, "label": "x", "grantee": "y"}))]));
+        }
+        let gone = b.write(&bob, vec![delete("pages", json!({"id": 1}))]);
+        branch_b.push(gone.clone());
+        let edit = c.write(&carol, vec![update("pages", json!({"id": 1}), json!({"title": "edited"}))]);
+        let site = converge(&f.genesis, &f.setup, &[vec![revoke], branch_b, vec![edit.clone()]]);
+        assert_eq!(site.status(&gone), Status::Cancelled, "pad {pad}: {} / {}", site.reason(&gone), site.reason(&edit));
+        assert_eq!(site.status(&edit), Status::Ok, "pad {pad}: {}", site.reason(&edit));
+        assert_eq!(site.row("pages", json!([1])).map(|r| r["title"].clone()), Some(json!("edited")));
+    }
+}
+
 #[test]
 fn late_concurrent_entry_rewinds_only_above_the_fork() {
     let f = fixture(vec![vec![products()]]);

@@ -22,6 +22,7 @@ pub mod membership_view;
 pub mod memory;
 mod removal_conflicts;
 mod replay;
+mod void_deletes;
 
 use std::collections::BTreeMap;
 
@@ -365,8 +366,6 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
     for h in &changed_authority {
         bound(h, &mut start)?;
     }
-    // Deletes rewound because authority changed may now count differently for the entries
-    // concurrent to them: widen until stable.
     // A single new entry that is now the whole frontier (a local commit) has every stored
     // entry in its history, so it is last in the canonical order: nothing journaled follows.
     let mut region =
@@ -375,19 +374,22 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
         } else {
             load_region(store, &start, &new_keys)?
         };
-    if !changed_authority.is_empty() {
-        loop {
-            let before = start;
-            for (key, payload, _) in &region {
-                if replay::is_barrier(payload) && !authority.is_authority(&key.hash) {
-                    bound(&key.hash, &mut start)?;
-                }
+    // Every delete in the region may now count differently for the entries concurrent to it
+    // (its verdict may change, and a cancelled delete counts for nothing): widen to the fork
+    // of each, until stable. The region then starts where no delete reaches back across.
+    let mut widened: HashSet<Hash> =
+        new_keys.iter().filter(|(_, p)| replay::is_barrier(p)).map(|(k, _)| k.hash).collect();
+    loop {
+        let before = start;
+        for (key, payload, _) in &region {
+            if replay::is_barrier(payload) && !authority.is_authority(&key.hash) && widened.insert(key.hash) {
+                bound(&key.hash, &mut start)?;
             }
-            if start == before {
-                break;
-            }
-            region = load_region(store, &start, &new_keys)?;
         }
+        if start == before {
+            break;
+        }
+        region = load_region(store, &start, &new_keys)?;
     }
 
     // 4. Rewind and replay.

@@ -12,6 +12,7 @@ use crate::schema::TableSchema;
 
 use super::authority::{carries_authority, Authority};
 use super::eval::{rule_holds, RuleInput, RuleRows};
+use super::void_deletes::{next_void, segment_starts, CancelledDelete, Voided};
 use super::{
     row_key, Changes, JournalEntry, OrderKey, ReconcileError, RegionEntry, ReplicaStore, RowChange, RowKey, RowState,
     UndoRecord, Verdict,
@@ -29,7 +30,10 @@ fn short(h: &Hash) -> String {
 
 type Slot = (String, RowKey);
 
+use std::cell::RefCell;
+
 use crate::FastMap as HashMap;
+use crate::FastSet as HashSet;
 
 /// Row states by table and key (`None`: no row at all).
 type RowMap = HashMap<Slot, Option<RowState>>;
@@ -47,6 +51,12 @@ pub(super) struct Replay<'a, R: ReplicaStore> {
     /// Rows deleted by barrier entries of the region whose author stands: slot -> (region
     /// index, entry).
     lookahead: HashMap<Slot, Vec<(usize, Hash)>>,
+    /// Region indices of the deletes in `lookahead`.
+    lookahead_deletes: Vec<usize>,
+    /// Deletes of `lookahead` that made a row invisible to an entry, in this round.
+    counted: RefCell<HashSet<Hash>>,
+    /// Deletes that ended up cancelled and so count for nothing (`void_deletes`).
+    voided: Voided,
     rules: HashMap<(String, String, String), Option<Rule>>,
     /// The key id of the author of the entry being replayed (written out only for a rule).
     author: KeyId,
@@ -65,6 +75,9 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             overlay: HashMap::default(),
             cache: HashMap::default(),
             lookahead: HashMap::default(),
+            lookahead_deletes: Vec::new(),
+            counted: RefCell::new(HashSet::default()),
+            voided: HashMap::default(),
             rules: HashMap::default(),
             author: Hash([0; 32]),
             replicated: Vec::new(),
@@ -104,35 +117,43 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 self.auth.standing(self.store.dag(), &payload.author, &order.hash, false)?
             };
             if !is_auth && s.is_ok() {
+                let mut any = false;
                 for op in &payload.ops {
                     if let Op::Delete { table, key } = op {
                         if let Some(k) = self.key_of(table, key) {
                             self.lookahead.entry((table.clone(), k)).or_default().push((i, order.hash));
+                            any = true;
                         }
                     }
+                }
+                if any {
+                    self.lookahead_deletes.push(i);
                 }
             }
             standing.push(s);
         }
-        // Replay.
+        // Replay; then again from the first segment where a cancelled delete was counted,
+        // without it, until none is (void_deletes).
         changes.first_placed.reserve(region.len());
-        for (i, ((order, payload, recorded), standing)) in region.iter().zip(standing).enumerate() {
-            changes.stats.replayed += 1;
-            if recorded.is_none() {
-                changes.first_placed.insert(order.hash);
+        let mut segments: Option<Vec<usize>> = None;
+        let mut from = 0;
+        loop {
+            self.replay_from(region, &standing, from, &mut changes)?;
+            let cancelled = self.cancelled_deletes(&changes);
+            if !cancelled.iter().any(|c| c.counted_by_another) {
+                break;
             }
-            let (verdict, undo) = if let Some(v) = self.auth.verdict(&order.hash) {
-                (v.clone(), Vec::new())
-            } else {
-                match standing {
-                    Err((reason, responsible)) => (Verdict::cancelled(reason, responsible), Vec::new()),
-                    Ok(()) => self.apply_entry(i, order, payload, &mut changes)?,
-                }
+            if segments.is_none() {
+                segments = Some(self.segments(region)?);
+            }
+            let Some((start, voided)) = next_void(&cancelled, segments.as_deref().unwrap_or_default()) else {
+                break;
             };
-            if !verdict.is_ok() {
-                changes.stats.cancelled += 1;
+            for (h, reason, responsible) in voided {
+                self.voided.insert(h, (reason, responsible));
             }
-            changes.journal.push((order.hash, JournalEntry { order: *order, verdict, undo }));
+            self.rewind_to(region, start, &mut changes);
+            from = start;
         }
         let cache = &self.cache;
         let mut rows: Vec<RowChange> = self
@@ -147,6 +168,103 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         rows.sort_unstable_by(|a, b| (&a.table, &a.key).cmp(&(&b.table, &b.key)));
         changes.rows = rows;
         Ok(changes)
+    }
+
+    /// Replays the region from index `from` on (the journal holds the entries before it).
+    fn replay_from(
+        &mut self,
+        region: &[RegionEntry],
+        standing: &[Result<(), Cancel>],
+        from: usize,
+        changes: &mut Changes,
+    ) -> Result<(), ReconcileError> {
+        for (i, ((order, payload, recorded), standing)) in region.iter().zip(standing).enumerate().skip(from) {
+            changes.stats.replayed += 1;
+            if recorded.is_none() {
+                changes.first_placed.insert(order.hash);
+            }
+            let (verdict, undo) = if let Some(v) = self.auth.verdict(&order.hash) {
+                (v.clone(), Vec::new())
+            } else if let Some((reason, responsible)) = self.voided.get(&order.hash) {
+                (Verdict::cancelled(reason.clone(), responsible.clone()), Vec::new())
+            } else {
+                match standing {
+                    Err((reason, responsible)) => (Verdict::cancelled(reason.clone(), responsible.clone()), Vec::new()),
+                    Ok(()) => self.apply_entry(i, order, payload, changes)?,
+                }
+            };
+            if !verdict.is_ok() {
+                changes.stats.cancelled += 1;
+            }
+            changes.journal.push((order.hash, JournalEntry { order: *order, verdict, undo }));
+        }
+        Ok(())
+    }
+
+    /// The deletes that counted for concurrent entries in this round and ended cancelled.
+    fn cancelled_deletes(&self, changes: &Changes) -> Vec<CancelledDelete> {
+        let counted = self.counted.borrow();
+        let mut out = Vec::new();
+        for &i in &self.lookahead_deletes {
+            let Some((hash, j)) = changes.journal.get(i) else { continue };
+            if j.verdict.is_ok() || self.voided.contains_key(hash) || self.auth.verdict(hash).is_some() {
+                continue;
+            }
+            out.push(CancelledDelete {
+                index: i,
+                hash: *hash,
+                reason: j.verdict.reason.clone().unwrap_or_default(),
+                responsible: j.verdict.responsible.clone(),
+                counted_by_another: counted.contains(hash),
+            });
+        }
+        out
+    }
+
+    /// The start of each index's segment (void_deletes): a delete ties together every index
+    /// from the earliest entry concurrent to it up to its own.
+    fn segments(&self, region: &[RegionEntry]) -> Result<Vec<usize>, ReconcileError> {
+        let frontier = self.store.dag().frontier()?;
+        let mut reach = Vec::with_capacity(self.lookahead_deletes.len());
+        for &j in &self.lookahead_deletes {
+            let h = region[j].0.hash;
+            let fork = self.store.dag().fork_position(&frontier, &[h].into())?;
+            let mut earliest = j;
+            for f in fork.fork_a {
+                // Entries before the region are in every region delete's history (the rewind
+                // point is widened to the fork of each), so a miss means index 0.
+                let key = match self.store.journal(&f)? {
+                    Some(r) => r.order,
+                    None => match region.iter().find(|e| e.0.hash == f) {
+                        Some(e) => e.0,
+                        None => continue,
+                    },
+                };
+                earliest = earliest.min(region.partition_point(|e| e.0 < key));
+            }
+            reach.push((earliest, j));
+        }
+        Ok(segment_starts(region.len(), &reach))
+    }
+
+    /// Undoes what this run replayed from index `start` on, latest first.
+    fn rewind_to(&mut self, region: &[RegionEntry], start: usize, changes: &mut Changes) {
+        while changes.journal.len() > start {
+            let Some((_, j)) = changes.journal.pop() else { break };
+            if j.verdict.is_ok() {
+                let ops = region.get(changes.journal.len()).map_or(0, |e| e.1.ops.len() as u64);
+                changes.stats.row_ops = changes.stats.row_ops.saturating_sub(ops);
+            } else {
+                changes.stats.cancelled = changes.stats.cancelled.saturating_sub(1);
+            }
+            for u in j.undo.into_iter().rev() {
+                self.overlay.insert((u.table, u.key), u.before);
+            }
+        }
+        let mut counted = self.counted.borrow_mut();
+        for e in region.iter().skip(start) {
+            counted.remove(&e.0.hash);
+        }
     }
 
     /// Reads every row the region touches, one request per table.
@@ -215,9 +333,11 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 // concurrently) takes nothing away from it.
                 if *j > i
                     && d != h
+                    && !self.voided.contains_key(d)
                     && !self.store.dag().precedes(h, d)?
                     && self.store.dag().precedes(&row.inserted_by, d)?
                 {
+                    self.counted.borrow_mut().insert(*d);
                     return Ok(Err((format!("it was deleted by concurrent entry {}", short(d)), vec![*d])));
                 }
             }
