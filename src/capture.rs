@@ -559,10 +559,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             clear();
             crate::identity::forget_grants();
-            crate::store::clear_cache();
-            crate::members::clear_cache();
-            crate::group::clear_cache();
-            crate::replay::clear_cache();
+            crate::xact::aborted(crate::xact::Undone::Transaction);
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => clear(),
         _ => {}
@@ -580,6 +577,7 @@ unsafe extern "C-unwind" fn on_subxact(
         PENDING.with(|p| p.borrow_mut().retain(|e| e.subxact < my_subid));
         // The subtransaction may have granted what was found allowed in it.
         crate::identity::forget_grants();
+        crate::xact::aborted(crate::xact::Undone::subtransaction(my_subid));
     }
 }
 

@@ -16,12 +16,12 @@ use crate::store::SpiStore;
 thread_local! {
     /// Groups found, by the name or id they were asked for (a group's id and algorithm never
     /// change); forgotten when a transaction aborts, in case it created the group.
-    static FOUND: std::cell::RefCell<std::collections::HashMap<String, Group>> = Default::default();
+    static FOUND: std::cell::RefCell<crate::xact::ScopedMap<String, Group>> = Default::default();
 }
 
-/// Forgets found groups; called when a transaction aborts.
-pub fn clear_cache() {
-    FOUND.with(|f| f.borrow_mut().clear());
+/// Forgets the groups found in undone work, which may have created them.
+pub fn forget(undone: crate::xact::Undone) {
+    FOUND.with(|f| f.borrow_mut().forget(undone));
 }
 
 /// A group of this database.

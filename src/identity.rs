@@ -218,9 +218,17 @@ pub fn current_author() -> Result<Author, CausalError> {
 
 thread_local! {
     /// Key pairs and key ids by identity name. An identity's keys never change (identities
-    /// are neither renamed nor dropped), so they are kept for the backend's life.
-    static KEYPAIRS: std::cell::RefCell<std::collections::HashMap<String, Keypair>> = Default::default();
-    static KEY_IDS: std::cell::RefCell<std::collections::HashMap<String, String>> = Default::default();
+    /// are neither renamed nor dropped), so they are kept for the backend's life, unless the
+    /// work that read them is undone: it may have created the identity, and a later one of
+    /// the same name has other keys.
+    static KEYPAIRS: std::cell::RefCell<crate::xact::ScopedMap<String, Keypair>> = Default::default();
+    static KEY_IDS: std::cell::RefCell<crate::xact::ScopedMap<String, String>> = Default::default();
+}
+
+/// Forgets the keys read in undone work.
+pub fn forget_keys(undone: crate::xact::Undone) {
+    KEYPAIRS.with(|k| k.borrow_mut().forget(undone));
+    KEY_IDS.with(|k| k.borrow_mut().forget(undone));
 }
 
 /// The identity `name` with its key, for a caller that checked the grant already. Reading

@@ -25,6 +25,7 @@ mod sync;
 mod testing;
 mod view;
 mod worker;
+mod xact;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -38,6 +39,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
     capture::register_callbacks();
+    xact::subscribe(group::forget);
+    xact::subscribe(members::forget);
+    xact::subscribe(replay::forget);
+    xact::subscribe(identity::forget_keys);
+    xact::subscribe(store::forget);
     identity::register_callbacks();
     worker::register();
 }

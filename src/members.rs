@@ -1,7 +1,6 @@
 //! Membership: signed add/remove entries, and appending signed operations at the frontier.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use pgrx::prelude::*;
 
@@ -102,12 +101,13 @@ fn lock_for_append(
 thread_local! {
     /// Member status by (group, key), valid while the group's membership version is unchanged:
     /// at the frontier, status depends only on the membership entries.
-    static STATUS: RefCell<HashMap<(String, Hash), (u32, MemberStatus)>> = RefCell::new(HashMap::new());
+    static STATUS: RefCell<crate::xact::ScopedMap<(String, Hash), (u32, MemberStatus)>> = RefCell::default();
 }
 
-/// Forgets cached statuses; called when a transaction aborts (its membership changes are gone).
-pub fn clear_cache() {
-    STATUS.with(|s| s.borrow_mut().clear());
+/// Forgets the statuses found in undone work: its membership changes are gone, and the
+/// version they were found at will be reached again by other changes.
+pub fn forget(undone: crate::xact::Undone) {
+    STATUS.with(|s| s.borrow_mut().forget(undone));
 }
 
 fn cached_status(

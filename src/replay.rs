@@ -29,12 +29,14 @@ thread_local! {
     /// Each group's resolved authority, with the authority version it was resolved at (the
     /// group's state counts the entries carrying authority). Forgotten when a transaction
     /// aborts: the run that resolved it may not have been applied.
-    static AUTHORITY: RefCell<HashMap<String, (u32, std::rc::Rc<reconcile::Authority>)>> = RefCell::new(HashMap::new());
+    static AUTHORITY: RefCell<crate::xact::ScopedMap<String, (u32, std::rc::Rc<reconcile::Authority>)>> =
+        RefCell::default();
 }
 
-/// Forgets kept authorities; called when a transaction aborts.
-pub fn clear_cache() {
-    AUTHORITY.with(|a| a.borrow_mut().clear());
+/// Forgets the authorities resolved in undone work: the run that resolved one may not have
+/// been applied, and its version will be reached again by other entries.
+pub fn forget(undone: crate::xact::Undone) {
+    AUTHORITY.with(|a| a.borrow_mut().forget(undone));
 }
 
 /// Creates, for each set of columns the engine looks rows up by (a UNIQUE constraint's, a

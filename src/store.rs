@@ -27,6 +27,29 @@ use crate::spi_util::{exec_prepared, get_prepared, run_prepared};
 struct NodeCache {
     nodes: FastMap<NodeId, Rc<Node>>,
     ids: FastMap<Hash, NodeId>,
+    /// The first node id stored in each subtransaction that stored any, in order: ids are
+    /// given in order, so a subtransaction's entries are those from its mark on.
+    marks: Vec<(crate::xact::Kept, NodeId)>,
+}
+
+impl NodeCache {
+    /// Notes that node `id` is being stored now.
+    fn mark(&mut self, id: NodeId) {
+        let now = crate::xact::now();
+        if self.marks.last().is_none_or(|(s, _)| *s != now) {
+            self.marks.push((now, id));
+        }
+    }
+
+    /// Drops the nodes stored by undone work, and what was read of them.
+    fn forget(&mut self, undone: crate::xact::Undone) {
+        let Some(from) = self.marks.iter().find(|(s, _)| undone.covers(*s)).map(|(_, id)| *id) else {
+            return;
+        };
+        self.nodes.retain(|id, _| *id < from);
+        self.ids.retain(|_, id| *id < from);
+        self.marks.retain(|(s, _)| !undone.covers(*s));
+    }
 }
 
 thread_local! {
@@ -34,8 +57,23 @@ thread_local! {
     static CACHES: RefCell<HashMap<String, Rc<RefCell<NodeCache>>>> = RefCell::new(HashMap::new());
 }
 
-/// Forgets cached nodes; called when a transaction aborts. The caches are emptied in place,
-/// since a store may still hold one.
+/// Forgets the nodes that undone work stored (all cached nodes when a transaction aborts).
+/// The caches are changed in place, since a store may still hold one.
+pub fn forget(undone: crate::xact::Undone) {
+    if undone != crate::xact::Undone::Transaction {
+        CACHES.with(|c| {
+            for cache in c.borrow().values() {
+                if let Ok(mut cache) = cache.try_borrow_mut() {
+                    cache.forget(undone);
+                }
+            }
+        });
+        return;
+    }
+    clear_cache();
+}
+
+/// Forgets every cached node.
 pub fn clear_cache() {
     CACHES.with(|c| {
         for cache in c.borrow().values() {
@@ -680,6 +718,7 @@ impl SpiStore {
         *self.state.borrow_mut() = Some(state);
         self.absent.borrow_mut().remove(&node.hash);
         let mut cache = self.cache.borrow_mut();
+        cache.mark(id);
         cache.ids.insert(node.hash, id);
         cache.nodes.insert(id, Rc::new(node));
         Ok(id)
