@@ -48,10 +48,18 @@ pub struct Db {
     client: Client,
 }
 
+/// Where `LISTEN` messages go: a bounded channel, and a count of the messages that found it
+/// full and were dropped. The worker resynchronizes everything a message could have signalled
+/// when that count moves, so a dropped message delays work but loses none.
+#[derive(Clone)]
+pub struct Notifications {
+    pub tx: mpsc::Sender<String>,
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Connects; the connection is driven by a spawned task. With `notifications`, messages from
-/// `LISTEN` arrive there (the channel is bounded; when it is full, a notification is dropped,
-/// which only delays work until the next one or the periodic refresh).
-pub async fn connect(conninfo: &str, notifications: Option<mpsc::Sender<String>>) -> Result<Db, DbError> {
+/// `LISTEN` arrive there.
+pub async fn connect(conninfo: &str, notifications: Option<Notifications>) -> Result<Db, DbError> {
     let (client, mut connection) = tokio_postgres::connect(conninfo, NoTls).await?;
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -59,8 +67,10 @@ pub async fn connect(conninfo: &str, notifications: Option<mpsc::Sender<String>>
         while let Some(m) = messages.next().await {
             match m {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if let Some(tx) = &notifications {
-                        let _ = tx.try_send(n.payload().to_string());
+                    if let Some(to) = &notifications {
+                        if to.tx.try_send(n.payload().to_string()).is_err() {
+                            to.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 }
                 Ok(_) => {}

@@ -163,7 +163,9 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
 
     // The database tasks: notifications, reads, imports.
     let (notify_tx, mut notify_rx) = mpsc::channel::<String>(queues::NOTIFICATIONS);
-    let listener = db::connect(&config.conninfo, Some(notify_tx)).await?;
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let notifications = db::Notifications { tx: notify_tx, dropped: dropped.clone() };
+    let listener = db::connect(&config.conninfo, Some(notifications)).await?;
     listener.listen().await?;
     let (results_tx, mut results_rx) = mpsc::channel::<DbResult>(queues::DATABASE_RESULTS);
     let (reads_tx, reads_rx) = mpsc::channel::<Read>(queues::DATABASE_READS);
@@ -208,6 +210,9 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     let mut last_report = 0u64;
     let mut peers_changed = false;
     let mut last_redial = now_ms();
+    // Signals that may have been lost (a notification dropped, a query that failed while
+    // acting on one): everything they stand for is read again at the next tick.
+    let mut resync = Resync::default();
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -227,28 +232,29 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                         frontier_reads.forget(group); // the next commit tries again
                     }
                 } else if note == "join" {
-                    for g in db.wanted_groups().await.unwrap_or_default() {
-                        session.want_group(&g, now_ms());
-                    }
-                } else if note == "peers" {
-                    let listed: Vec<Multiaddr> =
-                        db.peer_addresses().await.unwrap_or_default().iter().filter_map(|a| a.parse().ok()).collect();
-                    let keep: BTreeSet<PeerId> = listed.iter().chain(config.peers.iter()).filter_map(peer_of).collect();
-                    for p in wanted_peers.iter().filter_map(peer_of) {
-                        if !keep.contains(&p) {
-                            // Forgotten: disconnected, out of Kademlia's table (whose
-                            // bootstrap would dial it again), and refused until added back.
-                            removed.insert(p);
-                            swarm.behaviour_mut().kad.remove_peer(&p);
-                            let _ = swarm.disconnect_peer_id(p);
+                    match db.wanted_groups().await {
+                        Ok(groups) => for g in groups {
+                            session.want_group(&g, now_ms());
+                        },
+                        Err(e) => {
+                            tracing::warn!("reading the groups to join failed: {e}; trying again");
+                            resync.lost();
                         }
                     }
-                    for p in &keep {
-                        removed.remove(p);
+                } else if note == "peers" {
+                    match db.peer_addresses().await {
+                        Ok(listed) => {
+                            let listed: Vec<Multiaddr> = listed.iter().filter_map(|a| a.parse().ok()).collect();
+                            follow_peer_list(listed, &config.peers, &mut wanted_peers, &mut removed, &mut swarm);
+                            dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
+                        }
+                        // The peers stay as they are: an empty list read from a failed query
+                        // would disconnect every one of them.
+                        Err(e) => {
+                            tracing::warn!("reading the peer list failed: {e}; keeping the peers, trying again");
+                            resync.lost();
+                        }
                     }
-                    wanted_peers = config.peers.clone();
-                    wanted_peers.extend(listed);
-                    dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
                 }
             }
             Some(result) = results_rx.recv() => {
@@ -265,6 +271,30 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
             }
             _ = tick.tick() => {
                 let now = now_ms();
+                if resync.due(dropped.load(std::sync::atomic::Ordering::Relaxed)) {
+                    tracing::info!(dropped = resync.dropped_seen, "notifications may have been lost; reading the groups and peers again");
+                    commits.notify_one();
+                    let synced = async {
+                        for g in db.groups().await? {
+                            session.local_frontier(&g.group_id, &g.hash_algorithm, &g.frontier, now);
+                        }
+                        for g in db.wanted_groups().await? {
+                            session.want_group(&g, now);
+                        }
+                        let listed: Vec<Multiaddr> = db.peer_addresses().await?.iter().filter_map(|a| a.parse().ok()).collect();
+                        Ok::<_, DbError>(listed)
+                    };
+                    match synced.await {
+                        Ok(listed) => {
+                            follow_peer_list(listed, &config.peers, &mut wanted_peers, &mut removed, &mut swarm);
+                            dial_all(&mut swarm, &wanted_peers, &mut addresses, &session);
+                        }
+                        Err(e) => {
+                            tracing::warn!("resynchronizing failed: {e}; trying again");
+                            resync.lost();
+                        }
+                    }
+                }
                 session.tick(now);
                 if now - last_redial > 5_000 {
                     last_redial = now;
@@ -273,7 +303,15 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                 if peers_changed || now - last_report >= config.report_every.as_millis() as u64 {
                     last_report = now;
                     peers_changed = false;
-                    let report = status_report(&session, me, &listen_addrs, &addresses, started, &writers, &inbound_rx);
+                    let depths = QueueDepths {
+                        notifications: queues::NOTIFICATIONS - notify_rx.capacity(),
+                        notifications_dropped: dropped.load(std::sync::atomic::Ordering::Relaxed),
+                        database_reads: queues::DATABASE_READS - reads_tx.capacity(),
+                        database_imports: queues::DATABASE_IMPORTS - imports_tx.capacity(),
+                        database_results: queues::DATABASE_RESULTS - results_rx.capacity(),
+                        resyncs: resync.count,
+                    };
+                    let report = status_report(&session, me, &listen_addrs, &addresses, started, &writers, &inbound_rx, &depths);
                     if let Err(e) = db.report(&report).await {
                         // The database went away (restart, crash): stop, and be started again.
                         tracing::warn!("lost the database: {e}");
@@ -331,6 +369,79 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     }
     tracing::info!("pg_causal sync worker stopping");
     Ok(())
+}
+
+/// Whether signals may have been lost and everything must be read again.
+#[derive(Default)]
+struct Resync {
+    /// The dropped-notification count last acted on.
+    dropped_seen: u64,
+    /// A query acting on a signal failed.
+    pending: bool,
+    /// Resynchronizations done.
+    count: u64,
+}
+
+impl Resync {
+    fn lost(&mut self) {
+        self.pending = true;
+    }
+
+    /// Whether to resynchronize now, given the dropped-notification count; once said, the
+    /// caller does it (and calls [`Resync::lost`] again if it fails).
+    fn due(&mut self, dropped: u64) -> bool {
+        if dropped == self.dropped_seen && !self.pending {
+            return false;
+        }
+        self.dropped_seen = dropped;
+        self.pending = false;
+        self.count += 1;
+        true
+    }
+}
+
+/// Follows the database's peer list (`listed`, plus the configured peers): peers no longer in
+/// it are forgotten (disconnected, out of Kademlia's table, whose bootstrap would dial them
+/// again, and refused until added back); peers in it are wanted.
+fn follow_peer_list(
+    listed: Vec<Multiaddr>,
+    configured: &[Multiaddr],
+    wanted_peers: &mut Vec<Multiaddr>,
+    removed: &mut BTreeSet<PeerId>,
+    swarm: &mut Swarm<Behaviour>,
+) {
+    let (forget, keep) = peer_list_change(&listed, configured, wanted_peers);
+    for p in forget {
+        removed.insert(p);
+        swarm.behaviour_mut().kad.remove_peer(&p);
+        let _ = swarm.disconnect_peer_id(p);
+    }
+    for p in &keep {
+        removed.remove(p);
+    }
+    *wanted_peers = configured.to_vec();
+    wanted_peers.extend(listed);
+}
+
+/// The peers to forget and those to keep when the list becomes `listed` (plus `configured`).
+fn peer_list_change(
+    listed: &[Multiaddr],
+    configured: &[Multiaddr],
+    wanted: &[Multiaddr],
+) -> (Vec<PeerId>, BTreeSet<PeerId>) {
+    let keep: BTreeSet<PeerId> = listed.iter().chain(configured.iter()).filter_map(peer_of).collect();
+    let forget = wanted.iter().filter_map(peer_of).filter(|p| !keep.contains(p)).collect();
+    (forget, keep)
+}
+
+/// Depths of the worker's queues between tasks, for the status report.
+struct QueueDepths {
+    notifications: usize,
+    notifications_dropped: u64,
+    database_reads: usize,
+    database_imports: usize,
+    database_results: usize,
+    resyncs: u64,
 }
 
 fn peer_of(a: &Multiaddr) -> Option<PeerId> {
@@ -712,6 +823,7 @@ fn status_report(
     started: u64,
     writers: &HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
     inbound: &mpsc::Receiver<(PeerId, Vec<u8>)>,
+    depths: &QueueDepths,
 ) -> Value {
     let peers: Vec<Value> = session
         .peer_stats()
@@ -738,13 +850,51 @@ fn status_report(
         "started_at_ms": started,
         "peers": peers,
         "groups": groups,
-        "queues": {"inbound_frames": queues::INBOUND_FRAMES - inbound.capacity(), "protocol_actions": session.queued_actions()},
+        "queues": {
+            "inbound_frames": queues::INBOUND_FRAMES - inbound.capacity(),
+            "protocol_actions": session.queued_actions(),
+            "notifications": depths.notifications,
+            "database_reads": depths.database_reads,
+            "database_imports": depths.database_imports,
+            "database_results": depths.database_results,
+        },
+        "notifications_dropped": depths.notifications_dropped,
+        "resyncs": depths.resyncs,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::FrontierReads;
+    use super::{peer_list_change, FrontierReads, Resync};
+    use libp2p::{identity, Multiaddr};
+
+    /// A dropped notification, or a failed query acting on one, asks for one resync.
+    #[test]
+    fn lost_signals_ask_for_a_resync() {
+        let mut r = Resync::default();
+        assert!(!r.due(0), "nothing lost");
+        assert!(r.due(3), "three notifications dropped");
+        assert!(!r.due(3), "already acted on");
+        r.lost();
+        assert!(r.due(3), "a query failed");
+        assert!(!r.due(3));
+        assert_eq!(r.count, 2);
+    }
+
+    /// Peers leave the wanted set only when the list that no longer has them was read.
+    #[test]
+    fn a_peer_list_forgets_only_the_peers_it_lost() {
+        let addr = |i: u8| -> Multiaddr {
+            let id = identity::Keypair::ed25519_from_bytes([i; 32]).unwrap().public().to_peer_id();
+            format!("/ip4/127.0.0.1/tcp/{}/p2p/{id}", 4000 + i as u16).parse().unwrap()
+        };
+        let wanted = vec![addr(1), addr(2), addr(3)];
+        let (forget, keep) = peer_list_change(&[addr(2)], &[addr(3)], &wanted);
+        assert_eq!(forget.len(), 1);
+        assert_eq!(keep.len(), 2);
+        let (forget, _) = peer_list_change(&[addr(1), addr(2)], &[addr(3)], &wanted);
+        assert!(forget.is_empty());
+    }
 
     /// Commits during a read are folded into one more read; a quiet group reads nothing.
     #[test]
