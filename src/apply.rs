@@ -48,10 +48,10 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
             // A schema change: add the columns this table does not have yet.
             let local = local_schema(group, table)?;
             for c in schema.columns.iter().filter(|c| local.column(&c.name).is_none()) {
-                run_ddl(
-                    &causal_core::ddl::add_column(table, c)
-                        .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?,
-                )?;
+                let ddl = causal_core::ddl::add_column(table, c)
+                    .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?;
+                // As the table's owner: its default is evaluated for every existing row.
+                crate::spi_util::as_owner_of(relid, || run_ddl(&ddl))??;
                 if let Some(v) = &c.default_value {
                     fill_default(group, table, &c.name, v)?;
                 }
@@ -70,10 +70,9 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
                 }
                 return Err(CausalError::TableExists(table.to_string()));
             }
-            run_ddl(
-                &causal_core::ddl::create_table(&schema)
-                    .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?,
-            )?;
+            let ddl = causal_core::ddl::create_table(&schema)
+                .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?;
+            crate::spi_util::restricted(|| run_ddl(&ddl))?;
             get_opt::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[qualified.into()])?
                 .ok_or_else(|| CausalError::Corrupt(format!("created table {table} vanished")))?
         }

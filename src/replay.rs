@@ -212,6 +212,8 @@ fn check_sql(schema: &TableSchema) -> Result<String, ReconcileError> {
 /// must cancel the entry on every replica rather than stop the import.
 pub fn violated_check(schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
     let sql = check_sql(schema)?;
+    let relid = get_prepared::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[sql_table(&schema.table)?.into()])
+        .map_err(store_err)?;
     let row = JsonB(Value::Object(row.clone()));
     let run = move || {
         run_prepared(&sql, &[row.into()], false, |mut rows| match rows.next() {
@@ -219,7 +221,12 @@ pub fn violated_check(schema: &TableSchema, row: &Map<String, Value>) -> Result<
             None => Ok(None),
         })
     };
-    match crate::spi_util::catching(run) {
+    // Evaluated with the rights of the table's owner, as an INSERT into it would be checked.
+    let outcome = match relid {
+        Some(relid) => crate::spi_util::as_owner_of(relid, || crate::spi_util::catching(run)).map_err(store_err)?,
+        None => crate::spi_util::restricted(|| crate::spi_util::catching(run)),
+    };
+    match outcome {
         Ok(found) => found.map_err(store_err),
         Err(message) => Ok(Some(format!("a CHECK constraint raised an error ({message})"))),
     }
@@ -262,29 +269,38 @@ impl SpiReplica {
             for (name, (deletes, upserts, inserts)) in &per_table {
                 let schema = crate::apply::local_schema_by_name(&self.group, name).map_err(store_err)?;
                 let table = &sql_table(name)?;
-                let pk_cols: Vec<&str> = schema.primary_key.iter().map(String::as_str).collect();
-                if !deletes.is_empty() {
-                    let cond: Vec<String> = pk_cols
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            // Keys are JSON arrays of the primary-key values, in key order.
-                            let ty = schema.column(c).map(|x| x.ty.clone()).unwrap_or(ColumnType::Text);
-                            format!("t.{} = {}", quote_ident(c), decode_field(&format!("(r->>{i})"), &ty))
-                        })
-                        .collect();
-                    let sql = format!(
-                        "DELETE FROM {table} t USING unnest($1::text[]::jsonb[]) r WHERE {}",
-                        cond.join(" AND ")
-                    );
-                    exec_prepared(&sql, &[deletes.clone().into()]).map_err(store_err)?;
-                }
-                if !upserts.is_empty() {
-                    upsert_rows(table, &schema, upserts)?;
-                }
-                if !inserts.is_empty() {
-                    insert_new_rows(table, &schema, inserts)?;
-                }
+                let relid = get_prepared::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.as_str().into()])
+                    .map_err(store_err)?
+                    .ok_or_else(|| ReconcileError::Corrupt(format!("replicated table {name} is missing")))?;
+                // The table's constraints, defaults and index expressions run with its owner's
+                // rights (spi_util::as_owner_of).
+                crate::spi_util::as_owner_of(relid, || -> Result<(), ReconcileError> {
+                    let pk_cols: Vec<&str> = schema.primary_key.iter().map(String::as_str).collect();
+                    if !deletes.is_empty() {
+                        let cond: Vec<String> = pk_cols
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| {
+                                // Keys are JSON arrays of the primary-key values, in key order.
+                                let ty = schema.column(c).map(|x| x.ty.clone()).unwrap_or(ColumnType::Text);
+                                format!("t.{} = {}", quote_ident(c), decode_field(&format!("(r->>{i})"), &ty))
+                            })
+                            .collect();
+                        let sql = format!(
+                            "DELETE FROM {table} t USING unnest($1::text[]::jsonb[]) r WHERE {}",
+                            cond.join(" AND ")
+                        );
+                        exec_prepared(&sql, &[deletes.clone().into()]).map_err(store_err)?;
+                    }
+                    if !upserts.is_empty() {
+                        upsert_rows(table, &schema, upserts)?;
+                    }
+                    if !inserts.is_empty() {
+                        insert_new_rows(table, &schema, inserts)?;
+                    }
+                    Ok(())
+                })
+                .map_err(store_err)??;
             }
             Ok(())
         })

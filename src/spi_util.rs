@@ -113,6 +113,44 @@ pub fn with_replica_role<T>(f: impl FnOnce() -> T) -> Result<T, spi::Error> {
     with_setting("session_replication_role", "replica", f)
 }
 
+/// Runs `f` as the owner of the table `relid`, in a security-restricted operation, as Postgres
+/// runs a table owner's code during maintenance (and logical replication applies as the table
+/// owner): what replay and imported DDL evaluate on a user table (its CHECK constraints, its
+/// defaults, its index expressions) runs with that role's rights, not the importer's, and
+/// cannot change role, create temporary objects or leave session state behind. An error in
+/// `f` aborts the (sub)transaction, whose abort restores the user.
+pub fn as_owner_of<T>(relid: pgrx::pg_sys::Oid, f: impl FnOnce() -> T) -> Result<T, spi::Error> {
+    let owner =
+        get_opt::<pgrx::pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])?;
+    let Some(owner) = owner else { return Ok(f()) };
+    Ok(as_role(owner, f))
+}
+
+/// Runs `f` as the current user, in a security-restricted operation (see [`as_owner_of`]).
+pub fn restricted<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: reads the backend's own user id, on its thread.
+    let user = unsafe { pgrx::pg_sys::GetUserId() };
+    as_role(user, f)
+}
+
+fn as_role<T>(role: pgrx::pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    let (mut saved_user, mut saved_context) = (pgrx::pg_sys::InvalidOid, 0);
+    // SAFETY: as SECURITY DEFINER functions and VACUUM do, on the backend's thread; the saved
+    // pair is restored after `f`, and by the (sub)transaction's abort if `f` raises.
+    unsafe {
+        pgrx::pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pgrx::pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_context
+                | pgrx::pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pgrx::pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let result = f();
+    unsafe { pgrx::pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    result
+}
+
 /// Runs `f` with JIT compilation off (for this transaction), and restores the setting after.
 /// pg_causal's own statements are index probes and batch writes that JIT never pays back: the
 /// planner's cost estimate for reading a run's rows crossed `jit_above_cost`, and each run

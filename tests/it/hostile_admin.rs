@@ -268,3 +268,35 @@ fn literals_mean_the_same_with_standard_conforming_strings_off() {
     let tables: i64 = b.query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", &[]).unwrap().get(0);
     assert_eq!(tables, 1);
 }
+
+/// Replay writes a member's table with the rights of the table's owner, not the importer's
+/// (a superuser here): an index expression of the member's, which refuses to run as a
+/// superuser, lets the admin's row in. (Run as the importer, it stopped the import.)
+#[test]
+fn replay_runs_with_the_table_owners_rights() {
+    let mut s = Scene::new("ha-owner");
+    s.b.batch_execute(
+        "CREATE ROLE app NOLOGIN; ALTER TABLE products OWNER TO app;
+         CREATE FUNCTION not_as_superuser(t text) RETURNS text IMMUTABLE LANGUAGE plpgsql AS $$
+         BEGIN
+           IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+             RAISE EXCEPTION 'ran as superuser %', current_user;
+           END IF;
+           RETURN t;
+         END $$;
+         CREATE INDEX products_guard ON products (not_as_superuser(name));",
+    )
+    .unwrap();
+    let insert = Op::Insert {
+        table: "products".into(),
+        row: json!({"sku": "B", "name": "Gadget", "price": "1.50"}).as_object().cloned().unwrap_or_default(),
+    };
+    let r = s.forge(vec![insert]);
+    assert_eq!((r["accepted"].as_i64(), r["rejected"].clone()), (Some(1), json!([])), "{r}");
+    let name: String = s.b.query_one("SELECT name FROM products WHERE sku = 'B'", &[]).unwrap().get(0);
+    assert_eq!(name, "Gadget");
+    let owner: String =
+        s.b.query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'products'", &[]).unwrap().get(0);
+    assert_eq!(owner, "app");
+    s.assert_untouched();
+}
