@@ -33,6 +33,12 @@ APT_PACKAGES=(postgresql-"$PG_MAJOR" postgresql-server-dev-"$PG_MAJOR" libclang-
 # Installs whatever is missing, and says what it does. Safe to run again.
 ensure_setup() {
     command -v cargo >/dev/null || die "cargo is not on PATH: install the Rust toolchain (rustup) first"
+    # The lint gates of scripts/test.sh.
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null || die "rustfmt or clippy is missing, and there is no rustup to add them"
+        say "Adding the rustfmt and clippy components"
+        rustup component add rustfmt clippy
+    fi
 
     local missing=()
     for pkg in "${APT_PACKAGES[@]}"; do

@@ -27,6 +27,10 @@ step() { "$@" 2>&1 | tee -a "$RESULTS"; }
 say "Formatting (cargo fmt --all --check)"
 cargo fmt --all --check || die "code is not formatted: run cargo fmt --all"
 
+say "Lints (cargo clippy --workspace --all-targets --features pg$PG_MAJOR -- -D warnings)"
+cargo clippy --release --workspace --all-targets --features "pg$PG_MAJOR" -- -D warnings ||
+    die "clippy found problems (above)"
+
 say "causal-core: unit, property ($CAUSAL_PROPTEST_CASES cases each) and conformance tests"
 step cargo test --release -p causal-core -- --nocapture
 

@@ -930,7 +930,7 @@ mod tests {
             pg_sys::BeginInternalSubTransaction(std::ptr::null());
             pg_sys::MemoryContextSwitchTo(context);
             let failed = PgTryBuilder::new(|| {
-                insert_texts("c", &cols, &[row.clone()]);
+                insert_texts("c", &cols, std::slice::from_ref(&row));
                 None
             })
             .catch_others(|e| match e {
@@ -1004,13 +1004,13 @@ mod tests {
         // Columns out of order.
         let mut swapped = ENTRY.to_vec();
         swapped.swap(0, 1);
-        let err = Inserter::open("dag_entries", &swapped).err().expect("refused");
+        let Err(err) = Inserter::open("dag_entries", &swapped) else { panic!("refused") };
         assert!(err.to_string().contains("causal.dag_entries"), "{err}");
         // A value of the wrong type.
         let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
         let mut row = entry_row(0, "h", &[], &[]);
         row[1] = Cell::Text("not a number");
-        let err = rows.push(&row).err().expect("refused");
+        let err = rows.push(&row).expect_err("refused");
         assert!(err.to_string().contains("node_id"), "{err}");
         rows.finish();
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM causal.dag_entries WHERE grp = 7").unwrap(), Some(0));
@@ -1044,9 +1044,9 @@ mod tests {
         // The old version is not the newest any more.
         let again = super::update_locked_row("group_defs", tid, &[("entry_count", Cell::Int4(8))]).unwrap();
         assert!(again.is_none());
-        let err = super::update_locked_row("group_defs", new, &[("nothing", Cell::Int4(8))]).err().expect("refused");
+        let err = super::update_locked_row("group_defs", new, &[("nothing", Cell::Int4(8))]).expect_err("refused");
         assert!(err.to_string().contains("no column nothing"), "{err}");
-        let err = super::update_locked_row("group_defs", new, &[("grp", Cell::Int4(8))]).err().expect("refused");
+        let err = super::update_locked_row("group_defs", new, &[("grp", Cell::Int4(8))]).expect_err("refused");
         assert!(err.to_string().contains("column grp is indexed"), "{err}");
         assert_eq!(
             Spi::get_one::<i32>("SELECT entry_count FROM causal.group_defs WHERE group_id = 'g'").unwrap(),

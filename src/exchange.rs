@@ -77,12 +77,15 @@ use crate::spi_util::get_opt;
 /// schema is. Covers come from a [`CoverCache`] (no query for an entry that extends a chain),
 /// and each distinct cover is decoded once. Asked once per entry, so a lookup allocates
 /// nothing once its answer is known.
+/// A group's authority entries with their order keys.
+type AuthorityInput = Vec<(causal_core::reconcile::OrderKey, SignedPayload)>;
+
 #[derive(Default)]
 struct Positions {
     /// The group, for the membership view with verdicts (`Positions::member`'s slow path).
     group: Option<Group>,
     /// The group's authority entries with order keys, by the authority version they were read at.
-    authority: Option<(u32, Rc<Vec<(causal_core::reconcile::OrderKey, SignedPayload)>>)>,
+    authority: Option<(u32, Rc<AuthorityInput>)>,
     /// Statuses from the membership view, by (authority entries in the position's past, key).
     viewed: FastMap<(Vec<Hash>, KeyId), MemberStatus>,
     covers: CoverCache,
@@ -277,10 +280,8 @@ fn validate(
         match op {
             Op::Schema { table, schema } => check_schema_op(dag, positions, prev, table, schema)?,
             Op::Rule { table, operation, rule } => check_rule_op(dag, positions, prev, table, operation, rule)?,
-            Op::Unreplicate { table } => {
-                if positions.schema(dag, prev, table)?.is_none() {
-                    return Err(format!("table {table} is not replicated at the entry's position"));
-                }
+            Op::Unreplicate { table } if positions.schema(dag, prev, table)?.is_none() => {
+                return Err(format!("table {table} is not replicated at the entry's position"));
             }
             _ => {}
         }

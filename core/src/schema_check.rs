@@ -322,7 +322,8 @@ mod tests {
 
     #[test]
     fn crafted_schemas_are_refused() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut TableSchema)>)> = vec![
+        type Change = Box<dyn Fn(&mut TableSchema)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("table name", Box::new(|s| s.table = "products; DROP TABLE victim".into())),
             ("reserved schema", Box::new(|s| s.table = "causal.peer_addresses".into())),
             ("check text", Box::new(|s| s.checks[0].expression = "(true)); DROP TABLE victim; --".into())),

@@ -304,6 +304,7 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                     last_report = now;
                     peers_changed = false;
                     let depths = QueueDepths {
+                        inbound_frames: queues::INBOUND_FRAMES - inbound_rx.capacity(),
                         notifications: queues::NOTIFICATIONS - notify_rx.capacity(),
                         notifications_dropped: dropped.load(std::sync::atomic::Ordering::Relaxed),
                         database_reads: queues::DATABASE_READS - reads_tx.capacity(),
@@ -311,7 +312,7 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                         database_results: queues::DATABASE_RESULTS - results_rx.capacity(),
                         resyncs: resync.count,
                     };
-                    let report = status_report(&session, me, &listen_addrs, &addresses, started, &writers, &inbound_rx, &depths);
+                    let report = status_report(&session, me, &listen_addrs, &addresses, started, &writers, &depths);
                     if let Err(e) = db.report(&report).await {
                         // The database went away (restart, crash): stop, and be started again.
                         tracing::warn!("lost the database: {e}");
@@ -436,6 +437,7 @@ fn peer_list_change(
 
 /// Depths of the worker's queues between tasks, for the status report.
 struct QueueDepths {
+    inbound_frames: usize,
     notifications: usize,
     notifications_dropped: u64,
     database_reads: usize,
@@ -822,7 +824,6 @@ fn status_report(
     addresses: &HashMap<PeerId, String>,
     started: u64,
     writers: &HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
-    inbound: &mpsc::Receiver<(PeerId, Vec<u8>)>,
     depths: &QueueDepths,
 ) -> Value {
     let peers: Vec<Value> = session
@@ -851,7 +852,7 @@ fn status_report(
         "peers": peers,
         "groups": groups,
         "queues": {
-            "inbound_frames": queues::INBOUND_FRAMES - inbound.capacity(),
+            "inbound_frames": depths.inbound_frames,
             "protocol_actions": session.queued_actions(),
             "notifications": depths.notifications,
             "database_reads": depths.database_reads,

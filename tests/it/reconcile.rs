@@ -42,7 +42,7 @@ impl Net {
             // Writer 1 and every other observer place each imported entry in an engine run
             // of its own (the others place a bundle in one run): the outcome must not
             // depend on how an import is split into runs.
-            if i == 1 || (i >= writers && (i - writers) % 2 == 0) {
+            if i == 1 || (i >= writers && (i - writers).is_multiple_of(2)) {
                 admin.batch_execute(&format!("ALTER DATABASE r{i} SET causal.import_run_rows = 1")).unwrap();
             }
             let mut c = node.connect(&format!("r{i}"));

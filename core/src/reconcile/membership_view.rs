@@ -68,10 +68,10 @@ pub fn heights<S: DagStore>(
             stack.pop();
             continue;
         }
-        if !prevs.contains_key(&h) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = prevs.entry(h) {
             let entry =
                 dag.entry(&h)?.ok_or_else(|| ReconcileError::Corrupt(format!("entry {} is not stored", h.to_b64())))?;
-            prevs.insert(h, entry.header.prev.iter().copied().collect());
+            slot.insert(entry.header.prev.iter().copied().collect());
         }
         let waiting: Vec<Hash> = prevs[&h].iter().filter(|p| !done.contains_key(*p)).copied().collect();
         if waiting.is_empty() {

@@ -63,19 +63,20 @@ pub(super) struct CancelledDelete {
     pub counted_by_another: bool,
 }
 
-/// The deletes to void in the first segment that needs it, with the reason each is cancelled
-/// for; `None` when no segment does. `cancelled` is in region order.
-pub(super) fn next_void(
-    cancelled: &[CancelledDelete],
-    segment_start: &[usize],
-) -> Option<(usize, Vec<(Hash, String, Vec<Hash>)>)> {
+/// A delete to void, with the reason it stays cancelled for and the entries responsible.
+pub(super) type ToVoid = (Hash, String, Vec<Hash>);
+
+/// The deletes to void in the first segment that needs it (with that segment's start), and
+/// the reason each is cancelled for; `None` when no segment needs any. `cancelled` is in
+/// region order.
+pub(super) fn next_void(cancelled: &[CancelledDelete], segment_start: &[usize]) -> Option<(usize, Vec<ToVoid>)> {
     let first = cancelled.iter().find(|c| c.counted_by_another)?;
     let segment = segment_start[first.index];
     let in_segment: Vec<&CancelledDelete> =
         cancelled.iter().filter(|c| segment_start.get(c.index) == Some(&segment)).collect();
     let cancelled_set: HashSet<Hash> = in_segment.iter().map(|c| c.hash).collect();
     let counted: Vec<&&CancelledDelete> = in_segment.iter().filter(|c| c.counted_by_another).collect();
-    let grounded: Vec<(Hash, String, Vec<Hash>)> = counted
+    let grounded: Vec<ToVoid> = counted
         .iter()
         .filter(|c| !c.responsible.iter().any(|r| cancelled_set.contains(r)))
         .map(|c| (c.hash, c.reason.clone(), c.responsible.clone()))
