@@ -12,7 +12,7 @@ use crate::group::Group;
 use crate::spi_util::get_opt;
 
 fn local_schema(group: &Group, table: &str) -> Result<TableSchema, CausalError> {
-    local_schema_by_name(&group.id, table)
+    crate::tables::local_schema_by_name(&group.id, table)
 }
 
 /// Runs DDL built by `causal_core::ddl`, one statement per call, with `search_path` and
@@ -87,9 +87,9 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
             "INSERT INTO causal.replicated_tables (group_id, table_name, relid, schema) VALUES ($1, $2, $3, $4)",
             &[group.id.clone().into(), table.into(), relid.into(), pgrx::JsonB(schema_value.clone()).into()],
         )?;
-        crate::capture::install_triggers(relid)?;
+        crate::tables::install_triggers(relid)?;
     }
-    crate::replay::ensure_lookup_indexes(group, &schema)
+    crate::tables::ensure_lookup_indexes(group, &schema)
 }
 
 fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
@@ -103,7 +103,7 @@ fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
         Op::Unreplicate { table } => {
             // Only this group's table: a name alone could reach a table of another group.
             if let Some(relid) = group_relid(group, table)? {
-                crate::capture::remove_triggers(relid)?;
+                crate::tables::remove_triggers(relid)?;
             }
             Spi::run_with_args(
                 "DELETE FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
@@ -132,17 +132,7 @@ pub fn apply_catalog(group: &Group, entries: &[causal_core::reconcile::NewEntry]
     }
     crate::spi_util::with_replica_role(|| catalog_ops.into_iter().try_for_each(|op| apply_op(group, op)))??;
     // Capture's cached view of the tables and rules (every backend's) is now stale.
-    crate::capture::tables_changed()
-}
-
-/// The schema of a replicated table as this database has it, by the group's name for it.
-pub fn local_schema_by_name(group_id: &str, table: &str) -> Result<TableSchema, CausalError> {
-    let s = get_opt::<pgrx::JsonB>(
-        "SELECT schema FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
-        &[group_id.into(), table.into()],
-    )?
-    .ok_or_else(|| CausalError::NotReplicated(table.to_string()))?;
-    TableSchema::from_value(&s.0).map_err(|e| CausalError::Corrupt(e.to_string()))
+    crate::tables::tables_changed()
 }
 
 /// Postgres fills an added column's default into the existing rows; replay's copy of the rows

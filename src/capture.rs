@@ -27,7 +27,7 @@ use crate::error::{CausalError, OrReport};
 use crate::group::Group;
 use crate::identity::check_author_grant;
 use crate::members::{append_ops_as, append_texts_as};
-use crate::rules::RuleInput;
+use crate::rule_check::RuleInput;
 use crate::spi_util::{get_opt, run_prepared};
 
 struct Pending {
@@ -79,7 +79,6 @@ thread_local! {
     /// Replicated tables by relid, across transactions (see [`TableInfo`]).
     static TABLES: RefCell<HashMap<pg_sys::Oid, std::rc::Rc<TableInfo>>> = RefCell::new(HashMap::new());
     /// The oid of `causal.replicated_tables`, whose invalidation drops every cached table.
-    static CATALOG_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     /// Set while applying remote history: nothing is captured.
     static REPLAYING: Cell<bool> = const { Cell::new(false) };
     /// This transaction's author (identity name and key id), once checked.
@@ -137,7 +136,7 @@ fn clear() {
 /// Relcache callback: forgets what a change to a table, or to the catalog, may have changed.
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     crate::identity::relcache_changed(relid);
-    let catalog = CATALOG_OID.with(Cell::get);
+    let catalog = crate::tables::known_catalog_oid();
     TABLES.with(|t| {
         let mut t = t.borrow_mut();
         if relid == pg_sys::InvalidOid || relid == catalog {
@@ -148,38 +147,11 @@ unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid)
     });
 }
 
-/// Tells every backend (at commit; this one at once) that replicated tables or their rules
-/// changed. Whatever writes `causal.replicated_tables` or `causal.table_rules` calls it.
-pub fn tables_changed() -> Result<(), CausalError> {
-    let oid = catalog_oid()?;
-    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(oid) };
-    Ok(())
-}
-
-fn catalog_oid() -> Result<pg_sys::Oid, CausalError> {
-    let oid = CATALOG_OID.with(Cell::get);
-    if oid != pg_sys::InvalidOid {
-        return Ok(oid);
-    }
-    let oid = crate::spi_util::get_prepared::<pg_sys::Oid>("SELECT 'causal.replicated_tables'::regclass::oid", &[])?
-        .ok_or_else(|| CausalError::Corrupt("causal.replicated_tables is missing".into()))?;
-    CATALOG_OID.with(|c| c.set(oid));
-    Ok(oid)
-}
-
-/// The second key of a group's advisory lock (the first is [`GROUP_LOCK_CLASS`]): the first
-/// four bytes of the group id's hash.
-pub fn group_lock_key(group_id: &str) -> Result<i32, CausalError> {
-    let h: causal_core::Hash = group_id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
-    let b = h.as_bytes();
-    Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-}
-
 pub fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalError> {
     if let Some(info) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
         return Ok(info);
     }
-    catalog_oid()?;
+    crate::tables::catalog_oid()?;
     let row = run_prepared(
         "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
         &[relid.into()],
@@ -206,7 +178,7 @@ pub fn table_info(relid: pg_sys::Oid) -> Result<std::rc::Rc<TableInfo>, CausalEr
             .collect::<Result<HashMap<_, _>, _>>()
         },
     )?;
-    let lock_key = group_lock_key(&group_id)?;
+    let lock_key = crate::group_lock::group_lock_key(&group_id)?;
     let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
     let inserts = InsertWriter::new(&schema.table, &columns);
     let info = std::rc::Rc::new(TableInfo {
@@ -382,7 +354,7 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     let check = |op: Operation, new: Option<&Map<String, Value>>, old: Option<&Map<String, Value>>| {
         let Some(rule) = info.rules.get(op.name()) else { return Ok(()) };
         let input = RuleInput { schema: &info.schema, new, old, author: &author };
-        crate::rules::check_write(&info.group_id, op, rule, &input)
+        crate::rule_check::check_write(&info.group_id, op, rule, &input)
     };
     let schema = &info.schema;
     let table = schema.table.clone();
@@ -590,14 +562,6 @@ pub fn register_callbacks() {
     }
 }
 
-/// The advisory lock that orders a group's local writers against its imports: local writes
-/// take it shared before their first row lock, an import takes it exclusively before anything
-/// else. Without it, an import (group row, then user rows) and a local transaction (user rows,
-/// then the group row at commit) could deadlock.
-pub const GROUP_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(1667331443, $1::int4)";
-/// The first key of every group's advisory lock.
-const GROUP_LOCK_CLASS: u32 = 1667331443;
-
 /// Statement trigger (BEFORE, so before any row lock) on replicated tables: takes the group's
 /// write lock shared, straight from the lock manager (the tag `pg_advisory_xact_lock_shared`
 /// would build).
@@ -605,26 +569,8 @@ const GROUP_LOCK_CLASS: u32 = 1667331443;
 fn _lock_group<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, CausalError> {
     let relid = trigger.relation().map(|r| r.oid()).map_err(|e| CausalError::Corrupt(e.to_string()))?;
     let info = table_info(relid).or_report("causal._lock_group");
-    lock_group_shared(info.lock_key);
+    crate::group_lock::lock_group_shared(info.lock_key);
     Ok(None)
-}
-
-fn lock_group_shared(lock_key: i32) {
-    let tag = pg_sys::LOCKTAG {
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: GROUP_LOCK_CLASS,
-        locktag_field3: lock_key as u32,
-        locktag_field4: 2,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
-    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
-}
-
-/// Takes the group's write lock shared, as a local write does before its first row lock.
-pub fn lock_group_for_writes(group_id: &str) -> Result<(), CausalError> {
-    lock_group_shared(group_lock_key(group_id)?);
-    Ok(())
 }
 
 /// The most rows `causal.replicate` takes into the group with the calling transaction: they
@@ -683,29 +629,6 @@ pub fn capture_existing_rows(relid: pg_sys::Oid) -> Result<u64, CausalError> {
         result?;
     }
     Ok(rows)
-}
-
-/// Creates the capture, locking and TRUNCATE triggers on a newly replicated table.
-pub fn install_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
-    let rel = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])?
-        .ok_or_else(|| CausalError::Corrupt("relation vanished".into()))?;
-    Spi::run(&format!(
-        "CREATE TRIGGER causal_capture AFTER INSERT OR UPDATE OR DELETE ON {rel} FOR EACH ROW EXECUTE FUNCTION causal._capture(); \
-         CREATE TRIGGER causal_lock BEFORE INSERT OR UPDATE OR DELETE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION causal._lock_group(); \
-         CREATE TRIGGER causal_no_truncate BEFORE TRUNCATE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION causal._refuse_truncate();"
-    ))?;
-    Ok(())
-}
-
-/// Removes the capture triggers from a table (by oid, so never from another table of the
-/// same name).
-pub fn remove_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
-    let Some(rel) = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])? else { return Ok(()) };
-    Spi::run(&format!(
-        "DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel}; \
-         DROP TRIGGER IF EXISTS causal_lock ON {rel};"
-    ))?;
-    Ok(())
 }
 
 #[cfg(any(test, feature = "pg_test"))]

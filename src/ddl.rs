@@ -11,8 +11,9 @@ use causal_core::schema::TableSchema;
 use crate::error::{CausalError, OrReport};
 use crate::group::Group;
 use crate::members::append_ops;
-use crate::replicate::{derive_schema, group_table_name};
+use crate::replicate::derive_schema;
 use crate::spi_util::get_opt;
+use crate::tables::group_table_name;
 
 fn recorded(relid: pg_sys::Oid) -> Result<Option<(String, TableSchema)>, CausalError> {
     let row = Spi::connect(|client| {
@@ -108,8 +109,8 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
         "UPDATE causal.replicated_tables SET schema = $2 WHERE relid = $1",
         &[relid.into(), pgrx::JsonB(value).into()],
     )?;
-    crate::replay::ensure_lookup_indexes(&group, &new)?;
-    crate::capture::tables_changed()
+    crate::tables::ensure_lookup_indexes(&group, &new)?;
+    crate::tables::tables_changed()
 }
 
 #[pg_extern(name = "_schema_changed")]
@@ -130,9 +131,9 @@ fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
     let group = Group::find(&group_id)?;
     let hash = append_ops(&group, vec![Op::Unreplicate { table: name.clone() }], true)?;
     crate::capture::restricting_entry(&group.id);
-    crate::capture::remove_triggers(relid)?;
+    crate::tables::remove_triggers(relid)?;
     Spi::run_with_args("DELETE FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?;
-    crate::capture::tables_changed()?;
+    crate::tables::tables_changed()?;
     Ok(hash.to_b64())
 }
 

@@ -117,7 +117,7 @@ impl CausalError {
             CausalError::TableExists(_) => ERRCODE_DUPLICATE_TABLE,
             CausalError::NoPrimaryKey(_) => ERRCODE_INVALID_TABLE_DEFINITION,
             CausalError::Truncate(_) | CausalError::Prepare => ERRCODE_FEATURE_NOT_SUPPORTED,
-            CausalError::BadRule { error, .. } => crate::rules::rule_sqlstate(error),
+            CausalError::BadRule { error, .. } => rule_sqlstate(error),
             CausalError::BadOperation(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CausalError::RuleDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CausalError::UnsupportedAlter { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -221,6 +221,16 @@ impl<T, E: Into<CausalError>> OrReport<T> for Result<T, E> {
         match self {
             Ok(v) => v,
             Err(e) => e.into().report(function),
+        }
+    }
+}
+
+/// The SQLSTATE a rule error gets.
+pub fn rule_sqlstate(e: &causal_core::rules::RuleError) -> pgrx::PgSqlErrorCode {
+    match e.kind {
+        causal_core::rules::RuleErrorKind::Syntax => pgrx::PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+        causal_core::rules::RuleErrorKind::UnknownTable | causal_core::rules::RuleErrorKind::UnknownColumn => {
+            pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN
         }
     }
 }

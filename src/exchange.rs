@@ -435,7 +435,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     let parsed = parsing.elapsed();
     let started = std::time::Instant::now();
     // Local writers of the group finish first, and new ones wait for this import.
-    Spi::run_with_args(crate::capture::GROUP_LOCK_SQL, &[crate::capture::group_lock_key(&group.id)?.into()])?;
+    Spi::run_with_args(crate::group_lock::GROUP_LOCK_SQL, &[crate::group_lock::group_lock_key(&group.id)?.into()])?;
     // Local commits not placed yet are placed first: the engine's view must include them. (A
     // group adopted from this bundle has none; its genesis is placed with the bundle.)
     if !adopted {
@@ -577,7 +577,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     dag.store().write_state().map_err(DagError::from)?;
     let stored_and_placed = started.elapsed();
     if accepted > 0 {
-        crate::sync::notify_changed(&group.id)?;
+        crate::notify::notify_changed(&group.id)?;
     }
     if accepted >= 1000 {
         // A large import changes the catalog's size a lot; fresh statistics keep the plans of

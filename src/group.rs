@@ -2,15 +2,10 @@
 
 use pgrx::prelude::*;
 
-use causal_core::entry::{Entry, Position};
-use causal_core::identity::random_seed;
-use causal_core::membership::derive_meta;
-use causal_core::payload::{Genesis, SignedPayload};
 use causal_core::{Dag, HashAlgorithm};
 
 use crate::error::{CausalError, OrReport};
-use crate::identity::current_author;
-use crate::spi_util::{get_opt, run_prepared};
+use crate::spi_util::run_prepared;
 use crate::store::SpiStore;
 
 thread_local! {
@@ -75,40 +70,6 @@ pub fn insert_group(id: &str, name: &str, algorithm: HashAlgorithm) -> Result<i3
         },
     )?
     .ok_or_else(|| CausalError::Corrupt(format!("group {id} got no number")))
-}
-
-fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
-    let algorithm = HashAlgorithm::parse(hash_algorithm)?;
-    if name.trim() != name || name.is_empty() || name.len() > 63 {
-        return Err(CausalError::InvalidName { what: "group", name: name.chars().take(80).collect() });
-    }
-    if get_opt::<bool>("SELECT true FROM causal.group_defs WHERE name = $1", &[name.into()])?.is_some() {
-        return Err(CausalError::DuplicateGroup(name.to_string()));
-    }
-    let author = current_author()?;
-    let genesis = Genesis {
-        name: name.to_string(),
-        hash_algorithm: algorithm.name().to_string(),
-        seed: random_seed(),
-        admin: author.keypair.public(),
-    };
-    let payload = SignedPayload::sign_genesis(&author.keypair, genesis)?;
-    let entry = Entry::new(algorithm, payload.to_value(), Position::new(), derive_meta(&payload))?;
-    let id = entry.hash.to_b64();
-    let num = insert_group(&id, name, algorithm)?;
-    let hash = entry.hash;
-    let group = Group { id: id.clone(), num, algorithm };
-    let mut dag = group.dag();
-    dag.insert(entry)?;
-    crate::replay::reconcile_local(&group, dag, (hash, Position::new(), payload))?;
-    Ok(id)
-}
-
-/// Creates a replication group and returns its id (the hash of its genesis entry). The
-/// genesis is signed by the session's author, who becomes the group's first admin.
-#[pg_extern]
-fn create_group(name: &str, hash_algorithm: default!(&str, "'blake3'")) -> String {
-    create(name, hash_algorithm).or_report("causal.create_group")
 }
 
 /// The group's frontier: the hashes of the entries no other entry follows, sorted.

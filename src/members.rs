@@ -4,13 +4,17 @@ use std::cell::RefCell;
 
 use pgrx::prelude::*;
 
-use causal_core::entry::{EncodedEntry, Entry, Meta};
+use causal_core::entry::{EncodedEntry, Entry, Meta, Position};
+use causal_core::identity::random_seed;
 use causal_core::identity::PublicKey;
+use causal_core::membership::derive_meta;
 use causal_core::membership::{derive_meta_of, MemberStatus};
 use causal_core::op_text::{sign_op_texts, OpText};
+use causal_core::payload::Genesis;
 use causal_core::payload::{Op, SignedPayload};
 use causal_core::reconcile::OrderKey;
 use causal_core::Hash;
+use causal_core::HashAlgorithm;
 
 use crate::error::{CausalError, OrReport};
 use crate::group::Group;
@@ -52,7 +56,7 @@ pub fn append_ops_as(
     if let Some(payload) = payload {
         crate::replay::reconcile_local(group, dag, (hash, prev, payload))?;
     }
-    crate::sync::notify_changed(&group.id)?;
+    crate::notify::notify_changed(&group.id)?;
     Ok(hash)
 }
 
@@ -66,7 +70,7 @@ pub fn append_texts_as(group: &Group, ops: &[OpText], meta: Meta, author: &Autho
     let entry = EncodedEntry::new(dag.hash_algorithm(), &signed.canonical, signed.stored, prev, meta);
     dag.store().assume_absent(entry.hash);
     let hash = dag.insert_encoded(entry)?.hash;
-    crate::sync::notify_changed(&group.id)?;
+    crate::notify::notify_changed(&group.id)?;
     Ok(hash)
 }
 
@@ -226,6 +230,41 @@ fn members(
     }
     rows.sort();
     TableIterator::new(rows)
+}
+
+fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
+    let algorithm = HashAlgorithm::parse(hash_algorithm)?;
+    if name.trim() != name || name.is_empty() || name.len() > 63 {
+        return Err(CausalError::InvalidName { what: "group", name: name.chars().take(80).collect() });
+    }
+    if crate::spi_util::get_opt::<bool>("SELECT true FROM causal.group_defs WHERE name = $1", &[name.into()])?.is_some()
+    {
+        return Err(CausalError::DuplicateGroup(name.to_string()));
+    }
+    let author = current_author()?;
+    let genesis = Genesis {
+        name: name.to_string(),
+        hash_algorithm: algorithm.name().to_string(),
+        seed: random_seed(),
+        admin: author.keypair.public(),
+    };
+    let payload = SignedPayload::sign_genesis(&author.keypair, genesis)?;
+    let entry = Entry::new(algorithm, payload.to_value(), Position::new(), derive_meta(&payload))?;
+    let id = entry.hash.to_b64();
+    let num = crate::group::insert_group(&id, name, algorithm)?;
+    let hash = entry.hash;
+    let group = Group { id: id.clone(), num, algorithm };
+    let mut dag = group.dag();
+    dag.insert(entry)?;
+    crate::replay::reconcile_local(&group, dag, (hash, Position::new(), payload))?;
+    Ok(id)
+}
+
+/// Creates a replication group and returns its id (the hash of its genesis entry). The
+/// genesis is signed by the session's author, who becomes the group's first admin.
+#[pg_extern]
+fn create_group(name: &str, hash_algorithm: default!(&str, "'blake3'")) -> String {
+    create(name, hash_algorithm).or_report("causal.create_group")
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -21,9 +21,10 @@ use causal_core::{Dag, DagStore, Hash};
 use crate::direct::{Cell, Inserter};
 use crate::error::CausalError;
 use crate::group::Group;
-use crate::rules::{quote_ident, sql_literal};
 use crate::spi_util::{exec_prepared, exec_prepared_count, get_prepared, run_prepared};
 use crate::store::SpiStore;
+use causal_core::sql_expr::sql_literal;
+use causal_core::sql_name::quote_ident;
 
 thread_local! {
     /// Each group's resolved authority, with the authority version it was resolved at (the
@@ -37,44 +38,6 @@ thread_local! {
 /// been applied, and its version will be reached again by other entries.
 pub fn forget(undone: crate::xact::Undone) {
     AUTHORITY.with(|a| a.borrow_mut().forget(undone));
-}
-
-/// Creates, for each set of columns the engine looks rows up by (a UNIQUE constraint's, a
-/// foreign key's), a partial expression index on `causal.row_meta` covering this group's rows
-/// of `schema`'s table. Called whenever a table's schema is recorded. (A GIN index over every
-/// value of every row did this job before, and cost each written row about 3.5 µs.)
-pub fn ensure_lookup_indexes(group: &Group, schema: &TableSchema) -> Result<(), CausalError> {
-    let mut sets: Vec<Vec<String>> = schema
-        .uniques
-        .iter()
-        .map(|u| u.columns.clone())
-        .chain(schema.foreign_keys.iter().map(|f| f.columns.clone()))
-        .map(|mut cols| {
-            cols.sort();
-            cols
-        })
-        .collect();
-    sets.sort();
-    sets.dedup();
-    for cols in sets {
-        let exprs: Vec<String> = cols.iter().map(|c| format!("(vals -> {})", sql_literal(c))).collect();
-        let name = lookup_index_name(&group.id, &schema.table, &cols);
-        pgrx::Spi::run(&format!(
-            "CREATE INDEX IF NOT EXISTS {name} ON causal.row_meta ({}) WHERE grp = {} AND table_name = {}",
-            exprs.join(", "),
-            group.num,
-            sql_literal(&schema.table)
-        ))?;
-    }
-    Ok(())
-}
-
-/// A stable name for a lookup index, from a digest of group, table and columns.
-fn lookup_index_name(group_id: &str, table: &str, cols: &[String]) -> String {
-    let parts: Vec<&str> = [group_id, table].into_iter().chain(cols.iter().map(String::as_str)).collect();
-    let digest = causal_core::HashAlgorithm::Blake3.digest(parts.join("\0").as_bytes());
-    let hex: String = digest.as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("row_meta_lookup_{hex}")
 }
 
 fn store_err(e: impl std::fmt::Display) -> ReconcileError {
@@ -267,7 +230,7 @@ impl SpiReplica {
         }
         crate::spi_util::with_replica_role(|| {
             for (name, (deletes, upserts, inserts)) in &per_table {
-                let schema = crate::apply::local_schema_by_name(&self.group, name).map_err(store_err)?;
+                let schema = crate::tables::local_schema_by_name(&self.group, name).map_err(store_err)?;
                 let table = &sql_table(name)?;
                 let relid = get_prepared::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.as_str().into()])
                     .map_err(store_err)?
@@ -339,7 +302,7 @@ impl SpiReplica {
                     _ => continue,
                 };
                 // A table no longer in the group is this database's alone: nothing to resync.
-                let Ok(schema) = crate::apply::local_schema_by_name(&self.group, table) else { continue };
+                let Ok(schema) = crate::tables::local_schema_by_name(&self.group, table) else { continue };
                 if let Some(k) = causal_core::reconcile::row_key(&schema, cols) {
                     keys.entry(table.clone()).or_default().push(k);
                 }
@@ -1053,8 +1016,10 @@ fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL"), max_rows: pgrx::de
     let mut placed = 0;
     for name_or_id in groups {
         let group = Group::find(&name_or_id).or_report(f);
-        let key = crate::capture::group_lock_key(&group.id).or_report(f);
-        pgrx::Spi::run_with_args(crate::capture::GROUP_LOCK_SQL, &[key.into()]).map_err(CausalError::from).or_report(f);
+        let key = crate::group_lock::group_lock_key(&group.id).or_report(f);
+        pgrx::Spi::run_with_args(crate::group_lock::GROUP_LOCK_SQL, &[key.into()])
+            .map_err(CausalError::from)
+            .or_report(f);
         let before = std::time::Instant::now();
         let n = crate::spi_util::without_jit(|| catch_up_at_most(&group, per_group))
             .map_err(CausalError::from)

@@ -14,17 +14,7 @@ use crate::error::{CausalError, OrReport};
 use crate::group::Group;
 use crate::members::append_ops;
 use crate::spi_util::get_opt;
-
-/// The name a table has in its group: `name` in schema public, else `schema.name`, quoted as
-/// SQL would need it.
-pub fn group_table_name(relid: pg_sys::Oid) -> Result<String, CausalError> {
-    get_opt::<String>(
-        "SELECT CASE WHEN n.nspname = 'public' THEN format('%I', c.relname) ELSE format('%I.%I', n.nspname, c.relname) END \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[relid.into()],
-    )?
-    .ok_or_else(|| CausalError::Corrupt(format!("relation {relid:?} vanished")))
-}
+use crate::tables::group_table_name;
 
 /// Whether a stored expression tree (`pg_node_tree` text) calls only immutable functions.
 pub fn is_immutable(node_tree: &str) -> Result<bool, CausalError> {
@@ -187,15 +177,15 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
     let value: Value = schema.to_value();
     // The rows the table holds are written into the group by this transaction (below), so it
     // takes the group's write lock as a writer does, before the group's state row.
-    crate::capture::lock_group_for_writes(&group.id)?;
+    crate::group_lock::lock_group_for_writes(&group.id)?;
     let hash = append_ops(&group, vec![Op::Schema { table: name.clone(), schema: value.clone() }], true)?;
     Spi::run_with_args(
         "INSERT INTO causal.replicated_tables (group_id, table_name, relid, schema) VALUES ($1, $2, $3, $4)",
         &[group.id.clone().into(), name.into(), relid.into(), pgrx::JsonB(value).into()],
     )?;
-    crate::capture::install_triggers(relid)?;
-    crate::replay::ensure_lookup_indexes(&group, &schema)?;
-    crate::capture::tables_changed()?;
+    crate::tables::install_triggers(relid)?;
+    crate::tables::ensure_lookup_indexes(&group, &schema)?;
+    crate::tables::tables_changed()?;
     // Rows the table already holds become inserts of this transaction's entry.
     crate::capture::capture_existing_rows(relid)?;
     Ok(hash.to_b64())

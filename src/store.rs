@@ -94,7 +94,7 @@ pub struct GroupState {
     pub authority_version: u32,
     /// How many entries, in node-id order, the reconciliation engine has placed (journal and
     /// `row_meta` are current up to there). Local commits of plain data leave the rest to be
-    /// placed later, in a batch ([`crate::replay::catch_up`]).
+    /// placed later, in a batch ((`replay::catch_up`)).
     pub reconciled_count: u32,
 }
 

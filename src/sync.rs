@@ -15,24 +15,6 @@ use crate::error::{CausalError, OrReport};
 use crate::group::Group;
 use crate::spi_util::get_opt;
 
-/// The channel the sync worker listens on.
-pub const CHANNEL: &str = "causal_sync";
-
-/// Wakes the sync worker after `group` changed (at commit; Postgres folds repeats).
-pub fn notify_changed(group_id: &str) -> Result<(), CausalError> {
-    notify(&format!("group:{group_id}"))
-}
-
-fn notify(what: &str) -> Result<(), CausalError> {
-    use pgrx::IntoDatum;
-    // pg_notify called directly, not through a statement: every local commit notifies, and
-    // the statement cost more than the notification itself.
-    unsafe {
-        pgrx::fcinfo::direct_function_call_as_datum(pg_sys::pg_notify, &[CHANNEL.into_datum(), what.into_datum()])
-    };
-    Ok(())
-}
-
 fn node_public_key() -> Result<PublicKey, CausalError> {
     let text = get_opt::<String>("SELECT public_key FROM causal.identity_keys WHERE is_node", &[])?
         .ok_or_else(|| CausalError::Corrupt("the node identity is missing".into()))?;
@@ -98,7 +80,7 @@ fn add_peer(address: &str) -> bool {
     )
     .or_report(f)
     .unwrap_or(false);
-    notify("peers").or_report(f);
+    crate::notify::notify("peers").or_report(f);
     added
 }
 
@@ -111,7 +93,7 @@ fn remove_peer(address: &str) -> bool {
         get_opt::<bool>("DELETE FROM causal.peer_addresses WHERE address = $1 RETURNING true", &[address.into()])
             .or_report(f)
             .unwrap_or(false);
-    notify("peers").or_report(f);
+    crate::notify::notify("peers").or_report(f);
     removed
 }
 
@@ -134,7 +116,7 @@ fn join_group(group_id: &str) -> String {
     )
     .map_err(CausalError::from)
     .or_report(f);
-    notify("join").or_report(f);
+    crate::notify::notify("join").or_report(f);
     group_id.to_string()
 }
 

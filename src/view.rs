@@ -88,7 +88,7 @@ fn snapshot_rows(
     at: Option<Vec<String>>,
     from: Option<Vec<String>>,
 ) -> Result<Vec<Value>, CausalError> {
-    let table = crate::replicate::group_table_name(relid)?;
+    let table = crate::tables::group_table_name(relid)?;
     let group_id =
         get_opt::<String>("SELECT group_id FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?
             .ok_or_else(|| CausalError::NotReplicated(table.clone()))?;
@@ -167,7 +167,7 @@ fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError>
     if state.reconciled_count >= state.entry_count {
         return Ok(rows.into_iter().map(|(_, v)| Value::Object(v)).collect());
     }
-    let schema = crate::apply::local_schema_by_name(group_id, table)?;
+    let schema = crate::tables::local_schema_by_name(group_id, table)?;
     let mut view: BTreeMap<String, Map<String, Value>> = rows.into_iter().collect();
     for (_, _, payload) in crate::replay::unplaced_entries(group_id, state.reconciled_count, state.entry_count)? {
         for op in &payload.ops {

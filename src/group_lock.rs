@@ -1,0 +1,42 @@
+//! The advisory lock that orders a group's local writers against its imports.
+
+use pgrx::pg_sys;
+
+use crate::error::CausalError;
+
+/// The advisory lock that orders a group's local writers against its imports: local writes
+/// take it shared before their first row lock, an import takes it exclusively before anything
+/// else. Without it, an import (group row, then user rows) and a local transaction (user rows,
+/// then the group row at commit) could deadlock.
+pub const GROUP_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(1667331443, $1::int4)";
+
+/// The first key of every group's advisory lock.
+const GROUP_LOCK_CLASS: u32 = 1667331443;
+
+/// The second key of a group's advisory lock (the first is [`GROUP_LOCK_CLASS`]): the first
+/// four bytes of the group id's hash.
+pub fn group_lock_key(group_id: &str) -> Result<i32, CausalError> {
+    let h: causal_core::Hash = group_id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
+    let b = h.as_bytes();
+    Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Takes the group write lock of key `lock_key` shared, straight from the lock manager (the
+/// tag `pg_advisory_xact_lock_shared` would build).
+pub fn lock_group_shared(lock_key: i32) {
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: GROUP_LOCK_CLASS,
+        locktag_field3: lock_key as u32,
+        locktag_field4: 2,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
+}
+
+/// Takes the group's write lock shared, as a local write does before its first row lock.
+pub fn lock_group_for_writes(group_id: &str) -> Result<(), CausalError> {
+    lock_group_shared(group_lock_key(group_id)?);
+    Ok(())
+}
