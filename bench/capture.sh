@@ -6,6 +6,7 @@
 source "$(dirname "$0")/../scripts/common.sh"
 ensure_setup
 install_extension
+bench_log capture
 SECS="${1:-20}"
 CLIENTS="${2:-2}"
 DIR="$RUN_DIR/bench"
@@ -53,3 +54,4 @@ for sc in off on; do
 done
 entries=$(psql_ -t -A -c "SELECT count(*) FROM causal.dag_entries")
 say "The replicated table's group now holds $entries entries"
+bench_json

@@ -8,6 +8,7 @@
 source "$(dirname "$0")/../scripts/common.sh"
 ensure_setup
 install_extension
+bench_log commit_cpu
 SECS="${1:-5}"
 ROUNDS="${2:-3}"
 DIR="$RUN_DIR/bench-commit"
@@ -50,3 +51,4 @@ for w in single bulk; do
             printf "| %s | %d | %.2f | %.2f | %.2f |\n", (w == "single" ? "(a) single-row" : "(b) 1,000-row"), r, p, q, q - p }'
     done
 done
+bench_json

@@ -10,6 +10,7 @@
 source "$(dirname "$0")/../scripts/common.sh"
 ensure_setup
 install_extension
+bench_log import
 N="${1:-100000}"
 DIR="$RUN_DIR/bench-import"
 stop_clusters_under "$DIR"
@@ -100,3 +101,4 @@ r=$(import_file fresh "$all"); report "fresh database, whole $N-entry history" "
 cancelled=$(sql conflict -c "SELECT count(*) FROM causal.log('bench', 10000000) WHERE status = 'cancelled'")
 rows=$(sql conflict -c "SELECT count(*) FROM items")
 say "Conflicting run: $cancelled entries cancelled, $rows rows in the table"
+bench_json

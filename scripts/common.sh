@@ -137,3 +137,45 @@ stop_clusters_under() {
         stop_cluster "$(dirname "$(dirname "$pidfile")")"
     done < <(find "$base" -maxdepth 4 -name postmaster.pid -path '*/data/*' 2>/dev/null)
 }
+
+# Benchmarks: `bench_log NAME` at the start keeps a copy of everything the script prints;
+# `bench_json` at the end writes its markdown tables as JSON to bench/results/NAME.json
+# (untracked), with the commit, date and machine, so a run can be compared with the last.
+bench_log() {
+    BENCH_NAME="$1"
+    BENCH_OUT="$(mktemp)"
+    exec > >(tee "$BENCH_OUT")
+}
+
+bench_json() {
+    [ -n "${BENCH_OUT:-}" ] || return 0
+    sleep 0.2 # let tee catch up
+    local dir="$ROOT/bench/results" commit
+    mkdir -p "$dir"
+    commit="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    local dirty=""
+    git -C "$ROOT" diff --quiet HEAD 2>/dev/null || dirty="+changes"
+    awk -v name="$BENCH_NAME" -v commit="$commit$dirty" -v date="$(date -u +%FT%TZ)" \
+        -v cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" -v cores="$(nproc)" '
+        function esc(s) { gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); gsub(/\033\[[0-9;]*m/, "", s); return s }
+        function cells(line, out,   n, i, parts) {
+            sub(/^\|/, "", line); sub(/\|[ \t]*$/, "", line)
+            n = split(line, parts, "|")
+            for (i = 1; i <= n; i++) { out[i] = parts[i]; gsub(/^ +| +$/, "", out[i]) }
+            return n
+        }
+        BEGIN { printf "{\"bench\": \"%s\", \"commit\": \"%s\", \"date\": \"%s\", \"machine\": {\"cpu\": \"%s\", \"cores\": %d}, \"tables\": [", esc(name), commit, date, esc(cpu), cores; t = 0 }
+        /^\|/ {
+            if (prev ~ /^\|/ && $0 ~ /^\|[-| :]+\|?$/) { next }
+            if (!(prev ~ /^\|/)) { nh = cells($0, head); printf "%s[", (t++ ? "]," : ""); rows = 0; prev = $0; next }
+            n = cells($0, c); printf "%s{", (rows++ ? "," : "")
+            for (i = 1; i <= n; i++) printf "%s\"%s\": \"%s\"", (i > 1 ? ", " : ""), esc(head[i]), esc(c[i])
+            printf "}"
+        }
+        { prev = $0 }
+        END { printf "%s], \"log\": \"bench/results/%s.log\"}\n", (t ? "]" : ""), name }
+    ' "$BENCH_OUT" >"$dir/$BENCH_NAME.json"
+    sed 's/\x1b\[[0-9;]*m//g' "$BENCH_OUT" >"$dir/$BENCH_NAME.log"
+    rm -f "$BENCH_OUT"
+    say "Figures written to bench/results/$BENCH_NAME.json"
+}
