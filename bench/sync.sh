@@ -111,7 +111,7 @@ say "   native logical replication, same machine, same settings"
 for n in p s; do
     PORT[$n]="$(free_port)"
     { printf "shared_buffers = 512MB\nmax_wal_size = 8GB\nsynchronous_commit = off\nwal_level = logical\n"
-      [ "$n" = s ] && printf "wal_retrieve_retry_interval = 50ms\n"; } | start_cluster "$DIR/$n" "${PORT[$n]}"
+      if [ "$n" = s ]; then printf "wal_retrieve_retry_interval = 50ms\n"; fi; } | start_cluster "$DIR/$n" "${PORT[$n]}"
     sql "$n" -c "CREATE TABLE items (id bigint PRIMARY KEY, payload text NOT NULL, written_at timestamptz NOT NULL DEFAULT clock_timestamp())"
 done
 sql p -c "CREATE PUBLICATION pub FOR TABLE items"

@@ -164,16 +164,25 @@ bench_json() {
             for (i = 1; i <= n; i++) { out[i] = parts[i]; gsub(/^ +| +$/, "", out[i]) }
             return n
         }
-        BEGIN { printf "{\"bench\": \"%s\", \"commit\": \"%s\", \"date\": \"%s\", \"machine\": {\"cpu\": \"%s\", \"cores\": %d}, \"tables\": [", esc(name), commit, date, esc(cpu), cores; t = 0 }
-        /^\|/ {
-            if (prev ~ /^\|/ && $0 ~ /^\|[-| :]+\|?$/) { next }
-            if (!(prev ~ /^\|/)) { nh = cells($0, head); printf "%s[", (t++ ? "]," : ""); rows = 0; prev = $0; next }
-            n = cells($0, c); printf "%s{", (rows++ ? "," : "")
-            for (i = 1; i <= n; i++) printf "%s\"%s\": \"%s\"", (i > 1 ? ", " : ""), esc(head[i]), esc(c[i])
-            printf "}"
+        function issep(l) { return l ~ /^\|[-| :]+\|?[ \t]*$/ }
+        { line[NR] = $0 }
+        END {
+            printf "{\"bench\": \"%s\", \"commit\": \"%s\", \"date\": \"%s\", \"machine\": {\"cpu\": \"%s\", \"cores\": %d}, \"tables\": [", esc(name), commit, date, esc(cpu), cores
+            t = 0; open = 0
+            for (k = 1; k <= NR; k++) {
+                l = line[k]
+                if (l !~ /^\|/ || issep(l)) continue
+                if (k < NR && issep(line[k + 1])) {
+                    # A header: a new table.
+                    nh = cells(l, head); printf "%s[", (open ? "]," : ""); open = 1; rows = 0; continue
+                }
+                if (!open) continue
+                n = cells(l, c); printf "%s{", (rows++ ? "," : "")
+                for (i = 1; i <= n; i++) printf "%s\"%s\": \"%s\"", (i > 1 ? ", " : ""), esc(head[i]), esc(c[i])
+                printf "}"
+            }
+            printf "%s], \"log\": \"bench/results/%s.log\"}\n", (open ? "]" : ""), name
         }
-        { prev = $0 }
-        END { printf "%s], \"log\": \"bench/results/%s.log\"}\n", (t ? "]" : ""), name }
     ' "$BENCH_OUT" >"$dir/$BENCH_NAME.json"
     sed 's/\x1b\[[0-9;]*m//g' "$BENCH_OUT" >"$dir/$BENCH_NAME.log"
     rm -f "$BENCH_OUT"
