@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 use causal_core::entry::{EncodedEntry, Entry, Meta, Position};
 use causal_core::identity::random_seed;
+use causal_core::identity::KeyId;
 use causal_core::identity::PublicKey;
 use causal_core::membership::derive_meta;
 use causal_core::membership::{derive_meta_of, MemberStatus};
@@ -105,7 +106,7 @@ fn lock_for_append(
 thread_local! {
     /// Member status by (group, key), valid while the group's membership version is unchanged:
     /// at the frontier, status depends only on the membership entries.
-    static STATUS: RefCell<crate::xact::ScopedMap<(String, Hash), (u32, MemberStatus)>> = RefCell::default();
+    static STATUS: RefCell<crate::xact::ScopedMap<(String, KeyId), (u32, MemberStatus)>> = RefCell::default();
 }
 
 /// Forgets the statuses found in undone work: its membership changes are gone, and the
@@ -118,7 +119,7 @@ fn cached_status(
     group: &Group,
     dag: &causal_core::Dag<crate::store::SpiStore>,
     frontier: &causal_core::Position,
-    key: &Hash,
+    key: &KeyId,
     version: u32,
 ) -> Result<MemberStatus, CausalError> {
     let k = (group.id.clone(), *key);
@@ -158,14 +159,14 @@ pub fn status_in_view(
     group: &Group,
     dag: &causal_core::Dag<crate::store::SpiStore>,
     position: &causal_core::Position,
-    key: &Hash,
+    key: &KeyId,
 ) -> Result<MemberStatus, CausalError> {
     let input = authority_input(group)?;
     causal_core::reconcile::membership_view::member_in_view(dag, &input, position, key)
         .map_err(|e| CausalError::Reconcile(e.to_string()))
 }
 
-fn status_of(group: &Group, key_id: &Hash) -> Result<MemberStatus, CausalError> {
+fn status_of(group: &Group, key_id: &KeyId) -> Result<MemberStatus, CausalError> {
     let dag = group.dag();
     let frontier = dag.frontier()?;
     status_in_view(group, &dag, &frontier, key_id)
@@ -192,7 +193,8 @@ fn add_member(
 fn remove_member(grp: &str, key_id: &str) -> String {
     let f = "causal.remove_member";
     let group = Group::find(grp).or_report(f);
-    let key: Hash = key_id.parse().map_err(|_| CausalError::NotAMember(key_id.chars().take(80).collect())).or_report(f);
+    let key: KeyId =
+        key_id.parse().map_err(|_| CausalError::NotAMember(key_id.chars().take(80).collect())).or_report(f);
     if !status_of(&group, &key).or_report(f).live {
         CausalError::NotAMember(key_id.to_string()).report(f);
     }
@@ -220,7 +222,7 @@ fn members(
     let input = authority_input(&group).or_report(f);
     let mut rows = Vec::new();
     for k in keys {
-        let Ok(key) = k.parse::<Hash>() else { continue };
+        let Ok(key) = k.parse::<KeyId>() else { continue };
         let s = causal_core::reconcile::membership_view::member_in_view(&dag, &input, &frontier, &key)
             .map_err(|e| CausalError::Reconcile(e.to_string()))
             .or_report(f);

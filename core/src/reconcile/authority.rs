@@ -214,7 +214,7 @@ impl Authority {
                     Verdict::cancelled(
                         format!(
                             "author {} was removed concurrently by entry {first}, which stands: of admins removing each other, the one with the older admin grant wins",
-                            short(&p.author)
+                            short(&p.author.0)
                         ),
                         by.clone(),
                     )
@@ -375,7 +375,7 @@ impl Authority {
             }
         }
         let last = last_of(dag, &past, |c: &MemberChange| c.entry)?;
-        let who = short(key);
+        let who = short(&key.0);
         if last.is_empty() {
             return Ok(Err((format!("author {who} is not a member of the group at the entry's position"), vec![])));
         }

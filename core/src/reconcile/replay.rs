@@ -79,7 +79,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             counted: RefCell::new(HashSet::default()),
             voided: HashMap::default(),
             rules: HashMap::default(),
-            author: Hash([0; 32]),
+            author: KeyId(Hash([0; 32])),
             replicated: Vec::new(),
             scratch: HashMap::default(),
         }
