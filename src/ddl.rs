@@ -97,7 +97,7 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
         }
     }
     // Rows of local commits not placed yet reach `row_meta` first, so they get the default too.
-    crate::replay::catch_up(&group)?;
+    crate::placement::catch_up(&group)?;
     for c in &new.columns[old_len..] {
         if let Some(v) = &c.default_value {
             crate::apply::fill_default(&group, &new.table, &c.name, v)?;

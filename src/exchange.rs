@@ -439,7 +439,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     // Local commits not placed yet are placed first: the engine's view must include them. (A
     // group adopted from this bundle has none; its genesis is placed with the bundle.)
     if !adopted {
-        crate::replay::catch_up(&group)?;
+        crate::placement::catch_up(&group)?;
     }
     let mut dag = group.dag();
     dag.store().lock().map_err(DagError::from)?;
@@ -686,7 +686,7 @@ impl Unplaced {
         let t = std::time::Instant::now();
         crate::apply::apply_catalog(group, &entries)?;
         self.catalog += t.elapsed();
-        let run = crate::replay::reconcile_imported(group, entries)?;
+        let run = crate::placement::reconcile_imported(group, entries)?;
         let upto = dag.store().state().map_err(DagError::from)?.entry_count;
         dag.store().mark_reconciled(upto).map_err(DagError::from)?;
         self.placed.replayed += run.changes.stats.replayed;

@@ -16,6 +16,7 @@ mod history;
 mod identity;
 mod members;
 mod notify;
+mod placement;
 mod replay;
 mod replicate;
 mod rule_check;

@@ -30,7 +30,7 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
 
 /// [`append_ops`] signed by `author`, whose use the caller has checked. With `defer_placing`,
 /// the engine does not run now: the entry waits, with any other local commits, to be placed
-/// in a batch ([`crate::replay::catch_up`]). Capture defers plain data changes to tables
+/// in a batch ([`crate::placement::catch_up`]). Capture defers plain data changes to tables
 /// without rules, which Postgres's own constraints have already checked at the frontier.
 pub fn append_ops_as(
     group: &Group,
@@ -55,7 +55,7 @@ pub fn append_ops_as(
     dag.store().assume_absent(entry.hash);
     let hash = dag.insert_verified(entry)?.hash;
     if let Some(payload) = payload {
-        crate::replay::reconcile_local(group, dag, (hash, prev, payload))?;
+        crate::placement::reconcile_local(group, dag, (hash, prev, payload))?;
     }
     crate::notify::notify_changed(&group.id)?;
     Ok(hash)
@@ -87,7 +87,7 @@ fn lock_for_append(
     let mut dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
     if !defer_placing {
-        dag = crate::replay::place_long_backlog(group, dag)?;
+        dag = crate::placement::place_long_backlog(group, dag)?;
     }
     let prev = dag.frontier()?;
     let key_id = author.keypair.public().key_id();
@@ -258,7 +258,7 @@ fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
     let group = Group { id: id.clone(), num, algorithm };
     let mut dag = group.dag();
     dag.insert(entry)?;
-    crate::replay::reconcile_local(&group, dag, (hash, Position::new(), payload))?;
+    crate::placement::reconcile_local(&group, dag, (hash, Position::new(), payload))?;
     Ok(id)
 }
 

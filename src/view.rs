@@ -169,7 +169,7 @@ fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError>
     }
     let schema = crate::tables::local_schema_by_name(group_id, table)?;
     let mut view: BTreeMap<String, Map<String, Value>> = rows.into_iter().collect();
-    for (_, _, payload) in crate::replay::unplaced_entries(group_id, state.reconciled_count, state.entry_count)? {
+    for (_, _, payload) in crate::placement::unplaced_entries(group_id, state.reconciled_count, state.entry_count)? {
         for op in &payload.ops {
             fold_op(&mut view, &schema, op);
         }

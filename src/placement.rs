@@ -1,0 +1,265 @@
+//! Placing entries: running the reconciliation engine over the catalog (`SpiReplica`) for an
+//! import, a local commit, or the backlog of local commits left for later, and applying what
+//! it decided in the same transaction.
+
+use causal_core::reconcile::{self, Changes, ReconcileError, ReplicaStore};
+use causal_core::{Dag, Hash};
+
+use crate::error::CausalError;
+use crate::group::Group;
+use crate::replay::SpiReplica;
+use crate::spi_util::run_prepared;
+use crate::store::SpiStore;
+
+/// What one reconciliation did, and how long its two halves took.
+pub struct Reconciled {
+    pub changes: Changes,
+    /// The engine's run (reads through SPI, computes verdicts and row states).
+    pub plan: std::time::Duration,
+    /// Writing the journal, `row_meta` and the user tables.
+    pub apply: std::time::Duration,
+}
+
+/// Reconciles a group after an import stored `new` entries (decoded, predecessors first).
+pub fn reconcile_imported(group: &Group, new: Vec<reconcile::NewEntry>) -> Result<Reconciled, CausalError> {
+    let mut replica = SpiReplica::new(group);
+    let upto = replica.dag.store().state().map_err(causal_core::DagError::from)?.entry_count;
+    run_engine(&mut replica, upto, |r| reconcile::plan_decoded(r, new).map_err(engine_err))
+}
+
+/// The stored entries with node ids from `from` up to (not including) `to`, decoded, in
+/// node-id order (predecessors first): local commits the engine has not placed yet.
+pub fn unplaced_entries(group: &str, from: u32, to: u32) -> Result<Vec<reconcile::NewEntry>, CausalError> {
+    let rows = run_prepared(
+        "SELECT hash, prev, payload FROM causal.dag_entries \
+         WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND node_id >= $2 AND node_id < $3 \
+         ORDER BY node_id",
+        &[group.into(), i32::try_from(from).unwrap_or(i32::MAX).into(), i32::try_from(to).unwrap_or(i32::MAX).into()],
+        false,
+        |rows| {
+            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?)))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        },
+    )?;
+    let corrupt = |what: String| CausalError::Corrupt(format!("group {group}: {what}"));
+    let mut out = Vec::with_capacity(rows.len());
+    for (hash, prev, payload) in rows {
+        let (Some(hash), Some(prev), Some(payload)) = (hash, prev, payload) else { continue };
+        let hash: Hash = hash.parse().map_err(|_| corrupt(format!("stored hash {hash}")))?;
+        let prev = prev
+            .iter()
+            .map(|h| h.parse::<Hash>().map_err(|_| corrupt(format!("stored predecessor {h}"))))
+            .collect::<Result<causal_core::entry::Position, _>>()?;
+        let value = causal_core::json::parse(&payload).map_err(|e| corrupt(format!("entry {hash}: {e}")))?;
+        let payload = causal_core::payload::SignedPayload::from_value(&value)
+            .map_err(|e| corrupt(format!("entry {hash}: {e}")))?;
+        out.push((hash, prev, payload));
+    }
+    Ok(out)
+}
+
+/// How many row operations one engine run places at most while catching up (an entry is never
+/// split, so a larger one runs alone). The engine holds a run's rows in memory: bounded runs
+/// keep that memory small and its maps in cache. With the engine fixes made together with
+/// them, they halved the cost per row of placing a backlog of millions of rows, which one run
+/// over all of it had spent largely on page faults and the allocator.
+const PLACEMENT_RUN_ROWS: usize = 20_000;
+
+/// How many entries are read from the catalog at a time while catching up.
+const PLACEMENT_PAGE: u32 = 64;
+
+/// Places the group's local commits that the engine has not placed yet (see
+/// [`SpiStore::mark_reconciled`]), whose rows are already in the tables: in engine runs of at
+/// most [`PLACEMENT_RUN_ROWS`] row operations, oldest first, each recorded as placed when it
+/// is applied. Returns how many entries it placed. It locks the group's row itself; an import
+/// and `causal.catch_up` hold the group's lock exclusively first, so no local writer is
+/// mid-way. A long catch-up reports its progress in the server log.
+pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
+    crate::spi_util::without_jit(|| catch_up_at_most(group, None))?
+}
+
+/// [`catch_up`], stopping after the first run that brings the rows placed to `max_rows` or
+/// more (`None`: no bound). Returns how many entries it placed.
+pub fn catch_up_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize, CausalError> {
+    let dag = group.dag();
+    let state = dag.store().lock().map_err(causal_core::DagError::from)?;
+    let (start, end) = (state.reconciled_count, state.entry_count);
+    if start >= end {
+        return Ok(0);
+    }
+    let mut replica = SpiReplica { group: group.id.clone(), num: group.num, dag, local: Vec::new() };
+    let placed_to = place_backlog(&mut replica, start, end, max_rows)?;
+    Ok((placed_to - start) as usize)
+}
+
+/// Places the stored entries with node ids `start..end`, local commits whose rows are in the
+/// tables already, in bounded runs (see [`catch_up`]), and stops early once `max_rows` rows
+/// are placed. Returns the node id up to which entries are placed.
+fn place_backlog(replica: &mut SpiReplica, start: u32, end: u32, max_rows: Option<usize>) -> Result<u32, CausalError> {
+    let mut pending: std::collections::VecDeque<reconcile::NewEntry> = std::collections::VecDeque::new();
+    let (mut read_to, mut placed_to) = (start, start);
+    let started = std::time::Instant::now();
+    let mut reported = started;
+    let mut placed_rows = 0;
+    let run_rows_at_most = max_rows.map_or(PLACEMENT_RUN_ROWS, |m| m.clamp(1, PLACEMENT_RUN_ROWS));
+    while placed_to < end && max_rows.is_none_or(|m| placed_rows < m) {
+        // Read pages until the pending entries hold a run's worth of rows, or none are left.
+        let mut rows: usize = pending.iter().map(|e| e.2.ops.len()).sum();
+        while rows < run_rows_at_most && read_to < end {
+            let to = read_to.saturating_add(PLACEMENT_PAGE).min(end);
+            let page = unplaced_entries(&replica.group, read_to, to)?;
+            if page.len() as u32 != to - read_to {
+                return Err(CausalError::Corrupt(format!(
+                    "group {}: entries {read_to}..{to} are not all stored",
+                    replica.group
+                )));
+            }
+            rows += page.iter().map(|e| e.2.ops.len()).sum::<usize>();
+            pending.extend(page);
+            read_to = to;
+        }
+        let mut run = Vec::new();
+        let mut run_rows = 0;
+        while let Some(e) = pending.front() {
+            if !run.is_empty() && run_rows + e.2.ops.len() > run_rows_at_most {
+                break;
+            }
+            run_rows += e.2.ops.len();
+            run.extend(pending.pop_front());
+        }
+        placed_to += run.len() as u32;
+        placed_rows += run_rows;
+        replica.local = run.iter().map(|e| e.0).collect();
+        run_engine(replica, placed_to, |r| reconcile::plan_decoded(r, run).map_err(engine_err))?;
+        if reported.elapsed() >= std::time::Duration::from_secs(10) && placed_to < end {
+            reported = std::time::Instant::now();
+            pgrx::log!(
+                "pg_causal: placing group {}: {} of {} entries placed ({:.0} s)",
+                replica.group,
+                placed_to - start,
+                end - start,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(placed_to)
+}
+
+/// Places the local commits that the engine has not placed yet, in every group or in `grp`;
+/// returns how many. Local commits of plain data are placed in batches: before an import, an
+/// administrative entry or a schema change of their group, when the sync worker gets to them,
+/// or when this is called. Takes each group's lock exclusively, so it waits for the group's
+/// writing transactions to commit. With `max_rows`, it stops in each group once about that
+/// many rows are placed (whole entries, in bounded runs), so the lock is held briefly; the
+/// sync worker calls it so, again and again, until nothing is left.
+#[pgrx::pg_extern(name = "catch_up")]
+fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL"), max_rows: pgrx::default!(Option<i64>, "NULL")) -> i64 {
+    use crate::error::OrReport;
+    let f = "causal.catch_up";
+    if let Some(m) = max_rows.filter(|m| *m < 1) {
+        CausalError::BadArgument { parameter: "max_rows", why: format!("{m} is not a positive number of rows") }
+            .report(f);
+    }
+    let per_group = max_rows.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+    let groups: Vec<String> = match grp {
+        Some(g) => vec![g.to_string()],
+        None => run_prepared(
+            "SELECT group_id FROM causal.group_defs WHERE reconciled_count < entry_count ORDER BY group_id",
+            &[],
+            false,
+            |rows| rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>(),
+        )
+        .map_err(CausalError::from)
+        .or_report(f)
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
+    let mut placed = 0;
+    for name_or_id in groups {
+        let group = Group::find(&name_or_id).or_report(f);
+        let key = crate::group_lock::group_lock_key(&group.id).or_report(f);
+        pgrx::Spi::run_with_args(crate::group_lock::GROUP_LOCK_SQL, &[key.into()])
+            .map_err(CausalError::from)
+            .or_report(f);
+        let before = std::time::Instant::now();
+        let n = crate::spi_util::without_jit(|| catch_up_at_most(&group, per_group))
+            .map_err(CausalError::from)
+            .and_then(|r| r)
+            .or_report(f);
+        placed += n as i64;
+        if n > 0 {
+            pgrx::debug1!("pg_causal: placed {n} entries of group {} in {:?}", group.id, before.elapsed());
+        }
+    }
+    placed
+}
+
+/// Reconciles a group after a local commit stored `entry` (decoded), whose rows are already
+/// in the tables, together with the group's earlier local commits not placed yet. If the
+/// engine would cancel `entry`, the commit fails (23000).
+/// `dag` is the one the entry was appended through (its state and caches are current).
+pub fn reconcile_local(
+    group: &Group,
+    dag: Dag<SpiStore>,
+    entry: reconcile::NewEntry,
+) -> Result<Reconciled, CausalError> {
+    let hash = entry.0;
+    let state = dag.store().state().map_err(causal_core::DagError::from)?;
+    // The entry itself is the last stored; those before it may wait to be placed (a few: see
+    // `place_long_backlog`).
+    let mut new = if state.reconciled_count + 1 < state.entry_count {
+        let mut earlier = unplaced_entries(&group.id, state.reconciled_count, state.entry_count)?;
+        earlier.retain(|e| e.0 != hash);
+        earlier
+    } else {
+        Vec::new()
+    };
+    new.push(entry);
+    let local = new.iter().map(|e| e.0).collect();
+    let mut replica = SpiReplica { group: group.id.clone(), num: group.num, dag, local };
+    run_engine(&mut replica, state.entry_count, |r| {
+        let changes = reconcile::plan_decoded(r, new).map_err(engine_err)?;
+        match changes.journal.iter().find(|(h, j)| *h == hash && !j.verdict.is_ok()) {
+            Some((_, j)) => Err(CausalError::Cancelled(j.verdict.reason.clone().unwrap_or_default())),
+            None => Ok(changes),
+        }
+    })
+}
+
+/// Before a local commit that is placed at once is appended through `dag` (whose group row
+/// is locked): places the earlier local commits still waiting, in bounded runs, if there are
+/// more than a few. The few that remain go into the commit's own run ([`reconcile_local`]).
+/// Placing them first keeps that run small, and a commit carrying authority is never stored
+/// while runs that do not include it resolve the group's authority.
+pub fn place_long_backlog(group: &Group, dag: Dag<SpiStore>) -> Result<Dag<SpiStore>, CausalError> {
+    let state = dag.store().state().map_err(causal_core::DagError::from)?;
+    if state.entry_count.saturating_sub(state.reconciled_count) <= SMALL_BACKLOG {
+        return Ok(dag);
+    }
+    let mut replica = SpiReplica { group: group.id.clone(), num: group.num, dag, local: Vec::new() };
+    place_backlog(&mut replica, state.reconciled_count, state.entry_count, None)?;
+    Ok(replica.dag)
+}
+
+/// How many earlier unplaced entries a local commit placed at once takes into its own run.
+const SMALL_BACKLOG: u32 = 8;
+
+fn engine_err(e: ReconcileError) -> CausalError {
+    CausalError::Reconcile(e.to_string())
+}
+
+/// Plans a run on `replica`, then applies it, timing both halves. Afterwards the entries
+/// before node id `placed_to` count as placed.
+fn run_engine(
+    replica: &mut SpiReplica,
+    placed_to: u32,
+    plan: impl FnOnce(&SpiReplica) -> Result<Changes, CausalError>,
+) -> Result<Reconciled, CausalError> {
+    let started = std::time::Instant::now();
+    let changes = plan(replica)?;
+    let planned = started.elapsed();
+    replica.apply(&changes).map_err(engine_err)?;
+    replica.dag.store().mark_reconciled(placed_to).map_err(causal_core::DagError::from)?;
+    Ok(Reconciled { changes, plan: planned, apply: started.elapsed() - planned })
+}
