@@ -69,3 +69,58 @@ fn hash_errors_reach_the_client_with_sqlstate_and_hint() {
     let one: i32 = db.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+/// Removing pg_causal from a table or from the database leaves the user's tables as plain
+/// tables, with their rows, constraints and indexes, writable as before.
+#[test]
+fn removal_leaves_plain_tables_with_their_data() {
+    let (_node, mut db) = node_with_extension("removal");
+    db.batch_execute(
+        "SELECT causal.create_group('g');
+         CREATE TABLE kept (id int PRIMARY KEY, v text CHECK (v <> 'x'));
+         CREATE TABLE dropped (id int PRIMARY KEY, kept_id int REFERENCES kept (id));
+         SELECT causal.replicate('g', 'kept'); SELECT causal.replicate('g', 'dropped');
+         INSERT INTO kept VALUES (1, 'a'), (2, 'b'); INSERT INTO dropped VALUES (10, 1);",
+    )
+    .unwrap();
+    let shape = |db: &mut Client, table: &str| -> (i64, i64, i64) {
+        let row = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_constraint WHERE conrelid = $1::text::regclass), \
+                        (SELECT count(*) FROM pg_index WHERE indrelid = $1::text::regclass), \
+                        (SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname LIKE 'causal_%')",
+                &[&table],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(shape(&mut db, "kept").2, 3, "capture triggers while replicated");
+
+    // Out of the group, one table: a plain table again.
+    db.batch_execute("SELECT causal.unreplicate('dropped')").unwrap();
+    assert_eq!(shape(&mut db, "dropped"), (2, 1, 0));
+    db.batch_execute("INSERT INTO dropped VALUES (11, 2)").unwrap();
+
+    // A plain DROP EXTENSION names what depends on it; with CASCADE only pg_causal's
+    // triggers go, and the tables stay whole.
+    let err = db.batch_execute("DROP EXTENSION pg_causal").unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("2BP01"), "{err:?}");
+    db.batch_execute("DROP EXTENSION pg_causal CASCADE").unwrap();
+    assert_eq!(shape(&mut db, "kept"), (2, 1, 0));
+    let rows: i64 = db.query_one("SELECT count(*) FROM kept", &[]).unwrap().get(0);
+    assert_eq!(rows, 2);
+    db.batch_execute("INSERT INTO kept VALUES (3, 'c')").unwrap();
+    let refused = db.batch_execute("INSERT INTO kept VALUES (4, 'x')").unwrap_err();
+    assert_eq!(sqlstate(&refused).as_deref(), Some("23514"), "the CHECK constraint stays");
+    // Nothing of pg_causal's is left; Postgres keeps the schema it created for the extension,
+    // empty, as it does for every extension whose control file names one.
+    let left: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'causal'::regnamespace) \
+                  + (SELECT count(*) FROM pg_proc WHERE pronamespace = 'causal'::regnamespace)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
