@@ -72,7 +72,7 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
             }
             let ddl = causal_core::ddl::create_table(&schema)
                 .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?;
-            crate::spi_util::restricted(|| run_ddl(&ddl))?;
+            crate::spi_util::as_role(None, || run_ddl(&ddl))?;
             get_opt::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[qualified.into()])?
                 .ok_or_else(|| CausalError::Corrupt(format!("created table {table} vanished")))?
         }

@@ -87,7 +87,7 @@ pub fn catch_up_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize,
     if start >= end {
         return Ok(0);
     }
-    let mut replica = SpiReplica { group: group.id.clone(), num: group.num, dag, local: Vec::new() };
+    let mut replica = SpiReplica::over(group, dag, Vec::new());
     let placed_to = place_backlog(&mut replica, start, end, max_rows)?;
     Ok((placed_to - start) as usize)
 }
@@ -217,7 +217,7 @@ pub fn reconcile_local(
     };
     new.push(entry);
     let local = new.iter().map(|e| e.0).collect();
-    let mut replica = SpiReplica { group: group.id.clone(), num: group.num, dag, local };
+    let mut replica = SpiReplica::over(group, dag, local);
     run_engine(&mut replica, state.entry_count, |r| {
         let changes = reconcile::plan_decoded(r, new).map_err(engine_err)?;
         match changes.journal.iter().find(|(h, j)| *h == hash && !j.verdict.is_ok()) {
@@ -237,7 +237,7 @@ pub fn place_long_backlog(group: &Group, dag: Dag<SpiStore>) -> Result<Dag<SpiSt
     if state.entry_count.saturating_sub(state.reconciled_count) <= SMALL_BACKLOG {
         return Ok(dag);
     }
-    let mut replica = SpiReplica { group: group.id.clone(), num: group.num, dag, local: Vec::new() };
+    let mut replica = SpiReplica::over(group, dag, Vec::new());
     place_backlog(&mut replica, state.reconciled_count, state.entry_count, None)?;
     Ok(replica.dag)
 }

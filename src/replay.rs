@@ -44,6 +44,11 @@ fn store_err(e: impl std::fmt::Display) -> ReconcileError {
     ReconcileError::Store(e.to_string())
 }
 
+/// The owner of a group's table, by its name in the group (looked up once per engine run).
+pub fn owner_of(table: &str) -> Result<Option<pg_sys::Oid>, ReconcileError> {
+    crate::spi_util::table_owner(&sql_table(table)?).map_err(store_err)
+}
+
 /// A group's replica state in the catalog.
 pub struct SpiReplica {
     pub(crate) group: String,
@@ -52,6 +57,9 @@ pub struct SpiReplica {
     pub(crate) dag: Dag<SpiStore>,
     /// Entries written locally in this transaction: their rows are already in the tables.
     pub(crate) local: Vec<Hash>,
+    /// The owners of the group's tables, found in this run: replay writes and checks a table
+    /// as its owner.
+    owners: RefCell<HashMap<String, Option<pg_sys::Oid>>>,
 }
 
 fn undo_value(u: &[UndoRecord]) -> Value {
@@ -173,10 +181,14 @@ fn check_sql(schema: &TableSchema) -> Result<String, ReconcileError> {
 /// A CHECK that raises an error on the row (a division by zero, say) counts as violated, with
 /// the error as its reason: an INSERT of the row would fail the same way, and the failure
 /// must cancel the entry on every replica rather than stop the import.
-pub fn violated_check(schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
+///
+/// Evaluated as the table's `owner` (`spi_util::as_role`), as an INSERT into it would be checked.
+pub fn violated_check(
+    schema: &TableSchema,
+    row: &Map<String, Value>,
+    owner: Option<pg_sys::Oid>,
+) -> Result<Option<String>, ReconcileError> {
     let sql = check_sql(schema)?;
-    let relid = get_prepared::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[sql_table(&schema.table)?.into()])
-        .map_err(store_err)?;
     let row = JsonB(Value::Object(row.clone()));
     let run = move || {
         run_prepared(&sql, &[row.into()], false, |mut rows| match rows.next() {
@@ -184,12 +196,7 @@ pub fn violated_check(schema: &TableSchema, row: &Map<String, Value>) -> Result<
             None => Ok(None),
         })
     };
-    // Evaluated with the rights of the table's owner, as an INSERT into it would be checked.
-    let outcome = match relid {
-        Some(relid) => crate::spi_util::as_owner_of(relid, || crate::spi_util::catching(run)).map_err(store_err)?,
-        None => crate::spi_util::restricted(|| crate::spi_util::catching(run)),
-    };
-    match outcome {
+    match crate::spi_util::as_role(owner, || crate::spi_util::catching(run)) {
         Ok(found) => found.map_err(store_err),
         Err(message) => Ok(Some(format!("a CHECK constraint raised an error ({message})"))),
     }
@@ -197,7 +204,22 @@ pub fn violated_check(schema: &TableSchema, row: &Map<String, Value>) -> Result<
 
 impl SpiReplica {
     pub fn new(group: &Group) -> SpiReplica {
-        SpiReplica { group: group.id.clone(), num: group.num, dag: group.dag(), local: Vec::new() }
+        SpiReplica::over(group, group.dag(), Vec::new())
+    }
+
+    /// The replica of `group` over `dag`, with `local` the entries this transaction wrote.
+    pub fn over(group: &Group, dag: Dag<SpiStore>, local: Vec<Hash>) -> SpiReplica {
+        SpiReplica { group: group.id.clone(), num: group.num, dag, local, owners: RefCell::default() }
+    }
+
+    /// The owner of the group's table `table`, found once per run.
+    fn owner(&self, table: &str) -> Result<Option<pg_sys::Oid>, ReconcileError> {
+        if let Some(o) = self.owners.borrow().get(table) {
+            return Ok(*o);
+        }
+        let owner = owner_of(table)?;
+        self.owners.borrow_mut().insert(table.to_string(), owner);
+        Ok(owner)
     }
 
     /// Writes the rows of a run into the user tables: live rows are upserted, the others
@@ -232,12 +254,12 @@ impl SpiReplica {
             for (name, (deletes, upserts, inserts)) in &per_table {
                 let schema = crate::tables::local_schema_by_name(&self.group, name).map_err(store_err)?;
                 let table = &sql_table(name)?;
-                let relid = get_prepared::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.as_str().into()])
-                    .map_err(store_err)?
+                let owner = self
+                    .owner(name)?
                     .ok_or_else(|| ReconcileError::Corrupt(format!("replicated table {name} is missing")))?;
                 // The table's constraints, defaults and index expressions run with its owner's
-                // rights (spi_util::as_owner_of).
-                crate::spi_util::as_owner_of(relid, || -> Result<(), ReconcileError> {
+                // rights (spi_util::as_role).
+                crate::spi_util::as_role(Some(owner), || -> Result<(), ReconcileError> {
                     let pk_cols: Vec<&str> = schema.primary_key.iter().map(String::as_str).collect();
                     if !deletes.is_empty() {
                         let cond: Vec<String> = pk_cols
@@ -262,8 +284,7 @@ impl SpiReplica {
                         insert_new_rows(table, &schema, inserts)?;
                     }
                     Ok(())
-                })
-                .map_err(store_err)??;
+                })?;
             }
             Ok(())
         })
@@ -556,7 +577,7 @@ impl ReplicaStore for SpiReplica {
     }
 
     fn violated_check(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
-        violated_check(schema, row)
+        violated_check(schema, row, self.owner(&schema.table)?)
     }
 
     fn apply(&mut self, changes: &Changes) -> Result<(), ReconcileError> {

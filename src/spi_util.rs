@@ -122,18 +122,22 @@ pub fn with_replica_role<T>(f: impl FnOnce() -> T) -> Result<T, spi::Error> {
 pub fn as_owner_of<T>(relid: pgrx::pg_sys::Oid, f: impl FnOnce() -> T) -> Result<T, spi::Error> {
     let owner =
         get_opt::<pgrx::pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[relid.into()])?;
-    let Some(owner) = owner else { return Ok(f()) };
     Ok(as_role(owner, f))
 }
 
-/// Runs `f` as the current user, in a security-restricted operation (see [`as_owner_of`]).
-pub fn restricted<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: reads the backend's own user id, on its thread.
-    let user = unsafe { pgrx::pg_sys::GetUserId() };
-    as_role(user, f)
+/// The owner of the table `qualified` (a quoted, qualified name), if it exists.
+pub fn table_owner(qualified: &str) -> Result<Option<pgrx::pg_sys::Oid>, spi::Error> {
+    get_prepared::<pgrx::pg_sys::Oid>(
+        "SELECT relowner FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)",
+        &[qualified.into()],
+    )
 }
 
-fn as_role<T>(role: pgrx::pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+/// Runs `f` as `role` (the current user when `None`), in a security-restricted operation (see
+/// [`as_owner_of`]).
+pub fn as_role<T>(role: Option<pgrx::pg_sys::Oid>, f: impl FnOnce() -> T) -> T {
+    // SAFETY: reads the backend's own user id, on its thread.
+    let role = role.unwrap_or_else(|| unsafe { pgrx::pg_sys::GetUserId() });
     let (mut saved_user, mut saved_context) = (pgrx::pg_sys::InvalidOid, 0);
     // SAFETY: as SECURITY DEFINER functions and VACUUM do, on the backend's thread; the saved
     // pair is restored after `f`, and by the (sub)transaction's abort if `f` raises.

@@ -136,8 +136,10 @@ fn snapshot_rows(
             }
         }
     }
-    let mut replica = MemReplica::new(group.algorithm)
-        .with_checker(Box::new(|schema, row| crate::replay::violated_check(schema, row).ok().flatten()));
+    let mut replica = MemReplica::new(group.algorithm).with_checker(Box::new(|schema, row| {
+        let owner = crate::replay::owner_of(&schema.table).ok().flatten();
+        crate::replay::violated_check(schema, row, owner).ok().flatten()
+    }));
     replica.receive(&entries).map_err(|e| CausalError::Reconcile(e.to_string()))?;
     let rows = replica.view_at(&table, &at).map_err(|e| CausalError::Reconcile(e.to_string()))?;
     Ok(rows.into_iter().map(Value::Object).collect())

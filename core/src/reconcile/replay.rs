@@ -225,23 +225,14 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     /// from the earliest entry concurrent to it up to its own.
     fn segments(&self, region: &[RegionEntry]) -> Result<Vec<usize>, ReconcileError> {
         let frontier = self.store.dag().frontier()?;
+        let index: HashMap<Hash, usize> = region.iter().enumerate().map(|(i, e)| (e.0.hash, i)).collect();
         let mut reach = Vec::with_capacity(self.lookahead_deletes.len());
         for &j in &self.lookahead_deletes {
             let h = region[j].0.hash;
             let fork = self.store.dag().fork_position(&frontier, &[h].into())?;
-            let mut earliest = j;
-            for f in fork.fork_a {
-                // Entries before the region are in every region delete's history (the rewind
-                // point is widened to the fork of each), so a miss means index 0.
-                let key = match self.store.journal(&f)? {
-                    Some(r) => r.order,
-                    None => match region.iter().find(|e| e.0.hash == f) {
-                        Some(e) => e.0,
-                        None => continue,
-                    },
-                };
-                earliest = earliest.min(region.partition_point(|e| e.0 < key));
-            }
+            // Entries before the region are in every region delete's history (the rewind point
+            // is widened to the fork of each), so one not in the region means index 0.
+            let earliest = fork.fork_a.iter().map(|f| index.get(f).copied().unwrap_or(0)).fold(j, usize::min);
             reach.push((earliest, j));
         }
         Ok(segment_starts(region.len(), &reach))
