@@ -78,7 +78,6 @@ thread_local! {
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     /// Replicated tables by relid, across transactions (see [`TableInfo`]).
     static TABLES: RefCell<HashMap<pg_sys::Oid, std::rc::Rc<TableInfo>>> = RefCell::new(HashMap::new());
-    /// The oid of `causal.replicated_tables`, whose invalidation drops every cached table.
     /// Set while applying remote history: nothing is captured.
     static REPLAYING: Cell<bool> = const { Cell::new(false) };
     /// This transaction's author (identity name and key id), once checked.
@@ -530,7 +529,6 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             clear();
-            crate::identity::forget_grants();
             crate::xact::aborted(crate::xact::Undone::Transaction);
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => clear(),
@@ -547,8 +545,6 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         PENDING.with(|p| p.borrow_mut().retain(|e| e.subxact < my_subid));
-        // The subtransaction may have granted what was found allowed in it.
-        crate::identity::forget_grants();
         crate::xact::aborted(crate::xact::Undone::subtransaction(my_subid));
     }
 }

@@ -48,6 +48,8 @@ pub extern "C-unwind" fn _PG_init() {
     xact::subscribe(members::forget);
     xact::subscribe(replay::forget);
     xact::subscribe(identity::forget_keys);
+    // Undone work may have granted what was found allowed in it: forget every grant found.
+    xact::subscribe(|_| identity::forget_grants());
     xact::subscribe(store::forget);
     identity::register_callbacks();
     worker::register();
