@@ -115,6 +115,8 @@ start_cluster() {
         echo "listen_addresses = '127.0.0.1'"
         echo "unix_socket_directories = '$dir/sock'"
         echo "fsync = off"
+        echo "wal_level = logical"
+        echo "output_plugin_libraries = 'pgoutput, test_decoding, pg_causal'"
         cat
     } | as_postgres tee "$dir/data/postgresql.auto.conf" >/dev/null
     as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||

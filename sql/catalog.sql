@@ -127,7 +127,21 @@ CREATE TABLE causal.replicated_tables (
     relid       oid,
     schema      jsonb NOT NULL,
     PRIMARY KEY (group_id, table_name)
+) WITH (user_catalog_table = true);
+-- user_catalog_table: the sealer's decoder reads it as it was when each decoded transaction
+-- committed (logical decoding reads only catalogs, and keeps their old rows for it).
+
+-- Where the sealer is in the WAL: every transaction whose commit record ends at or before
+-- sealed_lsn has its entries (one row per database; the slot is causal_slot_name()).
+CREATE TABLE causal.capture_state (
+    slot_name         text PRIMARY KEY,
+    sealed_lsn        pg_lsn NOT NULL DEFAULT '0/0',
+    sealed_at         timestamptz,
+    last_commit_time  timestamptz,
+    transactions      bigint NOT NULL DEFAULT 0
 );
+REVOKE ALL ON causal.capture_state FROM PUBLIC;
+GRANT SELECT ON causal.capture_state TO PUBLIC;
 
 REVOKE ALL ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.journal, causal.replicated_tables FROM PUBLIC;
 GRANT SELECT ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.journal, causal.replicated_tables TO PUBLIC;

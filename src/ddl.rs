@@ -129,8 +129,8 @@ fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
         return Err(CausalError::StillReferenced { table: name, referrer });
     }
     let group = Group::find(&group_id)?;
+    crate::capture::refuse_after_writes(&group.id, "take one of them out of the group")?;
     let hash = append_ops(&group, vec![Op::Unreplicate { table: name.clone() }], true)?;
-    crate::capture::restricting_entry(&group.id);
     crate::tables::remove_triggers(relid)?;
     Spi::run_with_args("DELETE FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?;
     crate::tables::tables_changed()?;
@@ -141,7 +141,11 @@ fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
 /// stay; they are no longer captured. Returns the entry's hash.
 #[pg_extern]
 fn unreplicate(tbl: PgRelation) -> String {
-    unreplicate_table(tbl.oid()).or_report("causal.unreplicate")
+    // Closed first: the table's replica identity is reset, which ALTER TABLE refuses while
+    // the session holds the relation open.
+    let relid = tbl.oid();
+    drop(tbl);
+    unreplicate_table(relid).or_report("causal.unreplicate")
 }
 
 extension_sql!(

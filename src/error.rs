@@ -78,6 +78,10 @@ pub enum CausalError {
     Prepare,
     #[error("this transaction has already written replicated tables of group {group}, so it cannot {action}")]
     WritesFirst { group: String, action: &'static str },
+    #[error("pg_causal captures writes from the WAL, which needs wal_level = logical (it is {0})")]
+    WalLevel(String),
+    #[error("pg_causal's capture slot {0} does not exist yet, and this transaction has already written, so it cannot create it")]
+    NoCaptureSlot(String),
     #[error("pg_causal's catalog is inconsistent: {0}")]
     Corrupt(String),
     #[error("the transaction would be cancelled in its group: {0}")]
@@ -117,6 +121,8 @@ impl CausalError {
             CausalError::TableExists(_) => ERRCODE_DUPLICATE_TABLE,
             CausalError::NoPrimaryKey(_) => ERRCODE_INVALID_TABLE_DEFINITION,
             CausalError::Truncate(_) | CausalError::Prepare => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CausalError::WalLevel(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            CausalError::NoCaptureSlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CausalError::BadRule { error, .. } => rule_sqlstate(error),
             CausalError::BadOperation(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CausalError::RuleDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -179,6 +185,12 @@ impl CausalError {
                 Some("TRUNCATE is not replicated; DELETE the rows instead, or causal.unreplicate the table first.")
             }
             CausalError::Prepare => Some("Commit the transaction directly."),
+            CausalError::WalLevel(_) => {
+                Some("Set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart the server.")
+            }
+            CausalError::NoCaptureSlot(_) => Some(
+                "Run SELECT causal.catch_up(); in a transaction of its own (it creates the slot), then retry. It is created once per database.",
+            ),
             CausalError::BadRule { .. } => Some("See docs/RULES.md for the rule language."),
             CausalError::BadOperation(_) => None,
             CausalError::UnsupportedAlter { .. } => Some(

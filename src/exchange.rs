@@ -51,6 +51,8 @@ fn export_bundle(grp: &str, since: Option<Vec<String>>) -> Result<Vec<u8>, Causa
 /// is NULL), predecessors first, as a bundle for `causal.import`.
 #[pg_extern]
 fn export(grp: &str, since: default!(Option<Vec<String>>, "NULL")) -> Vec<u8> {
+    // Every transaction committed before the call is in the bundle.
+    crate::capture::seal_committed().or_report("causal.export");
     export_bundle(grp, since).or_report("causal.export")
 }
 
@@ -430,12 +432,13 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
         Err(CausalError::UnknownGroup(_)) => (adopt_group(&group_id, alg, &entries)?, true),
         Err(e) => return Err(e),
     };
-    // Replay would overwrite rows this transaction wrote, whose entry is made at its commit.
+    // Replay would overwrite rows this transaction wrote, whose entry is sealed after commit.
     crate::capture::refuse_after_writes(&group.id, "import the group's history")?;
     let parsed = parsing.elapsed();
     let started = std::time::Instant::now();
     // Local writers of the group finish first, and new ones wait for this import.
-    Spi::run_with_args(crate::group_lock::GROUP_LOCK_SQL, &[crate::group_lock::group_lock_key(&group.id)?.into()])?;
+    // Committed local transactions are sealed first, under the lock.
+    crate::capture::lock_group_exclusive(&group.id)?;
     // Local commits not placed yet are placed first: the engine's view must include them. (A
     // group adopted from this bundle has none; its genesis is placed with the bundle.)
     if !adopted {

@@ -21,22 +21,21 @@ pub fn group_lock_key(group_id: &str) -> Result<i32, CausalError> {
     Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// Takes the group write lock of key `lock_key` shared, straight from the lock manager (the
-/// tag `pg_advisory_xact_lock_shared` would build).
+/// Takes the group write lock of key `lock_key` shared (see [`lock_advisory`]).
 pub fn lock_group_shared(lock_key: i32) {
+    lock_advisory(GROUP_LOCK_CLASS, lock_key, pg_sys::ShareLock);
+}
+
+/// Takes the transaction-level advisory lock `(class, key)` in `mode`, straight from the lock
+/// manager (the tag `pg_advisory_xact_lock(class, key)` would build).
+pub fn lock_advisory(class: u32, key: i32, mode: u32) {
     let tag = pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: GROUP_LOCK_CLASS,
-        locktag_field3: lock_key as u32,
+        locktag_field2: class,
+        locktag_field3: key as u32,
         locktag_field4: 2,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };
-    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
-}
-
-/// Takes the group's write lock shared, as a local write does before its first row lock.
-pub fn lock_group_for_writes(group_id: &str) -> Result<(), CausalError> {
-    lock_group_shared(group_lock_key(group_id)?);
-    Ok(())
+    unsafe { pg_sys::LockAcquire(&tag, mode as pg_sys::LOCKMODE, false, false) };
 }

@@ -191,6 +191,8 @@ fn check_entry(
 #[pg_extern]
 fn verify(grp: &str) -> bool {
     let f = "causal.verify";
+    // Every transaction committed before the call is verified.
+    crate::capture::seal_committed().or_report(f);
     let group = Group::find(grp).or_report(f);
     let dag = group.dag();
     let mut rows = Vec::new();

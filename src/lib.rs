@@ -64,6 +64,6 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec!["wal_level = logical", "output_plugin_libraries = 'pgoutput, test_decoding, pg_causal'"]
     }
 }

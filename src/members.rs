@@ -39,7 +39,7 @@ pub fn append_ops_as(
     author: &Author,
     defer_placing: bool,
 ) -> Result<Hash, CausalError> {
-    let (mut dag, prev, group_id) = lock_for_append(group, admin_only, author, defer_placing)?;
+    let (mut dag, prev, group_id) = lock_for_append(group, Some(admin_only), author, defer_placing)?;
     // Serialized, hashed and signed once here; the store trusts these hashes. An entry placed
     // later (plain data) needs no decoded operations any more: they move into its value.
     let meta = derive_meta_of(None, &ops);
@@ -61,12 +61,14 @@ pub fn append_ops_as(
     Ok(hash)
 }
 
-/// A local commit of plain data, its operations already written as text (capture): signed as
-/// `author` and appended after the frontier, for the engine to place later, as
-/// [`append_ops_as`] does with `defer_placing`. `meta` is the entry's metadata, derived from
-/// its operations.
-pub fn append_texts_as(group: &Group, ops: &[OpText], meta: Meta, author: &Author) -> Result<Hash, CausalError> {
-    let (mut dag, prev, group_id) = lock_for_append(group, false, author, true)?;
+/// A local commit of plain data, its operations already written as text: signed as `author`
+/// and appended after the frontier, for the engine to place later, as [`append_ops_as`] does
+/// with `defer_placing`. `meta` is the entry's metadata, derived from its operations. The
+/// sealer appends every decoded transaction so: its author was checked when it wrote (a
+/// membership that ended since is the engine's to judge, which cancels the entry), and no
+/// history may stop sealing.
+pub fn append_sealed(group: &Group, ops: &[OpText], meta: Meta, author: &Author) -> Result<Hash, CausalError> {
+    let (mut dag, prev, group_id) = lock_for_append(group, None, author, true)?;
     let signed = sign_op_texts(&author.keypair, &group_id, ops, &prev)?;
     let entry = EncodedEntry::new(dag.hash_algorithm(), &signed.canonical, signed.stored, prev, meta);
     dag.store().assume_absent(entry.hash);
@@ -75,29 +77,51 @@ pub fn append_texts_as(group: &Group, ops: &[OpText], meta: Meta, author: &Autho
     Ok(hash)
 }
 
-/// Locks the group for an append by `author` (a live member, an admin when `admin_only`)
-/// and returns its DAG, the frontier the entry follows and the group's id. Unless
-/// `defer_placing`, a long backlog of unplaced local commits is placed first.
+/// Fails unless the identity `key_id` is a live member of the group `group_id` at its
+/// frontier: the capture trigger's check at a transaction's first write to a group.
+pub fn check_writer(group_id: &str, key_id: &str) -> Result<(), CausalError> {
+    let group = Group::find(group_id)?;
+    let key: KeyId = key_id.parse().map_err(|e| CausalError::Corrupt(format!("key id {key_id}: {e}")))?;
+    let dag = group.dag();
+    let version = dag.store().authority_version().map_err(causal_core::DagError::from)?;
+    let status = cached_status(&group, &dag, None, &key, version)?;
+    if !status.live {
+        return Err(CausalError::NotAllowed { key_id: key.to_b64(), needs: "a member", group: group.id.clone() });
+    }
+    Ok(())
+}
+
+/// Locks the group for an append by `author` and returns its DAG, the frontier the entry
+/// follows and the group's id. `needs` is what the author must be: a live member
+/// (`Some(false)`), an admin (`Some(true)`), or nothing checked (`None`). Unless
+/// `defer_placing`, the entry is an administrative one placed now: the group's lock is taken
+/// exclusively first (sealing what is committed and waiting for the writers in flight), and
+/// a long backlog of unplaced local commits is placed.
 fn lock_for_append(
     group: &Group,
-    admin_only: bool,
+    needs: Option<bool>,
     author: &Author,
     defer_placing: bool,
 ) -> Result<(causal_core::Dag<crate::store::SpiStore>, causal_core::Position, Hash), CausalError> {
+    if !defer_placing {
+        crate::capture::lock_group_exclusive(&group.id)?;
+    }
     let mut dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
     if !defer_placing {
         dag = crate::placement::place_long_backlog(group, dag)?;
     }
     let prev = dag.frontier()?;
-    let key_id = author.keypair.public().key_id();
-    let status = cached_status(group, &dag, &prev, &key_id, state.authority_version)?;
-    if !status.live || (admin_only && !status.admin) {
-        return Err(CausalError::NotAllowed {
-            key_id: key_id.to_b64(),
-            needs: if admin_only { "an admin" } else { "a member" },
-            group: group.id.clone(),
-        });
+    if let Some(admin_only) = needs {
+        let key_id = author.keypair.public().key_id();
+        let status = cached_status(group, &dag, Some(&prev), &key_id, state.authority_version)?;
+        if !status.live || (admin_only && !status.admin) {
+            return Err(CausalError::NotAllowed {
+                key_id: key_id.to_b64(),
+                needs: if admin_only { "an admin" } else { "a member" },
+                group: group.id.clone(),
+            });
+        }
     }
     let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
     Ok((dag, prev, group_id))
@@ -115,10 +139,12 @@ pub fn forget(undone: crate::xact::Undone) {
     STATUS.with(|s| s.borrow_mut().forget(undone));
 }
 
+/// The member status of `key` at the frontier (`frontier`, or read when `None`), as of the
+/// group's authority version `version`.
 fn cached_status(
     group: &Group,
     dag: &causal_core::Dag<crate::store::SpiStore>,
-    frontier: &causal_core::Position,
+    frontier: Option<&causal_core::Position>,
     key: &KeyId,
     version: u32,
 ) -> Result<MemberStatus, CausalError> {
@@ -128,6 +154,14 @@ fn cached_status(
             return Ok(s);
         }
     }
+    let read;
+    let frontier = match frontier {
+        Some(f) => f,
+        None => {
+            read = dag.frontier()?;
+            &read
+        }
+    };
     let status = status_in_view(group, dag, frontier, key)?;
     STATUS.with(|c| c.borrow_mut().insert(k, (version, status.clone())));
     Ok(status)
@@ -236,6 +270,8 @@ fn members(
 
 fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
     let algorithm = HashAlgorithm::parse(hash_algorithm)?;
+    // The slot that will capture the group's writes, while this transaction may create it.
+    crate::capture::slot::ensure(false)?;
     if name.trim() != name || name.is_empty() || name.len() > 63 {
         return Err(CausalError::InvalidName { what: "group", name: name.chars().take(80).collect() });
     }

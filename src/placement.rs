@@ -161,6 +161,8 @@ fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL"), max_rows: pgrx::de
             .report(f);
     }
     let per_group = max_rows.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+    // Every transaction committed before the call becomes entries first.
+    crate::capture::seal_committed().or_report(f);
     let groups: Vec<String> = match grp {
         Some(g) => vec![g.to_string()],
         None => run_prepared(
@@ -178,10 +180,7 @@ fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL"), max_rows: pgrx::de
     let mut placed = 0;
     for name_or_id in groups {
         let group = Group::find(&name_or_id).or_report(f);
-        let key = crate::group_lock::group_lock_key(&group.id).or_report(f);
-        pgrx::Spi::run_with_args(crate::group_lock::GROUP_LOCK_SQL, &[key.into()])
-            .map_err(CausalError::from)
-            .or_report(f);
+        crate::capture::lock_group_exclusive(&group.id).or_report(f);
         let before = std::time::Instant::now();
         let n = crate::spi_util::without_jit(|| catch_up_at_most(&group, per_group))
             .map_err(CausalError::from)

@@ -175,9 +175,8 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
     }
     let schema = derive_schema(&group, relid)?;
     let value: Value = schema.to_value();
-    // The rows the table holds are written into the group by this transaction (below), so it
-    // takes the group's write lock as a writer does, before the group's state row.
-    crate::group_lock::lock_group_for_writes(&group.id)?;
+    // Its writes are captured from the WAL, by logical decoding.
+    crate::capture::slot::check_wal_level()?;
     let hash = append_ops(&group, vec![Op::Schema { table: name.clone(), schema: value.clone() }], true)?;
     Spi::run_with_args(
         "INSERT INTO causal.replicated_tables (group_id, table_name, relid, schema) VALUES ($1, $2, $3, $4)",
@@ -186,8 +185,11 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
     crate::tables::install_triggers(relid)?;
     crate::tables::ensure_lookup_indexes(&group, &schema)?;
     crate::tables::tables_changed()?;
-    // Rows the table already holds become inserts of this transaction's entry.
-    crate::capture::capture_existing_rows(relid)?;
+    // Rows the table already holds become inserts of an entry after the schema's.
+    crate::capture::append_existing_rows(relid)?;
+    // The slot that captures its writes, if this transaction may still create it (else the
+    // first write does).
+    crate::capture::slot::ensure(false)?;
     Ok(hash.to_b64())
 }
 
@@ -196,7 +198,11 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
 /// hash.
 #[pg_extern]
 fn replicate(grp: &str, tbl: PgRelation) -> String {
-    replicate_table(grp, tbl.oid()).or_report("causal.replicate")
+    // Closed first: the table's replica identity is set, which ALTER TABLE refuses while the
+    // session holds the relation open.
+    let relid = tbl.oid();
+    drop(tbl);
+    replicate_table(grp, relid).or_report("causal.replicate")
 }
 
 /// The replicated schema of a table, as recorded in its group.

@@ -36,8 +36,9 @@ fn allow_rule(relid: pg_sys::Oid, operation: &str, rule: &str) -> Result<String,
         parse_rule(rule, *op, &scope).map_err(|e| CausalError::BadRule { table: table.clone(), error: e })?;
         recorded.push(Op::Rule { table: table.clone(), operation: op.name().to_string(), rule: rule.to_string() });
     }
+    // Writes already made were checked without the rule, and their entry comes after it.
+    crate::capture::refuse_after_writes(&group.id, "declare a rule for them")?;
     let hash = append_ops(&group, recorded, true)?;
-    crate::capture::restricting_entry(&group.id);
     for op in ops {
         Spi::run_with_args(
             "INSERT INTO causal.table_rules (group_id, table_name, operation, rule) VALUES ($1, $2, $3, $4) \

@@ -107,10 +107,42 @@ pub fn with_setting<T>(name: &str, value: &str, f: impl FnOnce() -> T) -> Result
     Ok(result)
 }
 
-/// Runs `f` with `session_replication_role = replica` (for this transaction), so neither
-/// ordinary triggers nor event triggers fire, and restores the previous role afterwards.
+/// Runs `f` as a replay: with `session_replication_role = replica` (for this transaction), so
+/// neither ordinary triggers nor event triggers fire, and with the replication origin that
+/// marks what `f` writes as not to be captured again (see [`with_replay_origin`]); restores
+/// both afterwards.
 pub fn with_replica_role<T>(f: impl FnOnce() -> T) -> Result<T, spi::Error> {
-    with_setting("session_replication_role", "replica", f)
+    with_setting("session_replication_role", "replica", || with_replay_origin(f))
+}
+
+/// Runs `f` with this session's replication origin set to `DoNotReplicateId`: every WAL
+/// record `f` writes carries it, and the capture decoder skips records with an origin, as
+/// native replication skips what its apply worker wrote. It is not a real origin, so the
+/// commit records no progress of one. A transaction's abort resets it
+/// ([`replay_origin_reset`]).
+pub fn with_replay_origin<T>(f: impl FnOnce() -> T) -> T {
+    /// Gives the origin back when dropped, also when an error unwinds through `f`.
+    struct Restore(u16);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: as below.
+            unsafe { pgrx::pg_sys::replorigin_session_origin = self.0 };
+        }
+    }
+    // SAFETY: a backend-local global, read and written on the backend's thread.
+    let _restore = Restore(unsafe { pgrx::pg_sys::replorigin_session_origin });
+    unsafe { pgrx::pg_sys::replorigin_session_origin = pgrx::pg_sys::DoNotReplicateId as u16 };
+    f()
+}
+
+/// After an abort in [`with_replay_origin`]: the session's writes are its own again.
+pub fn replay_origin_reset() {
+    // SAFETY: as in `with_replay_origin`.
+    unsafe {
+        if pgrx::pg_sys::replorigin_session_origin == pgrx::pg_sys::DoNotReplicateId as u16 {
+            pgrx::pg_sys::replorigin_session_origin = pgrx::pg_sys::InvalidRepOriginId as u16;
+        }
+    }
 }
 
 /// Runs `f` as the owner of the table `relid`, in a security-restricted operation, as Postgres
@@ -153,6 +185,38 @@ pub fn as_role<T>(role: Option<pgrx::pg_sys::Oid>, f: impl FnOnce() -> T) -> T {
     let result = f();
     unsafe { pgrx::pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
     result
+}
+
+thread_local! {
+    static EXTENSION_OWNER: std::cell::Cell<Option<pgrx::pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+}
+
+/// The role that owns the extension (and so the catalog).
+pub fn extension_owner() -> Result<pgrx::pg_sys::Oid, spi::Error> {
+    if let Some(o) = EXTENSION_OWNER.with(std::cell::Cell::get) {
+        return Ok(o);
+    }
+    let owner = get_opt::<pgrx::pg_sys::Oid>("SELECT extowner FROM pg_extension WHERE extname = 'pg_causal'", &[])?
+        .unwrap_or(pgrx::pg_sys::BOOTSTRAP_SUPERUSERID.into());
+    EXTENSION_OWNER.with(|o| o.set(Some(owner)));
+    Ok(owner)
+}
+
+/// Runs `f` as the extension's owner, as a SECURITY DEFINER function of the extension would:
+/// what capture and sealing do on behalf of any writer (read identity keys, write the
+/// catalog, create the slot). An error in `f` aborts the (sub)transaction, whose abort
+/// restores the user.
+pub fn as_extension_owner<T>(f: impl FnOnce() -> T) -> Result<T, spi::Error> {
+    let owner = extension_owner()?;
+    let (mut saved_user, mut saved_context) = (pgrx::pg_sys::InvalidOid, 0);
+    // SAFETY: as SECURITY DEFINER functions do, on the backend's thread; restored after `f`.
+    unsafe {
+        pgrx::pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pgrx::pg_sys::SetUserIdAndSecContext(owner, saved_context | pgrx::pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let result = f();
+    unsafe { pgrx::pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    Ok(result)
 }
 
 /// Runs `f` with JIT compilation off (for this transaction), and restores the setting after.

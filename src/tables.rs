@@ -43,24 +43,28 @@ pub fn catalog_oid() -> Result<pg_sys::Oid, CausalError> {
     Ok(oid)
 }
 
-/// Creates the capture, locking and TRUNCATE triggers on a newly replicated table.
+/// Creates the locking, rule and TRUNCATE triggers on a newly replicated table, and has its
+/// updates and deletes log the whole old row (REPLICA IDENTITY FULL), from which capture
+/// tells the columns an update changed.
 pub fn install_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
     let rel = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])?
         .ok_or_else(|| CausalError::Corrupt("relation vanished".into()))?;
     Spi::run(&format!(
-        "CREATE TRIGGER causal_capture AFTER INSERT OR UPDATE OR DELETE ON {rel} FOR EACH ROW EXECUTE FUNCTION causal._capture(); \
+        "ALTER TABLE {rel} REPLICA IDENTITY FULL; \
+         CREATE TRIGGER causal_rules AFTER INSERT OR UPDATE OR DELETE ON {rel} FOR EACH ROW EXECUTE FUNCTION causal._check_rules(); \
          CREATE TRIGGER causal_lock BEFORE INSERT OR UPDATE OR DELETE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION causal._lock_group(); \
          CREATE TRIGGER causal_no_truncate BEFORE TRUNCATE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION causal._refuse_truncate();"
     ))?;
     Ok(())
 }
 
-/// Removes the capture triggers from a table (by oid, so never from another table of the
+/// Removes the triggers from a table, and its REPLICA IDENTITY FULL (by oid, so never from another table of the
 /// same name).
 pub fn remove_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
     let Some(rel) = get_opt::<String>("SELECT $1::regclass::text", &[relid.into()])? else { return Ok(()) };
     Spi::run(&format!(
-        "DROP TRIGGER IF EXISTS causal_capture ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel}; \
+        "ALTER TABLE {rel} REPLICA IDENTITY DEFAULT; \
+         DROP TRIGGER IF EXISTS causal_rules ON {rel}; DROP TRIGGER IF EXISTS causal_no_truncate ON {rel}; \
          DROP TRIGGER IF EXISTS causal_lock ON {rel};"
     ))?;
     Ok(())

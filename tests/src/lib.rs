@@ -90,6 +90,8 @@ impl Cluster {
             "listen_addresses = '127.0.0.1'".to_string(),
             format!("unix_socket_directories = '{}'", dir.join("sock").display()),
             "fsync = off".to_string(),
+            "wal_level = logical".to_string(),
+            "output_plugin_libraries = 'pgoutput, test_decoding, pg_causal'".to_string(),
         ];
         lines.extend(conf.iter().map(|s| s.to_string()));
         let conf_path = data.join("postgresql.auto.conf");

@@ -1,0 +1,404 @@
+//! Reading committed transactions from the WAL: this library's logical decoding output plugin
+//! and the loop that drives it over the database's slot ([`decode`]).
+//!
+//! The plugin writes no output. It runs in the backend that decodes (the sealer: a
+//! `causal.catch_up` call, the sync worker's, or any function that seals first), and hands
+//! each committed transaction to it as a [`DecodedTxn`]: its row changes to replicated tables,
+//! encoded per group, and its author, which the capture trigger wrote into the transaction as
+//! a transactional logical message. Transactions with a replication origin (pg_causal's own
+//! replays, and any native subscription's applies) are filtered out. Which tables are
+//! replicated, and their schemas, are read from `causal.replicated_tables` as of each
+//! transaction's commit (it is a user catalog table, which decoding may read).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use causal_core::schema::TableSchema;
+
+use super::encode::{Codec, RowOp, Unchanged};
+use crate::error::{CausalError, OrReport};
+
+/// The prefix of the logical message that names a transaction's author (an identity name).
+pub const AUTHOR_PREFIX: &str = "pg_causal.author";
+
+/// One committed transaction's changes to replicated tables.
+pub struct DecodedTxn {
+    /// Where its commit record ends: the sealer's position once it is sealed.
+    pub end_lsn: u64,
+    /// Its commit time (Postgres microseconds since 2000).
+    pub commit_time: i64,
+    /// The identity it wrote as, if the capture trigger named one.
+    pub author: Option<String>,
+    /// Its row changes by group, in the order they were made.
+    pub groups: Vec<(Rc<str>, Vec<RowOp>)>,
+    /// How many row operations it has.
+    pub rows: usize,
+}
+
+/// A replicated table as decoding sees it.
+struct DecodeTable {
+    group_id: Rc<str>,
+    codec: Codec,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<DecodedTxn>> = const { RefCell::new(None) };
+    static DONE: RefCell<Vec<DecodedTxn>> = const { RefCell::new(Vec::new()) };
+    static DONE_ROWS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Tables by relid (`None`: not replicated), for one decoding run; dropped when a
+    /// decoded transaction changed the table (relcache invalidation) or the catalog of
+    /// replicated tables.
+    static TABLES: RefCell<HashMap<pg_sys::Oid, Option<Rc<DecodeTable>>>> = RefCell::new(HashMap::new());
+}
+
+/// Relcache callback: forgets what decoding knew of `relid` (all of it for `InvalidOid`).
+pub fn relcache_changed(relid: pg_sys::Oid) {
+    TABLES.with(|t| {
+        let mut t = t.borrow_mut();
+        if relid == pg_sys::InvalidOid {
+            t.clear();
+        } else {
+            t.remove(&relid);
+        }
+    });
+}
+
+fn table(relid: pg_sys::Oid) -> Result<Option<Rc<DecodeTable>>, CausalError> {
+    if let Some(t) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
+        return Ok(t);
+    }
+    // A read-only select: decoding may not give its transaction an xid.
+    let row = Spi::connect(|client| {
+        let mut rows = client.select(
+            "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        match rows.next() {
+            Some(r) => Ok::<_, pgrx::spi::Error>(Some((r.get::<String>(1)?, r.get::<JsonB>(2)?))),
+            None => Ok(None),
+        }
+    })?;
+    let found = match row {
+        Some((Some(group_id), Some(schema))) => {
+            let schema = TableSchema::from_value(&schema.0).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+            Some(Rc::new(DecodeTable { group_id: group_id.into(), codec: Codec::new(schema) }))
+        }
+        _ => None,
+    };
+    TABLES.with(|t| t.borrow_mut().insert(relid, found.clone()));
+    Ok(found)
+}
+
+// Postgres's own functions, called as C: the page reader and segment callbacks are handed to
+// the WAL reader as function pointers (pgrx's bindings wrap them as Rust functions).
+extern "C-unwind" {
+    fn read_local_xlog_page(
+        state: *mut pg_sys::XLogReaderState,
+        target_page: pg_sys::XLogRecPtr,
+        req_len: std::ffi::c_int,
+        target_rec: pg_sys::XLogRecPtr,
+        cur_page: *mut std::ffi::c_char,
+    ) -> std::ffi::c_int;
+    fn wal_segment_open(state: *mut pg_sys::XLogReaderState, next_seg: pg_sys::XLogSegNo, tli: *mut pg_sys::TimeLineID);
+    fn wal_segment_close(state: *mut pg_sys::XLogReaderState);
+    fn LogicalDecodingProcessRecord(ctx: *mut pg_sys::LogicalDecodingContext, record: *mut pg_sys::XLogReaderState);
+    fn LogLogicalMessage(
+        prefix: *const std::ffi::c_char,
+        message: *const std::ffi::c_char,
+        size: usize,
+        transactional: bool,
+    ) -> pg_sys::XLogRecPtr;
+}
+
+/// Writes the transactional message naming this transaction's author.
+pub fn log_author(identity: &str) {
+    let prefix = std::ffi::CString::new(AUTHOR_PREFIX).unwrap_or_default();
+    // SAFETY: both buffers outlive the call; the message is copied into the WAL.
+    unsafe { LogLogicalMessage(prefix.as_ptr(), identity.as_ptr().cast(), identity.len(), true) };
+}
+
+/// The output plugin's entry point, looked up by name when a slot of plugin `pg_causal` is
+/// decoded.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPluginCallbacks) {
+    (*cb).startup_cb = Some(startup);
+    (*cb).begin_cb = Some(begin);
+    (*cb).change_cb = Some(change);
+    (*cb).commit_cb = Some(commit);
+    (*cb).message_cb = Some(message);
+    (*cb).filter_by_origin_cb = Some(filter_by_origin);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn startup(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    options: *mut pg_sys::OutputPluginOptions,
+    _is_init: bool,
+) {
+    (*options).output_type = pg_sys::OutputPluginOutputType::OUTPUT_PLUGIN_BINARY_OUTPUT;
+    (*options).receive_rewrites = false;
+    CURRENT.with(|c| *c.borrow_mut() = None);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn begin(_ctx: *mut pg_sys::LogicalDecodingContext, _txn: *mut pg_sys::ReorderBufferTXN) {
+    CURRENT.with(|c| {
+        *c.borrow_mut() = Some(DecodedTxn { end_lsn: 0, commit_time: 0, author: None, groups: Vec::new(), rows: 0 })
+    });
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn filter_by_origin(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    origin: pg_sys::RepOriginId,
+) -> bool {
+    origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn message(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    _lsn: pg_sys::XLogRecPtr,
+    transactional: bool,
+    prefix: *const std::ffi::c_char,
+    size: pg_sys::Size,
+    content: *const std::ffi::c_char,
+) {
+    if !transactional || std::ffi::CStr::from_ptr(prefix).to_bytes() != AUTHOR_PREFIX.as_bytes() {
+        return;
+    }
+    let bytes = std::slice::from_raw_parts(content.cast::<u8>(), size);
+    let name = String::from_utf8_lossy(bytes).into_owned();
+    CURRENT.with(|c| {
+        if let Some(t) = c.borrow_mut().as_mut() {
+            t.author.get_or_insert(name);
+        }
+    });
+}
+
+/// The tuple in a change's buffer, if there is one.
+unsafe fn tuple_of(buf: *mut pg_sys::ReorderBufferTupleBuf) -> Option<pg_sys::HeapTuple> {
+    if buf.is_null() {
+        None
+    } else {
+        Some(&mut (*buf).tuple)
+    }
+}
+
+unsafe fn encode_change(
+    relation: pg_sys::Relation,
+    change: *mut pg_sys::ReorderBufferChange,
+) -> Result<(), CausalError> {
+    let Some(table) = table((*relation).rd_id)? else { return Ok(()) };
+    let desc = (*relation).rd_att;
+    let wrap = |t: pg_sys::HeapTuple| PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked(desc), t);
+    let tp = (*change).data.tp;
+    let (old, new) = (tuple_of(tp.oldtuple), tuple_of(tp.newtuple));
+    let codec = &table.codec;
+    use pg_sys::ReorderBufferChangeType::*;
+    let ops = match (*change).action {
+        REORDER_BUFFER_CHANGE_INSERT => {
+            let new = new.ok_or_else(|| CausalError::Corrupt("a decoded insert without its row".into()))?;
+            vec![RowOp::Text(codec.insert_text(&wrap(new))?)]
+        }
+        REORDER_BUFFER_CHANGE_UPDATE => {
+            let new_raw = new.ok_or_else(|| CausalError::Corrupt("a decoded update without its row".into()))?;
+            // Replicated tables log the whole old row (REPLICA IDENTITY FULL), so an update
+            // records the columns it changed. Without it, every column counts as written.
+            let old = match old {
+                Some(o) => codec.row(&wrap(o), None)?,
+                None => serde_json::Map::new(),
+            };
+            let unchanged = Unchanged { old: &old, tuple: new_raw, desc };
+            let new = codec.row(&wrap(new_raw), Some(&unchanged))?;
+            codec.update_ops(old, new)
+        }
+        REORDER_BUFFER_CHANGE_DELETE => {
+            let old = old.ok_or_else(|| CausalError::Corrupt("a decoded delete without its key".into()))?;
+            vec![codec.delete_op(&codec.row(&wrap(old), None)?)]
+        }
+        _ => return Ok(()),
+    };
+    CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(txn) = c.as_mut() else { return };
+        txn.rows += ops.len();
+        match txn.groups.iter_mut().find(|(g, _)| *g == table.group_id) {
+            Some((_, list)) => list.extend(ops),
+            None => txn.groups.push((table.group_id.clone(), ops)),
+        }
+    });
+    Ok(())
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn change(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    relation: pg_sys::Relation,
+    change: *mut pg_sys::ReorderBufferChange,
+) {
+    encode_change(relation, change).or_report("pg_causal decoding");
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn commit(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+    _commit_lsn: pg_sys::XLogRecPtr,
+) {
+    let Some(mut done) = CURRENT.with(|c| c.borrow_mut().take()) else { return };
+    if done.groups.is_empty() {
+        return;
+    }
+    done.end_lsn = (*txn).end_lsn;
+    done.commit_time = (*txn).xact_time.commit_time;
+    DONE_ROWS.with(|r| r.set(r.get() + done.rows));
+    DONE.with(|d| d.borrow_mut().push(done));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn prepare_write(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    _lsn: pg_sys::XLogRecPtr,
+    _xid: pg_sys::TransactionId,
+    _last: bool,
+) {
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn do_write(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    _lsn: pg_sys::XLogRecPtr,
+    _xid: pg_sys::TransactionId,
+    _last: bool,
+) {
+}
+
+/// What one decoding run read.
+pub struct Decoded {
+    pub txns: Vec<DecodedTxn>,
+    /// The run stopped at `max_rows`: transactions up to `end_of_wal` remain.
+    pub more: bool,
+}
+
+/// Decodes the slot `slot` from `start` (transactions whose commit record starts before it
+/// are skipped) to `end_of_wal`, stopping after the first transaction that brings the rows
+/// read to `max_rows`. With `confirm`, first tells the slot that everything up to it is
+/// sealed and durable, so it may let go of the WAL before it.
+pub fn decode(
+    slot: &str,
+    start: u64,
+    end_of_wal: u64,
+    max_rows: usize,
+    confirm: Option<u64>,
+) -> Result<Decoded, CausalError> {
+    let name = std::ffi::CString::new(slot).map_err(|_| CausalError::Corrupt("slot name".into()))?;
+    DONE.with(|d| d.borrow_mut().clear());
+    DONE_ROWS.with(|r| r.set(0));
+    TABLES.with(|t| t.borrow_mut().clear());
+    // SAFETY: the sequence pg_logical_slot_get_changes runs (slotfuncs.c / logicalfuncs.c), on
+    // this backend's thread: acquire the slot, create a decoding context, read records up to
+    // the flushed end of WAL, free the context and release the slot. An error raised in
+    // between is cleaned up by the transaction's abort (which releases the slot) after the
+    // catch below drops the caches decoding filled.
+    let more = unsafe {
+        pg_sys::ReplicationSlotAcquire(name.as_ptr(), true);
+        let old_owner = pg_sys::CurrentResourceOwner;
+        PgTryBuilder::new(|| {
+            let mut more = false;
+            let mut routine = pg_sys::XLogReaderRoutine {
+                page_read: Some(read_local_xlog_page),
+                segment_open: Some(wal_segment_open),
+                segment_close: Some(wal_segment_close),
+            };
+            let ctx = pg_sys::CreateDecodingContext(
+                start,
+                std::ptr::null_mut(),
+                false,
+                &mut routine,
+                Some(prepare_write),
+                Some(do_write),
+                None,
+            );
+            let reader = (*ctx).reader;
+            pg_sys::XLogBeginRead(reader, (*pg_sys::MyReplicationSlot).data.restart_lsn);
+            pg_sys::InvalidateSystemCaches();
+            while (*reader).EndRecPtr < end_of_wal {
+                let mut errm: *mut std::ffi::c_char = std::ptr::null_mut();
+                let record = pg_sys::XLogReadRecord(reader, &mut errm);
+                if !errm.is_null() {
+                    let msg = std::ffi::CStr::from_ptr(errm).to_string_lossy().into_owned();
+                    CausalError::Corrupt(format!("could not read the WAL for capture: {msg}"))
+                        .report("pg_causal decoding");
+                }
+                if !record.is_null() {
+                    LogicalDecodingProcessRecord(ctx, reader);
+                }
+                if DONE_ROWS.with(std::cell::Cell::get) >= max_rows {
+                    more = (*reader).EndRecPtr < end_of_wal;
+                    break;
+                }
+                pgrx::check_for_interrupts!();
+            }
+            pg_sys::CurrentResourceOwner = old_owner;
+            if let Some(lsn) = confirm {
+                pg_sys::LogicalConfirmReceivedLocation(lsn);
+                pg_sys::ReplicationSlotMarkDirty();
+            }
+            pg_sys::FreeDecodingContext(ctx);
+            pg_sys::ReplicationSlotRelease();
+            pg_sys::InvalidateSystemCaches();
+            more
+        })
+        .catch_others(|e| {
+            pg_sys::InvalidateSystemCaches();
+            e.rethrow()
+        })
+        .execute()
+    };
+    TABLES.with(|t| t.borrow_mut().clear());
+    let txns = DONE.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    Ok(Decoded { txns, more })
+}
+
+/// Creates the logical slot `slot` for this database, decoded by this library's plugin: what
+/// `pg_create_logical_replication_slot` does, without its privilege check (the caller is
+/// pg_causal, on behalf of a writer). Fails in a transaction that has an xid; waits for the
+/// transactions running now to end.
+pub fn create_slot(slot: &str) -> Result<(), CausalError> {
+    let name = std::ffi::CString::new(slot).map_err(|_| CausalError::Corrupt("slot name".into()))?;
+    // SAFETY: the sequence of create_logical_replication_slot (slotfuncs.c), on this backend's
+    // thread; an error raised in it drops the ephemeral slot at abort.
+    unsafe {
+        pg_sys::CheckLogicalDecodingRequirements();
+        pg_sys::ReplicationSlotCreate(name.as_ptr(), true, pg_sys::ReplicationSlotPersistency::RS_EPHEMERAL, false);
+        let mut routine = pg_sys::XLogReaderRoutine {
+            page_read: Some(read_local_xlog_page),
+            segment_open: Some(wal_segment_open),
+            segment_close: Some(wal_segment_close),
+        };
+        let ctx = pg_sys::CreateInitDecodingContext(
+            c"pg_causal".as_ptr(),
+            std::ptr::null_mut(),
+            false,
+            pg_sys::InvalidXLogRecPtr as u64,
+            &mut routine,
+            Some(prepare_write),
+            Some(do_write),
+            None,
+        );
+        pg_sys::DecodingContextFindStartpoint(ctx);
+        pg_sys::FreeDecodingContext(ctx);
+        pg_sys::ReplicationSlotPersist();
+        pg_sys::ReplicationSlotRelease();
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The sealer: turns committed transactions, read from the WAL in commit order, into signed
+//! entries of their groups.
+//!
+//! Each transaction that wrote replicated tables becomes one entry per group it wrote, signed
+//! by its author (the identity its capture trigger named) and appended after the group's
+//! frontier as it is at that point of the commit order. That holds because everything that
+//! moves a frontier other than sealing — imports of remote history and administrative entries
+//! (membership, schema, rules) — seals first, under the group's lock taken exclusively, which
+//! waits for the writers in flight ([`lock_group_exclusive`]). The entries wait to be placed
+//! by the engine in batches (`causal.catch_up`), as deferred local commits.
+//!
+//! Exactly once: the position sealed to is stored in `causal.capture_state` in the same
+//! transaction as the entries, and a transaction is sealed only if its commit ends after it.
+//! The slot is told a position only once it is committed and flushed (on the next run), so
+//! after a crash the slot hands back at most what is already sealed, which is skipped.
+//!
+//! Sealers exclude each other with an advisory lock taken before any group's lock.
+
+use std::cell::Cell;
+
+use pgrx::prelude::*;
+
+use causal_core::membership::derive_meta_of;
+use causal_core::op_text::OpText;
+
+use super::decode::{decode, DecodedTxn};
+use super::encode::RowOp;
+use crate::error::CausalError;
+use crate::group::Group;
+use crate::spi_util::get_opt;
+
+/// How many row operations one decoding run reads at most before they are sealed; a larger
+/// transaction is read whole.
+const ROWS_PER_RUN: usize = 200_000;
+
+thread_local! {
+    /// Set while sealing: what sealing calls (appends) must not seal again.
+    static SEALING: Cell<bool> = const { Cell::new(false) };
+    /// Set when this transaction moved the sealed position: it is not committed yet, so the
+    /// slot must not be told it.
+    static MOVED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Forgets, at the end of a transaction, that it moved the sealed position.
+pub fn xact_ended() {
+    MOVED.with(|m| m.set(false));
+}
+
+/// What a sealing run did.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Sealed {
+    pub transactions: usize,
+    pub entries: usize,
+}
+
+/// The sealer's lock: one sealer at a time per database, taken before any group's lock.
+fn lock_sealer() -> Result<(), CausalError> {
+    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(1667331444, 0)")?;
+    Ok(())
+}
+
+/// Seals every transaction committed before the call. Does nothing inside a seal, and
+/// nothing when the slot does not exist yet (no write can have been made without it).
+pub fn seal_committed() -> Result<Sealed, CausalError> {
+    if SEALING.with(Cell::get) {
+        return Ok(Sealed::default());
+    }
+    super::slot::ensure(false)?;
+    if !super::slot::exists()? {
+        return Ok(Sealed::default());
+    }
+    SEALING.with(|s| s.set(true));
+    let result = crate::spi_util::as_extension_owner(seal_locked);
+    SEALING.with(|s| s.set(false));
+    result?
+}
+
+fn seal_locked() -> Result<Sealed, CausalError> {
+    lock_sealer()?;
+    let slot = super::slot::slot_name();
+    // Everything committed before now is in the WAL; decoding reads only what is flushed.
+    // SAFETY: plain calls into the WAL module, on the backend's thread.
+    let end_of_wal = unsafe {
+        pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr());
+        pg_sys::GetFlushRecPtr(std::ptr::null_mut())
+    };
+    let mut sealed = sealed_lsn(&slot)?;
+    // What was sealed before this transaction is committed, and flushed just now.
+    let mut confirm = (!MOVED.with(Cell::get)).then_some(sealed);
+    let mut total = Sealed::default();
+    loop {
+        let run = decode(&slot, sealed, end_of_wal, ROWS_PER_RUN, confirm.take())?;
+        let mut last_commit = None;
+        for txn in run.txns {
+            if txn.end_lsn <= sealed {
+                continue;
+            }
+            let (end, time) = (txn.end_lsn, txn.commit_time);
+            total.entries += seal_txn(txn)?;
+            total.transactions += 1;
+            sealed = end;
+            last_commit = Some(time);
+        }
+        if let Some(time) = last_commit {
+            Spi::run_with_args(
+                "UPDATE causal.capture_state SET sealed_lsn = $2::text::pg_lsn, sealed_at = now(), \
+                 last_commit_time = $3, transactions = transactions + $4 WHERE slot_name = $1",
+                &[
+                    slot.clone().into(),
+                    lsn_text(sealed).into(),
+                    timestamp(time).into(),
+                    (total.transactions as i64).into(),
+                ],
+            )?;
+            MOVED.with(|m| m.set(true));
+        }
+        if !run.more {
+            break;
+        }
+    }
+    if total.transactions > 0 {
+        pgrx::debug1!("pg_causal: sealed {} transactions into {} entries", total.transactions, total.entries);
+    }
+    Ok(total)
+}
+
+fn timestamp(pg_micros: i64) -> Option<pgrx::datum::TimestampWithTimeZone> {
+    pgrx::datum::TimestampWithTimeZone::try_from(pg_micros).ok()
+}
+
+/// An LSN as Postgres writes it.
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// The position sealed to (`0/0` before the first seal).
+fn sealed_lsn(slot: &str) -> Result<u64, CausalError> {
+    Spi::run_with_args(
+        "INSERT INTO causal.capture_state (slot_name) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[slot.into()],
+    )?;
+    let text =
+        get_opt::<String>("SELECT sealed_lsn::text FROM causal.capture_state WHERE slot_name = $1", &[slot.into()])?
+            .unwrap_or_default();
+    parse_lsn(&text).ok_or_else(|| CausalError::Corrupt(format!("causal.capture_state: sealed_lsn {text:?}")))
+}
+
+/// Appends one transaction's entries, one per group it wrote. Returns how many.
+fn seal_txn(txn: DecodedTxn) -> Result<usize, CausalError> {
+    let signer = crate::identity::author_named(txn.author.as_deref().unwrap_or(crate::identity::NODE_IDENTITY))?;
+    let mut entries = 0;
+    for (group_id, ops) in txn.groups {
+        let group = match Group::find(&group_id) {
+            Ok(g) => g,
+            // The group was dropped here since: nothing to seal into.
+            Err(CausalError::UnknownGroup(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let (texts, meta) = texts_of(ops)?;
+        crate::members::append_sealed(&group, &texts, meta, &signer)?;
+        entries += 1;
+    }
+    Ok(entries)
+}
+
+/// The operations' texts, and the entry's metadata (which only decoded operations carry: a
+/// delete is a barrier; inserts have none).
+pub fn texts_of(ops: Vec<RowOp>) -> Result<(Vec<OpText>, causal_core::entry::Meta), CausalError> {
+    let mut meta = causal_core::entry::Meta::new();
+    let mut texts = Vec::with_capacity(ops.len());
+    for op in ops {
+        texts.push(match op {
+            RowOp::Text(t) => t,
+            RowOp::Decoded(op) => {
+                for (k, v) in derive_meta_of(None, std::slice::from_ref(&op)) {
+                    meta.entry(k).or_default().extend(v);
+                }
+                OpText::from_op(&op)?
+            }
+        });
+    }
+    Ok((texts, meta))
+}
+
+/// Takes the group's lock exclusively, as imports and administrative appends do: seals what
+/// is committed, waits for the group's writers in flight to commit, and seals again, so the
+/// frontier the caller goes on from includes every local commit before it.
+pub fn lock_group_exclusive(group_id: &str) -> Result<(), CausalError> {
+    seal_committed()?;
+    Spi::run_with_args(crate::group_lock::GROUP_LOCK_SQL, &[crate::group_lock::group_lock_key(group_id)?.into()])?;
+    seal_committed()?;
+    Ok(())
+}
