@@ -143,6 +143,22 @@ CREATE TABLE causal.capture_state (
 REVOKE ALL ON causal.capture_state FROM PUBLIC;
 GRANT SELECT ON causal.capture_state TO PUBLIC;
 
+-- How far sealing is behind the WAL, and how much WAL the slot keeps.
+CREATE VIEW causal.capture_status AS
+SELECT s.slot_name,
+       s.sealed_lsn,
+       pg_catalog.pg_current_wal_lsn() AS current_lsn,
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.sealed_lsn) AS unsealed_wal_bytes,
+       s.transactions AS transactions_sealed,
+       s.sealed_at,
+       s.last_commit_time AS last_sealed_commit_time,
+       s.sealed_at - s.last_commit_time AS last_sealing_delay,
+       r.restart_lsn,
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.restart_lsn) AS retained_wal_bytes
+FROM causal.capture_state s
+LEFT JOIN pg_catalog.pg_replication_slots r USING (slot_name);
+GRANT SELECT ON causal.capture_status TO PUBLIC;
+
 REVOKE ALL ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.journal, causal.replicated_tables FROM PUBLIC;
 GRANT SELECT ON causal.group_defs, causal.dag_entries, causal.dag_entry_tags, causal.journal, causal.replicated_tables TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('causal.group_defs', '');

@@ -40,7 +40,7 @@ fn parse_position(prev: &[String]) -> Result<Position, CausalError> {
 
 /// The group's entries, newest first: hash, predecessors, author key id, a short summary of
 /// the operations, status (`ok` or `cancelled`) and the reason for a cancellation.
-#[pg_extern(stable)]
+#[pg_extern]
 #[allow(clippy::type_complexity)] // the row type pgrx spells out for SQL
 fn log(
     grp: &str,
@@ -57,6 +57,8 @@ fn log(
     ),
 > {
     let f = "causal.log";
+    // Every transaction committed before the call is in the log.
+    crate::capture::seal_committed().or_report(f);
     let group = Group::find(grp).or_report(f);
     let keys = primary_keys(&group).or_report(f);
     let mut out = Vec::new();
@@ -229,14 +231,24 @@ mod tests {
     use pgrx::prelude::*;
 
     fn setup() {
+        crate::testing::capture_slot();
         Spi::run(
             "SELECT causal.create_group('shop'); \
              CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2)); \
-             SELECT causal.replicate('shop', 'products'); \
-             INSERT INTO products VALUES ('A', 'Widget', 9.99), ('B', 'Gadget', 1); SELECT causal._flush(); \
-             INSERT INTO products VALUES ('C', 'x', 1); SELECT causal._flush();",
+             SELECT causal.replicate('shop', 'products');",
         )
         .unwrap();
+        crate::testing::local_commit(
+            "shop",
+            "INSERT INTO products VALUES ('A', 'Widget', 9.99), ('B', 'Gadget', 1)",
+            r#"[{"op":"insert","table":"products","row":{"sku":"A","name":"Widget","price":"9.99"}},
+                {"op":"insert","table":"products","row":{"sku":"B","name":"Gadget","price":"1.00"}}]"#,
+        );
+        crate::testing::local_commit(
+            "shop",
+            "INSERT INTO products VALUES ('C', 'x', 1)",
+            r#"[{"op":"insert","table":"products","row":{"sku":"C","name":"x","price":"1.00"}}]"#,
+        );
     }
 
     #[pg_test]
@@ -278,11 +290,14 @@ mod tests {
         // One entry of 12 operations: the canonical form (which is hashed) orders arrays of 11
         // or more elements unlike the array itself, so what is stored must be the payload,
         // not the canonical text it was hashed from.
-        Spi::run(
-            "INSERT INTO products (sku, name) SELECT 'm' || i, 'many' FROM generate_series(1, 12) i; \
-             SELECT causal._flush();",
-        )
-        .unwrap();
+        let ops: Vec<String> = (1..=12)
+            .map(|i| format!(r#"{{"op":"insert","table":"products","row":{{"sku":"m{i}","name":"many"}}}}"#))
+            .collect();
+        crate::testing::local_commit(
+            "shop",
+            "INSERT INTO products (sku, name) SELECT 'm' || i, 'many' FROM generate_series(1, 12) i",
+            &format!("[{}]", ops.join(",")),
+        );
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
         Spi::run("UPDATE causal.dag_entries SET payload = replace(payload, 'Widget', 'Wodget') WHERE payload LIKE '%Widget%'").unwrap();
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));

@@ -241,6 +241,7 @@ mod tests {
     use pgrx::prelude::*;
 
     fn setup() {
+        crate::testing::capture_slot();
         Spi::run("SELECT causal.create_group('shop')").unwrap();
     }
 

@@ -64,6 +64,7 @@ mod tests {
     use pgrx::prelude::*;
 
     fn setup() {
+        crate::testing::capture_slot();
         Spi::run(
             "SELECT causal.create_group('wiki'); \
              CREATE TABLE caps (id int PRIMARY KEY, label text NOT NULL, grantee text NOT NULL); \

@@ -18,9 +18,28 @@ pub fn outcome(stmts: &str) -> String {
     one("SELECT current_setting('causal_test.outcome')")
 }
 
+/// Creates the capture slot if it does not exist. Called first in a pg_test, whose
+/// transaction has no xid yet (pgrx's `Spi::run` would give it one).
+pub fn capture_slot() {
+    crate::capture::slot::ensure(true).unwrap();
+}
+
+/// A pg_test's transaction never commits, so the sealer never reads its writes: this runs
+/// `sql` (row changes of group `grp`) and appends the entry the sealer would make of them,
+/// `ops` (a JSON array of operations), signed by the node identity and left for placement.
+pub fn local_commit(grp: &str, sql: &str, ops: &str) {
+    Spi::run(sql).unwrap();
+    let group = crate::group::Group::find(grp).unwrap();
+    let ops: Vec<serde_json::Value> = serde_json::from_str(ops).unwrap();
+    let ops = ops.iter().map(|o| causal_core::payload::Op::from_value(o).unwrap()).collect();
+    let author = crate::identity::author_named(crate::identity::NODE_IDENTITY).unwrap();
+    crate::members::append_ops_as(&group, ops, false, &author, true).unwrap();
+}
+
 /// A group `shop` with a replicated `products (sku text PRIMARY KEY, name text NOT NULL,
 /// price numeric(10,2))`.
 pub fn shop_with_products() {
+    capture_slot();
     Spi::run(
         "SELECT causal.create_group('shop'); \
          CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2)); \

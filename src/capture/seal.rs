@@ -59,10 +59,13 @@ fn lock_sealer() -> Result<(), CausalError> {
     Ok(())
 }
 
-/// Seals every transaction committed before the call. Does nothing inside a seal, and
-/// nothing when the slot does not exist yet (no write can have been made without it).
+/// Seals every transaction committed before the call. Does nothing inside a seal, in a
+/// read-only transaction or on a standby, and when the slot does not exist yet (no write can
+/// have been made without it).
 pub fn seal_committed() -> Result<Sealed, CausalError> {
-    if SEALING.with(Cell::get) {
+    // SAFETY: reads of the backend's own state.
+    let read_only = unsafe { pg_sys::RecoveryInProgress() || pg_sys::XactReadOnly };
+    if SEALING.with(Cell::get) || read_only {
         return Ok(Sealed::default());
     }
     super::slot::ensure(false)?;

@@ -124,7 +124,7 @@ fn begin_write(info: &TableInfo) -> Result<(), CausalError> {
     }
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let author = WRITING.with(|w| w.borrow().author.as_ref().map(|(n, k, _)| (n.clone(), k.clone())));
-    let (name, key_id) = match author {
+    let (_, key_id) = match author {
         Some(a) => a,
         None => {
             let name = check_author_grant()?;
@@ -136,8 +136,9 @@ fn begin_write(info: &TableInfo) -> Result<(), CausalError> {
             (name, key_id)
         }
     };
-    let _ = name;
     crate::members::check_writer(&info.group_id, &key_id)?;
+    // Wakes the sync worker at commit, to seal and send the transaction.
+    crate::notify::notify_changed(&info.group_id)?;
     WRITING.with(|w| w.borrow_mut().groups.push((info.group_id.clone(), subxact)));
     Ok(())
 }

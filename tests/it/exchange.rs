@@ -383,6 +383,7 @@ fn an_import_after_writes_to_the_group_in_the_same_transaction_is_refused() {
     tx.query_one("SELECT causal.import($1)::text", &[&bundle]).unwrap();
     tx.batch_execute("INSERT INTO products VALUES ('Y', 'local', 2)").unwrap();
     tx.commit().unwrap();
+    b.batch_execute("SELECT causal.catch_up()").unwrap();
     let prev: Vec<String> =
         b.query_one("SELECT prev FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap().get(0);
     assert_eq!(prev, z_hash, "the local entry follows the imported one");

@@ -171,6 +171,7 @@ impl Net {
     }
 
     fn count(&mut self, db: usize, sql: &str) -> i64 {
+        self.dbs[db].batch_execute("SELECT causal.catch_up()").unwrap();
         self.dbs[db].query_one(sql, &[]).unwrap().get(0)
     }
 

@@ -44,6 +44,7 @@ impl Node {
     }
 
     fn count(&mut self, sql: &str) -> i64 {
+        let _ = self.db.batch_execute("SELECT causal.catch_up()");
         self.db.query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1)
     }
 
@@ -381,6 +382,7 @@ fn a_malicious_peer_is_banned_and_the_honest_nodes_converge() {
     mesh(&mut [&mut a, &mut b]);
     let g = shop(&mut a, &mut [&mut b]);
     a.db.execute("INSERT INTO products VALUES ('A', 'genuine', 1)", &[]).unwrap();
+    a.db.batch_execute("SELECT causal.catch_up()").unwrap();
     // A's latest entry, re-attached to the genesis: hashes recomputed, so only the signature
     // (bound to the original position) gives it away.
     let row = a.db.query_one("SELECT payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap();
