@@ -44,6 +44,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
     capture::register_callbacks();
+    members::register_capture(capture::lock_group_exclusive, || capture::slot::ensure(false));
     xact::subscribe(group::forget);
     xact::subscribe(members::forget);
     xact::subscribe(replay::forget);

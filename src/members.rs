@@ -91,6 +91,34 @@ pub fn check_writer(group_id: &str, key_id: &str) -> Result<(), CausalError> {
     Ok(())
 }
 
+/// A hook of the capture layer, with a group's id.
+type GroupHook = fn(&str) -> Result<(), CausalError>;
+
+thread_local! {
+    /// What runs before an administrative append, with the group's id: the capture layer
+    /// (above this one) registers its sealing under the group's exclusive lock here
+    /// ([`register_capture`]), so the entry follows every committed local transaction.
+    static BEFORE_ADMIN_APPEND: std::cell::Cell<GroupHook> =
+        const { std::cell::Cell::new(|_| Ok(())) };
+}
+
+thread_local! {
+    /// What runs before a group is created: the capture layer creates its slot there, if it
+    /// can ([`register_capture`]).
+    static BEFORE_CREATE_GROUP: std::cell::Cell<fn() -> Result<(), CausalError>> =
+        const { std::cell::Cell::new(|| Ok(())) };
+}
+
+/// Registers the capture layer's part in appends (called from `_PG_init`): what runs before
+/// each administrative append, and before a group is created.
+pub fn register_capture(
+    before_admin_append: fn(&str) -> Result<(), CausalError>,
+    before_create_group: fn() -> Result<(), CausalError>,
+) {
+    BEFORE_ADMIN_APPEND.with(|c| c.set(before_admin_append));
+    BEFORE_CREATE_GROUP.with(|c| c.set(before_create_group));
+}
+
 /// Locks the group for an append by `author` and returns its DAG, the frontier the entry
 /// follows and the group's id. `needs` is what the author must be: a live member
 /// (`Some(false)`), an admin (`Some(true)`), or nothing checked (`None`). Unless
@@ -104,7 +132,7 @@ fn lock_for_append(
     defer_placing: bool,
 ) -> Result<(causal_core::Dag<crate::store::SpiStore>, causal_core::Position, Hash), CausalError> {
     if !defer_placing {
-        crate::capture::lock_group_exclusive(&group.id)?;
+        BEFORE_ADMIN_APPEND.with(|f| f.get())(&group.id)?;
     }
     let mut dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
@@ -271,7 +299,7 @@ fn members(
 fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
     let algorithm = HashAlgorithm::parse(hash_algorithm)?;
     // The slot that will capture the group's writes, while this transaction may create it.
-    crate::capture::slot::ensure(false)?;
+    BEFORE_CREATE_GROUP.with(|f| f.get())()?;
     if name.trim() != name || name.is_empty() || name.len() > 63 {
         return Err(CausalError::InvalidName { what: "group", name: name.chars().take(80).collect() });
     }

@@ -331,6 +331,8 @@ pub fn decode(
             let reader = (*ctx).reader;
             pg_sys::XLogBeginRead(reader, (*pg_sys::MyReplicationSlot).data.restart_lsn);
             pg_sys::InvalidateSystemCaches();
+            // The reader's position moves with each record read (clippy cannot see it).
+            #[allow(clippy::while_immutable_condition)]
             while (*reader).EndRecPtr < end_of_wal {
                 let mut errm: *mut std::ffi::c_char = std::ptr::null_mut();
                 let record = pg_sys::XLogReadRecord(reader, &mut errm);

@@ -7,11 +7,13 @@
 //!   slot ([`slot`]) in commit order.
 //! - [`seal`]: signs each decoded transaction as entries at the frontier, exactly once.
 //! - [`encode`]: tuples as the operations entries hold.
+//! - [`catch_up`]: the SQL function that seals, then places what waits.
 //!
 //! Local transactions pay nothing at commit beyond what Postgres logs (with the whole old row
 //! for updates and deletes: replicated tables have REPLICA IDENTITY FULL), so writers do not
 //! wait for each other; signing happens off the commit path.
 
+pub mod catch_up;
 pub mod decode;
 pub mod encode;
 pub mod seal;

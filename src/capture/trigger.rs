@@ -127,10 +127,11 @@ fn begin_write(info: &TableInfo) -> Result<(), CausalError> {
     let (_, key_id) = match author {
         Some(a) => a,
         None => {
+            // The slot must exist before anything it should seal is committed. First: it can
+            // only be created while the transaction has no xid, which a query may give it.
+            super::slot::ensure(true)?;
             let name = check_author_grant()?;
             let key_id = crate::identity::key_id_of(&name)?;
-            // The slot must exist before anything it should seal is committed.
-            super::slot::ensure(true)?;
             super::decode::log_author(&name);
             WRITING.with(|w| w.borrow_mut().author = Some((name.clone(), key_id.clone(), subxact)));
             (name, key_id)

@@ -17,6 +17,7 @@ fn rows(db: &mut Client) -> Vec<(String, String, String)> {
 }
 
 fn frontier(db: &mut Client) -> Vec<String> {
+    db.batch_execute("SELECT causal.catch_up()").unwrap();
     db.query_one("SELECT causal.frontier('shop')", &[]).unwrap().get(0)
 }
 

@@ -40,7 +40,7 @@ impl Scene {
         let (a_node, b_node) = (Cluster::start(&format!("{name}-a"), &[]), Cluster::start(&format!("{name}-b"), &[]));
         let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
         a.batch_execute(
-            "CREATE EXTENSION pg_causal; SELECT causal.create_group('shop');
+            "CREATE EXTENSION pg_causal; COMMIT; SELECT causal.create_group('shop');
              CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0));
              SELECT causal.replicate('shop', 'products');
              INSERT INTO products VALUES ('A', 'Widget', 9.99);",
@@ -217,7 +217,7 @@ fn an_existing_table_is_never_adopted() {
     let (a_node, b_node) = (Cluster::start("ha-adopt-a", &[]), Cluster::start("ha-adopt-b", &[]));
     let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
     a.batch_execute(
-        "CREATE EXTENSION pg_causal; SELECT causal.create_group('shop');
+        "CREATE EXTENSION pg_causal; COMMIT; SELECT causal.create_group('shop');
          CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL);
          SELECT causal.replicate('shop', 'products');",
     )
@@ -244,7 +244,7 @@ fn literals_mean_the_same_with_standard_conforming_strings_off() {
     let (a_node, b_node) = (Cluster::start("ha-scs-a", &[]), Cluster::start("ha-scs-b", &[]));
     let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
     a.batch_execute(
-        r"CREATE EXTENSION pg_causal; SELECT causal.create_group('shop');
+        r"CREATE EXTENSION pg_causal; COMMIT; SELECT causal.create_group('shop');
           CREATE TABLE notes (id int PRIMARY KEY, body text CHECK (body <> 'x\' AND body <> 'y'));
           SELECT causal.replicate('shop', 'notes');",
     )

@@ -74,6 +74,7 @@ impl Net {
     }
 
     fn frontier(&mut self, db: usize) -> Vec<String> {
+        self.dbs[db].batch_execute("SELECT causal.catch_up()").unwrap();
         self.dbs[db].query_one("SELECT causal.frontier('g')", &[]).unwrap().get(0)
     }
 

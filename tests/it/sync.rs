@@ -49,6 +49,8 @@ impl Node {
     }
 
     fn frontier(&mut self, group: &str) -> Vec<String> {
+        // What is committed here, sealed (the worker seals too, about once a second).
+        let _ = self.db.batch_execute("SELECT causal.catch_up()");
         self.db.query_one("SELECT coalesce(causal.frontier($1), '{}')", &[&group]).map(|r| r.get(0)).unwrap_or_default()
     }
 

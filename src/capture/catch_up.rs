@@ -1,0 +1,54 @@
+//! `causal.catch_up`: seals what is committed, then places the sealed entries in batches.
+
+use crate::error::CausalError;
+use crate::group::Group;
+use crate::spi_util::run_prepared;
+
+/// Places the local commits that the engine has not placed yet, in every group or in `grp`;
+/// returns how many. Local commits of plain data are placed in batches: before an import, an
+/// administrative entry or a schema change of their group, when the sync worker gets to them,
+/// or when this is called. Takes each group's lock exclusively, so it waits for the group's
+/// writing transactions to commit. With `max_rows`, it stops in each group once about that
+/// many rows are placed (whole entries, in bounded runs), so the lock is held briefly; the
+/// sync worker calls it so, again and again, until nothing is left.
+#[pgrx::pg_extern(name = "catch_up")]
+fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL"), max_rows: pgrx::default!(Option<i64>, "NULL")) -> i64 {
+    use crate::error::OrReport;
+    let f = "causal.catch_up";
+    if let Some(m) = max_rows.filter(|m| *m < 1) {
+        CausalError::BadArgument { parameter: "max_rows", why: format!("{m} is not a positive number of rows") }
+            .report(f);
+    }
+    let per_group = max_rows.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+    // Every transaction committed before the call becomes entries first.
+    crate::capture::seal_committed().or_report(f);
+    let groups: Vec<String> = match grp {
+        Some(g) => vec![g.to_string()],
+        None => run_prepared(
+            "SELECT group_id FROM causal.group_defs WHERE reconciled_count < entry_count ORDER BY group_id",
+            &[],
+            false,
+            |rows| rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>(),
+        )
+        .map_err(CausalError::from)
+        .or_report(f)
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
+    let mut placed = 0;
+    for name_or_id in groups {
+        let group = Group::find(&name_or_id).or_report(f);
+        crate::capture::lock_group_exclusive(&group.id).or_report(f);
+        let before = std::time::Instant::now();
+        let n = crate::spi_util::without_jit(|| crate::placement::catch_up_at_most(&group, per_group))
+            .map_err(CausalError::from)
+            .and_then(|r| r)
+            .or_report(f);
+        placed += n as i64;
+        if n > 0 {
+            pgrx::debug1!("pg_causal: placed {n} entries of group {} in {:?}", group.id, before.elapsed());
+        }
+    }
+    placed
+}
