@@ -83,8 +83,14 @@ fn seal_locked() -> Result<Sealed, CausalError> {
     let slot = super::slot::slot_name();
     // Everything committed before now is in the WAL; decoding reads only what is flushed.
     // SAFETY: plain calls into the WAL module, on the backend's thread.
+    // The insert position can point just past the header of a page nothing is written on
+    // yet, which XLogFlush refuses to wait for: flush to the page's start then (a record
+    // ending inside that header's span is sealed by the next run).
     let end_of_wal = unsafe {
-        pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr());
+        let insert = pg_sys::GetXLogInsertRecPtr();
+        let offset = insert % u64::from(pg_sys::XLOG_BLCKSZ);
+        let long_header = std::mem::size_of::<pg_sys::XLogLongPageHeaderData>() as u64;
+        pg_sys::XLogFlush(if offset <= long_header { insert - offset } else { insert });
         pg_sys::GetFlushRecPtr(std::ptr::null_mut())
     };
     let mut sealed = sealed_lsn(&slot)?;
