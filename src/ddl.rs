@@ -6,7 +6,6 @@ use pgrx::prelude::*;
 use pgrx::PgRelation;
 
 use causal_core::payload::Op;
-use causal_core::schema::TableSchema;
 
 use crate::error::{CausalError, OrReport};
 use crate::group::Group;
@@ -15,29 +14,9 @@ use crate::replicate::derive_schema;
 use crate::spi_util::get_opt;
 use crate::tables::group_table_name;
 
-fn recorded(relid: pg_sys::Oid) -> Result<Option<(String, TableSchema)>, CausalError> {
-    let row = Spi::connect(|client| {
-        let mut rows = client.select(
-            "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
-            Some(1),
-            &[relid.into()],
-        )?;
-        match rows.next() {
-            None => Ok::<_, pgrx::spi::Error>(None),
-            Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<pgrx::JsonB>(2)?))),
-        }
-    })?;
-    match row {
-        Some((Some(g), Some(s))) => {
-            Ok(Some((g, TableSchema::from_value(&s.0).map_err(|e| CausalError::Corrupt(e.to_string()))?)))
-        }
-        _ => Ok(None),
-    }
-}
-
 /// Called after every ALTER TABLE of a replicated table.
 fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
-    let Some((group_id, old)) = recorded(relid)? else { return Ok(()) };
+    let Some((group_id, old)) = crate::tables::recorded(relid)? else { return Ok(()) };
     let group = Group::find(&group_id)?;
     let mut new = derive_schema(&group, relid)
         .map_err(|e| CausalError::UnsupportedAlter { table: old.table.clone(), what: e.to_string() })?;
@@ -120,7 +99,7 @@ fn schema_changed_sql(relid: pg_sys::Oid) {
 
 fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
     let name = group_table_name(relid)?;
-    let Some((group_id, _)) = recorded(relid)? else { return Err(CausalError::NotReplicated(name)) };
+    let Some((group_id, _)) = crate::tables::recorded(relid)? else { return Err(CausalError::NotReplicated(name)) };
     if let Some(referrer) = get_opt::<String>(
         "SELECT table_name FROM causal.replicated_tables WHERE group_id = $1 AND relid <> $2 \
            AND schema -> 'foreignKeys' @> jsonb_build_array(jsonb_build_object('references', $3::text)) LIMIT 1",

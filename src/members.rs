@@ -30,8 +30,7 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
 
 /// [`append_ops`] signed by `author`, whose use the caller has checked. With `defer_placing`,
 /// the engine does not run now: the entry waits, with any other local commits, to be placed
-/// in a batch ([`crate::placement::catch_up`]). Capture defers plain data changes to tables
-/// without rules, which Postgres's own constraints have already checked at the frontier.
+/// in a batch ([`crate::placement::catch_up`]).
 pub fn append_ops_as(
     group: &Group,
     ops: Vec<Op>,

@@ -128,3 +128,25 @@ fn lookup_index_name(group_id: &str, table: &str, cols: &[String]) -> String {
     let hex: String = digest.as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("row_meta_lookup_{hex}")
 }
+
+/// The group and recorded schema of the replicated table `relid`, if it is one. A read-only
+/// select (logical decoding, which calls it, may not give its transaction an xid).
+pub fn recorded(relid: pg_sys::Oid) -> Result<Option<(String, TableSchema)>, CausalError> {
+    let row = pgrx::Spi::connect(|client| {
+        let mut rows = client.select(
+            "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        match rows.next() {
+            None => Ok::<_, pgrx::spi::Error>(None),
+            Some(r) => Ok(Some((r.get::<String>(1)?, r.get::<pgrx::JsonB>(2)?))),
+        }
+    })?;
+    match row {
+        Some((Some(g), Some(s))) => {
+            Ok(Some((g, TableSchema::from_value(&s.0).map_err(|e| CausalError::Corrupt(e.to_string()))?)))
+        }
+        _ => Ok(None),
+    }
+}

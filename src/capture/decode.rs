@@ -15,9 +15,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use pgrx::prelude::*;
-use pgrx::JsonB;
-
-use causal_core::schema::TableSchema;
 
 use super::encode::{Codec, RowOp, Unchanged};
 use crate::error::{CausalError, OrReport};
@@ -71,25 +68,8 @@ fn table(relid: pg_sys::Oid) -> Result<Option<Rc<DecodeTable>>, CausalError> {
     if let Some(t) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
         return Ok(t);
     }
-    // A read-only select: decoding may not give its transaction an xid.
-    let row = Spi::connect(|client| {
-        let mut rows = client.select(
-            "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
-            Some(1),
-            &[relid.into()],
-        )?;
-        match rows.next() {
-            Some(r) => Ok::<_, pgrx::spi::Error>(Some((r.get::<String>(1)?, r.get::<JsonB>(2)?))),
-            None => Ok(None),
-        }
-    })?;
-    let found = match row {
-        Some((Some(group_id), Some(schema))) => {
-            let schema = TableSchema::from_value(&schema.0).map_err(|e| CausalError::Corrupt(e.to_string()))?;
-            Some(Rc::new(DecodeTable { group_id: group_id.into(), codec: Codec::new(schema) }))
-        }
-        _ => None,
-    };
+    let found = crate::tables::recorded(relid)?
+        .map(|(group_id, schema)| Rc::new(DecodeTable { group_id: group_id.into(), codec: Codec::new(schema) }));
     TABLES.with(|t| t.borrow_mut().insert(relid, found.clone()));
     Ok(found)
 }
