@@ -159,9 +159,24 @@ fn sealed_lsn(slot: &str) -> Result<u64, CausalError> {
     parse_lsn(&text).ok_or_else(|| CausalError::Corrupt(format!("causal.capture_state: sealed_lsn {text:?}")))
 }
 
+/// The identity that signs a transaction named as written by `author`. Identities are never
+/// dropped through the API; should a superuser delete the author's key before its
+/// transaction is sealed, the node identity signs it, with a warning, rather than stopping
+/// sealing for good.
+fn signer_of(author: Option<&str>) -> Result<crate::identity::Author, CausalError> {
+    let node = crate::identity::NODE_IDENTITY;
+    match crate::identity::author_named(author.unwrap_or(node)) {
+        Err(CausalError::UnknownIdentity(name)) if name != node => {
+            pgrx::warning!("pg_causal: the author {name:?} of a committed transaction no longer exists; the node identity signs it");
+            crate::identity::author_named(node)
+        }
+        other => other,
+    }
+}
+
 /// Appends one transaction's entries, one per group it wrote. Returns how many.
 fn seal_txn(txn: DecodedTxn) -> Result<usize, CausalError> {
-    let signer = crate::identity::author_named(txn.author.as_deref().unwrap_or(crate::identity::NODE_IDENTITY))?;
+    let signer = signer_of(txn.author.as_deref())?;
     let mut entries = 0;
     for (group_id, ops) in txn.groups {
         let group = match Group::find(&group_id) {

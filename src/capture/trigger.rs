@@ -42,8 +42,8 @@ pub struct TableInfo {
 /// What this transaction has done so far, for the triggers.
 #[derive(Default)]
 struct Writing {
-    /// The author named in the WAL, and the subtransaction that wrote the message.
-    author: Option<(String, String, pg_sys::SubTransactionId)>,
+    /// The key id of the author named in the WAL, and the subtransaction that wrote the message.
+    author: Option<(String, pg_sys::SubTransactionId)>,
     /// The groups written, each with the subtransaction that first wrote it.
     groups: Vec<(Rc<str>, pg_sys::SubTransactionId)>,
 }
@@ -123,9 +123,9 @@ fn begin_write(info: &TableInfo) -> Result<(), CausalError> {
         return Ok(());
     }
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    let author = WRITING.with(|w| w.borrow().author.as_ref().map(|(n, k, _)| (n.clone(), k.clone())));
-    let (_, key_id) = match author {
-        Some(a) => a,
+    let author = WRITING.with(|w| w.borrow().author.as_ref().map(|(k, _)| k.clone()));
+    let key_id = match author {
+        Some(k) => k,
         None => {
             // The slot must exist before anything it should seal is committed. First: it can
             // only be created while the transaction has no xid, which a query may give it.
@@ -133,8 +133,8 @@ fn begin_write(info: &TableInfo) -> Result<(), CausalError> {
             let name = check_author_grant()?;
             let key_id = crate::identity::key_id_of(&name)?;
             super::decode::log_author(&name);
-            WRITING.with(|w| w.borrow_mut().author = Some((name.clone(), key_id.clone(), subxact)));
-            (name, key_id)
+            WRITING.with(|w| w.borrow_mut().author = Some((key_id.clone(), subxact)));
+            key_id
         }
     };
     crate::members::check_writer(&info.group_id, &key_id)?;
@@ -160,7 +160,7 @@ fn check_rules(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     if info.rules.is_empty() {
         return Ok(());
     }
-    let author = WRITING.with(|w| w.borrow().author.as_ref().map(|(_, k, _)| k.clone())).unwrap_or_default();
+    let author = WRITING.with(|w| w.borrow().author.as_ref().map(|(k, _)| k.clone())).unwrap_or_default();
     let row = |t: Option<PgHeapTuple<'_, AllocatedByPostgres>>| t.map(|t| info.codec.row(&t, None)).transpose();
     let (op, new, old) = match trigger.op().map_err(|e| CausalError::Corrupt(e.to_string()))? {
         PgTriggerOperation::Insert => (Operation::Insert, row(trigger.new())?, None),
@@ -223,7 +223,7 @@ unsafe extern "C-unwind" fn on_subxact(
         WRITING.with(|w| {
             let mut w = w.borrow_mut();
             w.groups.retain(|(_, s)| *s < my_subid);
-            if w.author.as_ref().is_some_and(|(_, _, s)| *s >= my_subid) {
+            if w.author.as_ref().is_some_and(|(_, s)| *s >= my_subid) {
                 w.author = None;
             }
         });

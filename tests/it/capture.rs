@@ -323,3 +323,29 @@ fn a_rolled_back_savepoint_takes_its_rows_and_nothing_else() {
     let node_key: String = db.query_one("SELECT key_id FROM causal.identities WHERE is_node", &[]).unwrap().get(0);
     assert_eq!(payload["author"], node_key.as_str());
 }
+
+#[test]
+fn an_author_missing_at_sealing_time_does_not_stop_sealing() {
+    let node = Cluster::start("capture-lost-author", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    db.batch_execute(
+        "SELECT causal.create_identity('alice');
+         SELECT causal.add_member('shop', (SELECT public_key FROM causal.identities WHERE name = 'alice'));",
+    )
+    .unwrap();
+    let base = count(&mut db);
+    // A superuser removes the author's key between its write and the sealing of it: the
+    // transaction is sealed (by the node identity, with a warning) and sealing goes on.
+    db.batch_execute(
+        "BEGIN; SET LOCAL causal.author = 'alice'; INSERT INTO products VALUES ('A', 'a', 1);
+         DELETE FROM causal.identity_keys WHERE name = 'alice'; COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(count(&mut db), base + 1);
+    let (_, _, payload) = newest(&mut db);
+    let node_key: String = db.query_one("SELECT key_id FROM causal.identities WHERE is_node", &[]).unwrap().get(0);
+    assert_eq!(payload["author"], node_key.as_str());
+    db.batch_execute("INSERT INTO products VALUES ('B', 'b', 1)").unwrap();
+    assert_eq!(count(&mut db), base + 2);
+}
