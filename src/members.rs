@@ -67,13 +67,49 @@ pub fn append_ops_as(
 /// membership that ended since is the engine's to judge, which cancels the entry), and no
 /// history may stop sealing.
 pub fn append_sealed(group: &Group, ops: &[OpText], meta: Meta, author: &Author) -> Result<Hash, CausalError> {
-    let (mut dag, prev, group_id) = lock_for_append(group, None, author, true)?;
-    let signed = sign_op_texts(&author.keypair, &group_id, ops, &prev)?;
-    let entry = EncodedEntry::new(dag.hash_algorithm(), &signed.canonical, signed.stored, prev, meta);
-    dag.store().assume_absent(entry.hash);
-    let hash = dag.insert_encoded(entry)?.hash;
-    crate::notify::notify_changed(&group.id)?;
+    let mut appender = SealAppender::default();
+    let hash = appender.append(group, ops, meta, author)?;
+    appender.finish()?;
     Ok(hash)
+}
+
+/// Appends sealed local commits, many at a time: each group is locked once, its running
+/// state stays in memory and its entry rows are written together at [`SealAppender::finish`].
+/// Before, every sealed transaction updated the group's row again, inside one transaction,
+/// and each lookup of that row walked all of its versions: sealing slowed quadratically.
+#[derive(Default)]
+pub struct SealAppender {
+    groups: Vec<(Group, causal_core::Dag<crate::store::SpiStore>, Hash)>,
+}
+
+impl SealAppender {
+    /// [`append_sealed`] into this batch.
+    pub fn append(&mut self, group: &Group, ops: &[OpText], meta: Meta, author: &Author) -> Result<Hash, CausalError> {
+        let at = match self.groups.iter().position(|(g, _, _)| g.id == group.id) {
+            Some(i) => i,
+            None => {
+                let (dag, _, group_id) = lock_for_append(group, None, author, true)?;
+                dag.store().defer_state_writes();
+                self.groups.push((group.clone(), dag, group_id));
+                self.groups.len() - 1
+            }
+        };
+        let (_, dag, group_id) = &mut self.groups[at];
+        let prev = dag.frontier()?;
+        let signed = sign_op_texts(&author.keypair, group_id, ops, &prev)?;
+        let entry = EncodedEntry::new(dag.hash_algorithm(), &signed.canonical, signed.stored, prev, meta);
+        dag.store().assume_absent(entry.hash);
+        Ok(dag.insert_encoded(entry)?.hash)
+    }
+
+    /// Writes the entries and each group's state, and wakes the sync worker.
+    pub fn finish(self) -> Result<(), CausalError> {
+        for (group, dag, _) in self.groups {
+            dag.store().write_state().map_err(causal_core::DagError::from)?;
+            crate::notify::notify_changed(&group.id)?;
+        }
+        Ok(())
+    }
 }
 
 /// Fails unless the identity `key_id` is a live member of the group `group_id` at its

@@ -100,16 +100,18 @@ fn seal_locked() -> Result<Sealed, CausalError> {
     loop {
         let run = decode(&slot, sealed, end_of_wal, ROWS_PER_RUN, confirm.take())?;
         let mut last_commit = None;
+        let mut appender = crate::members::SealAppender::default();
         for txn in run.txns {
             if txn.end_lsn <= sealed {
                 continue;
             }
             let (end, time) = (txn.end_lsn, txn.commit_time);
-            total.entries += seal_txn(txn)?;
+            total.entries += seal_txn(&mut appender, txn)?;
             total.transactions += 1;
             sealed = end;
             last_commit = Some(time);
         }
+        appender.finish()?;
         if let Some(time) = last_commit {
             Spi::run_with_args(
                 "UPDATE causal.capture_state SET sealed_lsn = $2::text::pg_lsn, sealed_at = now(), \
@@ -175,7 +177,7 @@ fn signer_of(author: Option<&str>) -> Result<crate::identity::Author, CausalErro
 }
 
 /// Appends one transaction's entries, one per group it wrote. Returns how many.
-fn seal_txn(txn: DecodedTxn) -> Result<usize, CausalError> {
+fn seal_txn(appender: &mut crate::members::SealAppender, txn: DecodedTxn) -> Result<usize, CausalError> {
     let signer = signer_of(txn.author.as_deref())?;
     let mut entries = 0;
     for (group_id, ops) in txn.groups {
@@ -186,7 +188,7 @@ fn seal_txn(txn: DecodedTxn) -> Result<usize, CausalError> {
             Err(e) => return Err(e),
         };
         let (texts, meta) = texts_of(ops)?;
-        crate::members::append_sealed(&group, &texts, meta, &signer)?;
+        appender.append(&group, &texts, meta, &signer)?;
         entries += 1;
     }
     Ok(entries)

@@ -349,3 +349,34 @@ fn an_author_missing_at_sealing_time_does_not_stop_sealing() {
     db.batch_execute("INSERT INTO products VALUES ('B', 'b', 1)").unwrap();
     assert_eq!(count(&mut db), base + 2);
 }
+
+/// (page, line) of the group's catalog row: every update of the row writes a new version.
+fn group_row_position(db: &mut Client) -> (i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT (ctid::text::point)[0]::bigint, (ctid::text::point)[1]::bigint FROM causal.group_defs WHERE name = 'shop'",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn sealing_many_transactions_updates_the_group_row_once() {
+    let node = Cluster::start("capture-seal-batch", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    let base = count(&mut db);
+    db.batch_execute("VACUUM causal.group_defs").unwrap();
+    let before = group_row_position(&mut db);
+    for i in 0..60 {
+        db.batch_execute(&format!("INSERT INTO products VALUES ('k{i}', 'n', 1)")).unwrap();
+    }
+    // Sealing 60 transactions in one run: the group's running state is written at its end,
+    // not once per entry (each version of the row made every later lookup of it slower).
+    db.batch_execute("SELECT count(*) FROM causal.log('shop', 1)").unwrap();
+    let after = group_row_position(&mut db);
+    assert_eq!(after.0, before.0, "the group row moved to another page: {before:?} -> {after:?}");
+    assert!(after.1 - before.1 <= 3, "the group row was rewritten {} times", after.1 - before.1);
+    assert_eq!(count(&mut db), base + 60);
+}
