@@ -95,11 +95,7 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
 fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
     match op {
         Op::Schema { table, schema } => apply_schema(group, table, schema)?,
-        Op::Rule { table, operation, rule } => Spi::run_with_args(
-            "INSERT INTO causal.table_rules (group_id, table_name, operation, rule) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (group_id, table_name, operation) DO UPDATE SET rule = EXCLUDED.rule",
-            &[group.id.clone().into(), table.clone().into(), operation.clone().into(), rule.clone().into()],
-        )?,
+        Op::Rule { table, operation, rule } => crate::tables::record_rule(&group.id, table, operation, rule)?,
         Op::Unreplicate { table } => {
             // Only this group's table: a name alone could reach a table of another group.
             if let Some(relid) = group_relid(group, table)? {

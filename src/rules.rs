@@ -40,11 +40,7 @@ fn allow_rule(relid: pg_sys::Oid, operation: &str, rule: &str) -> Result<String,
     crate::capture::refuse_after_writes(&group.id, "declare a rule for them")?;
     let hash = append_ops(&group, recorded, true)?;
     for op in ops {
-        Spi::run_with_args(
-            "INSERT INTO causal.table_rules (group_id, table_name, operation, rule) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (group_id, table_name, operation) DO UPDATE SET rule = EXCLUDED.rule",
-            &[group_id.clone().into(), table.clone().into(), op.name().into(), rule.into()],
-        )?;
+        crate::tables::record_rule(&group_id, &table, op.name(), rule)?;
     }
     crate::tables::tables_changed()?;
     Ok(hash.to_b64())

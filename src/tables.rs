@@ -43,7 +43,8 @@ pub fn catalog_oid() -> Result<pg_sys::Oid, CausalError> {
     Ok(oid)
 }
 
-/// Creates the locking, rule and TRUNCATE triggers on a newly replicated table, and has its
+/// Creates the locking and TRUNCATE triggers on a newly replicated table (the rule trigger
+/// comes with its first rule, [`record_rule`]: a row trigger costs every row), and has its
 /// updates and deletes log the whole old row (REPLICA IDENTITY FULL), from which capture
 /// tells the columns an update changed.
 pub fn install_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
@@ -51,10 +52,32 @@ pub fn install_triggers(relid: pg_sys::Oid) -> Result<(), CausalError> {
         .ok_or_else(|| CausalError::Corrupt("relation vanished".into()))?;
     Spi::run(&format!(
         "ALTER TABLE {rel} REPLICA IDENTITY FULL; \
-         CREATE TRIGGER causal_rules AFTER INSERT OR UPDATE OR DELETE ON {rel} FOR EACH ROW EXECUTE FUNCTION causal._check_rules(); \
          CREATE TRIGGER causal_lock BEFORE INSERT OR UPDATE OR DELETE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION causal._lock_group(); \
          CREATE TRIGGER causal_no_truncate BEFORE TRUNCATE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION causal._refuse_truncate();"
     ))?;
+    Ok(())
+}
+
+/// Records the rule of `operation` on the group's table `table` (replacing the one before),
+/// and gives the table its row trigger that checks local writes against rules, if it has
+/// none yet. The caller calls [`tables_changed`].
+pub fn record_rule(group_id: &str, table: &str, operation: &str, rule: &str) -> Result<(), CausalError> {
+    Spi::run_with_args(
+        "INSERT INTO causal.table_rules (group_id, table_name, operation, rule) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (group_id, table_name, operation) DO UPDATE SET rule = EXCLUDED.rule",
+        &[group_id.into(), table.into(), operation.into(), rule.into()],
+    )?;
+    let missing = get_opt::<String>(
+        "SELECT t.relid::regclass::text FROM causal.replicated_tables t \
+         WHERE t.group_id = $1 AND t.table_name = $2 AND t.relid IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.relid AND g.tgname = 'causal_rules')",
+        &[group_id.into(), table.into()],
+    )?;
+    if let Some(rel) = missing {
+        Spi::run(&format!(
+            "CREATE TRIGGER causal_rules AFTER INSERT OR UPDATE OR DELETE ON {rel} FOR EACH ROW EXECUTE FUNCTION causal._check_rules()"
+        ))?;
+    }
     Ok(())
 }
 

@@ -102,12 +102,13 @@ impl Scene {
         let triggers: i64 = self
             .b
             .query_one(
-                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'products'::regclass AND tgname LIKE 'causal_%'",
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'products'::regclass \
+                 AND tgname IN ('causal_lock', 'causal_no_truncate')",
                 &[],
             )
             .unwrap()
             .get(0);
-        assert_eq!(triggers, 3);
+        assert_eq!(triggers, 2);
         let slots: i64 = self.b.query_one("SELECT count(*) FROM pg_replication_slots", &[]).unwrap().get(0);
         assert_eq!(slots, 0);
         assert!(!std::path::Path::new("/tmp/pg_causal_pwned").exists());
