@@ -289,6 +289,7 @@ pub fn decode(
     // the flushed end of WAL, free the context and release the slot. An error raised in
     // between is cleaned up by the transaction's abort (which releases the slot) after the
     // catch below drops the caches decoding filled.
+    let _quiet = QuietDecodingLog::new();
     let more = unsafe {
         pg_sys::ReplicationSlotAcquire(name.as_ptr(), true);
         let old_owner = pg_sys::CurrentResourceOwner;
@@ -349,6 +350,35 @@ pub fn decode(
     TABLES.with(|t| t.borrow_mut().clear());
     let txns = DONE.with(|d| std::mem::take(&mut *d.borrow_mut()));
     Ok(Decoded { txns, more })
+}
+
+/// Keeps the LOG lines every decoding start writes ("starting logical decoding for slot",
+/// "logical decoding found consistent point") out of the server log while it lives: the sync
+/// worker seals every few milliseconds while commits come. A server set to log DEBUG
+/// messages still gets them. Errors are logged where they are caught, after it is dropped.
+struct QuietDecodingLog(Option<i32>);
+
+impl QuietDecodingLog {
+    fn new() -> Self {
+        // SAFETY: a backend-local setting variable, read and written on the backend's thread.
+        unsafe {
+            let level = pg_sys::log_min_messages;
+            if level >= pg_sys::WARNING as i32 {
+                pg_sys::log_min_messages = pg_sys::FATAL as i32;
+                return QuietDecodingLog(Some(level));
+            }
+        }
+        QuietDecodingLog(None)
+    }
+}
+
+impl Drop for QuietDecodingLog {
+    fn drop(&mut self) {
+        if let Some(level) = self.0 {
+            // SAFETY: as in `new`.
+            unsafe { pg_sys::log_min_messages = level };
+        }
+    }
 }
 
 /// Creates the logical slot `slot` for this database, decoded by this library's plugin: what

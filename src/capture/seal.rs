@@ -27,7 +27,6 @@ use super::decode::{decode, DecodedTxn};
 use super::encode::RowOp;
 use crate::error::CausalError;
 use crate::group::Group;
-use crate::spi_util::get_opt;
 
 /// How many row operations one decoding run reads at most before they are sealed; a larger
 /// transaction is read whole.
@@ -39,6 +38,9 @@ thread_local! {
     /// Set when this transaction moved the sealed position: it is not committed yet, so the
     /// slot must not be told it.
     static MOVED: Cell<bool> = const { Cell::new(false) };
+    /// The WAL position this backend's last sealing run decoded to: while nothing is written
+    /// after it, there is nothing to seal (the sync worker asks every few milliseconds).
+    static DECODED_TO: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Forgets, at the end of a transaction, that it moved the sealed position.
@@ -54,9 +56,10 @@ pub struct Sealed {
 }
 
 /// The sealer's lock: one sealer at a time per database, taken before any group's lock.
-fn lock_sealer() -> Result<(), CausalError> {
-    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(1667331444, 0)")?;
-    Ok(())
+fn lock_sealer() {
+    // Straight from the lock manager: a statement would give the transaction an xid, and a
+    // sealing run that finds nothing would write a commit record, which the next run reads.
+    crate::group_lock::lock_advisory(1667331444, 0, pg_sys::ExclusiveLock);
 }
 
 /// Seals every transaction committed before the call. Does nothing inside a seal, in a
@@ -66,6 +69,10 @@ pub fn seal_committed() -> Result<Sealed, CausalError> {
     // SAFETY: reads of the backend's own state.
     let read_only = unsafe { pg_sys::RecoveryInProgress() || pg_sys::XactReadOnly };
     if SEALING.with(Cell::get) || read_only {
+        return Ok(Sealed::default());
+    }
+    // SAFETY: reads the WAL module's shared state.
+    if unsafe { pg_sys::GetXLogInsertRecPtr() } <= DECODED_TO.with(Cell::get) {
         return Ok(Sealed::default());
     }
     super::slot::ensure(false)?;
@@ -79,7 +86,7 @@ pub fn seal_committed() -> Result<Sealed, CausalError> {
 }
 
 fn seal_locked() -> Result<Sealed, CausalError> {
-    lock_sealer()?;
+    lock_sealer();
     let slot = super::slot::slot_name();
     // Everything committed before now is in the WAL; decoding reads only what is flushed.
     // SAFETY: plain calls into the WAL module, on the backend's thread.
@@ -114,8 +121,10 @@ fn seal_locked() -> Result<Sealed, CausalError> {
         appender.finish()?;
         if let Some(time) = last_commit {
             Spi::run_with_args(
-                "UPDATE causal.capture_state SET sealed_lsn = $2::text::pg_lsn, sealed_at = now(), \
-                 last_commit_time = $3, transactions = transactions + $4 WHERE slot_name = $1",
+                "INSERT INTO causal.capture_state AS s (slot_name, sealed_lsn, sealed_at, last_commit_time, transactions) \
+                 VALUES ($1, $2::text::pg_lsn, now(), $3, $4) ON CONFLICT (slot_name) DO UPDATE \
+                 SET sealed_lsn = EXCLUDED.sealed_lsn, sealed_at = now(), last_commit_time = EXCLUDED.last_commit_time, \
+                 transactions = s.transactions + EXCLUDED.transactions",
                 &[
                     slot.clone().into(),
                     lsn_text(sealed).into(),
@@ -129,6 +138,7 @@ fn seal_locked() -> Result<Sealed, CausalError> {
             break;
         }
     }
+    DECODED_TO.with(|d| d.set(end_of_wal));
     if total.transactions > 0 {
         pgrx::debug1!("pg_causal: sealed {} transactions into {} entries", total.transactions, total.entries);
     }
@@ -151,13 +161,20 @@ fn parse_lsn(text: &str) -> Option<u64> {
 
 /// The position sealed to (`0/0` before the first seal).
 fn sealed_lsn(slot: &str) -> Result<u64, CausalError> {
-    Spi::run_with_args(
-        "INSERT INTO causal.capture_state (slot_name) VALUES ($1) ON CONFLICT DO NOTHING",
+    // Read-only, so that a run that seals nothing writes nothing (not even a commit record);
+    // and under the newest snapshot: a read-only statement would otherwise see the snapshot
+    // of the statement that called the sealer, taken before the sealer's lock, and miss what
+    // the sealer before it committed (it would seal those transactions again).
+    // SAFETY: a snapshot pushed and popped around one query, on the backend's thread.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let read = crate::spi_util::get_prepared::<String>(
+        "SELECT sealed_lsn::text FROM causal.capture_state WHERE slot_name = $1",
         &[slot.into()],
-    )?;
-    let text =
-        get_opt::<String>("SELECT sealed_lsn::text FROM causal.capture_state WHERE slot_name = $1", &[slot.into()])?
-            .unwrap_or_default();
+    );
+    unsafe { pg_sys::PopActiveSnapshot() };
+    let Some(text) = read? else {
+        return Ok(0);
+    };
     parse_lsn(&text).ok_or_else(|| CausalError::Corrupt(format!("causal.capture_state: sealed_lsn {text:?}")))
 }
 

@@ -138,8 +138,6 @@ fn begin_write(info: &TableInfo) -> Result<(), CausalError> {
         }
     };
     crate::members::check_writer(&info.group_id, &key_id)?;
-    // Wakes the sync worker at commit, to seal and send the transaction.
-    crate::notify::notify_changed(&info.group_id)?;
     WRITING.with(|w| w.borrow_mut().groups.push((info.group_id.clone(), subxact)));
     Ok(())
 }

@@ -713,6 +713,9 @@ async fn run_imports(db: Db, mut rx: mpsc::Receiver<ImportJob>, tx: mpsc::Sender
     }
 }
 
+/// How often local commits are looked for in the WAL, when nothing else wakes the placer.
+const SEAL_POLL: Duration = Duration::from_millis(20);
+
 /// Rows placed per `causal.catch_up` call: each call is a transaction holding the group's lock,
 /// which the group's writers wait for, so it stays short (about 60 ms at the 12 µs per row
 /// measured for placement, docs/BENCHMARKS.md).
@@ -728,8 +731,10 @@ async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::sync::Notify
     let (mut failures, mut last_error) = (0u32, None::<String>);
     loop {
         if failures == 0 {
-            let _ = tokio::time::timeout(Duration::from_secs(1), commits.notified()).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Local commits do not notify (a NOTIFY serializes committing transactions): they
+            // are sealed from the WAL within a poll; an idle poll costs a comparison of WAL
+            // positions in the database.
+            let _ = tokio::time::timeout(SEAL_POLL, commits.notified()).await;
         } else {
             tokio::time::sleep(Duration::from_secs((1u64 << failures.min(6)).min(60))).await;
         }

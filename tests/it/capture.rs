@@ -180,7 +180,7 @@ fn ungranted_roles_cannot_write_replicated_tables() {
 /// A local commit wakes the sync worker: `NOTIFY causal_sync, 'group:<id>'` reaches a
 /// listening session once the transaction commits, and not for a rollback.
 #[test]
-fn a_commit_notifies_listeners_of_its_group() {
+fn sealing_a_commit_notifies_listeners_of_its_group() {
     let node = Cluster::start("capture-notify", &[]);
     let mut db = node.connect("postgres");
     setup(&mut db);
@@ -199,7 +199,10 @@ fn a_commit_notifies_listeners_of_its_group() {
     };
     db.batch_execute("BEGIN; INSERT INTO products VALUES ('R', 'Rolled back', 1); ROLLBACK").unwrap();
     assert_eq!(received(&mut listener), vec![], "a rolled-back transaction notifies nobody");
+    // The commit itself notifies nobody: a NOTIFY would serialize committing transactions.
     db.batch_execute("INSERT INTO products VALUES ('A', 'Widget', 9.99)").unwrap();
+    assert_eq!(received(&mut listener), vec![], "a commit is not announced before it is sealed");
+    db.batch_execute("SELECT causal.catch_up()").unwrap();
     assert_eq!(received(&mut listener), vec![("causal_sync".to_string(), format!("group:{group}"))]);
 }
 
@@ -379,4 +382,46 @@ fn sealing_many_transactions_updates_the_group_row_once() {
     assert_eq!(after.0, before.0, "the group row moved to another page: {before:?} -> {after:?}");
     assert!(after.1 - before.1 <= 3, "the group row was rewritten {} times", after.1 - before.1);
     assert_eq!(count(&mut db), base + 60);
+}
+
+#[test]
+fn a_sealer_that_waited_for_another_does_not_seal_its_transactions_again() {
+    let node = Cluster::start("capture-two-sealers", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    let base = count(&mut db);
+    // The second sealer's session has sealed before: what it looked up is cached, and its next
+    // sealing run gives its transaction no xid before it reads the sealed position.
+    let mut second = node.connect("postgres");
+    second.batch_execute("SELECT causal.catch_up()").unwrap();
+    db.batch_execute("INSERT INTO products VALUES ('A', 'a', 1)").unwrap();
+    // The first sealer seals the insert and keeps the sealer's lock until it commits.
+    db.batch_execute("BEGIN; SELECT count(*) FROM causal.log('shop', 1)").unwrap();
+    // The second starts its statement now, then waits for that lock.
+    let waiter = std::thread::spawn(move || {
+        second.batch_execute("SELECT count(*) FROM causal.log('shop', 1)").map_err(|e| e.to_string())
+    });
+    let mut watch = node.connect("postgres");
+    let start = std::time::Instant::now();
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%causal.log%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            let rows = watch.query("SELECT coalesce(wait_event_type, '-') || ' ' || coalesce(wait_event, '-') || ' ' || state || ' ' || query FROM pg_stat_activity WHERE backend_type = 'client backend'", &[]).unwrap();
+            let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            panic!("the second sealer never waited: {rows:#?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    db.batch_execute("COMMIT").unwrap();
+    waiter.join().unwrap().unwrap();
+    assert_eq!(count(&mut db), base + 1, "one entry for one transaction");
 }
