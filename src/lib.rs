@@ -1,36 +1,21 @@
-//! pg_causal: the PostgreSQL edge. SQL functions, error reporting, capture triggers, storage
-//! over SPI and the sync background worker. The algorithms live in `causal-core`; the network
+//! pg_causal: the PostgreSQL edge. SQL functions, error reporting, capture from the WAL,
+//! storage over SPI and the sync background worker, in layers (below). The algorithms live in `causal-core`; the network
 //! edge in `causal-sync`.
 
-mod apply;
+// The layers, from the bottom: each imports only those above it in this list
+// (tests/it/layers.rs checks it).
+mod api;
+mod author;
 mod capture;
-mod ddl;
-mod direct;
+mod catalog;
 mod error;
-mod exchange;
-mod functions;
-mod group;
-mod group_lock;
 mod guc;
-mod history;
-mod identity;
-mod members;
-mod notify;
-mod placement;
+mod pg;
 mod replay;
-mod replicate;
-mod rule_check;
-mod rules;
-mod schema_probe;
-mod spi_util;
-mod store;
-mod sync;
-mod tables;
+mod schema;
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
-mod view;
 mod worker;
-mod xact;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -44,15 +29,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
     capture::register_callbacks();
-    members::register_capture(capture::lock_group_exclusive, || capture::slot::ensure(false));
-    xact::subscribe(group::forget);
-    xact::subscribe(members::forget);
-    xact::subscribe(replay::forget);
-    xact::subscribe(identity::forget_keys);
+    author::members::register_capture(capture::lock_group_exclusive, || capture::slot::ensure(false));
+    pg::xact::subscribe(catalog::group::forget);
+    pg::xact::subscribe(author::members::forget);
+    pg::xact::subscribe(replay::forget);
+    pg::xact::subscribe(catalog::identity::forget_keys);
     // Undone work may have granted what was found allowed in it: forget every grant found.
-    xact::subscribe(|_| identity::forget_grants());
-    xact::subscribe(store::forget);
-    identity::register_callbacks();
+    pg::xact::subscribe(|_| catalog::identity::forget_grants());
+    pg::xact::subscribe(catalog::store::forget);
+    catalog::identity::register_callbacks();
     worker::register();
 }
 

@@ -29,11 +29,11 @@ pub fn capture_slot() {
 /// `ops` (a JSON array of operations), signed by the node identity and left for placement.
 pub fn local_commit(grp: &str, sql: &str, ops: &str) {
     Spi::run(sql).unwrap();
-    let group = crate::group::Group::find(grp).unwrap();
+    let group = crate::catalog::group::Group::find(grp).unwrap();
     let ops: Vec<serde_json::Value> = serde_json::from_str(ops).unwrap();
     let ops = ops.iter().map(|o| causal_core::payload::Op::from_value(o).unwrap()).collect();
-    let author = crate::identity::author_named(crate::identity::NODE_IDENTITY).unwrap();
-    crate::members::append_ops_as(&group, ops, false, &author, true).unwrap();
+    let author = crate::catalog::identity::author_named(crate::catalog::identity::NODE_IDENTITY).unwrap();
+    crate::author::members::append_ops_as(&group, ops, false, &author, true).unwrap();
 }
 
 /// A group `shop` with a replicated `products (sku text PRIMARY KEY, name text NOT NULL,

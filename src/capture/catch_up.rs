@@ -1,8 +1,8 @@
 //! `causal.catch_up`: seals what is committed, then places the sealed entries in batches.
 
+use crate::catalog::group::Group;
 use crate::error::CausalError;
-use crate::group::Group;
-use crate::spi_util::run_prepared;
+use crate::pg::spi::run_prepared;
 
 /// Places the local commits that the engine has not placed yet, in every group or in `grp`;
 /// returns how many. Local commits of plain data are placed in batches: before an import, an
@@ -41,7 +41,7 @@ fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL"), max_rows: pgrx::de
         let group = Group::find(&name_or_id).or_report(f);
         crate::capture::lock_group_exclusive(&group.id).or_report(f);
         let before = std::time::Instant::now();
-        let n = crate::spi_util::without_jit(|| crate::placement::catch_up_at_most(&group, per_group))
+        let n = crate::pg::spi::without_jit(|| crate::replay::placement::catch_up_at_most(&group, per_group))
             .map_err(CausalError::from)
             .and_then(|r| r)
             .or_report(f);

@@ -68,7 +68,7 @@ fn table(relid: pg_sys::Oid) -> Result<Option<Rc<DecodeTable>>, CausalError> {
     if let Some(t) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
         return Ok(t);
     }
-    let found = crate::tables::recorded(relid)?
+    let found = crate::catalog::tables::recorded(relid)?
         .map(|(group_id, schema)| Rc::new(DecodeTable { group_id: group_id.into(), codec: Codec::new(schema) }));
     TABLES.with(|t| t.borrow_mut().insert(relid, found.clone()));
     Ok(found)

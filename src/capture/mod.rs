@@ -7,7 +7,10 @@
 //!   slot ([`slot`]) in commit order.
 //! - [`seal`]: signs each decoded transaction as entries at the frontier, exactly once.
 //! - [`encode`]: tuples as the operations entries hold.
+//! - [`rule_check`]: a local write checked against its table's rule, before it commits.
 //! - [`catch_up`]: the SQL function that seals, then places what waits.
+//!
+//! Uses [`crate::author`] (appending), [`crate::replay`] (placing) and below.
 //!
 //! Local transactions pay nothing at commit beyond what Postgres logs (with the whole old row
 //! for updates and deletes: replicated tables have REPLICA IDENTITY FULL), so writers do not
@@ -16,6 +19,7 @@
 pub mod catch_up;
 pub mod decode;
 pub mod encode;
+pub mod rule_check;
 pub mod seal;
 pub mod slot;
 pub mod trigger;

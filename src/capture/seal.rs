@@ -25,8 +25,8 @@ use causal_core::op_text::OpText;
 
 use super::decode::{decode, DecodedTxn};
 use super::encode::RowOp;
+use crate::catalog::group::Group;
 use crate::error::CausalError;
-use crate::group::Group;
 
 /// How many row operations one decoding run reads at most before they are sealed; a larger
 /// transaction is read whole.
@@ -59,7 +59,7 @@ pub struct Sealed {
 fn lock_sealer() {
     // Straight from the lock manager: a statement would give the transaction an xid, and a
     // sealing run that finds nothing would write a commit record, which the next run reads.
-    crate::group_lock::lock_advisory(1667331444, 0, pg_sys::ExclusiveLock);
+    crate::pg::lock::lock_advisory(1667331444, 0, pg_sys::ExclusiveLock);
 }
 
 /// Seals every transaction committed before the call. Does nothing inside a seal, in a
@@ -80,7 +80,7 @@ pub fn seal_committed() -> Result<Sealed, CausalError> {
         return Ok(Sealed::default());
     }
     SEALING.with(|s| s.set(true));
-    let result = crate::spi_util::as_extension_owner(seal_locked);
+    let result = crate::pg::spi::as_extension_owner(seal_locked);
     SEALING.with(|s| s.set(false));
     result?
 }
@@ -107,7 +107,7 @@ fn seal_locked() -> Result<Sealed, CausalError> {
     loop {
         let run = decode(&slot, sealed, end_of_wal, ROWS_PER_RUN, confirm.take())?;
         let mut last_commit = None;
-        let mut appender = crate::members::SealAppender::default();
+        let mut appender = crate::author::members::SealAppender::default();
         for txn in run.txns {
             if txn.end_lsn <= sealed {
                 continue;
@@ -167,7 +167,7 @@ fn sealed_lsn(slot: &str) -> Result<u64, CausalError> {
     // the sealer before it committed (it would seal those transactions again).
     // SAFETY: a snapshot pushed and popped around one query, on the backend's thread.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
-    let read = crate::spi_util::get_prepared::<String>(
+    let read = crate::pg::spi::get_prepared::<String>(
         "SELECT sealed_lsn::text FROM causal.capture_state WHERE slot_name = $1",
         &[slot.into()],
     );
@@ -182,19 +182,19 @@ fn sealed_lsn(slot: &str) -> Result<u64, CausalError> {
 /// dropped through the API; should a superuser delete the author's key before its
 /// transaction is sealed, the node identity signs it, with a warning, rather than stopping
 /// sealing for good.
-fn signer_of(author: Option<&str>) -> Result<crate::identity::Author, CausalError> {
-    let node = crate::identity::NODE_IDENTITY;
-    match crate::identity::author_named(author.unwrap_or(node)) {
+fn signer_of(author: Option<&str>) -> Result<crate::catalog::identity::Author, CausalError> {
+    let node = crate::catalog::identity::NODE_IDENTITY;
+    match crate::catalog::identity::author_named(author.unwrap_or(node)) {
         Err(CausalError::UnknownIdentity(name)) if name != node => {
             pgrx::warning!("pg_causal: the author {name:?} of a committed transaction no longer exists; the node identity signs it");
-            crate::identity::author_named(node)
+            crate::catalog::identity::author_named(node)
         }
         other => other,
     }
 }
 
 /// Appends one transaction's entries, one per group it wrote. Returns how many.
-fn seal_txn(appender: &mut crate::members::SealAppender, txn: DecodedTxn) -> Result<usize, CausalError> {
+fn seal_txn(appender: &mut crate::author::members::SealAppender, txn: DecodedTxn) -> Result<usize, CausalError> {
     let signer = signer_of(txn.author.as_deref())?;
     let mut entries = 0;
     for (group_id, ops) in txn.groups {
@@ -235,7 +235,7 @@ pub fn texts_of(ops: Vec<RowOp>) -> Result<(Vec<OpText>, causal_core::entry::Met
 /// frontier the caller goes on from includes every local commit before it.
 pub fn lock_group_exclusive(group_id: &str) -> Result<(), CausalError> {
     seal_committed()?;
-    Spi::run_with_args(crate::group_lock::GROUP_LOCK_SQL, &[crate::group_lock::group_lock_key(group_id)?.into()])?;
+    Spi::run_with_args(crate::pg::lock::GROUP_LOCK_SQL, &[crate::pg::lock::group_lock_key(group_id)?.into()])?;
     seal_committed()?;
     Ok(())
 }

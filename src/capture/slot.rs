@@ -8,7 +8,7 @@ use std::cell::Cell;
 use pgrx::pg_sys;
 
 use crate::error::CausalError;
-use crate::spi_util::get_opt;
+use crate::pg::spi::get_opt;
 
 thread_local! {
     /// Set once the slot is known to exist. A slot is only dropped by hand (see
@@ -65,7 +65,7 @@ pub fn ensure(required: bool) -> Result<(), CausalError> {
     }
     // Serialized, so two backends do not both try; the second then finds it. (Straight from
     // the lock manager: a statement here would give the transaction an xid.)
-    crate::group_lock::lock_advisory(1667331444, 1, pg_sys::ExclusiveLock);
+    crate::pg::lock::lock_advisory(1667331444, 1, pg_sys::ExclusiveLock);
     KNOWN.with(|k| k.set(false));
     if exists()? {
         return Ok(());

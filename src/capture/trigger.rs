@@ -22,14 +22,14 @@ use causal_core::rules::Operation;
 use causal_core::schema::TableSchema;
 
 use super::encode::Codec;
+use crate::capture::rule_check::RuleInput;
+use crate::catalog::identity::check_author_grant;
 use crate::error::{CausalError, OrReport};
-use crate::identity::check_author_grant;
-use crate::rule_check::RuleInput;
-use crate::spi_util::{get_opt, run_prepared};
+use crate::pg::spi::{get_opt, run_prepared};
 
 /// What the triggers need of a replicated table. Kept for the backend's life and dropped when
 /// the table's relcache entry is invalidated (any ALTER TABLE), or all at once when the
-/// catalog of replicated tables or their rules changes ([`crate::tables::tables_changed`]).
+/// catalog of replicated tables or their rules changes ([`crate::catalog::tables::tables_changed`]).
 pub struct TableInfo {
     pub group_id: Rc<str>,
     codec: Codec,
@@ -66,9 +66,9 @@ pub fn refuse_after_writes(group_id: &str, action: &'static str) -> Result<(), C
 
 /// Relcache callback: forgets what a change to a table, or to the catalog, may have changed.
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    crate::identity::relcache_changed(relid);
+    crate::catalog::identity::relcache_changed(relid);
     super::decode::relcache_changed(relid);
-    let catalog = crate::tables::known_catalog_oid();
+    let catalog = crate::catalog::tables::known_catalog_oid();
     TABLES.with(|t| {
         let mut t = t.borrow_mut();
         if relid == pg_sys::InvalidOid || relid == catalog {
@@ -83,7 +83,7 @@ pub fn table_info(relid: pg_sys::Oid) -> Result<Rc<TableInfo>, CausalError> {
     if let Some(info) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
         return Ok(info);
     }
-    crate::tables::catalog_oid()?;
+    crate::catalog::tables::catalog_oid()?;
     let row = run_prepared(
         "SELECT group_id, schema FROM causal.replicated_tables WHERE relid = $1",
         &[relid.into()],
@@ -110,7 +110,7 @@ pub fn table_info(relid: pg_sys::Oid) -> Result<Rc<TableInfo>, CausalError> {
             .collect::<Result<HashMap<_, _>, _>>()
         },
     )?;
-    let lock_key = crate::group_lock::group_lock_key(&group_id)?;
+    let lock_key = crate::pg::lock::group_lock_key(&group_id)?;
     let info = Rc::new(TableInfo { group_id: group_id.into(), codec: Codec::new(schema), lock_key, rules });
     TABLES.with(|t| t.borrow_mut().insert(relid, info.clone()));
     Ok(info)
@@ -131,13 +131,13 @@ fn begin_write(info: &TableInfo) -> Result<(), CausalError> {
             // only be created while the transaction has no xid, which a query may give it.
             super::slot::ensure(true)?;
             let name = check_author_grant()?;
-            let key_id = crate::identity::key_id_of(&name)?;
+            let key_id = crate::catalog::identity::key_id_of(&name)?;
             super::decode::log_author(&name);
             WRITING.with(|w| w.borrow_mut().author = Some((key_id.clone(), subxact)));
             key_id
         }
     };
-    crate::members::check_writer(&info.group_id, &key_id)?;
+    crate::author::members::check_writer(&info.group_id, &key_id)?;
     WRITING.with(|w| w.borrow_mut().groups.push((info.group_id.clone(), subxact)));
     Ok(())
 }
@@ -147,7 +147,7 @@ fn begin_write(info: &TableInfo) -> Result<(), CausalError> {
 fn _lock_group<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, CausalError> {
     let relid = trigger.relation().map(|r| r.oid()).map_err(|e| CausalError::Corrupt(e.to_string()))?;
     let info = table_info(relid).or_report("causal._lock_group");
-    crate::group_lock::lock_group_shared(info.lock_key);
+    crate::pg::lock::lock_group_shared(info.lock_key);
     begin_write(&info).or_report("causal._lock_group");
     Ok(None)
 }
@@ -168,7 +168,7 @@ fn check_rules(trigger: &PgTrigger<'_>) -> Result<(), CausalError> {
     };
     let Some(rule) = info.rules.get(op.name()) else { return Ok(()) };
     let input = RuleInput { schema: &info.codec.schema, new: new.as_ref(), old: old.as_ref(), author: &author };
-    crate::rule_check::check_write(&info.group_id, op, rule, &input)
+    crate::capture::rule_check::check_write(&info.group_id, op, rule, &input)
 }
 
 /// Row trigger on replicated tables: refuses a write the table's rules do not allow.
@@ -201,8 +201,8 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             clear();
-            crate::spi_util::replay_origin_reset();
-            crate::xact::aborted(crate::xact::Undone::Transaction);
+            crate::pg::spi::replay_origin_reset();
+            crate::pg::xact::aborted(crate::pg::xact::Undone::Transaction);
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => clear(),
         _ => {}
@@ -225,7 +225,7 @@ unsafe extern "C-unwind" fn on_subxact(
                 w.author = None;
             }
         });
-        crate::xact::aborted(crate::xact::Undone::subtransaction(my_subid));
+        crate::pg::xact::aborted(crate::pg::xact::Undone::subtransaction(my_subid));
     }
 }
 
@@ -293,8 +293,8 @@ pub fn append_existing_rows(relid: pg_sys::Oid) -> Result<u64, CausalError> {
     if texts.is_empty() {
         return Ok(0);
     }
-    let group = crate::group::Group::find(&info.group_id)?;
-    let author = crate::identity::current_author()?;
-    crate::members::append_sealed(&group, &texts, causal_core::entry::Meta::new(), &author)?;
+    let group = crate::catalog::group::Group::find(&info.group_id)?;
+    let author = crate::catalog::identity::current_author()?;
+    crate::author::members::append_sealed(&group, &texts, causal_core::entry::Meta::new(), &author)?;
     Ok(texts.len() as u64)
 }

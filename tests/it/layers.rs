@@ -1,6 +1,6 @@
 //! The modules of `src/` import one another in one direction only: no module reaches, through
-//! any chain of `crate::` references, back to itself. (Test modules are left out: a test may
-//! drive its module from above.)
+//! any chain of `crate::` references, back to itself, and none uses a layer above its own.
+//! (Test modules are left out: a test may drive its module from above.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -17,7 +17,9 @@ fn modules() -> BTreeMap<String, String> {
                 dirs.push(path);
                 continue;
             }
-            if path.extension().is_none_or(|x| x != "rs") {
+            // Test files (`*tests.rs`) are test modules too.
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if !name.ends_with(".rs") || name.ends_with("tests.rs") {
                 continue;
             }
             let rel = path.strip_prefix(&src).expect("under src/");
@@ -71,4 +73,27 @@ fn src_has_no_import_circle() {
         }
     }
     assert!(circles.is_empty(), "modules in an import circle: {circles:?}; edges: {edges:#?}");
+}
+
+/// The layers of `src/`, from the bottom (as `src/lib.rs` declares them): each may use only
+/// those before it.
+const LAYERS: &[&str] =
+    &["error", "guc", "pg", "catalog", "replay", "schema", "author", "capture", "api", "worker", "testing", "lib"];
+
+#[test]
+fn src_layers_import_only_downward() {
+    let mods = modules();
+    let known: BTreeSet<String> = mods.keys().cloned().collect();
+    let unlisted: Vec<&String> = known.iter().filter(|m| !LAYERS.contains(&m.as_str())).collect();
+    assert!(unlisted.is_empty(), "modules of src/ in no layer: {unlisted:?}");
+    let mut upward = Vec::new();
+    for (m, text) in &mods {
+        let at = LAYERS.iter().position(|l| l == m).unwrap_or(0);
+        for used in references(text, &known, m) {
+            if LAYERS.iter().position(|l| *l == used).unwrap_or(0) > at {
+                upward.push(format!("{m} uses {used}"));
+            }
+        }
+    }
+    assert!(upward.is_empty(), "imports that go up a layer: {upward:#?}");
 }

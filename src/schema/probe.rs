@@ -23,7 +23,7 @@ use causal_core::sql_name::quote_ident;
 /// functions.
 fn analyse(sql: &str) -> Result<bool, String> {
     let c = CString::new(sql).map_err(|_| "expression with NUL".to_string())?;
-    crate::spi_util::catching(move || {
+    crate::pg::spi::catching(move || {
         Spi::connect(|_| {
             // SAFETY: inside an SPI connection; the plan and the lists it holds are read here
             // and freed before the connection ends.

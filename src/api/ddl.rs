@@ -7,16 +7,16 @@ use pgrx::PgRelation;
 
 use causal_core::payload::Op;
 
+use crate::api::replicate::derive_schema;
+use crate::author::members::append_ops;
+use crate::catalog::group::Group;
+use crate::catalog::tables::group_table_name;
 use crate::error::{CausalError, OrReport};
-use crate::group::Group;
-use crate::members::append_ops;
-use crate::replicate::derive_schema;
-use crate::spi_util::get_opt;
-use crate::tables::group_table_name;
+use crate::pg::spi::get_opt;
 
 /// Called after every ALTER TABLE of a replicated table.
 fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
-    let Some((group_id, old)) = crate::tables::recorded(relid)? else { return Ok(()) };
+    let Some((group_id, old)) = crate::catalog::tables::recorded(relid)? else { return Ok(()) };
     let group = Group::find(&group_id)?;
     let mut new = derive_schema(&group, relid)
         .map_err(|e| CausalError::UnsupportedAlter { table: old.table.clone(), what: e.to_string() })?;
@@ -54,7 +54,7 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
             &[relid.into(), c.name.clone().into()],
         )?;
         let constant = match &tree {
-            Some(t) => crate::replicate::is_immutable(t)?,
+            Some(t) => crate::api::replicate::is_immutable(t)?,
             None => false,
         };
         if tree.is_some() && !constant {
@@ -76,10 +76,10 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
         }
     }
     // Rows of local commits not placed yet reach `row_meta` first, so they get the default too.
-    crate::placement::catch_up(&group)?;
+    crate::replay::placement::catch_up(&group)?;
     for c in &new.columns[old_len..] {
         if let Some(v) = &c.default_value {
-            crate::apply::fill_default(&group, &new.table, &c.name, v)?;
+            crate::schema::apply::fill_default(&group, &new.table, &c.name, v)?;
         }
     }
     let value = new.to_value();
@@ -88,8 +88,8 @@ fn schema_changed(relid: pg_sys::Oid) -> Result<(), CausalError> {
         "UPDATE causal.replicated_tables SET schema = $2 WHERE relid = $1",
         &[relid.into(), pgrx::JsonB(value).into()],
     )?;
-    crate::tables::ensure_lookup_indexes(&group, &new)?;
-    crate::tables::tables_changed()
+    crate::catalog::tables::ensure_lookup_indexes(&group, &new)?;
+    crate::catalog::tables::tables_changed()
 }
 
 #[pg_extern(name = "_schema_changed")]
@@ -99,7 +99,9 @@ fn schema_changed_sql(relid: pg_sys::Oid) {
 
 fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
     let name = group_table_name(relid)?;
-    let Some((group_id, _)) = crate::tables::recorded(relid)? else { return Err(CausalError::NotReplicated(name)) };
+    let Some((group_id, _)) = crate::catalog::tables::recorded(relid)? else {
+        return Err(CausalError::NotReplicated(name));
+    };
     if let Some(referrer) = get_opt::<String>(
         "SELECT table_name FROM causal.replicated_tables WHERE group_id = $1 AND relid <> $2 \
            AND schema -> 'foreignKeys' @> jsonb_build_array(jsonb_build_object('references', $3::text)) LIMIT 1",
@@ -110,9 +112,9 @@ fn unreplicate_table(relid: pg_sys::Oid) -> Result<String, CausalError> {
     let group = Group::find(&group_id)?;
     crate::capture::refuse_after_writes(&group.id, "take one of them out of the group")?;
     let hash = append_ops(&group, vec![Op::Unreplicate { table: name.clone() }], true)?;
-    crate::tables::remove_triggers(relid)?;
+    crate::catalog::tables::remove_triggers(relid)?;
     Spi::run_with_args("DELETE FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?;
-    crate::tables::tables_changed()?;
+    crate::catalog::tables::tables_changed()?;
     Ok(hash.to_b64())
 }
 
@@ -235,7 +237,7 @@ fn encode_default(expr: &str, ty: &causal_core::schema::ColumnType) -> Result<Op
     use serde_json::{json, Value};
     // A date's text follows DateStyle; the encoding is ISO's (`causal_core::schema::format_date`).
     let sql = format!("SELECT (({expr})::{})::text", ty.sql_name());
-    let Some(text) = crate::spi_util::with_setting("DateStyle", "ISO", || get_opt::<String>(&sql, &[]))?? else {
+    let Some(text) = crate::pg::spi::with_setting("DateStyle", "ISO", || get_opt::<String>(&sql, &[]))?? else {
         return Ok(None);
     };
     Ok(match ty {

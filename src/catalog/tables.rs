@@ -9,9 +9,9 @@ use pgrx::prelude::*;
 use causal_core::schema::TableSchema;
 use causal_core::sql_expr::sql_literal;
 
+use crate::catalog::group::Group;
 use crate::error::CausalError;
-use crate::group::Group;
-use crate::spi_util::get_opt;
+use crate::pg::spi::get_opt;
 
 thread_local! {
     static CATALOG_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
@@ -37,7 +37,7 @@ pub fn catalog_oid() -> Result<pg_sys::Oid, CausalError> {
     if oid != pg_sys::InvalidOid {
         return Ok(oid);
     }
-    let oid = crate::spi_util::get_prepared::<pg_sys::Oid>("SELECT 'causal.replicated_tables'::regclass::oid", &[])?
+    let oid = crate::pg::spi::get_prepared::<pg_sys::Oid>("SELECT 'causal.replicated_tables'::regclass::oid", &[])?
         .ok_or_else(|| CausalError::Corrupt("causal.replicated_tables is missing".into()))?;
     CATALOG_OID.with(|c| c.set(oid));
     Ok(oid)

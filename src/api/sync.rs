@@ -11,9 +11,9 @@ use causal_core::dag::{ChainId, Seq};
 use causal_core::identity::PublicKey;
 use causal_core::Hash;
 
+use crate::catalog::group::Group;
 use crate::error::{CausalError, OrReport};
-use crate::group::Group;
-use crate::spi_util::get_opt;
+use crate::pg::spi::get_opt;
 
 fn node_public_key() -> Result<PublicKey, CausalError> {
     let text = get_opt::<String>("SELECT public_key FROM causal.identity_keys WHERE is_node", &[])?
@@ -80,7 +80,7 @@ fn add_peer(address: &str) -> bool {
     )
     .or_report(f)
     .unwrap_or(false);
-    crate::notify::notify("peers").or_report(f);
+    crate::pg::notify::notify("peers").or_report(f);
     added
 }
 
@@ -93,7 +93,7 @@ fn remove_peer(address: &str) -> bool {
         get_opt::<bool>("DELETE FROM causal.peer_addresses WHERE address = $1 RETURNING true", &[address.into()])
             .or_report(f)
             .unwrap_or(false);
-    crate::notify::notify("peers").or_report(f);
+    crate::pg::notify::notify("peers").or_report(f);
     removed
 }
 
@@ -116,7 +116,7 @@ fn join_group(group_id: &str) -> String {
     )
     .map_err(CausalError::from)
     .or_report(f);
-    crate::notify::notify("join").or_report(f);
+    crate::pg::notify::notify("join").or_report(f);
     group_id.to_string()
 }
 
@@ -150,7 +150,7 @@ fn entries_by_hash(
     hashes: &[String],
     with_payloads: bool,
 ) -> Result<std::collections::HashMap<String, StoredEntry>, CausalError> {
-    let rows = crate::spi_util::run_prepared(
+    let rows = crate::pg::spi::run_prepared(
         // One index lookup per hash: `hash = ANY($2)` under a generic plan made on stale
         // statistics scanned the whole group instead. `OFFSET 0` keeps the LATERAL subquery a
         // per-row probe; without it the subquery is pulled up into a join, which such a plan
@@ -198,7 +198,7 @@ fn entries_by_position(
     with_payloads: bool,
 ) -> Result<std::collections::HashMap<String, StoredEntry>, CausalError> {
     let (chains, from, to) = chain_runs(positions);
-    let rows = crate::spi_util::run_prepared(
+    let rows = crate::pg::spi::run_prepared(
         // `OFFSET 0` keeps each range a probe of the (grp, chain, seq) index (see above).
         "SELECT e.hash, e.prev, e.payload_hash, CASE WHEN $5 THEN e.payload END \
          FROM unnest($2::int[], $3::int[], $4::int[]) AS r(chain, lo, hi) \

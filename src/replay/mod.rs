@@ -5,6 +5,16 @@
 //!
 //! Every import and every local commit runs the engine in its own transaction, so the tables
 //! always equal the group's view at the frontier, and a crash leaves all of a run or none.
+//! [`placement`] runs it for an import, a local commit or the backlog of local commits.
+//!
+//! Uses [`crate::catalog`] and [`crate::pg`].
+
+mod meta_rows;
+pub mod placement;
+mod user_rows;
+
+use meta_rows::*;
+use user_rows::*;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -18,11 +28,11 @@ use causal_core::reconcile::{
 use causal_core::schema::{ColumnType, TableSchema};
 use causal_core::{Dag, DagStore, Hash};
 
-use crate::direct::{Cell, Inserter};
+use crate::catalog::group::Group;
+use crate::catalog::store::SpiStore;
 use crate::error::CausalError;
-use crate::group::Group;
-use crate::spi_util::{exec_prepared, exec_prepared_count, get_prepared, run_prepared};
-use crate::store::SpiStore;
+use crate::pg::direct::{Cell, Inserter};
+use crate::pg::spi::{exec_prepared, exec_prepared_count, get_prepared, run_prepared};
 use causal_core::sql_expr::sql_literal;
 use causal_core::sql_name::quote_ident;
 
@@ -30,13 +40,13 @@ thread_local! {
     /// Each group's resolved authority, with the authority version it was resolved at (the
     /// group's state counts the entries carrying authority). Forgotten when a transaction
     /// aborts: the run that resolved it may not have been applied.
-    static AUTHORITY: RefCell<crate::xact::ScopedMap<String, (u32, std::rc::Rc<reconcile::Authority>)>> =
+    static AUTHORITY: RefCell<crate::pg::xact::ScopedMap<String, (u32, std::rc::Rc<reconcile::Authority>)>> =
         RefCell::default();
 }
 
 /// Forgets the authorities resolved in undone work: the run that resolved one may not have
 /// been applied, and its version will be reached again by other entries.
-pub fn forget(undone: crate::xact::Undone) {
+pub fn forget(undone: crate::pg::xact::Undone) {
     AUTHORITY.with(|a| a.borrow_mut().forget(undone));
 }
 
@@ -46,7 +56,7 @@ fn store_err(e: impl std::fmt::Display) -> ReconcileError {
 
 /// The owner of a group's table, by its name in the group (looked up once per engine run).
 pub fn owner_of(table: &str) -> Result<Option<pg_sys::Oid>, ReconcileError> {
-    crate::spi_util::table_owner(&sql_table(table)?).map_err(store_err)
+    crate::pg::spi::table_owner(&sql_table(table)?).map_err(store_err)
 }
 
 /// A group's replica state in the catalog.
@@ -196,7 +206,7 @@ pub fn violated_check(
             None => Ok(None),
         })
     };
-    match crate::spi_util::as_role(owner, || crate::spi_util::catching(run)) {
+    match crate::pg::spi::as_role(owner, || crate::pg::spi::catching(run)) {
         Ok(found) => found.map_err(store_err),
         Err(message) => Ok(Some(format!("a CHECK constraint raised an error ({message})"))),
     }
@@ -250,16 +260,16 @@ impl SpiReplica {
         if per_table.is_empty() {
             return Ok(());
         }
-        crate::spi_util::with_replica_role(|| {
+        crate::pg::spi::with_replica_role(|| {
             for (name, (deletes, upserts, inserts)) in &per_table {
-                let schema = crate::tables::local_schema_by_name(&self.group, name).map_err(store_err)?;
+                let schema = crate::catalog::tables::local_schema_by_name(&self.group, name).map_err(store_err)?;
                 let table = &sql_table(name)?;
                 let owner = self
                     .owner(name)?
                     .ok_or_else(|| ReconcileError::Corrupt(format!("replicated table {name} is missing")))?;
                 // The table's constraints, defaults and index expressions run with its owner's
                 // rights (spi_util::as_role).
-                crate::spi_util::as_role(Some(owner), || -> Result<(), ReconcileError> {
+                crate::pg::spi::as_role(Some(owner), || -> Result<(), ReconcileError> {
                     let pk_cols: Vec<&str> = schema.primary_key.iter().map(String::as_str).collect();
                     if !deletes.is_empty() {
                         let cond: Vec<String> = pk_cols
@@ -323,7 +333,7 @@ impl SpiReplica {
                     _ => continue,
                 };
                 // A table no longer in the group is this database's alone: nothing to resync.
-                let Ok(schema) = crate::tables::local_schema_by_name(&self.group, table) else { continue };
+                let Ok(schema) = crate::catalog::tables::local_schema_by_name(&self.group, table) else { continue };
                 if let Some(k) = causal_core::reconcile::row_key(&schema, cols) {
                     keys.entry(table.clone()).or_default().push(k);
                 }
@@ -354,110 +364,6 @@ impl SpiReplica {
 
 /// Keys of rows to delete, and live rows to write, in one table.
 type RowsToWrite = (Vec<RowKey>, Vec<Map<String, Value>>);
-
-/// The text of an encoded value as Postgres reads it for the column (what `->>` gives: a
-/// string's contents, any other value's JSON text; NULL for null or absent).
-fn column_text(v: Option<&Value>) -> Option<String> {
-    column_text_ref(v).map(std::borrow::Cow::into_owned)
-}
-
-/// [`column_text`], borrowing strings.
-fn column_text_ref(v: Option<&Value>) -> Option<std::borrow::Cow<'_, str>> {
-    match v {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(std::borrow::Cow::Borrowed(s)),
-        Some(other) => Some(std::borrow::Cow::Owned(other.to_string())),
-    }
-}
-
-/// Writes rows new to the group's view. The table cannot hold their keys unless a row was
-/// written there outside pg_causal (with `session_replication_role = replica`, say), so they
-/// are inserted without ON CONFLICT, whose speculative insertion cost a tenth of an import's
-/// replay; in a subtransaction, so that should the table hold one of their keys after all,
-/// the insert is undone and the rows are upserted (the view's row replaces the stray one).
-fn insert_new_rows(table: &str, schema: &TableSchema, rows: &[&Map<String, Value>]) -> Result<(), ReconcileError> {
-    let relid = get_prepared::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.into()]).map_err(store_err)?;
-    let insert = || -> Result<(), CausalError> {
-        if let Some(relid) = relid {
-            if insert_rows_direct(relid, schema, rows)? {
-                return Ok(());
-            }
-        }
-        let (sql, args) = write_rows_sql(table, schema, rows, false);
-        Ok(exec_prepared(&sql, &args)?)
-    };
-    match crate::spi_util::unless_unique_violation(insert) {
-        Some(done) => done.map_err(store_err),
-        None => upsert_rows(table, schema, rows),
-    }
-}
-
-/// Inserts `rows` into the table `relid` without SQL, as COPY does (`Inserter::open_user_table`,
-/// which says when that is the same as the INSERT of `write_rows_sql`). Each value goes to its
-/// column type's input function as the text the INSERT casts. Returns false, having written
-/// nothing, for a table that must be written through SQL.
-fn insert_rows_direct(
-    relid: pg_sys::Oid,
-    schema: &TableSchema,
-    rows: &[&Map<String, Value>],
-) -> Result<bool, CausalError> {
-    let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
-    let Some((mut inserter, order)) = Inserter::open_user_table(relid, &columns) else { return Ok(false) };
-    let mut texts: Vec<Option<std::borrow::Cow<str>>> = Vec::with_capacity(order.len());
-    for row in rows {
-        texts.clear();
-        texts.extend(order.iter().map(|i| i.and_then(|i| column_text_ref(row.get(columns[i])))));
-        let cells: Vec<Cell> =
-            texts.iter().map(|t| t.as_deref().map_or(Cell::Null(pg_sys::InvalidOid), Cell::Input)).collect();
-        inserter.push(&cells)?;
-    }
-    inserter.finish();
-    Ok(true)
-}
-
-fn upsert_rows(table: &str, schema: &TableSchema, rows: &[&Map<String, Value>]) -> Result<(), ReconcileError> {
-    let (sql, args) = write_rows_sql(table, schema, rows, true);
-    exec_prepared(&sql, &args).map_err(store_err)
-}
-
-/// The statement that inserts (or, with `upsert`, upserts) `rows` into `table`, and its
-/// arguments: one text array per column, each element cast to the column's type in SQL (no
-/// JSON is parsed on the Postgres side).
-fn write_rows_sql(
-    table: &str,
-    schema: &TableSchema,
-    rows: &[&Map<String, Value>],
-    upsert: bool,
-) -> (String, Vec<pgrx::datum::DatumWithOid<'static>>) {
-    let cols: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let params: Vec<String> = (1..=schema.columns.len()).map(|i| format!("${i}::text[]")).collect();
-    let fields: Vec<String> = (1..=schema.columns.len()).map(|i| format!("f{i}")).collect();
-    let exprs: Vec<String> =
-        schema.columns.iter().zip(&fields).map(|(c, f)| decode_field(&format!("x.{f}"), &c.ty)).collect();
-    let non_key: Vec<String> = schema
-        .columns
-        .iter()
-        .filter(|c| !schema.primary_key.contains(&c.name))
-        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
-        .collect();
-    let action =
-        if non_key.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", non_key.join(", ")) };
-    let pk: Vec<String> = schema.primary_key.iter().map(|c| quote_ident(c)).collect();
-    let conflict = if upsert { format!(" ON CONFLICT ({}) {action}", pk.join(", ")) } else { String::new() };
-    let sql = format!(
-        "INSERT INTO {table} ({}) SELECT {} FROM unnest({}) AS x({}){conflict}",
-        cols.join(", "),
-        exprs.join(", "),
-        params.join(", "),
-        fields.join(", "),
-    );
-    let args: Vec<pgrx::datum::DatumWithOid> = schema
-        .columns
-        .iter()
-        .map(|c| rows.iter().map(|r| column_text(r.get(&c.name))).collect::<Vec<Option<String>>>().into())
-        .collect();
-    (sql, args)
-}
 
 impl ReplicaStore for SpiReplica {
     type Dag = SpiStore;
@@ -674,353 +580,5 @@ impl ReplicaStore for SpiReplica {
     }
 }
 
-/// The columns of `causal.journal`, in table order.
-const JOURNAL_COLUMNS: &[(&str, pg_sys::Oid)] = &[
-    ("grp", pg_sys::INT4OID),
-    ("node_id", pg_sys::INT4OID),
-    ("height", pg_sys::INT4OID),
-    ("status", pg_sys::TEXTOID),
-    ("reason", pg_sys::TEXTOID),
-    ("responsible", pg_sys::TEXTARRAYOID),
-    ("undo", pg_sys::TEXTOID),
-];
-
-// Statements on `row_meta` rows by key. Each key is a probe of the hash index on `key`:
-// `grp + 0` and `table_name || ''` keep the planner from combining it with another index (a
-// partial lookup index covers a whole table), and `OFFSET 0` keeps a LATERAL subquery a probe
-// per key rather than a join the planner may run as a scan of the table (see `rows`). Deletes
-// and updates reach the row found by its tid. Those of many keys run under `probing_by_key`.
-// The `tests` module checks their generic plans.
-
-/// Runs `f`, a statement of many probes by key, with bitmap scans off: without statistics
-/// (a table that grew in this transaction) the planner expects a probe to find 0.5% of the
-/// table and plans a bitmap scan, which builds and frees a bitmap per probe, where an index
-/// scan finds the row.
-fn probing_by_key<T>(f: impl FnOnce() -> Result<T, pgrx::spi::Error>) -> Result<T, pgrx::spi::Error> {
-    crate::spi_util::with_setting("enable_bitmapscan", "off", f)?
-}
-
-/// The probe for the `row_meta` row of group `$1`, table `$t` and key `$k` (SQL expressions),
-/// selecting `$cols`: one text for the three statements below, so that they plan alike.
-macro_rules! row_probe {
-    ($cols:literal, $t:literal, $k:literal) => {
-        concat!(
-            "(SELECT ",
-            $cols,
-            " FROM causal.row_meta WHERE key = ",
-            $k,
-            " AND grp + 0 = $1 AND table_name || '' = ",
-            $t,
-            " OFFSET 0)"
-        )
-    };
-}
-
-/// The rows of group `$1` and table `$2` with the keys `$3`.
-const ROWS_BY_KEYS: &str = concat!(
-    "SELECT m.key, m.vals, m.meta FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL ",
-    row_probe!("key, vals, meta", "$2", "k.key"),
-    " m"
-);
-
-/// The row of group `$1`, table `$2` and key `$3`.
-const ROW_BY_KEY: &str =
-    "SELECT key, vals, meta FROM causal.row_meta WHERE key = $3 AND grp + 0 = $1 AND table_name || '' = $2";
-
-/// Deletes the rows of group `$1` with the tables and keys `$2` and `$3` (pairwise).
-const DELETE_ROWS: &str = concat!(
-    "DELETE FROM causal.row_meta m USING (SELECT r.tid FROM unnest($2::text[], $3::text[]) AS x(t, k) CROSS JOIN LATERAL ",
-    row_probe!("ctid AS tid", "x.t", "x.k"),
-    " r) d WHERE m.ctid = d.tid"
-);
-
-/// Sets the values `$4` and metadata `$5` (JSON texts) of the rows of group `$1` with the
-/// tables and keys `$2` and `$3`.
-const UPDATE_ROWS: &str = concat!(
-    "UPDATE causal.row_meta m SET vals = d.v::jsonb, meta = d.m::jsonb FROM (SELECT r.tid, x.v, x.m ",
-    "FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, v, m) CROSS JOIN LATERAL ",
-    row_probe!("ctid AS tid", "x.t", "x.k"),
-    " r) d WHERE m.ctid = d.tid"
-);
-
-/// The columns of `causal.row_meta`, in table order.
-const ROW_META_COLUMNS: &[(&str, pg_sys::Oid)] = &[
-    ("grp", pg_sys::INT4OID),
-    ("table_name", pg_sys::TEXTOID),
-    ("key", pg_sys::TEXTOID),
-    ("vals", pg_sys::JSONBOID),
-    ("meta", pg_sys::JSONBOID),
-];
-
-/// Journal records to write, as parallel arrays for `unnest`.
-#[derive(Default)]
-struct JournalBatch {
-    node_ids: Vec<i32>,
-    heights: Vec<Option<i32>>,
-    statuses: Vec<&'static str>,
-    reasons: Vec<Option<String>>,
-    /// The entries responsible for a cancellation (Base64 hashes), `None` when there are none.
-    blamed: Vec<Option<Vec<String>>>,
-    undos: Vec<Option<String>>,
-}
-
-impl JournalBatch {
-    fn push(&mut self, id: i32, order: Option<&OrderKey>, verdict: &Verdict, undo: Option<&Vec<UndoRecord>>) {
-        self.node_ids.push(id);
-        self.heights.push(order.map(|o| i32::try_from(o.height).unwrap_or(i32::MAX)));
-        self.statuses.push(verdict.status.as_str());
-        self.reasons.push(verdict.reason.clone());
-        self.blamed.push(if verdict.responsible.is_empty() {
-            None
-        } else {
-            Some(verdict.responsible.iter().map(Hash::to_b64).collect())
-        });
-        self.undos.push(match undo {
-            Some(u) if !u.is_empty() => Some(undo_value(u).to_string()),
-            _ => None,
-        });
-    }
-
-    /// Inserts the records as new rows of `causal.journal`, without SQL (`direct.rs`).
-    fn write_direct(&self, group: i32) -> Result<(), CausalError> {
-        let mut rows = Inserter::open("journal", JOURNAL_COLUMNS)?;
-        for i in 0..self.node_ids.len() {
-            rows.push(&[
-                Cell::Int4(group),
-                Cell::Int4(self.node_ids[i]),
-                self.heights[i].map_or(Cell::Null(pg_sys::INT4OID), Cell::Int4),
-                Cell::Text(self.statuses[i]),
-                self.reasons[i].as_deref().map_or(Cell::Null(pg_sys::TEXTOID), Cell::Text),
-                self.blamed[i].as_deref().map_or(Cell::Null(pg_sys::TEXTARRAYOID), Cell::TextArray),
-                self.undos[i].as_deref().map_or(Cell::Null(pg_sys::TEXTOID), Cell::Text),
-            ])?;
-        }
-        rows.finish();
-        Ok(())
-    }
-
-    fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 7] {
-        [
-            group.into(),
-            self.node_ids.into(),
-            self.heights.into(),
-            self.statuses.into(),
-            self.reasons.into(),
-            // `unnest` takes no ragged arrays: each list goes as one space-separated text.
-            self.blamed.into_iter().map(|b| b.map(|b| b.join(" "))).collect::<Vec<_>>().into(),
-            self.undos.into(),
-        ]
-    }
-}
-
-/// `row_meta` rows to write, as parallel arrays.
-#[derive(Default)]
-struct RowBatch<'c> {
-    tables: Vec<&'c str>,
-    keys: Vec<&'c str>,
-    values: Vec<&'c Map<String, Value>>,
-    metas: Vec<Value>,
-}
-
-impl RowBatch<'_> {
-    /// Inserts the rows as new rows of `causal.row_meta`, without SQL (`direct.rs`).
-    fn write_direct(&self, group: i32) -> Result<(), CausalError> {
-        let mut rows = Inserter::open("row_meta", ROW_META_COLUMNS)?;
-        for i in 0..self.keys.len() {
-            rows.push(&[
-                Cell::Int4(group),
-                Cell::Text(self.tables[i]),
-                Cell::Text(self.keys[i]),
-                Cell::JsonbObject(self.values[i]),
-                Cell::Jsonb(&self.metas[i]),
-            ])?;
-        }
-        rows.finish();
-        Ok(())
-    }
-
-    /// The statement arguments for `unnest`: values and metadata as JSON texts.
-    fn into_args(self, group: i32) -> Result<[pgrx::datum::DatumWithOid<'static>; 5], serde_json::Error> {
-        let values = self.values.iter().map(serde_json::to_string).collect::<Result<Vec<String>, _>>()?;
-        let metas: Vec<String> = self.metas.iter().map(Value::to_string).collect();
-        Ok([group.into(), self.tables.into(), self.keys.into(), values.into(), metas.into()])
-    }
-}
-
-type RawRow = (Option<String>, Option<JsonB>, Option<JsonB>);
-
-fn read_rows(tuples: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<RawRow>, pgrx::spi::Error> {
-    let mut out = Vec::new();
-    for t in tuples {
-        out.push((t.get(1)?, t.get(2)?, t.get(3)?));
-    }
-    Ok(out)
-}
-
-fn to_states(rows: Vec<RawRow>) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for (k, v, m) in rows {
-        let (Some(k), Some(v), Some(m)) = (k, v, m) else { continue };
-        let values = match v.0 {
-            Value::Object(o) => o,
-            _ => Map::new(),
-        };
-        out.push((k, RowState::from_meta(values, &m.0)?));
-    }
-    Ok(out)
-}
-
 #[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
-mod tests {
-    use pgrx::prelude::*;
-    use serde_json::{json, Value};
-
-    use causal_core::schema::{check_value, ColumnType};
-
-    /// Every value the validator takes for a column, Postgres takes in replay's cast: a value
-    /// it would refuse never reaches replay (where it would fail the whole import).
-    #[pg_test]
-    fn values_the_validator_takes_are_ones_postgres_takes() {
-        use ColumnType as T;
-        let numeric = |p, s| T::Numeric { precision: Some(p), scale: Some(s) };
-        let candidates: Vec<(ColumnType, Vec<Value>)> = vec![
-            (T::Text, vec![json!("plain"), json!("caf\u{e9}"), json!("nul \u{0} inside")]),
-            (
-                T::Jsonb,
-                vec![
-                    json!("{\"a\": [1, 2.5, null]}"),
-                    json!("not json"),
-                    json!("{\"a\": \"\\u0000\"}"),
-                    json!("\"\\u00e9\""),
-                    json!("[".repeat(200) + &"]".repeat(200)),
-                ],
-            ),
-            (
-                T::Uuid,
-                vec![
-                    json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
-                    json!("------------------------------------"),
-                    json!("a0eebc999c0b4ef8bb6d6bb9bd380a11----"),
-                ],
-            ),
-            (
-                T::Date,
-                vec![
-                    json!("2024-02-29"),
-                    json!("2026-02-29"),
-                    json!("2026-13-01"),
-                    json!("0001-12-31 BC"),
-                    json!("4714-11-24 BC"),
-                    json!("4714-11-23 BC"),
-                    json!("5874897-12-31"),
-                    json!("5874898-01-01"),
-                    json!("infinity"),
-                ],
-            ),
-            (
-                T::Timestamp,
-                vec![
-                    json!("2026-01-01T00:00:00.000000"),
-                    json!("2026-01-01T24:00:00.000000"),
-                    json!("294276-12-31T23:59:59.999999"),
-                    json!("294277-01-01T00:00:00.000000"),
-                    json!("0044-03-15T12:00:00.000000 BC"),
-                ],
-            ),
-            (T::Timestamptz, vec![json!("2024-02-29T23:59:59.999999Z"), json!("2026-02-30T00:00:00.000000Z")]),
-            (T::Float4, vec![json!(3.4e38), json!(1e39), json!(1e-40), json!(1e-50), json!("NaN")]),
-            (
-                numeric(5, 2),
-                vec![
-                    json!("999.994"),
-                    json!("999.995"),
-                    json!("1000"),
-                    json!("-999.99"),
-                    json!("Infinity"),
-                    json!("NaN"),
-                ],
-            ),
-            (numeric(2, 5), vec![json!("0.00012"), json!("0.0012")]),
-            (T::Int4, vec![json!(2147483647), json!(2147483648i64)]),
-        ];
-        let (mut taken, mut refused) = (0, 0);
-        for (ty, values) in candidates {
-            for v in values {
-                let text = match &v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                // The statement a DO block runs; text with NUL cannot be sent at all.
-                let postgres = if text.contains('\0') {
-                    "refused".to_string()
-                } else {
-                    crate::testing::outcome(&format!("PERFORM $v${text}$v$::{}", ty.sql_name()))
-                };
-                let ours = check_value(&ty, &v);
-                assert!(ours.is_err() || postgres == "ok", "{ty:?} {v}: taken here, Postgres says {postgres}");
-                if ours.is_ok() {
-                    taken += 1;
-                } else {
-                    refused += 1;
-                }
-            }
-        }
-        assert!(taken >= 15 && refused >= 15, "{taken} taken, {refused} refused");
-    }
-
-    /// The statements on `row_meta` rows by key are probes of the hash index on `key`, even as
-    /// generic plans over a table without statistics that a partial lookup index covers whole
-    /// (which makes the group and table look selective), and they touch exactly their rows.
-    #[pg_test]
-    fn row_meta_statements_by_key_probe_the_key_index() {
-        Spi::run(
-            "INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) \
-             SELECT 1, 't', '[' || i || ']', jsonb_build_object('id', i, 'u', i), '{}' FROM generate_series(0, 19999) i; \
-             CREATE INDEX row_meta_lookup_test ON causal.row_meta ((vals -> 'u')) WHERE grp = 1 AND table_name = 't'",
-        )
-        .unwrap();
-        let statements = [
-            ("rows_by_keys", super::ROWS_BY_KEYS, "int, text, text[]", "1, 't', ARRAY['[5]', '[77]', '[x]']"),
-            ("row_by_key", super::ROW_BY_KEY, "int, text, text", "1, 't', '[77]'"),
-            (
-                "update_rows",
-                super::UPDATE_ROWS,
-                "int, text[], text[], text[], text[]",
-                "1, ARRAY['t'], ARRAY['[9]'], ARRAY['{\"id\": 9, \"u\": 90}'], ARRAY['{}']",
-            ),
-            ("delete_rows", super::DELETE_ROWS, "int, text[], text[]", "1, ARRAY['t', 't'], ARRAY['[5]', '[77]']"),
-        ];
-        // As `probing_by_key` runs them (the single-key read is planned with bitmap scans on).
-        for (name, sql, types, args) in statements {
-            let bitmaps = if name == "row_by_key" { "on" } else { "off" };
-            Spi::run(&format!("SET LOCAL enable_bitmapscan = {bitmaps}")).unwrap();
-            let plan = crate::testing::generic_plan(name, types, sql, args);
-            assert!(
-                plan.contains("row_meta_key") && !plan.contains("Seq Scan") && !plan.contains("BitmapAnd"),
-                "{name}: {plan}"
-            );
-            if name.ends_with("_rows") {
-                assert!(plan.contains("Tid Scan"), "{name}: {plan}");
-            }
-            if bitmaps == "off" {
-                assert!(plan.contains("\"Index Scan\"") && !plan.contains("Bitmap"), "{name}: {plan}");
-            }
-        }
-        let count = |sql: &str| Spi::get_one::<i64>(sql).unwrap().unwrap_or(-1);
-        let found = Spi::connect(|c| {
-            c.select("EXECUTE rows_by_keys(1, 't', ARRAY['[5]', '[77]', '[x]'])", None, &[]).map(|t| t.len())
-        });
-        assert_eq!(found.unwrap(), 2);
-        Spi::run("EXECUTE update_rows(1, ARRAY['t'], ARRAY['[9]'], ARRAY['{\"id\": 9, \"u\": 90}'], ARRAY['{}'])")
-            .unwrap();
-        assert_eq!(count("SELECT (vals ->> 'u')::int8 FROM causal.row_meta WHERE key = '[9]'"), 90);
-        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE (vals ->> 'u')::int = 9"), 0);
-        Spi::run("EXECUTE delete_rows(1, ARRAY['t', 't'], ARRAY['[5]', '[77]'])").unwrap();
-        assert_eq!(count("SELECT count(*) FROM causal.row_meta"), 19998);
-        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE key IN ('[5]', '[77]')"), 0);
-        for (name, ..) in statements {
-            Spi::run(&format!("DEALLOCATE {name}")).unwrap();
-        }
-    }
-}
+mod pg_tests;

@@ -10,11 +10,11 @@ use serde_json::Value;
 use causal_core::payload::Op;
 use causal_core::schema::{Check, Column, ColumnType, ForeignKey, TableSchema, Unique};
 
+use crate::author::members::append_ops;
+use crate::catalog::group::Group;
+use crate::catalog::tables::group_table_name;
 use crate::error::{CausalError, OrReport};
-use crate::group::Group;
-use crate::members::append_ops;
-use crate::spi_util::get_opt;
-use crate::tables::group_table_name;
+use crate::pg::spi::get_opt;
 
 /// Whether a stored expression tree (`pg_node_tree` text) calls only immutable functions.
 pub fn is_immutable(node_tree: &str) -> Result<bool, CausalError> {
@@ -39,8 +39,8 @@ fn names(sql: &str, relid: pg_sys::Oid, conoid: pg_sys::Oid) -> Result<Vec<Strin
 /// and with `standard_conforming_strings` on, so literals read the same everywhere. The schema
 /// must then pass the checks every replica makes on import (`causal_core::schema_check`).
 pub fn derive_schema(group: &Group, relid: pg_sys::Oid) -> Result<TableSchema, CausalError> {
-    let schema = crate::spi_util::with_setting("search_path", "pg_catalog", || {
-        crate::spi_util::with_setting("standard_conforming_strings", "on", || derive_schema_pinned(group, relid))
+    let schema = crate::pg::spi::with_setting("search_path", "pg_catalog", || {
+        crate::pg::spi::with_setting("standard_conforming_strings", "on", || derive_schema_pinned(group, relid))
     })???;
     causal_core::schema_check::check_schema(&schema)
         .map_err(|what| CausalError::UnsafeSchema { table: schema.table.clone(), what })?;
@@ -182,9 +182,9 @@ fn replicate_table(grp: &str, relid: pg_sys::Oid) -> Result<String, CausalError>
         "INSERT INTO causal.replicated_tables (group_id, table_name, relid, schema) VALUES ($1, $2, $3, $4)",
         &[group.id.clone().into(), name.into(), relid.into(), pgrx::JsonB(value).into()],
     )?;
-    crate::tables::install_triggers(relid)?;
-    crate::tables::ensure_lookup_indexes(&group, &schema)?;
-    crate::tables::tables_changed()?;
+    crate::catalog::tables::install_triggers(relid)?;
+    crate::catalog::tables::ensure_lookup_indexes(&group, &schema)?;
+    crate::catalog::tables::tables_changed()?;
     // Rows the table already holds become inserts of an entry after the schema's.
     crate::capture::append_existing_rows(relid)?;
     // The slot that captures its writes, if this transaction may still create it (else the

@@ -6,12 +6,12 @@ use pgrx::PgRelation;
 use causal_core::payload::Op;
 use causal_core::rules::{parse_rule, Operation};
 
+use crate::author::members::append_ops;
+use crate::capture::rule_check::group_tables;
+use crate::catalog::group::Group;
+use crate::catalog::tables::group_table_name;
 use crate::error::{CausalError, OrReport};
-use crate::group::Group;
-use crate::members::append_ops;
-use crate::rule_check::group_tables;
-use crate::spi_util::get_opt;
-use crate::tables::group_table_name;
+use crate::pg::spi::get_opt;
 
 fn operations(operation: &str) -> Result<Vec<Operation>, CausalError> {
     Ok(match operation.to_ascii_lowercase().as_str() {
@@ -40,9 +40,9 @@ fn allow_rule(relid: pg_sys::Oid, operation: &str, rule: &str) -> Result<String,
     crate::capture::refuse_after_writes(&group.id, "declare a rule for them")?;
     let hash = append_ops(&group, recorded, true)?;
     for op in ops {
-        crate::tables::record_rule(&group_id, &table, op.name(), rule)?;
+        crate::catalog::tables::record_rule(&group_id, &table, op.name(), rule)?;
     }
-    crate::tables::tables_changed()?;
+    crate::catalog::tables::tables_changed()?;
     Ok(hash.to_b64())
 }
 

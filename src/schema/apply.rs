@@ -7,19 +7,19 @@ use causal_core::payload::Op;
 use causal_core::schema::TableSchema;
 use serde_json::Value;
 
+use crate::catalog::group::Group;
 use crate::error::CausalError;
-use crate::group::Group;
-use crate::spi_util::get_opt;
+use crate::pg::spi::get_opt;
 
 fn local_schema(group: &Group, table: &str) -> Result<TableSchema, CausalError> {
-    crate::tables::local_schema_by_name(&group.id, table)
+    crate::catalog::tables::local_schema_by_name(&group.id, table)
 }
 
 /// Runs DDL built by `causal_core::ddl`, one statement per call, with `search_path` and
 /// `standard_conforming_strings` pinned (the statements qualify and quote everything anyway).
 fn run_ddl(statements: &[String]) -> Result<(), CausalError> {
-    crate::spi_util::with_setting("search_path", "pg_catalog", || {
-        crate::spi_util::with_setting("standard_conforming_strings", "on", || {
+    crate::pg::spi::with_setting("search_path", "pg_catalog", || {
+        crate::pg::spi::with_setting("standard_conforming_strings", "on", || {
             statements.iter().try_for_each(|s| Spi::run(s).map_err(CausalError::from))
         })
     })???;
@@ -51,7 +51,7 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
                 let ddl = causal_core::ddl::add_column(table, c)
                     .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?;
                 // As the table's owner: its default is evaluated for every existing row.
-                crate::spi_util::as_owner_of(relid, || run_ddl(&ddl))??;
+                crate::pg::spi::as_owner_of(relid, || run_ddl(&ddl))??;
                 if let Some(v) = &c.default_value {
                     fill_default(group, table, &c.name, v)?;
                 }
@@ -72,7 +72,7 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
             }
             let ddl = causal_core::ddl::create_table(&schema)
                 .map_err(|what| CausalError::UnsafeSchema { table: table.to_string(), what })?;
-            crate::spi_util::as_role(None, || run_ddl(&ddl))?;
+            crate::pg::spi::as_role(None, || run_ddl(&ddl))?;
             get_opt::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[qualified.into()])?
                 .ok_or_else(|| CausalError::Corrupt(format!("created table {table} vanished")))?
         }
@@ -87,19 +87,19 @@ fn apply_schema(group: &Group, table: &str, schema_value: &Value) -> Result<(), 
             "INSERT INTO causal.replicated_tables (group_id, table_name, relid, schema) VALUES ($1, $2, $3, $4)",
             &[group.id.clone().into(), table.into(), relid.into(), pgrx::JsonB(schema_value.clone()).into()],
         )?;
-        crate::tables::install_triggers(relid)?;
+        crate::catalog::tables::install_triggers(relid)?;
     }
-    crate::tables::ensure_lookup_indexes(group, &schema)
+    crate::catalog::tables::ensure_lookup_indexes(group, &schema)
 }
 
 fn apply_op(group: &Group, op: &Op) -> Result<(), CausalError> {
     match op {
         Op::Schema { table, schema } => apply_schema(group, table, schema)?,
-        Op::Rule { table, operation, rule } => crate::tables::record_rule(&group.id, table, operation, rule)?,
+        Op::Rule { table, operation, rule } => crate::catalog::tables::record_rule(&group.id, table, operation, rule)?,
         Op::Unreplicate { table } => {
             // Only this group's table: a name alone could reach a table of another group.
             if let Some(relid) = group_relid(group, table)? {
-                crate::tables::remove_triggers(relid)?;
+                crate::catalog::tables::remove_triggers(relid)?;
             }
             Spi::run_with_args(
                 "DELETE FROM causal.replicated_tables WHERE group_id = $1 AND table_name = $2",
@@ -126,9 +126,9 @@ pub fn apply_catalog(group: &Group, entries: &[causal_core::reconcile::NewEntry]
     if catalog_ops.is_empty() {
         return Ok(());
     }
-    crate::spi_util::with_replica_role(|| catalog_ops.into_iter().try_for_each(|op| apply_op(group, op)))??;
+    crate::pg::spi::with_replica_role(|| catalog_ops.into_iter().try_for_each(|op| apply_op(group, op)))??;
     // Capture's cached view of the tables and rules (every backend's) is now stale.
-    crate::tables::tables_changed()
+    crate::catalog::tables::tables_changed()
 }
 
 /// Postgres fills an added column's default into the existing rows; replay's copy of the rows

@@ -12,9 +12,9 @@ use causal_core::reconcile::fold_op;
 use causal_core::reconcile::memory::MemReplica;
 use causal_core::Hash;
 
+use crate::catalog::group::Group;
 use crate::error::{CausalError, OrReport};
-use crate::group::Group;
-use crate::spi_util::get_opt;
+use crate::pg::spi::get_opt;
 
 type EntryRow = (String, String, Option<String>, Option<Vec<String>>, Option<i32>, String);
 
@@ -88,7 +88,7 @@ fn snapshot_rows(
     at: Option<Vec<String>>,
     from: Option<Vec<String>>,
 ) -> Result<Vec<Value>, CausalError> {
-    let table = crate::tables::group_table_name(relid)?;
+    let table = crate::catalog::tables::group_table_name(relid)?;
     let group_id =
         get_opt::<String>("SELECT group_id FROM causal.replicated_tables WHERE relid = $1", &[relid.into()])?
             .ok_or_else(|| CausalError::NotReplicated(table.clone()))?;
@@ -169,9 +169,11 @@ fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError>
     if state.reconciled_count >= state.entry_count {
         return Ok(rows.into_iter().map(|(_, v)| Value::Object(v)).collect());
     }
-    let schema = crate::tables::local_schema_by_name(group_id, table)?;
+    let schema = crate::catalog::tables::local_schema_by_name(group_id, table)?;
     let mut view: BTreeMap<String, Map<String, Value>> = rows.into_iter().collect();
-    for (_, _, payload) in crate::placement::unplaced_entries(group_id, state.reconciled_count, state.entry_count)? {
+    for (_, _, payload) in
+        crate::replay::placement::unplaced_entries(group_id, state.reconciled_count, state.entry_count)?
+    {
         for op in &payload.ops {
             fold_op(&mut view, &schema, op);
         }

@@ -5,11 +5,11 @@
 use causal_core::reconcile::{self, Changes, ReconcileError, ReplicaStore};
 use causal_core::{Dag, Hash};
 
+use crate::catalog::group::Group;
+use crate::catalog::store::SpiStore;
 use crate::error::CausalError;
-use crate::group::Group;
+use crate::pg::spi::run_prepared;
 use crate::replay::SpiReplica;
-use crate::spi_util::run_prepared;
-use crate::store::SpiStore;
 
 /// What one reconciliation did, and how long its two halves took.
 pub struct Reconciled {
@@ -75,7 +75,7 @@ const PLACEMENT_PAGE: u32 = 64;
 /// and `causal.catch_up` hold the group's lock exclusively first, so no local writer is
 /// mid-way. A long catch-up reports its progress in the server log.
 pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
-    crate::spi_util::without_jit(|| catch_up_at_most(group, None))?
+    crate::pg::spi::without_jit(|| catch_up_at_most(group, None))?
 }
 
 /// [`catch_up`], stopping after the first run that brings the rows placed to `max_rows` or

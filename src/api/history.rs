@@ -11,8 +11,8 @@ use causal_core::membership::member_at;
 use causal_core::payload::SignedPayload;
 use causal_core::Hash;
 
+use crate::catalog::group::Group;
 use crate::error::{CausalError, OrReport};
-use crate::group::Group;
 
 /// Primary-key columns per replicated table of a group, for summaries.
 fn primary_keys(group: &Group) -> Result<HashMap<String, Vec<String>>, CausalError> {
@@ -138,7 +138,7 @@ fn entry(hash: &str) -> Option<JsonB> {
 /// Checks one stored entry; the problem, if any.
 fn check_entry(
     group: &Group,
-    dag: &causal_core::Dag<crate::store::SpiStore>,
+    dag: &causal_core::Dag<crate::catalog::store::SpiStore>,
     hash: &str,
     prev: &[String],
     payload: &str,
@@ -176,7 +176,7 @@ fn check_entry(
     };
     if !status.live {
         // The index counts a removal the group cancelled; the view with verdicts does not.
-        match crate::members::status_in_view(group, dag, &prev, &signed.author) {
+        match crate::author::members::status_in_view(group, dag, &prev, &signed.author) {
             Ok(view) if view.live => status = view,
             Ok(_) => {}
             Err(e) => return Some(e.to_string()),

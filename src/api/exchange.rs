@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use causal_core::dag::DagStore;
 use causal_core::Hash;
 
+use crate::catalog::group::Group;
 use crate::error::{CausalError, OrReport};
-use crate::group::Group;
 
 pub use causal_core::BUNDLE_FORMAT;
 
@@ -71,9 +71,9 @@ use causal_core::wire::{WireBundle, WireEntry};
 use causal_core::{Dag, DagError, FastMap, HashAlgorithm};
 use std::rc::Rc;
 
-use crate::store::SpiStore;
+use crate::catalog::store::SpiStore;
 
-use crate::spi_util::get_opt;
+use crate::pg::spi::get_opt;
 
 /// Answers about entries' positions during one import: who is a member and what each table's
 /// schema is. Covers come from a [`CoverCache`] (no query for an entry that extends a chain),
@@ -125,7 +125,7 @@ impl Positions {
         let version = dag.store().authority_version().map_err(|e| e.to_string())?;
         if self.authority.as_ref().is_none_or(|(v, _)| *v != version) {
             dag.store().flush_pending().map_err(|e| e.to_string())?;
-            let input = crate::members::authority_input(&group).map_err(|e| e.to_string())?;
+            let input = crate::author::members::authority_input(&group).map_err(|e| e.to_string())?;
             self.authority = Some((version, Rc::new(input)));
         }
         let input = self.authority.as_ref().map(|(_, i)| i.clone()).unwrap_or_default();
@@ -219,7 +219,7 @@ fn known_keys(group_id: &str, entries: &[WireEntry]) -> Result<HashMap<KeyId, Pu
         }
     }
     let mut keys = HashMap::new();
-    let stored: Vec<Option<String>> = crate::spi_util::run_prepared(
+    let stored: Vec<Option<String>> = crate::pg::spi::run_prepared(
         "SELECT DISTINCT e.payload FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
          ON e.grp = t.grp AND e.chain = t.chain AND e.seq = t.seq \
          WHERE t.grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND t.tag = 'member'",
@@ -316,7 +316,7 @@ fn validate(
 }
 
 /// A schema entry's checks at its position (`causal_core::schema_check`), then this
-/// database's parser's verdict on its expressions (`crate::schema_probe`).
+/// database's parser's verdict on its expressions (`crate::schema::probe`).
 fn check_schema_op(
     dag: &Dag<SpiStore>,
     positions: &mut Positions,
@@ -328,7 +328,7 @@ fn check_schema_op(
     let previous = positions.schema(dag, prev, table)?;
     let mut table_at = |t: &str| positions.schema(dag, prev, t).map(|s| (*s).clone());
     causal_core::schema_check::check_schema_entry(table, &new, previous.as_ref().as_ref(), &mut table_at)?;
-    crate::schema_probe::probe_schema(&new)
+    crate::schema::probe::probe_schema(&new)
 }
 
 /// The tables a rule may name, as they are at its entry's position.
@@ -394,7 +394,7 @@ fn adopt_group(group_id: &str, alg: HashAlgorithm, entries: &[WireEntry]) -> Res
     if get_opt::<bool>("SELECT true FROM causal.group_defs WHERE name = $1", &[g.name.clone().into()])?.is_some() {
         return Err(CausalError::DuplicateGroup(g.name));
     }
-    crate::group::insert_group(group_id, &g.name, alg)?;
+    crate::catalog::group::insert_group(group_id, &g.name, alg)?;
     let group = Group::find(group_id)?;
     let mut e = genesis;
     e.meta = derive_meta(&payload);
@@ -403,7 +403,7 @@ fn adopt_group(group_id: &str, alg: HashAlgorithm, entries: &[WireEntry]) -> Res
 }
 
 /// Whether every hash of `prev` is stored (storage errors propagate).
-fn all_present(dag: &causal_core::Dag<crate::store::SpiStore>, prev: &Position) -> Result<bool, CausalError> {
+fn all_present(dag: &causal_core::Dag<crate::catalog::store::SpiStore>, prev: &Position) -> Result<bool, CausalError> {
     for p in prev {
         if !dag.contains(p)? {
             return Ok(false);
@@ -442,7 +442,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     // Local commits not placed yet are placed first: the engine's view must include them. (A
     // group adopted from this bundle has none; its genesis is placed with the bundle.)
     if !adopted {
-        crate::placement::catch_up(&group)?;
+        crate::replay::placement::catch_up(&group)?;
     }
     let mut dag = group.dag();
     dag.store().lock().map_err(DagError::from)?;
@@ -478,7 +478,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     let mut positions = Positions { group: Some(group.clone()), ..Positions::default() };
     // Stores one prechecked entry whose turn has come; gives it back if a predecessor is not
     // stored yet (it comes later in the bundle, or is missing).
-    let mut place = |dag: &mut causal_core::Dag<crate::store::SpiStore>,
+    let mut place = |dag: &mut causal_core::Dag<crate::catalog::store::SpiStore>,
                      e: WireEntry<'b>,
                      pre: Prechecked|
      -> Result<Placed<'b>, CausalError> {
@@ -580,7 +580,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     dag.store().write_state().map_err(DagError::from)?;
     let stored_and_placed = started.elapsed();
     if accepted > 0 {
-        crate::notify::notify_changed(&group.id)?;
+        crate::pg::notify::notify_changed(&group.id)?;
     }
     if accepted >= 1000 {
         // A large import changes the catalog's size a lot; fresh statistics keep the plans of
@@ -606,7 +606,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
             // their indexes, and costs a tenth of the default's 30,000 (58 -> 6 ms at 100k
             // entries with warm caches; in a catch-up, imports that analyzed took 100-350 ms
             // longer than the others).
-            crate::spi_util::with_setting("default_statistics_target", "10", || {
+            crate::pg::spi::with_setting("default_statistics_target", "10", || {
                 Spi::run(
                     "ANALYZE causal.dag_entries (grp, node_id, hash, chain, seq), causal.dag_entry_tags, \
                      causal.journal (grp, node_id, height, status), causal.row_meta",
@@ -687,9 +687,9 @@ impl Unplaced {
         dag.store().write_state().map_err(DagError::from)?;
         dag.store().defer_state_writes();
         let t = std::time::Instant::now();
-        crate::apply::apply_catalog(group, &entries)?;
+        crate::schema::apply::apply_catalog(group, &entries)?;
         self.catalog += t.elapsed();
-        let run = crate::placement::reconcile_imported(group, entries)?;
+        let run = crate::replay::placement::reconcile_imported(group, entries)?;
         let upto = dag.store().state().map_err(DagError::from)?.entry_count;
         dag.store().mark_reconciled(upto).map_err(DagError::from)?;
         self.placed.replayed += run.changes.stats.replayed;
@@ -711,6 +711,6 @@ impl Unplaced {
 /// `cancelled` among those replayed).
 #[pg_extern]
 fn import(bundle: &[u8]) -> pgrx::JsonB {
-    let result = crate::spi_util::without_jit(|| import_bundle(bundle)).map_err(CausalError::from);
+    let result = crate::pg::spi::without_jit(|| import_bundle(bundle)).map_err(CausalError::from);
     pgrx::JsonB(result.and_then(|r| r).or_report("causal.import"))
 }

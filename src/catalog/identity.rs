@@ -7,9 +7,9 @@ use causal_core::identity::Keypair;
 
 use crate::error::{CausalError, OrReport};
 use crate::guc;
-use crate::spi_util::{get_opt, get_prepared};
+use crate::pg::spi::{get_opt, get_prepared};
 
-extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!("../../sql/catalog.sql", name = "catalog", bootstrap);
 
 /// The name of the node identity.
 pub const NODE_IDENTITY: &str = "node";
@@ -221,12 +221,12 @@ thread_local! {
     /// are neither renamed nor dropped), so they are kept for the backend's life, unless the
     /// work that read them is undone: it may have created the identity, and a later one of
     /// the same name has other keys.
-    static KEYPAIRS: std::cell::RefCell<crate::xact::ScopedMap<String, Keypair>> = Default::default();
-    static KEY_IDS: std::cell::RefCell<crate::xact::ScopedMap<String, String>> = Default::default();
+    static KEYPAIRS: std::cell::RefCell<crate::pg::xact::ScopedMap<String, Keypair>> = Default::default();
+    static KEY_IDS: std::cell::RefCell<crate::pg::xact::ScopedMap<String, String>> = Default::default();
 }
 
 /// Forgets the keys read in undone work.
-pub fn forget_keys(undone: crate::xact::Undone) {
+pub fn forget_keys(undone: crate::pg::xact::Undone) {
     KEYPAIRS.with(|k| k.borrow_mut().forget(undone));
     KEY_IDS.with(|k| k.borrow_mut().forget(undone));
 }

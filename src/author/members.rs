@@ -17,9 +17,9 @@ use causal_core::reconcile::OrderKey;
 use causal_core::Hash;
 use causal_core::HashAlgorithm;
 
+use crate::catalog::group::Group;
+use crate::catalog::identity::{current_author, Author};
 use crate::error::{CausalError, OrReport};
-use crate::group::Group;
-use crate::identity::{current_author, Author};
 
 /// Signs `ops` as the session's author and appends them as one entry after the group's
 /// frontier. The author must be a live member (an admin when `admin_only`). The group row is
@@ -30,7 +30,7 @@ pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash,
 
 /// [`append_ops`] signed by `author`, whose use the caller has checked. With `defer_placing`,
 /// the engine does not run now: the entry waits, with any other local commits, to be placed
-/// in a batch ([`crate::placement::catch_up`]).
+/// in a batch ([`crate::replay::placement::catch_up`]).
 pub fn append_ops_as(
     group: &Group,
     ops: Vec<Op>,
@@ -54,9 +54,9 @@ pub fn append_ops_as(
     dag.store().assume_absent(entry.hash);
     let hash = dag.insert_verified(entry)?.hash;
     if let Some(payload) = payload {
-        crate::placement::reconcile_local(group, dag, (hash, prev, payload))?;
+        crate::replay::placement::reconcile_local(group, dag, (hash, prev, payload))?;
     }
-    crate::notify::notify_changed(&group.id)?;
+    crate::pg::notify::notify_changed(&group.id)?;
     Ok(hash)
 }
 
@@ -79,7 +79,7 @@ pub fn append_sealed(group: &Group, ops: &[OpText], meta: Meta, author: &Author)
 /// and each lookup of that row walked all of its versions: sealing slowed quadratically.
 #[derive(Default)]
 pub struct SealAppender {
-    groups: Vec<(Group, causal_core::Dag<crate::store::SpiStore>, Hash)>,
+    groups: Vec<(Group, causal_core::Dag<crate::catalog::store::SpiStore>, Hash)>,
 }
 
 impl SealAppender {
@@ -106,7 +106,7 @@ impl SealAppender {
     pub fn finish(self) -> Result<(), CausalError> {
         for (group, dag, _) in self.groups {
             dag.store().write_state().map_err(causal_core::DagError::from)?;
-            crate::notify::notify_changed(&group.id)?;
+            crate::pg::notify::notify_changed(&group.id)?;
         }
         Ok(())
     }
@@ -165,14 +165,14 @@ fn lock_for_append(
     needs: Option<bool>,
     author: &Author,
     defer_placing: bool,
-) -> Result<(causal_core::Dag<crate::store::SpiStore>, causal_core::Position, Hash), CausalError> {
+) -> Result<(causal_core::Dag<crate::catalog::store::SpiStore>, causal_core::Position, Hash), CausalError> {
     if !defer_placing {
         BEFORE_ADMIN_APPEND.with(|f| f.get())(&group.id)?;
     }
     let mut dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
     if !defer_placing {
-        dag = crate::placement::place_long_backlog(group, dag)?;
+        dag = crate::replay::placement::place_long_backlog(group, dag)?;
     }
     let prev = dag.frontier()?;
     if let Some(admin_only) = needs {
@@ -193,12 +193,12 @@ fn lock_for_append(
 thread_local! {
     /// Member status by (group, key), valid while the group's membership version is unchanged:
     /// at the frontier, status depends only on the membership entries.
-    static STATUS: RefCell<crate::xact::ScopedMap<(String, KeyId), (u32, MemberStatus)>> = RefCell::default();
+    static STATUS: RefCell<crate::pg::xact::ScopedMap<(String, KeyId), (u32, MemberStatus)>> = RefCell::default();
 }
 
 /// Forgets the statuses found in undone work: its membership changes are gone, and the
 /// version they were found at will be reached again by other changes.
-pub fn forget(undone: crate::xact::Undone) {
+pub fn forget(undone: crate::pg::xact::Undone) {
     STATUS.with(|s| s.borrow_mut().forget(undone));
 }
 
@@ -206,7 +206,7 @@ pub fn forget(undone: crate::xact::Undone) {
 /// group's authority version `version`.
 fn cached_status(
     group: &Group,
-    dag: &causal_core::Dag<crate::store::SpiStore>,
+    dag: &causal_core::Dag<crate::catalog::store::SpiStore>,
     frontier: Option<&causal_core::Position>,
     key: &KeyId,
     version: u32,
@@ -254,7 +254,7 @@ pub fn authority_input(group: &Group) -> Result<Vec<(OrderKey, SignedPayload)>, 
 /// (`causal_core::reconcile::membership_view`).
 pub fn status_in_view(
     group: &Group,
-    dag: &causal_core::Dag<crate::store::SpiStore>,
+    dag: &causal_core::Dag<crate::catalog::store::SpiStore>,
     position: &causal_core::Position,
     key: &KeyId,
 ) -> Result<MemberStatus, CausalError> {
@@ -338,7 +338,7 @@ fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
     if name.trim() != name || name.is_empty() || name.len() > 63 {
         return Err(CausalError::InvalidName { what: "group", name: name.chars().take(80).collect() });
     }
-    if crate::spi_util::get_opt::<bool>("SELECT true FROM causal.group_defs WHERE name = $1", &[name.into()])?.is_some()
+    if crate::pg::spi::get_opt::<bool>("SELECT true FROM causal.group_defs WHERE name = $1", &[name.into()])?.is_some()
     {
         return Err(CausalError::DuplicateGroup(name.to_string()));
     }
@@ -352,12 +352,12 @@ fn create(name: &str, hash_algorithm: &str) -> Result<String, CausalError> {
     let payload = SignedPayload::sign_genesis(&author.keypair, genesis)?;
     let entry = Entry::new(algorithm, payload.to_value(), Position::new(), derive_meta(&payload))?;
     let id = entry.hash.to_b64();
-    let num = crate::group::insert_group(&id, name, algorithm)?;
+    let num = crate::catalog::group::insert_group(&id, name, algorithm)?;
     let hash = entry.hash;
     let group = Group { id: id.clone(), num, algorithm };
     let mut dag = group.dag();
     dag.insert(entry)?;
-    crate::placement::reconcile_local(&group, dag, (hash, Position::new(), payload))?;
+    crate::replay::placement::reconcile_local(&group, dag, (hash, Position::new(), payload))?;
     Ok(id)
 }
 

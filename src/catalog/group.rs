@@ -4,18 +4,18 @@ use pgrx::prelude::*;
 
 use causal_core::{Dag, HashAlgorithm};
 
+use crate::catalog::store::SpiStore;
 use crate::error::{CausalError, OrReport};
-use crate::spi_util::run_prepared;
-use crate::store::SpiStore;
+use crate::pg::spi::run_prepared;
 
 thread_local! {
     /// Groups found, by the name or id they were asked for (a group's id and algorithm never
     /// change); forgotten when a transaction aborts, in case it created the group.
-    static FOUND: std::cell::RefCell<crate::xact::ScopedMap<String, Group>> = Default::default();
+    static FOUND: std::cell::RefCell<crate::pg::xact::ScopedMap<String, Group>> = Default::default();
 }
 
 /// Forgets the groups found in undone work, which may have created them.
-pub fn forget(undone: crate::xact::Undone) {
+pub fn forget(undone: crate::pg::xact::Undone) {
     FOUND.with(|f| f.borrow_mut().forget(undone));
 }
 

@@ -1,0 +1,12 @@
+//! The catalog: what pg_causal keeps in its own tables, read and written over SPI. Uses only
+//! [`crate::pg`], [`crate::error`] and [`crate::guc`].
+//!
+//! - [`store`]: the DAG store of a group (`causal.dag_entries`, tags, running state).
+//! - [`group`]: groups, their numbers and DAGs.
+//! - [`tables`]: replicated tables, their schemas, triggers and lookup indexes.
+//! - [`identity`]: key pairs, the node identity, grants of identities to roles.
+
+pub mod group;
+pub mod identity;
+pub mod store;
+pub mod tables;

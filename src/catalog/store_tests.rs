@@ -1,0 +1,100 @@
+//! The `#[pg_test]`s of `catalog/store.rs`.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use causal_core::entry::{meta, Position};
+    use causal_core::{Dag, HashAlgorithm, MemStore, MetaFilter};
+
+    use super::super::SpiStore;
+
+    /// A lookup by hash is planned on the hash index alone, even as a generic plan over a
+    /// table without statistics, where the group's primary-key range looks selective (once
+    /// ANDed in, every lookup read all of it).
+    #[pg_test]
+    fn a_lookup_by_hash_uses_the_hash_index_alone() {
+        Spi::run(
+            "INSERT INTO causal.dag_entries (grp, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
+             SELECT 1, i, 'h' || i, '{}', '{}', 'p', 0, i, '{}', '{}' FROM generate_series(0, 19999) i",
+        )
+        .unwrap();
+        let plan = crate::testing::generic_plan("by_hash", "int, text", super::super::NODE_ID_BY_HASH, "1, 'h77'");
+        assert!(plan.contains("dag_entries_hash") && !plan.contains("BitmapAnd"), "{plan}");
+        assert_eq!(Spi::get_one::<i32>("EXECUTE by_hash(1, 'h77')").unwrap(), Some(77));
+        Spi::run("DEALLOCATE by_hash").unwrap();
+    }
+
+    /// The same pseudo-random DAG in memory and in the catalog answers every query alike.
+    #[pg_test]
+    fn spi_store_answers_like_the_memory_store() {
+        Spi::run("INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ('g', 'g', 'sha-256')")
+            .unwrap();
+        let alg = HashAlgorithm::Sha256;
+        let mut mem = Dag::new(MemStore::new(), alg);
+        let num = Spi::get_one::<i32>("SELECT grp FROM causal.group_defs WHERE group_id = 'g'").unwrap().unwrap();
+        let mut spi = Dag::new(SpiStore::new("g", num), alg);
+        let mut state: u64 = 0x9e3779b97f4a7c15;
+        let mut rand = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut hashes = Vec::new();
+        for i in 0..150 {
+            let mut chosen = Position::new();
+            for _ in 0..(1 + rand(3)) {
+                if !hashes.is_empty() {
+                    let k = hashes.len() - 1 - rand(hashes.len().min(12));
+                    chosen.insert(hashes[k]);
+                }
+            }
+            let prev = mem.minimal_cover(&chosen).unwrap();
+            let tag = if i % 5 == 0 { "barrier" } else { "plain" };
+            let m = meta([("tag", vec![tag])]);
+            let a = mem.append(serde_json::json!({ "n": i }), m.clone(), prev.clone()).unwrap();
+            let b = spi.append(serde_json::json!({ "n": i }), m, prev).unwrap();
+            assert_eq!(a, b);
+            hashes.push(a.hash);
+        }
+        assert_eq!(mem.frontier().unwrap(), spi.frontier().unwrap());
+        let barrier = MetaFilter::tag("tag", "barrier");
+        for _ in 0..30 {
+            let p: Position = (0..1 + rand(3)).map(|_| hashes[rand(hashes.len())]).collect();
+            let q: Position = (0..1 + rand(3)).map(|_| hashes[rand(hashes.len())]).collect();
+            assert_eq!(mem.minimal_cover(&p).unwrap(), spi.minimal_cover(&p).unwrap());
+            assert_eq!(mem.fork_position(&p, &q).unwrap(), spi.fork_position(&p, &q).unwrap());
+            assert_eq!(
+                mem.cover_with_filter(&p, &barrier, None).unwrap(),
+                spi.cover_with_filter(&p, &barrier, None).unwrap()
+            );
+            assert_eq!(
+                mem.concurrent_cover_with_filter(&p, &q, &barrier, None).unwrap(),
+                spi.concurrent_cover_with_filter(&p, &q, &barrier, None).unwrap()
+            );
+        }
+        // A fresh store (no cache) reads back the same entries.
+        let fresh = Dag::new(SpiStore::new("g", num), alg);
+        for h in hashes.iter().step_by(17) {
+            assert_eq!(mem.entry(h).unwrap(), fresh.entry(h).unwrap());
+        }
+        // Header walks load chain ranges at once (`prefetch_chain`) from a cold cache, and
+        // walk exactly as in memory, truncated or not.
+        for max in [1, 7, 40, 1000] {
+            super::super::clear_cache();
+            let fresh = Dag::new(SpiStore::new("g", num), alg);
+            let start = [hashes[hashes.len() - 1 - rand(5)]];
+            let limits = [hashes[rand(hashes.len() / 2)]];
+            let expected = mem.walk_back(&start, &limits, max).unwrap();
+            assert_eq!(expected, fresh.walk_back(&start, &limits, max).unwrap());
+            assert!(expected.complete || max < 150);
+            super::super::clear_cache();
+            let fresh = Dag::new(SpiStore::new("g", num), alg);
+            assert_eq!(
+                mem.walk_forward(&start, &limits, max).unwrap(),
+                fresh.walk_forward(&start, &limits, max).unwrap()
+            );
+        }
+    }
+}

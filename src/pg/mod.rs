@@ -1,0 +1,15 @@
+//! The shared Postgres plumbing, the bottom layer: it uses nothing of pg_causal but
+//! [`crate::error`].
+//!
+//! - [`spi`]: SPI helpers (kept plans, settings and roles for a call, catching errors).
+//! - [`direct`]: rows of pg_causal's catalog written and updated without SQL.
+//! - [`xact`]: what a backend keeps across statements, forgotten when work is undone; the one
+//!   registry each cache subscribes to.
+//! - [`lock`]: the advisory locks (a group's write lock, the sealer's), from the lock manager.
+//! - [`notify`]: waking the sync worker.
+
+pub mod direct;
+pub mod lock;
+pub mod notify;
+pub mod spi;
+pub mod xact;

@@ -1,0 +1,160 @@
+//! The `#[pg_test]`s of `replay/mod.rs`.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use serde_json::{json, Value};
+
+    use causal_core::schema::{check_value, ColumnType};
+
+    /// Every value the validator takes for a column, Postgres takes in replay's cast: a value
+    /// it would refuse never reaches replay (where it would fail the whole import).
+    #[pg_test]
+    fn values_the_validator_takes_are_ones_postgres_takes() {
+        use ColumnType as T;
+        let numeric = |p, s| T::Numeric { precision: Some(p), scale: Some(s) };
+        let candidates: Vec<(ColumnType, Vec<Value>)> = vec![
+            (T::Text, vec![json!("plain"), json!("caf\u{e9}"), json!("nul \u{0} inside")]),
+            (
+                T::Jsonb,
+                vec![
+                    json!("{\"a\": [1, 2.5, null]}"),
+                    json!("not json"),
+                    json!("{\"a\": \"\\u0000\"}"),
+                    json!("\"\\u00e9\""),
+                    json!("[".repeat(200) + &"]".repeat(200)),
+                ],
+            ),
+            (
+                T::Uuid,
+                vec![
+                    json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+                    json!("------------------------------------"),
+                    json!("a0eebc999c0b4ef8bb6d6bb9bd380a11----"),
+                ],
+            ),
+            (
+                T::Date,
+                vec![
+                    json!("2024-02-29"),
+                    json!("2026-02-29"),
+                    json!("2026-13-01"),
+                    json!("0001-12-31 BC"),
+                    json!("4714-11-24 BC"),
+                    json!("4714-11-23 BC"),
+                    json!("5874897-12-31"),
+                    json!("5874898-01-01"),
+                    json!("infinity"),
+                ],
+            ),
+            (
+                T::Timestamp,
+                vec![
+                    json!("2026-01-01T00:00:00.000000"),
+                    json!("2026-01-01T24:00:00.000000"),
+                    json!("294276-12-31T23:59:59.999999"),
+                    json!("294277-01-01T00:00:00.000000"),
+                    json!("0044-03-15T12:00:00.000000 BC"),
+                ],
+            ),
+            (T::Timestamptz, vec![json!("2024-02-29T23:59:59.999999Z"), json!("2026-02-30T00:00:00.000000Z")]),
+            (T::Float4, vec![json!(3.4e38), json!(1e39), json!(1e-40), json!(1e-50), json!("NaN")]),
+            (
+                numeric(5, 2),
+                vec![
+                    json!("999.994"),
+                    json!("999.995"),
+                    json!("1000"),
+                    json!("-999.99"),
+                    json!("Infinity"),
+                    json!("NaN"),
+                ],
+            ),
+            (numeric(2, 5), vec![json!("0.00012"), json!("0.0012")]),
+            (T::Int4, vec![json!(2147483647), json!(2147483648i64)]),
+        ];
+        let (mut taken, mut refused) = (0, 0);
+        for (ty, values) in candidates {
+            for v in values {
+                let text = match &v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                // The statement a DO block runs; text with NUL cannot be sent at all.
+                let postgres = if text.contains('\0') {
+                    "refused".to_string()
+                } else {
+                    crate::testing::outcome(&format!("PERFORM $v${text}$v$::{}", ty.sql_name()))
+                };
+                let ours = check_value(&ty, &v);
+                assert!(ours.is_err() || postgres == "ok", "{ty:?} {v}: taken here, Postgres says {postgres}");
+                if ours.is_ok() {
+                    taken += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+        }
+        assert!(taken >= 15 && refused >= 15, "{taken} taken, {refused} refused");
+    }
+
+    /// The statements on `row_meta` rows by key are probes of the hash index on `key`, even as
+    /// generic plans over a table without statistics that a partial lookup index covers whole
+    /// (which makes the group and table look selective), and they touch exactly their rows.
+    #[pg_test]
+    fn row_meta_statements_by_key_probe_the_key_index() {
+        Spi::run(
+            "INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) \
+             SELECT 1, 't', '[' || i || ']', jsonb_build_object('id', i, 'u', i), '{}' FROM generate_series(0, 19999) i; \
+             CREATE INDEX row_meta_lookup_test ON causal.row_meta ((vals -> 'u')) WHERE grp = 1 AND table_name = 't'",
+        )
+        .unwrap();
+        let statements = [
+            ("rows_by_keys", super::super::ROWS_BY_KEYS, "int, text, text[]", "1, 't', ARRAY['[5]', '[77]', '[x]']"),
+            ("row_by_key", super::super::ROW_BY_KEY, "int, text, text", "1, 't', '[77]'"),
+            (
+                "update_rows",
+                super::super::UPDATE_ROWS,
+                "int, text[], text[], text[], text[]",
+                "1, ARRAY['t'], ARRAY['[9]'], ARRAY['{\"id\": 9, \"u\": 90}'], ARRAY['{}']",
+            ),
+            (
+                "delete_rows",
+                super::super::DELETE_ROWS,
+                "int, text[], text[]",
+                "1, ARRAY['t', 't'], ARRAY['[5]', '[77]']",
+            ),
+        ];
+        // As `probing_by_key` runs them (the single-key read is planned with bitmap scans on).
+        for (name, sql, types, args) in statements {
+            let bitmaps = if name == "row_by_key" { "on" } else { "off" };
+            Spi::run(&format!("SET LOCAL enable_bitmapscan = {bitmaps}")).unwrap();
+            let plan = crate::testing::generic_plan(name, types, sql, args);
+            assert!(
+                plan.contains("row_meta_key") && !plan.contains("Seq Scan") && !plan.contains("BitmapAnd"),
+                "{name}: {plan}"
+            );
+            if name.ends_with("_rows") {
+                assert!(plan.contains("Tid Scan"), "{name}: {plan}");
+            }
+            if bitmaps == "off" {
+                assert!(plan.contains("\"Index Scan\"") && !plan.contains("Bitmap"), "{name}: {plan}");
+            }
+        }
+        let count = |sql: &str| Spi::get_one::<i64>(sql).unwrap().unwrap_or(-1);
+        let found = Spi::connect(|c| {
+            c.select("EXECUTE rows_by_keys(1, 't', ARRAY['[5]', '[77]', '[x]'])", None, &[]).map(|t| t.len())
+        });
+        assert_eq!(found.unwrap(), 2);
+        Spi::run("EXECUTE update_rows(1, ARRAY['t'], ARRAY['[9]'], ARRAY['{\"id\": 9, \"u\": 90}'], ARRAY['{}'])")
+            .unwrap();
+        assert_eq!(count("SELECT (vals ->> 'u')::int8 FROM causal.row_meta WHERE key = '[9]'"), 90);
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE (vals ->> 'u')::int = 9"), 0);
+        Spi::run("EXECUTE delete_rows(1, ARRAY['t', 't'], ARRAY['[5]', '[77]'])").unwrap();
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta"), 19998);
+        assert_eq!(count("SELECT count(*) FROM causal.row_meta WHERE key IN ('[5]', '[77]')"), 0);
+        for (name, ..) in statements {
+            Spi::run(&format!("DEALLOCATE {name}")).unwrap();
+        }
+    }
+}
