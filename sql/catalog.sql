@@ -267,3 +267,21 @@ SELECT coalesce(s.peer_id, a.peer_id) AS peer_id,
        coalesce(s.banned_until > now(), false) AS banned
 FROM causal.sync_peer_state s FULL JOIN causal.peer_addresses a ON a.peer_id = s.peer_id;
 GRANT SELECT ON causal.peers TO PUBLIC;
+
+-- Entries the engine cancelled: what an application reads after a
+-- notification on channel causal_cancelled (docs/SEMANTICS.md). `local` says whether this
+-- database holds the author's key: a write made here, committed, and later cancelled.
+CREATE VIEW causal.cancellations AS
+SELECT g.name AS group_name,
+       g.group_id,
+       e.hash AS entry,
+       e.payload::jsonb ->> 'author' AS author,
+       EXISTS (SELECT 1 FROM causal.identity_keys k WHERE k.key_id = e.payload::jsonb ->> 'author') AS local,
+       j.reason,
+       j.responsible AS cancelled_by,
+       e.received_at AS stored_at
+FROM causal.journal j
+JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id
+JOIN causal.group_defs g ON g.grp = j.grp
+WHERE j.status = 'cancelled';
+GRANT SELECT ON causal.cancellations TO PUBLIC;

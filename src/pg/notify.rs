@@ -13,11 +13,19 @@ pub fn notify_changed(group_id: &str) -> Result<(), CausalError> {
 }
 
 pub fn notify(what: &str) -> Result<(), CausalError> {
+    notify_on(CHANNEL, what)
+}
+
+/// The channel on which applications hear that an entry was cancelled (docs/SEMANTICS.md).
+pub const CANCELLED_CHANNEL: &str = "causal_cancelled";
+
+/// Sends `payload` on `channel` at commit (Postgres folds repeats within a transaction).
+pub fn notify_on(channel: &str, payload: &str) -> Result<(), CausalError> {
     use pgrx::IntoDatum;
     // pg_notify called directly, not through a statement: every local commit notifies, and
     // the statement cost more than the notification itself.
     unsafe {
-        pgrx::fcinfo::direct_function_call_as_datum(pg_sys::pg_notify, &[CHANNEL.into_datum(), what.into_datum()])
+        pgrx::fcinfo::direct_function_call_as_datum(pg_sys::pg_notify, &[channel.into_datum(), payload.into_datum()])
     };
     Ok(())
 }

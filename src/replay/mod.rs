@@ -365,6 +365,63 @@ impl SpiReplica {
 /// Keys of rows to delete, and live rows to write, in one table.
 type RowsToWrite = (Vec<RowKey>, Vec<Map<String, Value>>);
 
+impl SpiReplica {
+    /// Tells listeners on `causal_cancelled`, at commit, of each entry this run cancels that
+    /// was not cancelled before: a JSON object with the group's name and id, the entry's hash,
+    /// its author's key id, whether this database holds the author's key (a local write), and
+    /// the reason. Called before the journal is written.
+    fn announce_cancellations(&self, cancelled: &[(i32, &Hash, Option<&str>, bool)]) -> Result<(), ReconcileError> {
+        if cancelled.is_empty() {
+            return Ok(());
+        }
+        let rewritten: Vec<i32> = cancelled.iter().filter(|c| c.3).map(|c| c.0).collect();
+        let already: std::collections::HashSet<i32> = if rewritten.is_empty() {
+            Default::default()
+        } else {
+            run_prepared(
+                "SELECT node_id FROM causal.journal WHERE grp = $1 AND node_id = ANY($2) AND status = 'cancelled'",
+                &[self.num.into(), rewritten.into()],
+                false,
+                |rows| rows.map(|r| r.get::<i32>(1)).filter_map(Result::transpose).collect::<Result<_, _>>(),
+            )
+            .map_err(store_err)?
+        };
+        let news: Vec<&(i32, &Hash, Option<&str>, bool)> =
+            cancelled.iter().filter(|c| !already.contains(&c.0)).collect();
+        if news.is_empty() {
+            return Ok(());
+        }
+        let name = get_prepared::<String>("SELECT name FROM causal.group_defs WHERE grp = $1", &[self.num.into()])
+            .map_err(store_err)?
+            .unwrap_or_default();
+        for (_, hash, reason, _) in news {
+            let author = self
+                .dag
+                .entry(hash)
+                .map_err(store_err)?
+                .and_then(|e| e.payload.get("author").and_then(Value::as_str).map(str::to_string));
+            let local = match &author {
+                Some(a) => get_prepared::<bool>(
+                    "SELECT EXISTS (SELECT 1 FROM causal.identity_keys WHERE key_id = $1)",
+                    &[a.clone().into()],
+                )
+                .map_err(store_err)?
+                .unwrap_or(false),
+                None => false,
+            };
+            // A notification carries at most 8000 bytes: the reason is cut to fit.
+            let reason: String = reason.unwrap_or_default().chars().take(2000).collect();
+            let payload = json!({
+                "group": name, "group_id": self.group, "entry": hash.to_b64(),
+                "author": author, "local": local, "reason": reason,
+            });
+            crate::pg::notify::notify_on(crate::pg::notify::CANCELLED_CHANNEL, &payload.to_string())
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+}
+
 impl ReplicaStore for SpiReplica {
     type Dag = SpiStore;
 
@@ -497,17 +554,25 @@ impl ReplicaStore for SpiReplica {
             .iter()
             .map(|(h, j)| (h, Some(&j.order), &j.verdict, Some(&j.undo)))
             .chain(changes.authority.iter().map(|(h, v)| (h, None, v, None)));
+        // Entries cancelled by this run, with whether they were placed before (then they are
+        // news only if they were not cancelled already).
+        let mut cancelled: Vec<(i32, &Hash, Option<&str>, bool)> = Vec::new();
         for (h, order, verdict, undo) in records {
             if !seen.insert(h) {
                 continue;
             }
-            let batch = if order.is_some() && changes.first_placed.contains(h) { &mut first } else { &mut again };
+            let is_first = order.is_some() && changes.first_placed.contains(h);
+            let batch = if is_first { &mut first } else { &mut again };
             let id =
                 self.dag.store().node_id(h).map_err(store_err)?.ok_or_else(|| {
                     ReconcileError::Corrupt(format!("journal record for entry {h}, which is not stored"))
                 })?;
             batch.push(node_i32(id)?, order, verdict, undo);
+            if !verdict.is_ok() {
+                cancelled.push((node_i32(id)?, h, verdict.reason.as_deref(), !is_first));
+            }
         }
+        self.announce_cancellations(&cancelled)?;
         const RECORDS: &str =
             "INSERT INTO causal.journal AS j (grp, node_id, height, status, reason, responsible, undo) \
              SELECT $1, n, o, s, r, string_to_array(p, ' '), u \

@@ -10,7 +10,7 @@ use causal_integration::Cluster;
 use serde_json::Value;
 
 struct Net {
-    _node: Cluster,
+    node: Cluster,
     dbs: Vec<Client>,
     writers: usize,
 }
@@ -50,7 +50,7 @@ impl Net {
             dbs.push(c);
         }
         dbs[0].batch_execute("SELECT causal.create_group('g')").unwrap();
-        Net { _node: node, dbs, writers }
+        Net { node, dbs, writers }
     }
 
     fn exec(&mut self, db: usize, sql: &str) {
@@ -423,4 +423,46 @@ fn a_mutual_removal_does_not_freeze_the_group() {
         assert_eq!(net.count(db, "SELECT count(*) FROM products WHERE sku = 'after'"), 1, "r{db}");
         assert_eq!(net.text(db, "SELECT causal.verify('g')::text"), "true", "r{db}");
     }
+}
+
+#[test]
+fn the_application_hears_of_a_cancelled_write() {
+    let mut net = two_writers(
+        "rc-notice",
+        "CREATE TABLE parents (id int PRIMARY KEY); \
+         CREATE TABLE children (id int PRIMARY KEY, parent int REFERENCES parents (id)); \
+         SELECT causal.replicate('g', 'parents'); SELECT causal.replicate('g', 'children');",
+    );
+    net.exec(0, "INSERT INTO parents VALUES (1)");
+    net.share_from(0);
+    let mut listener = net.node.connect("r1");
+    listener.batch_execute("LISTEN causal_cancelled").unwrap();
+    net.exec(0, "DELETE FROM parents WHERE id = 1");
+    net.exec(1, "INSERT INTO children VALUES (10, 1)");
+    let child = net.last_entry(1);
+    net.exchange();
+
+    // r1 wrote the child, committed it, and learns that it was cancelled: once.
+    let notes: Vec<Value> = {
+        use causal_integration::postgres::fallible_iterator::FallibleIterator;
+        let mut n = listener.notifications();
+        let mut it = n.timeout_iter(std::time::Duration::from_millis(500));
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = it.next() {
+            assert_eq!(m.channel(), "causal_cancelled");
+            out.push(serde_json::from_str(m.payload()).unwrap());
+        }
+        out
+    };
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0]["entry"], child.as_str());
+    assert_eq!(notes[0]["group"], "g");
+    assert_eq!(notes[0]["local"], true);
+    assert!(notes[0]["reason"].as_str().unwrap().contains("children_parent_fkey"), "{notes:?}");
+
+    // The view says the same, here and (not a local write there) on the writer of the delete.
+    let here = net.text(1, "SELECT entry || ' ' || local || ' ' || group_name FROM causal.cancellations");
+    assert_eq!(here, format!("{child} true g"));
+    let there = net.text(0, "SELECT entry || ' ' || local FROM causal.cancellations");
+    assert_eq!(there, format!("{child} false"));
 }
