@@ -262,27 +262,32 @@ unsafe extern "C-unwind" fn do_write(
 ) {
 }
 
-/// What one decoding run read.
-pub struct Decoded {
-    pub txns: Vec<DecodedTxn>,
-    /// The run stopped at `max_rows`: transactions up to `end_of_wal` remain.
-    pub more: bool,
+/// Takes the transactions decoded so far.
+fn take_done() -> Vec<DecodedTxn> {
+    DONE_ROWS.with(|r| r.set(0));
+    DONE.with(|d| std::mem::take(&mut *d.borrow_mut()))
 }
 
+/// A caller's handling of decoded transactions, in commit order.
+pub type OnBatch<'a> = &'a mut dyn FnMut(Vec<DecodedTxn>) -> Result<(), CausalError>;
+
 /// Decodes the slot `slot` from `start` (transactions whose commit record starts before it
-/// are skipped) to `end_of_wal`, stopping after the first transaction that brings the rows
-/// read to `max_rows`. With `confirm`, first tells the slot that everything up to it is
-/// sealed and durable, so it may let go of the WAL before it.
+/// are skipped) to `end_of_wal`, in one pass, handing the committed transactions to
+/// `on_batch` whenever they hold `batch_rows` row operations or more, and at the end. (A
+/// pass per batch would read the WAL again from the slot's restart position each time.)
+/// `on_batch` runs between two WAL records, outside decoding, and may use SPI. With
+/// `confirm`, first tells the slot that everything up to it is sealed and durable, so it may
+/// let go of the WAL before it.
 pub fn decode(
     slot: &str,
     start: u64,
     end_of_wal: u64,
-    max_rows: usize,
+    batch_rows: usize,
     confirm: Option<u64>,
-) -> Result<Decoded, CausalError> {
+    on_batch: OnBatch<'_>,
+) -> Result<(), CausalError> {
     let name = std::ffi::CString::new(slot).map_err(|_| CausalError::Corrupt("slot name".into()))?;
-    DONE.with(|d| d.borrow_mut().clear());
-    DONE_ROWS.with(|r| r.set(0));
+    take_done();
     TABLES.with(|t| t.borrow_mut().clear());
     // SAFETY: the sequence pg_logical_slot_get_changes runs (slotfuncs.c / logicalfuncs.c), on
     // this backend's thread: acquire the slot, create a decoding context, read records up to
@@ -290,11 +295,11 @@ pub fn decode(
     // between is cleaned up by the transaction's abort (which releases the slot) after the
     // catch below drops the caches decoding filled.
     let _quiet = QuietDecodingLog::new();
-    let more = unsafe {
+    let failed = unsafe {
         pg_sys::ReplicationSlotAcquire(name.as_ptr(), true);
         let old_owner = pg_sys::CurrentResourceOwner;
-        PgTryBuilder::new(|| {
-            let mut more = false;
+        PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+            let mut failed = None;
             let mut routine = pg_sys::XLogReaderRoutine {
                 page_read: Some(read_local_xlog_page),
                 segment_open: Some(wal_segment_open),
@@ -325,22 +330,32 @@ pub fn decode(
                 if !record.is_null() {
                     LogicalDecodingProcessRecord(ctx, reader);
                 }
-                if DONE_ROWS.with(std::cell::Cell::get) >= max_rows {
-                    more = (*reader).EndRecPtr < end_of_wal;
-                    break;
+                if DONE_ROWS.with(std::cell::Cell::get) >= batch_rows {
+                    // Between records no historic snapshot is set up: what decoding cached
+                    // under one is dropped before and after the caller's statements.
+                    let txns = take_done();
+                    pg_sys::CurrentResourceOwner = old_owner;
+                    pg_sys::InvalidateSystemCaches();
+                    if let Err(e) = on_batch(txns) {
+                        failed = Some(e);
+                        break;
+                    }
+                    pg_sys::InvalidateSystemCaches();
                 }
                 pgrx::check_for_interrupts!();
             }
             pg_sys::CurrentResourceOwner = old_owner;
-            if let Some(lsn) = confirm {
-                pg_sys::LogicalConfirmReceivedLocation(lsn);
-                pg_sys::ReplicationSlotMarkDirty();
+            if failed.is_none() {
+                if let Some(lsn) = confirm {
+                    pg_sys::LogicalConfirmReceivedLocation(lsn);
+                    pg_sys::ReplicationSlotMarkDirty();
+                }
             }
             pg_sys::FreeDecodingContext(ctx);
             pg_sys::ReplicationSlotRelease();
             pg_sys::InvalidateSystemCaches();
-            more
-        })
+            failed
+        }))
         .catch_others(|e| {
             pg_sys::InvalidateSystemCaches();
             e.rethrow()
@@ -348,8 +363,14 @@ pub fn decode(
         .execute()
     };
     TABLES.with(|t| t.borrow_mut().clear());
-    let txns = DONE.with(|d| std::mem::take(&mut *d.borrow_mut()));
-    Ok(Decoded { txns, more })
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let txns = take_done();
+    if txns.is_empty() {
+        return Ok(());
+    }
+    on_batch(txns)
 }
 
 /// Keeps the LOG lines every decoding start writes ("starting logical decoding for slot",

@@ -28,9 +28,9 @@ use super::encode::RowOp;
 use crate::catalog::group::Group;
 use crate::error::CausalError;
 
-/// How many row operations one decoding run reads at most before they are sealed; a larger
-/// transaction is read whole.
-const ROWS_PER_RUN: usize = 200_000;
+/// How many row operations are decoded at most before they are sealed (a larger transaction
+/// is read whole); decoding then reads on.
+const ROWS_PER_BATCH: usize = 200_000;
 
 thread_local! {
     /// Set while sealing: what sealing calls (appends) must not seal again.
@@ -101,20 +101,21 @@ fn seal_locked() -> Result<Sealed, CausalError> {
         pg_sys::GetFlushRecPtr(std::ptr::null_mut())
     };
     let mut sealed = sealed_lsn(&slot)?;
+    let start = sealed;
     // What was sealed before this transaction is committed, and flushed just now.
-    let mut confirm = (!MOVED.with(Cell::get)).then_some(sealed);
+    let confirm = (!MOVED.with(Cell::get)).then_some(sealed);
     let mut total = Sealed::default();
-    loop {
-        let run = decode(&slot, sealed, end_of_wal, ROWS_PER_RUN, confirm.take())?;
-        let mut last_commit = None;
+    let mut seal_batch = |txns: Vec<DecodedTxn>| -> Result<(), CausalError> {
+        let (mut last_commit, mut transactions) = (None, 0i64);
         let mut appender = crate::author::members::SealAppender::default();
-        for txn in run.txns {
+        for txn in txns {
             if txn.end_lsn <= sealed {
                 continue;
             }
             let (end, time) = (txn.end_lsn, txn.commit_time);
             total.entries += seal_txn(&mut appender, txn)?;
             total.transactions += 1;
+            transactions += 1;
             sealed = end;
             last_commit = Some(time);
         }
@@ -125,19 +126,13 @@ fn seal_locked() -> Result<Sealed, CausalError> {
                  VALUES ($1, $2::text::pg_lsn, now(), $3, $4) ON CONFLICT (slot_name) DO UPDATE \
                  SET sealed_lsn = EXCLUDED.sealed_lsn, sealed_at = now(), last_commit_time = EXCLUDED.last_commit_time, \
                  transactions = s.transactions + EXCLUDED.transactions",
-                &[
-                    slot.clone().into(),
-                    lsn_text(sealed).into(),
-                    timestamp(time).into(),
-                    (total.transactions as i64).into(),
-                ],
+                &[slot.clone().into(), lsn_text(sealed).into(), timestamp(time).into(), transactions.into()],
             )?;
             MOVED.with(|m| m.set(true));
         }
-        if !run.more {
-            break;
-        }
-    }
+        Ok(())
+    };
+    decode(&slot, start, end_of_wal, ROWS_PER_BATCH, confirm, &mut seal_batch)?;
     DECODED_TO.with(|d| d.set(end_of_wal));
     if total.transactions > 0 {
         pgrx::debug1!("pg_causal: sealed {} transactions into {} entries", total.transactions, total.entries);

@@ -425,3 +425,30 @@ fn a_sealer_that_waited_for_another_does_not_seal_its_transactions_again() {
     waiter.join().unwrap().unwrap();
     assert_eq!(count(&mut db), base + 1, "one entry for one transaction");
 }
+
+#[test]
+fn a_backlog_larger_than_a_sealing_batch_is_sealed_in_one_pass() {
+    let node = Cluster::start("capture-big-backlog", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    let base = count(&mut db);
+    // 450k row operations: the sealer seals them in batches of 200k between WAL records,
+    // then reads on.
+    for i in 0..3 {
+        db.batch_execute(&format!(
+            "INSERT INTO products SELECT 'k{i}-' || g, 'n', 1 FROM generate_series(1, 150000) g"
+        ))
+        .unwrap();
+        db.batch_execute(&format!("INSERT INTO products VALUES ('single{i}', 's', 1)")).unwrap();
+    }
+    assert_eq!(count(&mut db), base + 6);
+    let rows: Vec<i64> = db
+        .query("SELECT jsonb_array_length(payload::jsonb -> 'ops')::bigint FROM causal.dag_entries ORDER BY node_id DESC LIMIT 6", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, vec![1, 150000, 1, 150000, 1, 150000]);
+    let ok: bool = db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
+    assert!(ok);
+}
