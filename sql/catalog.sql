@@ -285,3 +285,19 @@ JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id
 JOIN causal.group_defs g ON g.grp = j.grp
 WHERE j.status = 'cancelled';
 GRANT SELECT ON causal.cancellations TO PUBLIC;
+
+-- One row per group, in the style of pg_stat_*: its size, what waits, what was cancelled,
+-- and how far this database's sealing is behind the WAL (the same for every group).
+CREATE VIEW causal.stat_groups AS
+SELECT g.name AS group_name,
+       g.group_id,
+       g.entry_count::bigint AS entries,
+       pg_catalog.cardinality(g.frontier) AS frontier_size,
+       (g.entry_count - g.reconciled_count)::bigint AS unplaced,
+       (SELECT count(*) FROM causal.journal j WHERE j.grp = g.grp AND j.status = 'cancelled') AS cancelled,
+       (SELECT max(e.received_at) FROM causal.dag_entries e WHERE e.grp = g.grp) AS last_entry_at,
+       c.unsealed_wal_bytes,
+       c.last_sealing_delay
+FROM causal.group_defs g
+LEFT JOIN causal.capture_status c ON true;
+GRANT SELECT ON causal.stat_groups TO PUBLIC;

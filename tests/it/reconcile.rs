@@ -465,4 +465,12 @@ fn the_application_hears_of_a_cancelled_write() {
     assert_eq!(here, format!("{child} true g"));
     let there = net.text(0, "SELECT entry || ' ' || local FROM causal.cancellations");
     assert_eq!(there, format!("{child} false"));
+    // And the group's statistics count it.
+    assert_eq!(net.count(1, "SELECT cancelled FROM causal.stat_groups WHERE group_name = 'g'"), 1);
+    let shape = net.text(
+        1,
+        "SELECT (entries = (SELECT entry_count FROM causal.groups WHERE name = 'g') AND frontier_size >= 1 \
+                 AND unplaced = 0 AND last_entry_at IS NOT NULL)::text FROM causal.stat_groups",
+    );
+    assert_eq!(shape, "true");
 }
