@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Capture overhead: pgbench against an identical plain table and a replicated table, in the
-# same cluster and the same run, with synchronous_commit on and off.
-#   (a) single-row INSERT transactions      (b) 1,000-row INSERT ... SELECT transactions
+# The write path: pgbench against an identical plain table and a replicated table, in the same
+# cluster and the same run. Prints, each beside the plain figure:
+#   1. end to end, synchronous_commit off and on, for (a) single-row INSERT transactions and
+#      (b) 1,000-row INSERT ... SELECT ones: rows committed / (pgbench time + the time until
+#      causal.catch_up() returns), with that time split into sealing and placing;
+#   2. bytes on disk per row, the replicated table plus what schema causal grew by, against
+#      the plain table, after the same 20k single-row and 50k bulk rows went into each;
+#   3. the gain from 1 to 4 clients (single-row, end to end), replicated against plain.
+# No sync worker runs: the time after pgbench is all the sealing and placing the commits left.
 # Usage: bash bench/capture.sh [seconds per run, default 20] [clients, default 2]
 source "$(dirname "$0")/../scripts/common.sh"
 ensure_setup
@@ -13,45 +19,92 @@ DIR="$RUN_DIR/bench"
 stop_clusters_under "$DIR"
 rm -rf "$DIR"
 PORT="$(free_port)"
-# The cluster's data (about 15 GB after a 15 s run) goes too, unless CAUSAL_KEEP_BENCH is set.
+# The cluster's data (several GB after 20 s runs) goes too, unless CAUSAL_KEEP_BENCH is set.
 trap 'stop_cluster "$DIR/node"; [ -n "${CAUSAL_KEEP_BENCH:-}" ] || rm -rf "$DIR"' EXIT
 printf 'shared_buffers = 256MB\nmax_wal_size = 4GB\n' | start_cluster "$DIR/node" "$PORT"
 psql_() { as_postgres psql -X -q -h "$DIR/node/sock" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
+value() { psql_ -t -A -c "$1"; }
 psql_ -c "CREATE EXTENSION pg_causal; SELECT causal.create_group('bench');
           CREATE TABLE plain (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
           CREATE TABLE replicated (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
           SELECT causal.replicate('bench', 'replicated');" >/dev/null
 
-run() { # script -> transactions per second
-    as_postgres "$PG_BIN/pgbench" -n -h "$DIR/node/sock" -p "$PORT" -U postgres -c "$CLIENTS" -j "$CLIENTS" \
-        -T "$SECS" -f - postgres <"$ROOT/bench/$1.sql" 2>/dev/null | awk '/^tps = / { printf "%.1f", $3 }'
+pgbench_() { # script clients [pgbench options...] -> transactions per second
+    local script="$1" clients="$2"
+    shift 2
+    as_postgres "$PG_BIN/pgbench" -n -h "$DIR/node/sock" -p "$PORT" -U postgres -c "$clients" -j "$clients" \
+        "$@" -f - postgres <"$ROOT/bench/$script.sql" 2>/dev/null | awk '/^tps = / { printf "%.1f", $3 }'
 }
-
-# Plain data commits leave their placement by the reconciliation engine (journal, row_meta)
-# for later, in batches. After each replicated run, the backlog is placed with
-# causal.catch_up() and timed, so the cost the commits deferred is reported too.
-place() { # -> seconds that placing the backlog took
+secs_of() { # command... -> seconds it took
     local t0 t1
     t0=$(date +%s.%N)
-    psql_ -c "SELECT causal.catch_up()" >/dev/null
+    "$@" >/dev/null
     t1=$(date +%s.%N)
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
 }
+# Sealing alone: causal.log seals every committed transaction before it reads.
+seal() { psql_ -c "SELECT count(*) FROM causal.log('bench', 1)"; }
+place() { psql_ -c "SELECT causal.catch_up()"; }
 
 say "pgbench: $SECS s per run, $CLIENTS clients, $(nproc) cores"
-printf '| synchronous_commit | workload | plain rows/s | replicated rows/s (commits) | replicated/plain | placing the backlog afterwards | rows/s including placement | ratio including placement |\n|---|---|---|---|---|---|---|---|\n'
+printf '| synchronous_commit | workload | plain rows/s | replicated rows/s at commit | sealing | placing | replicated rows/s end to end | end to end / plain |\n|---|---|---|---|---|---|---|---|\n'
 for sc in off on; do
     psql_ -c "ALTER SYSTEM SET synchronous_commit = $sc" -c "SELECT pg_reload_conf()" >/dev/null
     for w in single bulk; do
         rows=1; [ "$w" = bulk ] && rows=1000
-        p=$(run "${w}_plain"); r=$(run "${w}_replicated"); t=$(place)
-        awk -v sc="$sc" -v w="$w" -v p="$p" -v r="$r" -v rows="$rows" -v t="$t" -v secs="$SECS" 'BEGIN {
-            total = r * rows * secs; both = total / (secs + t)
-            printf "| %s | %s | %.0f | %.0f | %.2f | %.0f rows in %.1f s | %.0f | %.2f |\n", sc,
+        p=$(pgbench_ "${w}_plain" "$CLIENTS" -T "$SECS")
+        r=$(pgbench_ "${w}_replicated" "$CLIENTS" -T "$SECS")
+        s=$(secs_of seal)
+        t=$(secs_of place)
+        awk -v sc="$sc" -v w="$w" -v p="$p" -v r="$r" -v rows="$rows" -v s="$s" -v t="$t" -v secs="$SECS" 'BEGIN {
+            total = r * rows * secs; both = total / (secs + s + t)
+            printf "| %s | %s | %.0f | %.0f (%.2f) | %.1f s | %.1f s | %.0f | %.2f |\n", sc,
                 (w == "single" ? "(a) single-row INSERT" : "(b) 1,000-row INSERT ... SELECT"),
-                p * rows, r * rows, r / p, total, t, both, both / (p * rows) }'
+                p * rows, r * rows, r / p, s, t, both, both / (p * rows) }'
     done
 done
-entries=$(psql_ -t -A -c "SELECT count(*) FROM causal.dag_entries")
-say "The replicated table's group now holds $entries entries"
+psql_ -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" >/dev/null
+
+# Bytes per row: the same rows into fresh tables; schema causal is measured before and after.
+psql_ -c "CREATE TABLE size_plain (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
+          CREATE TABLE size_replicated (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
+          SELECT causal.replicate('bench', 'size_replicated');" >/dev/null
+causal_bytes() { value "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relnamespace = 'causal'::regnamespace AND c.relkind IN ('r', 'm')"; }
+before=$(causal_bytes)
+for t in plain replicated; do
+    sed "s/INTO $t /INTO size_$t /" "$ROOT/bench/single_$t.sql" >"$DIR/size_single_$t.sql"
+    sed "s/INTO $t /INTO size_$t /" "$ROOT/bench/bulk_$t.sql" >"$DIR/size_bulk_$t.sql"
+    as_postgres "$PG_BIN/pgbench" -n -h "$DIR/node/sock" -p "$PORT" -U postgres -c 2 -j 2 -t 10000 -f "$DIR/size_single_$t.sql" postgres >/dev/null 2>&1
+    as_postgres "$PG_BIN/pgbench" -n -h "$DIR/node/sock" -p "$PORT" -U postgres -c 2 -j 2 -t 25 -f "$DIR/size_bulk_$t.sql" postgres >/dev/null 2>&1
+done
+place >/dev/null
+psql_ -c "VACUUM" >/dev/null
+after=$(causal_bytes)
+plain_bytes=$(value "SELECT pg_total_relation_size('size_plain')")
+repl_bytes=$(value "SELECT pg_total_relation_size('size_replicated')")
+nrows=$(value "SELECT count(*) FROM size_replicated")
+say "Bytes on disk per row: 20k single-row and 50k bulk rows into each table"
+printf '| rows | plain bytes/row | replicated table bytes/row | schema causal grew, bytes/row | replicated with history / plain |\n|---|---|---|---|---|\n'
+awk -v n="$nrows" -v p="$plain_bytes" -v r="$repl_bytes" -v c="$((after - before))" 'BEGIN {
+    printf "| %d | %.0f | %.0f | %.0f | %.2f |\n", n, p / n, r / n, c / n, (r + c) / p }'
+
+# Clients 1 -> 4, single-row, end to end.
+say "Clients 1 -> 4: single-row INSERT, synchronous_commit off, end to end"
+printf '| table | 1 client rows/s | 4 clients rows/s | gain |\n|---|---|---|---|\n'
+declare -A gain
+for t in plain replicated; do
+    out=""
+    for c in 1 4; do
+        tps=$(pgbench_ "single_$t" "$c" -T "$SECS")
+        extra=0
+        [ "$t" = replicated ] && extra=$(awk -v a="$(secs_of seal)" -v b="$(secs_of place)" 'BEGIN { print a + b }')
+        out="$out $(awk -v tps="$tps" -v secs="$SECS" -v x="$extra" 'BEGIN { printf "%.0f", tps * secs / (secs + x) }')"
+    done
+    read -r one four <<<"$out"
+    gain[$t]=$(awk -v a="$one" -v b="$four" 'BEGIN { printf "%.2f", b / a }')
+    printf '| %s | %s | %s | %s |\n' "$t" "$one" "$four" "${gain[$t]}"
+done
+awk -v r="${gain[replicated]}" -v p="${gain[plain]}" 'BEGIN { printf "Ratio of gains, replicated / plain: %.2f\n", r / p }'
+entries=$(value "SELECT count(*) FROM causal.dag_entries")
+say "The group now holds $entries entries"
 bench_json
