@@ -5,12 +5,14 @@
 //! - [`history`], [`view`]: looking at history and at the reconciled view.
 //! - [`exchange`]: export and import of history without a network.
 //! - [`sync`]: peers, groups to fetch and what the sync worker reads.
+//! - [`leave`]: leaving a group, its tables kept as plain tables.
 //! - [`functions`]: small stateless functions.
 
 pub mod ddl;
 pub mod exchange;
 pub mod functions;
 pub mod history;
+pub mod leave;
 pub mod replicate;
 pub mod rules;
 pub mod sync;

@@ -19,6 +19,12 @@ pub fn forget(undone: crate::pg::xact::Undone) {
     FOUND.with(|f| f.borrow_mut().forget(undone));
 }
 
+/// Forgets every group found: one was removed from this database (`causal.leave_group`, in
+/// this backend or, through the catalog's relcache invalidation, another).
+pub fn clear_cache() {
+    FOUND.with(|f| f.borrow_mut().clear());
+}
+
 /// A group of this database.
 #[derive(Clone)]
 pub struct Group {

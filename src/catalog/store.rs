@@ -53,8 +53,9 @@ impl NodeCache {
 }
 
 thread_local! {
-    /// Per group id. A store holds its group's cache, so a lookup hashes no group id.
-    static CACHES: RefCell<HashMap<String, Rc<RefCell<NodeCache>>>> = RefCell::new(HashMap::new());
+    /// Per group number (never reused: a group left and joined again gets a new one). A store
+    /// holds its group's cache, so a lookup hashes no group id.
+    static CACHES: RefCell<HashMap<i32, Rc<RefCell<NodeCache>>>> = RefCell::new(HashMap::new());
 }
 
 /// Forgets the nodes that undone work stored (all cached nodes when a transaction aborts).
@@ -183,7 +184,7 @@ const STATE_LOCK_SQL: &str = "SELECT entry_count, chain_lens, frontier, authorit
 
 impl SpiStore {
     pub fn new(group: &str, num: i32) -> SpiStore {
-        let cache = CACHES.with(|c| Rc::clone(c.borrow_mut().entry(group.to_string()).or_default()));
+        let cache = CACHES.with(|c| Rc::clone(c.borrow_mut().entry(num).or_default()));
         SpiStore {
             group: group.to_string(),
             num,

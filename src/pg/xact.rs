@@ -104,6 +104,11 @@ impl<K: Eq + Hash, V> ScopedMap<K, V> {
         self.map.insert(k, (now(), v));
     }
 
+    /// Forgets everything (what it held was dropped by committed work).
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
     /// Drops what the undone work kept.
     pub fn forget(&mut self, undone: Undone) {
         match undone {

@@ -231,6 +231,8 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                     if frontier_reads.wanted(group) && reads_tx.try_send(Read::Frontier { group: group.to_string() }).is_err() {
                         frontier_reads.forget(group); // the next commit tries again
                     }
+                } else if let Some(group) = note.strip_prefix("leave:") {
+                    session.forget_group(group);
                 } else if note == "join" {
                     match db.wanted_groups().await {
                         Ok(groups) => for g in groups {

@@ -460,6 +460,13 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         self.broadcast_frontier(group, now_ms);
     }
 
+    /// The database left `group` (`causal.leave_group`): it is neither synced nor served any
+    /// more, and what was asked of peers for it is dropped.
+    pub fn forget_group(&mut self, group: &str) {
+        self.groups.remove(group);
+        self.requests.retain(|_, r| r.group != group);
+    }
+
     fn broadcast_frontier(&mut self, group: &str, now_ms: u64) {
         for peer in self.connected_peers() {
             self.send_frontier(&peer, group, now_ms);

@@ -613,3 +613,21 @@ fn a_long_catch_up_is_not_mistaken_for_a_flood() {
     assert!(net.disconnects.is_empty(), "an honest peer was banned: {:?}", net.disconnects);
     net.assert_converged(&[1, 2]);
 }
+
+/// A node that left the group (`causal.leave_group`) neither fetches it nor serves it, though
+/// a peer keeps announcing new entries.
+#[test]
+fn a_group_left_is_neither_fetched_nor_served() {
+    let (mut net, mut dag) = Net::new(11);
+    let group = net.group.clone();
+    let behind = genesis_only(&dag, &group);
+    extend_chain(&mut dag, 100);
+    net.add(1, Some(dag));
+    net.add(2, Some(behind));
+    net.nodes.get_mut(&2).unwrap().session.forget_group(&group);
+    net.connect(1, 2);
+    net.run();
+    assert_eq!(net.dag(2).len().unwrap(), 1, "nothing fetched");
+    assert!(net.nodes[&2].session.group_status().is_empty());
+    assert_eq!(net.walks_served.get(&2).copied().unwrap_or(0), 0, "nothing served");
+}

@@ -126,3 +126,68 @@ fn removal_leaves_plain_tables_with_their_data() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+#[test]
+fn leaving_a_group_keeps_its_tables_as_plain_tables() {
+    let (node, mut db) = node_with_extension("leave");
+    db.batch_execute(
+        "SELECT causal.create_group('g'); SELECT causal.create_group('other');
+         CREATE TABLE kept (id int PRIMARY KEY, v text CHECK (v <> 'x'));
+         CREATE TABLE elsewhere (id int PRIMARY KEY);
+         SELECT causal.replicate('g', 'kept'); SELECT causal.replicate('other', 'elsewhere');
+         SELECT causal.allow('kept', 'insert', 'new.id > 0');
+         INSERT INTO kept VALUES (1, 'a'), (2, 'b'); INSERT INTO elsewhere VALUES (1);
+         SELECT causal.catch_up();",
+    )
+    .unwrap();
+    // Another session knows the group.
+    let mut other = node.connect("postgres");
+    other.batch_execute("SELECT count(*) FROM causal.log('g')").unwrap();
+
+    db.batch_execute("SELECT causal.leave_group('g')").unwrap();
+
+    let (triggers, identity): (i64, String) = {
+        let row = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'kept'::regclass AND tgname LIKE 'causal_%'), \
+                        (SELECT relreplident::text FROM pg_class WHERE oid = 'kept'::regclass)",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((triggers, identity.as_str()), (0, "d"), "a plain table again");
+    let rows: i64 = db.query_one("SELECT count(*) FROM kept", &[]).unwrap().get(0);
+    assert_eq!(rows, 2);
+    let refused = db.batch_execute("INSERT INTO kept VALUES (3, 'x')").unwrap_err();
+    assert_eq!(sqlstate(&refused).as_deref(), Some("23514"), "the CHECK constraint stays");
+    let left: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM causal.groups WHERE name = 'g') \
+                  + (SELECT count(*) FROM causal.replicated_tables WHERE table_name = 'kept') \
+                  + (SELECT count(*) FROM causal.row_meta WHERE table_name = 'kept')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "nothing of the group is left");
+
+    // Writes to it are plain writes now; the other group goes on.
+    let entries = |db: &mut Client| -> i64 {
+        db.batch_execute("SELECT causal.catch_up()").unwrap();
+        db.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0)
+    };
+    let before = entries(&mut db);
+    db.batch_execute("INSERT INTO kept VALUES (4, 'd')").unwrap();
+    assert_eq!(entries(&mut db), before);
+    db.batch_execute("INSERT INTO elsewhere VALUES (2)").unwrap();
+    assert_eq!(entries(&mut db), before + 1);
+
+    // The other session no longer finds the group; the name can be used again.
+    let err = other.batch_execute("SELECT count(*) FROM causal.log('g')").unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42704"), "{err:?}");
+    db.batch_execute("SELECT causal.create_group('g'); SELECT causal.replicate('g', 'kept')").unwrap();
+    let rejoined = entries(&mut db);
+    db.batch_execute("INSERT INTO kept VALUES (5, 'e')").unwrap();
+    assert_eq!(entries(&mut db), rejoined + 1);
+}
