@@ -8,8 +8,8 @@ use serde_json::{json, Map, Value};
 
 use causal_core::entry::{Entry, Position};
 use causal_core::payload::SignedPayload;
-use causal_core::reconcile::fold_op;
 use causal_core::reconcile::memory::MemReplica;
+use causal_core::reconcile::{fold_op, RowKey};
 use causal_core::Hash;
 
 use crate::catalog::group::Group;
@@ -149,7 +149,7 @@ fn snapshot_rows(
 /// that the engine has not placed yet applied on top. Those extend the frontier one after the
 /// other, so applying their operations in order is their placement. Sorted by key, bytewise.
 fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError> {
-    let rows: Vec<(String, Map<String, Value>)> = Spi::connect(|client| {
+    let rows: Vec<(RowKey, Map<String, Value>)> = Spi::connect(|client| {
         let rows = client.select(
             "SELECT key, vals FROM causal.row_meta \
              WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND table_name = $2 AND NOT meta ? 'd' \
@@ -160,7 +160,7 @@ fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError>
         let mut out = Vec::new();
         for r in rows {
             if let (Some(k), Some(JsonB(Value::Object(v)))) = (r.get::<String>(1)?, r.get::<JsonB>(2)?) {
-                out.push((k, v));
+                out.push((RowKey::from_stored(k), v));
             }
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -170,7 +170,7 @@ fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError>
         return Ok(rows.into_iter().map(|(_, v)| Value::Object(v)).collect());
     }
     let schema = crate::catalog::tables::local_schema_by_name(group_id, table)?;
-    let mut view: BTreeMap<String, Map<String, Value>> = rows.into_iter().collect();
+    let mut view: BTreeMap<RowKey, Map<String, Value>> = rows.into_iter().collect();
     for (_, _, payload) in
         crate::replay::placement::unplaced_entries(group_id, state.reconciled_count, state.entry_count)?
     {

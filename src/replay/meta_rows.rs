@@ -200,7 +200,7 @@ pub(super) fn to_states(rows: Vec<RawRow>) -> Result<Vec<(RowKey, RowState)>, Re
             Value::Object(o) => o,
             _ => Map::new(),
         };
-        out.push((k, RowState::from_meta(values, &m.0)?));
+        out.push((RowKey::from_stored(k), RowState::from_meta(values, &m.0)?));
     }
     Ok(out)
 }

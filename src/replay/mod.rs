@@ -95,7 +95,7 @@ fn undo_from(v: &Value) -> Result<Vec<UndoRecord>, ReconcileError> {
         };
         out.push(UndoRecord {
             table: r.get("t").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
-            key: r.get("k").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
+            key: RowKey::from_stored(r.get("k").and_then(Value::as_str).ok_or_else(bad)?.to_string()),
             before,
         });
     }
@@ -249,12 +249,12 @@ impl SpiReplica {
             match &row.state {
                 Some(r) if r.is_live() && !row.was_stored => slot.2.push(&r.values),
                 Some(r) if r.is_live() => slot.1.push(&r.values),
-                _ => slot.0.push(&row.key),
+                _ => slot.0.push(row.key.as_str()),
             }
         }
         for (table, (deletes, upserts)) in &resync {
             let slot = per_table.entry(table.as_str()).or_default();
-            slot.0.extend(deletes.iter().map(String::as_str));
+            slot.0.extend(deletes.iter().map(RowKey::as_str));
             slot.1.extend(upserts.iter());
         }
         if per_table.is_empty() {
@@ -510,14 +510,19 @@ impl ReplicaStore for SpiReplica {
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
                 let rows =
-                    run_prepared(ROW_BY_KEY, &[self.num.into(), table.into(), k.clone().into()], false, read_rows)
+                    run_prepared(ROW_BY_KEY, &[self.num.into(), table.into(), k.as_str().into()], false, read_rows)
                         .map_err(store_err)?;
                 out.extend(to_states(rows)?);
             }
             return Ok(out);
         }
         let rows = probing_by_key(|| {
-            run_prepared(ROWS_BY_KEYS, &[self.num.into(), table.into(), keys.to_vec().into()], false, read_rows)
+            run_prepared(
+                ROWS_BY_KEYS,
+                &[self.num.into(), table.into(), keys.iter().map(RowKey::to_string).collect::<Vec<_>>().into()],
+                false,
+                read_rows,
+            )
         })
         .map_err(store_err)?;
         to_states(rows)

@@ -141,7 +141,7 @@ impl MemReplica {
             let live: Map<String, Value> = rows
                 .iter()
                 .filter(|(_, r)| r.is_live())
-                .map(|(k, r)| (k.clone(), Value::Object(r.values.clone())))
+                .map(|(k, r)| (k.to_string(), Value::Object(r.values.clone())))
                 .collect();
             if !live.is_empty() {
                 tables.insert(t.clone(), Value::Object(live));

@@ -40,8 +40,35 @@ use crate::schema::TableSchema;
 
 pub use authority::{carries_authority, Authority};
 
-/// The identity of a row: the canonical JSON array of its primary-key values, in key order.
-pub type RowKey = String;
+/// The identity of a row: the canonical JSON array of its primary-key values, in key order
+/// (`["A"]`, `[1,"x"]`). Made by [`row_key`] from a row, or read back from storage, where it
+/// was written from one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct RowKey(String);
+
+impl RowKey {
+    /// A key as stored: the canonical text [`row_key`] made.
+    pub fn from_stored(text: String) -> RowKey {
+        RowKey(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for RowKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 /// A row with its causal metadata. A deleted row is kept as a tombstone (`deleted_by` set,
 /// `values` empty) so that later entries can be told who deleted it.
@@ -94,7 +121,7 @@ impl RowState {
 /// The canonical key of a row from its primary-key values (`None` when one is missing).
 pub fn row_key(schema: &TableSchema, row: &Map<String, Value>) -> Option<RowKey> {
     let values: Option<Vec<Value>> = schema.primary_key.iter().map(|c| row.get(c).cloned()).collect();
-    canonical_string(&Value::Array(values?)).ok()
+    canonical_string(&Value::Array(values?)).ok().map(RowKey)
 }
 
 /// An entry's place in the canonical order: height first, then hash.

@@ -67,7 +67,7 @@ impl Site {
 
     pub fn row(&self, table: &str, key: Value) -> Option<Map<String, Value>> {
         let k = causal_core::json::canonical_string(&key).unwrap();
-        self.replica.table(table).get(&k).cloned()
+        self.replica.table(table).get(k.as_str()).cloned()
     }
 }
 
