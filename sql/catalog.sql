@@ -12,6 +12,20 @@ CREATE TABLE causal.identity_keys (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE UNIQUE INDEX identity_keys_one_node ON causal.identity_keys (is_node) WHERE is_node;
+-- pg_restore loads the dumped node identity after CREATE EXTENSION made a fresh one: the
+-- fresh one gives way if it never signed anything, so a restored database is the same node.
+CREATE FUNCTION causal._restored_node_identity() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF NEW.is_node THEN
+        DELETE FROM causal.identity_keys k
+         WHERE k.is_node AND k.key_id <> NEW.key_id
+           AND NOT EXISTS (SELECT 1 FROM causal.dag_entries e WHERE (e.payload::jsonb ->> 'author') = k.key_id);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER restored_node_identity BEFORE INSERT ON causal.identity_keys
+    FOR EACH ROW EXECUTE FUNCTION causal._restored_node_identity();
 REVOKE ALL ON causal.identity_keys FROM PUBLIC;
 -- Everyone may see who exists; only the owner and superusers read secret keys.
 GRANT SELECT (name, key_id, public_key, is_node, created_at) ON causal.identity_keys TO PUBLIC;
@@ -130,6 +144,31 @@ CREATE TABLE causal.replicated_tables (
 ) WITH (user_catalog_table = true);
 -- user_catalog_table: the sealer's decoder reads it as it was when each decoded transaction
 -- committed (logical decoding reads only catalogs, and keeps their old rows for it).
+-- relid is this database's oid of the table. A row whose relid names no table of that name
+-- (pg_restore loads rows dumped from another database, where oids differ) gets the oid of
+-- the table of that name here, or NULL.
+CREATE FUNCTION causal._replicated_table_relid() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    parts text[];
+BEGIN
+    IF NEW.relid IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = NEW.relid
+           AND NEW.table_name = CASE WHEN n.nspname = 'public' THEN format('%I', c.relname)
+                                     ELSE format('%I.%I', n.nspname, c.relname) END) THEN
+        RETURN NEW;
+    END IF;
+    parts := parse_ident(NEW.table_name);
+    IF cardinality(parts) = 1 THEN
+        parts := ARRAY['public'] || parts;
+    END IF;
+    NEW.relid := (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = parts[1] AND c.relname = parts[2]);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER replicated_table_relid BEFORE INSERT ON causal.replicated_tables
+    FOR EACH ROW EXECUTE FUNCTION causal._replicated_table_relid();
 
 -- Where the sealer is in the WAL: every transaction whose commit record ends at or before
 -- sealed_lsn has its entries (one row per database; the slot is causal_slot_name()).

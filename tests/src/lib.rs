@@ -120,6 +120,14 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("connect to {} ({}): {e}", self.name, self.connection_string(db)))
     }
 
+    /// Runs the client program `program` (`pg_dump`, `pg_restore`, ...) of the server's
+    /// version against this cluster, with `args` after the connection options.
+    pub fn client_tool(&self, program: &str, args: &[&str]) -> Output {
+        let mut c = Command::new(pg_bin().join(program));
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"]).args(args);
+        c.output().unwrap_or_else(|e| panic!("run {program}: {e}"))
+    }
+
     /// The server log, for assertions and for diagnosing failures.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
