@@ -394,21 +394,19 @@ impl SpiReplica {
         let name = get_prepared::<String>("SELECT name FROM causal.group_defs WHERE grp = $1", &[self.num.into()])
             .map_err(store_err)?
             .unwrap_or_default();
+        // The key ids this database holds: an entry signed by one is a write made here.
+        let local_keys: std::collections::HashSet<String> =
+            run_prepared("SELECT key_id FROM causal.identity_keys", &[], false, |rows| {
+                rows.map(|r| r.get::<String>(1)).filter_map(Result::transpose).collect::<Result<_, _>>()
+            })
+            .map_err(store_err)?;
         for (_, hash, reason, _) in news {
             let author = self
                 .dag
                 .entry(hash)
                 .map_err(store_err)?
                 .and_then(|e| e.payload.get("author").and_then(Value::as_str).map(str::to_string));
-            let local = match &author {
-                Some(a) => get_prepared::<bool>(
-                    "SELECT EXISTS (SELECT 1 FROM causal.identity_keys WHERE key_id = $1)",
-                    &[a.clone().into()],
-                )
-                .map_err(store_err)?
-                .unwrap_or(false),
-                None => false,
-            };
+            let local = author.as_ref().is_some_and(|a| local_keys.contains(a));
             // A notification carries at most 8000 bytes: the reason is cut to fit.
             let reason: String = reason.unwrap_or_default().chars().take(2000).collect();
             let payload = json!({

@@ -229,14 +229,13 @@ fn b_c_per_column_merge_and_delete_wins() {
     assert!(reason.contains("deleted"), "{reason}");
 }
 
+const PARENTS_CHILDREN: &str = "CREATE TABLE parents (id int PRIMARY KEY); \
+                                CREATE TABLE children (id int PRIMARY KEY, parent int REFERENCES parents (id)); \
+                                SELECT causal.replicate('g', 'parents'); SELECT causal.replicate('g', 'children');";
+
 #[test]
 fn d_foreign_key_target_deleted_concurrently() {
-    let mut net = two_writers(
-        "rc-d",
-        "CREATE TABLE parents (id int PRIMARY KEY); \
-         CREATE TABLE children (id int PRIMARY KEY, parent int REFERENCES parents (id)); \
-         SELECT causal.replicate('g', 'parents'); SELECT causal.replicate('g', 'children');",
-    );
+    let mut net = two_writers("rc-d", PARENTS_CHILDREN);
     net.exec(0, "INSERT INTO parents VALUES (1)");
     net.share_from(0);
     net.exec(0, "DELETE FROM parents WHERE id = 1");
@@ -427,12 +426,7 @@ fn a_mutual_removal_does_not_freeze_the_group() {
 
 #[test]
 fn the_application_hears_of_a_cancelled_write() {
-    let mut net = two_writers(
-        "rc-notice",
-        "CREATE TABLE parents (id int PRIMARY KEY); \
-         CREATE TABLE children (id int PRIMARY KEY, parent int REFERENCES parents (id)); \
-         SELECT causal.replicate('g', 'parents'); SELECT causal.replicate('g', 'children');",
-    );
+    let mut net = two_writers("rc-notice", PARENTS_CHILDREN);
     net.exec(0, "INSERT INTO parents VALUES (1)");
     net.share_from(0);
     let mut listener = net.node.connect("r1");
