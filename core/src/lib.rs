@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod rules;
 pub mod schema;
 pub mod schema_check;
+pub mod signature_cover;
 pub mod sql_expr;
 pub mod sql_name;
 pub mod wire;

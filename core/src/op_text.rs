@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::entry::Position;
 use crate::hash::Hash;
-use crate::identity::Keypair;
+use crate::identity::{KeyId, Keypair};
 use crate::json::{
     array_order, canonical_is_plain, canonical_string, cmp_utf16, parse, write_canonical, write_string, JsonError,
 };
@@ -217,6 +217,34 @@ pub fn sign_op_texts(
     ops: &[OpText],
     prev: &Position,
 ) -> Result<SignedText, JsonError> {
+    let (canonical_ops, stored_ops) = ops_texts(ops);
+    let signed = sign_ops_text(keypair, group, &canonical_ops, prev)?;
+    let canonical = signed.payload_text(&canonical_ops);
+    let stored = stored_ops.map(|t| signed.payload_text(&t)).unwrap_or_else(|| canonical.clone());
+    Ok(SignedText { canonical, stored })
+}
+
+/// `ops` by `author` as an unsigned payload (`{"author", "ops"}`), for an entry that a later
+/// signed entry of the same author covers ([`crate::signature_cover`]).
+pub fn unsigned_op_texts(author: &KeyId, ops: &[OpText]) -> Result<SignedText, JsonError> {
+    let (canonical_ops, stored_ops) = ops_texts(ops);
+    let author_text = crate::json::canonical_string(&Value::String(author.to_b64()))?;
+    let wrap = |ops_text: &str| {
+        let mut out = String::with_capacity(ops_text.len() + 80);
+        out.push_str("{\"author\":");
+        out.push_str(&author_text);
+        out.push_str(",\"ops\":");
+        out.push_str(ops_text);
+        out.push('}');
+        out
+    };
+    let canonical = wrap(&canonical_ops);
+    let stored = stored_ops.map(|t| wrap(&t)).unwrap_or_else(|| canonical.clone());
+    Ok(SignedText { canonical, stored })
+}
+
+/// The operations' array as canonical text, and as text to store when that differs.
+fn ops_texts(ops: &[OpText]) -> (String, Option<String>) {
     let len: usize = ops.iter().map(|o| o.canonical.len() + 1).sum();
     let mut canonical_ops = String::with_capacity(len + 2);
     canonical_ops.push('[');
@@ -227,24 +255,20 @@ pub fn sign_op_texts(
         canonical_ops.push_str(&ops[i].canonical);
     }
     canonical_ops.push(']');
-    let signed = sign_ops_text(keypair, group, &canonical_ops, prev)?;
-    let canonical = signed.payload_text(&canonical_ops);
-    let stored = if ops.len() <= 10 && ops.iter().all(|o| o.stored.is_none()) {
+    if ops.len() <= 10 && ops.iter().all(|o| o.stored.is_none()) {
         // Then the canonical text is the ordinary text: the same members in the same order.
-        canonical.clone()
-    } else {
-        let mut stored_ops = String::with_capacity(len + 2);
-        stored_ops.push('[');
-        for (i, op) in ops.iter().enumerate() {
-            if i > 0 {
-                stored_ops.push(',');
-            }
-            stored_ops.push_str(op.stored());
+        return (canonical_ops, None);
+    }
+    let mut stored_ops = String::with_capacity(len + 2);
+    stored_ops.push('[');
+    for (i, op) in ops.iter().enumerate() {
+        if i > 0 {
+            stored_ops.push(',');
         }
-        stored_ops.push(']');
-        signed.payload_text(&stored_ops)
-    };
-    Ok(SignedText { canonical, stored })
+        stored_ops.push_str(op.stored());
+    }
+    stored_ops.push(']');
+    (canonical_ops, Some(stored_ops))
 }
 
 #[cfg(test)]
@@ -320,6 +344,31 @@ mod tests {
             assert_eq!(parse(&signed.stored).unwrap(), encoded.value, "{n} ops");
             let decoded = SignedPayload::from_value(&parse(&signed.stored).unwrap()).unwrap();
             assert_eq!(decoded, encoded.payload);
+        }
+    }
+
+    /// An unsigned payload written from texts is the value path's unsigned payload, byte for
+    /// byte in canonical form, and decodes back to it.
+    #[test]
+    fn an_unsigned_text_payload_matches_the_value_path() {
+        let author = Keypair::generate().public().key_id();
+        let w = InsertWriter::new("items", &["id", "payload"]);
+        for n in [1usize, 11] {
+            let texts: Vec<OpText> =
+                (0..n).map(|i| w.write(&[Some(json!(i)), Some(json!("a\u{1}"))]).unwrap()).collect();
+            let ops: Vec<Op> = (0..n)
+                .map(|i| Op::Insert {
+                    table: "items".into(),
+                    row: row(&[("id", json!(i)), ("payload", json!("a\u{1}"))]),
+                })
+                .collect();
+            let text = unsigned_op_texts(&author, &texts).unwrap();
+            let value = SignedPayload::unsigned(author, ops).to_value();
+            assert_eq!(text.canonical, canonical_string(&value).unwrap(), "{n} ops");
+            assert_eq!(parse(&text.stored).unwrap(), value, "{n} ops");
+            let decoded = SignedPayload::from_value(&value).unwrap();
+            assert_eq!(decoded.signature, None);
+            assert_eq!(decoded.author, author);
         }
     }
 

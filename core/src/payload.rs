@@ -25,6 +25,16 @@
 //! (The 32-byte digest is what ed25519 signs, so signing costs the same for a one-row entry
 //! and a thousand-row one.)
 //!
+//! **Entries covered by a later signature.** As in Hypercore, where one signature covers a
+//! whole appended batch, an entry may carry no `signature` when a later entry by the *same
+//! author* vouches for it: `{"author", "ops"}` only. A signature covers the entry's
+//! predecessor hashes, and a hash covers the entry's payload (author and operations) and its
+//! own predecessors, so an author's signature on an entry establishes every unsigned entry of
+//! that author reached from it through unsigned entries of that author
+//! ([`crate::signature_cover`]). An unsigned entry that no signature of its author covers is
+//! invalid. The sealer signs the last entry of each author's run (and at least every
+//! [`crate::signature_cover::MAX_UNSIGNED_RUN`] + 1 entries); the others go unsigned.
+//!
 //! So a signed operation cannot be replayed at another position or in another group: moving it
 //! changes `prevEntryHashes` (or `group`) and breaks the signature. (The hhs3 authorship helper
 //! signs the payload alone, which allows exactly that replay.) The genesis has no group id yet
@@ -81,7 +91,8 @@ pub struct SignedPayload {
     pub genesis: Option<Box<Genesis>>,
     pub author: KeyId,
     pub ops: Vec<Op>,
-    pub signature: Signature,
+    /// None when a later entry of the same author covers this one ([`crate::signature_cover`]).
+    pub signature: Option<Signature>,
 }
 
 /// Why a payload is not a valid group payload.
@@ -97,6 +108,8 @@ pub enum PayloadError {
     Json(#[from] JsonError),
     #[error("the signature does not verify for author {author} at this position")]
     BadSignature { author: KeyId },
+    #[error("the entry is unsigned, and no later entry of its author {author} covers it with a signature")]
+    Uncovered { author: KeyId },
     #[error("the genesis author {author} is not the admin it names ({admin})")]
     GenesisAuthor { author: KeyId, admin: KeyId },
 }
@@ -379,7 +392,11 @@ impl SignedPayload {
     ) -> Result<EncodedPayload, JsonError> {
         let ops_value = Value::Array(ops.iter().map(Op::to_value).collect());
         let (author, signature, value, canonical) = sign_ops_value(keypair, group, ops_value, prev)?;
-        Ok(EncodedPayload { payload: SignedPayload { genesis: None, author, ops, signature }, value, canonical })
+        Ok(EncodedPayload {
+            payload: SignedPayload { genesis: None, author, ops, signature: Some(signature) },
+            value,
+            canonical,
+        })
     }
 
     /// [`SignedPayload::sign_encoded`] for a caller that needs the payload's value and
@@ -401,21 +418,29 @@ impl SignedPayload {
     pub fn sign(keypair: &Keypair, group: &Hash, ops: Vec<Op>, prev: &Position) -> Result<SignedPayload, JsonError> {
         let author = keypair.public().key_id();
         let msg = signing_message(Some(group), None, &author, &ops, prev)?;
-        Ok(SignedPayload { genesis: None, author, ops, signature: keypair.sign(&msg) })
+        Ok(SignedPayload { genesis: None, author, ops, signature: Some(keypair.sign(&msg)) })
     }
 
     /// Signs the genesis of a new group (no predecessors, no group id yet).
     pub fn sign_genesis(keypair: &Keypair, genesis: Genesis) -> Result<SignedPayload, JsonError> {
         let author = keypair.public().key_id();
         let msg = signing_message(None, Some(&genesis), &author, &[], &Position::new())?;
-        Ok(SignedPayload { genesis: Some(Box::new(genesis)), author, ops: vec![], signature: keypair.sign(&msg) })
+        Ok(SignedPayload { genesis: Some(Box::new(genesis)), author, ops: vec![], signature: Some(keypair.sign(&msg)) })
+    }
+
+    /// `ops` by `author` without a signature: valid only once a later signed entry of the same
+    /// author covers it ([`crate::signature_cover`]).
+    pub fn unsigned(author: KeyId, ops: Vec<Op>) -> SignedPayload {
+        SignedPayload { genesis: None, author, ops, signature: None }
     }
 
     pub fn to_value(&self) -> Value {
         let mut m = self.genesis.as_deref().map(genesis_fields).unwrap_or_default();
         m.insert("author".into(), json!(self.author.to_b64()));
         m.insert("ops".into(), Value::Array(self.ops.iter().map(Op::to_value).collect()));
-        m.insert("signature".into(), json!(self.signature.to_b64()));
+        if let Some(signature) = &self.signature {
+            m.insert("signature".into(), json!(signature.to_b64()));
+        }
         Value::Object(m)
     }
 
@@ -456,20 +481,30 @@ impl SignedPayload {
             .iter()
             .map(Op::from_value)
             .collect::<Result<Vec<_>, _>>()?;
+        // Only a genesis must carry its signature: it has no author before it to cover it.
+        let signature = match m.get("signature") {
+            None if genesis.is_none() => None,
+            _ => Some(
+                Signature::from_b64(str_field(m, "signature")?)
+                    .map_err(|source| PayloadError::Key { field: "signature", source })?,
+            ),
+        };
         Ok(SignedPayload {
             genesis: genesis.map(Box::new),
             author: str_field(m, "author")?.parse().map_err(|_| malformed("author"))?,
             ops,
-            signature: Signature::from_b64(str_field(m, "signature")?)
-                .map_err(|source| PayloadError::Key { field: "signature", source })?,
+            signature,
         })
     }
 
     /// Verifies the signature with the author's public key, at `prev` in `group` (None for
     /// the genesis, whose author must be the admin it names).
+    /// An unsigned payload fails with [`PayloadError::Uncovered`]: whether a later entry covers
+    /// it is a question about history ([`crate::signature_cover`]).
     pub fn verify(&self, key: &PublicKey, group: Option<&Hash>, prev: &Position) -> Result<(), PayloadError> {
         let msg = self.message_to_verify(key, group, prev)?;
-        key.verify(&msg, &self.signature).map_err(|_| PayloadError::BadSignature { author: self.author })
+        let signature = self.signature.as_ref().ok_or(PayloadError::Uncovered { author: self.author })?;
+        key.verify(&msg, signature).map_err(|_| PayloadError::BadSignature { author: self.author })
     }
 
     /// Everything [`SignedPayload::verify`] checks but the signature itself, and the message the

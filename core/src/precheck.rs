@@ -21,6 +21,9 @@ use crate::payload::{PayloadError, SignedPayload};
 pub enum Prechecked {
     /// Hashes match, the payload decodes, and the signature was verified with the author's key.
     Signed(SignedPayload),
+    /// Hashes match and the payload decodes, but it carries no signature: it is valid only if a
+    /// later signed entry of its author covers it ([`crate::signature_cover`]).
+    Unsigned(SignedPayload),
     /// Hashes match and the payload decodes, but the author's key was not among those given:
     /// the caller must find the key (or reject the author) and verify the signature itself.
     UnknownAuthor(SignedPayload),
@@ -89,6 +92,9 @@ fn check_unsigned<'k>(
     if payload.genesis.is_some() {
         return Checked::Done(Prechecked::Invalid("a second genesis entry".into()));
     }
+    if payload.signature.is_none() {
+        return Checked::Done(Prechecked::Unsigned(payload));
+    }
     match keys.get(&payload.author) {
         None => Checked::Done(Prechecked::UnknownAuthor(payload)),
         Some(key) => match payload.message_to_verify(key, Some(group), &e.header().prev) {
@@ -110,8 +116,8 @@ fn precheck_run(
     let checked: Vec<Checked> = entries.iter().map(|e| check_unsigned(e, alg, group, keys)).collect();
     let mut batch = SignatureBatch::new();
     for c in &checked {
-        if let Checked::Sign(payload, key, msg) = c {
-            batch.push(key, msg, &payload.signature);
+        if let Checked::Sign(SignedPayload { signature: Some(signature), .. }, key, msg) = c {
+            batch.push(key, msg, signature);
         }
     }
     let all_valid = batch.verify();
@@ -120,9 +126,9 @@ fn precheck_run(
         .map(|c| match c {
             Checked::Done(p) => p,
             Checked::Sign(payload, _, _) if all_valid => Prechecked::Signed(payload),
-            Checked::Sign(payload, key, msg) => match key.verify(&msg, &payload.signature) {
-                Ok(()) => Prechecked::Signed(payload),
-                Err(_) => Prechecked::Invalid(PayloadError::BadSignature { author: payload.author }.to_string()),
+            Checked::Sign(payload, key, msg) => match payload.signature.as_ref().map(|s| key.verify(&msg, s)) {
+                Some(Ok(())) => Prechecked::Signed(payload),
+                _ => Prechecked::Invalid(PayloadError::BadSignature { author: payload.author }.to_string()),
             },
         })
         .collect()
