@@ -225,6 +225,8 @@ struct GroupSync<P> {
     import_epoch: u64,
     /// After a failed import, when to try again (a tick does).
     retry_import_at: Option<u64>,
+    /// Fetched entries the last import left out to wait for the signature that covers them.
+    held_for_signature: usize,
     last_progress_ms: u64,
     imported_total: u64,
     /// The fetched entries in topological order, computed once after headers arrive (entries
@@ -263,6 +265,7 @@ impl<P> Default for GroupSync<P> {
             in_flight: HashSet::new(),
             import_epoch: 0,
             retry_import_at: None,
+            held_for_signature: 0,
             last_progress_ms: 0,
             imported_total: 0,
             order: None,
@@ -1050,7 +1053,13 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
     fn work(&mut self, group: &str, now_ms: u64) {
         self.request_headers(group, now_ms);
         self.request_payloads(group, now_ms);
+        let held_before = self.groups.get(group).map(|g| g.held_for_signature);
         self.import_ready(group);
+        // Entries held back for their signature make room for fetching on (the window does
+        // not count them), so the signature can come.
+        if self.groups.get(group).map(|g| g.held_for_signature) > held_before {
+            self.request_headers(group, now_ms);
+        }
     }
 
     fn header_request_in_flight(&self, group: &str) -> bool {
@@ -1108,7 +1117,10 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         else {
             return;
         };
-        if forward && g.fetched.len() >= self.config.forward_window {
+        // Entries waiting for their signature do not count (up to a few runs' worth): the
+        // signature is further on, and nothing imports until it is fetched.
+        let held = g.held_for_signature.min(4 * (causal_core::signature_cover::MAX_UNSIGNED_RUN + 1));
+        if forward && g.fetched.len() >= self.config.forward_window + held {
             return; // imports first
         }
         let start: Vec<String> = start.into_iter().take(MAX_HASH_LIST).collect();
@@ -1220,8 +1232,11 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         // catch-up, everything past the first payload still on its way waits for it, and
         // scanning to the end of the order on every finished request cost O(catch-up) each.
         let mut waiting = 0;
+        // An unsigned entry goes in the same import as the signature that covers it
+        // (`causal_core::signature_cover`): an import may run past `chunk` to reach it.
+        let mut covers = causal_core::signature_cover::CoverTracker::new();
         for h in &order[g.import_from..] {
-            if waiting > chunk {
+            if waiting > chunk || ready.len() > chunk + causal_core::signature_cover::MAX_UNSIGNED_RUN {
                 break;
             }
             let Some(f) = g.fetched.get(h) else { continue };
@@ -1245,7 +1260,8 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
             if prev_ok {
                 placed.insert(h);
                 ready.push(h.clone());
-                if ready.len() >= chunk {
+                follow_signatures(&mut covers, h, f);
+                if ready.len() >= chunk && covers.is_empty() {
                     break;
                 }
             }
@@ -1255,6 +1271,29 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         let more_coming = self.requests.values().any(|r| r.group == group && !r.asked.is_empty() && r.max == 0);
         let anything_coming = self.requests.values().any(|r| r.group == group);
         let queued_behind = !g.importing.is_empty();
+        // Entries whose signature has not come yet wait for it, with what depends on them (the
+        // rest goes: one entry never covered holds nothing else up). When nothing more can
+        // come (no request under way, nothing fetched waiting, and every hash peers announced
+        // fetched or stored), they go too, and the database refuses them.
+        let announced_unfetched = || {
+            g.peer_frontiers
+                .values()
+                .flatten()
+                .any(|h| !g.stored.contains(h) && !g.fetched.contains_key(h) && !g.frontier.contains(h))
+        };
+        let before = ready.len();
+        if !covers.is_empty() && (anything_coming || waiting > 0 || announced_unfetched()) {
+            let mut held: HashSet<String> = covers.held().map(|h| h.to_b64()).collect();
+            ready.retain(|h| {
+                let blocked = held.contains(h)
+                    || g.fetched.get(h).is_some_and(|f| f.header.prev.iter().any(|p| held.contains(&p.to_b64())));
+                if blocked {
+                    held.insert(h.clone());
+                }
+                !blocked
+            });
+        }
+        g.held_for_signature = before - ready.len();
         if ready.is_empty()
             || (more_coming && ready.len() < self.config.import_chunk.min(MIN_IMPORT_BATCH))
             || (queued_behind && anything_coming && ready.len() < chunk)
@@ -1316,6 +1355,23 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
 /// Entries an import waits for while more payloads are in flight (an import costs a
 /// transaction, so a trickle of tiny ones is slow).
 const MIN_IMPORT_BATCH: usize = 500;
+
+/// Follows one entry ready for import through `covers`: an unsigned one (no `signature` in
+/// its payload) is held, a signed one releases the unsigned entries of its author it covers.
+/// Whether the signature verifies is for the database to say; an entry whose author or hash
+/// does not parse is left for it to refuse.
+fn follow_signatures<P>(covers: &mut causal_core::signature_cover::CoverTracker, hash: &str, f: &Fetched<P>) {
+    let Some(payload) = f.payload.as_ref() else { return };
+    let Some(author) = payload.get("author").and_then(Value::as_str).and_then(|a| a.parse().ok()) else {
+        return;
+    };
+    if payload.get("signature").is_some() {
+        covers.vouch(&author, &f.header.prev);
+    } else if let Ok(h) = hash.parse() {
+        // A run too long is refused by the database; it waits for nothing here.
+        let _ = covers.hold(h, author, f.header.prev.clone());
+    }
+}
 
 /// How long after a failed import the fetched entries are offered again.
 const IMPORT_RETRY_MS: u64 = 1_000;

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use causal_core::entry::{Entry, Meta, Position};
+use causal_core::signature_cover::CoverTracker;
 use causal_core::{Dag, Hash, HashAlgorithm, MemStore};
 use causal_sync::session::{Action, Config, ImportOutcome, Serve, Session};
 use causal_sync::wire::{Envelope, SyncMsg, WireHeader};
@@ -254,6 +255,19 @@ impl Net {
         let alg = HashAlgorithm::parse(&hash_algorithm).unwrap();
         let dag = node.dag.get_or_insert_with(|| Dag::new(MemStore::new(), alg));
         let mut outcome = ImportOutcome::default();
+        // No import leaves an unsigned entry without the signature that covers it.
+        let mut covers = CoverTracker::new();
+        for v in &entries {
+            let e = Entry::from_wire(v).unwrap();
+            if let Some(author) = e.payload["author"].as_str().and_then(|a| a.parse().ok()) {
+                if e.payload.get("signature").is_some() {
+                    covers.vouch(&author, &e.header.prev);
+                } else {
+                    covers.hold(e.hash, author, e.header.prev.clone()).unwrap();
+                }
+            }
+        }
+        assert!(covers.is_empty(), "an import split an author's unsigned run from its signature");
         for v in entries {
             let e = Entry::from_wire(&v).unwrap();
             let h = e.hash.to_b64();
@@ -422,6 +436,36 @@ fn a_catch_up_imports_while_it_fetches() {
     let first_import = net.events.iter().position(|e| *e == (2, "import")).unwrap();
     let walks_before = net.events[..first_import].iter().filter(|e| **e == (1, "walk")).count();
     assert!(walks_before >= 1500 / 64, "{walks_before} walks before the first import");
+}
+
+/// Runs of unsigned entries longer than an import (the sealer signs the last of each run)
+/// reach a node behind in imports that each end with the signature covering their runs.
+#[test]
+fn an_import_never_separates_unsigned_entries_from_their_signature() {
+    let (mut net, mut dag) = Net::new(5);
+    // Fetching pauses when 60 entries wait for import: a run's signature is often not
+    // fetched yet when the entries before it are imported.
+    net.config.forward_window = 60;
+    let author = causal_core::identity::Keypair::generate().public().key_id().to_b64();
+    for i in 0..1500usize {
+        let prev = dag.frontier().unwrap();
+        // Runs of 1 to 120 entries (imports hold 50), each signed at its end.
+        let signed = (i * 7919) % 120 == 0 || i % 97 == 96;
+        let payload = if signed {
+            json!({"author": author, "ops": [i], "signature": "s"})
+        } else {
+            json!({"author": author, "ops": [i]})
+        };
+        dag.append(payload, Meta::new(), prev).unwrap();
+    }
+    let prev = dag.frontier().unwrap();
+    dag.append(json!({"author": author, "ops": [], "signature": "s"}), Meta::new(), prev).unwrap();
+    let behind = genesis_only(&dag, &net.group);
+    net.add(1, Some(dag));
+    net.add(2, Some(behind));
+    net.connect(1, 2);
+    net.run();
+    net.assert_converged(&[1, 2]);
 }
 
 /// Node 2, holding the genesis only, catches up 1500 entries from node 1 (configured by
