@@ -63,10 +63,11 @@ use causal_core::dag::cover_cache::CoverCache;
 use causal_core::entry::{EncodedEntry, Position};
 use causal_core::identity::{KeyId, PublicKey};
 use causal_core::membership::{derive_meta, member_status, MemberStatus, MEMBER_TAG, SCHEMA_TAG};
-use causal_core::payload::{Op, SignedPayload};
+use causal_core::payload::{Op, PayloadError, SignedPayload};
 use causal_core::precheck::{precheck_stream, Prechecked};
 use causal_core::reconcile::NewEntry;
 use causal_core::schema::TableSchema;
+use causal_core::signature_cover::CoverTracker;
 use causal_core::wire::{WireBundle, WireEntry};
 use causal_core::{Dag, DagError, FastMap, HashAlgorithm};
 use std::rc::Rc;
@@ -260,6 +261,9 @@ fn validate(
 ) -> Result<SignedPayload, String> {
     let (payload, signed) = match pre {
         Prechecked::Invalid(reason) => return Err(reason),
+        // The import stores an unsigned entry only once a signature covers it, and hands it
+        // here as `Signed` then.
+        Prechecked::Unsigned(p) => return Err(PayloadError::Uncovered { author: p.author }.to_string()),
         Prechecked::Signed(p) => (p, true),
         Prechecked::UnknownAuthor(p) => (p, false),
     };
@@ -476,48 +480,85 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
         }
     }
     let mut positions = Positions { group: Some(group.clone()), ..Positions::default() };
+    // Unsigned entries wait for a signature of their author that covers them, later in the
+    // bundle (`causal_core::signature_cover`); `released` says that one came.
+    let mut covers = CoverTracker::new();
+    let mut covered: HashSet<Hash> = HashSet::new();
+    let released = std::cell::Cell::new(false);
     // Stores one prechecked entry whose turn has come; gives it back if a predecessor is not
-    // stored yet (it comes later in the bundle, or is missing).
+    // stored yet (it comes later in the bundle, or is missing) or it waits for its signature.
     let mut place = |dag: &mut causal_core::Dag<crate::catalog::store::SpiStore>,
                      e: WireEntry<'b>,
                      pre: Prechecked|
      -> Result<Placed<'b>, CausalError> {
         if dag.contains(&e.hash)? {
             duplicates += 1;
-        } else if let Some(bad) = e.header.prev.iter().find(|p| rejected_set.contains(*p)) {
+            return Ok(Placed::Not);
+        }
+        if let Some(bad) = e.header.prev.iter().find(|p| rejected_set.contains(*p)) {
             rejected_set.insert(e.hash);
             rejected.push((e.hash, format!("depends on rejected entry {bad}")));
-        } else if all_present(dag, &e.header.prev)? {
-            let t = std::time::Instant::now();
-            let verdict = validate(dag, &mut positions, &gid, &e.header.prev, pre);
-            checking += t.elapsed();
-            match verdict {
-                Err(reason) => {
-                    rejected_set.insert(e.hash);
-                    rejected.push((e.hash, reason));
+            return Ok(Placed::Not);
+        }
+        let pre = match pre {
+            // Wrong whatever comes before it (and so never a cover for an unsigned entry).
+            Prechecked::Invalid(reason) => {
+                rejected_set.insert(e.hash);
+                rejected.push((e.hash, reason));
+                return Ok(Placed::Not);
+            }
+            // Its author's signature on a later entry covers it: its authorship is established.
+            Prechecked::Unsigned(p) if covered.remove(&e.hash) => Prechecked::Signed(p),
+            Prechecked::Unsigned(p) => {
+                if !covers.is_held(&e.hash) {
+                    if let Err(err) = covers.hold(e.hash, p.author, e.header.prev.clone()) {
+                        rejected_set.insert(e.hash);
+                        rejected.push((e.hash, err.to_string()));
+                        return Ok(Placed::Not);
+                    }
                 }
-                Ok(payload) => {
-                    let meta = derive_meta(&payload);
-                    let (hash, prev) = (e.hash, e.header.prev.clone());
-                    // Its hashes were verified by the precheck; the payload is stored as it
-                    // came, which parses to the value they were computed from.
-                    let entry =
-                        EncodedEntry { hash, header: e.header, payload_text: e.payload.to_owned(), meta: meta.clone() };
-                    match dag.insert_encoded(entry) {
-                        Ok(_) => {
-                            positions.covers.appended(hash, &prev, &meta);
-                            accepted += 1;
-                            return Ok(Placed::Stored((hash, prev, payload)));
-                        }
-                        Err(err) => {
-                            rejected_set.insert(hash);
-                            rejected.push((hash, err.to_string()));
-                        }
+                return Ok(Placed::Waiting(e, Prechecked::Unsigned(p)));
+            }
+            Prechecked::Signed(p) => {
+                let newly = covers.vouch(&p.author, &e.header.prev);
+                if !newly.is_empty() {
+                    released.set(true);
+                    covered.extend(newly);
+                }
+                Prechecked::Signed(p)
+            }
+            other => other,
+        };
+        if !all_present(dag, &e.header.prev)? {
+            return Ok(Placed::Waiting(e, pre));
+        }
+        let t = std::time::Instant::now();
+        let verdict = validate(dag, &mut positions, &gid, &e.header.prev, pre);
+        checking += t.elapsed();
+        match verdict {
+            Err(reason) => {
+                rejected_set.insert(e.hash);
+                rejected.push((e.hash, reason));
+            }
+            Ok(payload) => {
+                let meta = derive_meta(&payload);
+                let (hash, prev) = (e.hash, e.header.prev.clone());
+                // Its hashes were verified by the precheck; the payload is stored as it came,
+                // which parses to the value they were computed from.
+                let entry =
+                    EncodedEntry { hash, header: e.header, payload_text: e.payload.to_owned(), meta: meta.clone() };
+                match dag.insert_encoded(entry) {
+                    Ok(_) => {
+                        positions.covers.appended(hash, &prev, &meta);
+                        accepted += 1;
+                        return Ok(Placed::Stored((hash, prev, payload)));
+                    }
+                    Err(err) => {
+                        rejected_set.insert(hash);
+                        rejected.push((hash, err.to_string()));
                     }
                 }
             }
-        } else {
-            return Ok(Placed::Waiting(e, pre));
         }
         Ok(Placed::Not)
     };
@@ -539,6 +580,10 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
                 Placed::Not => {}
             }
         }
+        // A signature came for entries that wait: they go now, with it.
+        if released.replace(false) {
+            place_waiting(&mut place, &mut dag, &mut waiting, &mut unplaced, run_rows, &group)?;
+        }
         // Their rows are written with the run that places them (`Unplaced::place` writes the
         // pending rows first): one insertion per run, not per chunk.
         in_place += t.elapsed();
@@ -547,25 +592,12 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     // The time this thread waited for the checks, or made them itself (`precheck_stream`).
     let precheck = stream_started.elapsed().saturating_sub(in_place);
     // Entries that came before their predecessors in the bundle.
-    loop {
-        let mut progress = false;
-        let mut still = Vec::new();
-        for (e, pre) in std::mem::take(&mut waiting) {
-            match place(&mut dag, e, pre)? {
-                Placed::Stored(n) => {
-                    unplaced.add(n, run_rows, &group, &dag)?;
-                    progress = true;
-                }
-                Placed::Waiting(e, pre) => still.push((e, pre)),
-                Placed::Not => progress = true,
-            }
-        }
-        waiting = still;
-        if !progress || waiting.is_empty() {
-            break;
-        }
-    }
+    place_waiting(&mut place, &mut dag, &mut waiting, &mut unplaced, run_rows, &group)?;
     for (e, _) in waiting {
+        if covers.is_held(&e.hash) {
+            rejected.push((e.hash, "unsigned, and no later entry of its author in the bundle covers it".into()));
+            continue;
+        }
         let mut missing = String::new();
         for p in &e.header.prev {
             if !dag.contains(p)? {
@@ -630,6 +662,39 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
                "store": storing.as_millis() as u64, "catalog": catalog.as_millis() as u64,
                "reconcile": plan.as_millis() as u64, "replay": apply.as_millis() as u64},
     }))
+}
+
+/// An entry of a bundle waiting for its predecessors or its signature, with its checks.
+type WaitingEntry<'b> = (WireEntry<'b>, Prechecked);
+
+/// Tries the entries that wait again, in bundle order, until a pass stores none; leaves the
+/// ones that still wait in `waiting`.
+fn place_waiting<'b>(
+    place: &mut impl FnMut(&mut Dag<SpiStore>, WireEntry<'b>, Prechecked) -> Result<Placed<'b>, CausalError>,
+    dag: &mut Dag<SpiStore>,
+    waiting: &mut Vec<WaitingEntry<'b>>,
+    unplaced: &mut Unplaced,
+    run_rows: usize,
+    group: &Group,
+) -> Result<(), CausalError> {
+    loop {
+        let mut progress = false;
+        let mut still = Vec::new();
+        for (e, pre) in std::mem::take(waiting) {
+            match place(dag, e, pre)? {
+                Placed::Stored(n) => {
+                    unplaced.add(n, run_rows, group, dag)?;
+                    progress = true;
+                }
+                Placed::Waiting(e, pre) => still.push((e, pre)),
+                Placed::Not => progress = true,
+            }
+        }
+        *waiting = still;
+        if !progress || waiting.is_empty() {
+            return Ok(());
+        }
+    }
 }
 
 /// What became of one entry of a bundle when its turn came.

@@ -135,56 +135,56 @@ fn entry(hash: &str) -> Option<JsonB> {
     })))
 }
 
-/// Checks one stored entry; the problem, if any.
+/// A stored entry that passed its own checks: its hash, author and predecessors, and whether
+/// it carries its signature (else a later entry's must cover it).
+struct CheckedEntry {
+    hash: Hash,
+    author: causal_core::identity::KeyId,
+    prev: causal_core::Position,
+    signed: bool,
+}
+
+/// Checks one stored entry on its own (all but whether a later signature covers an unsigned
+/// one); the problem, if any.
 fn check_entry(
     group: &Group,
     dag: &causal_core::Dag<crate::catalog::store::SpiStore>,
     hash: &str,
     prev: &[String],
     payload: &str,
-) -> Option<String> {
-    let prev = match parse_position(prev) {
-        Ok(p) => p,
-        Err(e) => return Some(format!("bad predecessor list: {e}")),
+) -> Result<CheckedEntry, String> {
+    let prev = parse_position(prev).map_err(|e| format!("bad predecessor list: {e}"))?;
+    let value = causal_core::json::parse(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    let entry_hash = match Entry::new(group.algorithm, value.clone(), prev.clone(), Meta::new()) {
+        Ok(e) if e.hash.to_b64() == hash => e.hash,
+        Ok(e) => return Err(format!("hash mismatch: stored {hash}, content hashes to {}", e.hash)),
+        Err(e) => return Err(format!("payload has no canonical form: {e}")),
     };
-    let value = match causal_core::json::parse(payload) {
-        Ok(v) => v,
-        Err(e) => return Some(format!("payload is not JSON: {e}")),
-    };
-    match Entry::new(group.algorithm, value.clone(), prev.clone(), Meta::new()) {
-        Ok(e) if e.hash.to_b64() == hash => {}
-        Ok(e) => return Some(format!("hash mismatch: stored {hash}, content hashes to {}", e.hash)),
-        Err(e) => return Some(format!("payload has no canonical form: {e}")),
-    }
-    let signed = match SignedPayload::from_value(&value) {
-        Ok(s) => s,
-        Err(e) => return Some(format!("payload is not a group payload: {e}")),
-    };
+    let signed = SignedPayload::from_value(&value).map_err(|e| format!("payload is not a group payload: {e}"))?;
+    let checked = CheckedEntry { hash: entry_hash, author: signed.author, prev, signed: signed.signature.is_some() };
     if let Some(genesis) = &signed.genesis {
         if hash != group.id {
-            return Some("a second genesis entry".into());
+            return Err("a second genesis entry".into());
         }
-        return signed.verify(&genesis.admin, None, &prev).err().map(|e| e.to_string());
+        signed.verify(&genesis.admin, None, &checked.prev).map_err(|e| e.to_string())?;
+        return Ok(checked);
     }
-    let group_id: Hash = match group.id.parse() {
-        Ok(h) => h,
-        Err(e) => return Some(format!("group id: {e}")),
-    };
-    let mut status = match member_at(dag, &prev, &signed.author) {
-        Ok(s) => s,
-        Err(e) => return Some(e.to_string()),
-    };
+    let group_id: Hash = group.id.parse().map_err(|e| format!("group id: {e}"))?;
+    let mut status = member_at(dag, &checked.prev, &signed.author).map_err(|e| e.to_string())?;
     if !status.live {
         // The index counts a removal the group cancelled; the view with verdicts does not.
-        match crate::author::members::status_in_view(group, dag, &prev, &signed.author) {
-            Ok(view) if view.live => status = view,
-            Ok(_) => {}
-            Err(e) => return Some(e.to_string()),
+        let view = crate::author::members::status_in_view(group, dag, &checked.prev, &signed.author)
+            .map_err(|e| e.to_string())?;
+        if view.live {
+            status = view;
         }
     }
     match (status.live, status.public_key) {
-        (true, Some(key)) => signed.verify(&key, Some(&group_id), &prev).err().map(|e| e.to_string()),
-        _ => Some(format!("author {} is not a live member at the entry's position", signed.author)),
+        (true, Some(_)) if !checked.signed => Ok(checked),
+        (true, Some(key)) => {
+            signed.verify(&key, Some(&group_id), &checked.prev).map(|_| checked).map_err(|e| e.to_string())
+        }
+        _ => Err(format!("author {} is not a live member at the entry's position", signed.author)),
     }
 }
 
@@ -216,11 +216,28 @@ fn verify(grp: &str) -> bool {
     .map_err(CausalError::from)
     .or_report(f);
     let mut ok = true;
+    // Rows come predecessors first: an unsigned entry waits here for a signature of its
+    // author that covers it (`causal_core::signature_cover`).
+    let mut covers = causal_core::signature_cover::CoverTracker::new();
     for (hash, prev, payload) in rows {
-        if let Some(problem) = check_entry(&group, &dag, &hash, &prev, &payload) {
+        let problem = match check_entry(&group, &dag, &hash, &prev, &payload) {
+            Ok(c) if c.signed => {
+                covers.vouch(&c.author, &c.prev);
+                None
+            }
+            Ok(c) => covers.hold(c.hash, c.author, c.prev).err().map(|e| e.to_string()),
+            Err(problem) => Some(problem),
+        };
+        if let Some(problem) = problem {
             pgrx::warning!("causal.verify: entry {hash} of group {grp}: {problem}");
             ok = false;
         }
+    }
+    for hash in covers.held() {
+        pgrx::warning!(
+            "causal.verify: entry {hash} of group {grp}: unsigned, and no later entry of its author covers it"
+        );
+        ok = false;
     }
     ok
 }

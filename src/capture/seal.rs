@@ -200,7 +200,7 @@ fn seal_txn(appender: &mut crate::author::members::SealAppender, txn: DecodedTxn
             Err(e) => return Err(e),
         };
         let (texts, meta) = texts_of(ops)?;
-        appender.append(&group, &texts, meta, &signer)?;
+        appender.append(&group, texts, meta, &signer)?;
         entries += 1;
     }
     Ok(entries)

@@ -298,6 +298,7 @@ pub fn append_existing_rows(relid: pg_sys::Oid) -> Result<u64, CausalError> {
     }
     let group = crate::catalog::group::Group::find(&info.group_id)?;
     let author = crate::catalog::identity::current_author()?;
-    crate::author::members::append_sealed(&group, &texts, causal_core::entry::Meta::new(), &author)?;
-    Ok(texts.len() as u64)
+    let rows = texts.len() as u64;
+    crate::author::members::append_sealed(&group, texts, causal_core::entry::Meta::new(), &author)?;
+    Ok(rows)
 }

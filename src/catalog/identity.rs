@@ -15,6 +15,7 @@ extension_sql_file!("../../sql/catalog.sql", name = "catalog", bootstrap);
 pub const NODE_IDENTITY: &str = "node";
 
 /// An identity this session may sign with.
+#[derive(Clone)]
 pub struct Author {
     pub keypair: Keypair,
 }

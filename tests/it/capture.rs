@@ -384,6 +384,49 @@ fn sealing_many_transactions_updates_the_group_row_once() {
     assert_eq!(count(&mut db), base + 60);
 }
 
+/// A sealing run signs each author's last entry of a run and leaves the others unsigned, for
+/// that signature to cover: with bob's transactions between the node's, every change of
+/// author closes a run. Everything verifies, and a peer importing the history accepts it.
+#[test]
+fn a_sealing_run_signs_each_authors_last_entry_only() {
+    let node = Cluster::start("capture-batch-sign", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    db.batch_execute(
+        "SELECT causal.create_identity('bob');
+         SELECT causal.add_member('shop', (SELECT public_key FROM causal.identities WHERE name = 'bob'), 'bob');",
+    )
+    .unwrap();
+    let base = count(&mut db);
+    // node x5, bob x3, node x2: runs of 5, 3 and 2 entries, so three signatures.
+    let authors = ["", "", "", "", "", "bob", "bob", "bob", "", ""];
+    for (i, author) in authors.iter().enumerate() {
+        db.batch_execute(&format!("SET causal.author = '{author}'; INSERT INTO products VALUES ('r{i}', 'n', 1)"))
+            .unwrap();
+    }
+    assert_eq!(count(&mut db), base + 10);
+    let rows = db.query("SELECT payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 10", &[]).unwrap();
+    let mut signed: Vec<bool> = rows
+        .iter()
+        .map(|r| causal_core::json::parse(&r.get::<_, String>(0)).unwrap().get("signature").is_some())
+        .collect();
+    signed.reverse();
+    let expected = [false, false, false, false, true, false, false, true, false, true];
+    assert_eq!(signed, expected);
+    assert!(db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get::<_, bool>(0));
+
+    let peer = Cluster::start("capture-batch-sign-peer", &[]);
+    let mut p = peer.connect("postgres");
+    p.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let bundle: Vec<u8> = db.query_one("SELECT causal.export('shop')", &[]).unwrap().get(0);
+    let r: String = p.query_one("SELECT causal.import($1)::text", &[&bundle]).unwrap().get(0);
+    let r: serde_json::Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(r["rejected"], serde_json::json!([]), "{r}");
+    let n: i64 = p.query_one("SELECT count(*) FROM products", &[]).unwrap().get(0);
+    assert_eq!(n, 10);
+    assert!(p.query_one("SELECT causal.verify('shop')", &[]).unwrap().get::<_, bool>(0));
+}
+
 #[test]
 fn a_sealer_that_waited_for_another_does_not_seal_its_transactions_again() {
     let node = Cluster::start("capture-two-sealers", &[]);

@@ -146,9 +146,86 @@ impl Forge {
         e.hash
     }
 
+    /// Appends an entry of `key`'s without a signature, for a later one of `key`'s to cover.
+    fn push_unsigned(&mut self, key: &Keypair, ops: Vec<Op>, prev: Position) -> Hash {
+        let p = SignedPayload::unsigned(key.public().key_id(), ops);
+        let e = Entry::new(self.alg, p.to_value(), prev, Meta::new()).unwrap();
+        self.entries().push(e.to_wire());
+        e.hash
+    }
+
     fn bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.bundle).unwrap()
     }
+}
+
+/// An entry may go unsigned only when a later signed entry of its own author, in the same
+/// bundle, covers it: a run covered so is stored; an entry nobody covers, one "covered" by
+/// another author's signature, and a run longer than the bound are refused.
+#[test]
+fn unsigned_entries_need_their_authors_signature_after_them() {
+    let (a_node, b_node) = (Cluster::start("xu-a", &[]), Cluster::start("xu-b", &[]));
+    let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
+    setup_a(&mut a);
+    b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let admin_secret: Vec<u8> =
+        a.query_one("SELECT secret_key FROM causal.identity_keys WHERE is_node", &[]).unwrap().get(0);
+    let admin = Keypair::from_secret_bytes(&admin_secret).unwrap();
+    a.batch_execute("SELECT causal.create_identity('bob')").unwrap();
+    let (bob_pk, bob_secret): (String, Vec<u8>) = {
+        let r = a.query_one("SELECT i.public_key, k.secret_key FROM causal.identities i JOIN causal.identity_keys k USING (name) WHERE name = 'bob'", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    let bob = Keypair::from_secret_bytes(&bob_secret).unwrap();
+    a.execute("SELECT causal.add_member('shop', $1, 'bob')", &[&bob_pk]).unwrap();
+    let clean = export(&mut a, None);
+    let r = import(&mut b, &clean);
+    assert_eq!(reasons(&r).len(), 0, "{r}");
+
+    // A run of two unsigned entries and the signed one that covers them.
+    let mut f = Forge::from(&clean);
+    let tip = f.last_hash();
+    let u1 = f.push_unsigned(&admin, vec![insert_op("u1")], [tip].into());
+    let u2 = f.push_unsigned(&admin, vec![insert_op("u2")], [u1].into());
+    f.push_signed(&admin, vec![insert_op("s3")], [u2].into());
+    let r = import(&mut b, &f.bytes());
+    assert_eq!((r["accepted"].as_i64(), reasons(&r).len()), (Some(3), 0), "{r}");
+
+    // Unsigned, with nothing after it.
+    let mut f = Forge::from(&export(&mut b, None));
+    let tip = f.last_hash();
+    f.push_unsigned(&admin, vec![insert_op("alone")], [tip].into());
+    let r = import(&mut b, &f.bytes());
+    let why = reasons(&r);
+    assert_eq!(why.len(), 1, "{r}");
+    assert!(why[0].contains("covers it"), "{r}");
+
+    // Claiming the admin, followed by bob's signed entry: bob cannot vouch for the admin.
+    let mut f = Forge::from(&export(&mut b, None));
+    let tip = f.last_hash();
+    let claimed = f.push_unsigned(&admin, vec![insert_op("claimed")], [tip].into());
+    f.push_signed(&bob, vec![insert_op("bobs")], [claimed].into());
+    let r = import(&mut b, &f.bytes());
+    let why = reasons(&r);
+    assert_eq!(why.len(), 2, "{r}");
+    assert!(why.iter().any(|w| w.contains("covers it")), "{r}");
+
+    // A run of 256 unsigned entries: the bound is 255.
+    let mut f = Forge::from(&export(&mut b, None));
+    let mut tip = f.last_hash();
+    for i in 0..256 {
+        tip = f.push_unsigned(&admin, vec![insert_op(&format!("run{i}"))], [tip].into());
+    }
+    f.push_signed(&admin, vec![insert_op("run-end")], [tip].into());
+    let r = import(&mut b, &f.bytes());
+    let why = reasons(&r);
+    assert!(why.iter().any(|w| w.contains("in a row")), "{r}");
+    let forged: i64 = b
+        .query_one("SELECT count(*) FROM products WHERE sku IN ('alone', 'claimed', 'bobs') OR sku LIKE 'run%'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(forged, 0);
+    assert!(b.query_one("SELECT causal.verify('shop')", &[]).unwrap().get::<_, bool>(0));
 }
 
 fn insert_op(sku: &str) -> Op {
@@ -170,16 +247,20 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
     let admin = Keypair::from_secret_bytes(&admin_secret).unwrap();
     let clean = export(&mut a, None);
 
-    // 1. A flipped byte in a payload: that entry and what follows it are rejected.
+    // 1. A flipped byte in a payload: that entry and what follows it are rejected, and so are
+    //    the unsigned entries its signature was to cover (A sealed its three transactions in
+    //    one run: the last one carries the run's signature).
     let mut f = Forge::from(&clean);
     let last = f.entries().len() - 1;
     f.entries()[last]["payload"]["ops"][0]["row"]["name"] = json!("it's \\ quotex");
     let r = import(&mut b, &f.bytes());
-    assert_eq!(r["accepted"], 4, "{r}");
-    assert!(reasons(&r)[0].contains("payload hash mismatch"), "{r}");
+    assert_eq!(r["accepted"], 2, "{r}");
+    let why = reasons(&r);
+    assert!(why[0].contains("payload hash mismatch"), "{r}");
+    assert!(why[1..].iter().all(|w| w.contains("covers it")) && why.len() == 3, "{r}");
     // The valid prefix arrived; importing the clean bundle now completes it.
     let r = import(&mut b, &clean);
-    assert_eq!(r["accepted"], 1, "{r}");
+    assert_eq!(r["accepted"], 3, "{r}");
     assert_eq!(rows(&mut a), rows(&mut b));
 
     // 1b. A payload that is no JSON value (a lone surrogate escape): entries keep their
