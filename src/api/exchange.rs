@@ -1,7 +1,7 @@
 //! Moving history between databases without a network: `causal.export` and `causal.import`.
 //!
 //! A bundle is UTF-8 JSON:
-//! `{"format": "pg_causal-bundle/1", "group": "<id>", "hashAlgorithm": "...", "entries": [...]}`
+//! `{"format": "pg_causal-bundle/2", "group": "<id>", "hashAlgorithm": "...", "entries": [...]}`
 //! with entries in wire form (`{hash, header, payload}`), predecessors first.
 
 use pgrx::prelude::*;
@@ -776,6 +776,9 @@ impl Unplaced {
 /// `cancelled` among those replayed).
 #[pg_extern]
 fn import(bundle: &[u8]) -> pgrx::JsonB {
-    let result = crate::pg::spi::without_jit(|| import_bundle(bundle)).map_err(CausalError::from);
+    // Everything an import writes is replay or bookkeeping: with the replay origin, the
+    // capture decoder skips it record by record.
+    let result = crate::pg::spi::without_jit(|| crate::pg::spi::with_replay_origin(|| import_bundle(bundle)))
+        .map_err(CausalError::from);
     pgrx::JsonB(result.and_then(|r| r).or_report("causal.import"))
 }

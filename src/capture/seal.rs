@@ -80,7 +80,11 @@ pub fn seal_committed() -> Result<Sealed, CausalError> {
         return Ok(Sealed::default());
     }
     SEALING.with(|s| s.set(true));
-    let result = crate::pg::spi::as_extension_owner(seal_locked);
+    // What sealing writes (entries, the sealed position) is pg_causal's own bookkeeping, not
+    // a change to capture: marked with the replay origin, the next run's decoding drops it
+    // record by record before it reaches the reorder buffer, rather than decode every entry
+    // and index row only for the plugin to ignore them.
+    let result = crate::pg::spi::as_extension_owner(|| crate::pg::spi::with_replay_origin(seal_locked));
     SEALING.with(|s| s.set(false));
     result?
 }

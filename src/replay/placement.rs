@@ -81,6 +81,12 @@ pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
 /// [`catch_up`], stopping after the first run that brings the rows placed to `max_rows` or
 /// more (`None`: no bound). Returns how many entries it placed.
 pub fn catch_up_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize, CausalError> {
+    // The journal and row metadata it writes are bookkeeping: the capture decoder skips them
+    // by their origin (see `crate::capture::seal`).
+    crate::pg::spi::with_replay_origin(|| place_at_most(group, max_rows))
+}
+
+fn place_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize, CausalError> {
     let dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
     let (start, end) = (state.reconciled_count, state.entry_count);
