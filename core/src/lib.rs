@@ -43,5 +43,10 @@ pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// The format name of a bundle of entries, as `causal.export` writes and `causal.import` reads
 /// it (the sync worker writes one per import): `{"format", "group", "hashAlgorithm",
-/// "entries": [wire entries, predecessors first]}`.
-pub const BUNDLE_FORMAT: &str = "pg_causal-bundle/1";
+/// "entries": [wire entries, predecessors first]}`. Format 2 may hold entries covered by a
+/// later signature of their author ([`signature_cover`]); format 1 (pg_causal 0.1.0) holds
+/// signed entries only, and is read too.
+pub const BUNDLE_FORMAT: &str = "pg_causal-bundle/2";
+
+/// The bundle formats this version reads.
+pub const READ_BUNDLE_FORMATS: &[&str] = &["pg_causal-bundle/1", BUNDLE_FORMAT];

@@ -134,8 +134,8 @@ impl<'a> WireEntry<'a> {
 pub enum BundleError {
     #[error("not JSON: {0}")]
     Syntax(String),
-    #[error("format is not {}", crate::BUNDLE_FORMAT)]
-    Format,
+    #[error("format {found:?} is not one this version reads ({readable})", readable = crate::READ_BUNDLE_FORMATS.join(", "))]
+    Format { found: String },
     #[error("{0} is missing")]
     Missing(&'static str),
     #[error("entry {index}: {error}")]
@@ -187,7 +187,8 @@ impl<'a> WireBundle<'a> {
     /// are ignored.
     pub fn parse(text: &'a str) -> Result<WireBundle<'a>, BundleError> {
         if let Ok(list) = serde_json::from_str::<BundleList<'a>>(text) {
-            if string_field(Some(list.format), "format").ok().as_deref() == Some(crate::BUNDLE_FORMAT) {
+            if string_field(Some(list.format), "format").is_ok_and(|f| crate::READ_BUNDLE_FORMATS.contains(&f.as_str()))
+            {
                 let group = string_field(Some(list.group), "group")?;
                 let hash_algorithm = string_field(Some(list.hash_algorithm), "hashAlgorithm")?;
                 let entries = read_entries(&list.entries)?;
@@ -195,8 +196,9 @@ impl<'a> WireBundle<'a> {
             }
         }
         let fields: BundleFields<'a> = serde_json::from_str(text).map_err(|e| BundleError::Syntax(e.to_string()))?;
-        if string_field(fields.format, "format").ok().as_deref() != Some(crate::BUNDLE_FORMAT) {
-            return Err(BundleError::Format);
+        let format = string_field(fields.format, "format")?;
+        if !crate::READ_BUNDLE_FORMATS.contains(&format.as_str()) {
+            return Err(BundleError::Format { found: format.chars().take(64).collect() });
         }
         let group = string_field(fields.group, "group")?;
         let hash_algorithm = string_field(fields.hash_algorithm, "hashAlgorithm")?;
@@ -360,8 +362,11 @@ mod tests {
         let refuse = |v: Value| WireBundle::parse(&v.to_string()).map(|_| ()).unwrap_err();
         assert_eq!(
             refuse(json!({"format": "x", "group": "g", "hashAlgorithm": "h", "entries": []})),
-            BundleError::Format
+            BundleError::Format { found: "x".into() }
         );
+        // A bundle of the first format (signed entries only) is read too.
+        let v1 = json!({"format": "pg_causal-bundle/1", "group": "g", "hashAlgorithm": "h", "entries": []});
+        assert!(WireBundle::parse(&v1.to_string()).is_ok());
         assert_eq!(
             refuse(json!({"format": crate::BUNDLE_FORMAT, "hashAlgorithm": "h", "entries": []})),
             BundleError::Missing("group")

@@ -467,7 +467,10 @@ pub fn build_swarm(keypair: identity::Keypair) -> Result<Swarm<Behaviour>, Worke
             let mut kad = kad::Behaviour::new(id, kad::store::MemoryStore::new(id));
             kad.set_mode(Some(kad::Mode::Server));
             Behaviour {
-                identify: identify::Behaviour::new(identify::Config::new("/pg_causal/1".into(), key.public())),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(wire::PROTOCOL.into(), key.public())
+                        .with_agent_version(wire::agent_version()),
+                ),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 kad,
                 stream: libp2p_stream::Behaviour::new(),
@@ -545,6 +548,9 @@ fn on_swarm_event(
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
             if removed.contains(&peer_id) {
                 return;
+            }
+            if let Some(told) = wire::version_mismatch(&info.protocol_version, &info.agent_version) {
+                tracing::warn!(peer = %peer_id, "{told}");
             }
             for a in info.listen_addrs {
                 swarm.behaviour_mut().kad.add_address(&peer_id, a);

@@ -12,8 +12,28 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The libp2p protocol id of pg_causal's sync streams.
-pub const PROTOCOL: &str = "/pg_causal/sync/1";
+/// The libp2p protocol id of pg_causal's sync streams. Version 2 (pg_causal 0.2.0 on) carries
+/// entries covered by a later signature of their author, which version 1 (0.1.0) refuses: the
+/// two do not open streams to each other. Peers tell it in identify's protocol version
+/// ([`version_mismatch`]).
+pub const PROTOCOL: &str = "/pg_causal/sync/2";
+
+/// The agent version this build announces over identify.
+pub fn agent_version() -> String {
+    format!("pg_causal/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// What to tell the operator about a peer that announced `protocol_version` and `agent` over
+/// identify, when it cannot sync with this node (None when it can).
+pub fn version_mismatch(protocol_version: &str, agent: &str) -> Option<String> {
+    (protocol_version != PROTOCOL).then(|| {
+        format!(
+            "the peer runs {agent} (sync protocol {protocol_version}) and this node runs {} (sync protocol {PROTOCOL}): \
+             they do not sync until both run versions with the same sync protocol",
+            agent_version()
+        )
+    })
+}
 
 /// Largest frame accepted (and sent): 8 MiB. A payload larger than this cannot be synced.
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
@@ -313,6 +333,15 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 0.1.0 peer announced identify's protocol version "/pg_causal/1" and the default agent.
+    #[test]
+    fn a_peer_on_another_sync_protocol_is_named_with_both_versions() {
+        assert_eq!(version_mismatch(PROTOCOL, &agent_version()), None);
+        let told = version_mismatch("/pg_causal/1", "rust-libp2p/0.57").expect("a mismatch");
+        assert!(told.contains("rust-libp2p/0.57") && told.contains("/pg_causal/1"), "{told}");
+        assert!(told.contains(&agent_version()) && told.contains(PROTOCOL), "{told}");
+    }
     use serde_json::json;
 
     const H: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";

@@ -249,7 +249,7 @@ impl Net {
             return;
         }
         let bundle: Value = serde_json::from_slice(&bundle).unwrap();
-        assert_eq!(bundle["format"], "pg_causal-bundle/1");
+        assert_eq!(bundle["format"], causal_core::BUNDLE_FORMAT);
         assert_eq!(bundle["group"], group.as_str());
         let entries = bundle["entries"].as_array().unwrap().clone();
         let alg = HashAlgorithm::parse(&hash_algorithm).unwrap();
