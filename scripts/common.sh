@@ -74,6 +74,10 @@ install_extension() {
     say "Building and installing pg_causal into PostgreSQL $PG_MAJOR"
     (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -vE '^\s*(Compiling|Checking)' || true)
     [ -f "$("$PG_CONFIG" --sharedir)/extension/pg_causal.control" ] || die "pg_causal was not installed"
+    # The full scripts of released versions (cargo pgrx installs the current one and the
+    # upgrade scripts in sql/): CREATE EXTENSION ... VERSION '<old>' needs them, as the
+    # upgrade tests do.
+    cp "$ROOT"/sql/released/pg_causal--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 }
 
 # as_postgres CMD...: runs a command as the postgres OS user (Postgres refuses to run as root).

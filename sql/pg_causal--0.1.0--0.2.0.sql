@@ -1,0 +1,7 @@
+-- pg_causal 0.1.0 -> 0.2.0
+--
+-- No catalog object changes. What changes is data: the sealer now signs only each author's
+-- last entry of a sealing run, and the entries before it carry no signature (a later entry
+-- of the same author covers them). Entries written by 0.1.0 are all signed and stay valid.
+-- Bundles are written in format pg_causal-bundle/2 and the sync protocol is
+-- /pg_causal/sync/2: nodes still on 0.1.0 refuse both, so upgrade every node of a group.
