@@ -82,7 +82,7 @@ pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
 /// more (`None`: no bound). Returns how many entries it placed.
 pub fn catch_up_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize, CausalError> {
     // The journal and row metadata it writes are bookkeeping: the capture decoder skips them
-    // by their origin (see `crate::capture::seal`).
+    // by their origin, as it skips its own entries.
     crate::pg::spi::with_replay_origin(|| place_at_most(group, max_rows))
 }
 
