@@ -406,7 +406,8 @@ impl Drop for QuietDecodingLog {
 /// `pg_create_logical_replication_slot` does, without its privilege check (the caller is
 /// pg_causal, on behalf of a writer). Fails in a transaction that has an xid; waits for the
 /// transactions running now to end.
-pub fn create_slot(slot: &str) -> Result<(), CausalError> {
+/// Creates the slot; returns the position its decoding starts from.
+pub fn create_slot(slot: &str) -> Result<u64, CausalError> {
     let name = std::ffi::CString::new(slot).map_err(|_| CausalError::Corrupt("slot name".into()))?;
     // SAFETY: the sequence of create_logical_replication_slot (slotfuncs.c), on this backend's
     // thread; an error raised in it drops the ephemeral slot at abort.
@@ -431,7 +432,9 @@ pub fn create_slot(slot: &str) -> Result<(), CausalError> {
         pg_sys::DecodingContextFindStartpoint(ctx);
         pg_sys::FreeDecodingContext(ctx);
         pg_sys::ReplicationSlotPersist();
+        // The slot is this backend's until released.
+        let start = (*pg_sys::MyReplicationSlot).data.confirmed_flush;
         pg_sys::ReplicationSlotRelease();
+        Ok(start)
     }
-    Ok(())
 }

@@ -70,8 +70,43 @@ pub fn ensure(required: bool) -> Result<(), CausalError> {
     if exists()? {
         return Ok(());
     }
-    super::decode::create_slot(&slot_name())?;
+    let start = super::decode::create_slot(&slot_name())?;
     pgrx::log!("pg_causal: created the capture slot {}", slot_name());
     KNOWN.with(|k| k.set(true));
+    // The capture trigger runs as the writing role, which may not write the catalog.
+    crate::pg::spi::as_extension_owner(|| record_unsealed_gap(start))?
+}
+
+/// After the slot was created at `start`: if this database sealed before, up to a position
+/// before `start` (the slot was lost: a standby promoted after a failover, on PostgreSQL 15,
+/// has none; or it was dropped by hand), the WAL between was never decoded and never will be.
+/// Commits to replicated tables in it are in the tables and in no entry. The span is recorded
+/// in `causal.capture_state` (shown by `causal.capture_status`) and reported, and sealing goes
+/// on from `start`.
+fn record_unsealed_gap(start: u64) -> Result<(), CausalError> {
+    let slot = slot_name();
+    let Some(sealed) = get_opt::<String>(
+        "SELECT sealed_lsn::text FROM causal.capture_state WHERE slot_name = $1",
+        &[slot.clone().into()],
+    )?
+    else {
+        return Ok(());
+    };
+    let start_text = super::seal::lsn_text(start);
+    let behind =
+        get_opt::<bool>("SELECT $1::pg_lsn < $2::pg_lsn", &[sealed.clone().into(), start_text.clone().into()])?;
+    if behind != Some(true) {
+        return Ok(());
+    }
+    pgrx::Spi::run_with_args(
+        "UPDATE causal.capture_state SET unsealed_from = sealed_lsn, unsealed_to = $2::pg_lsn, \
+         unsealed_found_at = now(), sealed_lsn = $2::pg_lsn WHERE slot_name = $1",
+        &[slot.clone().into(), start_text.clone().into()],
+    )?;
+    pgrx::warning!(
+        "pg_causal: the capture slot {slot} was created again at {start_text}, past the sealed position {sealed}; \
+         transactions committed between them (before a failover, or while the slot was missing) are not sealed \
+         into any group's history. See causal.capture_status and docs/OPERATIONS.md (failover)."
+    );
     Ok(())
 }

@@ -101,6 +101,53 @@ impl Cluster {
         cluster
     }
 
+    /// A streaming standby of `primary`, from a base backup, started and replaying.
+    pub fn standby_of(primary: &Cluster, name: &str) -> Cluster {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = base_dir().join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sock")).expect("create cluster dir");
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "postgres:postgres"]).arg(&dir);
+                    c
+                },
+                "chown cluster dir",
+            );
+        }
+        let data = dir.join("data");
+        let mut backup = as_postgres(&pg_bin().join("pg_basebackup"));
+        backup.arg("-D").arg(&data).args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres"]);
+        backup.args(["-R", "-X", "stream", "--no-sync", "-c", "fast"]);
+        run(backup, "pg_basebackup");
+        // The backup carries the primary's settings; these lines, appended, win.
+        let port = free_port();
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        conf.push_str(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            dir.join("sock").display()
+        ));
+        let mut write = as_postgres(Path::new("/usr/bin/tee"));
+        write.arg(&conf_path).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut child = write.spawn().expect("run tee");
+        {
+            use std::io::Write;
+            child.stdin.take().expect("tee stdin").write_all(conf.as_bytes()).expect("write postgresql.auto.conf");
+        }
+        assert!(child.wait().expect("tee").success(), "write the standby's postgresql.auto.conf");
+        let cluster = Cluster { name: name.to_string(), port, dir };
+        cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+        cluster
+    }
+
+    /// Promotes a standby to a primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote", "-w", "-t", "60"]);
+    }
+
     fn pg_ctl(&self, args: &[&str]) {
         let mut c = as_postgres(&pg_bin().join("pg_ctl"));
         c.arg("-D").arg(self.dir.join("data")).arg("-l").arg(self.dir.join("server.log")).args(args);
