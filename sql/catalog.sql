@@ -277,7 +277,10 @@ CREATE UNLOGGED TABLE causal.sync_worker (
     peer_id     text NOT NULL,
     addresses   text[] NOT NULL,
     started_at  timestamptz NOT NULL,
-    reported_at timestamptz NOT NULL
+    reported_at timestamptz NOT NULL,
+    queues      jsonb NOT NULL DEFAULT '{}',
+    notifications_dropped bigint NOT NULL DEFAULT 0,
+    resyncs     bigint NOT NULL DEFAULT 0
 );
 CREATE UNLOGGED TABLE causal.sync_peer_state (
     peer_id          text PRIMARY KEY,
@@ -287,7 +290,12 @@ CREATE UNLOGGED TABLE causal.sync_peer_state (
     entries_received bigint NOT NULL,
     entries_rejected bigint NOT NULL,
     banned_until     timestamptz,
-    score            integer NOT NULL
+    score            integer NOT NULL,
+    bytes_in         bigint NOT NULL DEFAULT 0,
+    bytes_out        bigint NOT NULL DEFAULT 0,
+    entries_sent     bigint NOT NULL DEFAULT 0,
+    last_offence     text,
+    last_offence_at  timestamptz
 );
 CREATE UNLOGGED TABLE causal.sync_group_state (
     group_id      text PRIMARY KEY,
@@ -303,6 +311,41 @@ GRANT SELECT ON causal.peer_addresses, causal.wanted_groups, causal.sync_worker,
     causal.sync_group_state TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('causal.peer_addresses', '');
 SELECT pg_catalog.pg_extension_config_dump('causal.wanted_groups', '');
+
+-- The sync worker, in the style of pg_stat_*: whether it runs, since when, and the depth of
+-- each of its bounded queues (by label) as it last reported them (every few seconds).
+CREATE VIEW causal.stat_worker AS
+SELECT w.pid,
+       w.peer_id,
+       w.addresses,
+       w.started_at,
+       w.reported_at - w.started_at AS uptime,
+       w.reported_at,
+       w.reported_at > now() - interval '10 seconds' AS running,
+       w.queues,
+       w.notifications_dropped,
+       w.resyncs
+FROM causal.sync_worker w;
+GRANT SELECT ON causal.stat_worker TO PUBLIC;
+
+-- One row per peer the worker knows: traffic both ways, entries, offences and ban state.
+CREATE VIEW causal.stat_peers AS
+SELECT p.peer_id,
+       p.address,
+       p.connected,
+       p.last_seen,
+       p.bytes_in,
+       p.bytes_out,
+       p.entries_received AS entries_in,
+       p.entries_sent AS entries_out,
+       p.entries_rejected,
+       p.last_offence,
+       p.last_offence_at,
+       p.score,
+       p.banned_until,
+       coalesce(p.banned_until > now(), false) AS banned
+FROM causal.sync_peer_state p;
+GRANT SELECT ON causal.stat_peers TO PUBLIC;
 
 -- Peers known from causal.add_peer or seen by the worker.
 CREATE VIEW causal.peers AS

@@ -1,7 +1,8 @@
 -- pg_causal 0.1.0 -> 0.2.0
 --
 -- The capture state records WAL that was never decoded (a slot created again after a
--- failover). And the data format: the sealer now signs only each author's
+-- failover); the sync worker's state gains traffic, offences and queue depths, shown by the
+-- new views causal.stat_worker and causal.stat_peers. And the data format: the sealer now signs only each author's
 -- last entry of a sealing run, and the entries before it carry no signature (a later entry
 -- of the same author covers them). Entries written by 0.1.0 are all signed and stay valid.
 -- Bundles are written in format pg_causal-bundle/2 and the sync protocol is
@@ -28,3 +29,46 @@ SELECT s.slot_name,
        s.unsealed_found_at
 FROM causal.capture_state s
 LEFT JOIN pg_catalog.pg_replication_slots r USING (slot_name);
+
+ALTER TABLE causal.sync_worker
+    ADD COLUMN queues jsonb NOT NULL DEFAULT '{}',
+    ADD COLUMN notifications_dropped bigint NOT NULL DEFAULT 0,
+    ADD COLUMN resyncs bigint NOT NULL DEFAULT 0;
+ALTER TABLE causal.sync_peer_state
+    ADD COLUMN bytes_in bigint NOT NULL DEFAULT 0,
+    ADD COLUMN bytes_out bigint NOT NULL DEFAULT 0,
+    ADD COLUMN entries_sent bigint NOT NULL DEFAULT 0,
+    ADD COLUMN last_offence text,
+    ADD COLUMN last_offence_at timestamptz;
+
+CREATE VIEW causal.stat_worker AS
+SELECT w.pid,
+       w.peer_id,
+       w.addresses,
+       w.started_at,
+       w.reported_at - w.started_at AS uptime,
+       w.reported_at,
+       w.reported_at > now() - interval '10 seconds' AS running,
+       w.queues,
+       w.notifications_dropped,
+       w.resyncs
+FROM causal.sync_worker w;
+GRANT SELECT ON causal.stat_worker TO PUBLIC;
+
+CREATE VIEW causal.stat_peers AS
+SELECT p.peer_id,
+       p.address,
+       p.connected,
+       p.last_seen,
+       p.bytes_in,
+       p.bytes_out,
+       p.entries_received AS entries_in,
+       p.entries_sent AS entries_out,
+       p.entries_rejected,
+       p.last_offence,
+       p.last_offence_at,
+       p.score,
+       p.banned_until,
+       coalesce(p.banned_until > now(), false) AS banned
+FROM causal.sync_peer_state p;
+GRANT SELECT ON causal.stat_peers TO PUBLIC;

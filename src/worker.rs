@@ -98,6 +98,8 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
         listen: parse(crate::guc::listen_addresses(), "causal.listen_addresses entry"),
         peers: parse(crate::guc::peers(), "causal.peers entry"),
         report_every: Duration::from_secs(1),
+        // The background worker reports in views only; `causal-sync --metrics` serves them.
+        metrics: None,
     };
     pgrx::log!("pg_causal sync worker starting for database {database:?}");
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

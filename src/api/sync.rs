@@ -306,23 +306,31 @@ fn _sync_report(report: pgrx::JsonB) {
         Spi::run_with_args(sql, args).map_err(CausalError::from).or_report(f)
     };
     run(
-        "INSERT INTO causal.sync_worker (pid, peer_id, addresses, started_at, reported_at) \
-         VALUES ($1, $2, $3, to_timestamp($4::double precision / 1000), now()) ON CONFLICT (id) DO UPDATE SET pid = EXCLUDED.pid, \
-         peer_id = EXCLUDED.peer_id, addresses = EXCLUDED.addresses, started_at = EXCLUDED.started_at, reported_at = now()",
+        "INSERT INTO causal.sync_worker (pid, peer_id, addresses, started_at, reported_at, queues, \
+         notifications_dropped, resyncs) \
+         VALUES ($1, $2, $3, to_timestamp($4::double precision / 1000), now(), $5, $6, $7) ON CONFLICT (id) DO UPDATE SET pid = EXCLUDED.pid, \
+         peer_id = EXCLUDED.peer_id, addresses = EXCLUDED.addresses, started_at = EXCLUDED.started_at, reported_at = now(), \
+         queues = EXCLUDED.queues, notifications_dropped = EXCLUDED.notifications_dropped, resyncs = EXCLUDED.resyncs",
         &[
             (r["pid"].as_i64().unwrap_or(0) as i32).into(),
             text(&r["peer_id"]).unwrap_or_default().into(),
             r["addresses"].as_array().into_iter().flatten().filter_map(text).collect::<Vec<_>>().into(),
             r["started_at_ms"].as_f64().unwrap_or(0.0).into(),
+            pgrx::JsonB(if r["queues"].is_object() { r["queues"].clone() } else { Value::Object(Default::default()) }).into(),
+            r["notifications_dropped"].as_i64().unwrap_or(0).into(),
+            r["resyncs"].as_i64().unwrap_or(0).into(),
         ],
     );
     run("DELETE FROM causal.sync_peer_state", &[]);
     run(
         "INSERT INTO causal.sync_peer_state (peer_id, address, connected, last_seen, entries_received, entries_rejected, \
-         banned_until, score) SELECT p->>'peer_id', p->>'address', (p->>'connected')::boolean, \
+         banned_until, score, bytes_in, bytes_out, entries_sent, last_offence, last_offence_at) \
+         SELECT p->>'peer_id', p->>'address', (p->>'connected')::boolean, \
          to_timestamp((p->>'last_seen_ms')::double precision / 1000), (p->>'entries_received')::bigint, \
          (p->>'entries_rejected')::bigint, to_timestamp((p->>'banned_until_ms')::double precision / 1000), \
-         (p->>'score')::int FROM jsonb_array_elements($1) p",
+         (p->>'score')::int, coalesce((p->>'bytes_in')::bigint, 0), coalesce((p->>'bytes_out')::bigint, 0), \
+         coalesce((p->>'entries_sent')::bigint, 0), p->>'last_offence', \
+         to_timestamp((p->>'last_offence_ms')::double precision / 1000) FROM jsonb_array_elements($1) p",
         &[pgrx::JsonB(r["peers"].clone()).into()],
     );
     run("DELETE FROM causal.sync_group_state", &[]);
@@ -399,6 +407,33 @@ mod tests {
     #[pg_test(error = "invalid peer address \"/ip4/127.0.0.1/tcp/4001\": it does not end in /p2p/<peer id>")]
     fn an_address_without_a_peer_id_is_refused() {
         Spi::run("SELECT causal.add_peer('/ip4/127.0.0.1/tcp/4001')").unwrap();
+    }
+
+    /// The worker's report reaches the pg_stat-style views: queue depths by label, traffic,
+    /// entries both ways, the last offence and the ban.
+    #[pg_test]
+    fn the_workers_report_shows_in_stat_worker_and_stat_peers() {
+        Spi::run(
+            r#"SELECT causal._sync_report('{"pid": 42, "peer_id": "12D3KooWme", "addresses": ["/ip4/127.0.0.1/tcp/1"],
+                "started_at_ms": 1700000000000,
+                "queues": {"inbound_frames": 3, "database_imports": 1}, "notifications_dropped": 2, "resyncs": 1,
+                "peers": [{"peer_id": "12D3KooWpeer", "address": null, "connected": false, "last_seen_ms": 1700000000000,
+                           "entries_received": 10, "entries_rejected": 1, "entries_sent": 7, "banned_until_ms": 4102444800000,
+                           "score": 100, "bytes_in": 2048, "bytes_out": 512, "last_offence": "invalid entry",
+                           "last_offence_ms": 1700000001000}],
+                "groups": []}'::jsonb)"#,
+        )
+        .unwrap();
+        let worker = Spi::get_one::<String>(
+            "SELECT pid || ' ' || running || ' ' || (queues->>'inbound_frames') || ' ' || notifications_dropped              || ' ' || (uptime > interval '0') FROM causal.stat_worker",
+        )
+        .unwrap();
+        assert_eq!(worker.as_deref(), Some("42 true 3 2 true"));
+        let peer = Spi::get_one::<String>(
+            "SELECT concat_ws(' ', bytes_in, bytes_out, entries_in, entries_out, entries_rejected, last_offence, banned)              FROM causal.stat_peers WHERE peer_id = '12D3KooWpeer'",
+        )
+        .unwrap();
+        assert_eq!(peer.as_deref(), Some("2048 512 10 7 1 invalid entry t"));
     }
 
     #[pg_test]

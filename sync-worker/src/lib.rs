@@ -5,7 +5,8 @@
 //! - [`session`]: the protocol as an I/O-free state machine;
 //! - [`score`]: penalties, bans and the frame budget for misbehaving peers;
 //! - [`db`]: the database side (tokio-postgres calls to the extension's SQL functions);
-//! - [`node`]: the running worker (libp2p Swarm, streams, database tasks, status reports).
+//! - [`node`]: the running worker (libp2p Swarm, streams, database tasks, status reports);
+//! - [`metrics`]: the status as Prometheus text, served by `causal-sync --metrics`.
 //!
 //! The same [`node::run`] serves the Postgres background worker (in the extension) and the
 //! standalone `causal-sync` binary.
@@ -14,6 +15,7 @@
 pub mod db;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 #[cfg(feature = "net")]
 pub mod node;
 pub mod score;
@@ -51,6 +53,10 @@ pub struct Args {
     /// Multiaddr of a peer to dial (repeatable), ending in /p2p/<peer id>.
     #[arg(long = "peer", value_name = "MULTIADDR")]
     pub peers: Vec<String>,
+    /// Address to serve the worker's figures on as Prometheus text (any path), e.g.
+    /// 127.0.0.1:9187. Off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
 }
 
 #[cfg(feature = "net")]
@@ -63,6 +69,11 @@ impl Args {
             listen: self.listen.iter().map(parse).collect::<Result<_, _>>()?,
             peers: self.peers.iter().map(parse).collect::<Result<_, _>>()?,
             report_every: std::time::Duration::from_secs(1),
+            metrics: self
+                .metrics
+                .as_ref()
+                .map(|a| a.parse().map_err(|e| format!("--metrics {a} is not a host:port address: {e}")))
+                .transpose()?,
         })
     }
 }
@@ -94,6 +105,15 @@ mod tests {
         .unwrap();
         assert_eq!(a.peers.len(), 2);
         assert_eq!(a.listen, vec!["/ip4/127.0.0.1/tcp/4001"]);
+    }
+
+    #[test]
+    fn metrics_address_is_optional_and_checked() {
+        let base = ["causal-sync", "--database", "postgres://localhost/db"];
+        assert_eq!(Args::try_parse_from(base).unwrap().config().unwrap().metrics, None);
+        let with = |a: &str| Args::try_parse_from(base.iter().copied().chain(["--metrics", a])).unwrap().config();
+        assert_eq!(with("127.0.0.1:9187").unwrap().metrics, Some("127.0.0.1:9187".parse().unwrap()));
+        assert!(with("localhost").is_err());
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct WorkerConfig {
     pub peers: Vec<Multiaddr>,
     /// How often the status views are refreshed.
     pub report_every: Duration,
+    /// Where to serve the status as Prometheus text ([`crate::metrics`]), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Why the worker stopped.
@@ -174,6 +176,16 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     tokio::spawn(run_imports(db::connect(&config.conninfo, None).await?, imports_rx, results_tx.clone()));
     let commits = std::sync::Arc::new(tokio::sync::Notify::new());
     tokio::spawn(place_local_commits(db::connect(&config.conninfo, None).await?, commits.clone()));
+
+    // The latest status as Prometheus text, for the metrics server if there is one.
+    let (metrics_tx, metrics_rx) = tokio::sync::watch::channel(String::new());
+    if let Some(addr) = config.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| WorkerError::Network(format!("cannot serve metrics on {addr}: {e}")))?;
+        tracing::info!("serving metrics on http://{addr}/metrics");
+        tokio::spawn(crate::metrics::serve(listener, metrics_rx));
+    }
 
     let mut swarm = build_swarm(keypair)?;
     for a in &config.listen {
@@ -315,6 +327,9 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
                         resyncs: resync.count,
                     };
                     let report = status_report(&session, me, &listen_addrs, &addresses, started, &writers, &depths);
+                    if config.metrics.is_some() {
+                        metrics_tx.send_replace(crate::metrics::prometheus_text(&report, now));
+                    }
                     if let Err(e) = db.report(&report).await {
                         // The database went away (restart, crash): stop, and be started again.
                         tracing::warn!("lost the database: {e}");
@@ -328,6 +343,7 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
             match action {
                 Action::Send { peer, envelope } => {
                     let frame = envelope.to_frame();
+                    session.sent(&peer, frame.len());
                     let full = match writers.get(&peer) {
                         Some(w) => w.try_send(frame).is_err(),
                         None => false, // not connected (any more): the message is moot
@@ -846,6 +862,9 @@ fn status_report(
             json!({"peer_id": p.to_base58(), "address": addresses.get(&p), "connected": s.connected,
                    "last_seen_ms": s.last_seen_ms, "entries_received": s.entries_received,
                    "entries_rejected": s.entries_rejected, "banned_until_ms": s.banned_until_ms, "score": s.score,
+                   "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "entries_sent": s.entries_sent,
+                   "last_offence": s.last_offence.map(|(o, _)| o),
+                   "last_offence_ms": s.last_offence.map(|(_, t)| t),
                    "outbound_queue": writers.get(&p).map(|w| queues::OUTBOUND_FRAMES_PER_PEER - w.capacity())})
         })
         .collect();

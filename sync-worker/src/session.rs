@@ -284,8 +284,15 @@ pub struct PeerStats {
     pub last_seen_ms: u64,
     pub entries_received: u64,
     pub entries_rejected: u64,
+    /// Entries whose payloads were sent to the peer.
+    pub entries_sent: u64,
     pub banned_until_ms: Option<u64>,
     pub score: u32,
+    /// Frame bytes received from the peer, and sent to it ([`Session::sent`]).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The peer's last offence, and when.
+    pub last_offence: Option<(&'static str, u64)>,
 }
 
 /// Per-group progress for the status views.
@@ -345,6 +352,13 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         self.actions.len()
     }
 
+    /// The caller sent `bytes` of frames to `peer` (for the status views).
+    pub fn sent(&mut self, peer: &P, bytes: usize) {
+        if let Some(s) = self.peers.get_mut(peer) {
+            s.bytes_out += bytes as u64;
+        }
+    }
+
     pub fn is_banned(&self, peer: &P, now_ms: u64) -> bool {
         self.scores.banned_until(peer, now_ms).is_some()
     }
@@ -395,6 +409,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
     }
 
     fn penalize(&mut self, peer: &P, offence: Offence, now_ms: u64) {
+        self.peers.entry(peer.clone()).or_default().last_offence = Some((offence.as_str(), now_ms));
         if self.scores.penalize(peer, offence, now_ms) {
             let until = self.scores.banned_until(peer, now_ms).unwrap_or(now_ms);
             if let Some(s) = self.peers.get_mut(peer) {
@@ -532,6 +547,7 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         }
         if let Some(s) = self.peers.get_mut(peer) {
             s.last_seen_ms = now_ms;
+            s.bytes_in += body.len() as u64;
         }
         let env = match Envelope::decode(body) {
             Ok(e) => e,
@@ -703,6 +719,9 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
         let meta =
             SyncMsg::PayloadResponseMeta { request_id: request_id.to_string(), payload_count: payloads.len() as u32 };
         self.send(peer, group, meta);
+        if let Some(s) = self.peers.get_mut(peer) {
+            s.entries_sent += payloads.len() as u64;
+        }
         for (sequence, (hash, payload)) in payloads.into_iter().enumerate() {
             let msg =
                 SyncMsg::PayloadMsg { request_id: request_id.to_string(), sequence: sequence as u32, hash, payload };

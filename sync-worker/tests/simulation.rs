@@ -159,6 +159,7 @@ impl Net {
                         None => vec![envelope.encode()],
                     };
                     for body in frames {
+                        node.session.sent(&peer, body.len());
                         self.wire.push_back((id, peer, body));
                     }
                 }
@@ -564,6 +565,11 @@ fn hostile_run(tamper: fn(&Envelope) -> Vec<Vec<u8>>) {
     net.run();
     assert!(net.disconnects.contains(&(2, 1)), "the honest node banned the hostile one: {:?}", net.disconnects);
     assert!(net.nodes[&2].session.is_banned(&1, net.now));
+    // The status views name the offence and count the traffic both ways.
+    let stats = net.nodes[&2].session.peer_stats();
+    let (_, s) = stats.iter().find(|(p, _)| *p == 1).expect("stats of the hostile peer");
+    assert!(s.last_offence.is_some(), "{s:?}");
+    assert!(s.bytes_in > 0 && s.bytes_out > 0, "{s:?}");
     // Whatever reached the honest DAG is genuine (the hostile node's DAG has it too).
     let honest = net.dag(2);
     for h in honest.walk_back(&honest.frontier().unwrap().into_iter().collect::<Vec<_>>(), &[], 10_000).unwrap().hashes

@@ -421,6 +421,16 @@ fn a_malicious_peer_is_banned_and_the_honest_nodes_converge() {
     wait_for("A reports both hostile peers banned", Duration::from_secs(20), || {
         (a.count("SELECT count(*) FROM causal.peers WHERE banned") == 2).then_some(())
     });
+    // causal.stat_peers names what each did, with the traffic; causal.stat_worker shows the
+    // worker running with its queues.
+    assert_eq!(
+        a.count(
+            "SELECT count(*) FROM causal.stat_peers WHERE banned AND bytes_in > 0 \
+             AND last_offence IN ('invalid entry', 'malformed message')"
+        ),
+        2
+    );
+    assert_eq!(a.count("SELECT count(*) FROM causal.stat_worker WHERE running AND queues ? 'inbound_frames'"), 1);
     // The honest nodes carry on.
     a.db.execute("INSERT INTO products VALUES ('B', 'after the attack', 2)", &[]).unwrap();
     b.db.execute("INSERT INTO products VALUES ('C', 'from b', 3)", &[]).unwrap();
