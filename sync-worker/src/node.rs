@@ -343,9 +343,16 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
             match action {
                 Action::Send { peer, envelope } => {
                     let frame = envelope.to_frame();
-                    session.sent(&peer, frame.len());
+                    let len = frame.len();
                     let full = match writers.get(&peer) {
-                        Some(w) => w.try_send(frame).is_err(),
+                        Some(w) => match w.try_send(frame) {
+                            Ok(()) => {
+                                // Counted once queued for the peer, not when dropped.
+                                session.sent(&peer, len);
+                                false
+                            }
+                            Err(_) => true,
+                        },
                         None => false, // not connected (any more): the message is moot
                     };
                     if full {
