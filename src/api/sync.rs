@@ -425,12 +425,14 @@ mod tests {
         )
         .unwrap();
         let worker = Spi::get_one::<String>(
-            "SELECT pid || ' ' || running || ' ' || (queues->>'inbound_frames') || ' ' || notifications_dropped              || ' ' || (uptime > interval '0') FROM causal.stat_worker",
+            "SELECT pid || ' ' || running || ' ' || (queues->>'inbound_frames') || ' ' || notifications_dropped \
+             || ' ' || (uptime > interval '0') FROM causal.stat_worker",
         )
         .unwrap();
         assert_eq!(worker.as_deref(), Some("42 true 3 2 true"));
         let peer = Spi::get_one::<String>(
-            "SELECT concat_ws(' ', bytes_in, bytes_out, entries_in, entries_out, entries_rejected, last_offence, banned)              FROM causal.stat_peers WHERE peer_id = '12D3KooWpeer'",
+            "SELECT concat_ws(' ', bytes_in, bytes_out, entries_in, entries_out, entries_rejected, last_offence, banned) \
+             FROM causal.stat_peers WHERE peer_id = '12D3KooWpeer'",
         )
         .unwrap();
         assert_eq!(peer.as_deref(), Some("2048 512 10 7 1 invalid entry t"));
