@@ -6,7 +6,7 @@ use causal_core::identity::PublicKey;
 use causal_core::payload::SignedPayload;
 use causal_core::{Entry, Hash, HashAlgorithm};
 use causal_integration::postgres::Client;
-use causal_integration::{sqlstate, Cluster};
+use causal_integration::{node_identity, sqlstate, Cluster};
 
 fn setup(db: &mut Client) {
     db.batch_execute(
@@ -76,7 +76,7 @@ fn one_signed_entry_per_committed_transaction() {
     // Every entry is a chain on the last: prev is the frontier at commit, and it verifies.
     let group_id: String = db.query_one("SELECT group_id FROM causal.group_defs", &[]).unwrap().get(0);
     let group: Hash = group_id.parse().unwrap();
-    let pk: String = db.query_one("SELECT public_key FROM causal.identities WHERE is_node", &[]).unwrap().get(0);
+    let (pk, _) = node_identity(&mut db);
     let pk = PublicKey::from_b64(&pk).unwrap();
     let rows = db.query("SELECT hash, prev, payload FROM causal.dag_entries ORDER BY node_id", &[]).unwrap();
     for pair in rows.windows(2) {
@@ -323,7 +323,7 @@ fn a_rolled_back_savepoint_takes_its_rows_and_nothing_else() {
     let (_, _, payload) = newest(&mut db);
     assert_eq!(payload["ops"].as_array().unwrap().len(), 1);
     assert_eq!(payload["ops"][0]["row"]["sku"], "Y");
-    let node_key: String = db.query_one("SELECT key_id FROM causal.identities WHERE is_node", &[]).unwrap().get(0);
+    let (_, node_key) = node_identity(&mut db);
     assert_eq!(payload["author"], node_key.as_str());
 }
 
@@ -347,7 +347,7 @@ fn an_author_missing_at_sealing_time_does_not_stop_sealing() {
     .unwrap();
     assert_eq!(count(&mut db), base + 1);
     let (_, _, payload) = newest(&mut db);
-    let node_key: String = db.query_one("SELECT key_id FROM causal.identities WHERE is_node", &[]).unwrap().get(0);
+    let (_, node_key) = node_identity(&mut db);
     assert_eq!(payload["author"], node_key.as_str());
     db.batch_execute("INSERT INTO products VALUES ('B', 'b', 1)").unwrap();
     assert_eq!(count(&mut db), base + 2);

@@ -5,7 +5,7 @@ use causal_core::identity::Keypair;
 use causal_core::payload::{Op, SignedPayload};
 use causal_core::{Hash, HashAlgorithm};
 use causal_integration::postgres::Client;
-use causal_integration::{sqlstate, Cluster};
+use causal_integration::{node_identity, sqlstate, Cluster};
 use serde_json::{json, Value};
 
 fn rows(db: &mut Client) -> Vec<(String, String, String)> {
@@ -433,7 +433,7 @@ fn an_import_after_writes_to_the_group_in_the_same_transaction_is_refused() {
     let (mut a, mut b) = (a_node.connect("postgres"), b_node.connect("postgres"));
     setup_a(&mut a);
     b.batch_execute("CREATE EXTENSION pg_causal").unwrap();
-    let b_key: String = b.query_one("SELECT public_key FROM causal.identities WHERE is_node", &[]).unwrap().get(0);
+    let (b_key, _) = node_identity(&mut b);
     a.execute("SELECT causal.add_member('shop', $1)", &[&b_key]).unwrap();
     let r = import(&mut b, &export(&mut a, None));
     assert_eq!(r["rejected"], json!([]), "{r}");

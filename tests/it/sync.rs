@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use causal_integration::{postgres, Cluster};
+use causal_integration::{node_identity, postgres, Cluster};
 
 /// A cluster whose background worker listens on a loopback port of its own.
 struct Node {
@@ -40,7 +40,7 @@ impl Node {
     }
 
     fn public_key(&mut self) -> String {
-        self.db.query_one("SELECT public_key FROM causal.identities WHERE is_node", &[]).unwrap().get(0)
+        node_identity(&mut self.db).0
     }
 
     fn count(&mut self, sql: &str) -> i64 {
@@ -175,7 +175,7 @@ fn a_partition_heals_to_identical_tables_logs_and_frontiers() {
          INSERT INTO products VALUES ('P', 'widget', 5), ('Q', 'gadget', 7);",
     )
     .unwrap();
-    let carol: String = c.db.query_one("SELECT key_id FROM causal.identities WHERE is_node", &[]).unwrap().get(0);
+    let (_, carol) = node_identity(&mut c.db);
     a.db.execute("INSERT INTO caps VALUES ($1, 'writer')", &[&carol]).unwrap();
     a.db.batch_execute(
         "SELECT causal.allow('orders', 'insert', $$exists(caps where caps.label = 'writer' and caps.grantee = $author)$$);",

@@ -56,6 +56,21 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A new empty directory for a cluster named `name` (with its socket directory), owned by
+/// the postgres user when we run as root.
+fn new_cluster_dir(name: &str) -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let dir = base_dir().join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sock")).expect("create cluster dir");
+    if is_root() {
+        let mut chown = Command::new("chown");
+        chown.args(["-R", "postgres:postgres"]).arg(&dir);
+        run(chown, "chown cluster dir");
+    }
+    dir
+}
+
 /// A running throwaway cluster.
 pub struct Cluster {
     pub name: String,
@@ -66,20 +81,7 @@ pub struct Cluster {
 impl Cluster {
     /// Creates and starts a cluster; `conf` lines are appended to its configuration.
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir = base_dir().join(format!("{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("sock")).expect("create cluster dir");
-        if is_root() {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.args(["-R", "postgres:postgres"]).arg(&dir);
-                    c
-                },
-                "chown cluster dir",
-            );
-        }
+        let dir = new_cluster_dir(name);
         let data = dir.join("data");
         let mut initdb = as_postgres(&pg_bin().join("initdb"));
         initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
@@ -103,20 +105,7 @@ impl Cluster {
 
     /// A streaming standby of `primary`, from a base backup, started and replaying.
     pub fn standby_of(primary: &Cluster, name: &str) -> Cluster {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir = base_dir().join(format!("{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("sock")).expect("create cluster dir");
-        if is_root() {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.args(["-R", "postgres:postgres"]).arg(&dir);
-                    c
-                },
-                "chown cluster dir",
-            );
-        }
+        let dir = new_cluster_dir(name);
         let data = dir.join("data");
         let mut backup = as_postgres(&pg_bin().join("pg_basebackup"));
         backup.arg("-D").arg(&data).args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres"]);
@@ -241,4 +230,10 @@ impl Drop for Cluster {
 /// The SQLSTATE of a failed statement, if the error came from the server.
 pub fn sqlstate(err: &postgres::Error) -> Option<String> {
     err.as_db_error().map(|e| e.code().code().to_string())
+}
+
+/// The node identity's public key (base64) and key id in `db`.
+pub fn node_identity(db: &mut postgres::Client) -> (String, String) {
+    let r = db.query_one("SELECT public_key, key_id FROM causal.identities WHERE is_node", &[]).expect("node identity");
+    (r.get(0), r.get(1))
 }
