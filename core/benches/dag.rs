@@ -178,8 +178,8 @@ fn bench_sign(c: &mut Criterion) {
     use causal_core::payload::{Op, SignedPayload};
     let key = Keypair::generate();
     let alg = HashAlgorithm::Blake3;
-    let group = alg.digest(b"group");
-    let prev: Position = [alg.digest(b"tip")].into();
+    let group = causal_core::GroupId(alg.digest(b"group"));
+    let prev: Position = [causal_core::EntryHash(alg.digest(b"tip"))].into();
     let row = json!({"id": "42", "payload": "benchmark row", "n": 42}).as_object().cloned().unwrap();
     let ops = vec![Op::Insert { table: "replicated".into(), row }];
     let mut g = c.benchmark_group("commit_critical_section");

@@ -47,7 +47,7 @@ fn backlog(entries_n: usize, rows: usize) -> (Vec<causal_core::entry::Entry>, Ve
                 )
             })
             .collect();
-        let entry = signed(&admin, &g.hash, ops, prev);
+        let entry = signed(&admin, &causal_core::GroupId::of_genesis(g.hash), ops, prev);
         prev = std::iter::once(entry.hash).collect();
         entries.push(entry);
     }

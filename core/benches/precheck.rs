@@ -28,7 +28,7 @@ fn entries() -> (Keypair, Entry, Vec<Entry>) {
     let mut out = Vec::with_capacity(ENTRIES);
     for id in 0..ENTRIES {
         let ops = vec![insert("items", json!({"id": id.to_string(), "payload": format!("row {id}"), "n": id}))];
-        let e = signed(&admin, &g.hash, ops, prev);
+        let e = signed(&admin, &causal_core::GroupId::of_genesis(g.hash), ops, prev);
         prev = std::iter::once(e.hash).collect();
         out.push(e);
     }
@@ -54,13 +54,24 @@ fn precheck(c: &mut Criterion) {
             entries
                 .iter()
                 .zip(&payloads)
-                .filter(|(e, p)| signing_message(Some(&g.hash), None, &p.author, &p.ops, &e.header.prev).is_ok())
+                .filter(|(e, p)| {
+                    signing_message(
+                        Some(&causal_core::GroupId::of_genesis(g.hash)),
+                        None,
+                        &p.author,
+                        &p.ops,
+                        &e.header.prev,
+                    )
+                    .is_ok()
+                })
                 .count()
         })
     });
     group.bench_function("verify_signature", |b| {
         b.iter(|| {
-            entries.iter().zip(&payloads).all(|(e, p)| p.verify(&admin.public(), Some(&g.hash), &e.header.prev).is_ok())
+            entries.iter().zip(&payloads).all(|(e, p)| {
+                p.verify(&admin.public(), Some(&causal_core::GroupId::of_genesis(g.hash)), &e.header.prev).is_ok()
+            })
         })
     });
     // All of it, on the calling thread (0) or on that many other threads, in chunks of 256
@@ -71,11 +82,18 @@ fn precheck(c: &mut Criterion) {
                 || entries.clone(),
                 |entries| {
                     let mut n = 0;
-                    let r: Result<(), ()> =
-                        precheck_stream(entries, HashAlgorithm::Blake3, &g.hash, &keys, workers, 256, |part| {
+                    let r: Result<(), ()> = precheck_stream(
+                        entries,
+                        HashAlgorithm::Blake3,
+                        &causal_core::GroupId::of_genesis(g.hash),
+                        &keys,
+                        workers,
+                        256,
+                        |part| {
                             n += black_box(part).len();
                             Ok(())
-                        });
+                        },
+                    );
                     (r, n)
                 },
                 BatchSize::LargeInput,

@@ -3,12 +3,12 @@
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::hash::{Hash, HashAlgorithm};
+use crate::hash::{EntryHash, Hash, HashAlgorithm};
 use crate::json::JsonError;
 
 /// A point in causal history: a set of entry hashes. Entry headers always carry a *minimal*
 /// position (no member is in the history of another).
-pub type Position = BTreeSet<Hash>;
+pub type Position = BTreeSet<EntryHash>;
 
 /// Local indexing metadata of an entry: a map from keys to sets of strings. It is derived
 /// from the payload, never hashed and never sent.
@@ -28,7 +28,7 @@ impl Header {
     /// bytes and by UTF-16 units, so this equals the canonical serialization of the header
     /// literal (a unit test checks that).
     pub fn canonical(&self) -> String {
-        let mut prev: Vec<String> = self.prev.iter().map(Hash::to_b64).collect();
+        let mut prev: Vec<String> = self.prev.iter().map(EntryHash::to_b64).collect();
         prev.sort_unstable();
         let mut out = String::with_capacity(40 + 50 * (prev.len() + 1));
         out.push_str("{\"payloadHash\":\"");
@@ -53,15 +53,15 @@ impl Header {
         serde_json::json!({ "payloadHash": self.payload_hash.to_b64(), "prevEntryHashes": prev })
     }
 
-    pub fn entry_hash(&self, alg: HashAlgorithm) -> Hash {
-        alg.digest(self.canonical().as_bytes())
+    pub fn entry_hash(&self, alg: HashAlgorithm) -> EntryHash {
+        EntryHash(alg.digest(self.canonical().as_bytes()))
     }
 }
 
 /// One entry of a DAG.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
-    pub hash: Hash,
+    pub hash: EntryHash,
     pub header: Header,
     pub payload: Value,
     pub meta: Meta,
@@ -97,7 +97,12 @@ impl Entry {
 
 /// Recomputes the payload hash of `payload` and the hash of `header`, and says which one, if
 /// any, differs from what the entry states.
-pub fn verify_hashes(alg: HashAlgorithm, hash: &Hash, header: &Header, payload: &Value) -> Result<(), HashMismatch> {
+pub fn verify_hashes(
+    alg: HashAlgorithm,
+    hash: &EntryHash,
+    header: &Header,
+    payload: &Value,
+) -> Result<(), HashMismatch> {
     let payload_hash = alg.hash_literal(payload).map_err(HashMismatch::Payload)?;
     if payload_hash != header.payload_hash {
         return Err(HashMismatch::PayloadHash { stated: header.payload_hash, actual: payload_hash });
@@ -113,7 +118,7 @@ pub fn verify_hashes(alg: HashAlgorithm, hash: &Hash, header: &Header, payload: 
 /// writes its payload's text once ([`crate::op_text`]) and never needs the value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncodedEntry {
-    pub hash: Hash,
+    pub hash: EntryHash,
     pub header: Header,
     /// JSON text of the payload; it parses to a value whose canonical text hashes to
     /// `header.payload_hash`.
@@ -185,7 +190,7 @@ impl Header {
                 return Err(WireError::NotASet);
             }
             let h = k
-                .parse::<Hash>()
+                .parse::<EntryHash>()
                 .map_err(|e| WireError::BadHash { field: "header.prevEntryHashes", reason: e.to_string() })?;
             prev.insert(h);
         }
@@ -193,7 +198,10 @@ impl Header {
     }
 }
 
-fn parse_hash(v: Option<&Value>, field: &'static str) -> Result<Hash, WireError> {
+fn parse_hash<H: std::str::FromStr<Err = crate::hash::ParseHashError>>(
+    v: Option<&Value>,
+    field: &'static str,
+) -> Result<H, WireError> {
     let s = v
         .ok_or(WireError::Missing(field))?
         .as_str()
@@ -232,7 +240,7 @@ pub enum HashMismatch {
     #[error("payload hash mismatch: header says {stated}, payload hashes to {actual}")]
     PayloadHash { stated: Hash, actual: Hash },
     #[error("entry hash mismatch: entry says {stated}, header hashes to {actual}")]
-    EntryHash { stated: Hash, actual: Hash },
+    EntryHash { stated: EntryHash, actual: EntryHash },
 }
 
 /// Builds a `Meta` from `(key, values)` pairs.

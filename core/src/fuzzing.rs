@@ -4,7 +4,7 @@
 
 use crate::dag::{Dag, MemStore};
 use crate::entry::Entry;
-use crate::hash::{Hash, HashAlgorithm};
+use crate::hash::{EntryHash, HashAlgorithm};
 use crate::identity::{PublicKey, Signature};
 use crate::json::{canonical_string, parse};
 use crate::payload::SignedPayload;
@@ -100,7 +100,7 @@ pub fn key_material(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(h) = text.parse::<Hash>() {
+    if let Ok(h) = text.parse::<EntryHash>() {
         assert_eq!(h.to_b64(), text);
     }
     if let Ok(pk) = PublicKey::from_b64(text) {

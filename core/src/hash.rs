@@ -69,6 +69,87 @@ impl<'de> serde::Deserialize<'de> for Hash {
     }
 }
 
+/// A digest with one meaning, as a type of its own: the compiler then refuses an entry's hash
+/// where a group id or a key id is expected. Text, `Display`, `FromStr` and serde forms are the
+/// digest's (padded Base64).
+macro_rules! digest_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub $crate::hash::Hash);
+
+        impl $name {
+            /// Standard, padded Base64 (44 characters).
+            pub fn to_b64(&self) -> String {
+                self.0.to_b64()
+            }
+
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                self.0.as_bytes()
+            }
+
+            /// The digest itself.
+            pub fn digest(&self) -> $crate::hash::Hash {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::hash::ParseHashError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map($name)
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serde::Serialize::serialize(&self.0, s)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <$crate::hash::Hash as serde::Deserialize>::deserialize(d).map($name)
+            }
+        }
+    };
+}
+pub(crate) use digest_newtype;
+
+digest_newtype!(
+    /// The hash of an entry's header: the entry's identity in the DAG.
+    EntryHash
+);
+
+digest_newtype!(
+    /// A group's identity: the hash of its genesis entry. Signatures are bound to it.
+    GroupId
+);
+
+impl GroupId {
+    /// The group whose genesis entry is `genesis`.
+    pub fn of_genesis(genesis: EntryHash) -> GroupId {
+        GroupId(genesis.0)
+    }
+
+    /// The group's genesis entry.
+    pub fn genesis(&self) -> EntryHash {
+        EntryHash(self.0)
+    }
+}
+
 /// The hash algorithm of a DAG, fixed when the DAG is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HashAlgorithm {

@@ -9,57 +9,16 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::Signer;
 
-use crate::hash::{Hash, HashAlgorithm};
+use crate::hash::HashAlgorithm;
 
 /// The only signing suite we support.
 pub const ED25519: &str = "ed25519";
 
-/// The identifier of a key: SHA-256 over the serialized public key. A type of its own, so a key
-/// id is never taken for an entry's hash or a group's id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub Hash);
-
-impl KeyId {
-    /// Standard, padded Base64, as entries carry it.
-    pub fn to_b64(&self) -> String {
-        self.0.to_b64()
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        self.0.as_bytes()
-    }
-}
-
-impl std::fmt::Display for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyId({})", self.0)
-    }
-}
-
-impl std::str::FromStr for KeyId {
-    type Err = crate::hash::ParseHashError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(KeyId)
-    }
-}
-
-impl serde::Serialize for KeyId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for KeyId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Hash::deserialize(d).map(KeyId)
-    }
-}
+crate::hash::digest_newtype!(
+    /// The identifier of a key: SHA-256 over the serialized public key. A type of its own, so a
+    /// key id is never taken for an entry's hash or a group's id.
+    KeyId
+);
 
 /// Why a key, a signature or their text form was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

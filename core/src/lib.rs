@@ -33,7 +33,7 @@ pub mod wire;
 
 pub use dag::{Appended, Dag, DagError, DagStore, ForkPosition, MemStore, MetaFilter};
 pub use entry::{Entry, Header, Meta, Position};
-pub use hash::{Hash, HashAlgorithm};
+pub use hash::{EntryHash, GroupId, Hash, HashAlgorithm};
 
 /// Hash maps and sets keyed by entry hashes, node ids, keys and row slots. foldhash is several
 /// times cheaper than the standard SipHash on such keys, and its seed is random per process,

@@ -127,7 +127,7 @@ pub fn member_status<S: DagStore>(dag: &Dag<S>, last: &Position, key: &KeyId) ->
     Ok(status)
 }
 
-fn decode(payload: &Value, hash: &crate::hash::Hash) -> Result<SignedPayload, MembershipError> {
+fn decode(payload: &Value, hash: &crate::hash::EntryHash) -> Result<SignedPayload, MembershipError> {
     SignedPayload::from_value(payload).map_err(|source| MembershipError::Payload { hash: hash.to_b64(), source })
 }
 
@@ -135,14 +135,14 @@ fn decode(payload: &Value, hash: &crate::hash::Hash) -> Result<SignedPayload, Me
 mod tests {
     use super::*;
     use crate::entry::Entry;
-    use crate::hash::{Hash, HashAlgorithm};
+    use crate::hash::{EntryHash, GroupId, HashAlgorithm};
     use crate::identity::Keypair;
     use crate::payload::Genesis;
     use crate::MemStore;
 
     struct G {
         dag: Dag<MemStore>,
-        id: Hash,
+        id: GroupId,
     }
 
     impl G {
@@ -153,11 +153,11 @@ mod tests {
             let p = SignedPayload::sign_genesis(admin, g).unwrap();
             let e = Entry::new(alg, p.to_value(), Position::new(), derive_meta(&p)).unwrap();
             let mut dag = Dag::new(MemStore::new(), alg);
-            let id = dag.insert(e).unwrap().hash;
+            let id = GroupId::of_genesis(dag.insert(e).unwrap().hash);
             G { dag, id }
         }
 
-        fn append(&mut self, by: &Keypair, ops: Vec<Op>, prev: Position) -> Hash {
+        fn append(&mut self, by: &Keypair, ops: Vec<Op>, prev: Position) -> EntryHash {
             let p = SignedPayload::sign(by, &self.id, ops, &prev).unwrap();
             self.dag.append(p.to_value(), derive_meta(&p), prev).unwrap().hash
         }
@@ -168,7 +168,7 @@ mod tests {
         let admin = Keypair::generate();
         let bob = Keypair::generate();
         let mut g = G::new(&admin);
-        let root: Position = [g.id].into();
+        let root: Position = [g.id.genesis()].into();
         let a = admin.public().key_id();
         let b = bob.public().key_id();
         assert_eq!(
@@ -202,7 +202,7 @@ mod tests {
         let admin = Keypair::generate();
         let p = SignedPayload::sign(
             &admin,
-            &HashAlgorithm::Blake3.digest(b"g"),
+            &GroupId(HashAlgorithm::Blake3.digest(b"g")),
             vec![
                 Op::RemoveMember { key_id: admin.public().key_id() },
                 Op::Delete { table: "t".into(), key: Default::default() },
@@ -214,7 +214,7 @@ mod tests {
         assert!(m[KIND_TAG].contains("barrier"));
         let rule = SignedPayload::sign(
             &admin,
-            &HashAlgorithm::Blake3.digest(b"g"),
+            &GroupId(HashAlgorithm::Blake3.digest(b"g")),
             vec![Op::Rule { table: "t".into(), operation: "insert".into(), rule: "true".into() }],
             &Position::new(),
         )

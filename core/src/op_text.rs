@@ -15,7 +15,7 @@
 use serde_json::{Map, Value};
 
 use crate::entry::Position;
-use crate::hash::Hash;
+use crate::hash::GroupId;
 use crate::identity::{KeyId, Keypair};
 use crate::json::{
     array_order, canonical_is_plain, canonical_string, cmp_utf16, parse, write_canonical, write_string, JsonError,
@@ -213,7 +213,7 @@ pub struct SignedText {
 /// [`crate::payload::SignedPayload::sign_encoded`] signs the same operations.
 pub fn sign_op_texts(
     keypair: &Keypair,
-    group: &Hash,
+    group: &GroupId,
     ops: &[OpText],
     prev: &Position,
 ) -> Result<SignedText, JsonError> {
@@ -323,8 +323,8 @@ mod tests {
     #[test]
     fn a_signed_text_payload_matches_the_value_path() {
         let kp = Keypair::generate();
-        let group = crate::hash::HashAlgorithm::Blake3.digest(b"group");
-        let prev: Position = [crate::hash::HashAlgorithm::Blake3.digest(b"p")].into_iter().collect();
+        let group = crate::GroupId(crate::hash::HashAlgorithm::Blake3.digest(b"group"));
+        let prev: Position = [crate::EntryHash(crate::hash::HashAlgorithm::Blake3.digest(b"p"))].into_iter().collect();
         let w = InsertWriter::new("items", &["id", "payload"]);
         for n in [1usize, 3, 10, 11, 25] {
             let mut ops = Vec::new();
@@ -378,7 +378,7 @@ mod tests {
         use crate::entry::{EncodedEntry, Entry, Meta};
         let alg = crate::hash::HashAlgorithm::Sha256;
         let kp = Keypair::generate();
-        let group = alg.digest(b"group");
+        let group = crate::GroupId(alg.digest(b"group"));
         let w = InsertWriter::new("items", &["id"]);
         let texts: Vec<OpText> = (0..12).map(|i| w.write(&[Some(json!(i))]).unwrap()).collect();
         let ops: Vec<Op> =
@@ -392,7 +392,7 @@ mod tests {
         let appended = dag.insert_encoded(by_text.clone()).unwrap();
         assert!(appended.new);
         assert!(!dag.insert_encoded(by_text).unwrap().new, "a second insert finds it stored");
-        let stored = dag.store().entry(0).unwrap();
+        let stored = dag.store().entry(crate::dag::NodeId(0)).unwrap();
         assert_eq!(stored.hash, by_value.hash);
         assert_eq!(stored.payload, by_value.payload);
         stored.verify_hashes(alg).unwrap();

@@ -43,7 +43,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::entry::Position;
-use crate::hash::Hash;
+use crate::hash::GroupId;
 use crate::identity::{IdentityError, KeyId, Keypair, PublicKey, Signature};
 use crate::json::{canonical_string, JsonError};
 
@@ -274,7 +274,7 @@ fn genesis_fields(g: &Genesis) -> Map<String, Value> {
 
 /// The exact bytes an author signs: the SHA-256 digest of the domain-separated message.
 pub fn signing_message(
-    group: Option<&Hash>,
+    group: Option<&GroupId>,
     genesis: Option<&Genesis>,
     author: &KeyId,
     ops: &[Op],
@@ -282,7 +282,7 @@ pub fn signing_message(
 ) -> Result<Vec<u8>, JsonError> {
     let prev_set: Map<String, Value> = prev.iter().map(|h| (h.to_b64(), json!(""))).collect();
     let mut m = Map::new();
-    m.insert("group".into(), json!(group.map(Hash::to_b64).unwrap_or_default()));
+    m.insert("group".into(), json!(group.map(GroupId::to_b64).unwrap_or_default()));
     m.insert("author".into(), json!(author.to_b64()));
     m.insert("ops".into(), Value::Array(ops.iter().map(Op::to_value).collect()));
     m.insert("prevEntryHashes".into(), Value::Object(prev_set));
@@ -301,7 +301,7 @@ pub fn signing_message(
 /// payload's canonical text.
 fn sign_ops_value(
     keypair: &Keypair,
-    group: &Hash,
+    group: &GroupId,
     ops_value: Value,
     prev: &Position,
 ) -> Result<(KeyId, Signature, Value, String), JsonError> {
@@ -345,7 +345,7 @@ impl SignedOps {
 /// "prevEntryHashes"}` after [`SIGNATURE_CONTEXT`], the same bytes [`signing_message`] hashes.
 pub(crate) fn sign_ops_text(
     keypair: &Keypair,
-    group: &Hash,
+    group: &GroupId,
     ops_text: &str,
     prev: &Position,
 ) -> Result<SignedOps, JsonError> {
@@ -386,7 +386,7 @@ impl SignedPayload {
     /// functions.
     pub fn sign_encoded(
         keypair: &Keypair,
-        group: &Hash,
+        group: &GroupId,
         ops: Vec<Op>,
         prev: &Position,
     ) -> Result<EncodedPayload, JsonError> {
@@ -405,7 +405,7 @@ impl SignedPayload {
     /// about a fourteenth of the commit's CPU).
     pub fn sign_into_value(
         keypair: &Keypair,
-        group: &Hash,
+        group: &GroupId,
         ops: Vec<Op>,
         prev: &Position,
     ) -> Result<(Value, String), JsonError> {
@@ -415,7 +415,7 @@ impl SignedPayload {
     }
 
     /// Signs `ops` by `keypair` for the position `prev` of `group`.
-    pub fn sign(keypair: &Keypair, group: &Hash, ops: Vec<Op>, prev: &Position) -> Result<SignedPayload, JsonError> {
+    pub fn sign(keypair: &Keypair, group: &GroupId, ops: Vec<Op>, prev: &Position) -> Result<SignedPayload, JsonError> {
         let author = keypair.public().key_id();
         let msg = signing_message(Some(group), None, &author, &ops, prev)?;
         Ok(SignedPayload { genesis: None, author, ops, signature: Some(keypair.sign(&msg)) })
@@ -501,7 +501,7 @@ impl SignedPayload {
     /// the genesis, whose author must be the admin it names).
     /// An unsigned payload fails with [`PayloadError::Uncovered`]: whether a later entry covers
     /// it is a question about history ([`crate::signature_cover`]).
-    pub fn verify(&self, key: &PublicKey, group: Option<&Hash>, prev: &Position) -> Result<(), PayloadError> {
+    pub fn verify(&self, key: &PublicKey, group: Option<&GroupId>, prev: &Position) -> Result<(), PayloadError> {
         let msg = self.message_to_verify(key, group, prev)?;
         let signature = self.signature.as_ref().ok_or(PayloadError::Uncovered { author: self.author })?;
         key.verify(&msg, signature).map_err(|_| PayloadError::BadSignature { author: self.author })
@@ -512,7 +512,7 @@ impl SignedPayload {
     pub fn message_to_verify(
         &self,
         key: &PublicKey,
-        group: Option<&Hash>,
+        group: Option<&GroupId>,
         prev: &Position,
     ) -> Result<Vec<u8>, PayloadError> {
         if key.key_id() != self.author {
@@ -644,7 +644,7 @@ mod tests {
     fn encoded_signing_matches_the_separate_steps_byte_for_byte() {
         let alg = HashAlgorithm::Sha256;
         let key = Keypair::generate();
-        let group = alg.digest(b"group");
+        let group = GroupId(alg.digest(b"group"));
         // Twelve operations (the canonical form permutes arrays of 11 or more), keys and
         // values that need escaping or sort differently in UTF-16, and 0 to 3 predecessors.
         let mut many = ops();
@@ -658,7 +658,7 @@ mod tests {
             });
         }
         for (n, ops) in [(0, vec![]), (1, ops()), (3, many)] {
-            let prev: Position = (0..n).map(|i: u8| alg.digest(&[i])).collect();
+            let prev: Position = (0..n).map(|i: u8| crate::EntryHash(alg.digest(&[i]))).collect();
             let slow = SignedPayload::sign(&key, &group, ops.clone(), &prev).unwrap();
             let moved = SignedPayload::sign_into_value(&key, &group, ops.clone(), &prev).unwrap();
             let fast = SignedPayload::sign_encoded(&key, &group, ops, &prev).unwrap();
@@ -685,27 +685,28 @@ mod tests {
         let root = Entry::new(alg, genesis.to_value(), Position::new(), Meta::new()).unwrap();
 
         let prev: Position = [root.hash].into();
-        let p = SignedPayload::sign(&admin, &root.hash, ops(), &prev).unwrap();
+        let group = GroupId::of_genesis(root.hash);
+        let p = SignedPayload::sign(&admin, &group, ops(), &prev).unwrap();
         let back = SignedPayload::from_value(&p.to_value()).unwrap();
         assert_eq!(back, p);
-        back.verify(&admin.public(), Some(&root.hash), &prev).unwrap();
+        back.verify(&admin.public(), Some(&group), &prev).unwrap();
 
         // Replayed at another position, or in another group, or by another key: refused.
-        let elsewhere: Position = [alg.digest(b"x")].into();
-        assert!(back.verify(&admin.public(), Some(&root.hash), &elsewhere).is_err());
-        assert!(back.verify(&admin.public(), Some(&alg.digest(b"g")), &prev).is_err());
-        assert!(back.verify(&Keypair::generate().public(), Some(&root.hash), &prev).is_err());
+        let elsewhere: Position = [crate::EntryHash(alg.digest(b"x"))].into();
+        assert!(back.verify(&admin.public(), Some(&group), &elsewhere).is_err());
+        assert!(back.verify(&admin.public(), Some(&GroupId(alg.digest(b"g"))), &prev).is_err());
+        assert!(back.verify(&Keypair::generate().public(), Some(&group), &prev).is_err());
         // Tampered operations: refused.
         let mut v = p.to_value();
         v["ops"][0]["row"]["price"] = json!("0.01");
         let tampered = SignedPayload::from_value(&v).unwrap();
-        assert!(tampered.verify(&admin.public(), Some(&root.hash), &prev).is_err());
+        assert!(tampered.verify(&admin.public(), Some(&group), &prev).is_err());
     }
 
     #[test]
     fn summaries() {
         let admin = Keypair::generate();
-        let g = HashAlgorithm::Blake3.digest(b"g");
+        let g = GroupId(HashAlgorithm::Blake3.digest(b"g"));
         let pk = |_: &str| vec!["sku".to_string()];
         let one = SignedPayload::sign(&admin, &g, ops()[..1].to_vec(), &Position::new()).unwrap();
         assert_eq!(one.summary(pk), "insert products (sku=A)");
@@ -718,7 +719,8 @@ mod tests {
     #[test]
     fn strict_decoding() {
         let admin = Keypair::generate();
-        let p = SignedPayload::sign(&admin, &HashAlgorithm::Blake3.digest(b"g"), ops(), &Position::new()).unwrap();
+        let p =
+            SignedPayload::sign(&admin, &GroupId(HashAlgorithm::Blake3.digest(b"g")), ops(), &Position::new()).unwrap();
         let mut v = p.to_value();
         v["extra"] = json!(1);
         assert!(SignedPayload::from_value(&v).is_err());

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::entry::{Entry, Header};
-use crate::hash::{Hash, HashAlgorithm};
+use crate::hash::{EntryHash, GroupId, HashAlgorithm};
 use crate::identity::{KeyId, PublicKey, SignatureBatch};
 use crate::payload::{PayloadError, SignedPayload};
 
@@ -34,14 +34,14 @@ pub enum Prechecked {
 /// An entry to check: decoded ([`Entry`]) or with its payload still text
 /// ([`crate::wire::WireEntry`], parsed on the checking thread and dropped after).
 pub trait Incoming: Send {
-    fn hash(&self) -> &Hash;
+    fn hash(&self) -> &EntryHash;
     fn header(&self) -> &Header;
     /// The payload as a value; an error says why the text is not JSON.
     fn payload_value(&self) -> Result<Cow<'_, Value>, String>;
 }
 
 impl Incoming for Entry {
-    fn hash(&self) -> &Hash {
+    fn hash(&self) -> &EntryHash {
         &self.hash
     }
     fn header(&self) -> &Header {
@@ -53,7 +53,7 @@ impl Incoming for Entry {
 }
 
 impl Incoming for crate::wire::WireEntry<'_> {
-    fn hash(&self) -> &Hash {
+    fn hash(&self) -> &EntryHash {
         &self.hash
     }
     fn header(&self) -> &Header {
@@ -75,7 +75,7 @@ enum Checked<'k> {
 fn check_unsigned<'k>(
     e: &impl Incoming,
     alg: HashAlgorithm,
-    group: &Hash,
+    group: &GroupId,
     keys: &'k HashMap<KeyId, PublicKey>,
 ) -> Checked<'k> {
     let value = match e.payload_value() {
@@ -110,7 +110,7 @@ fn check_unsigned<'k>(
 fn precheck_run(
     entries: &[impl Incoming],
     alg: HashAlgorithm,
-    group: &Hash,
+    group: &GroupId,
     keys: &HashMap<KeyId, PublicKey>,
 ) -> Vec<Prechecked> {
     let checked: Vec<Checked> = entries.iter().map(|e| check_unsigned(e, alg, group, keys)).collect();
@@ -142,7 +142,7 @@ fn precheck_run(
 pub fn precheck_stream<T: Incoming, E>(
     entries: Vec<T>,
     alg: HashAlgorithm,
-    group: &Hash,
+    group: &GroupId,
     keys: &HashMap<KeyId, PublicKey>,
     workers: usize,
     chunk: usize,
@@ -248,7 +248,7 @@ mod tests {
     use crate::payload::Op;
     use serde_json::json;
 
-    fn entry(kp: &Keypair, group: &Hash, prev: &Position, n: i64) -> Entry {
+    fn entry(kp: &Keypair, group: &GroupId, prev: &Position, n: i64) -> Entry {
         let ops = vec![Op::Insert {
             table: "t".into(),
             row: json!({"id": n.to_string()}).as_object().cloned().unwrap_or_default(),
@@ -262,10 +262,10 @@ mod tests {
     #[test]
     fn streams_entries_back_in_order() {
         let alice = Keypair::generate();
-        let group = HashAlgorithm::Blake3.digest(b"group");
+        let group = GroupId(HashAlgorithm::Blake3.digest(b"group"));
         let mut keys = HashMap::new();
         keys.insert(alice.public().key_id(), alice.public());
-        let prev: Position = [group].into_iter().collect();
+        let prev: Position = [group.genesis()].into_iter().collect();
         let mut entries: Vec<Entry> = (0..300).map(|n| entry(&alice, &group, &prev, n)).collect();
         entries[77].payload["author"] = json!("x");
         for threads in [0, 1, 2] {
@@ -304,9 +304,9 @@ mod tests {
     #[test]
     fn a_field_added_to_a_signed_operation_is_refused() {
         let alice = Keypair::generate();
-        let group = HashAlgorithm::Blake3.digest(b"group");
+        let group = GroupId(HashAlgorithm::Blake3.digest(b"group"));
         let keys: HashMap<_, _> = [(alice.public().key_id(), alice.public())].into();
-        let prev: Position = [group].into_iter().collect();
+        let prev: Position = [group.genesis()].into_iter().collect();
         let genuine = entry(&alice, &group, &prev, 7);
         let mut forged = genuine.payload.clone();
         forged["ops"][0]["note"] = json!("added by someone else");
@@ -322,14 +322,14 @@ mod tests {
     #[test]
     fn verifies_in_parallel_and_in_order() {
         let (alice, mallory) = (Keypair::generate(), Keypair::generate());
-        let group = HashAlgorithm::Blake3.digest(b"group");
+        let group = GroupId(HashAlgorithm::Blake3.digest(b"group"));
         let mut keys = HashMap::new();
         keys.insert(alice.public().key_id(), alice.public());
-        let prev: Position = [group].into_iter().collect();
+        let prev: Position = [group.genesis()].into_iter().collect();
         let mut entries: Vec<Entry> = (0..200).map(|n| entry(&alice, &group, &prev, n)).collect();
         entries[7] = entry(&mallory, &group, &prev, 7);
         // A signed operation moved to another position no longer verifies.
-        let other: Position = [HashAlgorithm::Blake3.digest(b"elsewhere")].into_iter().collect();
+        let other: Position = [EntryHash(HashAlgorithm::Blake3.digest(b"elsewhere"))].into_iter().collect();
         let moved = entry(&alice, &group, &prev, 9);
         entries[9] =
             Entry::new(HashAlgorithm::Blake3, moved.payload.clone(), other, Default::default()).expect("entry");

@@ -19,7 +19,7 @@
 //! releases the held entries it covers.
 
 use crate::entry::Position;
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 use crate::identity::KeyId;
 use crate::FastMap;
 
@@ -38,7 +38,7 @@ pub struct RunTooLong {
 #[derive(Default, Debug)]
 pub struct CoverTracker {
     /// Each held entry's author, predecessors, and the length of its run of unsigned entries.
-    held: FastMap<Hash, (KeyId, Position, usize)>,
+    held: FastMap<EntryHash, (KeyId, Position, usize)>,
 }
 
 impl CoverTracker {
@@ -48,7 +48,7 @@ impl CoverTracker {
 
     /// An unsigned entry of `author` at `prev` arrived: it is held until covered. Refused when
     /// it would make its author's run of unsigned entries longer than [`MAX_UNSIGNED_RUN`].
-    pub fn hold(&mut self, hash: Hash, author: KeyId, prev: Position) -> Result<(), RunTooLong> {
+    pub fn hold(&mut self, hash: EntryHash, author: KeyId, prev: Position) -> Result<(), RunTooLong> {
         let before = prev
             .iter()
             .filter_map(|p| self.held.get(p))
@@ -65,9 +65,9 @@ impl CoverTracker {
 
     /// An entry of `author` at `prev` whose signature verified: releases and returns the held
     /// entries it covers.
-    pub fn vouch(&mut self, author: &KeyId, prev: &Position) -> Vec<Hash> {
+    pub fn vouch(&mut self, author: &KeyId, prev: &Position) -> Vec<EntryHash> {
         let mut covered = Vec::new();
-        let mut next: Vec<Hash> = prev.iter().copied().collect();
+        let mut next: Vec<EntryHash> = prev.iter().copied().collect();
         while let Some(h) = next.pop() {
             if self.held.get(&h).is_some_and(|(a, _, _)| a == author) {
                 if let Some((_, p, _)) = self.held.remove(&h) {
@@ -80,12 +80,12 @@ impl CoverTracker {
     }
 
     /// Whether `hash` is held (unsigned, not covered yet).
-    pub fn is_held(&self, hash: &Hash) -> bool {
+    pub fn is_held(&self, hash: &EntryHash) -> bool {
         self.held.contains_key(hash)
     }
 
     /// The entries still held.
-    pub fn held(&self) -> impl Iterator<Item = &Hash> {
+    pub fn held(&self) -> impl Iterator<Item = &EntryHash> {
         self.held.keys()
     }
 
@@ -100,11 +100,11 @@ mod tests {
     use crate::hash::HashAlgorithm;
     use crate::identity::Keypair;
 
-    fn h(n: u32) -> Hash {
-        HashAlgorithm::Blake3.digest(&n.to_be_bytes())
+    fn h(n: u32) -> EntryHash {
+        EntryHash(HashAlgorithm::Blake3.digest(&n.to_be_bytes()))
     }
 
-    fn at(hashes: &[Hash]) -> Position {
+    fn at(hashes: &[EntryHash]) -> Position {
         hashes.iter().copied().collect()
     }
 

@@ -24,14 +24,14 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::entry::{Entry, Header, Meta, Position, WireError, MAX_PREDECESSORS};
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 use crate::json::JsonError;
 
 /// An entry in wire form with its hash and header decoded and its payload still JSON text
 /// (borrowed from the bundle).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WireEntry<'a> {
-    pub hash: Hash,
+    pub hash: EntryHash,
     pub header: Header,
     /// The payload's JSON text exactly as it came: it parses to the payload value.
     pub payload: &'a str,
@@ -74,7 +74,7 @@ impl<'de> Deserialize<'de> for PrevSet {
                     if value.as_str() != Some("") {
                         return Err(de::Error::custom(WireError::NotASet));
                     }
-                    let h = key.parse::<Hash>().map_err(|e| {
+                    let h = key.parse::<EntryHash>().map_err(|e| {
                         de::Error::custom(WireError::BadHash { field: "header.prevEntryHashes", reason: e.to_string() })
                     })?;
                     prev.insert(h);
@@ -90,7 +90,10 @@ impl<'de> Deserialize<'de> for PrevSet {
     }
 }
 
-fn hash_field(text: &str, field: &'static str) -> Result<Hash, WireError> {
+fn hash_field<H: std::str::FromStr<Err = crate::hash::ParseHashError>>(
+    text: &str,
+    field: &'static str,
+) -> Result<H, WireError> {
     text.parse().map_err(|e: crate::hash::ParseHashError| WireError::BadHash { field, reason: e.to_string() })
 }
 

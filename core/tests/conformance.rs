@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use causal_core::dag::naive::NaiveDag;
 use causal_core::entry::Meta;
 use causal_core::json::{canonical_string, parse};
-use causal_core::{Dag, Hash, HashAlgorithm, MemStore, MetaFilter, Position};
+use causal_core::{Dag, EntryHash, HashAlgorithm, MemStore, MetaFilter, Position};
 use serde_json::Value;
 
 fn vectors_path() -> PathBuf {
@@ -59,11 +59,11 @@ fn strs(v: &Value) -> Vec<String> {
 }
 
 fn position(v: &Value) -> Position {
-    strs(v).iter().map(|s| s.parse::<Hash>().expect("vector hash")).collect()
+    strs(v).iter().map(|s| s.parse::<EntryHash>().expect("vector hash")).collect()
 }
 
 fn sorted(p: &Position) -> Vec<String> {
-    let mut out: Vec<String> = p.iter().map(Hash::to_b64).collect();
+    let mut out: Vec<String> = p.iter().map(EntryHash::to_b64).collect();
     out.sort();
     out
 }

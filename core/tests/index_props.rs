@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use causal_core::dag::naive::NaiveDag;
 use causal_core::entry::{meta, Meta};
-use causal_core::{Dag, Hash, HashAlgorithm, MemStore, MetaFilter, Position};
+use causal_core::{Dag, EntryHash, HashAlgorithm, MemStore, MetaFilter, Position};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
@@ -28,7 +28,7 @@ fn plan_strategy(max_nodes: usize) -> impl Strategy<Value = Vec<NodePlan>> {
 
 struct Built {
     /// Per node: hash, minimal prev, meta; in creation order.
-    nodes: Vec<(Hash, Position, Meta)>,
+    nodes: Vec<(EntryHash, Position, Meta)>,
     naive: NaiveDag,
 }
 
@@ -44,7 +44,7 @@ fn tag_meta(tag: u8) -> Meta {
 /// Builds the DAG a plan describes, in the naive implementation, keeping prevs minimal.
 fn build(plan: &[NodePlan], alg: HashAlgorithm) -> Built {
     let mut naive = NaiveDag::new();
-    let mut nodes: Vec<(Hash, Position, Meta)> = Vec::new();
+    let mut nodes: Vec<(EntryHash, Position, Meta)> = Vec::new();
     for (i, p) in plan.iter().enumerate() {
         let mut chosen: Position = BTreeSet::new();
         if i > 0 {
@@ -91,7 +91,8 @@ fn tag_of(m: &Meta) -> u8 {
 /// A topological order other than creation order: repeatedly take a random ready node.
 fn shuffled_order(built: &Built, picks: &[Index]) -> Vec<usize> {
     let n = built.nodes.len();
-    let pos: std::collections::HashMap<Hash, usize> = built.nodes.iter().enumerate().map(|(i, n)| (n.0, i)).collect();
+    let pos: std::collections::HashMap<EntryHash, usize> =
+        built.nodes.iter().enumerate().map(|(i, n)| (n.0, i)).collect();
     let mut placed = vec![false; n];
     let mut order = Vec::with_capacity(n);
     let mut k = 0;
@@ -208,7 +209,7 @@ fn appends_are_validated() {
     let err = dag.append(json!({"c": 1}), Meta::new(), [a, b].into()).unwrap_err();
     assert!(err.to_string().contains("minimal cover"), "{err}");
     // Unknown predecessor.
-    let ghost = alg.digest(b"ghost");
+    let ghost = EntryHash(alg.digest(b"ghost"));
     let err = dag.append(json!({"c": 1}), Meta::new(), [ghost].into()).unwrap_err();
     assert!(err.to_string().contains("not in this DAG"), "{err}");
     // A tampered entry is refused with the hash named.
@@ -225,7 +226,7 @@ fn unknown_hashes_in_queries_are_errors_not_panics() {
     let alg = HashAlgorithm::Blake3;
     let mut dag = Dag::new(MemStore::new(), alg);
     let a = dag.append(json!({"a": 1}), Meta::new(), Position::new()).unwrap().hash;
-    let ghost: Position = [alg.digest(b"ghost")].into();
+    let ghost: Position = [EntryHash(alg.digest(b"ghost"))].into();
     assert!(dag.minimal_cover(&ghost).is_err());
     assert!(dag.fork_position(&[a].into(), &ghost).is_err());
     assert!(dag.cover_with_filter(&ghost, &MetaFilter::default(), None).is_err());

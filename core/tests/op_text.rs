@@ -94,8 +94,8 @@ proptest! {
             ops.push(op);
         }
         let kp = causal_core::identity::Keypair::generate();
-        let group = HashAlgorithm::Blake3.digest(table.as_bytes());
-        let prev: Position = [HashAlgorithm::Sha256.digest(b"prev")].into_iter().collect();
+        let group = causal_core::GroupId(HashAlgorithm::Blake3.digest(table.as_bytes()));
+        let prev: Position = [causal_core::EntryHash(HashAlgorithm::Sha256.digest(b"prev"))].into_iter().collect();
         let signed = sign_op_texts(&kp, &group, &texts, &prev).unwrap();
         let encoded = SignedPayload::sign_encoded(&kp, &group, ops, &prev).unwrap();
         prop_assert_eq!(&signed.canonical, &encoded.canonical);

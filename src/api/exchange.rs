@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 
 use causal_core::dag::DagStore;
-use causal_core::Hash;
+use causal_core::{EntryHash, GroupId};
 
 use crate::catalog::group::Group;
 use crate::error::{CausalError, OrReport};
@@ -21,7 +21,7 @@ fn export_bundle(grp: &str, since: Option<Vec<String>>) -> Result<Vec<u8>, Causa
     // Entries of `since` this database does not know say nothing about what to leave out.
     let mut known = causal_core::Position::new();
     for h in since.unwrap_or_default() {
-        if let Ok(hash) = h.parse::<Hash>() {
+        if let Ok(hash) = h.parse::<EntryHash>() {
             if dag.contains(&hash)? {
                 known.insert(hash);
             }
@@ -30,7 +30,8 @@ fn export_bundle(grp: &str, since: Option<Vec<String>>) -> Result<Vec<u8>, Causa
     let total = dag.len()?;
     let mut entries = Vec::new();
     for id in 0..total {
-        let id = u32::try_from(id).map_err(|_| CausalError::Corrupt("too many entries".into()))?;
+        let id =
+            causal_core::dag::NodeId::at(id as usize).ok_or_else(|| CausalError::Corrupt("too many entries".into()))?;
         let node = dag.store().node(id).map_err(causal_core::DagError::from)?;
         if !known.is_empty() && dag.in_history(&node.hash, &known)? {
             continue;
@@ -90,7 +91,7 @@ struct Positions {
     /// The group's authority entries with order keys, by the authority version they were read at.
     authority: Option<(u32, Rc<AuthorityInput>)>,
     /// Statuses from the membership view, by (authority entries in the position's past, key).
-    viewed: FastMap<(Vec<Hash>, KeyId), MemberStatus>,
+    viewed: FastMap<(Vec<EntryHash>, KeyId), MemberStatus>,
     covers: CoverCache,
     members: FastMap<(Position, KeyId), MemberStatus>,
     schemas: FastMap<Position, FastMap<String, Rc<Option<TableSchema>>>>,
@@ -255,7 +256,7 @@ type RowCheck<'a> = dyn Fn(&TableSchema) -> Result<(), String> + 'a;
 fn validate(
     dag: &Dag<SpiStore>,
     positions: &mut Positions,
-    group_id: &Hash,
+    group_id: &GroupId,
     prev: &Position,
     pre: Prechecked,
 ) -> Result<SignedPayload, String> {
@@ -427,7 +428,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     let WireBundle { group: group_id, hash_algorithm: alg_name, entries } =
         WireBundle::parse(text).map_err(|e| CausalError::BadBundle(e.to_string()))?;
     let alg = HashAlgorithm::parse(&alg_name).map_err(|e| CausalError::BadBundle(e.to_string()))?;
-    let gid: Hash = group_id.parse().map_err(|_| CausalError::BadBundle("group is not a hash".into()))?;
+    let gid: GroupId = group_id.parse().map_err(|_| CausalError::BadBundle("group is not a hash".into()))?;
     let (group, adopted) = match Group::find(&group_id) {
         Ok(g) if g.algorithm != alg => {
             return Err(CausalError::BadBundle("hash algorithm differs from the group's".into()))
@@ -454,17 +455,17 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     // The entries stored by this import and not placed yet, decoded, predecessors first.
     let mut unplaced = Unplaced::default();
     if adopted {
-        if let Some(g) = dag.entry(&gid)? {
+        if let Some(g) = dag.entry(&gid.genesis())? {
             let p =
                 SignedPayload::from_value(&g.payload).map_err(|e| CausalError::BadBundle(format!("genesis: {e}")))?;
             unplaced.push((g.hash, g.header.prev, p));
         }
     }
     let (mut accepted, mut duplicates) = (if adopted { 1 } else { 0 }, 0);
-    let mut rejected: Vec<(Hash, String)> = Vec::new();
-    let mut rejected_set: HashSet<Hash> = HashSet::new();
+    let mut rejected: Vec<(EntryHash, String)> = Vec::new();
+    let mut rejected_set: HashSet<EntryHash> = HashSet::new();
     let mut checking = std::time::Duration::ZERO;
-    let pending: Vec<WireEntry> = entries.into_iter().filter(|e| !(adopted && e.hash == gid)).collect();
+    let pending: Vec<WireEntry> = entries.into_iter().filter(|e| !(adopted && e.hash == gid.genesis())).collect();
     let keys = known_keys(&group_id, &pending)?;
     // Which of the bundle's entries (and their predecessors) are stored. The stored set is
     // closed under predecessors, so the bundle's boundary is asked first, and the rest only
@@ -483,7 +484,7 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     // Unsigned entries wait for a signature of their author that covers them, later in the
     // bundle (`causal_core::signature_cover`); `released` says that one came.
     let mut covers = CoverTracker::new();
-    let mut covered: HashSet<Hash> = HashSet::new();
+    let mut covered: HashSet<EntryHash> = HashSet::new();
     let released = std::cell::Cell::new(false);
     // Stores one prechecked entry whose turn has come; gives it back if a predecessor is not
     // stored yet (it comes later in the bundle, or is missing) or it waits for its signature.

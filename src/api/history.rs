@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use causal_core::entry::{Entry, Meta, Position};
 use causal_core::membership::member_at;
 use causal_core::payload::SignedPayload;
-use causal_core::Hash;
+use causal_core::{EntryHash, GroupId};
 
 use crate::catalog::group::Group;
 use crate::error::{CausalError, OrReport};
@@ -35,7 +35,7 @@ fn primary_keys(group: &Group) -> Result<HashMap<String, Vec<String>>, CausalErr
 }
 
 fn parse_position(prev: &[String]) -> Result<Position, CausalError> {
-    prev.iter().map(|h| h.parse::<Hash>().map_err(|e| CausalError::Corrupt(e.to_string()))).collect()
+    prev.iter().map(|h| h.parse::<EntryHash>().map_err(|e| CausalError::Corrupt(e.to_string()))).collect()
 }
 
 /// The group's entries, newest first: hash, predecessors, author key id, a short summary of
@@ -138,7 +138,7 @@ fn entry(hash: &str) -> Option<JsonB> {
 /// A stored entry that passed its own checks: its hash, author and predecessors, and whether
 /// it carries its signature (else a later entry's must cover it).
 struct CheckedEntry {
-    hash: Hash,
+    hash: EntryHash,
     author: causal_core::identity::KeyId,
     prev: causal_core::Position,
     signed: bool,
@@ -169,7 +169,7 @@ fn check_entry(
         signed.verify(&genesis.admin, None, &checked.prev).map_err(|e| e.to_string())?;
         return Ok(checked);
     }
-    let group_id: Hash = group.id.parse().map_err(|e| format!("group id: {e}"))?;
+    let group_id: GroupId = group.id.parse().map_err(|e| format!("group id: {e}"))?;
     let mut status = member_at(dag, &checked.prev, &signed.author).map_err(|e| e.to_string())?;
     if !status.live {
         // The index counts a removal the group cancelled; the view with verdicts does not.

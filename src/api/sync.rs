@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use causal_core::dag::{ChainId, Seq};
 use causal_core::identity::PublicKey;
-use causal_core::Hash;
+use causal_core::{EntryHash, GroupId};
 
 use crate::catalog::group::Group;
 use crate::error::{CausalError, OrReport};
@@ -103,7 +103,7 @@ fn remove_peer(address: &str) -> bool {
 #[pg_extern]
 fn join_group(group_id: &str) -> String {
     let f = "causal.join_group";
-    if group_id.parse::<Hash>().is_err() {
+    if group_id.parse::<GroupId>().is_err() {
         CausalError::BadGroupId(group_id.chars().take(80).collect()).report(f);
     }
     if Group::find(group_id).is_ok() {
@@ -211,7 +211,7 @@ fn entries_by_position(
     Ok(rows)
 }
 
-fn hashes(list: &[String]) -> Vec<Hash> {
+fn hashes(list: &[String]) -> Vec<EntryHash> {
     list.iter().filter_map(|h| h.parse().ok()).collect()
 }
 
@@ -243,7 +243,7 @@ fn _sync_headers(
     let walk = walk.map_err(CausalError::from).or_report(f);
     // One read for every entry the walk found (headers as stored; payloads only when they
     // go with the answer), then headers in walk order.
-    let texts: Vec<String> = walk.hashes.iter().map(Hash::to_b64).collect();
+    let texts: Vec<String> = walk.hashes.iter().map(EntryHash::to_b64).collect();
     let send_payloads = with_payloads && (walk.complete || forward);
     let mut found = entries_by_position(&group, &walk.positions, send_payloads).or_report(f);
     let mut rows = Vec::with_capacity(walk.hashes.len() * 2 + 1);

@@ -10,7 +10,7 @@ use causal_core::entry::{Entry, Position};
 use causal_core::payload::SignedPayload;
 use causal_core::reconcile::memory::MemReplica;
 use causal_core::reconcile::{fold_op, RowKey};
-use causal_core::Hash;
+use causal_core::EntryHash;
 
 use crate::catalog::group::Group;
 use crate::error::{CausalError, OrReport};
@@ -79,7 +79,7 @@ fn explain(entry: &str) -> Option<JsonB> {
 fn parse_position(hashes: &[String]) -> Result<Position, CausalError> {
     hashes
         .iter()
-        .map(|h| h.parse::<Hash>().map_err(|_| CausalError::BadBundle(format!("{h} is not an entry hash"))))
+        .map(|h| h.parse::<EntryHash>().map_err(|_| CausalError::BadBundle(format!("{h} is not an entry hash"))))
         .collect()
 }
 
@@ -129,7 +129,7 @@ fn snapshot_rows(
     })?;
     let mut entries: Vec<Entry> = Vec::new();
     for h in hashes {
-        let hash: Hash = h.parse().map_err(|_| CausalError::Corrupt(format!("stored hash {h}")))?;
+        let hash: EntryHash = h.parse().map_err(|_| CausalError::Corrupt(format!("stored hash {h}")))?;
         if dag.in_history(&hash, &from)? {
             if let Some(e) = dag.entry(&hash)? {
                 entries.push(e);

@@ -14,8 +14,8 @@ use causal_core::op_text::{sign_op_texts, unsigned_op_texts, OpText};
 use causal_core::payload::Genesis;
 use causal_core::payload::{Op, SignedPayload};
 use causal_core::reconcile::OrderKey;
-use causal_core::Hash;
 use causal_core::HashAlgorithm;
+use causal_core::{EntryHash, GroupId};
 
 use crate::catalog::group::Group;
 use crate::catalog::identity::{current_author, Author};
@@ -24,7 +24,7 @@ use crate::error::{CausalError, OrReport};
 /// Signs `ops` as the session's author and appends them as one entry after the group's
 /// frontier. The author must be a live member (an admin when `admin_only`). The group row is
 /// locked first, so concurrent appends to one group queue up and each one follows the last.
-pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<Hash, CausalError> {
+pub fn append_ops(group: &Group, ops: Vec<Op>, admin_only: bool) -> Result<EntryHash, CausalError> {
     append_ops_as(group, ops, admin_only, &current_author()?, false)
 }
 
@@ -37,7 +37,7 @@ pub fn append_ops_as(
     admin_only: bool,
     author: &Author,
     defer_placing: bool,
-) -> Result<Hash, CausalError> {
+) -> Result<EntryHash, CausalError> {
     let (mut dag, prev, group_id) = lock_for_append(group, Some(admin_only), author, defer_placing)?;
     // Serialized, hashed and signed once here; the store trusts these hashes. An entry placed
     // later (plain data) needs no decoded operations any more: they move into its value.
@@ -84,7 +84,7 @@ struct OpenEntry {
 struct SealingGroup {
     group: Group,
     dag: causal_core::Dag<crate::catalog::store::SpiStore>,
-    id: Hash,
+    id: GroupId,
     open: Option<OpenEntry>,
     /// Unsigned entries of the open entry's author written just before it, in a row.
     unsigned_run: usize,
@@ -209,7 +209,7 @@ fn lock_for_append(
     needs: Option<bool>,
     author: &Author,
     defer_placing: bool,
-) -> Result<(causal_core::Dag<crate::catalog::store::SpiStore>, causal_core::Position, Hash), CausalError> {
+) -> Result<(causal_core::Dag<crate::catalog::store::SpiStore>, causal_core::Position, GroupId), CausalError> {
     if !defer_placing {
         BEFORE_ADMIN_APPEND.with(|f| f.get())(&group.id)?;
     }
@@ -230,7 +230,7 @@ fn lock_for_append(
             });
         }
     }
-    let group_id: Hash = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
+    let group_id: GroupId = group.id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
     Ok((dag, prev, group_id))
 }
 

@@ -14,7 +14,7 @@ use pgrx::spi;
 use causal_core::dag::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
 use causal_core::entry::{EncodedEntry, Entry, Header, Meta};
 use causal_core::membership::{MEMBER_TAG, RULE_TAG, SCHEMA_TAG};
-use causal_core::Hash;
+use causal_core::EntryHash;
 // The caches' maps hash node ids and entry hashes with foldhash (lookups by hash with SipHash
 // were 9% of the engine's time in an import).
 use causal_core::{FastMap, FastSet};
@@ -26,7 +26,7 @@ use crate::pg::spi::{exec_prepared, get_prepared, run_prepared};
 #[derive(Default)]
 struct NodeCache {
     nodes: FastMap<NodeId, Rc<Node>>,
-    ids: FastMap<Hash, NodeId>,
+    ids: FastMap<EntryHash, NodeId>,
     /// The first node id stored in each subtransaction that stored any, in order: ids are
     /// given in order, so a subtransaction's entries are those from its mark on.
     marks: Vec<(crate::pg::xact::Kept, NodeId)>,
@@ -113,7 +113,7 @@ pub struct SpiStore {
     defer_state: std::cell::Cell<bool>,
     pending: RefCell<PendingRows>,
     /// Hashes known not to be stored (from [`SpiStore::prefetch_ids`]), so asking costs nothing.
-    absent: RefCell<FastSet<Hash>>,
+    absent: RefCell<FastSet<EntryHash>>,
     /// Where the group's row is, while this store holds it locked ([`SpiStore::lock`]): the
     /// state is written there without SQL.
     locked_row: std::cell::Cell<Option<pg_sys::ItemPointerData>>,
@@ -153,19 +153,43 @@ fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt(what.into())
 }
 
-fn to_i32(n: u32) -> Result<i32, StoreError> {
-    i32::try_from(n).map_err(|_| StoreError::Full(format!("{n} does not fit the catalog's integer columns")))
+/// Numbers the catalog keeps in int4 columns: counts, chains, sequence numbers and node ids.
+trait CatalogInt: Copy + std::fmt::Display {
+    fn from_u32(n: u32) -> Self;
+    fn as_u32(self) -> u32;
 }
 
-fn to_u32(n: i32) -> Result<u32, StoreError> {
-    u32::try_from(n).map_err(|_| corrupt(format!("negative id {n}")))
+impl CatalogInt for u32 {
+    fn from_u32(n: u32) -> Self {
+        n
+    }
+    fn as_u32(self) -> u32 {
+        self
+    }
 }
 
-fn to_u32s(v: Vec<i32>) -> Result<Vec<u32>, StoreError> {
+impl CatalogInt for NodeId {
+    fn from_u32(n: u32) -> Self {
+        NodeId(n)
+    }
+    fn as_u32(self) -> u32 {
+        self.0
+    }
+}
+
+fn to_i32<N: CatalogInt>(n: N) -> Result<i32, StoreError> {
+    i32::try_from(n.as_u32()).map_err(|_| StoreError::Full(format!("{n} does not fit the catalog's integer columns")))
+}
+
+fn to_u32<N: CatalogInt>(n: i32) -> Result<N, StoreError> {
+    u32::try_from(n).map(N::from_u32).map_err(|_| corrupt(format!("negative id {n}")))
+}
+
+fn to_u32s<N: CatalogInt>(v: Vec<i32>) -> Result<Vec<N>, StoreError> {
     v.into_iter().map(to_u32).collect()
 }
 
-fn to_i32s(v: &[u32]) -> Result<Vec<i32>, StoreError> {
+fn to_i32s<N: CatalogInt>(v: &[N]) -> Result<Vec<i32>, StoreError> {
     v.iter().map(|x| to_i32(*x)).collect()
 }
 
@@ -228,12 +252,12 @@ impl SpiStore {
     }
 
     /// Records that `hash` is not stored, so the duplicate check of an append costs no query.
-    pub fn assume_absent(&self, hash: Hash) {
+    pub fn assume_absent(&self, hash: EntryHash) {
         self.absent.borrow_mut().insert(hash);
     }
 
     /// What this store knows of `hash` without asking: stored, absent, or not known.
-    pub fn known(&self, hash: &Hash) -> Option<bool> {
+    pub fn known(&self, hash: &EntryHash) -> Option<bool> {
         if self.cache.borrow().ids.contains_key(hash) {
             Some(true)
         } else if self.absent.borrow().contains(hash) {
@@ -250,8 +274,8 @@ impl SpiStore {
 
     /// Learns in one query which of `hashes` are stored: their node ids are cached, and the
     /// others are remembered as absent until inserted.
-    pub fn prefetch_ids(&self, hashes: &[Hash]) -> Result<(), StoreError> {
-        let mut unknown: Vec<Hash> = {
+    pub fn prefetch_ids(&self, hashes: &[EntryHash]) -> Result<(), StoreError> {
+        let mut unknown: Vec<EntryHash> = {
             let c = self.cache.borrow();
             hashes.iter().filter(|h| !c.ids.contains_key(*h)).copied().collect()
         };
@@ -260,7 +284,7 @@ impl SpiStore {
         if unknown.is_empty() {
             return Ok(());
         }
-        let texts: Vec<String> = unknown.iter().map(Hash::to_b64).collect();
+        let texts: Vec<String> = unknown.iter().map(EntryHash::to_b64).collect();
         let found = run_prepared(
             // One index lookup per hash (see `entries_by_hash` in sync.rs for why not ANY).
             "SELECT e.hash, e.node_id FROM unnest($2::text[]) AS h(hash) CROSS JOIN LATERAL \
@@ -273,7 +297,7 @@ impl SpiStore {
         let mut stored = std::collections::HashSet::new();
         for (h, id) in found {
             let (Some(h), Some(id)) = (h, id) else { continue };
-            let h: Hash = h.parse().map_err(|_| corrupt(format!("bad hash {h}")))?;
+            let h: EntryHash = h.parse().map_err(|_| corrupt(format!("bad hash {h}")))?;
             let id = to_u32(id)?;
             self.cache.borrow_mut().ids.insert(h, id);
             stored.insert(h);
@@ -499,7 +523,7 @@ impl DagStore for SpiStore {
         self.with_state(|s| u64::from(s.entry_count))
     }
 
-    fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError> {
+    fn node_id(&self, hash: &EntryHash) -> Result<Option<NodeId>, StoreError> {
         if let Some(id) = self.cache.borrow().ids.get(hash).copied() {
             return Ok(Some(id));
         }
@@ -543,7 +567,7 @@ impl DagStore for SpiStore {
         }
         // A pending entry that was not kept in the cache is read back once its row is written.
         let pending_from = self.pending.borrow().node_id.first().copied();
-        if pending_from.is_some_and(|first| i64::from(id) >= i64::from(first)) {
+        if pending_from.is_some_and(|first| i64::from(id.0) >= i64::from(first)) {
             self.flush()?;
         }
         let row = run_prepared(
@@ -567,7 +591,9 @@ impl DagStore for SpiStore {
         let Some((Some(hash), Some(prev), Some(payload), tags, Some(payload_hash))) = row else {
             return Err(corrupt(format!("entry {id} of group {} is missing", self.group)));
         };
-        let parse = |h: &str| h.parse::<Hash>().map_err(|e| corrupt(e.to_string()));
+        fn parse<H: std::str::FromStr<Err = causal_core::hash::ParseHashError>>(h: &str) -> Result<H, StoreError> {
+            h.parse::<H>().map_err(|e| corrupt(e.to_string()))
+        }
         let payload_value = causal_core::json::parse(&payload).map_err(|e| corrupt(e.to_string()))?;
         let mut meta = Meta::new();
         for tag in tags.unwrap_or_default() {
@@ -665,7 +691,7 @@ impl SpiStore {
         entry: impl FnOnce(&str) -> Result<Entry, StoreError>,
     ) -> Result<NodeId, StoreError> {
         let mut state = self.state()?;
-        let id = state.entry_count;
+        let id = NodeId(state.entry_count);
         // Entries with tags (membership, schema, rules) are read again while an import goes
         // on, so they stay in the cache; a plain data entry's payload is not read (the engine
         // gets it decoded), and keeping 100k of them doubled an import's memory.
@@ -680,7 +706,7 @@ impl SpiStore {
             let mut p = self.pending.borrow_mut();
             p.node_id.push(to_i32(id)?);
             p.hash.push(node.hash.to_b64());
-            p.prev.push(header.prev.iter().map(Hash::to_b64).collect());
+            p.prev.push(header.prev.iter().map(EntryHash::to_b64).collect());
             p.payload.push(payload);
             p.payload_hash.push(header.payload_hash.to_b64());
             p.chain.push(to_i32(node.chain)?);

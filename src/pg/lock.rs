@@ -16,7 +16,7 @@ const GROUP_LOCK_CLASS: u32 = 1667331443;
 /// The second key of a group's advisory lock (the first is [`GROUP_LOCK_CLASS`]): the first
 /// four bytes of the group id's hash.
 pub fn group_lock_key(group_id: &str) -> Result<i32, CausalError> {
-    let h: causal_core::Hash = group_id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
+    let h: causal_core::GroupId = group_id.parse().map_err(|e| CausalError::Corrupt(format!("group id: {e}")))?;
     let b = h.as_bytes();
     Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }

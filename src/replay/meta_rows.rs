@@ -108,7 +108,7 @@ impl JournalBatch {
         self.blamed.push(if verdict.responsible.is_empty() {
             None
         } else {
-            Some(verdict.responsible.iter().map(Hash::to_b64).collect())
+            Some(verdict.responsible.iter().map(EntryHash::to_b64).collect())
         });
         self.undos.push(match undo {
             Some(u) if !u.is_empty() => Some(undo_value(u).to_string()),

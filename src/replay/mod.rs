@@ -26,7 +26,7 @@ use causal_core::reconcile::{
     self, Changes, JournalEntry, OrderKey, ReconcileError, ReplicaStore, RowKey, RowState, Status, UndoRecord, Verdict,
 };
 use causal_core::schema::{ColumnType, TableSchema};
-use causal_core::{Dag, DagStore, Hash};
+use causal_core::{Dag, DagStore, EntryHash};
 
 use crate::catalog::group::Group;
 use crate::catalog::store::SpiStore;
@@ -68,7 +68,7 @@ pub struct SpiReplica {
     /// Entries written locally in this transaction: their rows are already in the tables. A
     /// set: a placement run asks about each of its entries (a list made a run of 20,000
     /// single-row entries quadratic, a third of placing's time in a profile).
-    pub(crate) local: causal_core::FastSet<Hash>,
+    pub(crate) local: causal_core::FastSet<EntryHash>,
     /// The owners of the group's tables, found in this run: replay writes and checks a table
     /// as its owner.
     owners: RefCell<HashMap<String, Option<pg_sys::Oid>>>,
@@ -105,16 +105,16 @@ fn undo_from(v: &Value) -> Result<Vec<UndoRecord>, ReconcileError> {
 }
 
 fn node_i32(id: causal_core::dag::NodeId) -> Result<i32, ReconcileError> {
-    i32::try_from(id).map_err(|_| ReconcileError::Corrupt(format!("node id {id} out of range")))
+    i32::try_from(id.0).map_err(|_| ReconcileError::Corrupt(format!("node id {id} out of range")))
 }
 
-fn parse_hash(s: &str) -> Result<Hash, ReconcileError> {
+fn parse_hash(s: &str) -> Result<EntryHash, ReconcileError> {
     s.parse().map_err(|_| ReconcileError::Corrupt(format!("bad hash {s}")))
 }
 
 type JournalRow = (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<String>);
 
-fn journal_row(r: JournalRow) -> Result<Option<(Hash, JournalEntry)>, ReconcileError> {
+fn journal_row(r: JournalRow) -> Result<Option<(EntryHash, JournalEntry)>, ReconcileError> {
     let (Some(hash), Some(height), Some(status)) = (r.0, r.1, r.2) else { return Ok(None) };
     let hash = parse_hash(&hash)?;
     let responsible = r.4.unwrap_or_default().iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
@@ -220,7 +220,7 @@ impl SpiReplica {
     }
 
     /// The replica of `group` over `dag`, with `local` the entries this transaction wrote.
-    pub fn over(group: &Group, dag: Dag<SpiStore>, local: Vec<Hash>) -> SpiReplica {
+    pub fn over(group: &Group, dag: Dag<SpiStore>, local: Vec<EntryHash>) -> SpiReplica {
         let local = local.into_iter().collect();
         SpiReplica { group: group.id.clone(), num: group.num, dag, local, owners: RefCell::default() }
     }
@@ -373,7 +373,10 @@ impl SpiReplica {
     /// was not cancelled before: a JSON object with the group's name and id, the entry's hash,
     /// its author's key id, whether this database holds the author's key (a local write), and
     /// the reason. Called before the journal is written.
-    fn announce_cancellations(&self, cancelled: &[(i32, &Hash, Option<&str>, bool)]) -> Result<(), ReconcileError> {
+    fn announce_cancellations(
+        &self,
+        cancelled: &[(i32, &EntryHash, Option<&str>, bool)],
+    ) -> Result<(), ReconcileError> {
         if cancelled.is_empty() {
             return Ok(());
         }
@@ -389,7 +392,7 @@ impl SpiReplica {
             )
             .map_err(store_err)?
         };
-        let news: Vec<&(i32, &Hash, Option<&str>, bool)> =
+        let news: Vec<&(i32, &EntryHash, Option<&str>, bool)> =
             cancelled.iter().filter(|c| !already.contains(&c.0)).collect();
         if news.is_empty() {
             return Ok(());
@@ -444,7 +447,7 @@ impl ReplicaStore for SpiReplica {
         }
     }
 
-    fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
+    fn journal(&self, h: &EntryHash) -> Result<Option<JournalEntry>, ReconcileError> {
         let Some(id) = self.dag.store().node_id(h).map_err(store_err)? else { return Ok(None) };
         // Records are keyed by node id; the row takes back the hash it was asked for ($3), in
         // the shape `journal_from` reads too.
@@ -461,7 +464,7 @@ impl ReplicaStore for SpiReplica {
         }
     }
 
-    fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError> {
+    fn journal_from(&self, from: &OrderKey) -> Result<Vec<(EntryHash, JournalEntry)>, ReconcileError> {
         // The index orders by height only; entries of one height are put in hash order here.
         let rows = run_prepared(
             "SELECT e.hash, j.height, j.status, j.reason, j.responsible, j.undo FROM causal.journal j \
@@ -484,7 +487,7 @@ impl ReplicaStore for SpiReplica {
         Ok(out)
     }
 
-    fn authority_entries(&self) -> Result<Vec<Hash>, ReconcileError> {
+    fn authority_entries(&self) -> Result<Vec<EntryHash>, ReconcileError> {
         let hashes = run_prepared(
             "SELECT DISTINCT e.hash FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
              ON e.grp = t.grp AND e.chain = t.chain AND e.seq = t.seq \
@@ -553,7 +556,7 @@ impl ReplicaStore for SpiReplica {
         // The journal: the records of this run, then authority verdicts that changed for
         // entries outside it (their order and undo records stay as they were). Entries placed
         // for the first time get a plain insert; the others' records are rewritten.
-        let mut seen: std::collections::HashSet<&Hash> = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<&EntryHash> = std::collections::HashSet::new();
         let (mut first, mut again) = (JournalBatch::default(), JournalBatch::default());
         let records = changes
             .journal
@@ -562,7 +565,7 @@ impl ReplicaStore for SpiReplica {
             .chain(changes.authority.iter().map(|(h, v)| (h, None, v, None)));
         // Entries cancelled by this run, with whether they were placed before (then they are
         // news only if they were not cancelled already).
-        let mut cancelled: Vec<(i32, &Hash, Option<&str>, bool)> = Vec::new();
+        let mut cancelled: Vec<(i32, &EntryHash, Option<&str>, bool)> = Vec::new();
         for (h, order, verdict, undo) in records {
             if !seen.insert(h) {
                 continue;

@@ -3,7 +3,7 @@
 //! it decided in the same transaction.
 
 use causal_core::reconcile::{self, Changes, ReconcileError, ReplicaStore};
-use causal_core::{Dag, Hash};
+use causal_core::{Dag, EntryHash};
 
 use crate::catalog::group::Group;
 use crate::catalog::store::SpiStore;
@@ -45,10 +45,10 @@ pub fn unplaced_entries(group: &str, from: u32, to: u32) -> Result<Vec<reconcile
     let mut out = Vec::with_capacity(rows.len());
     for (hash, prev, payload) in rows {
         let (Some(hash), Some(prev), Some(payload)) = (hash, prev, payload) else { continue };
-        let hash: Hash = hash.parse().map_err(|_| corrupt(format!("stored hash {hash}")))?;
+        let hash: EntryHash = hash.parse().map_err(|_| corrupt(format!("stored hash {hash}")))?;
         let prev = prev
             .iter()
-            .map(|h| h.parse::<Hash>().map_err(|_| corrupt(format!("stored predecessor {h}"))))
+            .map(|h| h.parse::<EntryHash>().map_err(|_| corrupt(format!("stored predecessor {h}"))))
             .collect::<Result<causal_core::entry::Position, _>>()?;
         let value = causal_core::json::parse(&payload).map_err(|e| corrupt(format!("entry {hash}: {e}")))?;
         let payload = causal_core::payload::SignedPayload::from_value(&value)

@@ -112,9 +112,9 @@ pub enum WireError {
     BadRequestId,
 }
 
-/// Whether `s` is the Base64 text of a 32-byte hash (as `causal_core::Hash` prints it).
+/// Whether `s` is the Base64 text of a 32-byte hash (as `causal_core::EntryHash` prints it).
 pub fn is_hash(s: &str) -> bool {
-    s.len() == 44 && s.parse::<causal_core::Hash>().is_ok()
+    s.len() == 44 && s.parse::<causal_core::EntryHash>().is_ok()
 }
 
 fn hashes(field: &'static str, list: &[String]) -> Result<(), WireError> {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use causal_core::entry::{Entry, Meta, Position};
 use causal_core::signature_cover::CoverTracker;
-use causal_core::{Dag, Hash, HashAlgorithm, MemStore};
+use causal_core::{Dag, EntryHash, HashAlgorithm, MemStore};
 use causal_sync::session::{Action, Config, ImportOutcome, Serve, Session};
 use causal_sync::wire::{Envelope, SyncMsg, WireHeader};
 use serde_json::{json, Value};
@@ -82,7 +82,7 @@ fn genesis_only(dag: &Dag<MemStore>, group: &str) -> Dag<MemStore> {
 }
 
 fn frontier_of(dag: &Dag<MemStore>) -> Vec<String> {
-    dag.frontier().unwrap().iter().map(Hash::to_b64).collect()
+    dag.frontier().unwrap().iter().map(EntryHash::to_b64).collect()
 }
 
 impl Net {
@@ -180,7 +180,7 @@ impl Net {
                     }
                     let forward = forward && !node.spec_server;
                     let dag = node.dag.as_ref().unwrap();
-                    let parse = |v: &[String]| v.iter().map(|h| h.parse::<Hash>().unwrap()).collect::<Vec<_>>();
+                    let parse = |v: &[String]| v.iter().map(|h| h.parse::<EntryHash>().unwrap()).collect::<Vec<_>>();
                     let walk = if forward {
                         dag.walk_forward(&parse(&start), &parse(&limits), max as usize).unwrap()
                     } else {
@@ -221,7 +221,7 @@ impl Net {
                     let stored = match node.dag.as_ref() {
                         Some(dag) => hashes
                             .iter()
-                            .filter(|h| h.parse::<Hash>().is_ok_and(|h| dag.contains(&h).unwrap_or(false)))
+                            .filter(|h| h.parse::<EntryHash>().is_ok_and(|h| dag.contains(&h).unwrap_or(false)))
                             .cloned()
                             .collect(),
                         None => Vec::new(),

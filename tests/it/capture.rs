@@ -4,7 +4,7 @@
 use causal_core::entry::Position;
 use causal_core::identity::PublicKey;
 use causal_core::payload::SignedPayload;
-use causal_core::{Entry, Hash, HashAlgorithm};
+use causal_core::{Entry, GroupId, HashAlgorithm};
 use causal_integration::postgres::Client;
 use causal_integration::{node_identity, sqlstate, Cluster};
 
@@ -75,7 +75,7 @@ fn one_signed_entry_per_committed_transaction() {
 
     // Every entry is a chain on the last: prev is the frontier at commit, and it verifies.
     let group_id: String = db.query_one("SELECT group_id FROM causal.group_defs", &[]).unwrap().get(0);
-    let group: Hash = group_id.parse().unwrap();
+    let group: GroupId = group_id.parse().unwrap();
     let (pk, _) = node_identity(&mut db);
     let pk = PublicKey::from_b64(&pk).unwrap();
     let rows = db.query("SELECT hash, prev, payload FROM causal.dag_entries ORDER BY node_id", &[]).unwrap();

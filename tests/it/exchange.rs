@@ -3,7 +3,7 @@
 use causal_core::entry::{Entry, Meta, Position};
 use causal_core::identity::Keypair;
 use causal_core::payload::{Op, SignedPayload};
-use causal_core::{Hash, HashAlgorithm};
+use causal_core::{EntryHash, GroupId, HashAlgorithm};
 use causal_integration::postgres::Client;
 use causal_integration::{node_identity, sqlstate, Cluster};
 use serde_json::{json, Value};
@@ -119,7 +119,7 @@ fn a_malformed_bundle_stores_nothing() {
 
 /// A bundle from A, with entries appended or altered by hand.
 struct Forge {
-    group: Hash,
+    group: GroupId,
     alg: HashAlgorithm,
     bundle: Value,
 }
@@ -134,12 +134,12 @@ impl Forge {
         self.bundle["entries"].as_array_mut().unwrap()
     }
 
-    fn last_hash(&mut self) -> Hash {
+    fn last_hash(&mut self) -> EntryHash {
         self.entries().last().unwrap()["hash"].as_str().unwrap().parse().unwrap()
     }
 
     /// Appends an entry signed by `key` at `prev`, with hashes made right.
-    fn push_signed(&mut self, key: &Keypair, ops: Vec<Op>, prev: Position) -> Hash {
+    fn push_signed(&mut self, key: &Keypair, ops: Vec<Op>, prev: Position) -> EntryHash {
         let p = SignedPayload::sign(key, &self.group, ops, &prev).unwrap();
         let e = Entry::new(self.alg, p.to_value(), prev, Meta::new()).unwrap();
         self.entries().push(e.to_wire());
@@ -147,7 +147,7 @@ impl Forge {
     }
 
     /// Appends an entry of `key`'s without a signature, for a later one of `key`'s to cover.
-    fn push_unsigned(&mut self, key: &Keypair, ops: Vec<Op>, prev: Position) -> Hash {
+    fn push_unsigned(&mut self, key: &Keypair, ops: Vec<Op>, prev: Position) -> EntryHash {
         let p = SignedPayload::unsigned(key.public().key_id(), ops);
         let e = Entry::new(self.alg, p.to_value(), prev, Meta::new()).unwrap();
         self.entries().push(e.to_wire());
@@ -305,7 +305,7 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
 
     // 4. A missing predecessor.
     let mut f = Forge::from(&clean);
-    let ghost = HashAlgorithm::Blake3.digest(b"ghost");
+    let ghost = EntryHash(HashAlgorithm::Blake3.digest(b"ghost"));
     f.push_signed(&admin, vec![insert_op("G")], [ghost].into());
     let r = import(&mut b, &f.bytes());
     assert!(reasons(&r)[0].contains("missing predecessor"), "{r}");
@@ -313,7 +313,7 @@ fn tampered_bundles_are_rejected_and_nothing_valid_is_lost() {
     // 5. A signed operation replayed at another position: same payload, different prev.
     let mut f = Forge::from(&clean);
     let entries = f.entries().clone();
-    let second_to_last: Hash = entries[entries.len() - 2]["hash"].as_str().unwrap().parse().unwrap();
+    let second_to_last: EntryHash = entries[entries.len() - 2]["hash"].as_str().unwrap().parse().unwrap();
     let tip = f.last_hash();
     let signed_at_tip = SignedPayload::sign(&admin, &f.group, vec![insert_op("R")], &[tip].into()).unwrap();
     let replayed = Entry::new(f.alg, signed_at_tip.to_value(), [second_to_last].into(), Meta::new()).unwrap();

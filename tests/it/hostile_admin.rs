@@ -5,7 +5,7 @@
 use causal_core::entry::{Entry, Meta, Position};
 use causal_core::identity::Keypair;
 use causal_core::payload::{Op, SignedPayload};
-use causal_core::{Hash, HashAlgorithm};
+use causal_core::{EntryHash, GroupId, HashAlgorithm};
 use causal_integration::postgres::Client;
 use causal_integration::{sqlstate, Cluster};
 use serde_json::{json, Value};
@@ -30,8 +30,8 @@ struct Scene {
     _b_node: Cluster,
     b: Client,
     admin: Keypair,
-    group: Hash,
-    tip: Hash,
+    group: GroupId,
+    tip: EntryHash,
     products: Value,
 }
 

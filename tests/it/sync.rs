@@ -397,7 +397,7 @@ fn a_malicious_peer_is_banned_and_the_honest_nodes_converge() {
     // (bound to the original position) gives it away.
     let row = a.db.query_one("SELECT payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap();
     let payload = causal_core::json::parse(&row.get::<_, String>(0)).unwrap();
-    let genesis: causal_core::Hash = g.parse().unwrap();
+    let genesis: causal_core::EntryHash = g.parse().unwrap();
     let forged =
         causal_core::Entry::new(causal_core::HashAlgorithm::Blake3, payload, [genesis].into(), Default::default())
             .unwrap();

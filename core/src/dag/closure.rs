@@ -16,20 +16,20 @@
 use std::collections::HashMap;
 
 use crate::entry::Position;
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 
 /// What the store says of a hash: stored, absent, or not asked yet.
 pub type Known = Option<bool>;
 
 /// A batch of entries (hash and predecessors), in the order they arrived.
 pub struct StoredProbe<'a> {
-    batch: Vec<(&'a Hash, &'a Position)>,
+    batch: Vec<(&'a EntryHash, &'a Position)>,
     /// Each hash's first position in the batch.
-    index: HashMap<&'a Hash, usize>,
+    index: HashMap<&'a EntryHash, usize>,
 }
 
 impl<'a> StoredProbe<'a> {
-    pub fn new(batch: impl IntoIterator<Item = (&'a Hash, &'a Position)>) -> Self {
+    pub fn new(batch: impl IntoIterator<Item = (&'a EntryHash, &'a Position)>) -> Self {
         let batch: Vec<_> = batch.into_iter().collect();
         let mut index = HashMap::with_capacity(batch.len());
         for (i, (h, _)) in batch.iter().enumerate() {
@@ -40,7 +40,7 @@ impl<'a> StoredProbe<'a> {
 
     /// The hashes to ask first: predecessors outside the batch, and the batch entries with no
     /// predecessor in the batch. Sorted, without repeats.
-    pub fn first_round(&self) -> Vec<Hash> {
+    pub fn first_round(&self) -> Vec<EntryHash> {
         let mut ask = Vec::new();
         for (h, prev) in &self.batch {
             let mut inside = false;
@@ -65,7 +65,7 @@ impl<'a> StoredProbe<'a> {
     ///
     /// An entry that comes before one of its predecessors in the batch is asked rather than
     /// inferred (its predecessor's status is not settled when it is reached).
-    pub fn second_round(&self, known: impl Fn(&Hash) -> Known) -> (Vec<Hash>, Vec<Hash>) {
+    pub fn second_round(&self, known: impl Fn(&EntryHash) -> Known) -> (Vec<EntryHash>, Vec<EntryHash>) {
         // Per batch position: Some(false) when surely absent, Some(true) when stored.
         let mut status: Vec<Known> = Vec::with_capacity(self.batch.len());
         let (mut ask, mut absent) = (Vec::new(), Vec::new());
@@ -109,15 +109,15 @@ mod tests {
     use super::*;
     use crate::hash::HashAlgorithm;
 
-    fn h(n: u32) -> Hash {
-        HashAlgorithm::Blake3.digest(&n.to_le_bytes())
+    fn h(n: u32) -> EntryHash {
+        EntryHash(HashAlgorithm::Blake3.digest(&n.to_le_bytes()))
     }
 
     /// Runs both rounds against a stored set; returns what was asked and what was settled.
-    fn settle(batch: &[(Hash, Position)], stored: &HashSet<Hash>) -> (usize, HashMap<Hash, bool>) {
+    fn settle(batch: &[(EntryHash, Position)], stored: &HashSet<EntryHash>) -> (usize, HashMap<EntryHash, bool>) {
         let probe = StoredProbe::new(batch.iter().map(|(h, p)| (h, p)));
         let first = probe.first_round();
-        let mut known: HashMap<Hash, bool> = first.iter().map(|h| (*h, stored.contains(h))).collect();
+        let mut known: HashMap<EntryHash, bool> = first.iter().map(|h| (*h, stored.contains(h))).collect();
         let (ask, absent) = probe.second_round(|h| known.get(h).copied());
         let asked = first.len() + ask.len();
         for a in &ask {
@@ -129,13 +129,13 @@ mod tests {
         (asked, known)
     }
 
-    fn chain(from: u32, to: u32, root_prev: Hash) -> Vec<(Hash, Position)> {
+    fn chain(from: u32, to: u32, root_prev: EntryHash) -> Vec<(EntryHash, Position)> {
         (from..to).map(|i| (h(i), [if i == from { root_prev } else { h(i - 1) }].into())).collect()
     }
 
     #[test]
     fn new_history_is_settled_by_its_boundary() {
-        let stored: HashSet<Hash> = [h(0)].into();
+        let stored: HashSet<EntryHash> = [h(0)].into();
         let batch = chain(1, 1001, h(0));
         let (asked, known) = settle(&batch, &stored);
         assert_eq!(asked, 2, "the outside predecessor and the first entry");
@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn history_sent_twice_is_asked_entry_by_entry() {
         let batch = chain(1, 101, h(0));
-        let stored: HashSet<Hash> = (0..101).map(h).collect();
+        let stored: HashSet<EntryHash> = (0..101).map(h).collect();
         let (asked, known) = settle(&batch, &stored);
         assert_eq!(asked, 101);
         assert!(batch.iter().all(|(e, _)| known[e]));
@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn an_overlap_then_new_entries() {
         // 0..=50 stored; the batch repeats 41..=50 and brings 51..=99.
-        let stored: HashSet<Hash> = (0..=50).map(h).collect();
+        let stored: HashSet<EntryHash> = (0..=50).map(h).collect();
         let batch = chain(41, 100, h(40));
         let (_, known) = settle(&batch, &stored);
         for i in 41..100 {
@@ -188,7 +188,7 @@ mod tests {
                 }
             }
             let from = batch_from.index(n);
-            let mut batch: Vec<(Hash, Position)> = (from..n).map(|i| (h(i as u32), prev[i].clone())).collect();
+            let mut batch: Vec<(EntryHash, Position)> = (from..n).map(|i| (h(i as u32), prev[i].clone())).collect();
             if shuffle {
                 // A deterministic shuffle: some entries come before their predecessors.
                 let mut x = seed | 1;

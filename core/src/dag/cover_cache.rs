@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use super::{Dag, DagError, DagStore, MetaFilter};
 use crate::entry::{Meta, Position};
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 
 use crate::FastMap as HashMap;
 
@@ -28,7 +28,7 @@ type TagCovers = HashMap<String, HashMap<String, Position>>;
 /// not 100k copies of it).
 #[derive(Default, Debug)]
 pub struct CoverCache {
-    at: HashMap<Hash, Rc<TagCovers>>,
+    at: HashMap<EntryHash, Rc<TagCovers>>,
     /// Covers answered from the cache, and by the index (for reports and tests).
     pub hits: u64,
     pub misses: u64,
@@ -70,7 +70,7 @@ impl CoverCache {
 
     /// Records that entry `hash` (with predecessors `prev` and tags `meta`) was appended, so the
     /// covers at `{hash}` follow from those at its predecessor.
-    pub fn appended(&mut self, hash: Hash, prev: &Position, meta: &Meta) {
+    pub fn appended(&mut self, hash: EntryHash, prev: &Position, meta: &Meta) {
         let before = if prev.len() == 1 { prev.iter().next().and_then(|p| self.at.get(p)).cloned() } else { None };
         if meta.is_empty() {
             if let Some(before) = before {
@@ -111,7 +111,7 @@ mod tests {
     fn cached_covers_equal_the_index() {
         let mut dag = Dag::new(MemStore::new(), HashAlgorithm::Blake3);
         let mut cache = CoverCache::new();
-        let mut heads: Vec<Hash> = Vec::new();
+        let mut heads: Vec<EntryHash> = Vec::new();
         let tags = ["a", "b", ""];
         for i in 0..300u32 {
             // Mostly extend the last entry; sometimes branch from an older one or merge two.

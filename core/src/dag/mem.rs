@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::store::{ChainId, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
 use crate::entry::Entry;
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 
 /// Keeps everything in vectors and hash maps. Used by tests, benchmarks, the convergence
 /// simulator and as a scratch DAG when validating bundles.
@@ -12,7 +12,7 @@ use crate::hash::Hash;
 pub struct MemStore {
     nodes: Vec<Node>,
     entries: Vec<Entry>,
-    ids: HashMap<Hash, NodeId>,
+    ids: HashMap<EntryHash, NodeId>,
     chains: Vec<Vec<NodeId>>,
     tags: HashMap<MetaTag, HashMap<ChainId, Vec<Seq>>>,
     frontier: BTreeSet<NodeId>,
@@ -41,16 +41,16 @@ impl DagStore for MemStore {
         Ok(self.nodes.len() as u64)
     }
 
-    fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError> {
+    fn node_id(&self, hash: &EntryHash) -> Result<Option<NodeId>, StoreError> {
         Ok(self.ids.get(hash).copied())
     }
 
     fn node(&self, id: NodeId) -> Result<&Node, StoreError> {
-        self.nodes.get(id as usize).ok_or_else(|| Self::missing("node", id))
+        self.nodes.get(id.index()).ok_or_else(|| Self::missing("node", id))
     }
 
     fn entry(&self, id: NodeId) -> Result<&Entry, StoreError> {
-        self.entries.get(id as usize).ok_or_else(|| Self::missing("entry of node", id))
+        self.entries.get(id.index()).ok_or_else(|| Self::missing("entry of node", id))
     }
 
     fn chain_count(&self) -> Result<ChainId, StoreError> {
@@ -80,7 +80,7 @@ impl DagStore for MemStore {
     }
 
     fn insert(&mut self, node: Node, entry: Entry) -> Result<NodeId, StoreError> {
-        let id = NodeId::try_from(self.nodes.len()).map_err(|_| StoreError::Full("more than 2^32 nodes".into()))?;
+        let id = NodeId::at(self.nodes.len()).ok_or_else(|| StoreError::Full("more than 2^32 nodes".into()))?;
         let chain = node.chain as usize;
         if chain > self.chains.len() || self.chain_len(node.chain)? + 1 != node.seq {
             return Err(StoreError::Corrupt(format!("node {} does not extend chain {}", node.hash, node.chain)));

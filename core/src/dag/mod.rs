@@ -16,7 +16,7 @@ pub use store::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError
 use serde_json::Value;
 
 use crate::entry::{EncodedEntry, Entry, HashMismatch, Meta, Position};
-use crate::hash::{Hash, HashAlgorithm};
+use crate::hash::{EntryHash, HashAlgorithm};
 use crate::json::JsonError;
 
 /// Where two positions' histories diverge (DAG spec §5.3).
@@ -67,11 +67,11 @@ impl MetaFilter {
 #[derive(Debug, thiserror::Error)]
 pub enum DagError {
     #[error("entry {0} is not in this DAG")]
-    UnknownEntry(Hash),
+    UnknownEntry(EntryHash),
     #[error("entry {entry} names predecessor {missing}, which is not in this DAG")]
-    MissingPredecessor { entry: Hash, missing: Hash },
+    MissingPredecessor { entry: EntryHash, missing: EntryHash },
     #[error("entry {entry} lists predecessor {redundant}, which is already in the history of another predecessor (prev must be a minimal cover)")]
-    NotMinimalCover { entry: Hash, redundant: Hash },
+    NotMinimalCover { entry: EntryHash, redundant: EntryHash },
     #[error(transparent)]
     Json(#[from] JsonError),
     #[error(transparent)]
@@ -83,7 +83,7 @@ pub enum DagError {
 /// Outcome of an append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
-    pub hash: Hash,
+    pub hash: EntryHash,
     /// False when the entry was already present (appending is idempotent).
     pub new: bool,
 }
@@ -120,11 +120,11 @@ impl<S: DagStore> Dag<S> {
         Ok(self.len()? == 0)
     }
 
-    pub fn contains(&self, hash: &Hash) -> Result<bool, DagError> {
+    pub fn contains(&self, hash: &EntryHash) -> Result<bool, DagError> {
         Ok(self.store.node_id(hash)?.is_some())
     }
 
-    pub fn entry(&self, hash: &Hash) -> Result<Option<Entry>, DagError> {
+    pub fn entry(&self, hash: &EntryHash) -> Result<Option<Entry>, DagError> {
         match self.store.node_id(hash)? {
             Some(id) => Ok(Some(self.store.entry(id)?.clone())),
             None => Ok(None),
@@ -132,7 +132,7 @@ impl<S: DagStore> Dag<S> {
     }
 
     /// The hash `payload` would get at `prev`, without appending.
-    pub fn entry_hash(&self, payload: &Value, prev: &Position) -> Result<Hash, DagError> {
+    pub fn entry_hash(&self, payload: &Value, prev: &Position) -> Result<EntryHash, DagError> {
         Ok(Entry::new(self.alg, payload.clone(), prev.clone(), Meta::new())?.hash)
     }
 
@@ -176,7 +176,7 @@ impl<S: DagStore> Dag<S> {
     }
 
     /// The index node an entry `hash` at `prev` gets; None if the entry is stored already.
-    fn new_node(&self, hash: Hash, prev: &Position) -> Result<Option<Node>, DagError> {
+    fn new_node(&self, hash: EntryHash, prev: &Position) -> Result<Option<Node>, DagError> {
         if self.store.node_id(&hash)?.is_some() {
             return Ok(None);
         }
@@ -221,20 +221,20 @@ impl<S: DagStore> Dag<S> {
     }
 
     /// `a ∈ history(b)`: whether `a` is `b` or comes before it.
-    pub fn precedes(&self, a: &Hash, b: &Hash) -> Result<bool, DagError> {
+    pub fn precedes(&self, a: &EntryHash, b: &EntryHash) -> Result<bool, DagError> {
         let (a, b) = (self.resolve_one(a)?, self.resolve_one(b)?);
         let a = self.store.node(a)?;
         Ok(self.store.node(b)?.clock.covers(a.chain, a.seq))
     }
 
     /// Whether `h` is in `history(position)`.
-    pub fn in_history(&self, h: &Hash, position: &Position) -> Result<bool, DagError> {
+    pub fn in_history(&self, h: &EntryHash, position: &Position) -> Result<bool, DagError> {
         let node = self.store.node(self.resolve_one(h)?)?;
         let clock = self.position_clock(&self.resolve(position)?)?;
         Ok(clock.covers(node.chain, node.seq))
     }
 
-    fn resolve_one(&self, h: &Hash) -> Result<NodeId, DagError> {
+    fn resolve_one(&self, h: &EntryHash) -> Result<NodeId, DagError> {
         self.store.node_id(h)?.ok_or(DagError::UnknownEntry(*h))
     }
 

@@ -6,13 +6,13 @@ use std::collections::{HashMap, HashSet};
 
 use super::{ForkPosition, MetaFilter};
 use crate::entry::{Meta, Position};
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 
 #[derive(Default, Clone, Debug)]
 pub struct NaiveDag {
-    preds: HashMap<Hash, Vec<Hash>>,
-    meta: HashMap<Hash, Meta>,
-    order: Vec<Hash>,
+    preds: HashMap<EntryHash, Vec<EntryHash>>,
+    meta: HashMap<EntryHash, Meta>,
+    order: Vec<EntryHash>,
 }
 
 impl NaiveDag {
@@ -20,7 +20,7 @@ impl NaiveDag {
         NaiveDag::default()
     }
 
-    pub fn add(&mut self, hash: Hash, prev: &Position, meta: &Meta) {
+    pub fn add(&mut self, hash: EntryHash, prev: &Position, meta: &Meta) {
         if self.preds.insert(hash, prev.iter().copied().collect()).is_none() {
             self.order.push(hash);
         }
@@ -28,9 +28,9 @@ impl NaiveDag {
     }
 
     /// `H(p)`: `p` and everything before it.
-    pub fn history(&self, p: &Position) -> HashSet<Hash> {
-        let mut seen: HashSet<Hash> = HashSet::new();
-        let mut stack: Vec<Hash> = p.iter().copied().collect();
+    pub fn history(&self, p: &Position) -> HashSet<EntryHash> {
+        let mut seen: HashSet<EntryHash> = HashSet::new();
+        let mut stack: Vec<EntryHash> = p.iter().copied().collect();
         while let Some(h) = stack.pop() {
             if seen.insert(h) {
                 stack.extend(self.preds.get(&h).into_iter().flatten().copied());
@@ -41,7 +41,7 @@ impl NaiveDag {
 
     /// Members of `set` that are in the strict history of no other member: one walk over
     /// the history of all the members' predecessors.
-    pub fn maximal(&self, set: &HashSet<Hash>) -> Position {
+    pub fn maximal(&self, set: &HashSet<EntryHash>) -> Position {
         let preds: Position = set.iter().flat_map(|h| self.preds.get(h).into_iter().flatten().copied()).collect();
         let below = self.history(&preds);
         set.iter().filter(|h| !below.contains(h)).copied().collect()
@@ -58,7 +58,7 @@ impl NaiveDag {
     pub fn fork_position(&self, a: &Position, b: &Position) -> ForkPosition {
         let ha = self.history(a);
         let hb = self.history(b);
-        let both: HashSet<Hash> = ha.intersection(&hb).copied().collect();
+        let both: HashSet<EntryHash> = ha.intersection(&hb).copied().collect();
         let mut fp = ForkPosition { common_frontier: self.maximal(&both), ..Default::default() };
         for (only, fork) in [(ha.difference(&hb), &mut fp.fork_a), (hb.difference(&ha), &mut fp.fork_b)] {
             for n in only {
@@ -91,7 +91,7 @@ impl NaiveDag {
     /// Maximal matching entries of `H(from)`, optionally only those concurrent to every
     /// member of `concurrent_to`.
     pub fn filtered_cover(&self, from: &Position, concurrent_to: Option<&Position>, filter: &MetaFilter) -> Position {
-        let mut taken: HashSet<Hash> =
+        let mut taken: HashSet<EntryHash> =
             self.history(from).into_iter().filter(|h| filter.matches(&self.meta[h])).collect();
         if let Some(others) = concurrent_to {
             for o in others {

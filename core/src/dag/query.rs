@@ -6,10 +6,10 @@
 use super::store::{ChainId, Clock, DagStore, NodeId, Seq};
 use super::{Dag, DagError, ForkPosition, MetaFilter};
 use crate::entry::{Entry, Position};
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 
 /// An optional extra test on candidate entries of a cover search.
-pub type EntryPredicate<'p> = &'p mut dyn FnMut(&Hash, &Entry) -> bool;
+pub type EntryPredicate<'p> = &'p mut dyn FnMut(&EntryHash, &Entry) -> bool;
 
 impl<S: DagStore> Dag<S> {
     /// The smallest subset of `position` with the same history: its members that are in the

@@ -18,10 +18,30 @@
 use std::ops::Deref;
 
 use crate::entry::{EncodedEntry, Entry};
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 
-/// Dense number of a node, in append order.
-pub type NodeId = u32;
+/// Dense number of a node, in append order, from 0. A type of its own, so a node number is
+/// never taken for a chain, a sequence number or a count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+impl NodeId {
+    /// The node's place in append order, as an index.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The node at index `i` of append order, if it fits.
+    pub fn at(i: usize) -> Option<NodeId> {
+        u32::try_from(i).ok().map(NodeId)
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 /// Number of a chain, from 0.
 pub type ChainId = u32;
 /// Position of a node in its chain, from 1. Sequence 0 means "nothing of this chain".
@@ -30,7 +50,7 @@ pub type Seq = u32;
 /// A node of the index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
-    pub hash: Hash,
+    pub hash: EntryHash,
     pub chain: ChainId,
     pub seq: Seq,
     /// The entry's direct predecessors (its header's `prev`).
@@ -128,7 +148,7 @@ pub trait DagStore {
     fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
     }
-    fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError>;
+    fn node_id(&self, hash: &EntryHash) -> Result<Option<NodeId>, StoreError>;
     fn node(&self, id: NodeId) -> Result<Self::NodeRef<'_>, StoreError>;
     fn entry(&self, id: NodeId) -> Result<Self::EntryRef<'_>, StoreError>;
 

@@ -6,13 +6,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::{ChainId, Dag, DagError, DagStore, Seq};
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 
 /// The result of a walk: entry hashes in breadth-first order from `start`, each entry's place
 /// in its chain, and whether the walk finished (`false`: it stopped at `max`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Walk {
-    pub hashes: Vec<Hash>,
+    pub hashes: Vec<EntryHash>,
     /// `(chain, seq)` of each of `hashes`, in the same order.
     pub positions: Vec<(ChainId, Seq)>,
     pub complete: bool,
@@ -26,8 +26,8 @@ const FIRST_PREFETCH: Seq = 64;
 impl<S: DagStore> Dag<S> {
     /// Walks back breadth first from the `start` entries this DAG holds, leaving out `limits`
     /// and everything in the history of the `limits` it holds, collecting at most `max`.
-    pub fn walk_back(&self, start: &[Hash], limits: &[Hash], max: usize) -> Result<Walk, DagError> {
-        let limit_set: HashSet<Hash> = limits.iter().copied().collect();
+    pub fn walk_back(&self, start: &[EntryHash], limits: &[EntryHash], max: usize) -> Result<Walk, DagError> {
+        let limit_set: HashSet<EntryHash> = limits.iter().copied().collect();
         let mut known = Vec::new();
         for h in limits {
             if let Some(id) = self.store.node_id(h)? {
@@ -35,13 +35,13 @@ impl<S: DagStore> Dag<S> {
             }
         }
         let below = self.position_clock(&known)?;
-        let mut queue: VecDeque<Hash> = VecDeque::new();
+        let mut queue: VecDeque<EntryHash> = VecDeque::new();
         for h in start {
             if self.store.node_id(h)?.is_some() {
                 queue.push_back(*h);
             }
         }
-        let mut seen: HashSet<Hash> = HashSet::new();
+        let mut seen: HashSet<EntryHash> = HashSet::new();
         let mut hashes = Vec::new();
         let mut positions = Vec::new();
         // Per chain: the seqs loaded at once so far (lo..=hi) and the size of the next load.
@@ -90,8 +90,8 @@ impl<S: DagStore> Dag<S> {
     /// the order entries were stored in, so every entry comes after its predecessors: each
     /// answer holds, besides what the requester has, everything its entries depend on, and
     /// can be imported at once. `complete` says nothing is left after it.
-    pub fn walk_forward(&self, start: &[Hash], limits: &[Hash], max: usize) -> Result<Walk, DagError> {
-        let ids = |hashes: &[Hash]| -> Result<Vec<_>, DagError> {
+    pub fn walk_forward(&self, start: &[EntryHash], limits: &[EntryHash], max: usize) -> Result<Walk, DagError> {
+        let ids = |hashes: &[EntryHash]| -> Result<Vec<_>, DagError> {
             let mut out = Vec::new();
             for h in hashes {
                 if let Some(id) = self.store.node_id(h)? {
@@ -168,7 +168,7 @@ impl<S: DagStore> Dag<S> {
 mod tests {
     use crate::dag::{ChainId, MetaTag, NodeId, Seq, StoreError};
     use crate::entry::{Meta, Position};
-    use crate::{Dag, Hash, HashAlgorithm, MemStore};
+    use crate::{Dag, EntryHash, HashAlgorithm, MemStore};
     use serde_json::json;
 
     #[test]
@@ -184,7 +184,7 @@ mod tests {
         assert!(w.complete);
         assert_eq!(w.hashes, vec![m, a2, b1]);
         // A limit this DAG does not know is just a limit.
-        let unknown = HashAlgorithm::Blake3.digest(b"elsewhere");
+        let unknown = EntryHash(HashAlgorithm::Blake3.digest(b"elsewhere"));
         let w = dag.walk_back(&[m], &[unknown], 100).unwrap();
         assert_eq!(w.hashes.len(), 5);
         // Truncated at max, and a start this DAG lacks is skipped.
@@ -219,7 +219,7 @@ mod tests {
         fn len(&self) -> Result<u64, StoreError> {
             self.inner.len()
         }
-        fn node_id(&self, hash: &Hash) -> Result<Option<NodeId>, StoreError> {
+        fn node_id(&self, hash: &EntryHash) -> Result<Option<NodeId>, StoreError> {
             self.inner.node_id(hash)
         }
         fn node(&self, id: NodeId) -> Result<&crate::dag::Node, StoreError> {
@@ -305,7 +305,7 @@ mod tests {
         for (known, max) in [(0, 7), (50, 1), (120, 33), (299, 5)] {
             let limits = vec![all[known]];
             let back: HashSet<_> = dag.walk_back(&frontier, &limits, 10_000).unwrap().hashes.into_iter().collect();
-            let mut have: HashSet<Hash> = HashSet::new();
+            let mut have: HashSet<EntryHash> = HashSet::new();
             let mut limits_now = limits.clone();
             loop {
                 let w = dag.walk_forward(&frontier, &limits_now, max).unwrap();

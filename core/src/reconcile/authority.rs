@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::HashMap;
 
 use crate::dag::{Dag, DagStore};
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 use crate::identity::{KeyId, PublicKey};
 use crate::payload::{Op, SignedPayload};
 use crate::schema::TableSchema;
@@ -32,7 +32,7 @@ enum Change {
 
 #[derive(Clone, Debug)]
 struct MemberChange {
-    entry: Hash,
+    entry: EntryHash,
     order: OrderKey,
     key: KeyId,
     change: Change,
@@ -40,7 +40,7 @@ struct MemberChange {
 
 #[derive(Clone, Debug)]
 struct RuleDecl {
-    entry: Hash,
+    entry: EntryHash,
     table: String,
     operation: String,
     rule: String,
@@ -48,7 +48,7 @@ struct RuleDecl {
 
 #[derive(Clone, Debug)]
 struct SchemaDecl {
-    entry: Hash,
+    entry: EntryHash,
     order: OrderKey,
     table: String,
     /// `None` for an unreplicate.
@@ -58,27 +58,27 @@ struct SchemaDecl {
 /// The resolved authority of a group.
 #[derive(Debug, Default)]
 pub struct Authority {
-    verdicts: BTreeMap<Hash, Verdict>,
+    verdicts: BTreeMap<EntryHash, Verdict>,
     members: Vec<MemberChange>,
     rules: Vec<RuleDecl>,
     schemas: Vec<SchemaDecl>,
     /// Per table: the schema in force at the frontier (union of columns), and which schema
     /// entry first added each column.
-    tables: HashMap<String, (TableSchema, HashMap<String, Hash>)>,
+    tables: HashMap<String, (TableSchema, HashMap<String, EntryHash>)>,
 }
 
 /// Whether a key may write: `Err` carries the reason and the entries responsible.
-pub type Standing = Result<(), (String, Vec<Hash>)>;
+pub type Standing = Result<(), (String, Vec<EntryHash>)>;
 
-fn short(h: &Hash) -> String {
-    h.to_b64().chars().take(10).collect()
+fn short(h: &impl std::fmt::Display) -> String {
+    h.to_string().chars().take(10).collect()
 }
 
 /// The items of a causal past that no other item follows: the last changes on every path.
 fn last_of<'x, T, S: DagStore>(
     dag: &Dag<S>,
     past: &[&'x T],
-    entry: impl Fn(&T) -> Hash,
+    entry: impl Fn(&T) -> EntryHash,
 ) -> Result<Vec<&'x T>, ReconcileError> {
     let mut last = Vec::new();
     for c in past {
@@ -148,7 +148,7 @@ impl Authority {
         // seniority (`removal_conflicts`). A removal that stands there but is cancelled by the
         // pass (its author was not an admin in its view) is taken out and the conflicts
         // decided again, until nothing changes; each round takes out at least one removal.
-        let authors: HashMap<Hash, KeyId> = entries.iter().map(|(o, p)| (o.hash, p.author)).collect();
+        let authors: HashMap<EntryHash, KeyId> = entries.iter().map(|(o, p)| (o.hash, p.author)).collect();
         let mut removals = Vec::new();
         for c in all_changes.iter().filter(|c| matches!(c.change, Change::Remove)) {
             let Some(author) = authors.get(&c.entry).copied() else { continue };
@@ -168,13 +168,13 @@ impl Authority {
                 seniority,
             });
         }
-        let mut excluded: BTreeSet<Hash> = BTreeSet::new();
+        let mut excluded: BTreeSet<EntryHash> = BTreeSet::new();
         loop {
             let live: Vec<removal_conflicts::Removal> =
                 removals.iter().filter(|r| !excluded.contains(&r.entry)).cloned().collect();
             let fallen = removal_conflicts::resolve(dag, &live)?;
             let a = Authority::pass(dag, &entries, &all_changes, &fallen, &excluded)?;
-            let newly: Vec<Hash> = live
+            let newly: Vec<EntryHash> = live
                 .iter()
                 .filter(|r| !fallen.contains_key(&r.entry) && a.verdicts.get(&r.entry).is_some_and(|v| !v.is_ok()))
                 .map(|r| r.entry)
@@ -193,7 +193,7 @@ impl Authority {
         entries: &[(OrderKey, SignedPayload)],
         all_changes: &[MemberChange],
         fallen: &removal_conflicts::Fallen,
-        excluded: &BTreeSet<Hash>,
+        excluded: &BTreeSet<EntryHash>,
     ) -> Result<Authority, ReconcileError> {
         let mut a = Authority::default();
         for (order, p) in entries {
@@ -281,15 +281,15 @@ impl Authority {
         }
     }
 
-    pub fn verdicts(&self) -> &BTreeMap<Hash, Verdict> {
+    pub fn verdicts(&self) -> &BTreeMap<EntryHash, Verdict> {
         &self.verdicts
     }
 
-    pub fn is_authority(&self, h: &Hash) -> bool {
+    pub fn is_authority(&self, h: &EntryHash) -> bool {
         self.verdicts.contains_key(h)
     }
 
-    pub fn verdict(&self, h: &Hash) -> Option<&Verdict> {
+    pub fn verdict(&self, h: &EntryHash) -> Option<&Verdict> {
         self.verdicts.get(h)
     }
 
@@ -304,7 +304,7 @@ impl Authority {
     }
 
     /// The schema entry that first added `column` to `table`.
-    pub fn column_added_by(&self, table: &str, column: &str) -> Option<Hash> {
+    pub fn column_added_by(&self, table: &str, column: &str) -> Option<EntryHash> {
         self.tables.get(table).and_then(|t| t.1.get(column).copied())
     }
 
@@ -345,7 +345,7 @@ impl Authority {
         &self,
         dag: &Dag<S>,
         key: &KeyId,
-        at: &Hash,
+        at: &EntryHash,
         need_admin: bool,
     ) -> Result<Standing, ReconcileError> {
         self.standing_with(dag, key, at, need_admin, &[])
@@ -355,7 +355,7 @@ impl Authority {
         &self,
         dag: &Dag<S>,
         key: &KeyId,
-        at: &Hash,
+        at: &EntryHash,
         need_admin: bool,
         pending: &[&MemberChange],
     ) -> Result<Standing, ReconcileError> {
@@ -409,8 +409,8 @@ impl Authority {
         dag: &Dag<S>,
         table: &str,
         operation: &str,
-        at: &Hash,
-    ) -> Result<Vec<(Hash, String)>, ReconcileError> {
+        at: &EntryHash,
+    ) -> Result<Vec<(EntryHash, String)>, ReconcileError> {
         let decls: Vec<&RuleDecl> =
             self.rules.iter().filter(|r| r.table == table && r.operation == operation).collect();
         if decls.is_empty() {
@@ -433,7 +433,12 @@ impl Authority {
 
     /// Whether `table` is replicated in the view of entry `at`: a schema entry for it is in
     /// the causal past, and the last ones there are not unreplications.
-    pub fn replicated_at<S: DagStore>(&self, dag: &Dag<S>, table: &str, at: &Hash) -> Result<bool, ReconcileError> {
+    pub fn replicated_at<S: DagStore>(
+        &self,
+        dag: &Dag<S>,
+        table: &str,
+        at: &EntryHash,
+    ) -> Result<bool, ReconcileError> {
         let mut past = Vec::new();
         for d in self.schemas.iter().filter(|d| d.table == table) {
             if dag.precedes(&d.entry, at)? {

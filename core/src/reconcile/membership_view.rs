@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use crate::dag::{Dag, DagStore};
 use crate::entry::Position;
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 use crate::identity::KeyId;
 use crate::membership::MemberStatus;
 use crate::payload::SignedPayload;
@@ -21,7 +21,7 @@ use crate::payload::SignedPayload;
 use super::{Authority, OrderKey, ReconcileError};
 
 /// Whether `h` is in `position` or in its causal past.
-pub fn within<S: DagStore>(dag: &Dag<S>, h: &Hash, position: &Position) -> Result<bool, ReconcileError> {
+pub fn within<S: DagStore>(dag: &Dag<S>, h: &EntryHash, position: &Position) -> Result<bool, ReconcileError> {
     for p in position {
         if p == h || dag.precedes(h, p)? {
             return Ok(true);
@@ -52,12 +52,12 @@ pub fn member_in_view<S: DagStore>(
 /// them and else from their predecessors', walking down without recursion.
 pub fn heights<S: DagStore>(
     dag: &Dag<S>,
-    hashes: &[Hash],
-    known: &mut dyn FnMut(&Hash) -> Result<Option<u32>, ReconcileError>,
-) -> Result<HashMap<Hash, u32>, ReconcileError> {
-    let mut done: HashMap<Hash, u32> = HashMap::new();
-    let mut prevs: HashMap<Hash, Vec<Hash>> = HashMap::new();
-    let mut stack: Vec<Hash> = hashes.to_vec();
+    hashes: &[EntryHash],
+    known: &mut dyn FnMut(&EntryHash) -> Result<Option<u32>, ReconcileError>,
+) -> Result<HashMap<EntryHash, u32>, ReconcileError> {
+    let mut done: HashMap<EntryHash, u32> = HashMap::new();
+    let mut prevs: HashMap<EntryHash, Vec<EntryHash>> = HashMap::new();
+    let mut stack: Vec<EntryHash> = hashes.to_vec();
     while let Some(h) = stack.last().copied() {
         if done.contains_key(&h) {
             stack.pop();
@@ -73,7 +73,7 @@ pub fn heights<S: DagStore>(
                 dag.entry(&h)?.ok_or_else(|| ReconcileError::Corrupt(format!("entry {} is not stored", h.to_b64())))?;
             slot.insert(entry.header.prev.iter().copied().collect());
         }
-        let waiting: Vec<Hash> = prevs[&h].iter().filter(|p| !done.contains_key(*p)).copied().collect();
+        let waiting: Vec<EntryHash> = prevs[&h].iter().filter(|p| !done.contains_key(*p)).copied().collect();
         if waiting.is_empty() {
             let height = prevs[&h].iter().map(|p| done[p] + 1).max().unwrap_or(0);
             done.insert(h, height);
@@ -88,7 +88,7 @@ pub fn heights<S: DagStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::HashAlgorithm;
+    use crate::hash::{GroupId, HashAlgorithm};
     use crate::identity::Keypair;
     use crate::membership::{derive_meta, member_at};
     use crate::payload::{Genesis, Op};
@@ -96,12 +96,12 @@ mod tests {
 
     struct G {
         dag: Dag<MemStore>,
-        group: Hash,
+        group: GroupId,
         authority: Vec<(OrderKey, SignedPayload)>,
     }
 
     impl G {
-        fn append(&mut self, by: &Keypair, ops: Vec<Op>, prev: Position) -> Hash {
+        fn append(&mut self, by: &Keypair, ops: Vec<Op>, prev: Position) -> EntryHash {
             let p = SignedPayload::sign(by, &self.group, ops, &prev).unwrap();
             let h = self.dag.append(p.to_value(), derive_meta(&p), prev).unwrap().hash;
             let hs = heights(&self.dag, &[h], &mut |_| Ok(None)).unwrap();
@@ -119,9 +119,10 @@ mod tests {
         let g = Genesis { name: "g".into(), hash_algorithm: "blake3".into(), seed: "s".into(), admin: p.public() };
         let gp = SignedPayload::sign_genesis(&p, g).unwrap();
         let mut dag = Dag::new(MemStore::new(), alg);
-        let group = dag.append(gp.to_value(), derive_meta(&gp), Position::new()).unwrap().hash;
-        let mut s = G { dag, group, authority: vec![(OrderKey { height: 0, hash: group }, gp)] };
-        let add = s.append(&p, vec![Op::AddMember { public_key: q.public(), name: None, admin: true }], [group].into());
+        let root = dag.append(gp.to_value(), derive_meta(&gp), Position::new()).unwrap().hash;
+        let group = GroupId::of_genesis(root);
+        let mut s = G { dag, group, authority: vec![(OrderKey { height: 0, hash: root }, gp)] };
+        let add = s.append(&p, vec![Op::AddMember { public_key: q.public(), name: None, admin: true }], [root].into());
         let rp = s.append(&p, vec![Op::RemoveMember { key_id: q.public().key_id() }], [add].into());
         let rq = s.append(&q, vec![Op::RemoveMember { key_id: p.public().key_id() }], [add].into());
         let frontier: Position = [rp, rq].into();

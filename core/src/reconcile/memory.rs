@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::dag::{Dag, MemStore};
 use crate::entry::Entry;
-use crate::hash::{Hash, HashAlgorithm};
+use crate::hash::{EntryHash, Hash, HashAlgorithm};
 use crate::json::canonical_string;
 use crate::membership::derive_meta;
 use crate::payload::SignedPayload;
@@ -23,11 +23,11 @@ pub type Checker = Box<dyn Fn(&TableSchema, &Map<String, Value>) -> Option<Strin
 /// A replica held in memory.
 pub struct MemReplica {
     dag: Dag<MemStore>,
-    journal: HashMap<Hash, JournalEntry>,
-    order: BTreeMap<OrderKey, Hash>,
-    authority: Vec<Hash>,
+    journal: HashMap<EntryHash, JournalEntry>,
+    order: BTreeMap<OrderKey, EntryHash>,
+    authority: Vec<EntryHash>,
     rows: BTreeMap<String, BTreeMap<RowKey, RowState>>,
-    payloads: HashMap<Hash, SignedPayload>,
+    payloads: HashMap<EntryHash, SignedPayload>,
     checker: Option<Checker>,
     /// The authority a run resolved, with the number of authority entries it saw (they are
     /// only ever added), as the SQL store keeps it with its authority version.
@@ -122,7 +122,7 @@ impl MemReplica {
         self.order.values().filter_map(|h| self.dag.entry(h).ok().flatten()).collect()
     }
 
-    pub fn verdict(&self, h: &Hash) -> Option<&Verdict> {
+    pub fn verdict(&self, h: &EntryHash) -> Option<&Verdict> {
         self.journal.get(h).map(|j| &j.verdict)
     }
 
@@ -155,7 +155,7 @@ impl MemReplica {
             })
             .collect();
         let frontier: Vec<String> =
-            self.dag.frontier().map(|f| f.iter().map(Hash::to_b64).collect()).unwrap_or_default();
+            self.dag.frontier().map(|f| f.iter().map(EntryHash::to_b64).collect()).unwrap_or_default();
         let all = json!({"tables": tables, "verdicts": verdicts, "frontier": frontier});
         HashAlgorithm::Sha256.digest(canonical_string(&all).unwrap_or_default().as_bytes())
     }
@@ -198,15 +198,15 @@ impl ReplicaStore for MemReplica {
         &self.dag
     }
 
-    fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError> {
+    fn journal(&self, h: &EntryHash) -> Result<Option<JournalEntry>, ReconcileError> {
         Ok(self.journal.get(h).cloned())
     }
 
-    fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError> {
+    fn journal_from(&self, from: &OrderKey) -> Result<Vec<(EntryHash, JournalEntry)>, ReconcileError> {
         Ok(self.order.range(*from..).filter_map(|(_, h)| self.journal.get(h).map(|j| (*h, j.clone()))).collect())
     }
 
-    fn authority_entries(&self) -> Result<Vec<Hash>, ReconcileError> {
+    fn authority_entries(&self) -> Result<Vec<EntryHash>, ReconcileError> {
         Ok(self.authority.clone())
     }
 
@@ -221,7 +221,7 @@ impl ReplicaStore for MemReplica {
         *self.kept.borrow_mut() = Some((self.authority.len(), authority.clone()));
     }
 
-    fn payload(&self, h: &Hash) -> Result<SignedPayload, ReconcileError> {
+    fn payload(&self, h: &EntryHash) -> Result<SignedPayload, ReconcileError> {
         self.payloads.get(h).cloned().ok_or_else(|| ReconcileError::Corrupt(format!("no payload for {}", h.to_b64())))
     }
 

@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value};
 
 use crate::dag::{Dag, DagError, DagStore};
 use crate::entry::Position;
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 use crate::json::canonical_string;
 use crate::payload::{Op, PayloadError, SignedPayload};
 use crate::schema::TableSchema;
@@ -77,10 +77,10 @@ pub struct RowState {
     /// The non-NULL columns.
     pub values: Map<String, Value>,
     /// The entry whose insert created this incarnation of the row.
-    pub inserted_by: Hash,
+    pub inserted_by: EntryHash,
     /// For every column written since (set or unset), the entry that wrote it last.
-    pub writers: BTreeMap<String, Hash>,
-    pub deleted_by: Option<Hash>,
+    pub writers: BTreeMap<String, EntryHash>,
+    pub deleted_by: Option<EntryHash>,
 }
 
 impl RowState {
@@ -105,7 +105,7 @@ impl RowState {
     /// Reads [`RowState::meta_value`] back, with the row's values.
     pub fn from_meta(values: Map<String, Value>, meta: &Value) -> Result<RowState, ReconcileError> {
         let bad = || ReconcileError::Corrupt(format!("bad row metadata {meta}"));
-        let hash = |v: &Value| v.as_str().and_then(|s| s.parse::<Hash>().ok()).ok_or_else(bad);
+        let hash = |v: &Value| v.as_str().and_then(|s| s.parse::<EntryHash>().ok()).ok_or_else(bad);
         let inserted_by = hash(meta.get("i").ok_or_else(bad)?)?;
         let mut writers = BTreeMap::new();
         if let Some(w) = meta.get("w") {
@@ -128,7 +128,7 @@ pub fn row_key(schema: &TableSchema, row: &Map<String, Value>) -> Option<RowKey>
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OrderKey {
     pub height: u32,
-    pub hash: Hash,
+    pub hash: EntryHash,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +151,7 @@ impl Status {
 pub struct Verdict {
     pub status: Status,
     pub reason: Option<String>,
-    pub responsible: Vec<Hash>,
+    pub responsible: Vec<EntryHash>,
 }
 
 impl Verdict {
@@ -159,7 +159,7 @@ impl Verdict {
         Verdict { status: Status::Ok, reason: None, responsible: Vec::new() }
     }
 
-    pub fn cancelled(reason: impl Into<String>, responsible: Vec<Hash>) -> Verdict {
+    pub fn cancelled(reason: impl Into<String>, responsible: Vec<EntryHash>) -> Verdict {
         Verdict { status: Status::Cancelled, reason: Some(reason.into()), responsible }
     }
 
@@ -202,15 +202,15 @@ pub enum ReconcileError {
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Journal records of every entry (re)evaluated in this run.
-    pub journal: Vec<(Hash, JournalEntry)>,
+    pub journal: Vec<(EntryHash, JournalEntry)>,
     /// The entries among `journal` placed for the first time (no record of them existed).
-    pub first_placed: HashSet<Hash>,
+    pub first_placed: HashSet<EntryHash>,
     /// Final states of the rows touched, by table and key.
     pub rows: Vec<RowChange>,
     /// Table schemas in force after this run, for the tables whose schema changed.
     pub schemas: Vec<TableSchema>,
     /// Verdicts of authority entries that changed.
-    pub authority: Vec<(Hash, Verdict)>,
+    pub authority: Vec<(EntryHash, Verdict)>,
     /// Counters for progress reports and benchmarks.
     pub stats: Stats,
 }
@@ -272,11 +272,11 @@ pub trait ReplicaStore {
 
     fn dag(&self) -> &Dag<Self::Dag>;
     /// The journal record of an entry, if it has been replayed.
-    fn journal(&self, h: &Hash) -> Result<Option<JournalEntry>, ReconcileError>;
+    fn journal(&self, h: &EntryHash) -> Result<Option<JournalEntry>, ReconcileError>;
     /// Journal records with an order key `>= from`, ascending.
-    fn journal_from(&self, from: &OrderKey) -> Result<Vec<(Hash, JournalEntry)>, ReconcileError>;
+    fn journal_from(&self, from: &OrderKey) -> Result<Vec<(EntryHash, JournalEntry)>, ReconcileError>;
     /// Hashes of every stored entry carrying authority (genesis, membership, schema, rules).
-    fn authority_entries(&self) -> Result<Vec<Hash>, ReconcileError>;
+    fn authority_entries(&self) -> Result<Vec<EntryHash>, ReconcileError>;
     /// The authority an earlier run resolved, if the store kept it and no entry carrying
     /// authority has been stored since. Authority depends only on those entries, so a run
     /// whose new entries carry none may reuse it. Stores that keep nothing answer `None`.
@@ -286,7 +286,7 @@ pub trait ReplicaStore {
     /// Offers the authority a run resolved (over every stored entry) to later runs.
     fn keep_authority(&self, _authority: &Rc<Authority>) {}
     /// Decoded payload of a stored entry (the store may cache).
-    fn payload(&self, h: &Hash) -> Result<SignedPayload, ReconcileError> {
+    fn payload(&self, h: &EntryHash) -> Result<SignedPayload, ReconcileError> {
         let entry = self.dag().entry(h)?.ok_or(ReconcileError::Dag(DagError::UnknownEntry(*h)))?;
         SignedPayload::from_value(&entry.payload).map_err(|source| ReconcileError::Payload { hash: h.to_b64(), source })
     }
@@ -301,7 +301,11 @@ pub trait ReplicaStore {
 }
 
 /// Computes the height of an entry from its predecessors' (journaled or just computed).
-fn height_of<R: ReplicaStore>(store: &R, prev: &Position, fresh: &HashMap<Hash, u32>) -> Result<u32, ReconcileError> {
+fn height_of<R: ReplicaStore>(
+    store: &R,
+    prev: &Position,
+    fresh: &HashMap<EntryHash, u32>,
+) -> Result<u32, ReconcileError> {
     let mut h = 0u32;
     for p in prev {
         let ph = match fresh.get(p) {
@@ -318,17 +322,17 @@ fn height_of<R: ReplicaStore>(store: &R, prev: &Position, fresh: &HashMap<Hash, 
 
 /// Brings the replica's tables and verdicts up to date after `new` entries (already stored
 /// in the DAG, predecessors first) arrived. Returns what changed, after applying it.
-pub fn reconcile<R: ReplicaStore>(store: &mut R, new: &[Hash]) -> Result<Changes, ReconcileError> {
+pub fn reconcile<R: ReplicaStore>(store: &mut R, new: &[EntryHash]) -> Result<Changes, ReconcileError> {
     let changes = plan(store, new)?;
     store.apply(&changes)?;
     Ok(changes)
 }
 
 /// An entry just stored, decoded: its hash, predecessors and payload.
-pub type NewEntry = (Hash, Position, SignedPayload);
+pub type NewEntry = (EntryHash, Position, SignedPayload);
 
 /// Computes a run's changes without applying them.
-pub fn plan<R: ReplicaStore>(store: &R, new: &[Hash]) -> Result<Changes, ReconcileError> {
+pub fn plan<R: ReplicaStore>(store: &R, new: &[EntryHash]) -> Result<Changes, ReconcileError> {
     let mut decoded = Vec::with_capacity(new.len());
     for h in new {
         let entry = store.dag().entry(h)?.ok_or(ReconcileError::Dag(DagError::UnknownEntry(*h)))?;
@@ -343,7 +347,7 @@ pub fn plan<R: ReplicaStore>(store: &R, new: &[Hash]) -> Result<Changes, Reconci
 /// validated them), predecessors first.
 pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Changes, ReconcileError> {
     // 1. Order keys of the new entries.
-    let mut fresh: HashMap<Hash, u32> = HashMap::default();
+    let mut fresh: HashMap<EntryHash, u32> = HashMap::default();
     let mut new_keys = Vec::with_capacity(new.len());
     for (h, prev, payload) in new {
         // Callers pass entries just stored, so none has a journal record yet.
@@ -354,7 +358,7 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
         fresh.insert(h, height);
         new_keys.push((OrderKey { height, hash: h }, Rc::new(payload)));
     }
-    let new_set: HashSet<Hash> = new_keys.iter().map(|k| k.0.hash).collect();
+    let new_set: HashSet<EntryHash> = new_keys.iter().map(|k| k.0.hash).collect();
 
     // 2. Authority over the whole group (few entries), and what changed in it. When no new
     // entry carries authority, a kept resolution is still exact and nothing in it changed.
@@ -370,13 +374,13 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
             a
         }
     };
-    let order_of = |h: &Hash| order_key(store, &fresh, h);
+    let order_of = |h: &EntryHash| order_key(store, &fresh, h);
     // 3. The rewind point: the earliest entry whose verdict or effect may change.
     let Some(mut start) = new_keys.iter().map(|k| k.0).min() else {
         return Ok(Changes { authority: authority_changes, ..Default::default() });
     };
     let frontier = store.dag().frontier()?;
-    let bound = |b: &Hash, start: &mut OrderKey| -> Result<(), ReconcileError> {
+    let bound = |b: &EntryHash, start: &mut OrderKey| -> Result<(), ReconcileError> {
         // Entries not in history(b) are concurrent to b or after it; the earliest of them in
         // the canonical order is among the minimal ones, the fork of (frontier, {b}).
         let fork = store.dag().fork_position(&frontier, &[*b].into())?;
@@ -404,7 +408,7 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
     // Every delete in the region may now count differently for the entries concurrent to it
     // (its verdict may change, and a cancelled delete counts for nothing): widen to the fork
     // of each, until stable. The region then starts where no delete reaches back across.
-    let mut widened: HashSet<Hash> =
+    let mut widened: HashSet<EntryHash> =
         new_keys.iter().filter(|(_, p)| replay::is_barrier(p)).map(|(k, _)| k.hash).collect();
     loop {
         let before = start;
@@ -429,15 +433,15 @@ pub fn plan_decoded<R: ReplicaStore>(store: &R, new: Vec<NewEntry>) -> Result<Ch
 /// journal's (`changed`; `changes` for those journaled before this run).
 fn resolve_authority<R: ReplicaStore>(
     store: &R,
-    fresh: &HashMap<Hash, u32>,
-    new_set: &HashSet<Hash>,
-    changed: &mut Vec<Hash>,
-    changes: &mut Vec<(Hash, Verdict)>,
+    fresh: &HashMap<EntryHash, u32>,
+    new_set: &HashSet<EntryHash>,
+    changed: &mut Vec<EntryHash>,
+    changes: &mut Vec<(EntryHash, Verdict)>,
 ) -> Result<Authority, ReconcileError> {
     let mut authority_hashes = store.authority_entries()?;
     authority_hashes.sort();
     authority_hashes.dedup();
-    let order_of = |h: &Hash| order_key(store, fresh, h);
+    let order_of = |h: &EntryHash| order_key(store, fresh, h);
     let mut authority_input = Vec::with_capacity(authority_hashes.len());
     for h in &authority_hashes {
         authority_input.push((order_of(h)?, store.payload(h)?));
@@ -456,7 +460,11 @@ fn resolve_authority<R: ReplicaStore>(
 }
 
 /// An entry's order key: computed by this run, or from its journal record.
-fn order_key<R: ReplicaStore>(store: &R, fresh: &HashMap<Hash, u32>, h: &Hash) -> Result<OrderKey, ReconcileError> {
+fn order_key<R: ReplicaStore>(
+    store: &R,
+    fresh: &HashMap<EntryHash, u32>,
+    h: &EntryHash,
+) -> Result<OrderKey, ReconcileError> {
     if let Some(height) = fresh.get(h) {
         return Ok(OrderKey { height: *height, hash: *h });
     }

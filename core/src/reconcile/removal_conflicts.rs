@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::dag::{Dag, DagStore};
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 use crate::identity::KeyId;
 
 use super::{OrderKey, ReconcileError};
@@ -31,7 +31,7 @@ use super::{OrderKey, ReconcileError};
 /// A removal, as the conflict resolution sees it.
 #[derive(Clone, Debug)]
 pub struct Removal {
-    pub entry: Hash,
+    pub entry: EntryHash,
     pub order: OrderKey,
     pub author: KeyId,
     pub removed: KeyId,
@@ -41,7 +41,7 @@ pub struct Removal {
 }
 
 /// The outcome: the removals that fall, each with the removals that made it fall.
-pub type Fallen = BTreeMap<Hash, Vec<Hash>>;
+pub type Fallen = BTreeMap<EntryHash, Vec<EntryHash>>;
 
 /// Decides the conflicts among `removals`.
 pub fn resolve<S: DagStore>(dag: &Dag<S>, removals: &[Removal]) -> Result<Fallen, ReconcileError> {
@@ -101,7 +101,7 @@ pub fn resolve<S: DagStore>(dag: &Dag<S>, removals: &[Removal]) -> Result<Fallen
     let mut fallen = Fallen::new();
     for (i, r) in removals.iter().enumerate() {
         if state[i] == State::Falls {
-            let by: BTreeSet<Hash> = attackers[i]
+            let by: BTreeSet<EntryHash> = attackers[i]
                 .iter()
                 .filter(|&&j| state[j] == State::Stands)
                 .chain(lost_to[i].iter())

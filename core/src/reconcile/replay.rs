@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::hash::Hash;
+use crate::hash::{EntryHash, Hash};
 use crate::identity::KeyId;
 use crate::payload::{Op, SignedPayload};
 use crate::rules::{parse_rule, Operation, Rule, RuleScope};
@@ -24,8 +24,8 @@ pub(super) fn is_barrier(p: &SignedPayload) -> bool {
     carries_authority(p) || p.ops.iter().any(|op| matches!(op, Op::Delete { .. }))
 }
 
-fn short(h: &Hash) -> String {
-    h.to_b64().chars().take(10).collect()
+fn short(h: &impl std::fmt::Display) -> String {
+    h.to_string().chars().take(10).collect()
 }
 
 type Slot = (String, RowKey);
@@ -39,7 +39,7 @@ use crate::FastSet as HashSet;
 type RowMap = HashMap<Slot, Option<RowState>>;
 
 /// A cancellation: the reason and the entries responsible.
-type Cancel = (String, Vec<Hash>);
+type Cancel = (String, Vec<EntryHash>);
 
 pub(super) struct Replay<'a, R: ReplicaStore> {
     store: &'a R,
@@ -50,11 +50,11 @@ pub(super) struct Replay<'a, R: ReplicaStore> {
     cache: RowMap,
     /// Rows deleted by barrier entries of the region whose author stands: slot -> (region
     /// index, entry).
-    lookahead: HashMap<Slot, Vec<(usize, Hash)>>,
+    lookahead: HashMap<Slot, Vec<(usize, EntryHash)>>,
     /// Region indices of the deletes in `lookahead`.
     lookahead_deletes: Vec<usize>,
     /// Deletes of `lookahead` that made a row invisible to an entry, in this round.
-    counted: RefCell<HashSet<Hash>>,
+    counted: RefCell<HashSet<EntryHash>>,
     /// Deletes that ended up cancelled and so count for nothing (`void_deletes`).
     voided: Voided,
     rules: HashMap<(String, String, String), Option<Rule>>,
@@ -225,7 +225,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     /// from the earliest entry concurrent to it up to its own.
     fn segments(&self, region: &[RegionEntry]) -> Result<Vec<usize>, ReconcileError> {
         let frontier = self.store.dag().frontier()?;
-        let index: HashMap<Hash, usize> = region.iter().enumerate().map(|(i, e)| (e.0.hash, i)).collect();
+        let index: HashMap<EntryHash, usize> = region.iter().enumerate().map(|(i, e)| (e.0.hash, i)).collect();
         let mut reach = Vec::with_capacity(self.lookahead_deletes.len());
         for &j in &self.lookahead_deletes {
             let h = region[j].0.hash;
@@ -307,7 +307,13 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
 
     /// Whether the entry at region index `i` sees `row`: the row is live, its incarnation is
     /// in the entry's causal past (or the entry's own), and no concurrent delete takes it away.
-    fn visible(&self, slot: &Slot, row: &RowState, i: usize, h: &Hash) -> Result<Result<(), Cancel>, ReconcileError> {
+    fn visible(
+        &self,
+        slot: &Slot,
+        row: &RowState,
+        i: usize,
+        h: &EntryHash,
+    ) -> Result<Result<(), Cancel>, ReconcileError> {
         if let Some(d) = &row.deleted_by {
             return Ok(Err((format!("it was deleted by entry {}", short(d)), vec![*d])));
         }
@@ -437,7 +443,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
 
     /// The table's schema, if the table is replicated at the position of entry `h` (the one
     /// being replayed: what was found is kept for its other operations).
-    fn table_for(&mut self, h: &Hash, table: &str) -> Result<Result<&'a TableSchema, Cancel>, ReconcileError> {
+    fn table_for(&mut self, h: &EntryHash, table: &str) -> Result<Result<&'a TableSchema, Cancel>, ReconcileError> {
         let Some(schema) = self.schema(table) else {
             return Ok(Err((format!("table {table} is not replicated in the group"), vec![])));
         };
@@ -453,7 +459,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     fn insert(
         &mut self,
         i: usize,
-        h: &Hash,
+        h: &EntryHash,
         table: &str,
         row: &Map<String, Value>,
         local: &mut RowMap,
@@ -512,7 +518,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     fn update(
         &mut self,
         i: usize,
-        h: &Hash,
+        h: &EntryHash,
         table: &str,
         key: &Map<String, Value>,
         set: &Map<String, Value>,
@@ -560,7 +566,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         }
         if let Err((why, _)) = self.checks(schema, &next.values)? {
             // Name the writers of the columns this entry did not see: the merge partners.
-            let mut others: Vec<Hash> = Vec::new();
+            let mut others: Vec<EntryHash> = Vec::new();
             for w in current.writers.values().chain(std::iter::once(&current.inserted_by)) {
                 if w != h && !self.store.dag().precedes(w, h)? && !others.contains(w) {
                     others.push(*w);
@@ -580,7 +586,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     fn delete(
         &mut self,
         i: usize,
-        h: &Hash,
+        h: &EntryHash,
         table: &str,
         key: &Map<String, Value>,
         local: &mut RowMap,
@@ -619,7 +625,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     fn restrict(
         &mut self,
         i: usize,
-        h: &Hash,
+        h: &EntryHash,
         deleted: &[(String, RowState)],
         local: &RowMap,
     ) -> Result<Result<(), Cancel>, ReconcileError> {
@@ -690,7 +696,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     fn foreign_keys(
         &mut self,
         i: usize,
-        h: &Hash,
+        h: &EntryHash,
         local: &RowMap,
         schema: &TableSchema,
         row: &Map<String, Value>,
@@ -776,7 +782,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     fn rules(
         &mut self,
         i: usize,
-        h: &Hash,
+        h: &EntryHash,
         local: &RowMap,
         schema: &TableSchema,
         operation: Operation,
@@ -847,8 +853,8 @@ struct ViewRows<'r, 'a, R: ReplicaStore> {
     replay: &'r mut Replay<'a, R>,
     local: &'r RowMap,
     i: usize,
-    h: Hash,
-    removed_by: Vec<Hash>,
+    h: EntryHash,
+    removed_by: Vec<EntryHash>,
 }
 
 impl<R: ReplicaStore> RuleRows for ViewRows<'_, '_, R> {

@@ -23,7 +23,7 @@
 //!
 //! Each round voids at least one more delete, so the rounds end.
 
-use crate::hash::Hash;
+use crate::hash::EntryHash;
 use crate::{FastMap as HashMap, FastSet as HashSet};
 
 /// For each region index, the index its segment starts at. `reach` lists, for each delete
@@ -56,15 +56,15 @@ pub(super) fn segment_starts(len: usize, reach: &[(usize, usize)]) -> Vec<usize>
 /// A delete of the region that counted and ended cancelled.
 pub(super) struct CancelledDelete {
     pub index: usize,
-    pub hash: Hash,
+    pub hash: EntryHash,
     pub reason: String,
-    pub responsible: Vec<Hash>,
+    pub responsible: Vec<EntryHash>,
     /// Whether some entry counted it (it made a row invisible to that entry).
     pub counted_by_another: bool,
 }
 
 /// A delete to void, with the reason it stays cancelled for and the entries responsible.
-pub(super) type ToVoid = (Hash, String, Vec<Hash>);
+pub(super) type ToVoid = (EntryHash, String, Vec<EntryHash>);
 
 /// The deletes to void in the first segment that needs it (with that segment's start), and
 /// the reason each is cancelled for; `None` when no segment needs any. `cancelled` is in
@@ -74,7 +74,7 @@ pub(super) fn next_void(cancelled: &[CancelledDelete], segment_start: &[usize]) 
     let segment = segment_start[first.index];
     let in_segment: Vec<&CancelledDelete> =
         cancelled.iter().filter(|c| segment_start.get(c.index) == Some(&segment)).collect();
-    let cancelled_set: HashSet<Hash> = in_segment.iter().map(|c| c.hash).collect();
+    let cancelled_set: HashSet<EntryHash> = in_segment.iter().map(|c| c.hash).collect();
     let counted: Vec<&&CancelledDelete> = in_segment.iter().filter(|c| c.counted_by_another).collect();
     let grounded: Vec<ToVoid> = counted
         .iter()
@@ -85,7 +85,7 @@ pub(super) fn next_void(cancelled: &[CancelledDelete], segment_start: &[usize]) 
         return Some((segment, grounded));
     }
     // A cycle: every counted one is cancelled because of another cancelled delete.
-    let mut members: Vec<Hash> = in_segment.iter().map(|c| c.hash).collect();
+    let mut members: Vec<EntryHash> = in_segment.iter().map(|c| c.hash).collect();
     members.sort();
     let names: Vec<String> = members.iter().map(|h| h.to_b64().chars().take(10).collect()).collect();
     let reason = format!(
@@ -100,7 +100,7 @@ pub(super) fn next_void(cancelled: &[CancelledDelete], segment_start: &[usize]) 
 }
 
 /// Deletes left out, with the reason each stays cancelled for.
-pub(super) type Voided = HashMap<Hash, (String, Vec<Hash>)>;
+pub(super) type Voided = HashMap<EntryHash, (String, Vec<EntryHash>)>;
 
 #[cfg(test)]
 mod tests {
@@ -118,9 +118,9 @@ mod tests {
     fn cd(index: usize, hash: u8, responsible: &[u8], counted: bool) -> CancelledDelete {
         CancelledDelete {
             index,
-            hash: Hash([hash; 32]),
+            hash: EntryHash(crate::Hash([hash; 32])),
             reason: format!("r{hash}"),
-            responsible: responsible.iter().map(|b| Hash([*b; 32])).collect(),
+            responsible: responsible.iter().map(|b| EntryHash(crate::Hash([*b; 32]))).collect(),
             counted_by_another: counted,
         }
     }
@@ -132,7 +132,7 @@ mod tests {
         let c = vec![cd(1, 1, &[2], true), cd(2, 2, &[9], true), cd(5, 5, &[], true)];
         let (seg, v) = next_void(&c, &starts).unwrap();
         assert_eq!(seg, 0);
-        assert_eq!(v.iter().map(|x| x.0).collect::<Vec<_>>(), vec![Hash([2; 32])]);
+        assert_eq!(v.iter().map(|x| x.0).collect::<Vec<_>>(), vec![EntryHash(crate::Hash([2; 32]))]);
         // A mutual pair: both voided.
         let c = vec![cd(1, 1, &[2], true), cd(2, 2, &[1], true)];
         let (_, v) = next_void(&c, &starts).unwrap();

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use causal_core::entry::{Entry, Position};
-use causal_core::hash::{Hash, HashAlgorithm};
+use causal_core::hash::{GroupId, HashAlgorithm};
 use causal_core::identity::Keypair;
 use causal_core::membership::derive_meta;
 use causal_core::payload::{Genesis, Op, SignedPayload};
@@ -22,7 +22,7 @@ pub fn genesis(admin: &Keypair) -> Entry {
     Entry::new(ALG, p.to_value(), Position::new(), derive_meta(&p)).unwrap()
 }
 
-pub fn signed(by: &Keypair, group: &Hash, ops: Vec<Op>, prev: Position) -> Entry {
+pub fn signed(by: &Keypair, group: &GroupId, ops: Vec<Op>, prev: Position) -> Entry {
     let p = SignedPayload::sign(by, group, ops, &prev).unwrap();
     Entry::new(ALG, p.to_value(), prev, derive_meta(&p)).unwrap()
 }
@@ -30,14 +30,14 @@ pub fn signed(by: &Keypair, group: &Hash, ops: Vec<Op>, prev: Position) -> Entry
 /// A site: a replica and the entries it wrote.
 pub struct Site {
     pub replica: MemReplica,
-    pub group: Hash,
+    pub group: GroupId,
 }
 
 impl Site {
     pub fn new(genesis: &Entry) -> Site {
         let mut replica = MemReplica::new(ALG);
         replica.receive(std::slice::from_ref(genesis)).unwrap();
-        Site { replica, group: genesis.hash }
+        Site { replica, group: GroupId::of_genesis(genesis.hash) }
     }
 
     /// Writes an entry at this site's frontier.
