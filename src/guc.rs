@@ -28,6 +28,10 @@ pub static PEERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 /// `causal.database`: the database whose groups the background worker syncs.
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
+/// `causal.seal_poll_interval`: milliseconds between the background worker's looks at the WAL
+/// for local commits when none woke it. Committing backends wake it, so this is a safety net.
+pub static SEAL_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(500);
+
 /// Registers the settings; called from `_PG_init`.
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -75,6 +79,16 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"causal.seal_poll_interval",
+        c"Milliseconds between the background worker's looks at the WAL for local commits to seal, when no commit woke it.",
+        c"Each commit that wrote replicated tables wakes the worker, so this only bounds the delay if a wakeup is missed. Read when the background worker starts.",
+        &SEAL_POLL_INTERVAL,
+        1,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_string_guc(
         c"causal.author",
         c"Identity that signs this session's writes to replicated tables.",
@@ -120,6 +134,11 @@ pub fn listen_addresses() -> Vec<String> {
 /// `causal.peers`, split.
 pub fn peers() -> Vec<String> {
     list(&PEERS)
+}
+
+/// `causal.seal_poll_interval`.
+pub fn seal_poll_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(u64::try_from(SEAL_POLL_INTERVAL.get()).unwrap_or(500).max(1))
 }
 
 /// `causal.database`.

@@ -55,6 +55,9 @@ fn local_socket() -> (String, i32) {
     (dir, port)
 }
 
+/// How long the main thread waits on the latch before looking at the worker task again.
+const LATCH_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Quotes a value for a libpq-style connection string.
 fn conn_value(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -82,6 +85,7 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
         conn_value(&os_user()),
         conn_value("pg_causal sync worker")
     );
+    let wakeups = std::sync::Arc::new(tokio::sync::Notify::new());
     let parse = |list: Vec<String>, what: &str| -> Vec<causal_sync::Multiaddr> {
         list.into_iter()
             .filter_map(|a| match a.parse() {
@@ -100,6 +104,8 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
         report_every: Duration::from_secs(1),
         // The background worker reports in views only; `causal-sync --metrics` serves them.
         metrics: None,
+        commit_wakeups: Some(wakeups.clone()),
+        seal_poll: crate::guc::seal_poll_interval(),
     };
     pgrx::log!("pg_causal sync worker starting for database {database:?}");
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -109,15 +115,45 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::proc_exit(1) };
         }
     };
-    // SIGTERM and the postmaster's death are polled on this thread (block_on runs the future
-    // here); the runtime's other threads never call into Postgres. A worker must not outlive
+    // The worker runs on the runtime's threads, which never call into Postgres. This thread
+    // waits on the process latch: committing backends set it (`pg::wake`), which wakes the
+    // sealer, and SIGTERM and the postmaster's death end the wait. A worker must not outlive
     // its postmaster: it would hold the shared memory and keep the server from restarting.
-    let stop = async {
-        while BackgroundWorker::wait_latch(Some(Duration::ZERO)) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut worker = runtime.spawn(causal_sync::run(config, async {
+        let _ = stop_rx.await;
+    }));
+    crate::pg::wake::worker_started();
+    while !worker.is_finished() {
+        // SAFETY: waits on this process's own latch, on its main thread.
+        let events = unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
+                LATCH_TIMEOUT.as_millis() as std::ffi::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            )
+        };
+        if events & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 || BackgroundWorker::sigterm_received() {
+            break;
         }
-    };
-    let result = runtime.block_on(causal_sync::run(config, stop));
+        if events & pg_sys::WL_LATCH_SET as i32 != 0 {
+            // SAFETY: as above.
+            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+            wakeups.notify_one();
+        }
+    }
+    crate::pg::wake::worker_stopped();
+    let _ = stop_tx.send(());
+    // On SIGTERM the task gets a moment to stop; after the postmaster's death nothing waits.
+    let grace = if BackgroundWorker::sigterm_received() { Duration::from_secs(1) } else { Duration::ZERO };
+    let result = runtime.block_on(async {
+        match tokio::time::timeout(grace, &mut worker).await {
+            Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(format!("the worker task failed: {e}")),
+            Err(_) => Ok(()), // asked to stop and still stopping: nothing to flush
+        }
+    });
     // Leave at once: after the postmaster's death nothing may wait (the server cannot restart
     // while this process holds its shared memory); the tasks have nothing to flush.
     runtime.shutdown_background();

@@ -207,7 +207,14 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             crate::pg::spi::replay_origin_reset();
             crate::pg::xact::aborted(crate::pg::xact::Undone::Transaction);
         }
-        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => clear(),
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            // Committed: the sealer reads it from the WAL; wake it rather than wait for its poll.
+            if WRITING.with(|w| !w.borrow().groups.is_empty()) {
+                crate::pg::wake::wake_worker();
+            }
+            clear();
+        }
+        pg_sys::XactEvent::XACT_EVENT_PREPARE => clear(),
         _ => {}
     }
 }

@@ -6,10 +6,12 @@
 //! - [`xact`]: what a backend keeps across statements, forgotten when work is undone; the one
 //!   registry each cache subscribes to.
 //! - [`lock`]: the advisory locks (a group's write lock, the sealer's), from the lock manager.
-//! - [`notify`]: waking the sync worker.
+//! - [`notify`]: notifications to the sync worker and to applications.
+//! - [`wake`]: setting the worker's latch at commit, so sealing starts at once.
 
 pub mod direct;
 pub mod lock;
 pub mod notify;
 pub mod spi;
+pub mod wake;
 pub mod xact;

@@ -74,6 +74,9 @@ impl Args {
                 .as_ref()
                 .map(|a| a.parse().map_err(|e| format!("--metrics {a} is not a host:port address: {e}")))
                 .transpose()?,
+            // A process outside the server has no latch to be woken by: it polls.
+            commit_wakeups: None,
+            seal_poll: crate::node::SEAL_POLL,
         })
     }
 }

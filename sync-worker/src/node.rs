@@ -49,6 +49,12 @@ pub struct WorkerConfig {
     pub report_every: Duration,
     /// Where to serve the status as Prometheus text ([`crate::metrics`]), if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Notified when local transactions commit writes to be sealed (the background worker
+    /// passes its latch on here).
+    pub commit_wakeups: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// How long the sealer waits for a wakeup before it looks at the WAL anyway
+    /// ([`SEAL_POLL`] when nothing wakes it).
+    pub seal_poll: Duration,
 }
 
 /// Why the worker stopped.
@@ -174,8 +180,9 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     let (imports_tx, imports_rx) = mpsc::channel::<ImportJob>(queues::DATABASE_IMPORTS);
     tokio::spawn(serve_reads(db::connect(&config.conninfo, None).await?, reads_rx, results_tx.clone()));
     tokio::spawn(run_imports(db::connect(&config.conninfo, None).await?, imports_rx, results_tx.clone()));
-    let commits = std::sync::Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(place_local_commits(db::connect(&config.conninfo, None).await?, commits.clone()));
+    let poll = config.seal_poll;
+    let commits = config.commit_wakeups.clone().unwrap_or_default();
+    tokio::spawn(place_local_commits(db::connect(&config.conninfo, None).await?, commits.clone(), poll));
 
     // The latest status as Prometheus text, for the metrics server if there is one.
     let (metrics_tx, metrics_rx) = tokio::sync::watch::channel(String::new());
@@ -744,8 +751,13 @@ async fn run_imports(db: Db, mut rx: mpsc::Receiver<ImportJob>, tx: mpsc::Sender
     }
 }
 
-/// How often local commits are looked for in the WAL, when nothing else wakes the placer.
-const SEAL_POLL: Duration = Duration::from_millis(20);
+/// How often local commits are looked for in the WAL, when commits do not wake the placer
+/// (the standalone `causal-sync`).
+pub const SEAL_POLL: Duration = Duration::from_millis(20);
+
+/// The shortest time between the starts of two placing runs: commits that come faster are
+/// taken together by the next run rather than each by a run of its own.
+const PLACING_GAP: Duration = Duration::from_millis(2);
 
 /// Rows placed per `causal.catch_up` call: each call is a transaction holding the group's lock,
 /// which the group's writers wait for, so it stays short (about 60 ms at the 12 µs per row
@@ -756,20 +768,24 @@ const PLACEMENT_ROWS_PER_CALL: i64 = 5_000;
 /// "Deferred placement"), so the backlog does not grow until the next import: woken by local
 /// commits, after a short pause that lets commits gather, and once a second regardless. Logs
 /// its progress while a backlog lasts.
-async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::sync::Notify>) {
+async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::sync::Notify>, poll: Duration) {
     // After a failure, retries come less and less often (up to once a minute, commits do not
     // wake them), and the same error is logged again only at the 1st, 2nd, 4th, 8th ... try.
     let (mut failures, mut last_error) = (0u32, None::<String>);
+    let mut last_start = tokio::time::Instant::now();
     loop {
         if failures == 0 {
-            // Local commits do not notify (a NOTIFY serializes committing transactions): they
-            // are sealed from the WAL within a poll; an idle poll costs a comparison of WAL
+            // Local commits do not NOTIFY (that serializes committing transactions): in the
+            // background worker they set its latch, which wakes this; otherwise they are
+            // sealed from the WAL within a poll. An idle poll costs a comparison of WAL
             // positions in the database.
-            let _ = tokio::time::timeout(SEAL_POLL, commits.notified()).await;
+            let _ = tokio::time::timeout(poll, commits.notified()).await;
+            tokio::time::sleep_until(last_start + PLACING_GAP).await;
         } else {
             tokio::time::sleep(Duration::from_secs((1u64 << failures.min(6)).min(60))).await;
         }
         let started = std::time::Instant::now();
+        last_start = tokio::time::Instant::now();
         let (mut placed, mut reported) = (0i64, std::time::Instant::now());
         loop {
             match db.catch_up(PLACEMENT_ROWS_PER_CALL).await {

@@ -18,15 +18,16 @@ fn free_port() -> u16 {
 
 impl Node {
     fn start(name: &str) -> Node {
+        Node::start_with(name, &[])
+    }
+
+    /// [`Node::start`] with more configuration lines.
+    fn start_with(name: &str, conf: &[&str]) -> Node {
         let p2p = free_port();
-        let cluster = Cluster::start(
-            name,
-            &[
-                "shared_preload_libraries = 'pg_causal'",
-                &format!("causal.listen_addresses = '/ip4/127.0.0.1/tcp/{p2p}'"),
-                "causal.database = 'postgres'",
-            ],
-        );
+        let listen = format!("causal.listen_addresses = '/ip4/127.0.0.1/tcp/{p2p}'");
+        let mut lines = vec!["shared_preload_libraries = 'pg_causal'", &listen, "causal.database = 'postgres'"];
+        lines.extend_from_slice(conf);
+        let cluster = Cluster::start(name, &lines);
         let mut db = cluster.connect("postgres");
         db.batch_execute("CREATE EXTENSION pg_causal").unwrap();
         Node { cluster, db }
@@ -134,6 +135,29 @@ fn converged(nodes: &mut [&mut Node], group: &str, tables: &[&str]) -> bool {
         }
     }
     true
+}
+
+/// A commit that wrote a replicated table wakes the background worker, which seals it then:
+/// with the worker's poll set to an hour, the commit is sealed within seconds all the same.
+/// Nothing else wakes an idle single node (local commits send no notification).
+#[test]
+fn a_local_commit_wakes_the_worker_to_seal_it() {
+    let mut n = Node::start_with("wake", &["causal.seal_poll_interval = '1h'"]);
+    n.db.batch_execute(
+        "SELECT causal.create_group('g'); CREATE TABLE t (id int PRIMARY KEY); SELECT causal.replicate('g', 't')",
+    )
+    .unwrap();
+    let stored = |n: &mut Node| n.count("SELECT count(*) FROM causal.dag_entries");
+    for i in 0..3 {
+        let before = stored(&mut n);
+        n.db.execute("INSERT INTO t VALUES ($1)", &[&i]).unwrap();
+        wait_for(&format!("commit {i} is sealed without a catch_up"), Duration::from_secs(20), || {
+            (stored(&mut n) == before + 1).then_some(())
+        });
+        // Sealing notifies the group's change, which sends the placer round once more: let
+        // that pass, so the next commit has nothing but its own wakeup.
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

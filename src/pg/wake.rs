@@ -1,0 +1,75 @@
+//! Waking the background worker's sealer at commit, without writing anything.
+//!
+//! A transaction that wrote replicated tables commits with no extra writes: its changes are
+//! sealed later, from the WAL. So that sealing starts at once rather than at the worker's next
+//! poll, the committing backend sets the worker's latch. The worker's process number is kept
+//! in a word of shared memory, which exists only when pg_causal is in
+//! `shared_preload_libraries` (the only case in which there is a worker); elsewhere waking is
+//! a no-op. A stale number (the worker restarted) sets another process's latch, which is a
+//! harmless spurious wakeup.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use pgrx::{pg_guard, pg_shmem_init, pg_sys, PgAtomic};
+
+/// The worker's `pgprocno` + 1, or 0 while no worker runs.
+static WORKER_PROC: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"pg_causal worker proc") };
+
+/// Whether [`WORKER_PROC`] was given shared memory (set in the postmaster before it forks).
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Requests the shared word; from `_PG_init`, only while preloading.
+// pgrx's macro tests features of Postgres versions this crate does not declare (pg18).
+#[allow(unexpected_cfgs)]
+pub fn init_shared_memory() {
+    // SAFETY: reading a flag Postgres sets before loading preloaded libraries.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    pg_shmem_init!(WORKER_PROC);
+    READY.store(true, Ordering::Relaxed);
+}
+
+/// Called by the worker once started: commits wake this process from now on.
+pub fn worker_started() {
+    if !READY.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: MyProc is this process's PGPROC, set up before a worker with shared memory
+    // access runs its main function.
+    let procno = unsafe { (*pg_sys::MyProc).pgprocno };
+    if let Ok(n) = u32::try_from(procno) {
+        WORKER_PROC.get().store(n + 1, Ordering::Release);
+    }
+}
+
+/// Called by the worker as it stops.
+pub fn worker_stopped() {
+    if READY.load(Ordering::Relaxed) {
+        WORKER_PROC.get().store(0, Ordering::Release);
+    }
+}
+
+/// Sets the worker's latch, if a worker runs. Cheap (a load and, unless the latch is set
+/// already, one signal); called after commit.
+pub fn wake_worker() {
+    if !READY.load(Ordering::Relaxed) {
+        return;
+    }
+    let n = WORKER_PROC.get().load(Ordering::Acquire);
+    if n == 0 {
+        return;
+    }
+    // SAFETY: ProcGlobal->allProcs holds MaxBackends + auxiliary processes PGPROCs for the
+    // server's life; the index was a valid pgprocno when the worker stored it, and
+    // allProcCount bounds it. SetLatch on a latch owned by another process is how Postgres
+    // itself wakes processes.
+    unsafe {
+        let global = pg_sys::ProcGlobal;
+        if global.is_null() || n > (*global).allProcCount {
+            return;
+        }
+        let proc = (*global).allProcs.add((n - 1) as usize);
+        pg_sys::SetLatch(&raw mut (*proc).procLatch);
+    }
+}
