@@ -121,6 +121,9 @@ CREATE TABLE causal.journal (
     reason      text,
     responsible text[],
     undo        text,                           -- JSON; read only by the engine
+    -- Of a cancellation: {"code", "table", "key"}, the kind of conflict (docs/SQL_API.md)
+    -- and the row of the operation that failed, if one did.
+    cause       jsonb,
     PRIMARY KEY (grp, node_id)
 );
 CREATE INDEX journal_order ON causal.journal (grp, height);
@@ -370,12 +373,27 @@ SELECT g.name AS group_name,
        EXISTS (SELECT 1 FROM causal.identity_keys k WHERE k.key_id = e.payload::jsonb ->> 'author') AS local,
        j.reason,
        j.responsible AS cancelled_by,
-       e.received_at AS stored_at
+       e.received_at AS stored_at,
+       j.cause ->> 'code' AS code,
+       j.cause ->> 'table' AS table_name,
+       j.cause ->> 'key' AS row_key
 FROM causal.journal j
 JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id
 JOIN causal.group_defs g ON g.grp = j.grp
 WHERE j.status = 'cancelled';
 GRANT SELECT ON causal.cancellations TO PUBLIC;
+
+-- Per group, a function of this database's called with each cancellation as it is placed
+-- (causal.set_cancellation_hook). Local configuration: never replicated.
+CREATE TABLE causal.cancellation_hooks (
+    group_id   text PRIMARY KEY,
+    hook       regprocedure NOT NULL,
+    run_as     regrole NOT NULL,
+    set_at     timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON causal.cancellation_hooks FROM PUBLIC;
+GRANT SELECT ON causal.cancellation_hooks TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('causal.cancellation_hooks', '');
 
 -- One row per group, in the style of pg_stat_*: its size, what waits, what was cancelled,
 -- and how far this database's sealing is behind the WAL (the same for every group).

@@ -7,6 +7,8 @@
 -- of the same author covers them). Entries written by 0.1.0 are all signed and stay valid.
 -- Bundles are written in format pg_causal-bundle/2 and the sync protocol is
 -- /pg_causal/sync/2: nodes still on 0.1.0 refuse both, so upgrade every node of a group.
+-- A cancellation records its kind and row (journal.cause, shown by causal.cancellations and
+-- sent on causal_cancelled), and a group may have a cancellation hook.
 
 ALTER TABLE causal.capture_state
     ADD COLUMN unsealed_from pg_lsn,
@@ -72,3 +74,40 @@ SELECT p.peer_id,
        coalesce(p.banned_until > now(), false) AS banned
 FROM causal.sync_peer_state p;
 GRANT SELECT ON causal.stat_peers TO PUBLIC;
+
+ALTER TABLE causal.journal ADD COLUMN cause jsonb;
+
+CREATE OR REPLACE VIEW causal.cancellations AS
+SELECT g.name AS group_name,
+       g.group_id,
+       e.hash AS entry,
+       e.payload::jsonb ->> 'author' AS author,
+       EXISTS (SELECT 1 FROM causal.identity_keys k WHERE k.key_id = e.payload::jsonb ->> 'author') AS local,
+       j.reason,
+       j.responsible AS cancelled_by,
+       e.received_at AS stored_at,
+       j.cause ->> 'code' AS code,
+       j.cause ->> 'table' AS table_name,
+       j.cause ->> 'key' AS row_key
+FROM causal.journal j
+JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id
+JOIN causal.group_defs g ON g.grp = j.grp
+WHERE j.status = 'cancelled';
+
+CREATE TABLE causal.cancellation_hooks (
+    group_id   text PRIMARY KEY,
+    hook       regprocedure NOT NULL,
+    run_as     regrole NOT NULL,
+    set_at     timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON causal.cancellation_hooks FROM PUBLIC;
+GRANT SELECT ON causal.cancellation_hooks TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('causal.cancellation_hooks', '');
+
+CREATE FUNCTION causal.set_cancellation_hook(
+	"grp" TEXT,
+	"hook" TEXT
+) RETURNS bool
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_cancellation_hook_wrapper';
+

@@ -76,6 +76,10 @@ pub enum CausalError {
     Truncate(String),
     #[error("PREPARE TRANSACTION is not supported for transactions that write replicated tables")]
     Prepare,
+    #[error("table {0} of a group cannot be written while pg_causal places history (in a cancellation hook, say)")]
+    WriteWhilePlacing(String),
+    #[error("cancellation hook {hook}: {why}")]
+    BadHook { hook: String, why: &'static str },
     #[error("this transaction has already written replicated tables of group {group}, so it cannot {action}")]
     WritesFirst { group: String, action: &'static str },
     #[error("pg_causal captures writes from the WAL, which needs wal_level = logical (it is {0})")]
@@ -97,6 +101,11 @@ pub enum CausalError {
     #[error("SPI error: {0}")]
     Spi(#[from] pgrx::spi::Error),
 }
+
+/// Why a cancellation hook is refused (see [`CausalError::BadHook`]).
+pub const HOOK_MISSING: &str = "no such function";
+pub const HOOK_NOT_EXECUTABLE: &str = "the current role may not execute it";
+pub const HOOK_SIGNATURE: &str = "it must take exactly one argument, of type jsonb";
 
 impl CausalError {
     pub fn sqlstate(&self) -> PgSqlErrorCode {
@@ -121,6 +130,12 @@ impl CausalError {
             CausalError::TableExists(_) => ERRCODE_DUPLICATE_TABLE,
             CausalError::NoPrimaryKey(_) => ERRCODE_INVALID_TABLE_DEFINITION,
             CausalError::Truncate(_) | CausalError::Prepare => ERRCODE_FEATURE_NOT_SUPPORTED,
+            CausalError::WriteWhilePlacing(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            CausalError::BadHook { why, .. } => match *why {
+                HOOK_MISSING => ERRCODE_UNDEFINED_FUNCTION,
+                HOOK_NOT_EXECUTABLE => ERRCODE_INSUFFICIENT_PRIVILEGE,
+                _ => ERRCODE_INVALID_FUNCTION_DEFINITION,
+            },
             CausalError::WalLevel(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CausalError::NoCaptureSlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CausalError::BadRule { error, .. } => rule_sqlstate(error),
@@ -185,6 +200,12 @@ impl CausalError {
                 Some("TRUNCATE is not replicated; DELETE the rows instead, or causal.unreplicate the table first.")
             }
             CausalError::Prepare => Some("Commit the transaction directly."),
+            CausalError::BadHook { .. } => {
+                Some("A hook is a function of one jsonb argument, e.g. CREATE FUNCTION app.on_cancel(r jsonb) RETURNS void ...")
+            }
+            CausalError::WriteWhilePlacing(_) => Some(
+                "Its changes would be in no entry. Record what the hook learns in a table outside the group, and write the group's tables from the application.",
+            ),
             CausalError::WalLevel(_) => {
                 Some("Set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart the server.")
             }

@@ -6,7 +6,7 @@ mod support;
 use causal_core::entry::Entry;
 use causal_core::identity::Keypair;
 use causal_core::payload::Op;
-use causal_core::reconcile::Status;
+use causal_core::reconcile::{CancelCode, Status};
 use serde_json::json;
 use support::*;
 
@@ -142,6 +142,7 @@ fn c_delete_beats_concurrent_update() {
     assert_eq!(site.status(&d), Status::Ok);
     assert_eq!(site.status(&u), Status::Cancelled);
     assert!(site.reason(&u).contains("deleted by concurrent entry") || site.reason(&u).contains("deleted by entry"));
+    assert_eq!(site.cause(&u), (Some(CancelCode::RowGone), Some(("products".into(), r#"["A"]"#.into()))));
 }
 
 fn parents_children() -> Vec<Op> {
@@ -167,12 +168,14 @@ fn d_foreign_key_target_deleted_concurrently() {
     assert_eq!(site.row("children", json!([10])), None);
     assert_eq!(site.status(&c), Status::Cancelled);
     assert!(site.reason(&c).contains("children_parent_fkey"), "{}", site.reason(&c));
+    assert_eq!(site.cause(&c), (Some(CancelCode::ForeignKeyViolation), Some(("children".into(), "[10]".into()))));
     // A delete of a parent whose child the author saw is refused.
     let mut s = f.site();
     s.write(&f.admin, vec![insert("children", json!({"id": 11, "parent": 1}))]);
     let bad = s.write(&f.admin, vec![delete("parents", json!({"id": 1}))]);
     assert_eq!(s.status(&bad), Status::Cancelled);
     assert!(s.reason(&bad).contains("still references"));
+    assert_eq!(s.cause(&bad).0, Some(CancelCode::ForeignKeyViolation));
 }
 
 #[test]
@@ -186,6 +189,8 @@ fn e_duplicate_primary_and_unique_keys() {
     assert_eq!(site.status(won), Status::Ok);
     assert_eq!(site.status(lost), Status::Cancelled);
     assert!(site.reason(lost).contains("duplicate primary key"));
+    assert_eq!(site.cause(lost), (Some(CancelCode::UniqueViolation), Some(("products".into(), r#"["X"]"#.into()))));
+    assert_eq!(site.cause(won), (None, None));
     let name = if won == &ia { "from a" } else { "from b" };
     assert_eq!(site.row("products", json!(["X"])).unwrap()["name"], json!(name));
 
@@ -198,6 +203,7 @@ fn e_duplicate_primary_and_unique_keys() {
     assert_eq!(statuses.iter().filter(|s| **s == Status::Ok).count(), 1);
     let lost = if statuses[0] == Status::Ok { &ub } else { &ua };
     assert!(site.reason(lost).contains("products_name_key"), "{}", site.reason(lost));
+    assert_eq!(site.cause(lost).0, Some(CancelCode::UniqueViolation));
 }
 
 #[test]
@@ -218,6 +224,7 @@ fn f_check_on_the_merged_row() {
     let cancelled: Vec<&Entry> = [&ua, &ub].into_iter().filter(|e| site.status(e) == Status::Cancelled).collect();
     assert_eq!(cancelled.len(), 1);
     assert!(site.reason(cancelled[0]).contains("ranges_check"));
+    assert_eq!(site.cause(cancelled[0]), (Some(CancelCode::CheckViolation), Some(("ranges".into(), "[1]".into()))));
 }
 
 fn wiki(bob: &Keypair) -> Vec<Vec<Op>> {
@@ -257,6 +264,7 @@ fn g_revoked_permission() {
     let site = converge(&f.genesis, &f.setup, &[vec![revoke.clone()], vec![page.clone()]]);
     assert_eq!(site.status(&page), Status::Cancelled);
     assert!(site.reason(&page).contains("not allowed by the rule"), "{}", site.reason(&page));
+    assert_eq!(site.cause(&page).0, Some(CancelCode::RuleViolation));
     // The revocation is named when it comes later in the canonical order (the rule saw the
     // capability and a concurrent delete took it away). When it comes earlier, the capability
     // is already a tombstone without values, and the reason names the rule only.
@@ -283,6 +291,7 @@ fn h_removed_member() {
     let site = converge(&f.genesis, &f.setup, &[vec![removal.clone()], vec![w.clone()]]);
     assert_eq!(site.status(&w), Status::Cancelled);
     assert!(site.reason(&w).contains("removed from the group"));
+    assert_eq!(site.cause(&w), (Some(CancelCode::AuthorRemoved), None));
     assert_eq!(site.status(&before), Status::Ok);
     assert!(site.row("products", json!(["before"])).is_some());
     assert!(site.row("products", json!(["during"])).is_none());

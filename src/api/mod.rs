@@ -3,6 +3,7 @@
 //!
 //! - [`replicate`], [`rules`], [`ddl`]: putting tables into a group, rules, DDL on them.
 //! - [`history`], [`view`]: looking at history and at the reconciled view.
+//! - [`hooks`]: a function called with each cancellation.
 //! - [`exchange`]: export and import of history without a network.
 //! - [`sync`]: peers, groups to fetch and what the sync worker reads.
 //! - [`leave`]: leaving a group, its tables kept as plain tables.
@@ -12,6 +13,7 @@ pub mod ddl;
 pub mod exchange;
 pub mod functions;
 pub mod history;
+pub mod hooks;
 pub mod leave;
 pub mod replicate;
 pub mod rules;

@@ -16,15 +16,19 @@ use crate::catalog::group::Group;
 use crate::error::{CausalError, OrReport};
 use crate::pg::spi::get_opt;
 
-type EntryRow = (String, String, Option<String>, Option<Vec<String>>, Option<i32>, String);
+type EntryRow = (String, String, Option<String>, Option<Vec<String>>, Option<i32>, String, Option<pgrx::JsonB>);
 
 fn entry_row(hash: &str) -> Result<Option<EntryRow>, CausalError> {
     Ok(Spi::connect(|client| {
+        // A catalog not upgraded yet has no `cause` column (catalog::shape).
+        let cause = if crate::catalog::shape::journal_has_cause() { "j.cause" } else { "NULL::jsonb" };
         let mut rows = client.select(
-            "SELECT g.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, e.payload \
-             FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
-             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
-             WHERE e.hash = $1",
+            &format!(
+                "SELECT g.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, e.payload, {cause} \
+                 FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
+                 LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
+                 WHERE e.hash = $1"
+            ),
             Some(1),
             &[hash.into()],
         )?;
@@ -37,6 +41,7 @@ fn entry_row(hash: &str) -> Result<Option<EntryRow>, CausalError> {
                 r.get::<Vec<String>>(4)?,
                 r.get::<i32>(5)?,
                 r.get::<String>(6)?.unwrap_or_default(),
+                r.get::<pgrx::JsonB>(7)?,
             ))),
         }
     })?)
@@ -50,12 +55,15 @@ fn summary(payload: &str) -> (Option<String>, String) {
 }
 
 fn explain_entry(hash: &str) -> Result<Option<Value>, CausalError> {
-    let Some((group, status, reason, responsible, height, payload)) = entry_row(hash)? else { return Ok(None) };
+    let Some((group, status, reason, responsible, height, payload, cause)) = entry_row(hash)? else {
+        return Ok(None);
+    };
+    let cause = cause.map(|c| c.0).unwrap_or(Value::Null);
     let (author, op) = summary(&payload);
     let mut blamed = Vec::new();
     for h in responsible.unwrap_or_default() {
         let detail = match entry_row(&h)? {
-            Some((_, s, _, _, _, p)) => {
+            Some((_, s, _, _, _, p, _)) => {
                 let (a, o) = summary(&p);
                 json!({"hash": h, "author": a, "op": o, "status": s})
             }
@@ -65,12 +73,13 @@ fn explain_entry(hash: &str) -> Result<Option<Value>, CausalError> {
     }
     Ok(Some(json!({
         "hash": hash, "group": group, "author": author, "op": op, "status": status, "reason": reason,
+        "code": cause.get("code"), "table": cause.get("table"), "key": cause.get("key"),
         "responsible": blamed, "order": {"height": height},
     })))
 }
 
-/// Why an entry has its verdict: `{hash, group, author, op, status, reason, responsible:
-/// [{hash, author, op, status}], order: {height}}`. NULL for an unknown entry.
+/// Why an entry has its verdict: `{hash, group, author, op, status, reason, code, table, key,
+/// responsible: [{hash, author, op, status}], order: {height}}`. NULL for an unknown entry.
 #[pg_extern(stable)]
 fn explain(entry: &str) -> Option<JsonB> {
     explain_entry(entry).or_report("causal.explain").map(JsonB)

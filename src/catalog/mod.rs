@@ -5,8 +5,10 @@
 //! - [`group`]: groups, their numbers and DAGs.
 //! - [`tables`]: replicated tables, their schemas, triggers and lookup indexes.
 //! - [`identity`]: key pairs, the node identity, grants of identities to roles.
+//! - [`shape`]: what an older catalog, not yet upgraded, lacks.
 
 pub mod group;
 pub mod identity;
+pub mod shape;
 pub mod store;
 pub mod tables;

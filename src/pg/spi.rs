@@ -135,6 +135,12 @@ pub fn with_replay_origin<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Whether this session writes under the replay origin now (inside [`with_replay_origin`]).
+pub fn replaying() -> bool {
+    // SAFETY: as in `with_replay_origin`.
+    unsafe { pgrx::pg_sys::replorigin_session_origin == pgrx::pg_sys::DoNotReplicateId as u16 }
+}
+
 /// After an abort in [`with_replay_origin`]: the session's writes are its own again.
 pub fn replay_origin_reset() {
     // SAFETY: as in `with_replay_origin`.

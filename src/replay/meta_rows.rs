@@ -12,6 +12,7 @@ pub(super) const JOURNAL_COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("reason", pg_sys::TEXTOID),
     ("responsible", pg_sys::TEXTARRAYOID),
     ("undo", pg_sys::TEXTOID),
+    ("cause", pg_sys::JSONBOID),
 ];
 
 // Statements on `row_meta` rows by key. Each key is a probe of the hash index on `key`:
@@ -81,6 +82,16 @@ pub(super) const ROW_META_COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("meta", pg_sys::JSONBOID),
 ];
 
+/// The journal's `cause` of a verdict: `{"code", "table", "key"}` for a cancellation.
+pub(super) fn cause_value(verdict: &Verdict) -> Option<serde_json::Value> {
+    let code = verdict.code?;
+    let (table, key) = match &verdict.row {
+        Some((t, k)) => (Some(t.as_str()), Some(k.as_str())),
+        None => (None, None),
+    };
+    Some(serde_json::json!({"code": code.as_str(), "table": table, "key": key}))
+}
+
 /// Journal records to write, as parallel arrays for `unnest`.
 #[derive(Default)]
 pub(super) struct JournalBatch {
@@ -91,6 +102,8 @@ pub(super) struct JournalBatch {
     /// The entries responsible for a cancellation (Base64 hashes), `None` when there are none.
     pub(super) blamed: Vec<Option<Vec<String>>>,
     pub(super) undos: Vec<Option<String>>,
+    /// Of a cancellation: its kind and row (`cause_value`).
+    pub(super) causes: Vec<Option<serde_json::Value>>,
 }
 
 impl JournalBatch {
@@ -114,13 +127,17 @@ impl JournalBatch {
             Some(u) if !u.is_empty() => Some(undo_value(u).to_string()),
             _ => None,
         });
+        self.causes.push(cause_value(verdict));
     }
 
     /// Inserts the records as new rows of `causal.journal`, without SQL (`direct.rs`).
     pub(super) fn write_direct(&self, group: i32) -> Result<(), CausalError> {
-        let mut rows = Inserter::open("journal", JOURNAL_COLUMNS)?;
+        // A catalog not upgraded yet has no `cause` column (catalog::shape).
+        let with_cause = crate::catalog::shape::journal_has_cause();
+        let columns = if with_cause { JOURNAL_COLUMNS } else { &JOURNAL_COLUMNS[..JOURNAL_COLUMNS.len() - 1] };
+        let mut rows = Inserter::open("journal", columns)?;
         for i in 0..self.node_ids.len() {
-            rows.push(&[
+            let cells = [
                 Cell::Int4(group),
                 Cell::Int4(self.node_ids[i]),
                 self.heights[i].map_or(Cell::Null(pg_sys::INT4OID), Cell::Int4),
@@ -128,13 +145,15 @@ impl JournalBatch {
                 self.reasons[i].as_deref().map_or(Cell::Null(pg_sys::TEXTOID), Cell::Text),
                 self.blamed[i].as_deref().map_or(Cell::Null(pg_sys::TEXTARRAYOID), Cell::TextArray),
                 self.undos[i].as_deref().map_or(Cell::Null(pg_sys::TEXTOID), Cell::Text),
-            ])?;
+                self.causes[i].as_ref().map_or(Cell::Null(pg_sys::JSONBOID), Cell::Jsonb),
+            ];
+            rows.push(&cells[..columns.len()])?;
         }
         rows.finish();
         Ok(())
     }
 
-    pub(super) fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 7] {
+    pub(super) fn into_args(self, group: i32) -> [pgrx::datum::DatumWithOid<'static>; 8] {
         [
             group.into(),
             self.node_ids.into(),
@@ -144,6 +163,7 @@ impl JournalBatch {
             // `unnest` takes no ragged arrays: each list goes as one space-separated text.
             self.blamed.into_iter().map(|b| b.map(|b| b.join(" "))).collect::<Vec<_>>().into(),
             self.undos.into(),
+            self.causes.into_iter().map(|c| c.map(|c| c.to_string())).collect::<Vec<_>>().into(),
         ]
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! Uses [`crate::catalog`] and [`crate::pg`].
 
+mod hooks;
 mod meta_rows;
 pub mod placement;
 mod user_rows;
@@ -112,14 +113,19 @@ fn parse_hash(s: &str) -> Result<EntryHash, ReconcileError> {
     s.parse().map_err(|_| ReconcileError::Corrupt(format!("bad hash {s}")))
 }
 
-type JournalRow = (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<String>);
+type JournalRow =
+    (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<String>, Option<String>);
 
 fn journal_row(r: JournalRow) -> Result<Option<(EntryHash, JournalEntry)>, ReconcileError> {
     let (Some(hash), Some(height), Some(status)) = (r.0, r.1, r.2) else { return Ok(None) };
     let hash = parse_hash(&hash)?;
     let responsible = r.4.unwrap_or_default().iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
-    let verdict =
-        Verdict { status: if status == "ok" { Status::Ok } else { Status::Cancelled }, reason: r.3, responsible };
+    let (code, row) = match r.6 {
+        Some(c) => read_cause(&c)?,
+        None => (None, None),
+    };
+    let status = if status == "ok" { Status::Ok } else { Status::Cancelled };
+    let verdict = Verdict { status, reason: r.3, responsible, code, row };
     let undo = match r.5 {
         Some(u) => {
             undo_from(&causal_core::json::parse(&u).map_err(|e| ReconcileError::Corrupt(format!("undo record: {e}")))?)?
@@ -133,9 +139,31 @@ fn journal_row(r: JournalRow) -> Result<Option<(EntryHash, JournalEntry)>, Recon
 fn read_journal(tuples: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<JournalRow>, pgrx::spi::Error> {
     let mut out = Vec::new();
     for t in tuples {
-        out.push((t.get(1)?, t.get(2)?, t.get(3)?, t.get(4)?, t.get(5)?, t.get(6)?));
+        out.push((t.get(1)?, t.get(2)?, t.get(3)?, t.get(4)?, t.get(5)?, t.get(6)?, t.get(7)?));
     }
     Ok(out)
+}
+
+/// The journal's `cause` as text, for a select list (NULL in a catalog not upgraded yet).
+fn cause_column(qualifier: &str) -> String {
+    if crate::catalog::shape::journal_has_cause() {
+        format!("{qualifier}cause::text")
+    } else {
+        "NULL::text".to_string()
+    }
+}
+
+/// A journal record's `cause` (see `meta_rows::cause_value`): the kind and the row.
+type Cause = (Option<causal_core::reconcile::CancelCode>, Option<(String, RowKey)>);
+
+fn read_cause(text: &str) -> Result<Cause, ReconcileError> {
+    let v = causal_core::json::parse(text).map_err(|e| ReconcileError::Corrupt(format!("journal cause: {e}")))?;
+    let code = v.get("code").and_then(Value::as_str).and_then(causal_core::reconcile::CancelCode::parse);
+    let row = match (v.get("table").and_then(Value::as_str), v.get("key").and_then(Value::as_str)) {
+        (Some(t), Some(k)) => Some((t.to_string(), RowKey::from_stored(k.to_string()))),
+        _ => None,
+    };
+    Ok((code, row))
 }
 
 /// The SQL expression that turns field `c` of the JSON object `r` into the column's type.
@@ -373,10 +401,7 @@ impl SpiReplica {
     /// was not cancelled before: a JSON object with the group's name and id, the entry's hash,
     /// its author's key id, whether this database holds the author's key (a local write), and
     /// the reason. Called before the journal is written.
-    fn announce_cancellations(
-        &self,
-        cancelled: &[(i32, &EntryHash, Option<&str>, bool)],
-    ) -> Result<(), ReconcileError> {
+    fn announce_cancellations(&self, cancelled: &[(i32, &EntryHash, &Verdict, bool)]) -> Result<(), ReconcileError> {
         if cancelled.is_empty() {
             return Ok(());
         }
@@ -392,7 +417,7 @@ impl SpiReplica {
             )
             .map_err(store_err)?
         };
-        let news: Vec<&(i32, &EntryHash, Option<&str>, bool)> =
+        let news: Vec<&(i32, &EntryHash, &Verdict, bool)> =
             cancelled.iter().filter(|c| !already.contains(&c.0)).collect();
         if news.is_empty() {
             return Ok(());
@@ -406,21 +431,37 @@ impl SpiReplica {
                 rows.map(|r| r.get::<String>(1)).filter_map(Result::transpose).collect::<Result<_, _>>()
             })
             .map_err(store_err)?;
-        for (_, hash, reason, _) in news {
+        let hook = if crate::catalog::shape::has_cancellation_hooks() {
+            hooks::cancellation_hook(&self.group).map_err(store_err)?
+        } else {
+            None
+        };
+        for (_, hash, verdict, _) in news {
             let author = self
                 .dag
                 .entry(hash)
                 .map_err(store_err)?
                 .and_then(|e| e.payload.get("author").and_then(Value::as_str).map(str::to_string));
             let local = author.as_ref().is_some_and(|a| local_keys.contains(a));
-            // A notification carries at most 8000 bytes: the reason is cut to fit.
-            let reason: String = reason.unwrap_or_default().chars().take(2000).collect();
+            // A notification carries at most 8000 bytes: the reason and key are cut to fit.
+            let cut = |s: &str, n: usize| -> String { s.chars().take(n).collect() };
+            let reason = cut(verdict.reason.as_deref().unwrap_or_default(), 2000);
+            let (table, key) = match &verdict.row {
+                Some((t, k)) => (Some(t.as_str()), Some(cut(k.as_str(), 2000))),
+                None => (None, None),
+            };
             let payload = json!({
                 "group": name, "group_id": self.group, "entry": hash.to_b64(),
-                "author": author, "local": local, "reason": reason,
+                "author": author, "local": local,
+                "code": verdict.code.map(|c| c.as_str()),
+                "sqlstate": verdict.code.and_then(|c| c.sqlstate()),
+                "table": table, "key": key, "reason": reason,
             });
             crate::pg::notify::notify_on(crate::pg::notify::CANCELLED_CHANNEL, &payload.to_string())
                 .map_err(store_err)?;
+            if let Some(hook) = &hook {
+                hook.call(&payload);
+            }
         }
         Ok(())
     }
@@ -452,7 +493,11 @@ impl ReplicaStore for SpiReplica {
         // Records are keyed by node id; the row takes back the hash it was asked for ($3), in
         // the shape `journal_from` reads too.
         let rows = run_prepared(
-            "SELECT $3::text, height, status, reason, responsible, undo FROM causal.journal WHERE grp = $1 AND node_id = $2",
+            &format!(
+                "SELECT $3::text, height, status, reason, responsible, undo, {} FROM causal.journal \
+                 WHERE grp = $1 AND node_id = $2",
+                cause_column("")
+            ),
             &[self.num.into(), node_i32(id)?.into(), h.to_b64().into()],
             false,
             read_journal,
@@ -467,9 +512,12 @@ impl ReplicaStore for SpiReplica {
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(EntryHash, JournalEntry)>, ReconcileError> {
         // The index orders by height only; entries of one height are put in hash order here.
         let rows = run_prepared(
-            "SELECT e.hash, j.height, j.status, j.reason, j.responsible, j.undo FROM causal.journal j \
-             JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id \
-             WHERE j.grp = $1 AND j.height >= $2 ORDER BY j.height",
+            &format!(
+                "SELECT e.hash, j.height, j.status, j.reason, j.responsible, j.undo, {} FROM causal.journal j \
+                 JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id \
+                 WHERE j.grp = $1 AND j.height >= $2 ORDER BY j.height",
+                cause_column("j.")
+            ),
             &[self.num.into(), i32::try_from(from.height).unwrap_or(i32::MAX).into()],
             false,
             read_journal,
@@ -565,7 +613,7 @@ impl ReplicaStore for SpiReplica {
             .chain(changes.authority.iter().map(|(h, v)| (h, None, v, None)));
         // Entries cancelled by this run, with whether they were placed before (then they are
         // news only if they were not cancelled already).
-        let mut cancelled: Vec<(i32, &EntryHash, Option<&str>, bool)> = Vec::new();
+        let mut cancelled: Vec<(i32, &EntryHash, &Verdict, bool)> = Vec::new();
         for (h, order, verdict, undo) in records {
             if !seen.insert(h) {
                 continue;
@@ -578,14 +626,22 @@ impl ReplicaStore for SpiReplica {
                 })?;
             batch.push(node_i32(id)?, order, verdict, undo);
             if !verdict.is_ok() {
-                cancelled.push((node_i32(id)?, h, verdict.reason.as_deref(), !is_first));
+                cancelled.push((node_i32(id)?, h, verdict, !is_first));
             }
         }
         self.announce_cancellations(&cancelled)?;
-        const RECORDS: &str =
-            "INSERT INTO causal.journal AS j (grp, node_id, height, status, reason, responsible, undo) \
-             SELECT $1, n, o, s, r, string_to_array(p, ' '), u \
-             FROM unnest($2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(n, o, s, r, p, u)";
+        // A catalog not upgraded yet has no `cause` column (catalog::shape): $8 is then unused.
+        let (cause_column, cause_value, cause_update) = if crate::catalog::shape::journal_has_cause() {
+            (", cause", ", c::jsonb", "cause = EXCLUDED.cause, ")
+        } else {
+            ("", "", "")
+        };
+        let records = format!(
+            "INSERT INTO causal.journal AS j (grp, node_id, height, status, reason, responsible, undo{cause_column}) \
+             SELECT $1, n, o, s, r, string_to_array(p, ' '), u{cause_value} \
+             FROM unnest($2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+             AS x(n, o, s, r, p, u, c)"
+        );
         if !first.node_ids.is_empty() {
             // New records are plain inserts: written directly, as entry rows are.
             first.write_direct(self.num).map_err(store_err)?;
@@ -594,8 +650,9 @@ impl ReplicaStore for SpiReplica {
             // A record without a height only changes a verdict: the row keeps its order and undo.
             exec_prepared(
                 &format!(
-                    "{RECORDS} ON CONFLICT (grp, node_id) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
+                    "{records} ON CONFLICT (grp, node_id) DO UPDATE SET height = coalesce(EXCLUDED.height, j.height), \
                      status = EXCLUDED.status, reason = EXCLUDED.reason, responsible = EXCLUDED.responsible, \
+                     {cause_update}\
                      undo = CASE WHEN EXCLUDED.height IS NULL THEN j.undo ELSE EXCLUDED.undo END"
                 ),
                 &again.into_args(self.num),

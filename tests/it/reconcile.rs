@@ -6,8 +6,8 @@
 //! order in which the writers' bundles can arrive.
 
 use causal_integration::postgres::Client;
-use causal_integration::Cluster;
-use serde_json::Value;
+use causal_integration::{sqlstate, Cluster};
+use serde_json::{json, Value};
 
 struct Net {
     node: Cluster,
@@ -431,6 +431,13 @@ fn the_application_hears_of_a_cancelled_write() {
     net.share_from(0);
     let mut listener = net.node.connect("r1");
     listener.batch_execute("LISTEN causal_cancelled").unwrap();
+    // And a hook of r1's hears it too: a function of this database's, run as its setter.
+    net.exec(
+        1,
+        "CREATE TABLE heard (rec jsonb);
+         CREATE FUNCTION on_cancel(r jsonb) RETURNS void LANGUAGE sql AS $$ INSERT INTO heard VALUES (r) $$;
+         SELECT causal.set_cancellation_hook('g', 'on_cancel(jsonb)')",
+    );
     net.exec(0, "DELETE FROM parents WHERE id = 1");
     net.exec(1, "INSERT INTO children VALUES (10, 1)");
     let child = net.last_entry(1);
@@ -453,12 +460,24 @@ fn the_application_hears_of_a_cancelled_write() {
     assert_eq!(notes[0]["group"], "g");
     assert_eq!(notes[0]["local"], true);
     assert!(notes[0]["reason"].as_str().unwrap().contains("children_parent_fkey"), "{notes:?}");
+    // The kind of conflict, with the SQLSTATE the insert would have failed with, and its row.
+    assert_eq!(
+        (&notes[0]["code"], &notes[0]["sqlstate"], &notes[0]["table"], &notes[0]["key"]),
+        (&json!("foreign_key_violation"), &json!("23503"), &json!("children"), &json!("[10]")),
+        "{notes:?}"
+    );
+    let heard = net.text(1, "SELECT string_agg(rec::text, ',') FROM heard");
+    assert_eq!(serde_json::from_str::<Value>(&heard).unwrap(), notes[0], "the hook gets the same record");
 
     // The view says the same, here and (not a local write there) on the writer of the delete.
     let here = net.text(1, "SELECT entry || ' ' || local || ' ' || group_name FROM causal.cancellations");
     assert_eq!(here, format!("{child} true g"));
     let there = net.text(0, "SELECT entry || ' ' || local FROM causal.cancellations");
     assert_eq!(there, format!("{child} false"));
+    let cause = net.text(1, "SELECT concat_ws(' ', code, table_name, row_key) FROM causal.cancellations");
+    assert_eq!(cause, "foreign_key_violation children [10]");
+    let explained = net.text(1, &format!("SELECT causal.explain('{child}') ->> 'code'"));
+    assert_eq!(explained, "foreign_key_violation");
     // And the group's statistics count it.
     assert_eq!(net.count(1, "SELECT cancelled FROM causal.stat_groups WHERE group_name = 'g'"), 1);
     let shape = net.text(
@@ -467,4 +486,49 @@ fn the_application_hears_of_a_cancelled_write() {
                  AND unplaced = 0 AND last_entry_at IS NOT NULL)::text FROM causal.stat_groups",
     );
     assert_eq!(shape, "true");
+}
+
+/// A cancellation hook that fails, or that writes the group's tables (which would be in no
+/// entry), is reported and undone; placement goes on and the verdict stands.
+#[test]
+fn a_failing_hook_stops_nothing_and_cannot_write_the_group() {
+    let mut net = two_writers("rc-hook", PARENTS_CHILDREN);
+    net.share_from(0);
+    net.exec(1, "CREATE TABLE heard (n int)");
+    assert_eq!(
+        net.dbs[1]
+            .execute("SELECT causal.set_cancellation_hook('g', 'no_such_fn(jsonb)')", &[])
+            .map_err(|e| sqlstate(&e))
+            .err(),
+        Some(Some("42883".to_string()))
+    );
+    net.exec(1, "CREATE FUNCTION two(a jsonb, b int) RETURNS void LANGUAGE sql AS 'SELECT 1'");
+    assert_eq!(
+        net.dbs[1]
+            .execute("SELECT causal.set_cancellation_hook('g', 'two(jsonb, int)')", &[])
+            .map_err(|e| sqlstate(&e))
+            .err(),
+        Some(Some("42P13".to_string()))
+    );
+    for (round, body) in [
+        (2, "INSERT INTO heard VALUES (1); INSERT INTO parents VALUES (99)"),
+        (3, "INSERT INTO heard VALUES (1); SELECT 1 / 0"),
+    ] {
+        net.exec(1, &format!("CREATE OR REPLACE FUNCTION bad_hook(r jsonb) RETURNS void LANGUAGE sql AS $${body}$$"));
+        net.exec(1, "SELECT causal.set_cancellation_hook('g', 'bad_hook(jsonb)')");
+        net.exec(0, &format!("INSERT INTO parents VALUES ({round})"));
+        net.share_from(0);
+        net.exec(0, &format!("DELETE FROM parents WHERE id = {round}"));
+        net.exec(1, &format!("INSERT INTO children VALUES ({round}0, {round})"));
+        let child = net.last_entry(1);
+        net.exchange();
+        let status = net.text(1, &format!("SELECT code FROM causal.cancellations WHERE entry = '{child}'"));
+        assert_eq!(status, "foreign_key_violation", "round {round}");
+        assert_eq!(net.count(1, "SELECT count(*) FROM heard"), 0, "round {round}: the hook's writes are undone");
+        assert_eq!(net.count(1, "SELECT count(*) FROM parents WHERE id = 99"), 0);
+        assert_eq!(net.text(1, "SELECT causal.verify('g')::text"), "true");
+    }
+    // Cleared: no hook is called any more.
+    assert!(net.dbs[1].query_one("SELECT causal.set_cancellation_hook('g', NULL)", &[]).unwrap().get::<_, bool>(0));
+    assert_eq!(net.count(1, "SELECT count(*) FROM causal.cancellation_hooks"), 0);
 }

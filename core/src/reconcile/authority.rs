@@ -22,7 +22,7 @@ use crate::identity::{KeyId, PublicKey};
 use crate::payload::{Op, SignedPayload};
 use crate::schema::TableSchema;
 
-use super::{removal_conflicts, OrderKey, ReconcileError, Verdict};
+use super::{removal_conflicts, Cancel, CancelCode, OrderKey, ReconcileError, Verdict};
 
 #[derive(Clone, Debug)]
 enum Change {
@@ -68,7 +68,7 @@ pub struct Authority {
 }
 
 /// Whether a key may write: `Err` carries the reason and the entries responsible.
-pub type Standing = Result<(), (String, Vec<EntryHash>)>;
+pub type Standing = Result<(), Cancel>;
 
 fn short(h: &impl std::fmt::Display) -> String {
     h.to_string().chars().take(10).collect()
@@ -211,17 +211,18 @@ impl Authority {
                     .collect();
                 if let Some(by) = fallen.get(&h) {
                     let first = by.first().map(short).unwrap_or_default();
-                    Verdict::cancelled(
+                    Verdict::cancelled(Cancel::new(
+                        CancelCode::AuthorRemoved,
                         format!(
                             "author {} was removed concurrently by entry {first}, which stands: of admins removing each other, the one with the older admin grant wins",
                             short(&p.author.0)
                         ),
                         by.clone(),
-                    )
+                    ))
                 } else {
                     match a.standing_with(dag, &p.author, &h, true, &pending)? {
                         Ok(()) => Verdict::ok(),
-                        Err((reason, responsible)) => Verdict::cancelled(reason, responsible),
+                        Err(c) => Verdict::cancelled(c),
                     }
                 }
             };
@@ -377,10 +378,15 @@ impl Authority {
         let last = last_of(dag, &past, |c: &MemberChange| c.entry)?;
         let who = short(&key.0);
         if last.is_empty() {
-            return Ok(Err((format!("author {who} is not a member of the group at the entry's position"), vec![])));
+            return Ok(Err(Cancel::new(
+                CancelCode::NotAMember,
+                format!("author {who} is not a member of the group at the entry's position"),
+                vec![],
+            )));
         }
         if let Some(r) = last.iter().find(|c| matches!(c.change, Change::Remove)) {
-            return Ok(Err((
+            return Ok(Err(Cancel::new(
+                CancelCode::AuthorRemoved,
                 format!("author {who} was removed from the group by entry {}", short(&r.entry)),
                 vec![r.entry],
             )));
@@ -388,7 +394,8 @@ impl Authority {
         if !concurrent_removals.is_empty() {
             concurrent_removals.sort();
             concurrent_removals.dedup();
-            return Ok(Err((
+            return Ok(Err(Cancel::new(
+                CancelCode::AuthorRemoved,
                 format!(
                     "author {who} was removed from the group by concurrent entry {}",
                     short(&concurrent_removals[0])
@@ -397,7 +404,11 @@ impl Authority {
             )));
         }
         if need_admin && !last.iter().all(|c| matches!(c.change, Change::Add { admin: true, .. })) {
-            return Ok(Err((format!("author {who} is not an admin at the entry's position"), vec![])));
+            return Ok(Err(Cancel::new(
+                CancelCode::NotAnAdmin,
+                format!("author {who} is not an admin at the entry's position"),
+                vec![],
+            )));
         }
         Ok(Ok(()))
     }

@@ -17,6 +17,7 @@
 //!   keeps an undo record, so a late entry only rewinds and replays what lies above its fork.
 
 pub mod authority;
+pub mod cancel;
 mod eval;
 pub mod membership_view;
 pub mod memory;
@@ -39,6 +40,7 @@ use crate::payload::{Op, PayloadError, SignedPayload};
 use crate::schema::TableSchema;
 
 pub use authority::{carries_authority, Authority};
+pub use cancel::{Cancel, CancelCode};
 
 /// The identity of a row: the canonical JSON array of its primary-key values, in key order
 /// (`["A"]`, `[1,"x"]`). Made by [`row_key`] from a row, or read back from storage, where it
@@ -146,21 +148,38 @@ impl Status {
     }
 }
 
-/// An entry's verdict: ok, or cancelled with a human reason and the entries responsible.
+/// An entry's verdict: ok, or cancelled with a human reason, the entries responsible, the
+/// kind of conflict and, when one operation failed, its table and row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub status: Status,
     pub reason: Option<String>,
     pub responsible: Vec<EntryHash>,
+    /// `None` when ok (and in records stored before kinds were recorded).
+    pub code: Option<CancelCode>,
+    /// The table and row of the operation that failed.
+    pub row: Option<(String, RowKey)>,
 }
 
 impl Verdict {
     pub fn ok() -> Verdict {
-        Verdict { status: Status::Ok, reason: None, responsible: Vec::new() }
+        Verdict { status: Status::Ok, reason: None, responsible: Vec::new(), code: None, row: None }
     }
 
-    pub fn cancelled(reason: impl Into<String>, responsible: Vec<EntryHash>) -> Verdict {
-        Verdict { status: Status::Cancelled, reason: Some(reason.into()), responsible }
+    pub fn cancelled(c: Cancel) -> Verdict {
+        Verdict {
+            status: Status::Cancelled,
+            reason: Some(c.reason),
+            responsible: c.responsible,
+            code: Some(c.code),
+            row: None,
+        }
+    }
+
+    /// The same verdict, naming the row whose operation failed.
+    pub fn at_row(mut self, table: &str, key: Option<RowKey>) -> Verdict {
+        self.row = key.map(|k| (table.to_string(), k));
+        self
     }
 
     pub fn is_ok(&self) -> bool {

@@ -8,14 +8,14 @@ use crate::hash::{EntryHash, Hash};
 use crate::identity::KeyId;
 use crate::payload::{Op, SignedPayload};
 use crate::rules::{parse_rule, Operation, Rule, RuleScope};
-use crate::schema::TableSchema;
+use crate::schema::{SchemaError, TableSchema};
 
 use super::authority::{carries_authority, Authority};
 use super::eval::{rule_holds, RuleInput, RuleRows};
 use super::void_deletes::{next_void, segment_starts, CancelledDelete, Voided};
 use super::{
-    row_key, Changes, JournalEntry, OrderKey, ReconcileError, RegionEntry, ReplicaStore, RowChange, RowKey, RowState,
-    UndoRecord, Verdict,
+    row_key, Cancel, CancelCode, Changes, JournalEntry, OrderKey, ReconcileError, RegionEntry, ReplicaStore, RowChange,
+    RowKey, RowState, UndoRecord, Verdict,
 };
 
 /// Whether an entry carries a barrier operation: one whose effect a concurrent entry must
@@ -38,8 +38,22 @@ use crate::FastSet as HashSet;
 /// Row states by table and key (`None`: no row at all).
 type RowMap = HashMap<Slot, Option<RowState>>;
 
-/// A cancellation: the reason and the entries responsible.
-type Cancel = (String, Vec<EntryHash>);
+/// The table and the row (or key) a row operation names.
+fn op_row(op: &Op) -> Option<(&str, &Map<String, Value>)> {
+    match op {
+        Op::Insert { table, row } => Some((table, row)),
+        Op::Update { table, key, .. } | Op::Delete { table, key } => Some((table, key)),
+        _ => None,
+    }
+}
+
+/// The kind of cancellation a row's schema check gives.
+fn schema_code(e: &SchemaError) -> CancelCode {
+    match e {
+        SchemaError::NotNull { .. } => CancelCode::NotNullViolation,
+        _ => CancelCode::InvalidOperation,
+    }
+}
 
 pub(super) struct Replay<'a, R: ReplicaStore> {
     store: &'a R,
@@ -149,8 +163,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             let Some((start, voided)) = next_void(&cancelled, segments.as_deref().unwrap_or_default()) else {
                 break;
             };
-            for (h, reason, responsible) in voided {
-                self.voided.insert(h, (reason, responsible));
+            for (h, cancel) in voided {
+                self.voided.insert(h, cancel);
             }
             self.rewind_to(region, start, &mut changes);
             from = start;
@@ -185,11 +199,11 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             }
             let (verdict, undo) = if let Some(v) = self.auth.verdict(&order.hash) {
                 (v.clone(), Vec::new())
-            } else if let Some((reason, responsible)) = self.voided.get(&order.hash) {
-                (Verdict::cancelled(reason.clone(), responsible.clone()), Vec::new())
+            } else if let Some(cancel) = self.voided.get(&order.hash) {
+                (Verdict::cancelled(cancel.clone()), Vec::new())
             } else {
                 match standing {
-                    Err((reason, responsible)) => (Verdict::cancelled(reason.clone(), responsible.clone()), Vec::new()),
+                    Err(c) => (Verdict::cancelled(c.clone()), Vec::new()),
                     Ok(()) => self.apply_entry(i, order, payload, changes)?,
                 }
             };
@@ -213,6 +227,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             out.push(CancelledDelete {
                 index: i,
                 hash: *hash,
+                code: j.verdict.code.unwrap_or(CancelCode::RowGone),
                 reason: j.verdict.reason.clone().unwrap_or_default(),
                 responsible: j.verdict.responsible.clone(),
                 counted_by_another: counted.contains(hash),
@@ -315,10 +330,15 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         h: &EntryHash,
     ) -> Result<Result<(), Cancel>, ReconcileError> {
         if let Some(d) = &row.deleted_by {
-            return Ok(Err((format!("it was deleted by entry {}", short(d)), vec![*d])));
+            return Ok(Err(Cancel::new(
+                CancelCode::RowGone,
+                format!("it was deleted by entry {}", short(d)),
+                vec![*d],
+            )));
         }
         if row.inserted_by != *h && !self.store.dag().precedes(&row.inserted_by, h)? {
-            return Ok(Err((
+            return Ok(Err(Cancel::new(
+                CancelCode::RowGone,
                 format!("its current version was inserted by concurrent entry {}", short(&row.inserted_by)),
                 vec![row.inserted_by],
             )));
@@ -335,7 +355,11 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                     && self.store.dag().precedes(&row.inserted_by, d)?
                 {
                     self.counted.borrow_mut().insert(*d);
-                    return Ok(Err((format!("it was deleted by concurrent entry {}", short(d)), vec![*d])));
+                    return Ok(Err(Cancel::new(
+                        CancelCode::RowGone,
+                        format!("it was deleted by concurrent entry {}", short(d)),
+                        vec![*d],
+                    )));
                 }
             }
         }
@@ -410,14 +434,26 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 Op::Insert { table, row } => self.insert(i, &h, table, row, local)?,
                 Op::Update { table, key, set, unset } => self.update(i, &h, table, key, set, unset, local)?,
                 Op::Delete { table, key } => self.delete(i, &h, table, key, local, &mut deleted)?,
-                _ => Err(("authority operations cannot be mixed with row operations".to_string(), vec![])),
+                _ => Err(Cancel::new(
+                    CancelCode::InvalidOperation,
+                    "authority operations cannot be mixed with row operations".to_string(),
+                    vec![],
+                )),
             };
-            if let Err((reason, responsible)) = outcome {
-                return Ok((Verdict::cancelled(reason, responsible), Vec::new()));
+            if let Err(c) = outcome {
+                let at = op_row(op).map(|(table, key)| (table, self.key_of(table, key)));
+                let verdict = Verdict::cancelled(c);
+                return Ok((
+                    match at {
+                        Some((table, key)) => verdict.at_row(table, key),
+                        None => verdict,
+                    },
+                    Vec::new(),
+                ));
             }
         }
-        if let Err((reason, responsible)) = self.restrict(i, &h, &deleted, local)? {
-            return Ok((Verdict::cancelled(reason, responsible), Vec::new()));
+        if let Err(c) = self.restrict(i, &h, &deleted, local)? {
+            return Ok((Verdict::cancelled(c), Vec::new()));
         }
         // The entry stands: its rows join the overlay, and the undo record keeps what each
         // was before, in key order.
@@ -445,11 +481,19 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     /// being replayed: what was found is kept for its other operations).
     fn table_for(&mut self, h: &EntryHash, table: &str) -> Result<Result<&'a TableSchema, Cancel>, ReconcileError> {
         let Some(schema) = self.schema(table) else {
-            return Ok(Err((format!("table {table} is not replicated in the group"), vec![])));
+            return Ok(Err(Cancel::new(
+                CancelCode::TableNotReplicated,
+                format!("table {table} is not replicated in the group"),
+                vec![],
+            )));
         };
         if !self.replicated.iter().any(|t| t == table) {
             if !self.auth.replicated_at(self.store.dag(), table, h)? {
-                return Ok(Err((format!("table {table} is not replicated at the entry's position"), vec![])));
+                return Ok(Err(Cancel::new(
+                    CancelCode::TableNotReplicated,
+                    format!("table {table} is not replicated at the entry's position"),
+                    vec![],
+                )));
             }
             self.replicated.push(table.to_string());
         }
@@ -480,15 +524,20 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             }
         }
         if let Err(e) = schema.check_row(&full, true) {
-            return Ok(Err((format!("insert into {table}: {e}"), vec![])));
+            return Ok(Err(Cancel::new(schema_code(&e), format!("insert into {table}: {e}"), vec![])));
         }
         let Some(key) = row_key(schema, &full) else {
-            return Ok(Err((format!("insert into {table} has no primary key value"), vec![])));
+            return Ok(Err(Cancel::new(
+                CancelCode::InvalidOperation,
+                format!("insert into {table} has no primary key value"),
+                vec![],
+            )));
         };
         let slot = (table.to_string(), key.clone());
         if let Some(existing) = self.read(local, &slot)? {
             if existing.is_live() {
-                return Ok(Err((
+                return Ok(Err(Cancel::new(
+                    CancelCode::UniqueViolation,
                     format!(
                         "duplicate primary key {key} in {table}: the row was already inserted by entry {}",
                         short(&existing.inserted_by)
@@ -530,17 +579,34 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             Err(c) => return Ok(Err(c)),
         };
         let Some(k) = row_key(schema, key) else {
-            return Ok(Err((format!("update of {table} has no primary key value"), vec![])));
+            return Ok(Err(Cancel::new(
+                CancelCode::InvalidOperation,
+                format!("update of {table} has no primary key value"),
+                vec![],
+            )));
         };
         if set.keys().chain(unset.iter()).any(|c| schema.primary_key.contains(c)) {
-            return Ok(Err((format!("update of {table} {k} changes the primary key"), vec![])));
+            return Ok(Err(Cancel::new(
+                CancelCode::InvalidOperation,
+                format!("update of {table} {k} changes the primary key"),
+                vec![],
+            )));
         }
         let slot = (table.to_string(), k.clone());
         let Some(current) = self.read(local, &slot)? else {
-            return Ok(Err((format!("update of {table} {k}: the row does not exist in the entry's view"), vec![])));
+            return Ok(Err(Cancel::new(
+                CancelCode::RowGone,
+                format!("update of {table} {k}: the row does not exist in the entry's view"),
+                vec![],
+            )));
         };
-        if let Err((why, resp)) = self.visible(&slot, &current, i, h)? {
-            return Ok(Err((format!("update of {table} {k}: the row is gone, {why}"), resp)));
+        if let Err(gone) = self.visible(&slot, &current, i, h)? {
+            let why = gone.reason;
+            return Ok(Err(Cancel::new(
+                gone.code,
+                format!("update of {table} {k}: the row is gone, {why}"),
+                gone.responsible,
+            )));
         }
         let mut next = current.clone();
         for (c, v) in set {
@@ -552,7 +618,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             next.writers.insert(c.clone(), *h);
         }
         if let Err(e) = schema.check_row(&next.values, true) {
-            return Ok(Err((format!("update of {table} {k}: {e}"), vec![])));
+            return Ok(Err(Cancel::new(schema_code(&e), format!("update of {table} {k}: {e}"), vec![])));
         }
         let changed: Vec<String> = set.keys().cloned().chain(unset.iter().cloned()).collect();
         if let Err(c) = self.uniques(local, schema, &k, &next.values, Some(&changed))? {
@@ -564,7 +630,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         if let Err(c) = self.rules(i, h, local, schema, Operation::Update, Some(&next.values), Some(&current.values))? {
             return Ok(Err(c));
         }
-        if let Err((why, _)) = self.checks(schema, &next.values)? {
+        if let Err(Cancel { code, reason: why, .. }) = self.checks(schema, &next.values)? {
             // Name the writers of the columns this entry did not see: the merge partners.
             let mut others: Vec<EntryHash> = Vec::new();
             for w in current.writers.values().chain(std::iter::once(&current.inserted_by)) {
@@ -577,7 +643,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             } else {
                 format!(" (merged with concurrent entry {})", others.iter().map(short).collect::<Vec<_>>().join(", "))
             };
-            return Ok(Err((format!("update of {table} {k}: {why}{merged}"), others)));
+            return Ok(Err(Cancel::new(code, format!("update of {table} {k}: {why}{merged}"), others)));
         }
         local.insert(slot, Some(next));
         Ok(Ok(()))
@@ -597,7 +663,11 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             Err(c) => return Ok(Err(c)),
         };
         let Some(k) = row_key(schema, key) else {
-            return Ok(Err((format!("delete from {table} has no primary key value"), vec![])));
+            return Ok(Err(Cancel::new(
+                CancelCode::InvalidOperation,
+                format!("delete from {table} has no primary key value"),
+                vec![],
+            )));
         };
         let slot = (table.to_string(), k);
         let Some(current) = self.read(local, &slot)? else { return Ok(Ok(())) };
@@ -644,7 +714,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                     for (ck, crow) in self.rows_where(local, &child.table, &equal)? {
                         let slot = (child.table.clone(), ck.clone());
                         if self.visible(&slot, &crow, i, h)?.is_ok() {
-                            return Ok(Err((
+                            return Ok(Err(Cancel::new(
+                                CancelCode::ForeignKeyViolation,
                                 format!(
                                     "delete from {table} violates foreign key {} of {}: row {ck} still references it",
                                     fk.name, child.table
@@ -678,7 +749,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             };
             for (k, other) in self.rows_where(local, &schema.table, &equal)? {
                 if k != *key {
-                    return Ok(Err((
+                    return Ok(Err(Cancel::new(
+                        CancelCode::UniqueViolation,
                         format!(
                             "duplicate value for unique constraint {} of {}: row {k} (inserted by entry {}) holds it",
                             u.name,
@@ -710,7 +782,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 continue; // MATCH SIMPLE: a NULL column means no reference
             };
             let Some(target) = self.schema(&fk.references) else {
-                return Ok(Err((
+                return Ok(Err(Cancel::new(
+                    CancelCode::TableNotReplicated,
                     format!("foreign key {}: table {} is not replicated", fk.name, fk.references),
                     vec![],
                 )));
@@ -741,7 +814,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             }
             let shown: Vec<String> = equal.iter().map(|(c, v)| format!("{c}={v}")).collect();
             if candidates.is_empty() {
-                return Ok(Err((
+                return Ok(Err(Cancel::new(
+                    CancelCode::ForeignKeyViolation,
                     format!(
                         "foreign key {} of {}: the referenced row of {} ({}) does not exist in the entry's view",
                         fk.name,
@@ -752,8 +826,9 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                     vec![],
                 )));
             }
-            if let Some((reason, responsible)) = why {
-                return Ok(Err((
+            if let Some(Cancel { reason, responsible, .. }) = why {
+                return Ok(Err(Cancel::new(
+                    CancelCode::ForeignKeyViolation,
                     format!(
                         "foreign key {} of {}: the referenced row of {} ({}) is gone, {reason}",
                         fk.name,
@@ -774,7 +849,11 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         }
         Ok(match self.store.violated_check(schema, row)? {
             None => Ok(()),
-            Some(name) => Err((format!("the row violates check constraint {name} of {}", schema.table), vec![])),
+            Some(name) => Err(Cancel::new(
+                CancelCode::CheckViolation,
+                format!("the row violates check constraint {name} of {}", schema.table),
+                vec![],
+            )),
         })
     }
 
@@ -803,7 +882,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 self.rules.insert(cache_key.clone(), parsed);
             }
             let Some(rule) = self.rules.get(&cache_key).cloned().flatten() else {
-                return Ok(Err((
+                return Ok(Err(Cancel::new(
+                    CancelCode::RuleViolation,
                     format!("the rule for {} on {} cannot be read", operation.name(), schema.table),
                     vec![rule_entry],
                 )));
@@ -823,7 +903,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                         responsible.iter().map(short).collect::<Vec<_>>().join(", ")
                     )
                 };
-                return Ok(Err((
+                return Ok(Err(Cancel::new(
+                    CancelCode::RuleViolation,
                     format!("{} on {} is not allowed by the rule {text}{why}", operation.name(), schema.table),
                     responsible,
                 )));
@@ -869,7 +950,7 @@ impl<R: ReplicaStore> RuleRows for ViewRows<'_, '_, R> {
         for (k, row) in self.replay.rows_where(self.local, table, equal)? {
             match self.replay.visible(&(table.to_string(), k), &row, self.i, &self.h)? {
                 Ok(()) => out.push(row.values),
-                Err((_, responsible)) => self.removed_by.extend(responsible),
+                Err(gone) => self.removed_by.extend(gone.responsible),
             }
         }
         Ok(out)

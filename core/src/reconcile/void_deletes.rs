@@ -23,6 +23,7 @@
 //!
 //! Each round voids at least one more delete, so the rounds end.
 
+use super::{Cancel, CancelCode};
 use crate::hash::EntryHash;
 use crate::{FastMap as HashMap, FastSet as HashSet};
 
@@ -57,6 +58,7 @@ pub(super) fn segment_starts(len: usize, reach: &[(usize, usize)]) -> Vec<usize>
 pub(super) struct CancelledDelete {
     pub index: usize,
     pub hash: EntryHash,
+    pub code: CancelCode,
     pub reason: String,
     pub responsible: Vec<EntryHash>,
     /// Whether some entry counted it (it made a row invisible to that entry).
@@ -64,7 +66,7 @@ pub(super) struct CancelledDelete {
 }
 
 /// A delete to void, with the reason it stays cancelled for and the entries responsible.
-pub(super) type ToVoid = (EntryHash, String, Vec<EntryHash>);
+pub(super) type ToVoid = (EntryHash, Cancel);
 
 /// The deletes to void in the first segment that needs it (with that segment's start), and
 /// the reason each is cancelled for; `None` when no segment needs any. `cancelled` is in
@@ -79,7 +81,7 @@ pub(super) fn next_void(cancelled: &[CancelledDelete], segment_start: &[usize]) 
     let grounded: Vec<ToVoid> = counted
         .iter()
         .filter(|c| !c.responsible.iter().any(|r| cancelled_set.contains(r)))
-        .map(|c| (c.hash, c.reason.clone(), c.responsible.clone()))
+        .map(|c| (c.hash, Cancel::new(c.code, c.reason.clone(), c.responsible.clone())))
         .collect();
     if !grounded.is_empty() {
         return Some((segment, grounded));
@@ -94,13 +96,16 @@ pub(super) fn next_void(cancelled: &[CancelledDelete], segment_start: &[usize]) 
     );
     let voided = counted
         .iter()
-        .map(|c| (c.hash, reason.clone(), members.iter().filter(|m| **m != c.hash).copied().collect()))
+        .map(|c| {
+            let others = members.iter().filter(|m| **m != c.hash).copied().collect();
+            (c.hash, Cancel::new(CancelCode::ConflictingDeletes, reason.clone(), others))
+        })
         .collect();
     Some((segment, voided))
 }
 
 /// Deletes left out, with the reason each stays cancelled for.
-pub(super) type Voided = HashMap<EntryHash, (String, Vec<EntryHash>)>;
+pub(super) type Voided = HashMap<EntryHash, Cancel>;
 
 #[cfg(test)]
 mod tests {
@@ -119,6 +124,7 @@ mod tests {
         CancelledDelete {
             index,
             hash: EntryHash(crate::Hash([hash; 32])),
+            code: CancelCode::RowGone,
             reason: format!("r{hash}"),
             responsible: responsible.iter().map(|b| EntryHash(crate::Hash([*b; 32]))).collect(),
             counted_by_another: counted,

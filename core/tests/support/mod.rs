@@ -7,7 +7,7 @@ use causal_core::identity::Keypair;
 use causal_core::membership::derive_meta;
 use causal_core::payload::{Genesis, Op, SignedPayload};
 use causal_core::reconcile::memory::MemReplica;
-use causal_core::reconcile::Status;
+use causal_core::reconcile::{CancelCode, Status};
 use serde_json::{json, Map, Value};
 
 pub const ALG: HashAlgorithm = HashAlgorithm::Blake3;
@@ -63,6 +63,12 @@ impl Site {
 
     pub fn reason(&self, e: &Entry) -> String {
         self.replica.verdict(&e.hash).and_then(|v| v.reason.clone()).unwrap_or_default()
+    }
+
+    /// The kind of conflict that cancelled `e`, and the table and row of its failed operation.
+    pub fn cause(&self, e: &Entry) -> (Option<CancelCode>, Option<(String, String)>) {
+        let v = self.replica.verdict(&e.hash).expect("a verdict");
+        (v.code, v.row.as_ref().map(|(t, k)| (t.clone(), k.to_string())))
     }
 
     pub fn row(&self, table: &str, key: Value) -> Option<Map<String, Value>> {
