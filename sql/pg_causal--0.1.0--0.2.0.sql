@@ -111,3 +111,30 @@ CREATE FUNCTION causal.set_cancellation_hook(
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'set_cancellation_hook_wrapper';
 
+-- Long operations under way (shared memory; see causal.progress).
+CREATE FUNCTION causal._progress() RETURNS TABLE (
+	"pid" INT,
+	"operation" TEXT,
+	"group_id" TEXT,
+	"done" bigint,
+	"total" bigint,
+	"started_ms" bigint,
+	"updated_ms" bigint
+)
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_progress_wrapper';
+
+CREATE VIEW causal.progress AS
+SELECT p.pid,
+       p.operation,
+       g.name AS group_name,
+       p.group_id,
+       p.done,
+       p.total,
+       CASE WHEN p.total > 0 THEN round(100.0 * p.done / p.total, 1) END AS percent,
+       to_timestamp(p.started_ms / 1000.0) AS started_at,
+       to_timestamp(p.updated_ms / 1000.0) AS updated_at
+FROM causal._progress() p
+LEFT JOIN causal.group_defs g ON g.group_id = p.group_id;
+GRANT SELECT ON causal.progress TO PUBLIC;

@@ -572,8 +572,11 @@ fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
     let (mut in_place, stream_started) = (std::time::Duration::ZERO, std::time::Instant::now());
     let workers = crate::guc::verify_threads();
     let run_rows = crate::guc::import_run_rows();
+    let mut progress =
+        crate::pg::progress::Progress::start("importing", &group.id, "entries checked", Some(pending.len() as i64));
     precheck_stream(pending, alg, &gid, &keys, workers, PRECHECK_CHUNK, |part| {
         let t = std::time::Instant::now();
+        progress.add(part.len() as i64);
         for (e, pre) in part {
             match place(&mut dag, e, pre)? {
                 Placed::Stored(n) => unplaced.add(n, run_rows, &group, &dag)?,

@@ -7,11 +7,13 @@
 //!   registry each cache subscribes to.
 //! - [`lock`]: the advisory locks (a group's write lock, the sealer's), from the lock manager.
 //! - [`notify`]: notifications to the sync worker and to applications.
+//! - [`progress`]: long operations shown in `causal.progress` and logged.
 //! - [`wake`]: setting the worker's latch at commit, so sealing starts at once.
 
 pub mod direct;
 pub mod lock;
 pub mod notify;
+pub mod progress;
 pub mod spi;
 pub mod wake;
 pub mod xact;

@@ -104,8 +104,8 @@ fn place_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize, Causal
 fn place_backlog(replica: &mut SpiReplica, start: u32, end: u32, max_rows: Option<usize>) -> Result<u32, CausalError> {
     let mut pending: std::collections::VecDeque<reconcile::NewEntry> = std::collections::VecDeque::new();
     let (mut read_to, mut placed_to) = (start, start);
-    let started = std::time::Instant::now();
-    let mut reported = started;
+    let mut progress =
+        crate::pg::progress::Progress::start("placing", &replica.group, "entries", Some(i64::from(end - start)));
     let mut placed_rows = 0;
     let run_rows_at_most = max_rows.map_or(PLACEMENT_RUN_ROWS, |m| m.clamp(1, PLACEMENT_RUN_ROWS));
     while placed_to < end && max_rows.is_none_or(|m| placed_rows < m) {
@@ -137,16 +137,7 @@ fn place_backlog(replica: &mut SpiReplica, start: u32, end: u32, max_rows: Optio
         placed_rows += run_rows;
         replica.local = run.iter().map(|e| e.0).collect();
         run_engine(replica, placed_to, |r| reconcile::plan_decoded(r, run).map_err(engine_err))?;
-        if reported.elapsed() >= std::time::Duration::from_secs(10) && placed_to < end {
-            reported = std::time::Instant::now();
-            pgrx::log!(
-                "pg_causal: placing group {}: {} of {} entries placed ({:.0} s)",
-                replica.group,
-                placed_to - start,
-                end - start,
-                started.elapsed().as_secs_f64()
-            );
-        }
+        progress.set(i64::from(placed_to - start));
     }
     Ok(placed_to)
 }

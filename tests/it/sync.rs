@@ -160,6 +160,56 @@ fn a_local_commit_wakes_the_worker_to_seal_it() {
     }
 }
 
+/// A long import shows in `causal.progress` from other sessions while it runs, and is gone
+/// when it ends. To catch it under way, another session holds a lock on the table the
+/// import's placing writes.
+#[test]
+fn a_running_import_shows_in_causal_progress() {
+    let mut n = Node::start_with("progress", &[]);
+    n.db.batch_execute(
+        "SELECT causal.create_group('g');
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         SELECT causal.replicate('g', 't');",
+    )
+    .unwrap();
+    n.db.batch_execute("CREATE DATABASE dst").unwrap();
+    let mut dst = n.cluster.connect("dst");
+    dst.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    let first: Vec<u8> = n.db.query_one("SELECT causal.export('g')", &[]).unwrap().get(0);
+    dst.query_one("SELECT causal.import($1)::text", &[&first]).unwrap();
+    let since: Vec<String> = n.db.query_one("SELECT causal.frontier('g')", &[]).unwrap().get(0);
+    n.db.batch_execute("INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 2000) i").unwrap();
+    for i in 0..200 {
+        n.db.execute("INSERT INTO t VALUES ($1, 'single')", &[&(10_000 + i)]).unwrap();
+    }
+    n.db.batch_execute("SELECT causal.catch_up()").unwrap();
+    let second: Vec<u8> = n.db.query_one("SELECT causal.export('g', $1)", &[&since]).unwrap().get(0);
+
+    let mut blocker = n.cluster.connect("dst");
+    blocker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").unwrap();
+    let url = n.cluster.connection_string("dst");
+    let importer = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query_one("SELECT causal.import($1)::text", &[&second]).unwrap().get::<_, String>(0)
+    });
+    let mut watcher = n.cluster.connect("dst");
+    let shown: String = wait_for("the import shows in causal.progress", Duration::from_secs(30), || {
+        watcher
+            .query_opt(
+                "SELECT concat_ws(' ', operation, group_name, total) FROM causal.progress WHERE operation = 'importing'",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    });
+    assert_eq!(shown, "importing g 201", "the bulk insert's entry and the 200 single-row ones");
+    blocker.batch_execute("COMMIT").unwrap();
+    let report = importer.join().unwrap();
+    assert!(report.contains("\"rejected\": []"), "{report}");
+    let left: i64 = watcher.query_one("SELECT count(*) FROM causal.progress", &[]).unwrap().get(0);
+    assert_eq!(left, 0);
+}
+
 #[test]
 fn writes_on_each_of_three_nodes_appear_on_the_other_two() {
     let (mut a, mut b, mut c) = (Node::start("live-a"), Node::start("live-b"), Node::start("live-c"));
