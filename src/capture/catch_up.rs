@@ -10,18 +10,22 @@ use crate::pg::spi::run_prepared;
 /// or when this is called. Takes each group's lock exclusively, so it waits for the group's
 /// writing transactions to commit. With `max_rows`, it stops in each group once about that
 /// many rows are placed (whole entries, in bounded runs), so the lock is held briefly; the
-/// sync worker calls it so, again and again, until nothing is left.
+/// sync worker calls it so, again and again, until nothing is left. `max_rows` 0 seals and
+/// places nothing: the entries are durable when the call's transaction commits, without
+/// waiting for placement.
 #[pgrx::pg_extern(name = "catch_up")]
 fn catch_up_groups(grp: pgrx::default!(Option<&str>, "NULL"), max_rows: pgrx::default!(Option<i64>, "NULL")) -> i64 {
     use crate::error::OrReport;
     let f = "causal.catch_up";
-    if let Some(m) = max_rows.filter(|m| *m < 1) {
-        CausalError::BadArgument { parameter: "max_rows", why: format!("{m} is not a positive number of rows") }
-            .report(f);
+    if let Some(m) = max_rows.filter(|m| *m < 0) {
+        CausalError::BadArgument { parameter: "max_rows", why: format!("{m} is not a number of rows") }.report(f);
     }
     let per_group = max_rows.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
     // Every transaction committed before the call becomes entries first.
     crate::capture::seal_committed().or_report(f);
+    if per_group == Some(0) {
+        return 0;
+    }
     let groups: Vec<String> = match grp {
         Some(g) => vec![g.to_string()],
         None => run_prepared(

@@ -239,6 +239,13 @@ impl Db {
         Ok(row.try_get(0)?)
     }
 
+    /// Seals the local commits (`causal.catch_up(NULL, 0)`): their entries are durable when
+    /// this returns, whatever placement still has to do.
+    pub async fn seal(&self) -> Result<(), DbError> {
+        self.client.query_one("SELECT causal.catch_up(NULL, 0)", &[]).await?;
+        Ok(())
+    }
+
     /// Publishes the worker's status for `causal.peers` and `causal.sync_status`.
     pub async fn report(&self, report: &Value) -> Result<(), DbError> {
         let text = report.to_string();

@@ -760,9 +760,11 @@ pub const SEAL_POLL: Duration = Duration::from_millis(20);
 const PLACING_GAP: Duration = Duration::from_millis(2);
 
 /// Rows placed per `causal.catch_up` call: each call is a transaction holding the group's lock,
-/// which the group's writers wait for, so it stays short (about 60 ms at the 12 µs per row
-/// measured for placement, docs/BENCHMARKS.md).
-const PLACEMENT_ROWS_PER_CALL: i64 = 5_000;
+/// which the group's writers wait for, and the commits sealed in it are durable only when it
+/// commits, so it stays short (about 60 ms at the 28-40 µs per single-row entry measured for
+/// placement, docs/BENCHMARKS.md). Sealing alone runs before each call, in a transaction of
+/// its own, so the entries of new commits do not wait for a backlog to be placed.
+const PLACEMENT_ROWS_PER_CALL: i64 = 2_000;
 
 /// Places local commits of plain data that wait for the reconciliation engine (docs/SEMANTICS.md,
 /// "Deferred placement"), so the backlog does not grow until the next import: woken by local
@@ -788,7 +790,11 @@ async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::sync::Notify
         last_start = tokio::time::Instant::now();
         let (mut placed, mut reported) = (0i64, std::time::Instant::now());
         loop {
-            match db.catch_up(PLACEMENT_ROWS_PER_CALL).await {
+            let placing = match db.seal().await {
+                Ok(()) => db.catch_up(PLACEMENT_ROWS_PER_CALL).await,
+                Err(e) => Err(e),
+            };
+            match placing {
                 Ok(n) => {
                     if failures > 0 {
                         tracing::info!(failures, "placing local commits works again");

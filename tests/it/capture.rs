@@ -522,3 +522,28 @@ fn a_backlog_larger_than_a_sealing_batch_is_sealed_in_one_pass() {
     let ok: bool = db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
     assert!(ok);
 }
+
+/// `causal.catch_up(NULL, 0)` seals and places nothing (the sync worker seals so between
+/// placing calls): the entry is stored, the group counts it unplaced, and a later catch_up
+/// places it. A negative bound is refused.
+#[test]
+fn catch_up_with_no_rows_seals_without_placing() {
+    let node = Cluster::start("seal-only", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    let entries =
+        |db: &mut Client| -> i64 { db.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0) };
+    let unplaced = |db: &mut Client| -> i64 {
+        db.query_one("SELECT unplaced FROM causal.stat_groups WHERE group_name = 'shop'", &[]).unwrap().get(0)
+    };
+    db.batch_execute("SELECT causal.catch_up()").unwrap();
+    let before = entries(&mut db);
+    db.batch_execute("INSERT INTO products VALUES ('S', 'sealed', 1)").unwrap();
+    let placed: i64 = db.query_one("SELECT causal.catch_up(NULL, 0)", &[]).unwrap().get(0);
+    assert_eq!((placed, entries(&mut db), unplaced(&mut db)), (0, before + 1, 1));
+    let placed: i64 = db.query_one("SELECT causal.catch_up()", &[]).unwrap().get(0);
+    assert_eq!((placed, unplaced(&mut db)), (1, 0));
+    let err = db.query_one("SELECT causal.catch_up(NULL, -1)", &[]).unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("22023"), "{err}");
+}
+
