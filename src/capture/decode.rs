@@ -46,6 +46,10 @@ thread_local! {
     static CURRENT: RefCell<Option<DecodedTxn>> = const { RefCell::new(None) };
     static DONE: RefCell<Vec<DecodedTxn>> = const { RefCell::new(Vec::new()) };
     static DONE_ROWS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Whether this decoding run handed any transaction to its caller yet.
+    static DELIVERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The slot's restart position after the last decoding run.
+    static RESTART_LSN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Tables by relid (`None`: not replicated), for one decoding run; dropped when a
     /// decoded transaction changed the table (relcache invalidation) or the catalog of
     /// replicated tables.
@@ -271,13 +275,19 @@ fn take_done() -> Vec<DecodedTxn> {
 /// A caller's handling of decoded transactions, in commit order.
 pub type OnBatch<'a> = &'a mut dyn FnMut(Vec<DecodedTxn>) -> Result<(), CausalError>;
 
+/// The capture slot's restart position as the last decoding run left it: the next run reads
+/// the WAL from there.
+pub fn restart_lsn() -> u64 {
+    RESTART_LSN.with(std::cell::Cell::get)
+}
+
 /// Decodes the slot `slot` from `start` (transactions whose commit record starts before it
 /// are skipped) to `end_of_wal`, in one pass, handing the committed transactions to
 /// `on_batch` whenever they hold `batch_rows` row operations or more, and at the end. (A
 /// pass per batch would read the WAL again from the slot's restart position each time.)
 /// `on_batch` runs between two WAL records, outside decoding, and may use SPI. With
 /// `confirm`, first tells the slot that everything up to it is sealed and durable, so it may
-/// let go of the WAL before it.
+/// let go of the WAL before it; a run that hands over no transaction confirms all it read.
 pub fn decode(
     slot: &str,
     start: u64,
@@ -288,6 +298,7 @@ pub fn decode(
 ) -> Result<(), CausalError> {
     let name = std::ffi::CString::new(slot).map_err(|_| CausalError::Corrupt("slot name".into()))?;
     take_done();
+    DELIVERED.with(|d| d.set(false));
     TABLES.with(|t| t.borrow_mut().clear());
     // SAFETY: the sequence pg_logical_slot_get_changes runs (slotfuncs.c / logicalfuncs.c), on
     // this backend's thread: acquire the slot, create a decoding context, read records up to
@@ -334,6 +345,7 @@ pub fn decode(
                     // Between records no historic snapshot is set up: what decoding cached
                     // under one is dropped before and after the caller's statements.
                     let txns = take_done();
+                    DELIVERED.with(|d| d.set(d.get() || !txns.is_empty()));
                     pg_sys::CurrentResourceOwner = old_owner;
                     pg_sys::InvalidateSystemCaches();
                     if let Err(e) = on_batch(txns) {
@@ -346,11 +358,16 @@ pub fn decode(
             }
             pg_sys::CurrentResourceOwner = old_owner;
             if failed.is_none() {
+                // A run that found nothing to seal has nothing to make durable first: all
+                // of the WAL it read is consumed, so the slot may let it go (and its restart
+                // position move on) rather than hold it for the next run to read again.
+                let idle = !DELIVERED.with(std::cell::Cell::get) && DONE.with(|d| d.borrow().is_empty());
                 if let Some(lsn) = confirm {
-                    pg_sys::LogicalConfirmReceivedLocation(lsn);
+                    pg_sys::LogicalConfirmReceivedLocation(if idle { lsn.max((*reader).EndRecPtr) } else { lsn });
                     pg_sys::ReplicationSlotMarkDirty();
                 }
             }
+            RESTART_LSN.with(|r| r.set((*pg_sys::MyReplicationSlot).data.restart_lsn));
             pg_sys::FreeDecodingContext(ctx);
             pg_sys::ReplicationSlotRelease();
             pg_sys::InvalidateSystemCaches();

@@ -55,6 +55,36 @@ pub struct Sealed {
     pub entries: usize,
 }
 
+/// How much WAL an idle sealing run may leave for the next to read again.
+const IDLE_REREAD_BYTES: u64 = 16 << 20;
+
+/// How often a sealer that keeps finding commits logs the running transactions.
+const RUNNING_XACTS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+thread_local! {
+    static RUNNING_XACTS_LOGGED: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+}
+
+/// Writes a record of the running transactions (as the background writer does every 15 s),
+/// at most every [`RUNNING_XACTS_EVERY`] while commits keep coming. Each sealing run decodes
+/// from the slot's restart position, which only moves to such a record: with one every 15 s,
+/// each run read up to 15 s of WAL again (sealing calls of up to 1.2 s at 5k commits/s,
+/// bench/seal_lag.sh). With one every 50 ms, a run reads about that much again.
+fn log_running_transactions() {
+    let due = RUNNING_XACTS_LOGGED.with(|l| l.get().is_none_or(|t| t.elapsed() >= RUNNING_XACTS_EVERY));
+    if !due {
+        return;
+    }
+    // SAFETY: what pg_log_standby_snapshot() (PostgreSQL 16) does from a backend; wal_level is
+    // logical here (capture needs it), so standby information is logged.
+    unsafe {
+        if !pg_sys::RecoveryInProgress() {
+            pg_sys::LogStandbySnapshot();
+        }
+    }
+    RUNNING_XACTS_LOGGED.with(|l| l.set(Some(std::time::Instant::now())));
+}
+
 /// The sealer's lock: one sealer at a time per database, taken before any group's lock.
 fn lock_sealer() {
     // Straight from the lock manager: a statement would give the transaction an xid, and a
@@ -138,6 +168,11 @@ fn seal_locked() -> Result<Sealed, CausalError> {
     };
     decode(&slot, start, end_of_wal, ROWS_PER_BATCH, confirm, &mut seal_batch)?;
     DECODED_TO.with(|d| d.set(end_of_wal));
+    // Idle runs log one too when the next run would otherwise read much WAL again (written
+    // to other tables meanwhile): the slot's restart position moves only to such a record.
+    if total.transactions > 0 || end_of_wal.saturating_sub(super::decode::restart_lsn()) > IDLE_REREAD_BYTES {
+        log_running_transactions();
+    }
     if total.transactions > 0 {
         pgrx::debug1!("pg_causal: sealed {} transactions into {} entries", total.transactions, total.entries);
     }

@@ -547,3 +547,40 @@ fn catch_up_with_no_rows_seals_without_placing() {
     assert_eq!(sqlstate(&err).as_deref(), Some("22023"), "{err}");
 }
 
+/// WAL written to tables outside any group is let go: a sealing run that finds nothing to
+/// seal confirms what it read and logs the running transactions, so the slot's restart
+/// position moves past that WAL and the next run does not read it again (each run decodes
+/// from there). Before, the slot held it until the next replicated commit was sealed.
+#[test]
+fn an_idle_sealing_run_lets_the_slot_move_past_other_tables_wal() {
+    let node = Cluster::start("idle-slot", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    db.batch_execute("INSERT INTO products VALUES ('A', 'a', 1); SELECT causal.catch_up()").unwrap();
+    db.batch_execute(
+        "CREATE TABLE other (id int, pad text);
+         INSERT INTO other SELECT i, repeat('x', 200) FROM generate_series(1, 100000) i;",
+    )
+    .unwrap();
+    let behind = |db: &mut Client| -> i64 {
+        db.query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots \
+             WHERE slot_type = 'logical'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(behind(&mut db) > 16 << 20, "the other table's rows wrote more WAL than that");
+    // The slot takes a new restart position from a record of running transactions that a
+    // run decoded, at the confirmation after it, and keeps one candidate at a time: the
+    // record the first idle run logs becomes the restart position two runs later.
+    for _ in 0..3 {
+        db.batch_execute("SELECT causal.catch_up()").unwrap();
+    }
+    let left = behind(&mut db);
+    assert!(left < 1 << 20, "the slot still keeps {left} bytes of WAL");
+    // And what comes next is sealed as before.
+    db.batch_execute("INSERT INTO products VALUES ('B', 'b', 2)").unwrap();
+    assert_eq!(count(&mut db), 4);
+}
