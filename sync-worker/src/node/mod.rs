@@ -4,6 +4,8 @@
 //! stream has a reader and a writer task. Every queue between them is bounded and named in
 //! [`queues`]; the status report shows their depth.
 //!
+//! The database tasks are in `db_tasks.rs`.
+//!
 //! Peers talk over one libp2p stream per direction (protocol [`wire::PROTOCOL`]): each side
 //! opens a stream to write on and accepts the other's to read from.
 
@@ -20,6 +22,10 @@ use tokio::sync::mpsc;
 use crate::db::{self, Db, DbError};
 use crate::session::{Action, Config as SessionConfig, ImportOutcome, Serve, Session};
 use crate::wire::{self, WireHeader, MAX_FRAME};
+
+mod db_tasks;
+
+use db_tasks::{place_local_commits, run_imports, serve_reads, FrontierReads, ImportJob};
 
 /// Capacities of the worker's bounded queues.
 pub mod queues {
@@ -627,204 +633,9 @@ fn on_db_result(result: DbResult, session: &mut Session<PeerId>) {
     }
 }
 
-async fn serve_reads(db: Db, mut rx: mpsc::Receiver<Read>, tx: mpsc::Sender<DbResult>) {
-    while let Some(job) = rx.recv().await {
-        let result = match job {
-            Read::Serve(Serve::Headers { peer, group, request_id, start, limits, max, with_payloads, forward }) => {
-                match db.read_headers(&group, &start, &limits, max, with_payloads, forward).await {
-                    Ok((headers, complete, payloads)) => {
-                        DbResult::Headers { peer, group, request_id, headers, complete, payloads }
-                    }
-                    Err(e) => {
-                        tracing::warn!("serving headers: {e}");
-                        continue;
-                    }
-                }
-            }
-            Read::Serve(Serve::Payloads { peer, group, request_id, hashes }) => {
-                match db.read_payloads(&group, &hashes).await {
-                    Ok(payloads) => DbResult::Payloads { peer, group, request_id, payloads },
-                    Err(e) => {
-                        tracing::warn!("serving payloads: {e}");
-                        continue;
-                    }
-                }
-            }
-            Read::Stored { group, hashes } => {
-                let stored = db.stored(&group, &hashes).await.unwrap_or_else(|e| {
-                    tracing::warn!("checking which announced entries are stored: {e}");
-                    Vec::new()
-                });
-                DbResult::Stored { group, asked: hashes, stored }
-            }
-            Read::Frontier { group } => match db.group(&group).await {
-                Ok(Some(g)) => DbResult::Frontier { group, hash_algorithm: g.hash_algorithm, frontier: g.frontier },
-                Ok(None) => DbResult::FrontierFailed { group },
-                Err(e) => {
-                    tracing::warn!("reading a frontier: {e}");
-                    DbResult::FrontierFailed { group }
-                }
-            },
-        };
-        if tx.send(result).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Frontier reads under way, and whether the group changed again since each began.
-#[derive(Default)]
-struct FrontierReads {
-    running: HashMap<String, bool>,
-}
-
-impl FrontierReads {
-    /// A commit changed `group`: whether to start a read now (none is under way).
-    fn wanted(&mut self, group: &str) -> bool {
-        match self.running.get_mut(group) {
-            Some(again) => {
-                *again = true;
-                false
-            }
-            None => {
-                self.running.insert(group.to_string(), false);
-                true
-            }
-        }
-    }
-
-    /// A read could not be queued: none is under way.
-    fn forget(&mut self, group: &str) {
-        self.running.remove(group);
-    }
-
-    /// A read of `group` returned: whether to start another (the group changed meanwhile).
-    fn done(&mut self, group: &str) -> bool {
-        match self.running.get_mut(group) {
-            Some(again) if *again => {
-                *again = false;
-                true
-            }
-            _ => {
-                self.running.remove(group);
-                false
-            }
-        }
-    }
-}
-
-/// A bundle to import (see `Action::Import`).
-struct ImportJob {
-    group: String,
-    hash_algorithm: String,
-    hashes: Vec<String>,
-    bundle: Vec<u8>,
-    epoch: u64,
-}
-
-/// Runs imports in the order given. Once one of a group fails, the others of its epoch
-/// queued behind it (which may build on it) are reported failed without running.
-async fn run_imports(db: Db, mut rx: mpsc::Receiver<ImportJob>, tx: mpsc::Sender<DbResult>) {
-    let mut failed: HashMap<String, u64> = HashMap::new();
-    while let Some(ImportJob { group, hash_algorithm, hashes, bundle, epoch }) = rx.recv().await {
-        if failed.get(&group) == Some(&epoch) {
-            let error = "an earlier import of this group failed".to_string();
-            if tx.send(DbResult::ImportFailed { group, epoch, error }).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let n = hashes.len();
-        let result = match db.import(&group, hashes, bundle).await {
-            Ok(outcome) => {
-                DbResult::Imported { group, epoch, hash_algorithm, outcome, entries: n, took: started.elapsed() }
-            }
-            Err(e) => {
-                failed.insert(group.clone(), epoch);
-                DbResult::ImportFailed { group, epoch, error: e.to_string() }
-            }
-        };
-        if tx.send(result).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// How often local commits are looked for in the WAL, when commits do not wake the placer
 /// (the standalone `causal-sync`).
 pub const SEAL_POLL: Duration = Duration::from_millis(20);
-
-/// The shortest time between the starts of two placing runs: commits that come faster are
-/// taken together by the next run rather than each by a run of its own.
-const PLACING_GAP: Duration = Duration::from_millis(2);
-
-/// Rows placed per `causal.catch_up` call: each call is a transaction holding the group's lock,
-/// which the group's writers wait for, and the commits sealed in it are durable only when it
-/// commits, so it stays short (about 60 ms at the 28-40 µs per single-row entry measured for
-/// placement, docs/BENCHMARKS.md). Sealing alone runs before each call, in a transaction of
-/// its own, so the entries of new commits do not wait for a backlog to be placed.
-const PLACEMENT_ROWS_PER_CALL: i64 = 2_000;
-
-/// Places local commits of plain data that wait for the reconciliation engine (docs/SEMANTICS.md,
-/// "Deferred placement"), so the backlog does not grow until the next import: woken by local
-/// commits, after a short pause that lets commits gather, and once a second regardless. Logs
-/// its progress while a backlog lasts.
-async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::sync::Notify>, poll: Duration) {
-    // After a failure, retries come less and less often (up to once a minute, commits do not
-    // wake them), and the same error is logged again only at the 1st, 2nd, 4th, 8th ... try.
-    let (mut failures, mut last_error) = (0u32, None::<String>);
-    let mut last_start = tokio::time::Instant::now();
-    loop {
-        if failures == 0 {
-            // Local commits do not NOTIFY (that serializes committing transactions): in the
-            // background worker they set its latch, which wakes this; otherwise they are
-            // sealed from the WAL within a poll. An idle poll costs a comparison of WAL
-            // positions in the database.
-            let _ = tokio::time::timeout(poll, commits.notified()).await;
-            tokio::time::sleep_until(last_start + PLACING_GAP).await;
-        } else {
-            tokio::time::sleep(Duration::from_secs((1u64 << failures.min(6)).min(60))).await;
-        }
-        let started = std::time::Instant::now();
-        last_start = tokio::time::Instant::now();
-        let (mut placed, mut reported) = (0i64, std::time::Instant::now());
-        loop {
-            let placing = match db.seal().await {
-                Ok(()) => db.catch_up(PLACEMENT_ROWS_PER_CALL).await,
-                Err(e) => Err(e),
-            };
-            match placing {
-                Ok(n) => {
-                    if failures > 0 {
-                        tracing::info!(failures, "placing local commits works again");
-                        (failures, last_error) = (0, None);
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                    placed += n;
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let text = e.to_string();
-                    if last_error.as_deref() != Some(text.as_str()) || failures.is_power_of_two() {
-                        tracing::warn!(failures, "placing local commits failed: {text}");
-                    }
-                    last_error = Some(text);
-                    break;
-                }
-            }
-            if reported.elapsed() >= Duration::from_secs(10) {
-                reported = std::time::Instant::now();
-                tracing::info!(placed, seconds = started.elapsed().as_secs(), "placing local commits");
-            }
-        }
-        if placed > 0 {
-            tracing::debug!(placed, took_ms = started.elapsed().as_millis() as u64, "placed local commits");
-        }
-    }
-}
 
 /// Reads length-prefixed frames from a peer's stream into the inbound queue.
 async fn read_frames(peer: PeerId, mut stream: libp2p::Stream, tx: mpsc::Sender<(PeerId, Vec<u8>)>) {
