@@ -9,6 +9,7 @@ mod author;
 mod capture;
 mod catalog;
 mod error;
+mod exchange;
 mod guc;
 mod pg;
 mod replay;
