@@ -2,7 +2,7 @@
 
 use pgrx::prelude::*;
 
-/// The operations under way in any session (`pg::progress`): importing and placing, with
+/// The operations under way in any session (`pg::progress`): importing, placing and sealing, with
 /// what is done of how much. Empty unless pg_causal is in `shared_preload_libraries`.
 #[pg_extern(volatile)]
 #[allow(clippy::type_complexity)] // the row type pgrx spells out for SQL
@@ -27,7 +27,7 @@ fn _progress() -> TableIterator<
 
 extension_sql!(
     r#"
--- Long operations under way, in the style of pg_stat_progress_*: one row per import or
+-- Long operations under way, in the style of pg_stat_progress_*: one row per import, sealing or
 -- placing run in any session, with what is done of how much (docs/OPERATIONS.md).
 CREATE VIEW causal.progress AS
 SELECT p.pid,

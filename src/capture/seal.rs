@@ -121,6 +121,8 @@ pub fn seal_committed() -> Result<Sealed, CausalError> {
 
 fn seal_locked() -> Result<Sealed, CausalError> {
     lock_sealer();
+    // Shown in causal.progress (no group: a run seals every group's commits).
+    let mut progress = crate::pg::progress::Progress::start("sealing", "", "transactions", None);
     let slot = super::slot::slot_name();
     // Everything committed before now is in the WAL; decoding reads only what is flushed.
     // SAFETY: plain calls into the WAL module, on the backend's thread.
@@ -154,6 +156,7 @@ fn seal_locked() -> Result<Sealed, CausalError> {
             last_commit = Some(time);
         }
         appender.finish()?;
+        progress.add(transactions);
         if let Some(time) = last_commit {
             Spi::run_with_args(
                 "INSERT INTO causal.capture_state AS s (slot_name, sealed_lsn, sealed_at, last_commit_time, transactions) \

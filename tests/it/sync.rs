@@ -210,6 +210,36 @@ fn a_running_import_shows_in_causal_progress() {
     assert_eq!(left, 0);
 }
 
+/// The worker's sealing runs show in `causal.progress` too. A lock on the sealed position's
+/// table holds one up before it has sealed anything; another session sees it, and it is gone
+/// once the lock goes.
+#[test]
+fn a_sealing_run_shows_in_causal_progress() {
+    let mut n = Node::start_with("progress-seal", &[]);
+    n.db.batch_execute(
+        "SELECT causal.create_group('g'); CREATE TABLE t (id int PRIMARY KEY); SELECT causal.replicate('g', 't');
+         INSERT INTO t VALUES (0); SELECT causal.catch_up();",
+    )
+    .unwrap();
+    let mut blocker = n.cluster.connect("postgres");
+    blocker.batch_execute("BEGIN; LOCK TABLE causal.capture_state IN ACCESS EXCLUSIVE MODE").unwrap();
+    // The write itself does not need that table; a timeout keeps a mistake from hanging.
+    n.db.batch_execute("SET statement_timeout = '20s'; INSERT INTO t VALUES (1)").unwrap();
+    let mut watcher = n.cluster.connect("postgres");
+    let shown: String = wait_for("the sealing run shows in causal.progress", Duration::from_secs(30), || {
+        watcher
+            .query_opt("SELECT concat_ws(' ', operation, done) FROM causal.progress WHERE operation = 'sealing'", &[])
+            .unwrap()
+            .map(|r| r.get(0))
+    });
+    assert_eq!(shown, "sealing 0");
+    blocker.batch_execute("COMMIT").unwrap();
+    wait_for("the sealing run ends", Duration::from_secs(30), || {
+        let left: i64 = watcher.query_one("SELECT count(*) FROM causal.progress", &[]).unwrap().get(0);
+        (left == 0).then_some(())
+    });
+}
+
 #[test]
 fn writes_on_each_of_three_nodes_appear_on_the_other_two() {
     let (mut a, mut b, mut c) = (Node::start("live-a"), Node::start("live-b"), Node::start("live-c"));
