@@ -42,6 +42,25 @@ impl std::fmt::Display for NodeId {
         self.0.fmt(f)
     }
 }
+
+impl std::str::FromStr for NodeId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(NodeId)
+    }
+}
+
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(NodeId)
+    }
+}
 /// Number of a chain, from 0.
 pub type ChainId = u32;
 /// Position of a node in its chain, from 1. Sequence 0 means "nothing of this chain".

@@ -66,6 +66,25 @@ impl std::fmt::Display for RowKey {
     }
 }
 
+/// Why a text is not a row key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a row key: expected the canonical JSON array of primary-key values")]
+pub struct ParseRowKeyError(pub String);
+
+impl std::str::FromStr for RowKey {
+    type Err = ParseRowKeyError;
+    /// A key as text: the canonical JSON of a non-empty array, as [`row_key`] writes it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseRowKeyError(s.chars().take(64).collect());
+        let value = crate::json::parse(s).map_err(|_| bad())?;
+        let canonical = crate::json::canonical_string(&value).map_err(|_| bad())?;
+        match value.as_array() {
+            Some(items) if !items.is_empty() && canonical == s => Ok(RowKey(canonical)),
+            _ => Err(bad()),
+        }
+    }
+}
+
 impl std::borrow::Borrow<str> for RowKey {
     fn borrow(&self) -> &str {
         &self.0
@@ -513,4 +532,26 @@ fn load_region<R: ReplicaStore>(
     }
     region.sort_by_key(|e| e.0);
     Ok(region)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_keys_parse_only_from_their_canonical_text() {
+        let schema_key = r#"["A",1]"#;
+        assert_eq!(schema_key.parse::<RowKey>().map(|k| k.to_string()).as_deref(), Ok(schema_key));
+        for bad in ["", "[]", "{\"a\":1}", "[1, 2]", "\"A\"", "[1"] {
+            assert!(bad.parse::<RowKey>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_ids_read_back_what_they_write() {
+        let id = crate::dag::NodeId(42);
+        assert_eq!(id.to_string().parse::<crate::dag::NodeId>(), Ok(id));
+        assert_eq!(serde_json::to_string(&id).unwrap(), "42");
+        assert_eq!(serde_json::from_str::<crate::dag::NodeId>("42").unwrap(), id);
+    }
 }
