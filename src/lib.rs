@@ -39,8 +39,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::xact::subscribe(|_| catalog::identity::forget_grants());
     pg::xact::subscribe(catalog::store::forget);
     catalog::identity::register_callbacks();
-    pg::wake::init_shared_memory();
-    pg::progress::init_shared_memory();
+    pg::shmem::init();
     worker::register();
 }
 

@@ -8,12 +8,14 @@
 //! - [`lock`]: the advisory locks (a group's write lock, the sealer's), from the lock manager.
 //! - [`notify`]: notifications to the sync worker and to applications.
 //! - [`progress`]: long operations shown in `causal.progress` and logged.
+//! - [`shmem`]: the shared memory of the two below, when preloaded.
 //! - [`wake`]: setting the worker's latch at commit, so sealing starts at once.
 
 pub mod direct;
 pub mod lock;
 pub mod notify;
 pub mod progress;
+pub mod shmem;
 pub mod spi;
 pub mod wake;
 pub mod xact;

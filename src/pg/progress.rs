@@ -4,7 +4,6 @@
 //! [`LOG_EVERY`] while it lasts. Shared memory exists only when pg_causal is in
 //! `shared_preload_libraries`; elsewhere there are only the log lines.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgrx::{pg_guard, pg_shmem_init, pg_sys, PGRXSharedMemory, PgLwLock};
@@ -53,19 +52,11 @@ thread_local! {
     static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether [`PROGRESS`] was given shared memory (set in the postmaster before it forks).
-static READY: AtomicBool = AtomicBool::new(false);
-
-/// Requests the slots; from `_PG_init`, only while preloading.
+/// Requests the shared memory; from [`super::shmem::init`], only while preloading.
 // pgrx's macro tests features of Postgres versions this crate does not declare (pg18).
 #[allow(unexpected_cfgs)]
-pub fn init_shared_memory() {
-    // SAFETY: reading a flag Postgres sets before loading preloaded libraries.
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        return;
-    }
+pub(super) fn request_shared_memory() {
     pg_shmem_init!(PROGRESS);
-    READY.store(true, Ordering::Relaxed);
 }
 
 fn now_ms() -> i64 {
@@ -163,7 +154,7 @@ fn alive(pid: i32) -> bool {
 }
 
 fn claim(operation: &str, group: &str, total: Option<i64>) -> Option<usize> {
-    if !READY.load(Ordering::Relaxed) {
+    if !super::shmem::ready() {
         return None;
     }
     // SAFETY: this backend's pid, set at its start.
@@ -203,7 +194,7 @@ pub struct Shown {
 
 /// The operations running now (none without shared memory).
 pub fn running() -> Vec<Shown> {
-    if !READY.load(Ordering::Relaxed) {
+    if !super::shmem::ready() {
         return Vec::new();
     }
     let slots = PROGRESS.share();

@@ -8,31 +8,23 @@
 //! a no-op. A stale number (the worker restarted) sets another process's latch, which is a
 //! harmless spurious wakeup.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use pgrx::{pg_guard, pg_shmem_init, pg_sys, PgAtomic};
 
 /// The worker's `pgprocno` + 1, or 0 while no worker runs.
 static WORKER_PROC: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"pg_causal worker proc") };
 
-/// Whether [`WORKER_PROC`] was given shared memory (set in the postmaster before it forks).
-static READY: AtomicBool = AtomicBool::new(false);
-
-/// Requests the shared word; from `_PG_init`, only while preloading.
+/// Requests the shared memory; from [`super::shmem::init`], only while preloading.
 // pgrx's macro tests features of Postgres versions this crate does not declare (pg18).
 #[allow(unexpected_cfgs)]
-pub fn init_shared_memory() {
-    // SAFETY: reading a flag Postgres sets before loading preloaded libraries.
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        return;
-    }
+pub(super) fn request_shared_memory() {
     pg_shmem_init!(WORKER_PROC);
-    READY.store(true, Ordering::Relaxed);
 }
 
 /// Called by the worker once started: commits wake this process from now on.
 pub fn worker_started() {
-    if !READY.load(Ordering::Relaxed) {
+    if !super::shmem::ready() {
         return;
     }
     // SAFETY: MyProc is this process's PGPROC, set up before a worker with shared memory
@@ -45,7 +37,7 @@ pub fn worker_started() {
 
 /// Called by the worker as it stops.
 pub fn worker_stopped() {
-    if READY.load(Ordering::Relaxed) {
+    if super::shmem::ready() {
         WORKER_PROC.get().store(0, Ordering::Release);
     }
 }
@@ -53,7 +45,7 @@ pub fn worker_stopped() {
 /// Sets the worker's latch, if a worker runs. Cheap (a load and, unless the latch is set
 /// already, one signal); called after commit.
 pub fn wake_worker() {
-    if !READY.load(Ordering::Relaxed) {
+    if !super::shmem::ready() {
         return;
     }
     let n = WORKER_PROC.get().load(Ordering::Acquire);
