@@ -160,14 +160,20 @@ fn claim(operation: &str, group: &str, total: Option<i64>) -> Option<usize> {
     // SAFETY: this backend's pid, set at its start.
     let pid = unsafe { pg_sys::MyProcPid };
     let mut slots = PROGRESS.exclusive();
-    // A slot this backend left without releasing it (a FATAL error ends the backend without
-    // unwinding; its pid may come again) is taken again first, then a free one or one whose
-    // backend is gone. Operations nest (an import places): each has a slot of its own.
-    let held = HELD.with(|h| h.borrow().clone());
-    let free =
-        |(i, s): &(usize, &Slot)| (s.pid == pid && !held.contains(i)) || s.pid == 0 || (s.pid != pid && !alive(s.pid));
-    let i = slots.0.iter().enumerate().find(free).map(|(i, _)| i)?;
-    HELD.with(|h| h.borrow_mut().push(i));
+    let i = HELD.with(|h| {
+        let mut held = h.borrow_mut();
+        // A slot of this pid that this backend does not hold was left by an earlier backend
+        // of the same pid, which a FATAL error ended without unwinding: it would show as
+        // running, so it goes. Operations nest (an import places): each has a slot.
+        for (i, s) in slots.0.iter_mut().enumerate() {
+            if s.pid == pid && !held.contains(&i) {
+                *s = Slot::EMPTY;
+            }
+        }
+        let i = slots.0.iter().position(|s| s.pid == 0 || (s.pid != pid && !alive(s.pid)))?;
+        held.push(i);
+        Some(i)
+    })?;
     let now = now_ms();
     slots.0[i] = Slot {
         pid,
