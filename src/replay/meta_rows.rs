@@ -92,6 +92,19 @@ pub(super) fn cause_value(verdict: &Verdict) -> Option<serde_json::Value> {
     Some(serde_json::json!({"code": code.as_str(), "table": table, "key": key}))
 }
 
+/// A journal record's `cause`, as [`cause_value`] wrote it: the kind and the row.
+pub(super) type Cause = (Option<causal_core::reconcile::CancelCode>, Option<(String, RowKey)>);
+
+pub(super) fn read_cause(text: &str) -> Result<Cause, ReconcileError> {
+    let v = causal_core::json::parse(text).map_err(|e| ReconcileError::Corrupt(format!("journal cause: {e}")))?;
+    let code = v.get("code").and_then(Value::as_str).and_then(causal_core::reconcile::CancelCode::parse);
+    let row = match (v.get("table").and_then(Value::as_str), v.get("key").and_then(Value::as_str)) {
+        (Some(t), Some(k)) => Some((t.to_string(), RowKey::from_stored(k.to_string()))),
+        _ => None,
+    };
+    Ok((code, row))
+}
+
 /// Journal records to write, as parallel arrays for `unnest`.
 #[derive(Default)]
 pub(super) struct JournalBatch {

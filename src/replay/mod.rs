@@ -121,7 +121,7 @@ fn journal_row(r: JournalRow) -> Result<Option<(EntryHash, JournalEntry)>, Recon
     let hash = parse_hash(&hash)?;
     let responsible = r.4.unwrap_or_default().iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
     let (code, row) = match r.6 {
-        Some(c) => read_cause(&c)?,
+        Some(c) => meta_rows::read_cause(&c)?,
         None => (None, None),
     };
     let status = if status == "ok" { Status::Ok } else { Status::Cancelled };
@@ -151,19 +151,6 @@ fn cause_column(qualifier: &str) -> String {
     } else {
         "NULL::text".to_string()
     }
-}
-
-/// A journal record's `cause` (see `meta_rows::cause_value`): the kind and the row.
-type Cause = (Option<causal_core::reconcile::CancelCode>, Option<(String, RowKey)>);
-
-fn read_cause(text: &str) -> Result<Cause, ReconcileError> {
-    let v = causal_core::json::parse(text).map_err(|e| ReconcileError::Corrupt(format!("journal cause: {e}")))?;
-    let code = v.get("code").and_then(Value::as_str).and_then(causal_core::reconcile::CancelCode::parse);
-    let row = match (v.get("table").and_then(Value::as_str), v.get("key").and_then(Value::as_str)) {
-        (Some(t), Some(k)) => Some((t.to_string(), RowKey::from_stored(k.to_string()))),
-        _ => None,
-    };
-    Ok((code, row))
 }
 
 /// The SQL expression that turns field `c` of the JSON object `r` into the column's type.
