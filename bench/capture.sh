@@ -22,19 +22,9 @@ PORT="$(free_port)"
 # The cluster's data (several GB after 20 s runs) goes too, unless CAUSAL_KEEP_BENCH is set.
 trap 'stop_cluster "$DIR/node"; [ -n "${CAUSAL_KEEP_BENCH:-}" ] || rm -rf "$DIR"' EXIT
 printf 'shared_buffers = 256MB\nmax_wal_size = 4GB\n' | start_cluster "$DIR/node" "$PORT"
-psql_() { as_postgres psql -X -q -h "$DIR/node/sock" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
-value() { psql_ -t -A -c "$1"; }
-psql_ -c "CREATE EXTENSION pg_causal; SELECT causal.create_group('bench');
-          CREATE TABLE plain (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
-          CREATE TABLE replicated (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
-          SELECT causal.replicate('bench', 'replicated');" >/dev/null
-
-pgbench_() { # script clients [pgbench options...] -> transactions per second
-    local script="$1" clients="$2"
-    shift 2
-    as_postgres "$PG_BIN/pgbench" -n -h "$DIR/node/sock" -p "$PORT" -U postgres -c "$clients" -j "$clients" \
-        "$@" -f - postgres <"$ROOT/bench/$script.sql" 2>/dev/null | awk '/^tps = / { printf "%.1f", $3 }'
-}
+BENCH_NODE="$DIR/node"
+BENCH_PORT="$PORT"
+bench_tables
 secs_of() { # command... -> seconds it took
     local t0 t1
     t0=$(date +%s.%N)
@@ -43,17 +33,17 @@ secs_of() { # command... -> seconds it took
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
 }
 # Sealing alone: causal.log seals every committed transaction before it reads.
-seal() { psql_ -c "SELECT count(*) FROM causal.log('bench', 1)"; }
-place() { psql_ -c "SELECT causal.catch_up()"; }
+seal() { bench_psql -c "SELECT count(*) FROM causal.log('bench', 1)"; }
+place() { bench_psql -c "SELECT causal.catch_up()"; }
 
 say "pgbench: $SECS s per run, $CLIENTS clients, $(nproc) cores"
 printf '| synchronous_commit | workload | plain rows/s | replicated rows/s at commit | sealing | placing | replicated rows/s end to end | end to end / plain |\n|---|---|---|---|---|---|---|---|\n'
 for sc in off on; do
-    psql_ -c "ALTER SYSTEM SET synchronous_commit = $sc" -c "SELECT pg_reload_conf()" >/dev/null
+    bench_psql -c "ALTER SYSTEM SET synchronous_commit = $sc" -c "SELECT pg_reload_conf()" >/dev/null
     for w in single bulk; do
         rows=1; [ "$w" = bulk ] && rows=1000
-        p=$(pgbench_ "${w}_plain" "$CLIENTS" -T "$SECS")
-        r=$(pgbench_ "${w}_replicated" "$CLIENTS" -T "$SECS")
+        p=$(bench_tps "${w}_plain" "$CLIENTS" -T "$SECS")
+        r=$(bench_tps "${w}_replicated" "$CLIENTS" -T "$SECS")
         s=$(secs_of seal)
         t=$(secs_of place)
         awk -v sc="$sc" -v w="$w" -v p="$p" -v r="$r" -v rows="$rows" -v s="$s" -v t="$t" -v secs="$SECS" 'BEGIN {
@@ -63,13 +53,13 @@ for sc in off on; do
                 p * rows, r * rows, r / p, s, t, both, both / (p * rows) }'
     done
 done
-psql_ -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" >/dev/null
+bench_psql -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" >/dev/null
 
 # Bytes per row: the same rows into fresh tables; schema causal is measured before and after.
-psql_ -c "CREATE TABLE size_plain (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
+bench_psql -c "CREATE TABLE size_plain (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
           CREATE TABLE size_replicated (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
           SELECT causal.replicate('bench', 'size_replicated');" >/dev/null
-causal_bytes() { value "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relnamespace = 'causal'::regnamespace AND c.relkind IN ('r', 'm')"; }
+causal_bytes() { bench_value "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relnamespace = 'causal'::regnamespace AND c.relkind IN ('r', 'm')"; }
 before=$(causal_bytes)
 for t in plain replicated; do
     sed "s/INTO $t /INTO size_$t /" "$ROOT/bench/single_$t.sql" >"$DIR/size_single_$t.sql"
@@ -78,11 +68,11 @@ for t in plain replicated; do
     as_postgres "$PG_BIN/pgbench" -n -h "$DIR/node/sock" -p "$PORT" -U postgres -c 2 -j 2 -t 25 -f "$DIR/size_bulk_$t.sql" postgres >/dev/null 2>&1
 done
 place >/dev/null
-psql_ -c "VACUUM" >/dev/null
+bench_psql -c "VACUUM" >/dev/null
 after=$(causal_bytes)
-plain_bytes=$(value "SELECT pg_total_relation_size('size_plain')")
-repl_bytes=$(value "SELECT pg_total_relation_size('size_replicated')")
-nrows=$(value "SELECT count(*) FROM size_replicated")
+plain_bytes=$(bench_value "SELECT pg_total_relation_size('size_plain')")
+repl_bytes=$(bench_value "SELECT pg_total_relation_size('size_replicated')")
+nrows=$(bench_value "SELECT count(*) FROM size_replicated")
 say "Bytes on disk per row: 20k single-row and 50k bulk rows into each table"
 printf '| rows | plain bytes/row | replicated table bytes/row | schema causal grew, bytes/row | replicated with history / plain |\n|---|---|---|---|---|\n'
 awk -v n="$nrows" -v p="$plain_bytes" -v r="$repl_bytes" -v c="$((after - before))" 'BEGIN {
@@ -95,7 +85,7 @@ declare -A gain
 for t in plain replicated; do
     out=""
     for c in 1 4; do
-        tps=$(pgbench_ "single_$t" "$c" -T "$SECS")
+        tps=$(bench_tps "single_$t" "$c" -T "$SECS")
         extra=0
         [ "$t" = replicated ] && extra=$(awk -v a="$(secs_of seal)" -v b="$(secs_of place)" 'BEGIN { print a + b }')
         out="$out $(awk -v tps="$tps" -v secs="$SECS" -v x="$extra" 'BEGIN { printf "%.0f", tps * secs / (secs + x) }')"
@@ -105,6 +95,6 @@ for t in plain replicated; do
     printf '| %s | %s | %s | %s |\n' "$t" "$one" "$four" "${gain[$t]}"
 done
 awk -v r="${gain[replicated]}" -v p="${gain[plain]}" 'BEGIN { printf "Ratio of gains, replicated / plain: %.2f\n", r / p }'
-entries=$(value "SELECT count(*) FROM causal.dag_entries")
+entries=$(bench_value "SELECT count(*) FROM causal.dag_entries")
 say "The group now holds $entries entries"
 bench_json

@@ -23,19 +23,9 @@ PORT="$(free_port)"
 trap 'stop_cluster "$DIR/node"; [ -n "${CAUSAL_KEEP_BENCH:-}" ] || rm -rf "$DIR"' EXIT
 printf "shared_buffers = 256MB\nmax_wal_size = 4GB\nlog_min_duration_statement = '${CAUSAL_LOG_SLOWER_THAN:--1}'\nshared_preload_libraries = 'pg_causal'\ncausal.database = 'postgres'\ntrack_commit_timestamp = on\n" |
     start_cluster "$DIR/node" "$PORT"
-psql_() { as_postgres psql -X -q -h "$DIR/node/sock" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
-value() { psql_ -t -A -c "$1"; }
-psql_ -c "CREATE EXTENSION pg_causal; SELECT causal.create_group('bench');
-          CREATE TABLE plain (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
-          CREATE TABLE replicated (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
-          SELECT causal.replicate('bench', 'replicated');" >/dev/null
-
-pgbench_() { # script clients [pgbench options...] -> transactions per second
-    local script="$1" clients="$2"
-    shift 2
-    as_postgres "$PG_BIN/pgbench" -n -h "$DIR/node/sock" -p "$PORT" -U postgres -c "$clients" -j "$clients" \
-        "$@" -f - postgres <"$ROOT/bench/$script.sql" 2>/dev/null | awk '/^tps = / { printf "%.1f", $3 }'
-}
+BENCH_NODE="$DIR/node"
+BENCH_PORT="$PORT"
+bench_tables
 
 # Waits until the worker has sealed every committed transaction (no catch_up: that would seal
 # the tail itself), for at most a minute; says how long it waited.
@@ -43,7 +33,7 @@ wait_sealed() {
     local want="$1" t0 t1 n
     t0=$(date +%s.%N)
     for _ in $(seq 1 600); do
-        n=$(value "SELECT count(*) FROM causal.dag_entries")
+        n=$(bench_value "SELECT count(*) FROM causal.dag_entries")
         [ "$n" -ge "$want" ] && break
         sleep 0.1
     done
@@ -55,17 +45,17 @@ say "pgbench: $SECS s per run, $CLIENTS clients, $(nproc) cores; the sync worker
 printf '| synchronous_commit | plain tx/s | offered tx/s (plain / %s) |' "$DIV"
 printf ' achieved tx/s | transactions | lag p50 | lag p99 | lag max | tail sealed after the run |\n|---|---|---|---|---|---|---|---|---|\n'
 for sc in off on; do
-    psql_ -c "ALTER SYSTEM SET synchronous_commit = $sc" -c "SELECT pg_reload_conf()" >/dev/null
-    psql_ -c "TRUNCATE plain" >/dev/null
-    p=$(pgbench_ single_plain "$CLIENTS" -T "$SECS")
+    bench_psql -c "ALTER SYSTEM SET synchronous_commit = $sc" -c "SELECT pg_reload_conf()" >/dev/null
+    bench_psql -c "TRUNCATE plain" >/dev/null
+    p=$(bench_tps single_plain "$CLIENTS" -T "$SECS")
     rate=$(awk -v p="$p" -v d="$DIV" 'BEGIN { printf "%d", p / d }')
-    first=$(value "SELECT coalesce(max(id), 0) FROM replicated")
-    before=$(value "SELECT count(*) FROM causal.dag_entries")
-    a=$(pgbench_ single_replicated "$CLIENTS" -T "$SECS" --rate="$rate")
-    rows=$(value "SELECT count(*) FROM replicated WHERE id > $first")
+    first=$(bench_value "SELECT coalesce(max(id), 0) FROM replicated")
+    before=$(bench_value "SELECT count(*) FROM causal.dag_entries")
+    a=$(bench_tps single_replicated "$CLIENTS" -T "$SECS" --rate="$rate")
+    rows=$(bench_value "SELECT count(*) FROM replicated WHERE id > $first")
     # Each committed transaction becomes one entry.
     tail=$(wait_sealed $((before + rows)))
-    read -r n p50 p99 max < <(value "
+    read -r n p50 p99 max < <(bench_value "
         SELECT count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY lag)::numeric, 1),
                round(percentile_cont(0.99) WITHIN GROUP (ORDER BY lag)::numeric, 1), round(max(lag)::numeric, 1)
         FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(e.xmin) - pg_xact_commit_timestamp(r.xmin)) * 1000 AS lag

@@ -144,6 +144,25 @@ stop_clusters_under() {
     done < <(find "$base" -maxdepth 4 -name postmaster.pid -path '*/data/*' 2>/dev/null)
 }
 
+# The write-path benchmarks (bench/capture.sh, bench/seal_lag.sh) use one cluster, in
+# $BENCH_NODE listening on $BENCH_PORT, holding a plain and a replicated table alike.
+bench_psql() {
+    as_postgres psql -X -q -h "$BENCH_NODE/sock" -p "$BENCH_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"
+}
+bench_value() { bench_psql -t -A -c "$1"; }
+bench_tables() {
+    bench_psql -c "CREATE EXTENSION pg_causal; SELECT causal.create_group('bench');
+        CREATE TABLE plain (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
+        CREATE TABLE replicated (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);
+        SELECT causal.replicate('bench', 'replicated');" >/dev/null
+}
+bench_tps() { # script clients [pgbench options...] -> transactions per second of bench/<script>.sql
+    local script="$1" clients="$2"
+    shift 2
+    as_postgres "$PG_BIN/pgbench" -n -h "$BENCH_NODE/sock" -p "$BENCH_PORT" -U postgres -c "$clients" -j "$clients" \
+        "$@" -f - postgres <"$ROOT/bench/$script.sql" 2>/dev/null | awk '/^tps = / { printf "%.1f", $3 }'
+}
+
 # Benchmarks: `bench_log NAME` at the start keeps a copy of everything the script prints;
 # `bench_json` at the end writes its markdown tables as JSON to bench/results/NAME.json
 # (untracked), with the commit, date and machine, so a run can be compared with the last.
