@@ -136,5 +136,21 @@ SELECT p.pid,
        to_timestamp(p.started_ms / 1000.0) AS started_at,
        to_timestamp(p.updated_ms / 1000.0) AS updated_at
 FROM causal._progress() p
-LEFT JOIN causal.group_defs g ON g.group_id = p.group_id;
+LEFT JOIN causal.group_defs g ON g.group_id = p.group_id
+UNION ALL
+-- The sync worker's fetches as a whole, from its last report (every few seconds): 'joining' a
+-- group this database does not have yet, 'fetching' missing history of one it has.
+SELECT w.pid,
+       CASE WHEN g.grp IS NULL THEN 'joining' ELSE 'fetching' END,
+       g.name,
+       s.group_id,
+       s.imported,
+       s.imported + s.to_fetch,
+       round(100.0 * s.imported / (s.imported + s.to_fetch), 1),
+       NULL::timestamptz,
+       coalesce(s.last_progress, w.reported_at)
+FROM causal.sync_group_state s
+JOIN causal.sync_worker w ON w.reported_at > now() - interval '10 seconds'
+LEFT JOIN causal.group_defs g ON g.group_id = s.group_id
+WHERE s.to_fetch > 0;
 GRANT SELECT ON causal.progress TO PUBLIC;
