@@ -24,5 +24,5 @@ pub mod seal;
 pub mod slot;
 pub mod trigger;
 
-pub use seal::{lock_group_exclusive, seal_committed};
+pub use seal::{lock_group_exclusive, lock_group_shared, seal_committed};
 pub use trigger::{append_existing_rows, refuse_after_writes, register_callbacks};

@@ -85,8 +85,10 @@ fn log_running_transactions() {
     RUNNING_XACTS_LOGGED.with(|l| l.set(Some(std::time::Instant::now())));
 }
 
-/// The sealer's lock: one sealer at a time per database, taken before any group's lock.
-fn lock_sealer() {
+/// The sealer's lock: one sealer at a time per database, taken before any group's lock. A
+/// placing call takes it first too (`causal.catch_up`): it may seal while it holds a group's
+/// row, and sealers lock group rows.
+pub fn lock_sealer() {
     // Straight from the lock manager: a statement would give the transaction an xid, and a
     // sealing run that finds nothing would write a commit record, which the next run reads.
     crate::pg::lock::lock_advisory(1667331444, 0, pg_sys::ExclusiveLock);
@@ -265,6 +267,13 @@ pub fn texts_of(ops: Vec<RowOp>) -> Result<(Vec<OpText>, causal_core::entry::Met
         });
     }
     Ok((texts, meta))
+}
+
+/// Takes the group's lock shared, as its writers do (for placing local commits, which writes
+/// no row of theirs).
+pub fn lock_group_shared(group_id: &str) -> Result<(), CausalError> {
+    crate::pg::lock::lock_group_shared(crate::pg::lock::group_lock_key(group_id)?);
+    Ok(())
 }
 
 /// Takes the group's lock exclusively, as imports and administrative appends do: seals what

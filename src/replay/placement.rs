@@ -72,36 +72,62 @@ const PLACEMENT_PAGE: u32 = 64;
 /// [`SpiStore::mark_reconciled`]), whose rows are already in the tables: in engine runs of at
 /// most [`PLACEMENT_RUN_ROWS`] row operations, oldest first, each recorded as placed when it
 /// is applied. Returns how many entries it placed. It locks the group's row itself; an import
-/// and `causal.catch_up` hold the group's lock exclusively first, so no local writer is
+/// and an administrative append hold the group's lock exclusively first, so no local writer is
 /// mid-way. A long catch-up reports its progress in the server log.
 pub fn catch_up(group: &Group) -> Result<usize, CausalError> {
-    crate::pg::spi::without_jit(|| catch_up_at_most(group, None))?
+    let placed = crate::pg::spi::without_jit(|| catch_up_at_most(group, None, LockHeld::Exclusive))??;
+    Ok(placed.entries)
+}
+
+/// How the caller holds the group's write lock (`pg::lock`) while placing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LockHeld {
+    /// Writers may be mid-way: a run that would write rows of the user tables is not applied.
+    Shared,
+    /// No writer is mid-way and every committed transaction is sealed.
+    Exclusive,
+}
+
+/// What a placing call did.
+#[derive(Default, Debug)]
+pub struct Placed {
+    pub entries: usize,
+    /// Placing stopped before a run that cancels a local commit: that run puts rows of the
+    /// user tables back to the view, which only a holder of the exclusive lock may do.
+    pub needs_exclusive: bool,
 }
 
 /// [`catch_up`], stopping after the first run that brings the rows placed to `max_rows` or
-/// more (`None`: no bound). Returns how many entries it placed.
-pub fn catch_up_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize, CausalError> {
+/// more (`None`: no bound), with the group's write lock held as `lock` says.
+pub fn catch_up_at_most(group: &Group, max_rows: Option<usize>, lock: LockHeld) -> Result<Placed, CausalError> {
     // The journal and row metadata it writes are bookkeeping: the capture decoder skips them
     // by their origin, as it skips its own entries.
-    crate::pg::spi::with_replay_origin(|| place_at_most(group, max_rows))
+    crate::pg::spi::with_replay_origin(|| place_at_most(group, max_rows, lock))
 }
 
-fn place_at_most(group: &Group, max_rows: Option<usize>) -> Result<usize, CausalError> {
+fn place_at_most(group: &Group, max_rows: Option<usize>, lock: LockHeld) -> Result<Placed, CausalError> {
     let dag = group.dag();
     let state = dag.store().lock().map_err(causal_core::DagError::from)?;
     let (start, end) = (state.reconciled_count, state.entry_count);
     if start >= end {
-        return Ok(0);
+        return Ok(Placed::default());
     }
     let mut replica = SpiReplica::over(group, dag, Vec::new());
-    let placed_to = place_backlog(&mut replica, start, end, max_rows)?;
-    Ok((placed_to - start) as usize)
+    let (placed_to, needs_exclusive) = place_backlog(&mut replica, start, end, max_rows, lock)?;
+    Ok(Placed { entries: (placed_to - start) as usize, needs_exclusive })
 }
 
 /// Places the stored entries with node ids `start..end`, local commits whose rows are in the
 /// tables already, in bounded runs (see [`catch_up`]), and stops early once `max_rows` rows
-/// are placed. Returns the node id up to which entries are placed.
-fn place_backlog(replica: &mut SpiReplica, start: u32, end: u32, max_rows: Option<usize>) -> Result<u32, CausalError> {
+/// are placed. Returns the node id up to which entries are placed, and whether it stopped
+/// before a run that needs the exclusive lock (see [`Placed`]).
+fn place_backlog(
+    replica: &mut SpiReplica,
+    start: u32,
+    end: u32,
+    max_rows: Option<usize>,
+    lock: LockHeld,
+) -> Result<(u32, bool), CausalError> {
     let mut pending: std::collections::VecDeque<reconcile::NewEntry> = std::collections::VecDeque::new();
     let (mut read_to, mut placed_to) = (start, start);
     let mut progress =
@@ -133,13 +159,25 @@ fn place_backlog(replica: &mut SpiReplica, start: u32, end: u32, max_rows: Optio
             run_rows += e.2.ops.len();
             run.extend(pending.pop_front());
         }
-        placed_to += run.len() as u32;
-        placed_rows += run_rows;
+        let run_len = run.len() as u32;
         replica.local = run.iter().map(|e| e.0).collect();
-        run_engine(replica, placed_to, |r| reconcile::plan_decoded(r, run).map_err(engine_err))?;
+        let started = std::time::Instant::now();
+        let changes = reconcile::plan_decoded(replica, run).map_err(engine_err)?;
+        if lock == LockHeld::Shared && cancels_local(replica, &changes) {
+            return Ok((placed_to, true));
+        }
+        apply_run(replica, placed_to + run_len, changes, started)?;
+        placed_to += run_len;
+        placed_rows += run_rows;
         progress.set(i64::from(placed_to - start));
     }
-    Ok(placed_to)
+    Ok((placed_to, false))
+}
+
+/// Whether a run cancels one of the local commits it places: their rows are in the tables,
+/// and applying the run writes them back to the view.
+fn cancels_local(replica: &SpiReplica, changes: &Changes) -> bool {
+    changes.journal.iter().any(|(h, j)| !j.verdict.is_ok() && replica.local.contains(h))
 }
 
 /// Reconciles a group after a local commit stored `entry` (decoded), whose rows are already
@@ -185,7 +223,7 @@ pub fn place_long_backlog(group: &Group, dag: Dag<SpiStore>) -> Result<Dag<SpiSt
         return Ok(dag);
     }
     let mut replica = SpiReplica::over(group, dag, Vec::new());
-    place_backlog(&mut replica, state.reconciled_count, state.entry_count, None)?;
+    place_backlog(&mut replica, state.reconciled_count, state.entry_count, None, LockHeld::Exclusive)?;
     Ok(replica.dag)
 }
 
@@ -205,6 +243,17 @@ fn run_engine(
 ) -> Result<Reconciled, CausalError> {
     let started = std::time::Instant::now();
     let changes = plan(replica)?;
+    apply_run(replica, placed_to, changes, started)
+}
+
+/// Applies a planned run (planning began at `started`); afterwards the entries before node id
+/// `placed_to` count as placed.
+fn apply_run(
+    replica: &mut SpiReplica,
+    placed_to: u32,
+    changes: Changes,
+    started: std::time::Instant,
+) -> Result<Reconciled, CausalError> {
     let planned = started.elapsed();
     replica.apply(&changes).map_err(engine_err)?;
     replica.dag.store().mark_reconciled(placed_to).map_err(causal_core::DagError::from)?;

@@ -584,3 +584,40 @@ fn an_idle_sealing_run_lets_the_slot_move_past_other_tables_wal() {
     db.batch_execute("INSERT INTO products VALUES ('B', 'b', 2)").unwrap();
     assert_eq!(count(&mut db), 4);
 }
+
+/// Placing local commits writes only pg_causal's catalog: it takes the group's lock shared, as
+/// writers do, and neither waits for a writer in flight nor makes one wait. Before, it took the
+/// lock exclusively, and every writer of the group waited for each placing call.
+#[test]
+fn placing_neither_waits_for_writers_nor_blocks_them() {
+    let node = Cluster::start("place-beside-writers", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    db.batch_execute("INSERT INTO products VALUES ('A', 'a', 1)").unwrap();
+    db.batch_execute("INSERT INTO products VALUES ('B', 'b', 2)").unwrap();
+    db.batch_execute("SELECT causal.catch_up(NULL, 0)").unwrap();
+    let mut writer = node.connect("postgres");
+    let mut tx = writer.transaction().unwrap();
+    tx.batch_execute("INSERT INTO products VALUES ('C', 'c', 3)").unwrap();
+    // The writer holds the group's lock shared until it commits; placing must not wait for it.
+    db.batch_execute("SET statement_timeout = '5s'").unwrap();
+    let placed: i64 = db.query_one("SELECT causal.catch_up('shop', 1000)", &[]).unwrap().get(0);
+    assert_eq!(placed, 2, "the two sealed commits are placed beside the open writer");
+    // A writer may start while a placing call is open, and commit.
+    let mut placer = node.connect("postgres");
+    let mut placing = placer.transaction().unwrap();
+    tx.batch_execute("INSERT INTO products VALUES ('D', 'd', 4)").unwrap();
+    tx.commit().unwrap();
+    let placed: i64 = placing.query_one("SELECT causal.catch_up('shop', 1000)", &[]).unwrap().get(0);
+    assert_eq!(placed, 1, "the writer's commit, sealed by the call, is placed");
+    let mut other = node.connect("postgres");
+    other.batch_execute("SET statement_timeout = '5s'; INSERT INTO products VALUES ('E', 'e', 5)").unwrap();
+    placing.commit().unwrap();
+    db.batch_execute("SELECT causal.catch_up()").unwrap();
+    let not_ok: i64 =
+        db.query_one("SELECT count(*) FROM causal.log('shop', 100) WHERE status <> 'ok'", &[]).unwrap().get(0);
+    let rows: i64 = db.query_one("SELECT count(*) FROM products", &[]).unwrap().get(0);
+    assert_eq!((not_ok, rows), (0, 5));
+    let ok: bool = db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
+    assert!(ok);
+}

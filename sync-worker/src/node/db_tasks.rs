@@ -131,9 +131,8 @@ pub(super) async fn run_imports(db: Db, mut rx: mpsc::Receiver<ImportJob>, tx: m
 /// taken together by the next run rather than each by a run of its own.
 const PLACING_GAP: Duration = Duration::from_millis(2);
 
-/// Rows placed per `causal.catch_up` call: each call is a transaction holding the group's lock,
-/// which the group's writers wait for, and the commits sealed in it are durable only when it
-/// commits, so it stays short (about 60 ms at the 28-40 µs per single-row entry measured for
+/// Rows placed per `causal.catch_up` call: each call is a transaction that sealing (and the
+/// group's imports) wait for, so it stays short (about 60 ms at the 28-40 µs per single-row entry measured for
 /// placement, docs/BENCHMARKS.md). Sealing alone runs before each call, in a transaction of
 /// its own, so the entries of new commits do not wait for a backlog to be placed.
 const PLACEMENT_ROWS_PER_CALL: i64 = 2_000;
