@@ -132,10 +132,12 @@ pub(super) async fn run_imports(db: Db, mut rx: mpsc::Receiver<ImportJob>, tx: m
 const PLACING_GAP: Duration = Duration::from_millis(2);
 
 /// Rows placed per `causal.catch_up` call: each call is a transaction that sealing (and the
-/// group's imports) wait for, so it stays short (about 60 ms at the 28-40 µs per single-row entry measured for
-/// placement, docs/BENCHMARKS.md). Sealing alone runs before each call, in a transaction of
-/// its own, so the entries of new commits do not wait for a backlog to be placed.
-const PLACEMENT_ROWS_PER_CALL: i64 = 2_000;
+/// group's imports) wait for, so it stays short (about 15-20 ms at the 28-40 µs per single-row
+/// entry measured for placement, docs/BENCHMARKS.md). Sealing alone runs before each call, in a
+/// transaction of its own, so the entries of new commits do not wait for a backlog to be
+/// placed. At half of plain's rate, 500 halved the sealing lag's p99 against 2,000, and 250
+/// did no better (bench/seal_lag.sh, docs/BENCHMARKS.md).
+const PLACEMENT_ROWS_PER_CALL: i64 = 500;
 
 /// Places local commits of plain data that wait for the reconciliation engine (docs/SEMANTICS.md,
 /// "Deferred placement"), so the backlog does not grow until the next import: woken by local
