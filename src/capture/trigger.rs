@@ -263,48 +263,19 @@ pub const MAX_EXISTING_ROWS: u64 = 1_000_000;
 pub fn append_existing_rows(relid: pg_sys::Oid) -> Result<u64, CausalError> {
     let info = table_info(relid)?;
     let mut texts = Vec::new();
-    unsafe {
-        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        use pg_sys::ScanOptions::*;
-        let flags = SO_TYPE_SEQSCAN | SO_ALLOW_STRAT | SO_ALLOW_SYNC | SO_ALLOW_PAGEMODE;
-        let scan = pg_sys::heap_beginscan(
-            rel,
-            pg_sys::GetActiveSnapshot(),
-            0,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            flags,
-        );
-        // Values stored out of line are detoasted into this context, emptied after each row.
-        let mut row_memory = pgrx::PgMemoryContexts::new("causal.replicate rows");
-        let mut read = || -> Result<(), CausalError> {
-            loop {
-                let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
-                if tuple.is_null() {
-                    return Ok(());
-                }
-                if texts.len() as u64 >= MAX_EXISTING_ROWS {
-                    return Err(CausalError::Unsupported {
-                        table: info.codec.schema.table.clone(),
-                        what: format!(
-                            "it holds more than {MAX_EXISTING_ROWS} rows, which would all go into one entry; \
-                             replicate an empty copy and load the rows in batches of transactions"
-                        ),
-                    });
-                }
-                let text = row_memory.switch_to(|_| {
-                    let t = PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att), tuple);
-                    info.codec.insert_text(&t)
-                });
-                row_memory.reset();
-                texts.push(text?);
-            }
-        };
-        let result = read();
-        pg_sys::heap_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        result?;
-    }
+    crate::pg::scan::each_row(relid, None, |tuple| {
+        if texts.len() as u64 >= MAX_EXISTING_ROWS {
+            return Err(CausalError::Unsupported {
+                table: info.codec.schema.table.clone(),
+                what: format!(
+                    "it holds more than {MAX_EXISTING_ROWS} rows, which would all go into one entry; \
+                     replicate an empty copy and load the rows in batches of transactions"
+                ),
+            });
+        }
+        texts.push(info.codec.insert_text(tuple)?);
+        Ok(())
+    })?;
     if texts.is_empty() {
         return Ok(0);
     }

@@ -8,6 +8,7 @@
 //! - [`lock`]: the advisory locks (a group's write lock, the sealer's), from the lock manager.
 //! - [`notify`]: notifications to the sync worker and to applications.
 //! - [`progress`]: long operations shown in `causal.progress` and logged.
+//! - [`scan`]: every row of a table as of a snapshot, without SQL.
 //! - [`shmem`]: the shared memory of the two below, when preloaded.
 //! - [`wake`]: setting the worker's latch at commit, so sealing starts at once.
 
@@ -15,6 +16,7 @@ pub mod direct;
 pub mod lock;
 pub mod notify;
 pub mod progress;
+pub mod scan;
 pub mod shmem;
 pub mod spi;
 pub mod wake;
