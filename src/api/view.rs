@@ -2,14 +2,12 @@
 
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgRelation};
-use std::collections::BTreeMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use causal_core::entry::{Entry, Position};
 use causal_core::payload::SignedPayload;
 use causal_core::reconcile::memory::MemReplica;
-use causal_core::reconcile::{fold_op, RowKey};
 use causal_core::EntryHash;
 
 use crate::catalog::group::Group;
@@ -154,39 +152,9 @@ fn snapshot_rows(
     Ok(rows.into_iter().map(Value::Object).collect())
 }
 
-/// The view at the frontier: the rows replay keeps in `causal.row_meta`, with the local commits
-/// that the engine has not placed yet applied on top. Those extend the frontier one after the
-/// other, so applying their operations in order is their placement. Sorted by key, bytewise.
+/// The view at the frontier, sorted by key, bytewise.
 fn frontier_rows(group_id: &str, table: &str) -> Result<Vec<Value>, CausalError> {
-    let rows: Vec<(RowKey, Map<String, Value>)> = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT key, vals FROM causal.row_meta \
-             WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND table_name = $2 AND NOT meta ? 'd' \
-             ORDER BY key COLLATE \"C\"",
-            None,
-            &[group_id.into(), table.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in rows {
-            if let (Some(k), Some(JsonB(Value::Object(v)))) = (r.get::<String>(1)?, r.get::<JsonB>(2)?) {
-                out.push((RowKey::from_stored(k), v));
-            }
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })?;
-    let state = Group::find(group_id)?.dag().store().state().map_err(causal_core::DagError::from)?;
-    if state.reconciled_count >= state.entry_count {
-        return Ok(rows.into_iter().map(|(_, v)| Value::Object(v)).collect());
-    }
-    let schema = crate::catalog::tables::local_schema_by_name(group_id, table)?;
-    let mut view: BTreeMap<RowKey, Map<String, Value>> = rows.into_iter().collect();
-    for (_, _, payload) in
-        crate::replay::placement::unplaced_entries(group_id, state.reconciled_count, state.entry_count)?
-    {
-        for op in &payload.ops {
-            fold_op(&mut view, &schema, op);
-        }
-    }
+    let view = crate::replay::frontier::frontier_view(group_id, table)?;
     Ok(view.into_values().map(Value::Object).collect())
 }
 

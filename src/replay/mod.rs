@@ -9,6 +9,7 @@
 //!
 //! Uses [`crate::catalog`] and [`crate::pg`].
 
+pub mod frontier;
 mod hooks;
 mod meta_rows;
 pub mod placement;
