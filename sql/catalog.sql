@@ -176,8 +176,9 @@ CREATE TRIGGER replicated_table_relid BEFORE INSERT ON causal.replicated_tables
 -- Where the sealer is in the WAL: every transaction whose commit record ends at or before
 -- sealed_lsn has its entries (one row per database; the slot is causal_slot_name()).
 -- unsealed_from/unsealed_to: WAL never decoded, found when the slot had to be created again
--- past sealed_lsn (a standby promoted after a failover, or a slot dropped by hand); commits
--- to replicated tables in it are in the tables and in no entry (docs/OPERATIONS.md).
+-- past sealed_lsn (a standby promoted after a failover, or a slot dropped by hand);
+-- recaptured_rows: how many rows its commits changed in replicated tables, sealed from the
+-- tables then (NULL if that failed: they are in the tables and in no entry; docs/OPERATIONS.md).
 CREATE TABLE causal.capture_state (
     slot_name         text PRIMARY KEY,
     sealed_lsn        pg_lsn NOT NULL DEFAULT '0/0',
@@ -186,7 +187,8 @@ CREATE TABLE causal.capture_state (
     transactions      bigint NOT NULL DEFAULT 0,
     unsealed_from     pg_lsn,
     unsealed_to       pg_lsn,
-    unsealed_found_at timestamptz
+    unsealed_found_at timestamptz,
+    recaptured_rows   bigint
 );
 REVOKE ALL ON causal.capture_state FROM PUBLIC;
 GRANT SELECT ON causal.capture_state TO PUBLIC;
@@ -205,7 +207,8 @@ SELECT s.slot_name,
        pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.restart_lsn) AS retained_wal_bytes,
        s.unsealed_from,
        s.unsealed_to,
-       s.unsealed_found_at
+       s.unsealed_found_at,
+       s.recaptured_rows
 FROM causal.capture_state s
 LEFT JOIN pg_catalog.pg_replication_slots r USING (slot_name);
 GRANT SELECT ON causal.capture_status TO PUBLIC;

@@ -1,7 +1,7 @@
 -- pg_causal 0.1.0 -> 0.2.0
 --
 -- The capture state records WAL that was never decoded (a slot created again after a
--- failover); the sync worker's state gains traffic, offences and queue depths, shown by the
+-- failover) and how many rows its commits changed, sealed from the tables; the sync worker's state gains traffic, offences and queue depths, shown by the
 -- new views causal.stat_worker and causal.stat_peers. And the data format: the sealer now signs only each author's
 -- last entry of a sealing run, and the entries before it carry no signature (a later entry
 -- of the same author covers them). Entries written by 0.1.0 are all signed and stay valid.
@@ -13,7 +13,8 @@
 ALTER TABLE causal.capture_state
     ADD COLUMN unsealed_from pg_lsn,
     ADD COLUMN unsealed_to pg_lsn,
-    ADD COLUMN unsealed_found_at timestamptz;
+    ADD COLUMN unsealed_found_at timestamptz,
+    ADD COLUMN recaptured_rows bigint;
 
 CREATE OR REPLACE VIEW causal.capture_status AS
 SELECT s.slot_name,
@@ -28,7 +29,8 @@ SELECT s.slot_name,
        pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.restart_lsn) AS retained_wal_bytes,
        s.unsealed_from,
        s.unsealed_to,
-       s.unsealed_found_at
+       s.unsealed_found_at,
+       s.recaptured_rows
 FROM causal.capture_state s
 LEFT JOIN pg_catalog.pg_replication_slots r USING (slot_name);
 

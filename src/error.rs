@@ -86,6 +86,11 @@ pub enum CausalError {
     WalLevel(String),
     #[error("pg_causal's capture slot {0} does not exist yet, and this transaction has already written, so it cannot create it")]
     NoCaptureSlot(String),
+    #[error(
+        "pg_causal's capture slot {0} is missing (this node was promoted from a standby, or the slot was dropped); \
+         writes to replicated tables wait until it is created again and what was committed without it is sealed"
+    )]
+    CaptureSlotLost(String),
     #[error("pg_causal's catalog is inconsistent: {0}")]
     Corrupt(String),
     #[error("the transaction would be cancelled in its group: {0}")]
@@ -138,6 +143,7 @@ impl CausalError {
             },
             CausalError::WalLevel(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CausalError::NoCaptureSlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            CausalError::CaptureSlotLost(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CausalError::BadRule { error, .. } => rule_sqlstate(error),
             CausalError::BadOperation(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CausalError::RuleDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -211,6 +217,9 @@ impl CausalError {
             }
             CausalError::NoCaptureSlot(_) => Some(
                 "Run SELECT causal.catch_up(); in a transaction of its own (it creates the slot), then retry. It is created once per database.",
+            ),
+            CausalError::CaptureSlotLost(_) => Some(
+                "The sync worker does it at its next sealing run; without the worker, run SELECT causal.catch_up(); once. Then retry the transaction. See docs/OPERATIONS.md (failover).",
             ),
             CausalError::BadRule { .. } => Some("See docs/RULES.md for the rule language."),
             CausalError::BadOperation(_) => None,

@@ -7,6 +7,7 @@
 //!   slot ([`slot`]) in commit order.
 //! - [`seal`]: signs each decoded transaction as entries at the frontier, exactly once.
 //! - [`encode`]: tuples as the operations entries hold.
+//! - [`recapture`]: what the WAL no longer has (the slot was lost), sealed from the tables.
 //! - [`rule_check`]: a local write checked against its table's rule, before it commits.
 //! - [`catch_up`]: the SQL function that seals, then places what waits.
 //!
@@ -19,6 +20,7 @@
 pub mod catch_up;
 pub mod decode;
 pub mod encode;
+pub mod recapture;
 pub mod rule_check;
 pub mod seal;
 pub mod slot;

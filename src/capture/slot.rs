@@ -1,7 +1,10 @@
 //! The database's logical replication slot, from which the sealer reads committed
 //! transactions. One per database, named [`slot_name`], decoded by this library's output plugin
 //! ([`super::decode`]). It exists from the first write to a replicated table on: a write made
-//! while it did not exist could never be sealed, so writes wait for it.
+//! while it did not exist could never be sealed, so writes wait for it. When it has to be
+//! created again (a failover, a slot dropped by hand), a sealing run does it, and seals what
+//! the WAL it never decoded did from the tables ([`super::recapture`]); writes are refused
+//! until then.
 
 use std::cell::Cell;
 
@@ -70,43 +73,99 @@ pub fn ensure(required: bool) -> Result<(), CausalError> {
     if exists()? {
         return Ok(());
     }
-    let start = super::decode::create_slot(&slot_name())?;
+    // A slot existed before if this database sealed: the transactions committed after its
+    // last sealing run are read from the tables (`recapture`), and nothing may commit to a
+    // replicated table between the snapshot they are read with and the new slot's start. A
+    // writer cannot wait for that inside its own transaction (if it rolled back, what the
+    // tables hold would be in no entry), so it is refused until a sealing run did it.
+    let sealed_before = sealed_lsn_text()?;
+    if sealed_before.is_some() && required {
+        return Err(CausalError::CaptureSlotLost(slot_name()));
+    }
+    let snapshot = sealed_before.is_some().then(|| {
+        // No other sealer may seal commits after the new slot's start before the tables are
+        // read; and the snapshot comes before the slot, so it sees everything before it.
+        super::seal::lock_sealer();
+        // SAFETY: registered, so it stays valid until unregistered below.
+        unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) }
+    });
+    let start = super::decode::create_slot(&slot_name());
+    let start = match (start, snapshot) {
+        (Ok(start), _) => start,
+        (Err(e), snapshot) => {
+            // SAFETY: registered above.
+            snapshot.into_iter().for_each(|s| unsafe { pg_sys::UnregisterSnapshot(s) });
+            return Err(e);
+        }
+    };
     pgrx::log!("pg_causal: created the capture slot {}", slot_name());
     KNOWN.with(|k| k.set(true));
-    // The capture trigger runs as the writing role, which may not write the catalog.
-    crate::pg::spi::as_extension_owner(|| record_unsealed_gap(start))?
+    let Some(snapshot) = snapshot else { return Ok(()) };
+    // The capture trigger runs as the writing role, which may not write the catalog; what is
+    // sealed here is pg_causal's own bookkeeping, which the next sealing run does not decode.
+    let sealed = crate::pg::spi::as_extension_owner(|| {
+        crate::pg::spi::with_replay_origin(|| seal_unsealed_span(start, snapshot))
+    });
+    // SAFETY: registered above.
+    unsafe { pg_sys::UnregisterSnapshot(snapshot) };
+    sealed?
 }
 
-/// After the slot was created at `start`: if this database sealed before, up to a position
-/// before `start` (the slot was lost: a standby promoted after a failover, on PostgreSQL 15,
-/// has none; or it was dropped by hand), the WAL between was never decoded and never will be.
-/// Commits to replicated tables in it are in the tables and in no entry. The span is recorded
-/// in `causal.capture_state` (shown by `causal.capture_status`) and reported, and sealing goes
-/// on from `start`.
-fn record_unsealed_gap(start: u64) -> Result<(), CausalError> {
-    let slot = slot_name();
-    let Some(sealed) = get_opt::<String>(
+/// The position this database sealed to, if it ever sealed. (A read-only statement: one
+/// through `Spi::get_one` would give the transaction an xid, and the slot could not be created.)
+fn sealed_lsn_text() -> Result<Option<String>, CausalError> {
+    Ok(crate::pg::spi::get_prepared::<String>(
         "SELECT sealed_lsn::text FROM causal.capture_state WHERE slot_name = $1",
-        &[slot.clone().into()],
-    )?
-    else {
-        return Ok(());
-    };
+        &[slot_name().into()],
+    )?)
+}
+
+/// After the slot was created again at `start`, past the position this database sealed to
+/// (the slot was lost: a standby promoted after a failover, on PostgreSQL 15, has none; or it
+/// was dropped by hand): the WAL between was never decoded and never will be. What its
+/// commits did to replicated tables is sealed from the tables as `snapshot` sees them
+/// ([`super::recapture`]). The span, and how many rows it changed, are recorded in
+/// `causal.capture_state` (shown by `causal.capture_status`) and reported; sealing goes on
+/// from `start`. If reading the span fails, it is reported and sealing goes on without it.
+fn seal_unsealed_span(start: u64, snapshot: pg_sys::Snapshot) -> Result<(), CausalError> {
+    let slot = slot_name();
+    let Some(sealed) = sealed_lsn_text()? else { return Ok(()) };
     let start_text = super::seal::lsn_text(start);
     let behind =
         get_opt::<bool>("SELECT $1::pg_lsn < $2::pg_lsn", &[sealed.clone().into(), start_text.clone().into()])?;
     if behind != Some(true) {
         return Ok(());
     }
-    pgrx::Spi::run_with_args(
-        "UPDATE causal.capture_state SET unsealed_from = sealed_lsn, unsealed_to = $2::pg_lsn, \
-         unsealed_found_at = now(), sealed_lsn = $2::pg_lsn WHERE slot_name = $1",
-        &[slot.clone().into(), start_text.clone().into()],
-    )?;
-    pgrx::warning!(
-        "pg_causal: the capture slot {slot} was created again at {start_text}, past the sealed position {sealed}; \
-         transactions committed between them (before a failover, or while the slot was missing) are not sealed \
-         into any group's history. See causal.capture_status and docs/OPERATIONS.md (failover)."
+    use crate::error::OrReport;
+    let rows = crate::pg::spi::catching(std::panic::AssertUnwindSafe(|| {
+        super::recapture::seal_from_tables(snapshot).or_report("pg_causal: sealing from the tables")
+    }));
+    let span = format!(
+        "pg_causal: the capture slot {slot} was created again at {start_text}, past the sealed position {sealed} \
+         (this node was promoted after a failover, or the slot was dropped)"
     );
+    match &rows {
+        Ok(n) => pgrx::warning!(
+            "{span}; what the transactions committed between them did to replicated tables ({n} rows) was sealed \
+             from the tables, as entries of the node identity. See causal.capture_status and docs/OPERATIONS.md (failover)."
+        ),
+        Err(e) => pgrx::warning!(
+            "{span}; transactions committed between them are not sealed into any group's history: reading them from \
+             the tables failed: {e}. See causal.capture_status and docs/OPERATIONS.md (failover)."
+        ),
+    }
+    let rows = rows.ok().map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    if crate::catalog::shape::capture_state_records_spans() {
+        pgrx::Spi::run_with_args(
+            "UPDATE causal.capture_state SET unsealed_from = sealed_lsn, unsealed_to = $2::pg_lsn, \
+             unsealed_found_at = now(), recaptured_rows = $3, sealed_lsn = $2::pg_lsn WHERE slot_name = $1",
+            &[slot.into(), start_text.into(), rows.into()],
+        )?;
+    } else {
+        pgrx::Spi::run_with_args(
+            "UPDATE causal.capture_state SET sealed_lsn = $2::pg_lsn WHERE slot_name = $1",
+            &[slot.into(), start_text.into()],
+        )?;
+    }
     Ok(())
 }

@@ -34,6 +34,12 @@ pub fn journal_has_cause() -> bool {
     has_column(c"journal", c"cause")
 }
 
+/// Whether the capture state records a span of WAL that was never decoded, and how many rows
+/// were sealed from the tables for it (`capture_state.recaptured_rows`, 0.2.0).
+pub fn capture_state_records_spans() -> bool {
+    has_column(c"capture_state", c"recaptured_rows")
+}
+
 /// Whether groups can have cancellation hooks (`causal.cancellation_hooks`, 0.2.0).
 pub fn has_cancellation_hooks() -> bool {
     relation(c"cancellation_hooks").is_some()
