@@ -6,8 +6,10 @@
 #      causal.catch_up() returns), with that time split into sealing and placing;
 #   2. bytes on disk per row, the replicated table plus what schema causal grew by, against
 #      the plain table, after the same 20k single-row and 50k bulk rows went into each;
-#   3. the gain from 1 to 4 clients (single-row, end to end), replicated against plain.
-# No sync worker runs: the time after pgbench is all the sealing and placing the commits left.
+#   3. the gain from 1 to 4 clients (single-row, end to end), replicated against plain;
+#   4. end to end again with the sync worker sealing and placing while pgbench runs.
+# Until 4, no sync worker runs: the time after pgbench is all the sealing and placing the
+# commits left.
 # Usage: bash bench/capture.sh [seconds per run, default 20] [clients, default 2]
 source "$(dirname "$0")/../scripts/common.sh"
 ensure_setup
@@ -95,6 +97,32 @@ for t in plain replicated; do
     printf '| %s | %s | %s | %s |\n' "$t" "$one" "$four" "${gain[$t]}"
 done
 awk -v r="${gain[replicated]}" -v p="${gain[plain]}" 'BEGIN { printf "Ratio of gains, replicated / plain: %.2f\n", r / p }'
+# End to end with the sync worker sealing and placing while pgbench runs, as on a node: the
+# cluster restarts with the worker loaded, and what it has not done when pgbench ends (sealed
+# and placed by causal.catch_up()) is the tail.
+say "End to end with the sync worker running: $SECS s per run, $CLIENTS clients"
+stop_cluster "$DIR/node"
+printf "shared_preload_libraries = 'pg_causal'\ncausal.database = 'postgres'\n" |
+    as_postgres tee -a "$DIR/node/data/postgresql.auto.conf" >/dev/null
+as_postgres "$PG_BIN/pg_ctl" -D "$DIR/node/data" -l "$DIR/node/server.log" -w -t 60 start >/dev/null ||
+    die "PostgreSQL did not start again with the sync worker"
+place >/dev/null
+printf '| synchronous_commit | workload | plain rows/s | replicated rows/s at commit (ratio) | left after pgbench | end to end rows/s | end to end / plain |\n|---|---|---|---|---|---|---|\n'
+for sc in off on; do
+    bench_psql -c "ALTER SYSTEM SET synchronous_commit = $sc" -c "SELECT pg_reload_conf()" >/dev/null
+    for w in single bulk; do
+        rows=1; [ "$w" = bulk ] && rows=1000
+        p=$(bench_tps "${w}_plain" "$CLIENTS" -T "$SECS")
+        r=$(bench_tps "${w}_replicated" "$CLIENTS" -T "$SECS")
+        t=$(secs_of place)
+        awk -v sc="$sc" -v w="$w" -v p="$p" -v r="$r" -v rows="$rows" -v t="$t" -v secs="$SECS" 'BEGIN {
+            total = r * rows * secs; both = total / (secs + t)
+            printf "| %s | %s | %.0f | %.0f (%.2f) | %.1f s | %.0f | %.2f |\n", sc,
+                (w == "single" ? "(a) single-row INSERT" : "(b) 1,000-row INSERT ... SELECT"),
+                p * rows, r * rows, r / p, t, both, both / (p * rows) }'
+    done
+done
+bench_psql -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" >/dev/null
 entries=$(bench_value "SELECT count(*) FROM causal.dag_entries")
 say "The group now holds $entries entries"
 bench_json
