@@ -301,7 +301,9 @@ CREATE UNLOGGED TABLE causal.sync_peer_state (
     bytes_out        bigint NOT NULL DEFAULT 0,
     entries_sent     bigint NOT NULL DEFAULT 0,
     last_offence     text,
-    last_offence_at  timestamptz
+    last_offence_at  timestamptz,
+    last_error       text,
+    last_error_at    timestamptz
 );
 CREATE UNLOGGED TABLE causal.sync_group_state (
     group_id      text PRIMARY KEY,
@@ -349,7 +351,9 @@ SELECT p.peer_id,
        p.last_offence_at,
        p.score,
        p.banned_until,
-       coalesce(p.banned_until > now(), false) AS banned
+       coalesce(p.banned_until > now(), false) AS banned,
+       p.last_error,
+       p.last_error_at
 FROM causal.sync_peer_state p;
 GRANT SELECT ON causal.stat_peers TO PUBLIC;
 

@@ -43,7 +43,9 @@ ALTER TABLE causal.sync_peer_state
     ADD COLUMN bytes_out bigint NOT NULL DEFAULT 0,
     ADD COLUMN entries_sent bigint NOT NULL DEFAULT 0,
     ADD COLUMN last_offence text,
-    ADD COLUMN last_offence_at timestamptz;
+    ADD COLUMN last_offence_at timestamptz,
+    ADD COLUMN last_error text,
+    ADD COLUMN last_error_at timestamptz;
 
 CREATE VIEW causal.stat_worker AS
 SELECT w.pid,
@@ -73,7 +75,9 @@ SELECT p.peer_id,
        p.last_offence_at,
        p.score,
        p.banned_until,
-       coalesce(p.banned_until > now(), false) AS banned
+       coalesce(p.banned_until > now(), false) AS banned,
+       p.last_error,
+       p.last_error_at
 FROM causal.sync_peer_state p;
 GRANT SELECT ON causal.stat_peers TO PUBLIC;
 

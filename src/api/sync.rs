@@ -324,13 +324,14 @@ fn _sync_report(report: pgrx::JsonB) {
     run("DELETE FROM causal.sync_peer_state", &[]);
     run(
         "INSERT INTO causal.sync_peer_state (peer_id, address, connected, last_seen, entries_received, entries_rejected, \
-         banned_until, score, bytes_in, bytes_out, entries_sent, last_offence, last_offence_at) \
+         banned_until, score, bytes_in, bytes_out, entries_sent, last_offence, last_offence_at, last_error, last_error_at) \
          SELECT p->>'peer_id', p->>'address', (p->>'connected')::boolean, \
          to_timestamp((p->>'last_seen_ms')::double precision / 1000), (p->>'entries_received')::bigint, \
          (p->>'entries_rejected')::bigint, to_timestamp((p->>'banned_until_ms')::double precision / 1000), \
          (p->>'score')::int, coalesce((p->>'bytes_in')::bigint, 0), coalesce((p->>'bytes_out')::bigint, 0), \
          coalesce((p->>'entries_sent')::bigint, 0), p->>'last_offence', \
-         to_timestamp((p->>'last_offence_ms')::double precision / 1000) FROM jsonb_array_elements($1) p",
+         to_timestamp((p->>'last_offence_ms')::double precision / 1000), p->>'last_error', \
+         to_timestamp((p->>'last_error_ms')::double precision / 1000) FROM jsonb_array_elements($1) p",
         &[pgrx::JsonB(r["peers"].clone()).into()],
     );
     run("DELETE FROM causal.sync_group_state", &[]);
@@ -410,7 +411,7 @@ mod tests {
     }
 
     /// The worker's report reaches the pg_stat-style views: queue depths by label, traffic,
-    /// entries both ways, the last offence and the ban.
+    /// entries both ways, the last offence, the ban and the last error.
     #[pg_test]
     fn the_workers_report_shows_in_stat_worker_and_stat_peers() {
         Spi::run(
@@ -420,7 +421,8 @@ mod tests {
                 "peers": [{"peer_id": "12D3KooWpeer", "address": null, "connected": false, "last_seen_ms": 1700000000000,
                            "entries_received": 10, "entries_rejected": 1, "entries_sent": 7, "banned_until_ms": 4102444800000,
                            "score": 100, "bytes_in": 2048, "bytes_out": 512, "last_offence": "invalid entry",
-                           "last_offence_ms": 1700000001000}],
+                           "last_offence_ms": 1700000001000,
+                           "last_error": "the peer runs pg_causal 0.1.0", "last_error_ms": 1700000002000}],
                 "groups": []}'::jsonb)"#,
         )
         .unwrap();
@@ -431,11 +433,11 @@ mod tests {
         .unwrap();
         assert_eq!(worker.as_deref(), Some("42 true 3 2 true"));
         let peer = Spi::get_one::<String>(
-            "SELECT concat_ws(' ', bytes_in, bytes_out, entries_in, entries_out, entries_rejected, last_offence, banned) \
-             FROM causal.stat_peers WHERE peer_id = '12D3KooWpeer'",
+            "SELECT concat_ws(' ', bytes_in, bytes_out, entries_in, entries_out, entries_rejected, last_offence, banned, \
+             last_error_at > last_offence_at, last_error) FROM causal.stat_peers WHERE peer_id = '12D3KooWpeer'",
         )
         .unwrap();
-        assert_eq!(peer.as_deref(), Some("2048 512 10 7 1 invalid entry t"));
+        assert_eq!(peer.as_deref(), Some("2048 512 10 7 1 invalid entry t t the peer runs pg_causal 0.1.0"));
     }
 
     #[pg_test]

@@ -681,3 +681,22 @@ fn a_group_left_is_neither_fetched_nor_served() {
     assert!(net.nodes[&2].session.group_status().is_empty());
     assert_eq!(net.walks_served.get(&2).copied().unwrap_or(0), 0, "nothing served");
 }
+
+/// What keeps two nodes from syncing without an offence (a peer on another sync protocol)
+/// shows in the peer's status; peers never connected to are not remembered.
+#[test]
+fn a_peers_last_error_shows_in_its_status() {
+    let (mut net, dag) = Net::new(12);
+    let base = genesis_only(&dag, &net.group);
+    net.add(1, Some(dag));
+    net.add(2, Some(base));
+    net.connect(1, 2);
+    net.run();
+    let now = net.now;
+    let session = &mut net.nodes.get_mut(&2).unwrap().session;
+    session.peer_error(&1, "the peer runs another sync protocol".to_string(), now);
+    session.peer_error(&9, "a stranger".to_string(), now);
+    let stats = session.peer_stats();
+    assert_eq!(stats.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [1]);
+    assert_eq!(stats[0].1.last_error, Some(("the peer runs another sync protocol".to_string(), now)));
+}

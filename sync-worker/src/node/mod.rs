@@ -587,6 +587,7 @@ fn on_swarm_event(
             }
             if let Some(told) = wire::version_mismatch(&info.protocol_version, &info.agent_version) {
                 tracing::warn!(peer = %peer_id, "{told}");
+                session.peer_error(&peer_id, told, now);
             }
             for a in info.listen_addrs {
                 swarm.behaviour_mut().kad.add_address(&peer_id, a);
@@ -705,6 +706,8 @@ fn status_report(
                    "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "entries_sent": s.entries_sent,
                    "last_offence": s.last_offence.map(|(o, _)| o),
                    "last_offence_ms": s.last_offence.map(|(_, t)| t),
+                   "last_error": s.last_error.as_ref().map(|(e, _)| e),
+                   "last_error_ms": s.last_error.as_ref().map(|(_, t)| t),
                    "outbound_queue": writers.get(&p).map(|w| queues::OUTBOUND_FRAMES_PER_PEER - w.capacity())})
         })
         .collect();

@@ -302,6 +302,9 @@ pub struct PeerStats {
     pub bytes_out: u64,
     /// The peer's last offence, and when.
     pub last_offence: Option<(&'static str, u64)>,
+    /// The last thing that kept this node from syncing with the peer which is not the
+    /// peer's offence (it runs another sync protocol, say), and when.
+    pub last_error: Option<(String, u64)>,
 }
 
 /// Per-group progress for the status views.
@@ -365,6 +368,14 @@ impl<P: Clone + Eq + StdHash + Ord + Debug> Session<P> {
     pub fn sent(&mut self, peer: &P, bytes: usize) {
         if let Some(s) = self.peers.get_mut(peer) {
             s.bytes_out += bytes as u64;
+        }
+    }
+
+    /// Records what keeps this node from syncing with `peer`, a peer it has been connected to
+    /// (others are not remembered, so the table stays as small as the set of peers).
+    pub fn peer_error(&mut self, peer: &P, error: String, now_ms: u64) {
+        if let Some(s) = self.peers.get_mut(peer) {
+            s.last_error = Some((error, now_ms));
         }
     }
 
