@@ -582,3 +582,67 @@ fn a_late_joiner_catches_up_a_long_history_with_progress_visible() {
     let verified: bool = d.db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
     assert!(verified);
 }
+
+/// A node of the previous version (sync protocol /pg_causal/sync/1, as pg_causal 0.1.0 spoke)
+/// as the network sees it: it identifies itself so, and otherwise only keeps the connection.
+fn previous_version_peer(target: &str, keep: Duration) {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{identify, kad, noise, ping, tcp, yamux};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|key| {
+                let id = key.public().to_peer_id();
+                causal_sync::node::Behaviour {
+                    identify: identify::Behaviour::new(
+                        identify::Config::new("/pg_causal/sync/1".into(), key.public())
+                            .with_agent_version("pg_causal/0.1.0".into()),
+                    ),
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    kad: kad::Behaviour::new(id, kad::store::MemoryStore::new(id)),
+                    stream: libp2p_stream::Behaviour::new(),
+                }
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let target: libp2p::Multiaddr = target.parse().unwrap();
+        swarm.dial(target.clone()).unwrap();
+        let _ = tokio::time::timeout(keep, async {
+            loop {
+                match swarm.select_next_some().await {
+                    // The worker may not listen yet: it starts again once the extension exists.
+                    SwarmEvent::OutgoingConnectionError { .. } => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = swarm.dial(target.clone());
+                    }
+                    SwarmEvent::ConnectionClosed { num_established: 0, .. } => break,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_peer_on_the_previous_sync_protocol_is_named_with_both_versions() {
+    let mut a = Node::start("old-peer-a");
+    let target = a.address();
+    let peer = std::thread::spawn(move || previous_version_peer(&target, Duration::from_secs(30)));
+    let error: String = wait_for("A names the peer's version in causal.stat_peers", Duration::from_secs(30), || {
+        a.db.query_opt("SELECT last_error FROM causal.stat_peers WHERE last_error IS NOT NULL", &[])
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    });
+    assert!(error.contains("pg_causal/0.1.0") && error.contains("/pg_causal/sync/1"), "{error}");
+    assert!(error.contains("/pg_causal/sync/2"), "{error}");
+    assert!(a.cluster.log().contains("they do not sync until both run versions with the same sync protocol"));
+    drop(peer);
+}
