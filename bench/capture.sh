@@ -63,6 +63,9 @@ bench_psql -c "CREATE TABLE size_plain (id bigserial PRIMARY KEY, payload text N
           SELECT causal.replicate('bench', 'size_replicated');" >/dev/null
 causal_bytes() { bench_value "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relnamespace = 'causal'::regnamespace AND c.relkind IN ('r', 'm')"; }
 before=$(causal_bytes)
+# Each relation of schema causal (heap with its TOAST, and each index) before, for the split below.
+bench_psql -c "CREATE TABLE size_before AS SELECT c.relname, pg_table_size(c.oid) AS bytes FROM pg_class c
+    WHERE c.relnamespace = 'causal'::regnamespace AND c.relkind IN ('r', 'i')" >/dev/null
 for t in plain replicated; do
     sed "s/INTO $t /INTO size_$t /" "$ROOT/bench/single_$t.sql" >"$DIR/size_single_$t.sql"
     sed "s/INTO $t /INTO size_$t /" "$ROOT/bench/bulk_$t.sql" >"$DIR/size_bulk_$t.sql"
@@ -79,6 +82,14 @@ say "Bytes on disk per row: 20k single-row and 50k bulk rows into each table"
 printf '| rows | plain bytes/row | replicated table bytes/row | schema causal grew, bytes/row | replicated with history / plain |\n|---|---|---|---|---|\n'
 awk -v n="$nrows" -v p="$plain_bytes" -v r="$repl_bytes" -v c="$((after - before))" 'BEGIN {
     printf "| %d | %.0f | %.0f | %.0f | %.2f |\n", n, p / n, r / n, c / n, (r + c) / p }'
+say "Where schema causal's growth went, per row (heaps with their TOAST, and indexes)"
+printf '| relation | bytes/row |\n|---|---|\n'
+bench_value "SELECT '| ' || c.relname || ' | ' || round((pg_table_size(c.oid) - coalesce(b.bytes, 0)) / $nrows.0) || ' |'
+    FROM pg_class c LEFT JOIN size_before b USING (relname)
+    WHERE c.relnamespace = 'causal'::regnamespace AND c.relkind IN ('r', 'i')
+      AND pg_table_size(c.oid) - coalesce(b.bytes, 0) >= $nrows
+    ORDER BY pg_table_size(c.oid) - coalesce(b.bytes, 0) DESC"
+bench_psql -c "DROP TABLE size_before" >/dev/null
 
 # Clients 1 -> 4, single-row, end to end.
 say "Clients 1 -> 4: single-row INSERT, synchronous_commit off, end to end"
