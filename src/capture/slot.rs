@@ -89,10 +89,9 @@ pub fn ensure(required: bool) -> Result<(), CausalError> {
         // SAFETY: registered, so it stays valid until unregistered below.
         unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) }
     });
-    let start = super::decode::create_slot(&slot_name());
-    let start = match (start, snapshot) {
-        (Ok(start), _) => start,
-        (Err(e), snapshot) => {
+    let start = match super::decode::create_slot(&slot_name()) {
+        Ok(start) => start,
+        Err(e) => {
             // SAFETY: registered above.
             snapshot.into_iter().for_each(|s| unsafe { pg_sys::UnregisterSnapshot(s) });
             return Err(e);

@@ -27,17 +27,23 @@ fn skus(db: &mut Client, query: &str) -> Vec<String> {
     out
 }
 
-#[test]
-fn a_promoted_standby_seals_what_the_lost_slot_never_decoded() {
-    let primary = Cluster::start("failover-primary", &[]);
-    let mut p = primary.connect("postgres");
-    p.batch_execute(
+/// The extension, group `shop` and its replicated table `products`, in a transaction that
+/// writes no row of it: the first write, in a transaction of its own, creates the capture slot.
+fn shop(db: &mut Client) {
+    db.batch_execute(
         "CREATE EXTENSION pg_causal;
          SELECT causal.create_group('shop');
          CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, note text);
          SELECT causal.replicate('shop', 'products');",
     )
     .unwrap();
+}
+
+#[test]
+fn a_promoted_standby_seals_what_the_lost_slot_never_decoded() {
+    let primary = Cluster::start("failover-primary", &[]);
+    let mut p = primary.connect("postgres");
+    shop(&mut p);
     p.batch_execute(
         "INSERT INTO products VALUES ('sealed', 'before the failover', NULL), ('renamed', 'old name', 'n'),
                                      ('dropped', 'goes away', NULL)",
@@ -116,13 +122,7 @@ fn a_promoted_standby_seals_what_the_lost_slot_never_decoded() {
 fn a_slot_dropped_by_hand_is_created_again_and_what_it_missed_sealed() {
     let node = Cluster::start("slot-dropped", &[]);
     let mut a = node.connect("postgres");
-    a.batch_execute(
-        "CREATE EXTENSION pg_causal;
-         SELECT causal.create_group('shop');
-         CREATE TABLE products (sku text PRIMARY KEY, name text NOT NULL, note text);
-         SELECT causal.replicate('shop', 'products');",
-    )
-    .unwrap();
+    shop(&mut a);
     a.batch_execute("INSERT INTO products VALUES ('first', 'sealed', NULL)").unwrap();
     a.batch_execute("SELECT causal.catch_up()").unwrap();
     let sealed_entries = entries(&mut a);
