@@ -25,6 +25,31 @@ mod tests {
         Spi::run("DEALLOCATE by_hash").unwrap();
     }
 
+    /// A group's node cache outlives its stores, but not beyond a bound: a store made when
+    /// the cache holds more nodes than that starts from an empty one.
+    #[pg_test]
+    fn the_node_cache_stays_bounded_across_stores() {
+        Spi::run("INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ('g', 'g', 'sha-256')")
+            .unwrap();
+        let num = Spi::get_one::<i32>("SELECT grp FROM causal.group_defs WHERE group_id = 'g'").unwrap().unwrap();
+        let max = super::super::NODE_CACHE_MAX;
+        let mut dag = Dag::new(SpiStore::new("g", num), HashAlgorithm::Sha256);
+        dag.store().defer_state_writes();
+        let m = meta([("tag", vec!["plain"])]);
+        let mut prev = Position::new();
+        for i in 0..max + 10 {
+            let e = dag.append(serde_json::json!({ "n": i }), m.clone(), prev).unwrap();
+            prev = [e.hash].into();
+        }
+        dag.store().write_state().unwrap();
+        assert_eq!(dag.store().cached_nodes(), max + 10);
+        let next = Dag::new(SpiStore::new("g", num), HashAlgorithm::Sha256);
+        assert_eq!(next.store().cached_nodes(), 0);
+        // Nothing is lost: the frontier is read back from the catalog.
+        assert_eq!(next.frontier().unwrap(), prev);
+        assert!(next.store().cached_nodes() <= 2);
+    }
+
     /// The same pseudo-random DAG in memory and in the catalog answers every query alike.
     #[pg_test]
     fn spi_store_answers_like_the_memory_store() {
