@@ -327,6 +327,32 @@ impl SpiStore {
         Ok(())
     }
 
+    /// Reads the nodes `ids` that are not cached in one statement, and caches them.
+    pub fn prefetch_nodes(&self, ids: &[NodeId]) -> Result<(), StoreError> {
+        let mut missing: Vec<i32> = {
+            let c = self.cache.borrow();
+            ids.iter().filter(|id| !c.nodes.contains_key(*id)).map(|id| to_i32(*id)).collect::<Result<_, _>>()?
+        };
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.flush()?;
+        let rows = run_prepared(
+            "SELECT node_id, hash, chain, seq, preds, clock FROM causal.dag_entries WHERE grp = $1 AND node_id = ANY($2)",
+            &[self.num.into(), missing.into()],
+            false,
+            |rows| rows.map(|r| node_row(&r)).collect::<Result<Vec<_>, spi::Error>>(),
+        )
+        .map_err(backend)?;
+        for row in rows {
+            let (id, node) = self.node_from_row(row)?;
+            self.remember(id, node);
+        }
+        Ok(())
+    }
+
     /// Reads the nodes at `lo..=hi` of `chain` in one statement, caches them, and returns their
     /// ids in chain order.
     fn load_chain(&self, chain: ChainId, lo: Seq, hi: Seq) -> Result<Vec<NodeId>, StoreError> {

@@ -120,13 +120,7 @@ pub(super) struct JournalBatch {
 }
 
 impl JournalBatch {
-    pub(super) fn push(
-        &mut self,
-        id: i32,
-        order: Option<&OrderKey>,
-        verdict: &Verdict,
-        undo: Option<&Vec<UndoRecord>>,
-    ) {
+    pub(super) fn push(&mut self, id: i32, order: Option<&OrderKey>, verdict: &Verdict, undo: Option<String>) {
         self.node_ids.push(id);
         self.heights.push(order.map(|o| i32::try_from(o.height).unwrap_or(i32::MAX)));
         self.statuses.push(verdict.status.as_str());
@@ -136,10 +130,7 @@ impl JournalBatch {
         } else {
             Some(verdict.responsible.iter().map(EntryHash::to_b64).collect())
         });
-        self.undos.push(match undo {
-            Some(u) if !u.is_empty() => Some(undo_value(u).to_string()),
-            _ => None,
-        });
+        self.undos.push(undo);
         self.causes.push(cause_value(verdict));
     }
 
@@ -225,7 +216,8 @@ pub(super) fn read_rows(tuples: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<RawR
     Ok(out)
 }
 
-pub(super) fn to_states(rows: Vec<RawRow>) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+pub(super) fn to_states(rows: Vec<RawRow>, names: &EntryNames) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+    names.prepare_reads(rows.iter().filter_map(|r| r.2.as_ref().map(|m| &m.0)))?;
     let mut out = Vec::with_capacity(rows.len());
     for (k, v, m) in rows {
         let (Some(k), Some(v), Some(m)) = (k, v, m) else { continue };
@@ -233,7 +225,7 @@ pub(super) fn to_states(rows: Vec<RawRow>) -> Result<Vec<(RowKey, RowState)>, Re
             Value::Object(o) => o,
             _ => Map::new(),
         };
-        out.push((RowKey::from_stored(k), RowState::from_meta(values, &m.0)?));
+        out.push((RowKey::from_stored(k), names.state(values, &m.0)?));
     }
     Ok(out)
 }

@@ -9,12 +9,14 @@
 //!
 //! Uses [`crate::catalog`] and [`crate::pg`].
 
+mod entry_names;
 pub mod frontier;
 mod hooks;
 mod meta_rows;
 pub mod placement;
 mod user_rows;
 
+use entry_names::EntryNames;
 use meta_rows::*;
 use user_rows::*;
 
@@ -76,27 +78,32 @@ pub struct SpiReplica {
     owners: RefCell<HashMap<String, Option<pg_sys::Oid>>>,
 }
 
-fn undo_value(u: &[UndoRecord]) -> Value {
-    Value::Array(
-        u.iter()
-            .map(|r| {
-                json!({"t": r.table, "k": r.key, "b": r.before.as_ref().map(|b| json!({"v": b.values, "m": b.meta_value()}))})
-            })
-            .collect(),
-    )
+fn undo_value(u: &[UndoRecord], names: &EntryNames) -> Result<Value, ReconcileError> {
+    let mut out = Vec::with_capacity(u.len());
+    for r in u {
+        let before = match &r.before {
+            Some(b) => json!({"v": b.values, "m": names.meta(b)?}),
+            None => Value::Null,
+        };
+        out.push(json!({"t": r.table, "k": r.key, "b": before}));
+    }
+    Ok(Value::Array(out))
 }
 
-fn undo_from(v: &Value) -> Result<Vec<UndoRecord>, ReconcileError> {
+fn undo_from(v: &Value, names: &EntryNames) -> Result<Vec<UndoRecord>, ReconcileError> {
     let bad = || ReconcileError::Corrupt(format!("bad undo record {v}"));
+    let records = v.as_array().ok_or_else(bad)?;
+    names.prepare_reads(records.iter().filter_map(|r| r.get("b").and_then(|b| b.get("m"))))?;
     let mut out = Vec::new();
-    for r in v.as_array().ok_or_else(bad)? {
-        let before = match r.get("b") {
-            None | Some(Value::Null) => None,
-            Some(b) => Some(RowState::from_meta(
-                b.get("v").and_then(Value::as_object).cloned().ok_or_else(bad)?,
-                b.get("m").ok_or_else(bad)?,
-            )?),
-        };
+    for r in records {
+        let before =
+            match r.get("b") {
+                None | Some(Value::Null) => None,
+                Some(b) => Some(names.state(
+                    b.get("v").and_then(Value::as_object).cloned().ok_or_else(bad)?,
+                    b.get("m").ok_or_else(bad)?,
+                )?),
+            };
         out.push(UndoRecord {
             table: r.get("t").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
             key: RowKey::from_stored(r.get("k").and_then(Value::as_str).ok_or_else(bad)?.to_string()),
@@ -117,7 +124,7 @@ fn parse_hash(s: &str) -> Result<EntryHash, ReconcileError> {
 type JournalRow =
     (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<String>, Option<String>);
 
-fn journal_row(r: JournalRow) -> Result<Option<(EntryHash, JournalEntry)>, ReconcileError> {
+fn journal_row(r: JournalRow, names: &EntryNames) -> Result<Option<(EntryHash, JournalEntry)>, ReconcileError> {
     let (Some(hash), Some(height), Some(status)) = (r.0, r.1, r.2) else { return Ok(None) };
     let hash = parse_hash(&hash)?;
     let responsible = r.4.unwrap_or_default().iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
@@ -129,7 +136,8 @@ fn journal_row(r: JournalRow) -> Result<Option<(EntryHash, JournalEntry)>, Recon
     let verdict = Verdict { status, reason: r.3, responsible, code, row };
     let undo = match r.5 {
         Some(u) => {
-            undo_from(&causal_core::json::parse(&u).map_err(|e| ReconcileError::Corrupt(format!("undo record: {e}")))?)?
+            let v = causal_core::json::parse(&u).map_err(|e| ReconcileError::Corrupt(format!("undo record: {e}")))?;
+            undo_from(&v, names)?
         }
         None => Vec::new(),
     };
@@ -239,6 +247,11 @@ impl SpiReplica {
     pub fn over(group: &Group, dag: Dag<SpiStore>, local: Vec<EntryHash>) -> SpiReplica {
         let local = local.into_iter().collect();
         SpiReplica { group: group.id.clone(), num: group.num, dag, local, owners: RefCell::default() }
+    }
+
+    /// How this replica's row metadata names entries.
+    fn names(&self) -> EntryNames<'_> {
+        EntryNames { store: self.dag.store() }
     }
 
     /// The owner of the group's table `table`, found once per run.
@@ -492,7 +505,7 @@ impl ReplicaStore for SpiReplica {
         )
         .map_err(store_err)?;
         match rows.into_iter().next() {
-            Some(r) => Ok(journal_row(r)?.map(|(_, j)| j)),
+            Some(r) => Ok(journal_row(r, &self.names())?.map(|(_, j)| j)),
             None => Ok(None),
         }
     }
@@ -512,8 +525,9 @@ impl ReplicaStore for SpiReplica {
         )
         .map_err(store_err)?;
         let mut out = Vec::with_capacity(rows.len());
+        let names = self.names();
         for r in rows {
-            if let Some(x) = journal_row(r)? {
+            if let Some(x) = journal_row(r, &names)? {
                 if x.1.order >= *from {
                     out.push(x);
                 }
@@ -552,7 +566,7 @@ impl ReplicaStore for SpiReplica {
                 let rows =
                     run_prepared(ROW_BY_KEY, &[self.num.into(), table.into(), k.as_str().into()], false, read_rows)
                         .map_err(store_err)?;
-                out.extend(to_states(rows)?);
+                out.extend(to_states(rows, &self.names())?);
             }
             return Ok(out);
         }
@@ -565,7 +579,7 @@ impl ReplicaStore for SpiReplica {
             )
         })
         .map_err(store_err)?;
-        to_states(rows)
+        to_states(rows, &self.names())
     }
 
     fn rows_where(&self, table: &str, equal: &[(String, Value)]) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
@@ -581,7 +595,7 @@ impl ReplicaStore for SpiReplica {
         }
         let args: Vec<pgrx::datum::DatumWithOid> = equal.iter().map(|(_, v)| JsonB(v.clone()).into()).collect();
         let rows = run_prepared(&sql, &args, false, read_rows).map_err(store_err)?;
-        to_states(rows)
+        to_states(rows, &self.names())
     }
 
     fn violated_check(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
@@ -592,6 +606,15 @@ impl ReplicaStore for SpiReplica {
         // The journal: the records of this run, then authority verdicts that changed for
         // entries outside it (their order and undo records stay as they were). Entries placed
         // for the first time get a plain insert; the others' records are rewritten.
+        // Row metadata names entries by node id: those of this run's rows are found at once.
+        let names = self.names();
+        let states = changes.rows.iter().filter_map(|r| r.state.as_ref());
+        let befores = changes.journal.iter().flat_map(|(_, j)| j.undo.iter().filter_map(|u| u.before.as_ref()));
+        names.prepare_names(
+            states
+                .chain(befores)
+                .flat_map(|r| std::iter::once(&r.inserted_by).chain(r.writers.values()).chain(r.deleted_by.as_ref())),
+        )?;
         let mut seen: std::collections::HashSet<&EntryHash> = std::collections::HashSet::new();
         let (mut first, mut again) = (JournalBatch::default(), JournalBatch::default());
         let records = changes
@@ -612,6 +635,10 @@ impl ReplicaStore for SpiReplica {
                 self.dag.store().node_id(h).map_err(store_err)?.ok_or_else(|| {
                     ReconcileError::Corrupt(format!("journal record for entry {h}, which is not stored"))
                 })?;
+            let undo = match undo {
+                Some(u) if !u.is_empty() => Some(undo_value(u, &names)?.to_string()),
+                _ => None,
+            };
             batch.push(node_i32(id)?, order, verdict, undo);
             if !verdict.is_ok() {
                 cancelled.push((node_i32(id)?, h, verdict, !is_first));
@@ -660,7 +687,7 @@ impl ReplicaStore for SpiReplica {
                     batch.tables.push(row.table.as_str());
                     batch.keys.push(row.key.as_str());
                     batch.values.push(&r.values);
-                    batch.metas.push(r.meta_value());
+                    batch.metas.push(names.meta(r)?);
                 }
                 None => {
                     if row.was_stored {

@@ -109,24 +109,52 @@ impl RowState {
         self.deleted_by.is_none()
     }
 
-    /// The metadata as JSON (`{"i": inserted_by, "w": {col: writer}, "d": deleted_by}`).
+    /// The metadata as JSON (`{"i": inserted_by, "w": {col: writer}, "d": deleted_by}`), each
+    /// entry named by its hash.
     pub fn meta_value(&self) -> Value {
+        self.meta_value_with(|h| json!(h.to_b64()))
+    }
+
+    /// [`RowState::meta_value`] with each entry named by `name`: a store may name entries by
+    /// numbers of its own, which take a fraction of a hash's space in every row.
+    pub fn meta_value_with(&self, mut name: impl FnMut(&EntryHash) -> Value) -> Value {
         let mut m = Map::new();
-        m.insert("i".into(), json!(self.inserted_by.to_b64()));
+        m.insert("i".into(), name(&self.inserted_by));
         if !self.writers.is_empty() {
-            let w: Map<String, Value> = self.writers.iter().map(|(c, h)| (c.clone(), json!(h.to_b64()))).collect();
+            let w: Map<String, Value> = self.writers.iter().map(|(c, h)| (c.clone(), name(h))).collect();
             m.insert("w".into(), Value::Object(w));
         }
         if let Some(d) = &self.deleted_by {
-            m.insert("d".into(), json!(d.to_b64()));
+            m.insert("d".into(), name(d));
         }
         Value::Object(m)
     }
 
+    /// The entries [`RowState::meta_value_with`] names in `meta`, each once, in no order.
+    pub fn meta_names(meta: &Value) -> Vec<&Value> {
+        let mut out: Vec<&Value> = ["i", "d"].iter().filter_map(|k| meta.get(*k)).collect();
+        if let Some(Value::Object(w)) = meta.get("w") {
+            out.extend(w.values());
+        }
+        out
+    }
+
     /// Reads [`RowState::meta_value`] back, with the row's values.
     pub fn from_meta(values: Map<String, Value>, meta: &Value) -> Result<RowState, ReconcileError> {
+        RowState::from_meta_with(values, meta, |v| {
+            v.as_str()
+                .and_then(|s| s.parse::<EntryHash>().ok())
+                .ok_or_else(|| ReconcileError::Corrupt(format!("bad row metadata {meta}")))
+        })
+    }
+
+    /// Reads [`RowState::meta_value_with`] back: `hash` turns each name into its entry.
+    pub fn from_meta_with(
+        values: Map<String, Value>,
+        meta: &Value,
+        mut hash: impl FnMut(&Value) -> Result<EntryHash, ReconcileError>,
+    ) -> Result<RowState, ReconcileError> {
         let bad = || ReconcileError::Corrupt(format!("bad row metadata {meta}"));
-        let hash = |v: &Value| v.as_str().and_then(|s| s.parse::<EntryHash>().ok()).ok_or_else(bad);
         let inserted_by = hash(meta.get("i").ok_or_else(bad)?)?;
         let mut writers = BTreeMap::new();
         if let Some(w) = meta.get("w") {
