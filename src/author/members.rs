@@ -162,7 +162,7 @@ pub fn check_writer(group_id: &str, key_id: &str) -> Result<(), CausalError> {
     let group = Group::find(group_id)?;
     let key: KeyId = key_id.parse().map_err(|e| CausalError::Corrupt(format!("key id {key_id}: {e}")))?;
     let dag = group.dag();
-    let version = dag.store().authority_version().map_err(causal_core::DagError::from)?;
+    let version = crate::catalog::authority_version::current(group.num)?;
     let status = cached_status(&group, &dag, None, &key, version)?;
     if !status.live {
         return Err(CausalError::NotAllowed { key_id: key.to_b64(), needs: "a member", group: group.id.clone() });

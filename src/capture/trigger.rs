@@ -73,6 +73,7 @@ unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid)
         let mut t = t.borrow_mut();
         if relid == pg_sys::InvalidOid || relid == catalog {
             t.clear();
+            crate::catalog::authority_version::forget();
             // A group may have been left: the groups found go too. (Their DAGs' caches are
             // by group number, which a group joined again does not get back.)
             crate::catalog::group::clear_cache();

@@ -7,6 +7,7 @@
 //! - [`identity`]: key pairs, the node identity, grants of identities to roles.
 //! - [`shape`]: what an older catalog, not yet upgraded, lacks.
 
+pub mod authority_version;
 pub mod group;
 pub mod identity;
 pub mod shape;

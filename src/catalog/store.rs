@@ -61,6 +61,8 @@ thread_local! {
 /// Forgets the nodes that undone work stored (all cached nodes when a transaction aborts).
 /// The caches are changed in place, since a store may still hold one.
 pub fn forget(undone: crate::pg::xact::Undone) {
+    // Undone work may have raised an authority version.
+    super::authority_version::forget();
     if undone != crate::pg::xact::Undone::Transaction {
         CACHES.with(|c| {
             for cache in c.borrow().values() {
@@ -785,6 +787,7 @@ impl SpiStore {
         state.frontier.push(id);
         if carries_authority {
             state.authority_version += 1;
+            super::authority_version::raised().map_err(|e| StoreError::Backend(Box::new(e)))?;
         }
         if !self.defer_state.get() {
             self.write_state_row(&state)?;

@@ -621,3 +621,55 @@ fn placing_neither_waits_for_writers_nor_blocks_them() {
     let ok: bool = db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
     assert!(ok);
 }
+
+/// A member removed in another session is refused at its next write at once (42501), even in
+/// a session that checked it before, and even when that write waited for the removal's
+/// transaction to end. (Sessions keep the member checks they made while the group's
+/// authority is unchanged, and learn of a change through the catalog's invalidation.)
+#[test]
+fn a_member_removed_elsewhere_is_refused_at_its_next_write() {
+    let node = Cluster::start("capture-removed-member", &[]);
+    let mut admin = node.connect("postgres");
+    setup(&mut admin);
+    admin
+        .batch_execute(
+            "SELECT causal.create_identity('bob');
+             SELECT causal.add_member('shop', (SELECT public_key FROM causal.identities WHERE name = 'bob'), 'bob');
+             SELECT causal.create_identity('carol');
+             SELECT causal.add_member('shop', (SELECT public_key FROM causal.identities WHERE name = 'carol'), 'carol');",
+        )
+        .unwrap();
+    let key = |db: &mut Client, name: &str| -> String {
+        db.query_one("SELECT key_id FROM causal.identities WHERE name = $1", &[&name]).unwrap().get(0)
+    };
+    let (bob, carol) = (key(&mut admin, "bob"), key(&mut admin, "carol"));
+    let mut writer = node.connect("postgres");
+    writer.batch_execute("SET causal.author = 'bob'; INSERT INTO products VALUES ('b1', 'n', 1)").unwrap();
+    admin.execute("SELECT causal.remove_member('shop', $1)", &[&bob]).unwrap();
+    let refused = writer.batch_execute("INSERT INTO products VALUES ('b2', 'n', 1)").unwrap_err();
+    assert_eq!(sqlstate(&refused).as_deref(), Some("42501"), "{refused}");
+
+    // Carol's write waits for the removal's transaction, which holds the group's lock.
+    writer.batch_execute("SET causal.author = 'carol'; INSERT INTO products VALUES ('c1', 'n', 1)").unwrap();
+    admin.batch_execute("BEGIN").unwrap();
+    admin.execute("SELECT causal.remove_member('shop', $1)", &[&carol]).unwrap();
+    let waiting = std::thread::spawn(move || {
+        let r = writer.batch_execute("INSERT INTO products VALUES ('c2', 'n', 1)");
+        r.map_err(|e| sqlstate(&e))
+    });
+    let mut watch = node.connect("postgres");
+    for _ in 0..500 {
+        let n: i64 = watch
+            .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", &[])
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    admin.batch_execute("COMMIT").unwrap();
+    assert_eq!(waiting.join().unwrap(), Err(Some("42501".to_string())));
+    let n: i64 = admin.query_one("SELECT count(*) FROM products WHERE sku IN ('b2', 'c2')", &[]).unwrap().get(0);
+    assert_eq!(n, 0);
+}
