@@ -82,6 +82,9 @@ pub fn ensure(required: bool) -> Result<(), CausalError> {
     if sealed_before.is_some() && required {
         return Err(CausalError::CaptureSlotLost(slot_name()));
     }
+    if sealed_before.is_some() {
+        lock_every_group()?;
+    }
     let snapshot = sealed_before.is_some().then(|| {
         // No other sealer may seal commits after the new slot's start before the tables are
         // read; and the snapshot comes before the slot, so it sees everything before it.
@@ -108,6 +111,23 @@ pub fn ensure(required: bool) -> Result<(), CausalError> {
     // SAFETY: registered above.
     unsafe { pg_sys::UnregisterSnapshot(snapshot) };
     sealed?
+}
+
+/// Takes every group's write lock exclusively until the transaction ends, before the tables
+/// are read and the slot created again: a writer still in flight finishes first, and one that
+/// begins waits for the new slot. Writers are refused while the slot is missing, but a session
+/// that saw the slot before it was dropped by hand does not look again; without the locks, its
+/// commit between the snapshot and the slot's start would be in neither. (Straight from the
+/// lock manager, and the read is a plain SELECT: the transaction must get no xid.)
+fn lock_every_group() -> Result<(), CausalError> {
+    let ids =
+        crate::pg::spi::run_prepared("SELECT group_id FROM causal.group_defs ORDER BY group_id", &[], false, |rows| {
+            rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>()
+        })?;
+    for id in ids.into_iter().flatten() {
+        crate::pg::lock::lock_group_exclusive(crate::pg::lock::group_lock_key(&id)?);
+    }
+    Ok(())
 }
 
 /// The position this database sealed to, if it ever sealed. (A read-only statement: one

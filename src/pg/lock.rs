@@ -21,6 +21,12 @@ pub fn group_lock_key(group_id: &str) -> Result<i32, CausalError> {
     Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// Takes the group write lock of key `lock_key` exclusively, as imports and administrative
+/// appends do (see [`lock_advisory`]): writers in flight finish first, later ones wait.
+pub fn lock_group_exclusive(lock_key: i32) {
+    lock_advisory(GROUP_LOCK_CLASS, lock_key, pg_sys::ExclusiveLock);
+}
+
 /// Takes the group write lock of key `lock_key` shared (see [`lock_advisory`]).
 pub fn lock_group_shared(lock_key: i32) {
     lock_advisory(GROUP_LOCK_CLASS, lock_key, pg_sys::ShareLock);

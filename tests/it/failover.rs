@@ -148,3 +148,45 @@ fn a_slot_dropped_by_hand_is_created_again_and_what_it_missed_sealed() {
         skus(&mut b, "SELECT sku FROM products")
     );
 }
+
+/// A session that saw the slot before it was dropped by hand writes without looking again. If
+/// its transaction commits while a sealing run creates the slot again (after the run's
+/// snapshot of the tables, before the slot's start), its rows are in neither: the run must
+/// wait for it first. Here the writer is mid-transaction when the run begins, and commits
+/// while the run waits.
+#[test]
+fn a_writer_in_flight_while_the_slot_is_created_again_is_not_lost() {
+    let node = Cluster::start("slot-writer-in-flight", &[]);
+    let mut a = node.connect("postgres");
+    shop(&mut a);
+    a.batch_execute("INSERT INTO products VALUES ('first', 'sealed', NULL)").unwrap();
+    a.batch_execute("SELECT causal.catch_up()").unwrap();
+    let sealed_entries = entries(&mut a);
+    a.batch_execute("SELECT pg_drop_replication_slot('pg_causal_' || oid) FROM pg_database WHERE datname = 'postgres'")
+        .unwrap();
+    a.batch_execute("BEGIN; INSERT INTO products VALUES ('in flight', 'committed during the run', NULL)").unwrap();
+    let run = std::thread::spawn({
+        let mut b = node.connect("postgres");
+        move || b.batch_execute("SELECT causal.catch_up()").map_err(|e| e.to_string())
+    });
+    let mut watch = node.connect("postgres");
+    wait_until("the sealing run waits for the writer", || {
+        let n: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%causal.catch_up%' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        n > 0
+    });
+    a.batch_execute("COMMIT").unwrap();
+    run.join().unwrap().unwrap();
+    a.batch_execute("SELECT causal.catch_up()").unwrap();
+    assert_eq!(entries(&mut a), sealed_entries + 1);
+    assert!(a.query_one("SELECT causal.verify('shop')", &[]).unwrap().get::<_, bool>(0));
+    assert_eq!(
+        skus(&mut a, "SELECT r ->> 'sku' FROM causal.snapshot('products') r"),
+        skus(&mut a, "SELECT sku FROM products")
+    );
+}
