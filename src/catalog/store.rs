@@ -211,8 +211,8 @@ const STATE_LOCK_SQL: &str = "SELECT entry_count, chain_lens, frontier, authorit
 /// How many nodes a group's cache keeps between stores. A store begins with the cache its
 /// predecessors left and adds every node it reads or stores, so a long-running process (the
 /// background worker seals, places and imports for weeks) would otherwise hold every node
-/// of the group: about 0.5 KB each, 180 MB after 300k single-row commits. The hot nodes
-/// (the frontier, recent history) come back with a few reads once a full cache is dropped.
+/// of the group: about 0.5 KB each, 180 MB after 300k single-row commits. A full cache keeps
+/// its newest half (recent history, where the frontier is and what placing reads next).
 /// The `#[pg_test]`s run with a small bound, so that they also read through dropped caches.
 pub const NODE_CACHE_MAX: usize = if cfg!(feature = "pg_test") { 1_000 } else { 50_000 };
 
@@ -222,8 +222,10 @@ impl SpiStore {
         // A store borrows the cache only within its own calls, so none is borrowed here.
         if let Ok(mut c) = cache.try_borrow_mut() {
             if c.nodes.len() > NODE_CACHE_MAX || c.ids.len() > NODE_CACHE_MAX {
-                c.nodes = FastMap::default();
-                c.ids = FastMap::default();
+                let newest = c.nodes.keys().chain(c.ids.values()).map(|id| id.0).max().unwrap_or(0);
+                let keep_from = newest.saturating_sub((NODE_CACHE_MAX / 2) as u32);
+                c.nodes.retain(|id, _| id.0 >= keep_from);
+                c.ids.retain(|_, id| id.0 >= keep_from);
             }
         }
         SpiStore {

@@ -2,6 +2,7 @@
 //! import, a local commit, or the backlog of local commits left for later, and applying what
 //! it decided in the same transaction.
 
+use causal_core::dag::NodeId;
 use causal_core::reconcile::{self, Changes, ReconcileError, ReplicaStore};
 use causal_core::{Dag, EntryHash};
 
@@ -140,6 +141,11 @@ fn place_backlog(
         while rows < run_rows_at_most && read_to < end {
             let to = read_to.saturating_add(PLACEMENT_PAGE).min(end);
             let page = unplaced_entries(&replica.group, read_to, to)?;
+            // The engine asks for each entry's node and its predecessors' (mostly the page
+            // before): one statement for the page's nodes, where a backend that did not seal
+            // them (or dropped its full cache) made one per node.
+            let ids: Vec<NodeId> = (read_to..to).map(NodeId).collect();
+            replica.dag.store().prefetch_nodes(&ids).map_err(causal_core::DagError::from)?;
             if page.len() as u32 != to - read_to {
                 return Err(CausalError::Corrupt(format!(
                     "group {}: entries {read_to}..{to} are not all stored",
