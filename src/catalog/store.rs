@@ -343,12 +343,9 @@ impl SpiStore {
             return Ok(());
         }
         self.flush()?;
-        let rows = run_prepared(
-            "SELECT node_id, hash, chain, seq, preds, clock FROM causal.dag_entries WHERE grp = $1 AND node_id = ANY($2)",
-            &[self.num.into(), missing.into()],
-            false,
-            |rows| rows.map(|r| node_row(&r)).collect::<Result<Vec<_>, spi::Error>>(),
-        )
+        let rows = run_prepared(NODES_BY_IDS, &[self.num.into(), missing.into()], false, |rows| {
+            rows.map(|r| node_row(&r)).collect::<Result<Vec<_>, spi::Error>>()
+        })
         .map_err(backend)?;
         for row in rows {
             let (id, node) = self.node_from_row(row)?;
@@ -524,6 +521,10 @@ impl SpiStore {
         .map_err(backend)
     }
 }
+
+/// The nodes of group `$1` with the node ids `$2`: one scan of the primary key for all of them.
+const NODES_BY_IDS: &str =
+    "SELECT node_id, hash, chain, seq, preds, clock FROM causal.dag_entries WHERE grp = $1 AND node_id = ANY($2)";
 
 /// An entry's node id by its hash (`$1` the group's number, `$2` the hash).
 const NODE_ID_BY_HASH: &str = "SELECT node_id FROM causal.dag_entries WHERE hash = $2 AND grp + 0 = $1";

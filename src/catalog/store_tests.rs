@@ -52,6 +52,24 @@ mod tests {
         assert_eq!(first.hashes.len(), max + 10);
     }
 
+    /// Nodes read by id are found through the primary key, also in a generic plan made over a
+    /// table without statistics.
+    #[pg_test]
+    fn nodes_by_id_are_read_through_the_primary_key() {
+        Spi::run(
+            "INSERT INTO causal.dag_entries (grp, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
+             SELECT 1, i, 'h' || i, '{}', '{}', 'p', 0, i, '{}', '{}' FROM generate_series(0, 19999) i",
+        )
+        .unwrap();
+        let plan = crate::testing::generic_plan("by_ids", "int, int[]", super::super::NODES_BY_IDS, "1, '{7, 77}'");
+        assert!(plan.contains("dag_entries_pkey") && !plan.contains("Seq Scan on dag_entries"), "{plan}");
+        Spi::run("DEALLOCATE by_ids").unwrap();
+        let sql = super::super::NODES_BY_IDS.replace("$1", "1").replace("$2", "'{7, 77, 20000}'");
+        let ids =
+            Spi::get_one::<String>(&format!("SELECT string_agg(node_id::text, ',' ORDER BY node_id) FROM ({sql}) x"));
+        assert_eq!(ids.unwrap().as_deref(), Some("7,77"));
+    }
+
     /// The same pseudo-random DAG in memory and in the catalog answers every query alike.
     #[pg_test]
     fn spi_store_answers_like_the_memory_store() {
