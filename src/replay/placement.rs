@@ -59,6 +59,40 @@ pub fn unplaced_entries(group: &str, from: u32, to: u32) -> Result<Vec<reconcile
     Ok(out)
 }
 
+/// [`unplaced_entries`] for placing through `store`: the hashes and predecessors come from the
+/// entries' nodes (read for the page in one statement, and kept for the engine, which asks for
+/// them next), the payloads from the rows. Reading and parsing each entry's hash and
+/// predecessors as text again was a tenth of placing a single-row entry.
+fn unplaced_page(store: &SpiStore, group: &str, from: u32, to: u32) -> Result<Vec<reconcile::NewEntry>, CausalError> {
+    use causal_core::DagStore;
+    let ids: Vec<NodeId> = (from..to).map(NodeId).collect();
+    store.prefetch_nodes(&ids).map_err(causal_core::DagError::from)?;
+    let rows = run_prepared(
+        "SELECT node_id, payload FROM causal.dag_entries \
+         WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND node_id >= $2 AND node_id < $3 \
+         ORDER BY node_id",
+        &[group.into(), i32::try_from(from).unwrap_or(i32::MAX).into(), i32::try_from(to).unwrap_or(i32::MAX).into()],
+        false,
+        |rows| rows.map(|r| Ok((r.get::<i32>(1)?, r.get::<String>(2)?))).collect::<Result<Vec<_>, pgrx::spi::Error>>(),
+    )?;
+    let corrupt = |what: String| CausalError::Corrupt(format!("group {group}: {what}"));
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, payload) in rows {
+        let (Some(id), Some(payload)) = (id, payload) else { continue };
+        let id = u32::try_from(id).map_err(|_| corrupt(format!("node id {id}")))?;
+        let node = store.node(NodeId(id)).map_err(causal_core::DagError::from)?;
+        let mut prev = causal_core::entry::Position::new();
+        for p in &node.preds {
+            prev.insert(store.node(*p).map_err(causal_core::DagError::from)?.hash);
+        }
+        let value = causal_core::json::parse(&payload).map_err(|e| corrupt(format!("entry {}: {e}", node.hash)))?;
+        let payload = causal_core::payload::SignedPayload::from_value(&value)
+            .map_err(|e| corrupt(format!("entry {}: {e}", node.hash)))?;
+        out.push((node.hash, prev, payload));
+    }
+    Ok(out)
+}
+
 /// How many row operations one engine run places at most while catching up (an entry is never
 /// split, so a larger one runs alone). The engine holds a run's rows in memory: bounded runs
 /// keep that memory small and its maps in cache. With the engine fixes made together with
@@ -140,12 +174,7 @@ fn place_backlog(
         let mut rows: usize = pending.iter().map(|e| e.2.ops.len()).sum();
         while rows < run_rows_at_most && read_to < end {
             let to = read_to.saturating_add(PLACEMENT_PAGE).min(end);
-            let page = unplaced_entries(&replica.group, read_to, to)?;
-            // The engine asks for each entry's node and its predecessors' (mostly the page
-            // before): one statement for the page's nodes, where a backend that did not seal
-            // them (or dropped its full cache) made one per node.
-            let ids: Vec<NodeId> = (read_to..to).map(NodeId).collect();
-            replica.dag.store().prefetch_nodes(&ids).map_err(causal_core::DagError::from)?;
+            let page = unplaced_page(replica.dag.store(), &replica.group, read_to, to)?;
             if page.len() as u32 != to - read_to {
                 return Err(CausalError::Corrupt(format!(
                     "group {}: entries {read_to}..{to} are not all stored",
