@@ -9,16 +9,22 @@ mod tests {
 
     use super::super::SpiStore;
 
-    /// A lookup by hash is planned on the hash index alone, even as a generic plan over a
-    /// table without statistics, where the group's primary-key range looks selective (once
-    /// ANDed in, every lookup read all of it).
-    #[pg_test]
-    fn a_lookup_by_hash_uses_the_hash_index_alone() {
+    /// 20,000 entry rows of group number 1, node ids 0 to 19999, hashes 'h0' to 'h19999', in a
+    /// table without statistics.
+    fn fill_group_one() {
         Spi::run(
             "INSERT INTO causal.dag_entries (grp, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
              SELECT 1, i, 'h' || i, '{}', '{}', 'p', 0, i, '{}', '{}' FROM generate_series(0, 19999) i",
         )
         .unwrap();
+    }
+
+    /// A lookup by hash is planned on the hash index alone, even as a generic plan over a
+    /// table without statistics, where the group's primary-key range looks selective (once
+    /// ANDed in, every lookup read all of it).
+    #[pg_test]
+    fn a_lookup_by_hash_uses_the_hash_index_alone() {
+        fill_group_one();
         let plan = crate::testing::generic_plan("by_hash", "int, text", super::super::NODE_ID_BY_HASH, "1, 'h77'");
         assert!(plan.contains("dag_entries_hash") && !plan.contains("BitmapAnd"), "{plan}");
         assert_eq!(Spi::get_one::<i32>("EXECUTE by_hash(1, 'h77')").unwrap(), Some(77));
@@ -26,7 +32,7 @@ mod tests {
     }
 
     /// A group's node cache outlives its stores, but not beyond a bound: a store made when
-    /// the cache holds more nodes than that starts from an empty one.
+    /// the cache holds more nodes than that keeps only the newest half.
     #[pg_test]
     fn the_node_cache_stays_bounded_across_stores() {
         Spi::run("INSERT INTO causal.group_defs (group_id, name, hash_algorithm) VALUES ('g', 'g', 'sha-256')")
@@ -56,11 +62,7 @@ mod tests {
     /// table without statistics.
     #[pg_test]
     fn nodes_by_id_are_read_through_the_primary_key() {
-        Spi::run(
-            "INSERT INTO causal.dag_entries (grp, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
-             SELECT 1, i, 'h' || i, '{}', '{}', 'p', 0, i, '{}', '{}' FROM generate_series(0, 19999) i",
-        )
-        .unwrap();
+        fill_group_one();
         let plan = crate::testing::generic_plan("by_ids", "int, int[]", super::super::NODES_BY_IDS, "1, '{7, 77}'");
         assert!(plan.contains("dag_entries_pkey") && !plan.contains("Seq Scan on dag_entries"), "{plan}");
         Spi::run("DEALLOCATE by_ids").unwrap();

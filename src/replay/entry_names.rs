@@ -37,14 +37,7 @@ impl EntryNames<'_> {
 
     /// A row's metadata with entries named by node id.
     pub(super) fn meta(&self, r: &RowState) -> Result<Value, ReconcileError> {
-        let mut failed = None;
-        let meta = r.meta_value_with(|h| {
-            self.name(h).unwrap_or_else(|e| {
-                failed.get_or_insert(e);
-                Value::Null
-            })
-        });
-        failed.map_or(Ok(meta), Err)
+        r.meta_value_with(|h| self.name(h))
     }
 
     /// Reads the nodes named in `metas`, in one query for those not cached, before their

@@ -610,11 +610,7 @@ impl ReplicaStore for SpiReplica {
         let names = self.names();
         let states = changes.rows.iter().filter_map(|r| r.state.as_ref());
         let befores = changes.journal.iter().flat_map(|(_, j)| j.undo.iter().filter_map(|u| u.before.as_ref()));
-        names.prepare_names(
-            states
-                .chain(befores)
-                .flat_map(|r| std::iter::once(&r.inserted_by).chain(r.writers.values()).chain(r.deleted_by.as_ref())),
-        )?;
+        names.prepare_names(states.chain(befores).flat_map(RowState::entries))?;
         let mut seen: std::collections::HashSet<&EntryHash> = std::collections::HashSet::new();
         let (mut first, mut again) = (JournalBatch::default(), JournalBatch::default());
         let records = changes

@@ -3,6 +3,7 @@
 //! it decided in the same transaction.
 
 use causal_core::dag::NodeId;
+use causal_core::payload::SignedPayload;
 use causal_core::reconcile::{self, Changes, ReconcileError, ReplicaStore};
 use causal_core::{Dag, EntryHash};
 
@@ -51,18 +52,23 @@ pub fn unplaced_entries(group: &str, from: u32, to: u32) -> Result<Vec<reconcile
             .iter()
             .map(|h| h.parse::<EntryHash>().map_err(|_| corrupt(format!("stored predecessor {h}"))))
             .collect::<Result<causal_core::entry::Position, _>>()?;
-        let value = causal_core::json::parse(&payload).map_err(|e| corrupt(format!("entry {hash}: {e}")))?;
-        let payload = causal_core::payload::SignedPayload::from_value(&value)
-            .map_err(|e| corrupt(format!("entry {hash}: {e}")))?;
+        let payload = decode_payload(group, &hash, &payload)?;
         out.push((hash, prev, payload));
     }
     Ok(out)
 }
 
+/// The stored payload text of entry `hash` of `group`, decoded.
+fn decode_payload(group: &str, hash: &EntryHash, text: &str) -> Result<SignedPayload, CausalError> {
+    let corrupt = |e: String| CausalError::Corrupt(format!("group {group}: entry {hash}: {e}"));
+    let value = causal_core::json::parse(text).map_err(|e| corrupt(e.to_string()))?;
+    SignedPayload::from_value(&value).map_err(|e| corrupt(e.to_string()))
+}
+
 /// [`unplaced_entries`] for placing through `store`: the hashes and predecessors come from the
 /// entries' nodes (read for the page in one statement, and kept for the engine, which asks for
 /// them next), the payloads from the rows. Reading and parsing each entry's hash and
-/// predecessors as text again was a tenth of placing a single-row entry.
+/// predecessors as text again made placing single-row entries about 8% slower.
 fn unplaced_page(store: &SpiStore, group: &str, from: u32, to: u32) -> Result<Vec<reconcile::NewEntry>, CausalError> {
     use causal_core::DagStore;
     let ids: Vec<NodeId> = (from..to).map(NodeId).collect();
@@ -85,9 +91,7 @@ fn unplaced_page(store: &SpiStore, group: &str, from: u32, to: u32) -> Result<Ve
         for p in &node.preds {
             prev.insert(store.node(*p).map_err(causal_core::DagError::from)?.hash);
         }
-        let value = causal_core::json::parse(&payload).map_err(|e| corrupt(format!("entry {}: {e}", node.hash)))?;
-        let payload = causal_core::payload::SignedPayload::from_value(&value)
-            .map_err(|e| corrupt(format!("entry {}: {e}", node.hash)))?;
+        let payload = decode_payload(group, &node.hash, &payload)?;
         out.push((node.hash, prev, payload));
     }
     Ok(out)

@@ -6,7 +6,7 @@ use causal_core::identity::PublicKey;
 use causal_core::payload::SignedPayload;
 use causal_core::{Entry, GroupId, HashAlgorithm};
 use causal_integration::postgres::Client;
-use causal_integration::{node_identity, sqlstate, Cluster};
+use causal_integration::{node_identity, sqlstate, wait_until, Cluster};
 
 fn setup(db: &mut Client) {
     db.batch_execute(
@@ -658,16 +658,13 @@ fn a_member_removed_elsewhere_is_refused_at_its_next_write() {
         r.map_err(|e| sqlstate(&e))
     });
     let mut watch = node.connect("postgres");
-    for _ in 0..500 {
+    wait_until("carol's write waits for the group's lock", || {
         let n: i64 = watch
             .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", &[])
             .unwrap()
             .get(0);
-        if n > 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        n > 0
+    });
     admin.batch_execute("COMMIT").unwrap();
     assert_eq!(waiting.join().unwrap(), Err(Some("42501".to_string())));
     let n: i64 = admin.query_one("SELECT count(*) FROM products WHERE sku IN ('b2', 'c2')", &[]).unwrap().get(0);

@@ -5,17 +5,7 @@
 //! is in the tables, and the node seals it from there.
 
 use causal_integration::postgres::Client;
-use causal_integration::{sqlstate, Cluster};
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("timed out waiting until {what}");
-}
+use causal_integration::{sqlstate, wait_until, Cluster};
 
 fn entries(db: &mut Client) -> i64 {
     db.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0)
@@ -37,6 +27,18 @@ fn shop(db: &mut Client) {
          SELECT causal.replicate('shop', 'products');",
     )
     .unwrap();
+}
+
+/// [`shop`] with one row, sealed; then the capture slot is dropped by hand. Returns how many
+/// entries there are.
+fn sealed_then_slot_dropped(a: &mut Client) -> i64 {
+    shop(a);
+    a.batch_execute("INSERT INTO products VALUES ('first', 'sealed', NULL)").unwrap();
+    a.batch_execute("SELECT causal.catch_up()").unwrap();
+    let sealed_entries = entries(a);
+    a.batch_execute("SELECT pg_drop_replication_slot('pg_causal_' || oid) FROM pg_database WHERE datname = 'postgres'")
+        .unwrap();
+    sealed_entries
 }
 
 #[test]
@@ -122,12 +124,7 @@ fn a_promoted_standby_seals_what_the_lost_slot_never_decoded() {
 fn a_slot_dropped_by_hand_is_created_again_and_what_it_missed_sealed() {
     let node = Cluster::start("slot-dropped", &[]);
     let mut a = node.connect("postgres");
-    shop(&mut a);
-    a.batch_execute("INSERT INTO products VALUES ('first', 'sealed', NULL)").unwrap();
-    a.batch_execute("SELECT causal.catch_up()").unwrap();
-    let sealed_entries = entries(&mut a);
-    a.batch_execute("SELECT pg_drop_replication_slot('pg_causal_' || oid) FROM pg_database WHERE datname = 'postgres'")
-        .unwrap();
+    let sealed_entries = sealed_then_slot_dropped(&mut a);
     // A session that saw the slot before writes on: its commit is in no slot's WAL.
     a.batch_execute("INSERT INTO products VALUES ('missed', 'while the slot was gone', NULL)").unwrap();
     // A new session may not write until the slot is back; a sealing run brings it back and
@@ -158,12 +155,7 @@ fn a_slot_dropped_by_hand_is_created_again_and_what_it_missed_sealed() {
 fn a_writer_in_flight_while_the_slot_is_created_again_is_not_lost() {
     let node = Cluster::start("slot-writer-in-flight", &[]);
     let mut a = node.connect("postgres");
-    shop(&mut a);
-    a.batch_execute("INSERT INTO products VALUES ('first', 'sealed', NULL)").unwrap();
-    a.batch_execute("SELECT causal.catch_up()").unwrap();
-    let sealed_entries = entries(&mut a);
-    a.batch_execute("SELECT pg_drop_replication_slot('pg_causal_' || oid) FROM pg_database WHERE datname = 'postgres'")
-        .unwrap();
+    let sealed_entries = sealed_then_slot_dropped(&mut a);
     a.batch_execute("BEGIN; INSERT INTO products VALUES ('in flight', 'committed during the run', NULL)").unwrap();
     let run = std::thread::spawn({
         let mut b = node.connect("postgres");

@@ -14,6 +14,17 @@ pub use postgres;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Polls `f` every 50 ms until it holds; panics, naming `what`, after 30 s.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting until {what}");
+}
+
 fn pg_bin() -> PathBuf {
     std::env::var_os("CAUSAL_PG_BIN").map(PathBuf::from).unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into())
 }

@@ -112,22 +112,31 @@ impl RowState {
     /// The metadata as JSON (`{"i": inserted_by, "w": {col: writer}, "d": deleted_by}`), each
     /// entry named by its hash.
     pub fn meta_value(&self) -> Value {
-        self.meta_value_with(|h| json!(h.to_b64()))
+        let named: Result<Value, std::convert::Infallible> = self.meta_value_with(|h| Ok(json!(h.to_b64())));
+        named.unwrap_or_else(|never| match never {})
     }
 
     /// [`RowState::meta_value`] with each entry named by `name`: a store may name entries by
     /// numbers of its own, which take a fraction of a hash's space in every row.
-    pub fn meta_value_with(&self, mut name: impl FnMut(&EntryHash) -> Value) -> Value {
+    pub fn meta_value_with<E>(&self, mut name: impl FnMut(&EntryHash) -> Result<Value, E>) -> Result<Value, E> {
         let mut m = Map::new();
-        m.insert("i".into(), name(&self.inserted_by));
+        m.insert("i".into(), name(&self.inserted_by)?);
         if !self.writers.is_empty() {
-            let w: Map<String, Value> = self.writers.iter().map(|(c, h)| (c.clone(), name(h))).collect();
+            let mut w = Map::new();
+            for (c, h) in &self.writers {
+                w.insert(c.clone(), name(h)?);
+            }
             m.insert("w".into(), Value::Object(w));
         }
         if let Some(d) = &self.deleted_by {
-            m.insert("d".into(), name(d));
+            m.insert("d".into(), name(d)?);
         }
-        Value::Object(m)
+        Ok(Value::Object(m))
+    }
+
+    /// The entries this state names: who inserted the row, wrote its columns, deleted it.
+    pub fn entries(&self) -> impl Iterator<Item = &EntryHash> {
+        std::iter::once(&self.inserted_by).chain(self.writers.values()).chain(self.deleted_by.as_ref())
     }
 
     /// The entries [`RowState::meta_value_with`] names in `meta`, each once, in no order.
