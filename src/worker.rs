@@ -104,7 +104,10 @@ pub extern "C-unwind" fn causal_sync_worker_main(_arg: pg_sys::Datum) {
         report_every: Duration::from_secs(1),
         // The background worker reports in views only; `causal-sync --metrics` serves them.
         metrics: None,
-        commit_wakeups: Some(wakeups.clone()),
+        commit_wakeups: Some(causal_sync::CommitWakeups {
+            notified: wakeups.clone(),
+            arm: std::sync::Arc::new(crate::pg::wake::arm_wakeup),
+        }),
         seal_poll: crate::guc::seal_poll_interval(),
     };
     pgrx::log!("pg_causal sync worker starting for database {database:?}");

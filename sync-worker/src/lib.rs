@@ -25,7 +25,7 @@ pub mod wire;
 #[cfg(feature = "net")]
 pub use libp2p::Multiaddr;
 #[cfg(feature = "net")]
-pub use node::{run, WorkerConfig, WorkerError};
+pub use node::{run, CommitWakeups, WorkerConfig, WorkerError};
 
 use clap::Parser;
 

@@ -139,22 +139,43 @@ const PLACING_GAP: Duration = Duration::from_millis(2);
 /// did no better (bench/seal_lag.sh, docs/BENCHMARKS.md).
 const PLACEMENT_ROWS_PER_CALL: i64 = 500;
 
+/// What [`place_local_commits`] asks of the database: a trait so that a test can stand in for it.
+pub(super) trait LocalCommits {
+    /// Seals what is committed.
+    fn seal(&self) -> impl std::future::Future<Output = Result<(), DbError>> + Send;
+    /// Seals what is committed, then places about `max_rows` rows; returns how many entries.
+    fn catch_up(&self, max_rows: i64) -> impl std::future::Future<Output = Result<i64, DbError>> + Send;
+}
+
+impl LocalCommits for Db {
+    fn seal(&self) -> impl std::future::Future<Output = Result<(), DbError>> + Send {
+        Db::seal(self)
+    }
+    fn catch_up(&self, max_rows: i64) -> impl std::future::Future<Output = Result<i64, DbError>> + Send {
+        Db::catch_up(self, max_rows)
+    }
+}
+
 /// Places local commits of plain data that wait for the reconciliation engine (docs/SEMANTICS.md,
 /// "Deferred placement"), so the backlog does not grow until the next import: woken by local
 /// commits, after a short pause that lets commits gather, and once a second regardless. Logs
 /// its progress while a backlog lasts.
-pub(super) async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::sync::Notify>, poll: Duration) {
+pub(super) async fn place_local_commits(db: impl LocalCommits, commits: super::CommitWakeups, poll: Duration) {
     // After a failure, retries come less and less often (up to once a minute, commits do not
     // wake them), and the same error is logged again only at the 1st, 2nd, 4th, 8th ... try.
     let (mut failures, mut last_error) = (0u32, None::<String>);
     let mut last_start = tokio::time::Instant::now();
+    // The first round runs at once: what was committed while no worker ran is sealed now.
+    let mut started_up = false;
     loop {
-        if failures == 0 {
+        if !started_up {
+            started_up = true;
+        } else if failures == 0 {
             // Local commits do not NOTIFY (that serializes committing transactions): in the
             // background worker they set its latch, which wakes this; otherwise they are
             // sealed from the WAL within a poll. An idle poll costs a comparison of WAL
             // positions in the database.
-            let _ = tokio::time::timeout(poll, commits.notified()).await;
+            let _ = tokio::time::timeout(poll, commits.notified.notified()).await;
             tokio::time::sleep_until(last_start + PLACING_GAP).await;
         } else {
             tokio::time::sleep(Duration::from_secs((1u64 << failures.min(6)).min(60))).await;
@@ -162,6 +183,8 @@ pub(super) async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::s
         let started = std::time::Instant::now();
         last_start = tokio::time::Instant::now();
         let (mut placed, mut reported) = (0i64, std::time::Instant::now());
+        // Commits from here on wake the next round; those before it are sealed by this one.
+        (commits.arm)();
         loop {
             let placing = match db.seal().await {
                 Ok(()) => db.catch_up(PLACEMENT_ROWS_PER_CALL).await,
@@ -196,5 +219,77 @@ pub(super) async fn place_local_commits(db: Db, commits: std::sync::Arc<tokio::s
         if placed > 0 {
             tracing::debug!(placed, took_ms = started.elapsed().as_millis() as u64, "placed local commits");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A database where a commit lands just after the sealer found nothing new in the WAL,
+    /// before its call returns: the moment a round decides it is done. The commit wakes the
+    /// sealer as a committing backend does (`pg::wake`): only if armed, disarming it.
+    #[derive(Clone, Default)]
+    struct Racing {
+        committed: Arc<AtomicU64>,
+        sealed: Arc<AtomicU64>,
+        armed: Arc<AtomicBool>,
+        notified: Arc<tokio::sync::Notify>,
+        /// Commits still to land, one per look at the WAL that finds nothing new.
+        to_come: Arc<AtomicU64>,
+    }
+
+    impl Racing {
+        fn commit(&self) {
+            self.committed.fetch_add(1, Ordering::SeqCst);
+            if self.armed.swap(false, Ordering::SeqCst) {
+                self.notified.notify_one();
+            }
+        }
+
+        fn look_at_the_wal(&self) -> i64 {
+            let seen = self.committed.load(Ordering::SeqCst);
+            let newly = seen - self.sealed.swap(seen, Ordering::SeqCst);
+            if newly == 0 && self.to_come.load(Ordering::SeqCst) > 0 {
+                self.to_come.fetch_sub(1, Ordering::SeqCst);
+                self.commit();
+            }
+            newly as i64
+        }
+
+        fn wakeups(&self) -> crate::node::CommitWakeups {
+            let armed = self.armed.clone();
+            crate::node::CommitWakeups {
+                notified: self.notified.clone(),
+                arm: Arc::new(move || armed.store(true, Ordering::SeqCst)),
+            }
+        }
+    }
+
+    impl LocalCommits for Racing {
+        async fn seal(&self) -> Result<(), DbError> {
+            self.look_at_the_wal();
+            Ok(())
+        }
+        async fn catch_up(&self, _max_rows: i64) -> Result<i64, DbError> {
+            Ok(self.look_at_the_wal())
+        }
+    }
+
+    /// Every commit that lands as a round ends is sealed by a later round, with
+    /// no poll (an hour here) to fall back on.
+    #[tokio::test]
+    async fn a_commit_landing_as_a_round_ends_is_sealed_without_a_poll() {
+        let db = Racing::default();
+        db.to_come.store(25, Ordering::SeqCst);
+        let task = tokio::spawn(place_local_commits(db.clone(), db.wakeups(), Duration::from_secs(3600)));
+        db.commit();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        task.abort();
+        assert_eq!(db.to_come.load(Ordering::SeqCst), 0);
+        assert_eq!(db.sealed.load(Ordering::SeqCst), 26, "committed {}", db.committed.load(Ordering::SeqCst));
     }
 }
