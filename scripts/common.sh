@@ -72,7 +72,11 @@ ensure_setup() {
 # Builds the extension in release mode and installs it into PostgreSQL's directories.
 install_extension() {
     say "Building and installing pg_causal into PostgreSQL $PG_MAJOR"
-    (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -vE '^\s*(Compiling|Checking)' || true)
+    # A failed build must stop here: the library of an earlier install would otherwise be
+    # tested or benchmarked in its place.
+    (cd "$ROOT" && set -o pipefail &&
+        cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | { grep -vE '^\s*(Compiling|Checking)' || true; }) ||
+        die "building pg_causal failed"
     [ -f "$("$PG_CONFIG" --sharedir)/extension/pg_causal.control" ] || die "pg_causal was not installed"
     # The full scripts of released versions (cargo pgrx installs the current one and the
     # upgrade scripts in sql/): CREATE EXTENSION ... VERSION '<old>' needs them, as the
