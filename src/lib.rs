@@ -38,6 +38,8 @@ pub extern "C-unwind" fn _PG_init() {
     // Undone work may have granted what was found allowed in it: forget every grant found.
     pg::xact::subscribe(|_| catalog::identity::forget_grants());
     pg::xact::subscribe(catalog::store::forget);
+    // Undone work may have sealed what a kept decoding context has read past.
+    pg::xact::subscribe(capture::decode::forget);
     catalog::identity::register_callbacks();
     pg::shmem::init();
     worker::register();

@@ -309,31 +309,25 @@ pub fn decode(
     let failed = unsafe {
         pg_sys::ReplicationSlotAcquire(name.as_ptr(), true);
         let old_owner = pg_sys::CurrentResourceOwner;
+        let call_memory = pg_sys::CurrentMemoryContext;
         PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
             let mut failed = None;
-            let mut routine = pg_sys::XLogReaderRoutine {
-                page_read: Some(read_local_xlog_page),
-                segment_open: Some(wal_segment_open),
-                segment_close: Some(wal_segment_close),
-            };
-            let ctx = pg_sys::CreateDecodingContext(
-                start,
-                std::ptr::null_mut(),
-                false,
-                &mut routine,
-                Some(prepare_write),
-                Some(do_write),
-                None,
-            );
+            let ctx = context_for(start);
             let reader = (*ctx).reader;
-            pg_sys::XLogBeginRead(reader, (*pg_sys::MyReplicationSlot).data.restart_lsn);
+            // Reading and decoding allocate what the reader and the reorder buffer keep (the
+            // reader's buffers, records held until the next read): for a kept context, in its
+            // own memory, as a walsender does in the memory of its streaming command.
+            let decoding_memory =
+                KEPT.with(std::cell::Cell::get).filter(|k| k.ctx == ctx).map_or(call_memory, |k| k.memory);
             pg_sys::InvalidateSystemCaches();
             // The reader's position moves with each record read (clippy cannot see it).
             #[allow(clippy::while_immutable_condition)]
             while (*reader).EndRecPtr < end_of_wal {
                 let mut errm: *mut std::ffi::c_char = std::ptr::null_mut();
+                pg_sys::MemoryContextSwitchTo(decoding_memory);
                 let record = pg_sys::XLogReadRecord(reader, &mut errm);
                 if !errm.is_null() {
+                    pg_sys::MemoryContextSwitchTo(call_memory);
                     let msg = std::ffi::CStr::from_ptr(errm).to_string_lossy().into_owned();
                     CausalError::Corrupt(format!("could not read the WAL for capture: {msg}"))
                         .report("pg_causal decoding");
@@ -341,6 +335,7 @@ pub fn decode(
                 if !record.is_null() {
                     LogicalDecodingProcessRecord(ctx, reader);
                 }
+                pg_sys::MemoryContextSwitchTo(call_memory);
                 if DONE_ROWS.with(std::cell::Cell::get) >= batch_rows {
                     // Between records no historic snapshot is set up: what decoding cached
                     // under one is dropped before and after the caller's statements.
@@ -368,12 +363,23 @@ pub fn decode(
                 }
             }
             RESTART_LSN.with(|r| r.set((*pg_sys::MyReplicationSlot).data.restart_lsn));
-            pg_sys::FreeDecodingContext(ctx);
+            // After a batch its caller refused, the next run starts afresh: it reads again
+            // what this one read past the position sealed.
+            if failed.is_some() || !keep_context(ctx) {
+                if KEPT.with(std::cell::Cell::get).is_some_and(|k| k.ctx == ctx) {
+                    drop_kept_context(true);
+                } else {
+                    pg_sys::FreeDecodingContext(ctx);
+                }
+            }
             pg_sys::ReplicationSlotRelease();
             pg_sys::InvalidateSystemCaches();
             failed
         }))
         .catch_others(|e| {
+            // Whatever decoding left half done, the next run starts afresh.
+            pg_sys::MemoryContextSwitchTo(call_memory);
+            drop_kept_context(false);
             pg_sys::InvalidateSystemCaches();
             e.rethrow()
         })
@@ -388,6 +394,146 @@ pub fn decode(
         return Ok(());
     }
     on_batch(txns)
+}
+
+/// A decoding context kept between runs (see [`crate::pg::slot_uses`]): its last run left the
+/// slot's use count at `uses`, in (sub)transaction `at`, and everything it allocated lives in
+/// `memory`. It is `stale` once that work is undone: what the run sealed is rolled back, so
+/// the next run must read those transactions again, from the slot's restart position.
+#[derive(Clone, Copy)]
+struct KeptContext {
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    memory: pg_sys::MemoryContext,
+    slot: *mut pg_sys::ReplicationSlot,
+    uses: u64,
+    at: crate::pg::xact::Kept,
+    stale: bool,
+}
+
+/// Marks the kept decoding context stale if its last run was in undone work.
+pub fn forget(undone: crate::pg::xact::Undone) {
+    KEPT.with(|k| {
+        if let Some(mut kept) = k.get() {
+            if undone.covers(kept.at) {
+                kept.stale = true;
+                k.set(Some(kept));
+            }
+        }
+    });
+}
+
+thread_local! {
+    /// This backend's kept decoding context, if any.
+    static KEPT: std::cell::Cell<Option<KeptContext>> = const { std::cell::Cell::new(None) };
+    /// The slot's use count as this run took it: `(before, after)`, or `None` without shared
+    /// memory (then no context is kept).
+    static TAKEN: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The decoding context for this run, with the slot held: the one the last run of this backend
+/// kept, if no other run took the slot since, read on from where it stopped. Otherwise a new
+/// one reading from the slot's restart position, skipping what commits before `start`: what
+/// `pg_logical_slot_get_changes` does at every call. Reading on saves reading the WAL since the
+/// restart position again, and the decoding of every transaction in it, at every run: under a
+/// steady load, that was several times what a run had to seal.
+///
+/// # Safety
+/// On the backend's thread, with the slot acquired by this backend.
+unsafe fn context_for(start: u64) -> *mut pg_sys::LogicalDecodingContext {
+    let taken = crate::pg::slot_uses::taken();
+    TAKEN.with(|t| t.set(taken));
+    if let Some(kept) = KEPT.with(std::cell::Cell::get) {
+        let current = !kept.stale
+            && taken.is_some_and(|(before, _)| before == kept.uses)
+            && kept.slot == pg_sys::MyReplicationSlot;
+        if current {
+            return kept.ctx;
+        }
+        drop_kept_context(true);
+    }
+    let mut routine = pg_sys::XLogReaderRoutine {
+        page_read: Some(read_local_xlog_page),
+        segment_open: Some(wal_segment_open),
+        segment_close: Some(wal_segment_close),
+    };
+    // A context that may be kept is made in memory of its own, which outlives the transaction.
+    let memory = if taken.is_some() {
+        pg_sys::AllocSetContextCreateInternal(
+            pg_sys::TopMemoryContext,
+            c"pg_causal decoding".as_ptr(),
+            0,
+            8 * 1024,
+            8 * 1024 * 1024,
+        )
+    } else {
+        pg_sys::CurrentMemoryContext
+    };
+    let kept = taken.map(|_| KeptContext {
+        ctx: std::ptr::null_mut(), // set below; an error before leaves only `memory` to delete
+        memory,
+        slot: pg_sys::MyReplicationSlot,
+        uses: 0,
+        at: crate::pg::xact::now(),
+        stale: true, // until its run went well (`keep_context`)
+    });
+    KEPT.with(|k| k.set(kept));
+    let old = pg_sys::MemoryContextSwitchTo(memory);
+    let ctx = pg_sys::CreateDecodingContext(
+        start,
+        std::ptr::null_mut(),
+        false,
+        &mut routine,
+        Some(prepare_write),
+        Some(do_write),
+        None,
+    );
+    pg_sys::MemoryContextSwitchTo(old);
+    pg_sys::XLogBeginRead((*ctx).reader, (*pg_sys::MyReplicationSlot).data.restart_lsn);
+    KEPT.with(|k| k.set(kept.map(|kept| KeptContext { ctx, ..kept })));
+    ctx
+}
+
+/// After a run that went well: keeps `ctx` for the next run if it is the kept one (so made in
+/// memory of its own), noting the use count this run left and the (sub)transaction it ran in.
+/// Returns whether it was kept.
+///
+/// # Safety
+/// On the backend's thread.
+unsafe fn keep_context(ctx: *mut pg_sys::LogicalDecodingContext) -> bool {
+    let (Some(mut kept), Some((_, after))) = (KEPT.with(std::cell::Cell::get), TAKEN.with(std::cell::Cell::get)) else {
+        return false;
+    };
+    if kept.ctx != ctx {
+        return false;
+    }
+    kept.uses = after;
+    kept.at = crate::pg::xact::now();
+    kept.stale = false;
+    KEPT.with(|k| k.set(Some(kept)));
+    true
+}
+
+/// Forgets the kept decoding context, if any. With `orderly`, the slot is held and the context
+/// is whole: it is freed as Postgres frees one (closing its WAL segment, deleting the slot's
+/// spilled transactions). Otherwise (after an error, half way through a record perhaps) its
+/// memory is deleted and its WAL segment closed; spilled transactions left behind are deleted
+/// by the next context made for the slot.
+///
+/// # Safety
+/// On the backend's thread.
+unsafe fn drop_kept_context(orderly: bool) {
+    let Some(kept) = KEPT.with(|k| k.take()) else { return };
+    if kept.ctx.is_null() {
+        // Its making failed: nothing but memory to let go of.
+    } else if orderly {
+        pg_sys::FreeDecodingContext(kept.ctx);
+    } else {
+        let reader = (*kept.ctx).reader;
+        if !reader.is_null() && (*reader).seg.ws_file >= 0 {
+            libc::close((*reader).seg.ws_file);
+        }
+    }
+    pg_sys::MemoryContextDelete(kept.memory);
 }
 
 /// Keeps the LOG lines every decoding start writes ("starting logical decoding for slot",

@@ -1,6 +1,7 @@
-//! pg_causal's shared memory: the worker's latch ([`super::wake`]) and the progress slots
-//! ([`super::progress`]). It exists only when pg_causal is in `shared_preload_libraries`;
-//! elsewhere [`ready`] is false and both do without it.
+//! pg_causal's shared memory: the worker's latch ([`super::wake`]), the progress slots
+//! ([`super::progress`]) and the count of the capture slot's uses ([`super::slot_uses`]). It
+//! exists only when pg_causal is in `shared_preload_libraries`; elsewhere [`ready`] is false
+//! and each does without it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,6 +17,7 @@ pub fn init() {
         return;
     }
     super::wake::request_shared_memory();
+    super::slot_uses::request_shared_memory();
     super::progress::request_shared_memory();
     READY.store(true, Ordering::Relaxed);
 }

@@ -670,3 +670,68 @@ fn a_member_removed_elsewhere_is_refused_at_its_next_write() {
     let n: i64 = admin.query_one("SELECT count(*) FROM products WHERE sku IN ('b2', 'c2')", &[]).unwrap().get(0);
     assert_eq!(n, 0);
 }
+
+/// A cluster with pg_causal preloaded, as a node runs it: a sealing backend keeps its decoding
+/// context between runs (`capture::decode`). The sync worker serves database `postgres`; these
+/// tests seal in database `app`, where only their own sessions decode the slot.
+fn preloaded(name: &str) -> (Cluster, Client) {
+    let node = Cluster::start(name, &["shared_preload_libraries = 'pg_causal'", "logical_decoding_work_mem = '64kB'"]);
+    let mut postgres = node.connect("postgres");
+    postgres.batch_execute("CREATE EXTENSION pg_causal").unwrap();
+    postgres.batch_execute("CREATE DATABASE app").unwrap();
+    let mut db = node.connect("app");
+    setup(&mut db);
+    (node, db)
+}
+
+/// A run that reads on from where the session's last run stopped must not skip what that run
+/// sealed in work that was then rolled back: the next run reads it again.
+#[test]
+fn a_sealing_run_rolled_back_leaves_its_transactions_to_the_next() {
+    let (node, mut db) = preloaded("kept-context-rollback");
+    let base = count(&mut db);
+    let mut other = node.connect("app");
+    other.batch_execute("INSERT INTO products VALUES ('A', 'a', 1)").unwrap();
+    db.batch_execute("BEGIN; SELECT causal.catch_up(NULL, 0); ROLLBACK").unwrap();
+    other.batch_execute("INSERT INTO products VALUES ('B', 'b', 2)").unwrap();
+    assert_eq!(count(&mut db), base + 2, "both inserts sealed, the one rolled back included");
+    // Within a savepoint too.
+    other.batch_execute("INSERT INTO products VALUES ('C', 'c', 3)").unwrap();
+    db.batch_execute("BEGIN; SAVEPOINT s; SELECT causal.catch_up(NULL, 0); ROLLBACK TO s; COMMIT").unwrap();
+    assert_eq!(count(&mut db), base + 3);
+    let ok: bool = db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
+    assert!(ok);
+}
+
+/// A transaction in progress across sealing runs is read in pieces, and spilled to disk past
+/// `logical_decoding_work_mem`. When another session decodes the slot meanwhile, its context
+/// deletes the slot's spilled changes: the first session's next run must start afresh rather
+/// than read on without them (Postgres takes missing spill files for changes never spilled).
+#[test]
+fn a_transaction_spilled_while_another_session_seals_is_sealed_whole() {
+    let (node, mut db) = preloaded("kept-context-spill");
+    let base = count(&mut db);
+    let mut writer = node.connect("app");
+    let mut other = node.connect("app");
+    // The other session spills nothing: the files it deletes as it starts are not written again.
+    other.batch_execute("SET logical_decoding_work_mem = '1GB'").unwrap();
+    db.batch_execute("SELECT causal.catch_up(NULL, 0)").unwrap();
+    writer
+        .batch_execute(
+            "BEGIN; INSERT INTO products SELECT 'k' || g, repeat('n', 100), 1 FROM generate_series(1, 5000) g",
+        )
+        .unwrap();
+    // A run flushes the WAL and reads to its end: the rows not committed yet, spilled.
+    db.batch_execute("SELECT causal.catch_up(NULL, 0)").unwrap();
+    other.batch_execute("SELECT causal.catch_up(NULL, 0)").unwrap();
+    writer.batch_execute("COMMIT").unwrap();
+    assert_eq!(count(&mut db), base + 1);
+    let ops: i64 = db
+        .query_one(
+            "SELECT jsonb_array_length(payload::jsonb -> 'ops')::bigint FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ops, 5000, "every row of the transaction is in its entry");
+}
