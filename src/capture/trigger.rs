@@ -71,7 +71,9 @@ unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid)
     let catalog = crate::catalog::tables::known_catalog_oid();
     TABLES.with(|t| {
         let mut t = t.borrow_mut();
-        if relid == pg_sys::InvalidOid || relid == catalog {
+        // A backend that has not learnt the catalog's oid cannot tell its invalidation from
+        // another table's: it takes any for one.
+        if relid == pg_sys::InvalidOid || relid == catalog || catalog == pg_sys::InvalidOid {
             t.clear();
             crate::catalog::authority_version::forget();
             // A group may have been left: the groups found go too. (Their DAGs' caches are
