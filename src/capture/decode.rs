@@ -319,7 +319,7 @@ pub fn decode(
             // own memory, as a walsender does in the memory of its streaming command.
             let decoding_memory =
                 KEPT.with(std::cell::Cell::get).filter(|k| k.ctx == ctx).map_or(call_memory, |k| k.memory);
-            pg_sys::InvalidateSystemCaches();
+            reset_caches();
             // The reader's position moves with each record read (clippy cannot see it).
             #[allow(clippy::while_immutable_condition)]
             while (*reader).EndRecPtr < end_of_wal {
@@ -342,12 +342,12 @@ pub fn decode(
                     let txns = take_done();
                     DELIVERED.with(|d| d.set(d.get() || !txns.is_empty()));
                     pg_sys::CurrentResourceOwner = old_owner;
-                    pg_sys::InvalidateSystemCaches();
+                    reset_caches();
                     if let Err(e) = on_batch(txns) {
                         failed = Some(e);
                         break;
                     }
-                    pg_sys::InvalidateSystemCaches();
+                    reset_caches();
                 }
                 pgrx::check_for_interrupts!();
             }
@@ -373,14 +373,14 @@ pub fn decode(
                 }
             }
             pg_sys::ReplicationSlotRelease();
-            pg_sys::InvalidateSystemCaches();
+            reset_caches();
             failed
         }))
         .catch_others(|e| {
             // Whatever decoding left half done, the next run starts afresh.
             pg_sys::MemoryContextSwitchTo(call_memory);
             drop_kept_context(false);
-            pg_sys::InvalidateSystemCaches();
+            reset_caches();
             e.rethrow()
         })
         .execute()
@@ -394,6 +394,32 @@ pub fn decode(
         return Ok(());
     }
     on_batch(txns)
+}
+
+thread_local! {
+    /// Set while decoding resets the backend's caches itself ([`reset_caches`]).
+    static RESETTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the cache callbacks running now come from decoding's own reset of the caches
+/// ([`reset_caches`]), not from a change to the catalog.
+pub fn resetting_caches() -> bool {
+    RESETTING.with(std::cell::Cell::get)
+}
+
+/// Drops every catalog cache entry, as `pg_logical_slot_get_changes` does before and after
+/// decoding: entries made under the current snapshot must not serve decoding, nor entries made
+/// under decoding's historic snapshots what follows. The catalog itself did not change, so
+/// caches that pg_causal filled from it under the current snapshot may stay
+/// ([`resetting_caches`]); each run made the sync worker read them again, at a cost above that
+/// of sealing a transaction.
+///
+/// # Safety
+/// On the backend's thread.
+unsafe fn reset_caches() {
+    RESETTING.with(|r| r.set(true));
+    pg_sys::InvalidateSystemCaches();
+    RESETTING.with(|r| r.set(false));
 }
 
 /// A decoding context kept between runs (see [`crate::pg::slot_uses`]): its last run left the
