@@ -127,9 +127,12 @@ pub(super) async fn run_imports(db: Db, mut rx: mpsc::Receiver<ImportJob>, tx: m
     }
 }
 
-/// The shortest time between the starts of two placing runs: commits that come faster are
-/// taken together by the next run rather than each by a run of its own.
-const PLACING_GAP: Duration = Duration::from_millis(2);
+/// The shortest time between the starts of two placing rounds: commits that come faster are
+/// taken together by the next round rather than each by a call of its own. Each call costs a
+/// sealing run's and a transaction's fixed work (decoding resets the backend's catalog caches,
+/// which are read again), so under a steady load of single-row commits rounds 2 ms apart kept
+/// the worker's backend busy with calls of a few commits each.
+const PLACING_GAP: Duration = Duration::from_millis(10);
 
 /// Rows placed per `causal.catch_up` call: each call is a transaction that sealing (and the
 /// group's imports) wait for, so it stays short (about 15-20 ms at the 28-40 µs per single-row
@@ -196,10 +199,14 @@ pub(super) async fn place_local_commits(db: impl LocalCommits, commits: super::C
                         tracing::info!(failures, "placing local commits works again");
                         (failures, last_error) = (0, None);
                     }
-                    if n == 0 {
+                    placed += n;
+                    // A call that placed less than it could has emptied the backlog: the next
+                    // round waits for commits to gather (`PLACING_GAP`). Calling again at once
+                    // placed a few commits per call under a steady load, each call paying the
+                    // fixed cost of a sealing run and a transaction.
+                    if n < PLACEMENT_ROWS_PER_CALL {
                         break;
                     }
-                    placed += n;
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
