@@ -397,29 +397,50 @@ pub fn decode(
 }
 
 thread_local! {
-    /// Set while decoding resets the backend's caches itself ([`reset_caches`]).
-    static RESETTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// While decoding resets the backend's caches itself ([`reset_caches`]): how many resets
+    /// the relcache callbacks have seen in it.
+    static RESETTING: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether the cache callbacks running now come from decoding's own reset of the caches
-/// ([`reset_caches`]), not from a change to the catalog.
-pub fn resetting_caches() -> bool {
-    RESETTING.with(std::cell::Cell::get)
+/// Called by the relcache callback for a reset of every entry: whether it is decoding's own
+/// ([`reset_caches`]), which leaves pg_causal's caches as they are. Only the first in a reset
+/// is: rebuilding the caches takes locks, which take in pending invalidations, and a reset
+/// among them (the backend fell behind the invalidation queue) may stand for any change.
+pub fn own_reset() -> bool {
+    RESETTING.with(|r| match r.get() {
+        Some(seen) => {
+            r.set(Some(seen + 1));
+            true
+        }
+        None => false,
+    })
 }
 
 /// Drops every catalog cache entry, as `pg_logical_slot_get_changes` does before and after
 /// decoding: entries made under the current snapshot must not serve decoding, nor entries made
 /// under decoding's historic snapshots what follows. The catalog itself did not change, so
-/// caches that pg_causal filled from it under the current snapshot may stay
-/// ([`resetting_caches`]); each run made the sync worker read them again, at a cost above that
-/// of sealing a transaction.
+/// caches that pg_causal filled from it under the current snapshot may stay ([`own_reset`]);
+/// each run made the sync worker read them again, at a cost above that of sealing a
+/// transaction. A second reset seen meanwhile came from the invalidation queue: then they go.
 ///
 /// # Safety
 /// On the backend's thread.
 unsafe fn reset_caches() {
-    RESETTING.with(|r| r.set(true));
+    /// Ends the window however the reset ends (an error unwinds through it).
+    struct Window;
+    impl Drop for Window {
+        fn drop(&mut self) {
+            RESETTING.with(|r| r.set(None));
+        }
+    }
+    RESETTING.with(|r| r.set(Some(0)));
+    let window = Window;
     pg_sys::InvalidateSystemCaches();
-    RESETTING.with(|r| r.set(false));
+    let seen = RESETTING.with(std::cell::Cell::get).unwrap_or(0);
+    drop(window);
+    if seen > 1 {
+        super::trigger::forget_catalog(pg_sys::InvalidOid);
+    }
 }
 
 /// A decoding context kept between runs (see [`crate::pg::slot_uses`]): its last run left the

@@ -68,11 +68,17 @@ pub fn refuse_after_writes(group_id: &str, action: &'static str) -> Result<(), C
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     crate::catalog::identity::relcache_changed(relid);
     super::decode::relcache_changed(relid);
-    if relid == pg_sys::InvalidOid && super::decode::resetting_caches() {
+    if relid == pg_sys::InvalidOid && super::decode::own_reset() {
         // Decoding dropped every cache entry; what pg_causal keeps was read under the current
         // snapshot from a catalog that did not change.
         return;
     }
+    forget_catalog(relid);
+}
+
+/// Forgets what pg_causal keeps of the catalog that a change to relation `relid` (every
+/// relation for `InvalidOid`) may have changed.
+pub(super) fn forget_catalog(relid: pg_sys::Oid) {
     let catalog = crate::catalog::tables::known_catalog_oid();
     TABLES.with(|t| {
         let mut t = t.borrow_mut();
