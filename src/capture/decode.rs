@@ -641,6 +641,9 @@ pub fn create_slot(slot: &str) -> Result<u64, CausalError> {
         );
         pg_sys::DecodingContextFindStartpoint(ctx);
         pg_sys::FreeDecodingContext(ctx);
+        // A slot made again where a dropped one was is another slot: a context kept for the
+        // old one must not read on in it.
+        crate::pg::slot_uses::taken();
         pg_sys::ReplicationSlotPersist();
         // The slot is this backend's until released.
         let start = (*pg_sys::MyReplicationSlot).data.confirmed_flush;
