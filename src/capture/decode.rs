@@ -317,8 +317,7 @@ pub fn decode(
             // Reading and decoding allocate what the reader and the reorder buffer keep (the
             // reader's buffers, records held until the next read): for a kept context, in its
             // own memory, as a walsender does in the memory of its streaming command.
-            let decoding_memory =
-                KEPT.with(std::cell::Cell::get).filter(|k| k.ctx == ctx).map_or(call_memory, |k| k.memory);
+            let decoding_memory = kept_as(ctx).map_or(call_memory, |k| k.memory);
             reset_caches();
             // The reader's position moves with each record read (clippy cannot see it).
             #[allow(clippy::while_immutable_condition)]
@@ -366,7 +365,7 @@ pub fn decode(
             // After a batch its caller refused, the next run starts afresh: it reads again
             // what this one read past the position sealed.
             if failed.is_some() || !keep_context(ctx) {
-                if KEPT.with(std::cell::Cell::get).is_some_and(|k| k.ctx == ctx) {
+                if kept_as(ctx).is_some() {
                     drop_kept_context(true);
                 } else {
                     pg_sys::FreeDecodingContext(ctx);
@@ -540,6 +539,11 @@ unsafe fn context_for(start: u64) -> *mut pg_sys::LogicalDecodingContext {
     ctx
 }
 
+/// The kept context, if `ctx` is it.
+fn kept_as(ctx: *mut pg_sys::LogicalDecodingContext) -> Option<KeptContext> {
+    KEPT.with(std::cell::Cell::get).filter(|k| k.ctx == ctx)
+}
+
 /// After a run that went well: keeps `ctx` for the next run if it is the kept one (so made in
 /// memory of its own), noting the use count this run left and the (sub)transaction it ran in.
 /// Returns whether it was kept.
@@ -547,12 +551,9 @@ unsafe fn context_for(start: u64) -> *mut pg_sys::LogicalDecodingContext {
 /// # Safety
 /// On the backend's thread.
 unsafe fn keep_context(ctx: *mut pg_sys::LogicalDecodingContext) -> bool {
-    let (Some(mut kept), Some((_, after))) = (KEPT.with(std::cell::Cell::get), TAKEN.with(std::cell::Cell::get)) else {
+    let (Some(mut kept), Some((_, after))) = (kept_as(ctx), TAKEN.with(std::cell::Cell::get)) else {
         return false;
     };
-    if kept.ctx != ctx {
-        return false;
-    }
     kept.uses = after;
     kept.at = crate::pg::xact::now();
     kept.stale = false;
