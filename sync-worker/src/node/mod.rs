@@ -67,7 +67,7 @@ pub struct WorkerConfig {
 /// the first commit after that notifies `notified`, and later ones send nothing until it is
 /// armed again. A commit that set the latch of an awake worker cost the worker a wakeup of its
 /// main thread per commit: 8-13 µs of its CPU per single-row commit under load, against
-/// about 1 µs with arming (`bench/seal_lag.sh`-like load, 2 clients).
+/// about 1 µs with arming (pgbench single-row inserts from 2 clients, unthrottled).
 #[derive(Clone)]
 pub struct CommitWakeups {
     pub notified: std::sync::Arc<tokio::sync::Notify>,
