@@ -160,3 +160,12 @@ JOIN causal.sync_worker w ON w.reported_at > now() - interval '10 seconds'
 LEFT JOIN causal.group_defs g ON g.group_id = s.group_id
 WHERE s.to_fetch > 0;
 GRANT SELECT ON causal.progress TO PUBLIC;
+
+-- The sync worker's placing call: places sealed local commits without sealing first.
+CREATE FUNCTION causal."_place_sealed"(
+	"max_rows" bigint
+) RETURNS bigint
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'place_sealed_wrapper';
+

@@ -239,6 +239,14 @@ impl Db {
         Ok(row.try_get(0)?)
     }
 
+    /// Places sealed local commits without sealing first (`causal._place_sealed`), about
+    /// `max_rows` rows per group; `None` when a run would cancel a local commit, which only
+    /// [`Db::catch_up`] may place.
+    pub async fn place_sealed(&self, max_rows: i64) -> Result<Option<i64>, DbError> {
+        let row = self.client.query_one("SELECT causal._place_sealed($1)", &[&max_rows]).await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Seals the local commits (`causal.catch_up(NULL, 0)`): their entries are durable when
     /// this returns, whatever placement still has to do.
     pub async fn seal(&self) -> Result<(), DbError> {

@@ -128,17 +128,17 @@ pub(super) async fn run_imports(db: Db, mut rx: mpsc::Receiver<ImportJob>, tx: m
 }
 
 /// The shortest time between the starts of two placing rounds: commits that come faster are
-/// taken together by the next round rather than each by a call of its own. Each call costs a
-/// sealing run's and a transaction's fixed work (decoding resets the backend's catalog caches,
-/// which are read again), so under a steady load of single-row commits rounds 2 ms apart kept
-/// the worker's backend busy with calls of a few commits each.
+/// taken together by the next round rather than each by a call of its own. Each round costs a
+/// sealing run's and two transactions' fixed work (decoding resets the sealing backend's
+/// catalog caches, which are read again), so under a steady load of single-row commits rounds
+/// 2 ms apart kept the worker's backend busy with calls of a few commits each.
 const PLACING_GAP: Duration = Duration::from_millis(10);
 
-/// Rows placed per `causal.catch_up` call: each call is a transaction that sealing (and the
-/// group's imports) wait for, so it stays short (about 15-20 ms at the 28-40 µs per single-row
-/// entry measured for placement, docs/BENCHMARKS.md). Sealing alone runs before each call, in a
-/// transaction of its own, so the entries of new commits do not wait for a backlog to be
-/// placed. At half of plain's rate, 500 halved the sealing lag's p99 against 2,000, and 250
+/// Rows placed per placing call: each call is a transaction that sealing (and the group's
+/// imports) wait for, so it stays short (about 15-20 ms at the 28-40 µs per single-row entry
+/// measured for placement, docs/BENCHMARKS.md). Sealing runs before each call, in a
+/// transaction (and a backend) of its own, so the entries of new commits do not wait for a
+/// backlog to be placed. At half of plain's rate, 500 halved the sealing lag's p99 against 2,000, and 250
 /// did no better (bench/seal_lag.sh, docs/BENCHMARKS.md).
 const PLACEMENT_ROWS_PER_CALL: i64 = 500;
 
@@ -146,16 +146,32 @@ const PLACEMENT_ROWS_PER_CALL: i64 = 500;
 pub(super) trait LocalCommits {
     /// Seals what is committed.
     fn seal(&self) -> impl std::future::Future<Output = Result<(), DbError>> + Send;
-    /// Seals what is committed, then places about `max_rows` rows; returns how many entries.
-    fn catch_up(&self, max_rows: i64) -> impl std::future::Future<Output = Result<i64, DbError>> + Send;
+    /// Places about `max_rows` rows of what is sealed; returns how many entries.
+    fn place(&self, max_rows: i64) -> impl std::future::Future<Output = Result<i64, DbError>> + Send;
 }
 
-impl LocalCommits for Db {
+/// The worker's two backends for local commits: one seals, the other places. Each sealing run
+/// decodes the WAL, and decoding resets every catalog cache of its backend before and after
+/// (as `pg_logical_slot_get_changes` does), so every statement placing runs afterwards was
+/// planned again and every catalog relation's cache entry rebuilt: half of the worker's
+/// backend time under a steady load of single-row commits (docs/BENCHMARKS.md). In a backend
+/// that never decodes, placing keeps its plans.
+pub(super) struct SealerAndPlacer {
+    pub sealer: Db,
+    pub placer: Db,
+}
+
+impl LocalCommits for SealerAndPlacer {
     fn seal(&self) -> impl std::future::Future<Output = Result<(), DbError>> + Send {
-        Db::seal(self)
+        self.sealer.seal()
     }
-    fn catch_up(&self, max_rows: i64) -> impl std::future::Future<Output = Result<i64, DbError>> + Send {
-        Db::catch_up(self, max_rows)
+    async fn place(&self, max_rows: i64) -> Result<i64, DbError> {
+        match self.placer.place_sealed(max_rows).await? {
+            Some(n) => Ok(n),
+            // A run would cancel a local commit: `causal.catch_up` waits for the writers and
+            // seals first, taking the sealer's lock before the group's, as sealers do.
+            None => self.sealer.catch_up(max_rows).await,
+        }
     }
 }
 
@@ -190,7 +206,7 @@ pub(super) async fn place_local_commits(db: impl LocalCommits, commits: super::C
         (commits.arm)();
         loop {
             let placing = match db.seal().await {
-                Ok(()) => db.catch_up(PLACEMENT_ROWS_PER_CALL).await,
+                Ok(()) => db.place(PLACEMENT_ROWS_PER_CALL).await,
                 Err(e) => Err(e),
             };
             match placing {
@@ -236,8 +252,8 @@ mod tests {
 
     use super::*;
 
-    /// A database where a commit lands just after the sealer found nothing new in the WAL,
-    /// before its call returns: the moment a round decides it is done. The commit wakes the
+    /// A database where a commit lands just after the sealer looked at the WAL, before its
+    /// call returns: after it, the round only places and ends. The commit wakes the
     /// sealer as a committing backend does (`pg::wake`): only if armed, disarming it.
     #[derive(Clone, Default)]
     struct Racing {
@@ -257,14 +273,14 @@ mod tests {
             }
         }
 
-        fn look_at_the_wal(&self) -> i64 {
+        /// Seals what is committed; a commit still to come lands just after.
+        fn look_at_the_wal(&self) {
             let seen = self.committed.load(Ordering::SeqCst);
-            let newly = seen - self.sealed.swap(seen, Ordering::SeqCst);
-            if newly == 0 && self.to_come.load(Ordering::SeqCst) > 0 {
+            self.sealed.store(seen, Ordering::SeqCst);
+            if self.to_come.load(Ordering::SeqCst) > 0 {
                 self.to_come.fetch_sub(1, Ordering::SeqCst);
                 self.commit();
             }
-            newly as i64
         }
 
         fn wakeups(&self) -> crate::node::CommitWakeups {
@@ -281,8 +297,8 @@ mod tests {
             self.look_at_the_wal();
             Ok(())
         }
-        async fn catch_up(&self, _max_rows: i64) -> Result<i64, DbError> {
-            Ok(self.look_at_the_wal())
+        async fn place(&self, _max_rows: i64) -> Result<i64, DbError> {
+            Ok(0)
         }
     }
 

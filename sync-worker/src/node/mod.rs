@@ -25,7 +25,7 @@ use crate::wire::{self, WireHeader, MAX_FRAME};
 
 mod db_tasks;
 
-use db_tasks::{place_local_commits, run_imports, serve_reads, FrontierReads, ImportJob};
+use db_tasks::{place_local_commits, run_imports, serve_reads, FrontierReads, ImportJob, SealerAndPlacer};
 
 /// Capacities of the worker's bounded queues.
 pub mod queues {
@@ -213,7 +213,11 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     let poll = config.seal_poll;
     let wakeups = config.commit_wakeups.clone().unwrap_or_default();
     let commits = wakeups.notified.clone();
-    tokio::spawn(place_local_commits(db::connect(&config.conninfo, None).await?, wakeups, poll));
+    let local = SealerAndPlacer {
+        sealer: db::connect(&config.conninfo, None).await?,
+        placer: db::connect(&config.conninfo, None).await?,
+    };
+    tokio::spawn(place_local_commits(local, wakeups, poll));
 
     // The latest status as Prometheus text, for the metrics server if there is one.
     let (metrics_tx, metrics_rx) = tokio::sync::watch::channel(String::new());
