@@ -169,3 +169,17 @@ STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'place_sealed_wrapper';
 
+-- The sync worker's sealing in two backends: one decodes, the other seals what it decoded.
+CREATE FUNCTION causal."_decode_commits"(
+	"max_rows" INT
+) RETURNS bytea
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'decode_commits_sql_wrapper';
+
+CREATE FUNCTION causal."_seal_decoded"(
+	"batch" bytea
+) RETURNS bigint
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'seal_decoded_sql_wrapper';

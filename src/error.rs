@@ -103,6 +103,10 @@ pub enum CausalError {
     BadGroupId(String),
     #[error("invalid value for {parameter}: {why}")]
     BadArgument { parameter: &'static str, why: String },
+    #[error("{0} is the sync worker's: only a superuser or the owner of pg_causal may call it")]
+    WorkerOnly(&'static str),
+    #[error("{0}")]
+    BadHandoff(#[from] causal_core::handoff::HandoffError),
     #[error("SPI error: {0}")]
     Spi(#[from] pgrx::spi::Error),
 }
@@ -126,7 +130,8 @@ impl CausalError {
             CausalError::Dag(_) => ERRCODE_INTERNAL_ERROR,
             CausalError::BadPublicKey(_) | CausalError::Payload(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CausalError::NotAMember(_) => ERRCODE_UNDEFINED_OBJECT,
-            CausalError::NotAllowed { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CausalError::NotAllowed { .. } | CausalError::WorkerOnly(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CausalError::BadHandoff(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CausalError::Unsupported { .. }
             | CausalError::UnsupportedType { .. }
             | CausalError::MutableCheck { .. }
@@ -239,6 +244,10 @@ impl CausalError {
             ),
             CausalError::BadGroupId(_) => Some("See the group_id column of causal.groups on a node that has the group."),
             CausalError::BadArgument { .. } => None,
+            CausalError::WorkerOnly(_) => {
+                Some("The sync worker connects as such a role; to seal and place from SQL, call causal.catch_up().")
+            }
+            CausalError::BadHandoff(_) => Some("Pass the bytea that causal._decode_commits returned, unchanged. Nothing was sealed."),
         }
     }
 

@@ -22,6 +22,7 @@ pub const TARGETS: &[Target] = &[
     ("group_payload", group_payload),
     ("column_value", column_value),
     ("schema_entry", schema_entry),
+    ("handoff", handoff),
 ];
 
 /// JSON text from outside, canonicalized: either refused, or a canonical text that does not
@@ -220,5 +221,13 @@ pub fn schema_entry(data: &[u8]) {
                 .to_sql();
             assert!(statements.last().is_some_and(|s| s.contains(&format!("CHECK ({written})"))), "{statements:?}");
         }
+    }
+}
+
+/// Decoded commits handed from the decoding backend to the sealing one (`handoff`): refused, or
+/// read in the one form that encodes back to the same bytes.
+pub fn handoff(data: &[u8]) {
+    if let Ok(batch) = crate::handoff::Batch::decode(data) {
+        assert_eq!(batch.encode(), data, "a batch read back is written differently");
     }
 }

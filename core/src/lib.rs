@@ -15,6 +15,7 @@ pub mod ddl;
 pub mod entry;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handoff;
 pub mod hash;
 pub mod identity;
 pub mod json;

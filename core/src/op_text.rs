@@ -40,8 +40,20 @@ impl OpText {
         Ok(OpText { canonical, stored })
     }
 
+    /// An operation's texts as [`OpText::canonical`] and [`OpText::stored_if_different`] gave
+    /// them, handed over from another backend (`handoff`). They are taken as they are: the
+    /// canonical text is what gets signed.
+    pub fn from_texts(canonical: String, stored: Option<String>) -> OpText {
+        OpText { canonical, stored }
+    }
+
     pub fn canonical(&self) -> &str {
         &self.canonical
+    }
+
+    /// The text to store, when it is not the canonical text.
+    pub fn stored_if_different(&self) -> Option<&str> {
+        self.stored.as_deref()
     }
 
     /// JSON text of the operation, to store or send.

@@ -272,8 +272,28 @@ fn take_done() -> Vec<DecodedTxn> {
     DONE.with(|d| std::mem::take(&mut *d.borrow_mut()))
 }
 
+/// What decoding does after a batch its caller took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Reads on to the end of the WAL asked for.
+    ReadOn,
+    /// Stops here; a kept decoding context reads on from here in the next run.
+    Stop,
+}
+
 /// A caller's handling of decoded transactions, in commit order.
-pub type OnBatch<'a> = &'a mut dyn FnMut(Vec<DecodedTxn>) -> Result<(), CausalError>;
+pub type OnBatch<'a> = &'a mut dyn FnMut(Vec<DecodedTxn>) -> Result<Flow, CausalError>;
+
+/// Makes the next run start afresh from the slot's restart position, as if no context were
+/// kept: a caller that handed transactions on learnt that they were not sealed.
+pub fn read_again() {
+    KEPT.with(|k| {
+        if let Some(mut kept) = k.get() {
+            kept.stale = true;
+            k.set(Some(kept));
+        }
+    });
+}
 
 /// The capture slot's restart position as the last decoding run left it: the next run reads
 /// the WAL from there.
@@ -285,9 +305,10 @@ pub fn restart_lsn() -> u64 {
 /// are skipped) to `end_of_wal`, in one pass, handing the committed transactions to
 /// `on_batch` whenever they hold `batch_rows` row operations or more, and at the end. (A
 /// pass per batch would read the WAL again from the slot's restart position each time.)
-/// `on_batch` runs between two WAL records, outside decoding, and may use SPI. With
-/// `confirm`, first tells the slot that everything up to it is sealed and durable, so it may
-/// let go of the WAL before it; a run that hands over no transaction confirms all it read.
+/// `on_batch` runs between two WAL records, outside decoding, and may use SPI; it may stop
+/// the run ([`Flow::Stop`]). With `confirm`, first tells the slot that everything up to it is
+/// sealed and durable, so it may let go of the WAL before it; a run that hands over no
+/// transaction confirms all it read. Returns whether it read to `end_of_wal`.
 pub fn decode(
     slot: &str,
     start: u64,
@@ -295,7 +316,7 @@ pub fn decode(
     batch_rows: usize,
     confirm: Option<u64>,
     on_batch: OnBatch<'_>,
-) -> Result<(), CausalError> {
+) -> Result<bool, CausalError> {
     let name = std::ffi::CString::new(slot).map_err(|_| CausalError::Corrupt("slot name".into()))?;
     take_done();
     DELIVERED.with(|d| d.set(false));
@@ -306,6 +327,7 @@ pub fn decode(
     // between is cleaned up by the transaction's abort (which releases the slot) after the
     // catch below drops the caches decoding filled.
     let _quiet = QuietDecodingLog::new();
+    let mut stopped = false;
     let failed = unsafe {
         pg_sys::ReplicationSlotAcquire(name.as_ptr(), true);
         let old_owner = pg_sys::CurrentResourceOwner;
@@ -342,11 +364,19 @@ pub fn decode(
                     DELIVERED.with(|d| d.set(d.get() || !txns.is_empty()));
                     pg_sys::CurrentResourceOwner = old_owner;
                     reset_caches();
-                    if let Err(e) = on_batch(txns) {
-                        failed = Some(e);
-                        break;
-                    }
+                    let flow = on_batch(txns);
                     reset_caches();
+                    match flow {
+                        Ok(Flow::ReadOn) => {}
+                        Ok(Flow::Stop) => {
+                            stopped = true;
+                            break;
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
                 pgrx::check_for_interrupts!();
             }
@@ -389,10 +419,10 @@ pub fn decode(
         return Err(e);
     }
     let txns = take_done();
-    if txns.is_empty() {
-        return Ok(());
+    if !txns.is_empty() {
+        on_batch(txns)?;
     }
-    on_batch(txns)
+    Ok(!stopped)
 }
 
 thread_local! {

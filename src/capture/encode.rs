@@ -23,12 +23,8 @@ pub struct Codec {
     inserts: InsertWriter,
 }
 
-/// A change of one row, encoded: an insert as text (no JSON map is built for it), anything
-/// else as an operation.
-pub enum RowOp {
-    Decoded(Op),
-    Text(OpText),
-}
+/// A change of one row, encoded (the form decoded commits are handed over in).
+pub use causal_core::handoff::RowOp;
 
 type Tuple<'a> = PgHeapTuple<'a, AllocatedByPostgres>;
 

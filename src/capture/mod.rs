@@ -10,6 +10,7 @@
 //! - [`recapture`]: what the WAL no longer has (the slot was lost), sealed from the tables.
 //! - [`rule_check`]: a local write checked against its table's rule, before it commits.
 //! - [`catch_up`]: the SQL function that seals, then places what waits.
+//! - [`handoff`]: the sync worker's sealing, decoded in one backend and sealed in another.
 //!
 //! Uses [`crate::author`] (appending), [`crate::replay`] (placing) and below.
 //!
@@ -20,6 +21,7 @@
 pub mod catch_up;
 pub mod decode;
 pub mod encode;
+pub mod handoff;
 pub mod recapture;
 pub mod rule_check;
 pub mod seal;

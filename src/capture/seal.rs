@@ -23,7 +23,7 @@ use pgrx::prelude::*;
 use causal_core::membership::derive_meta_of;
 use causal_core::op_text::OpText;
 
-use super::decode::{decode, DecodedTxn};
+use super::decode::{decode, DecodedTxn, Flow};
 use super::encode::RowOp;
 use crate::catalog::group::Group;
 use crate::error::CausalError;
@@ -121,67 +121,115 @@ pub fn seal_committed() -> Result<Sealed, CausalError> {
     result?
 }
 
+/// Seals transactions another backend decoded (`handoff`), those that end after the position
+/// sealed to. Does nothing inside a seal, in a read-only transaction or on a standby.
+pub fn seal_handed(txns: Vec<DecodedTxn>) -> Result<Sealed, CausalError> {
+    // SAFETY: reads of the backend's own state.
+    let read_only = unsafe { pg_sys::RecoveryInProgress() || pg_sys::XactReadOnly };
+    if SEALING.with(Cell::get) || read_only {
+        return Ok(Sealed::default());
+    }
+    SEALING.with(|s| s.set(true));
+    let result = crate::pg::spi::as_extension_owner(|| {
+        crate::pg::spi::with_replay_origin(|| {
+            lock_sealer();
+            let mut progress = crate::pg::progress::Progress::start("sealing", "", "transactions", None);
+            let slot = super::slot::slot_name();
+            let mut sealed = sealed_lsn(&slot)?;
+            let mut total = Sealed::default();
+            seal_in_order(&slot, txns, &mut sealed, &mut total, &mut progress)?;
+            Ok(total)
+        })
+    });
+    SEALING.with(|s| s.set(false));
+    result?
+}
+
 fn seal_locked() -> Result<Sealed, CausalError> {
     lock_sealer();
     // Shown in causal.progress (no group: a run seals every group's commits).
     let mut progress = crate::pg::progress::Progress::start("sealing", "", "transactions", None);
     let slot = super::slot::slot_name();
-    // Everything committed before now is in the WAL; decoding reads only what is flushed.
-    // SAFETY: plain calls into the WAL module, on the backend's thread.
-    // The insert position can point just past the header of a page nothing is written on
-    // yet, which XLogFlush refuses to wait for: flush to the page's start then (a record
-    // ending inside that header's span is sealed by the next run).
-    let end_of_wal = unsafe {
-        let insert = pg_sys::GetXLogInsertRecPtr();
-        let offset = insert % u64::from(pg_sys::XLOG_BLCKSZ);
-        let long_header = std::mem::size_of::<pg_sys::XLogLongPageHeaderData>() as u64;
-        pg_sys::XLogFlush(if offset <= long_header { insert - offset } else { insert });
-        pg_sys::GetFlushRecPtr(std::ptr::null_mut())
-    };
+    let end_of_wal = flushed_end_of_wal();
     let mut sealed = sealed_lsn(&slot)?;
     let start = sealed;
     // What was sealed before this transaction is committed, and flushed just now.
     let confirm = (!MOVED.with(Cell::get)).then_some(sealed);
     let mut total = Sealed::default();
-    let mut seal_batch = |txns: Vec<DecodedTxn>| -> Result<(), CausalError> {
-        let (mut last_commit, mut transactions) = (None, 0i64);
-        let mut appender = crate::author::members::SealAppender::default();
-        for txn in txns {
-            if txn.end_lsn <= sealed {
-                continue;
-            }
-            let (end, time) = (txn.end_lsn, txn.commit_time);
-            total.entries += seal_txn(&mut appender, txn)?;
-            total.transactions += 1;
-            transactions += 1;
-            sealed = end;
-            last_commit = Some(time);
-        }
-        appender.finish()?;
-        progress.add(transactions);
-        if let Some(time) = last_commit {
-            Spi::run_with_args(
-                "INSERT INTO causal.capture_state AS s (slot_name, sealed_lsn, sealed_at, last_commit_time, transactions) \
-                 VALUES ($1, $2::text::pg_lsn, now(), $3, $4) ON CONFLICT (slot_name) DO UPDATE \
-                 SET sealed_lsn = EXCLUDED.sealed_lsn, sealed_at = now(), last_commit_time = EXCLUDED.last_commit_time, \
-                 transactions = s.transactions + EXCLUDED.transactions",
-                &[slot.clone().into(), lsn_text(sealed).into(), timestamp(time).into(), transactions.into()],
-            )?;
-            MOVED.with(|m| m.set(true));
-        }
-        Ok(())
+    let mut seal_batch = |txns: Vec<DecodedTxn>| -> Result<Flow, CausalError> {
+        seal_in_order(&slot, txns, &mut sealed, &mut total, &mut progress)?;
+        Ok(Flow::ReadOn)
     };
     decode(&slot, start, end_of_wal, ROWS_PER_BATCH, confirm, &mut seal_batch)?;
     DECODED_TO.with(|d| d.set(end_of_wal));
-    // Idle runs log one too when the next run would otherwise read much WAL again (written
-    // to other tables meanwhile): the slot's restart position moves only to such a record.
-    if total.transactions > 0 || end_of_wal.saturating_sub(super::decode::restart_lsn()) > IDLE_REREAD_BYTES {
-        log_running_transactions();
-    }
+    after_decoding(end_of_wal, total.transactions > 0);
     if total.transactions > 0 {
         pgrx::debug1!("pg_causal: sealed {} transactions into {} entries", total.transactions, total.entries);
     }
     Ok(total)
+}
+
+/// Flushes the WAL written so far and returns where it ends: everything committed before the
+/// call is in it, and decoding reads only what is flushed.
+pub(super) fn flushed_end_of_wal() -> u64 {
+    // SAFETY: plain calls into the WAL module, on the backend's thread.
+    // The insert position can point just past the header of a page nothing is written on
+    // yet, which XLogFlush refuses to wait for: flush to the page's start then (a record
+    // ending inside that header's span is sealed by the next run).
+    unsafe {
+        let insert = pg_sys::GetXLogInsertRecPtr();
+        let offset = insert % u64::from(pg_sys::XLOG_BLCKSZ);
+        let long_header = std::mem::size_of::<pg_sys::XLogLongPageHeaderData>() as u64;
+        pg_sys::XLogFlush(if offset <= long_header { insert - offset } else { insert });
+        pg_sys::GetFlushRecPtr(std::ptr::null_mut())
+    }
+}
+
+/// After a decoding run that read to `end_of_wal`: runs that found transactions log the
+/// running transactions, and idle ones too when the next run would otherwise read much WAL
+/// again (written to other tables meanwhile): the slot's restart position moves only to such
+/// a record.
+pub(super) fn after_decoding(end_of_wal: u64, found: bool) {
+    if found || end_of_wal.saturating_sub(super::decode::restart_lsn()) > IDLE_REREAD_BYTES {
+        log_running_transactions();
+    }
+}
+
+/// Seals `txns` (in commit order) that end after `sealed`, moving it on, and records the
+/// position sealed to in the same transaction.
+pub(super) fn seal_in_order(
+    slot: &str,
+    txns: Vec<DecodedTxn>,
+    sealed: &mut u64,
+    total: &mut Sealed,
+    progress: &mut crate::pg::progress::Progress,
+) -> Result<(), CausalError> {
+    let (mut last_commit, mut transactions) = (None, 0i64);
+    let mut appender = crate::author::members::SealAppender::default();
+    for txn in txns {
+        if txn.end_lsn <= *sealed {
+            continue;
+        }
+        let (end, time) = (txn.end_lsn, txn.commit_time);
+        total.entries += seal_txn(&mut appender, txn)?;
+        total.transactions += 1;
+        transactions += 1;
+        *sealed = end;
+        last_commit = Some(time);
+    }
+    appender.finish()?;
+    progress.add(transactions);
+    if let Some(time) = last_commit {
+        crate::pg::spi::exec_prepared(
+            "INSERT INTO causal.capture_state AS s (slot_name, sealed_lsn, sealed_at, last_commit_time, transactions) \
+             VALUES ($1, $2::text::pg_lsn, now(), $3, $4) ON CONFLICT (slot_name) DO UPDATE \
+             SET sealed_lsn = EXCLUDED.sealed_lsn, sealed_at = now(), last_commit_time = EXCLUDED.last_commit_time, \
+             transactions = s.transactions + EXCLUDED.transactions",
+            &[slot.into(), lsn_text(*sealed).into(), timestamp(time).into(), transactions.into()],
+        )?;
+        MOVED.with(|m| m.set(true));
+    }
+    Ok(())
 }
 
 fn timestamp(pg_micros: i64) -> Option<pgrx::datum::TimestampWithTimeZone> {
@@ -199,7 +247,7 @@ fn parse_lsn(text: &str) -> Option<u64> {
 }
 
 /// The position sealed to (`0/0` before the first seal).
-fn sealed_lsn(slot: &str) -> Result<u64, CausalError> {
+pub(super) fn sealed_lsn(slot: &str) -> Result<u64, CausalError> {
     // Read-only, so that a run that seals nothing writes nothing (not even a commit record);
     // and under the newest snapshot: a read-only statement would otherwise see the snapshot
     // of the statement that called the sealer, taken before the sealer's lock, and miss what

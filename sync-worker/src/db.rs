@@ -239,6 +239,19 @@ impl Db {
         Ok(row.try_get(0)?)
     }
 
+    /// Decodes committed transactions not sealed yet, about `max_rows` row operations at
+    /// most (`causal._decode_commits`), in the form [`Db::seal_decoded`] takes.
+    pub async fn decode_commits(&self, max_rows: i32) -> Result<Vec<u8>, DbError> {
+        let row = self.client.query_one("SELECT causal._decode_commits($1)", &[&max_rows]).await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Seals what [`Db::decode_commits`] returned (`causal._seal_decoded`).
+    pub async fn seal_decoded(&self, batch: &[u8]) -> Result<i64, DbError> {
+        let row = self.client.query_one("SELECT causal._seal_decoded($1)", &[&batch]).await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Places sealed local commits without sealing first (`causal._place_sealed`), about
     /// `max_rows` rows per group; `None` when a run would cancel a local commit, which only
     /// [`Db::catch_up`] may place.

@@ -735,3 +735,77 @@ fn a_transaction_spilled_while_another_session_seals_is_sealed_whole() {
         .get(0);
     assert_eq!(ops, 5000, "every row of the transaction is in its entry");
 }
+
+/// The entries stored, without sealing first.
+fn stored(db: &mut Client) -> i64 {
+    db.query_one("SELECT count(*) FROM causal.dag_entries", &[]).unwrap().get(0)
+}
+
+/// The sync worker decodes in one backend and seals in another (`causal._decode_commits`,
+/// `causal._seal_decoded`). Commits handed over whose sealing failed are handed over again;
+/// commits another session sealed meanwhile are not sealed twice.
+#[test]
+fn decoded_commits_whose_sealing_failed_are_handed_over_again() {
+    let (node, mut db) = preloaded("handoff-again");
+    let (mut decoder, mut sealer) = (node.connect("app"), node.connect("app"));
+    db.batch_execute("SELECT causal.catch_up(NULL, 0)").unwrap();
+    let base = stored(&mut db);
+    let decode = |decoder: &mut Client| -> Vec<u8> {
+        decoder.query_one("SELECT causal._decode_commits(1000)", &[]).unwrap().get(0)
+    };
+    db.batch_execute("INSERT INTO products VALUES ('A', 'a', 1)").unwrap();
+    let first = decode(&mut decoder);
+    sealer.batch_execute("BEGIN").unwrap();
+    let sealed: i64 = sealer.query_one("SELECT causal._seal_decoded($1)", &[&first]).unwrap().get(0);
+    assert_eq!(sealed, 1);
+    sealer.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(stored(&mut db), base);
+    db.batch_execute("INSERT INTO products VALUES ('B', 'b', 2)").unwrap();
+    let again = decode(&mut decoder);
+    let sealed: i64 = sealer.query_one("SELECT causal._seal_decoded($1)", &[&again]).unwrap().get(0);
+    assert_eq!(sealed, 2, "the commit handed over before is handed over again");
+    assert_eq!(stored(&mut db), base + 2);
+    // Sealed by another session between decoding and sealing: sealed once.
+    db.batch_execute("INSERT INTO products VALUES ('C', 'c', 3)").unwrap();
+    let third = decode(&mut decoder);
+    db.batch_execute("SELECT causal.catch_up(NULL, 0)").unwrap();
+    let sealed: i64 = sealer.query_one("SELECT causal._seal_decoded($1)", &[&third]).unwrap().get(0);
+    assert_eq!(sealed, 0);
+    assert_eq!(stored(&mut db), base + 3);
+    // Nothing new: an empty batch.
+    let nothing = decode(&mut decoder);
+    let sealed: i64 = sealer.query_one("SELECT causal._seal_decoded($1)", &[&nothing]).unwrap().get(0);
+    assert_eq!(sealed, 0);
+    let ok: bool = db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
+    assert!(ok);
+}
+
+/// A batch is signed as the authors it names, so only the worker's roles (a superuser, the
+/// extension's owner) may hand one in; bytes that are not a batch seal nothing.
+#[test]
+fn only_the_workers_roles_hand_over_decoded_commits() {
+    let node = Cluster::start("handoff-roles", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    db.batch_execute("CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA causal TO app; SELECT causal.catch_up()").unwrap();
+    let base = stored(&mut db);
+    db.batch_execute("INSERT INTO products VALUES ('A', 'a', 1)").unwrap();
+    let batch: Vec<u8> = db.query_one("SELECT causal._decode_commits(1000)", &[]).unwrap().get(0);
+    let mut app = causal_integration::postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user=app dbname=postgres", node.port),
+        causal_integration::postgres::NoTls,
+    )
+    .unwrap();
+    for call in ["SELECT causal._seal_decoded($1)", "SELECT causal._decode_commits(1000) = $1"] {
+        let err = app.query_one(call, &[&batch]).unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{call}: {err:?}");
+    }
+    let mut cut = batch.clone();
+    cut.pop();
+    let err = db.query_one("SELECT causal._seal_decoded($1)", &[&cut]).unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("22023"), "{err:?}");
+    assert_eq!(stored(&mut db), base);
+    let sealed: i64 = db.query_one("SELECT causal._seal_decoded($1)", &[&batch]).unwrap().get(0);
+    assert_eq!(sealed, 1);
+    assert_eq!(stored(&mut db), base + 1);
+}

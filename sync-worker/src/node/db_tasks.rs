@@ -150,20 +150,32 @@ pub(super) trait LocalCommits {
     fn place(&self, max_rows: i64) -> impl std::future::Future<Output = Result<i64, DbError>> + Send;
 }
 
-/// The worker's two backends for local commits: one seals, the other places. Each sealing run
-/// decodes the WAL, and decoding resets every catalog cache of its backend before and after
-/// (as `pg_logical_slot_get_changes` does), so every statement placing runs afterwards was
-/// planned again and every catalog relation's cache entry rebuilt: half of the worker's
-/// backend time under a steady load of single-row commits (docs/BENCHMARKS.md). In a backend
-/// that never decodes, placing keeps its plans.
+/// The worker's three backends for local commits: one decodes the WAL, one seals what it
+/// decoded, one places what is sealed. Each decoding run resets every catalog cache of its
+/// backend before and after (as `pg_logical_slot_get_changes` does), so every statement that
+/// backend runs afterwards is planned again and every catalog relation's cache entry rebuilt:
+/// half of the worker's database time under a steady load of single-row commits, when one
+/// backend did all three (docs/BENCHMARKS.md). Backends that never decode keep their plans.
 pub(super) struct SealerAndPlacer {
+    pub decoder: Db,
     pub sealer: Db,
     pub placer: Db,
 }
 
 impl LocalCommits for SealerAndPlacer {
-    fn seal(&self) -> impl std::future::Future<Output = Result<(), DbError>> + Send {
-        self.sealer.seal()
+    async fn seal(&self) -> Result<(), DbError> {
+        loop {
+            let batch = self.decoder.decode_commits(super::queues::DECODED_ROWS).await?;
+            let Some((more, commits)) = causal_core::handoff::Batch::peek(&batch) else {
+                return Err(DbError::Unexpected("causal._decode_commits"));
+            };
+            if commits > 0 {
+                self.sealer.seal_decoded(&batch).await?;
+            }
+            if !more {
+                return Ok(());
+            }
+        }
     }
     async fn place(&self, max_rows: i64) -> Result<i64, DbError> {
         match self.placer.place_sealed(max_rows).await? {

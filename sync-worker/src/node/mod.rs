@@ -42,6 +42,9 @@ pub mod queues {
     pub const DATABASE_RESULTS: usize = 1024;
     /// Notifications from the database (`LISTEN causal_sync`).
     pub const NOTIFICATIONS: usize = 1024;
+    /// Row operations of decoded commits handed from the decoding backend to the sealing one
+    /// (one batch in flight; a larger transaction goes whole).
+    pub const DECODED_ROWS: i32 = 20_000;
 }
 
 /// What the worker needs to run.
@@ -214,6 +217,7 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     let wakeups = config.commit_wakeups.clone().unwrap_or_default();
     let commits = wakeups.notified.clone();
     let local = SealerAndPlacer {
+        decoder: db::connect(&config.conninfo, None).await?,
         sealer: db::connect(&config.conninfo, None).await?,
         placer: db::connect(&config.conninfo, None).await?,
     };
