@@ -228,6 +228,13 @@ pub(super) fn seal_in_order(
             &[slot.into(), lsn_text(*sealed).into(), timestamp(time).into(), transactions.into()],
         )?;
         MOVED.with(|m| m.set(true));
+        // The entries are visible once this transaction commits, and a peer may fetch them at
+        // once: they must be durable by then. Lost in a crash, the same transactions would be
+        // sealed again, perhaps into other entries (a run signs each author's last entry
+        // only), duplicates of what the peer holds. So this commit flushes the WAL even when
+        // synchronous_commit is off, as CREATE DATABASE's does.
+        // SAFETY: sets a flag of the current transaction, on the backend's thread.
+        unsafe { pg_sys::ForceSyncCommit() };
     }
     Ok(())
 }

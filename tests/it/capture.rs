@@ -291,6 +291,28 @@ fn a_crash_after_sealing_makes_no_duplicate_entry() {
     assert_eq!(dup, 0);
 }
 
+/// Entries are visible to the sync worker once their sealing transaction commits, and a peer
+/// may fetch them at once: they must be durable by then, whatever synchronous_commit says.
+/// Otherwise a crash loses them, and sealing the same transactions again may make other
+/// entries (a sealing run signs only each author's last entry), duplicates of what the peer
+/// holds.
+#[test]
+fn entries_visible_before_a_crash_survive_it_with_synchronous_commit_off() {
+    let node = Cluster::start("capture-crash-async", &["synchronous_commit = off", "wal_writer_delay = '10s'"]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    db.batch_execute("SELECT causal.catch_up()").unwrap();
+    for i in 0..10 {
+        db.batch_execute(&format!("INSERT INTO products VALUES ('k{i}', 'n', {i})")).unwrap();
+    }
+    db.batch_execute("SELECT causal.catch_up(NULL, 0)").unwrap();
+    let seen = hashes(&mut db);
+    node.kill9();
+    node.restart();
+    let mut db = node.connect("postgres");
+    assert_eq!(hashes(&mut db), seen, "the entries seen before the crash are stored after it");
+}
+
 #[test]
 fn replicate_refuses_without_logical_wal() {
     let node = Cluster::start("capture-wal-level", &["wal_level = replica"]);
