@@ -22,6 +22,8 @@ use crate::error::{CausalError, OrReport};
 thread_local! {
     /// Where the last commit this backend handed over ends.
     static HANDED_TO: Cell<u64> = const { Cell::new(0) };
+    /// The sealed position this backend last read.
+    static SEALED_SEEN: Cell<u64> = const { Cell::new(0) };
     /// Where this backend's last run that read to the end of the WAL stopped: while nothing is
     /// written after it, there is nothing to decode.
     static DECODED_TO: Cell<u64> = const { Cell::new(0) };
@@ -65,8 +67,12 @@ fn worker_only(function: &'static str) -> Result<(), CausalError> {
 fn decode_commits(max_rows: usize) -> Result<Batch, CausalError> {
     // SAFETY: reads of the backend's own state.
     let read_only = unsafe { pg_sys::RecoveryInProgress() || pg_sys::XactReadOnly };
+    // Nothing written since the last run read to the end, and what it handed over is known
+    // sealed: nothing to do. (A sealing call that failed before it wrote anything leaves no
+    // WAL behind, and what it was handed must be handed again.)
+    let all_sealed = HANDED_TO.with(Cell::get) <= SEALED_SEEN.with(Cell::get);
     // SAFETY: reads the WAL module's shared state.
-    if read_only || unsafe { pg_sys::GetXLogInsertRecPtr() } <= DECODED_TO.with(Cell::get) {
+    if read_only || (all_sealed && unsafe { pg_sys::GetXLogInsertRecPtr() } <= DECODED_TO.with(Cell::get)) {
         return Ok(Batch::default());
     }
     super::slot::ensure(false)?;
@@ -81,6 +87,7 @@ fn decode_commits(max_rows: usize) -> Result<Batch, CausalError> {
     let slot = super::slot::slot_name();
     let end_of_wal = seal::flushed_end_of_wal();
     let sealed = seal::sealed_lsn(&slot)?;
+    SEALED_SEEN.with(|s| s.set(sealed));
     if HANDED_TO.with(Cell::get) > sealed {
         // What this backend handed over last was not sealed: read it again.
         super::decode::read_again();
