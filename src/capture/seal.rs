@@ -98,6 +98,13 @@ pub fn lock_sealer() {
 /// read-only transaction or on a standby, and when the slot does not exist yet (no write can
 /// have been made without it).
 pub fn seal_committed() -> Result<Sealed, CausalError> {
+    seal_committed_with(true)
+}
+
+/// [`seal_committed`], creating the slot first if it does not exist and `create_slot` says
+/// so. Creating it waits for every transaction running in the cluster to end; without it,
+/// nothing was written here to seal.
+fn seal_committed_with(create_slot: bool) -> Result<Sealed, CausalError> {
     // SAFETY: reads of the backend's own state.
     let read_only = unsafe { pg_sys::RecoveryInProgress() || pg_sys::XactReadOnly };
     if SEALING.with(Cell::get) || read_only {
@@ -107,7 +114,9 @@ pub fn seal_committed() -> Result<Sealed, CausalError> {
     if unsafe { pg_sys::GetXLogInsertRecPtr() } <= DECODED_TO.with(Cell::get) {
         return Ok(Sealed::default());
     }
-    super::slot::ensure(false)?;
+    if create_slot {
+        super::slot::ensure(false)?;
+    }
     if !super::slot::exists()? {
         return Ok(Sealed::default());
     }
@@ -334,9 +343,13 @@ pub fn lock_group_shared(group_id: &str) -> Result<(), CausalError> {
 /// Takes the group's lock exclusively, as imports and administrative appends do: seals what
 /// is committed, waits for the group's writers in flight to commit, and seals again, so the
 /// frontier the caller goes on from includes every local commit before it.
+/// It does not create the capture slot: that waits for every transaction running in the
+/// cluster to end. Without the slot, writers are refused (they need it to be captured), and
+/// what was committed before it went missing is sealed by the run that creates it again
+/// (`slot::ensure`, the sync worker's or `causal.catch_up`).
 pub fn lock_group_exclusive(group_id: &str) -> Result<(), CausalError> {
-    seal_committed()?;
+    seal_committed_with(false)?;
     Spi::run_with_args(crate::pg::lock::GROUP_LOCK_SQL, &[crate::pg::lock::group_lock_key(group_id)?.into()])?;
-    seal_committed()?;
+    seal_committed_with(false)?;
     Ok(())
 }
