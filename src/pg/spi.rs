@@ -94,17 +94,46 @@ pub fn get_opt<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Re
 
 /// Runs `f` with the setting `name` at `value` for this transaction, and gives it back its
 /// previous value afterwards (if `f` fails, the transaction's abort undoes both).
+/// Straight through the settings module, as `current_setting` and `set_config(..., true)` do
+/// (a statement each was parsed and planned at every placing call); an unknown or forbidden
+/// setting raises their errors.
 pub fn with_setting<T>(name: &str, value: &str, f: impl FnOnce() -> T) -> Result<T, spi::Error> {
-    let before = get_opt::<String>("SELECT current_setting($1)", &[name.into()])?;
-    if before.as_deref() == Some(value) {
+    // Names and values are pg_causal's own, without NUL (an empty name is refused as unknown).
+    let cname = std::ffi::CString::new(name).unwrap_or_default();
+    let cvalue = std::ffi::CString::new(value).unwrap_or_default();
+    // SAFETY: reads a setting by name, on the backend's thread; the answer is copied.
+    let before = unsafe {
+        let p = pgrx::pg_sys::GetConfigOptionByName(cname.as_ptr(), std::ptr::null_mut(), false);
+        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_owned())
+    };
+    if before.as_deref() == Some(cvalue.as_c_str()) {
         return Ok(f());
     }
-    Spi::run_with_args("SELECT set_config($1, $2, true)", &[name.into(), value.into()])?;
+    set_local(&cname, &cvalue);
     let result = f();
     if let Some(before) = before {
-        Spi::run_with_args("SELECT set_config($1, $2, true)", &[name.into(), before.into()])?;
+        set_local(&cname, &before);
     }
     Ok(result)
+}
+
+/// `SET LOCAL name = value`, as `set_config(name, value, true)` does it.
+fn set_local(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    use pgrx::pg_sys;
+    // SAFETY: the call set_config_by_name makes, on the backend's thread; errors are raised.
+    unsafe {
+        let context = if pg_sys::superuser() { pg_sys::GucContext::PGC_SUSET } else { pg_sys::GucContext::PGC_USERSET };
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            context,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
 }
 
 /// Runs `f` as a replay: with `session_replication_role = replica` (for this transaction), so
