@@ -105,9 +105,7 @@ pub fn seal_committed() -> Result<Sealed, CausalError> {
 /// so. Creating it waits for every transaction running in the cluster to end; without it,
 /// nothing was written here to seal.
 fn seal_committed_with(create_slot: bool) -> Result<Sealed, CausalError> {
-    // SAFETY: reads of the backend's own state.
-    let read_only = unsafe { pg_sys::RecoveryInProgress() || pg_sys::XactReadOnly };
-    if SEALING.with(Cell::get) || read_only {
+    if !may_seal() {
         return Ok(Sealed::default());
     }
     // SAFETY: reads the WAL module's shared state.
@@ -120,12 +118,25 @@ fn seal_committed_with(create_slot: bool) -> Result<Sealed, CausalError> {
     if !super::slot::exists()? {
         return Ok(Sealed::default());
     }
+    sealing(seal_locked)
+}
+
+/// Whether this backend may seal now: not inside a seal, nor in a read-only transaction or on
+/// a standby.
+fn may_seal() -> bool {
+    // SAFETY: reads of the backend's own state.
+    let read_only = unsafe { pg_sys::RecoveryInProgress() || pg_sys::XactReadOnly };
+    !SEALING.with(Cell::get) && !read_only
+}
+
+/// Runs `seal` as the extension's owner, marked as sealing (so that appends do not seal again).
+/// What sealing writes (entries, the sealed position) is pg_causal's own bookkeeping, not a
+/// change to capture: marked with the replay origin, the next run's decoding drops it record
+/// by record before it reaches the reorder buffer, rather than decode every entry and index
+/// row only for the plugin to ignore them.
+fn sealing(seal: impl FnOnce() -> Result<Sealed, CausalError>) -> Result<Sealed, CausalError> {
     SEALING.with(|s| s.set(true));
-    // What sealing writes (entries, the sealed position) is pg_causal's own bookkeeping, not
-    // a change to capture: marked with the replay origin, the next run's decoding drops it
-    // record by record before it reaches the reorder buffer, rather than decode every entry
-    // and index row only for the plugin to ignore them.
-    let result = crate::pg::spi::as_extension_owner(|| crate::pg::spi::with_replay_origin(seal_locked));
+    let result = crate::pg::spi::as_extension_owner(|| crate::pg::spi::with_replay_origin(seal));
     SEALING.with(|s| s.set(false));
     result?
 }
@@ -133,25 +144,18 @@ fn seal_committed_with(create_slot: bool) -> Result<Sealed, CausalError> {
 /// Seals transactions another backend decoded (`handoff`), those that end after the position
 /// sealed to. Does nothing inside a seal, in a read-only transaction or on a standby.
 pub fn seal_handed(txns: Vec<DecodedTxn>) -> Result<Sealed, CausalError> {
-    // SAFETY: reads of the backend's own state.
-    let read_only = unsafe { pg_sys::RecoveryInProgress() || pg_sys::XactReadOnly };
-    if SEALING.with(Cell::get) || read_only {
+    if !may_seal() {
         return Ok(Sealed::default());
     }
-    SEALING.with(|s| s.set(true));
-    let result = crate::pg::spi::as_extension_owner(|| {
-        crate::pg::spi::with_replay_origin(|| {
-            lock_sealer();
-            let mut progress = crate::pg::progress::Progress::start("sealing", "", "transactions", None);
-            let slot = super::slot::slot_name();
-            let mut sealed = sealed_lsn(&slot)?;
-            let mut total = Sealed::default();
-            seal_in_order(&slot, txns, &mut sealed, &mut total, &mut progress)?;
-            Ok(total)
-        })
-    });
-    SEALING.with(|s| s.set(false));
-    result?
+    sealing(|| {
+        lock_sealer();
+        let mut progress = crate::pg::progress::Progress::start("sealing", "", "transactions", None);
+        let slot = super::slot::slot_name();
+        let mut sealed = sealed_lsn(&slot)?;
+        let mut total = Sealed::default();
+        seal_in_order(&slot, txns, &mut sealed, &mut total, &mut progress)?;
+        Ok(total)
+    })
 }
 
 fn seal_locked() -> Result<Sealed, CausalError> {
