@@ -117,7 +117,11 @@ pub fn key_material(data: &[u8]) {
 pub fn group_payload(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(value) = parse(text) else { return };
-    if let Ok(p) = SignedPayload::from_value(&value) {
+    let decoded = SignedPayload::from_value(&value);
+    // Decoding an owned value accepts and refuses the same payloads, with the same error.
+    let owned = SignedPayload::from_owned(value);
+    assert_eq!(owned.as_ref().map_err(ToString::to_string), decoded.as_ref().map_err(ToString::to_string));
+    if let Ok(p) = decoded {
         assert_eq!(SignedPayload::from_value(&p.to_value()).ok(), Some(p));
     }
 }

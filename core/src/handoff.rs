@@ -166,7 +166,7 @@ impl Batch {
                         1 => {
                             let json = r.str("an operation")?;
                             let value = crate::json::parse(&json).map_err(|e| HandoffError::Op(e.to_string()))?;
-                            let op = Op::from_value(&value).map_err(|e| HandoffError::Op(e.to_string()))?;
+                            let op = Op::from_owned(value).map_err(|e| HandoffError::Op(e.to_string()))?;
                             // Only the form encode writes: JSON as serde writes the value.
                             let written = op.to_value().to_string();
                             if written != json {

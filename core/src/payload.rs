@@ -188,21 +188,7 @@ impl Op {
     /// entry: a second, validly signed entry at the same position with the same operations.
     pub fn from_value(v: &Value) -> Result<Op, PayloadError> {
         let m = v.as_object().ok_or_else(|| malformed("ops[]"))?;
-        let kind = str_field(m, "op")?;
-        let fields: &[&str] = match kind {
-            "add-member" => &["op", "publicKey", "keyId", "admin", "name"],
-            "remove-member" => &["op", "keyId"],
-            "schema" => &["op", "table", "schema"],
-            "rule" => &["op", "table", "operation", "rule"],
-            "unreplicate" => &["op", "table"],
-            "insert" => &["op", "table", "row"],
-            "update" => &["op", "table", "key", "set", "unset"],
-            "delete" => &["op", "table", "key"],
-            other => return Err(PayloadError::UnknownOp(other.chars().take(32).collect())),
-        };
-        if let Some(k) = m.keys().find(|k| !fields.contains(&k.as_str())) {
-            return Err(malformed(&format!("ops[].{k} (unexpected in a {kind} operation)")));
-        }
+        let kind = checked_kind(m)?;
         let table = || str_field(m, "table").map(str::to_string);
         Ok(match kind {
             "add-member" => {
@@ -259,6 +245,118 @@ impl Op {
             other => return Err(PayloadError::UnknownOp(other.chars().take(32).collect())),
         })
     }
+
+    /// [`Op::from_value`] on a value the caller gives up: a row operation's maps are moved
+    /// out rather than copied (decoding stored payloads to place them copied every row).
+    /// Accepts and refuses exactly what [`Op::from_value`] does.
+    pub fn from_owned(v: Value) -> Result<Op, PayloadError> {
+        let Value::Object(mut m) = v else { return Err(malformed("ops[]")) };
+        let kind = match checked_kind(&m)? {
+            "insert" => RowOpKind::Insert,
+            "update" => RowOpKind::Update,
+            "delete" => RowOpKind::Delete,
+            _ => return Op::from_value(&Value::Object(m)),
+        };
+        let table = str_field(&m, "table")?.to_string();
+        let mut take = |key: &str| match m.remove(key) {
+            Some(Value::Object(o)) => Ok(o),
+            _ => Err(malformed(key)),
+        };
+        Ok(match kind {
+            RowOpKind::Insert => Op::Insert { table, row: take("row")? },
+            RowOpKind::Update => {
+                let (key, set) = (take("key")?, take("set")?);
+                let unset = match m.remove("unset") {
+                    Some(Value::Array(cols)) => cols
+                        .into_iter()
+                        .map(|c| match c {
+                            Value::String(c) => Ok(c),
+                            _ => Err(malformed("unset[]")),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err(malformed("unset")),
+                };
+                Op::Update { table, key, set, unset }
+            }
+            RowOpKind::Delete => Op::Delete { table, key: take("key")? },
+        })
+    }
+}
+
+enum RowOpKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// The kind of operation `m` is, once its fields are exactly those of that kind.
+fn checked_kind(m: &Map<String, Value>) -> Result<&str, PayloadError> {
+    let kind = str_field(m, "op")?;
+    let fields: &[&str] = match kind {
+        "add-member" => &["op", "publicKey", "keyId", "admin", "name"],
+        "remove-member" => &["op", "keyId"],
+        "schema" => &["op", "table", "schema"],
+        "rule" => &["op", "table", "operation", "rule"],
+        "unreplicate" => &["op", "table"],
+        "insert" => &["op", "table", "row"],
+        "update" => &["op", "table", "key", "set", "unset"],
+        "delete" => &["op", "table", "key"],
+        other => return Err(PayloadError::UnknownOp(other.chars().take(32).collect())),
+    };
+    if let Some(k) = m.keys().find(|k| !fields.contains(&k.as_str())) {
+        return Err(malformed(&format!("ops[].{k} (unexpected in a {kind} operation)")));
+    }
+    Ok(kind)
+}
+
+/// A payload's genesis fields, if it has them, once its fields are exactly those allowed.
+fn checked_header(m: &Map<String, Value>) -> Result<Option<Genesis>, PayloadError> {
+    let genesis = if m.contains_key("action") {
+        if str_field(m, "action")? != "create" || str_field(m, "type")? != GROUP_TYPE {
+            return Err(malformed("action/type"));
+        }
+        let admin = obj_field(m, "admin")?;
+        let public_key = PublicKey::from_b64(str_field(admin, "publicKey")?)
+            .map_err(|source| PayloadError::Key { field: "admin.publicKey", source })?;
+        if str_field(admin, "keyId")? != public_key.key_id().to_b64() {
+            return Err(malformed("admin.keyId (does not match admin.publicKey)"));
+        }
+        Some(Genesis {
+            name: str_field(m, "name")?.to_string(),
+            hash_algorithm: str_field(m, "hashAlgorithm")?.to_string(),
+            seed: str_field(m, "seed")?.to_string(),
+            admin: public_key,
+        })
+    } else {
+        None
+    };
+    let allowed: &[&str] = if genesis.is_some() {
+        &["action", "type", "name", "hashAlgorithm", "seed", "admin", "author", "ops", "signature"]
+    } else {
+        &["author", "ops", "signature"]
+    };
+    if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(malformed(&format!("{k} (unexpected)")));
+    }
+    Ok(genesis)
+}
+
+/// A payload from its decoded header and operations, and its signature and author.
+fn finish(m: &Map<String, Value>, genesis: Option<Genesis>, ops: Vec<Op>) -> Result<SignedPayload, PayloadError> {
+    // Only a genesis must carry its signature: it has no author before it to cover it.
+    let signature = match m.get("signature") {
+        None if genesis.is_none() => None,
+        _ => Some(
+            Signature::from_b64(str_field(m, "signature")?)
+                .map_err(|source| PayloadError::Key { field: "signature", source })?,
+        ),
+    };
+    Ok(SignedPayload {
+        genesis: genesis.map(Box::new),
+        author: str_field(m, "author")?.parse().map_err(|_| malformed("author"))?,
+        ops,
+        signature,
+    })
 }
 
 fn genesis_fields(g: &Genesis) -> Map<String, Value> {
@@ -447,33 +545,7 @@ impl SignedPayload {
     /// Decodes a payload strictly. The signature is not checked here.
     pub fn from_value(v: &Value) -> Result<SignedPayload, PayloadError> {
         let m = v.as_object().ok_or_else(|| malformed("payload"))?;
-        let genesis = if m.contains_key("action") {
-            if str_field(m, "action")? != "create" || str_field(m, "type")? != GROUP_TYPE {
-                return Err(malformed("action/type"));
-            }
-            let admin = obj_field(m, "admin")?;
-            let public_key = PublicKey::from_b64(str_field(admin, "publicKey")?)
-                .map_err(|source| PayloadError::Key { field: "admin.publicKey", source })?;
-            if str_field(admin, "keyId")? != public_key.key_id().to_b64() {
-                return Err(malformed("admin.keyId (does not match admin.publicKey)"));
-            }
-            Some(Genesis {
-                name: str_field(m, "name")?.to_string(),
-                hash_algorithm: str_field(m, "hashAlgorithm")?.to_string(),
-                seed: str_field(m, "seed")?.to_string(),
-                admin: public_key,
-            })
-        } else {
-            None
-        };
-        let allowed: &[&str] = if genesis.is_some() {
-            &["action", "type", "name", "hashAlgorithm", "seed", "admin", "author", "ops", "signature"]
-        } else {
-            &["author", "ops", "signature"]
-        };
-        if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(malformed(&format!("{k} (unexpected)")));
-        }
+        let genesis = checked_header(m)?;
         let ops = m
             .get("ops")
             .and_then(Value::as_array)
@@ -481,20 +553,19 @@ impl SignedPayload {
             .iter()
             .map(Op::from_value)
             .collect::<Result<Vec<_>, _>>()?;
-        // Only a genesis must carry its signature: it has no author before it to cover it.
-        let signature = match m.get("signature") {
-            None if genesis.is_none() => None,
-            _ => Some(
-                Signature::from_b64(str_field(m, "signature")?)
-                    .map_err(|source| PayloadError::Key { field: "signature", source })?,
-            ),
+        finish(m, genesis, ops)
+    }
+
+    /// [`SignedPayload::from_value`] on a value the caller gives up: the operations' rows are
+    /// moved out rather than copied. Accepts and refuses exactly what `from_value` does.
+    pub fn from_owned(v: Value) -> Result<SignedPayload, PayloadError> {
+        let Value::Object(mut m) = v else { return Err(malformed("payload")) };
+        let genesis = checked_header(&m)?;
+        let ops = match m.remove("ops") {
+            Some(Value::Array(ops)) => ops.into_iter().map(Op::from_owned).collect::<Result<Vec<_>, _>>()?,
+            _ => return Err(malformed("ops")),
         };
-        Ok(SignedPayload {
-            genesis: genesis.map(Box::new),
-            author: str_field(m, "author")?.parse().map_err(|_| malformed("author"))?,
-            ops,
-            signature,
-        })
+        finish(&m, genesis, ops)
     }
 
     /// Verifies the signature with the author's public key, at `prev` in `group` (None for
@@ -627,11 +698,13 @@ mod tests {
             assert_eq!(op.clone().into_value(), v);
             let back = Op::from_value(&v).unwrap();
             assert_eq!(&back, op);
+            assert_eq!(Op::from_owned(v.clone()).unwrap(), back);
             assert_eq!(canonical_string(&back.to_value()).unwrap(), canonical_string(&v).unwrap());
             let mut extra = v.clone();
             extra["extra"] = json!(1);
             let err = Op::from_value(&extra).unwrap_err().to_string();
             assert!(err.contains("extra"), "{err}");
+            assert_eq!(Op::from_owned(extra).unwrap_err().to_string(), err);
         }
         // Base64 that decodes to the same key but is not its canonical text.
         let mut v = Op::RemoveMember { key_id: key.key_id() }.to_value();

@@ -72,7 +72,7 @@ fn log(
         )?;
         for r in rows {
             let payload = r.get::<String>(3)?.unwrap_or_default();
-            let decoded = causal_core::json::parse(&payload).ok().and_then(|v| SignedPayload::from_value(&v).ok());
+            let decoded = causal_core::json::parse(&payload).ok().and_then(|v| SignedPayload::from_owned(v).ok());
             let (author, op) = match decoded {
                 Some(p) => (Some(p.author.to_b64()), p.summary(|t| keys.get(t).cloned().unwrap_or_default())),
                 None => (None, "undecodable payload".to_string()),

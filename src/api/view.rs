@@ -46,7 +46,7 @@ fn entry_row(hash: &str) -> Result<Option<EntryRow>, CausalError> {
 }
 
 fn summary(payload: &str) -> (Option<String>, String) {
-    match causal_core::json::parse(payload).ok().and_then(|v| SignedPayload::from_value(&v).ok()) {
+    match causal_core::json::parse(payload).ok().and_then(|v| SignedPayload::from_owned(v).ok()) {
         Some(p) => (Some(p.author.to_b64()), p.summary(|_| Vec::new())),
         None => (None, "unreadable payload".into()),
     }

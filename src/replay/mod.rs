@@ -354,7 +354,7 @@ impl SpiReplica {
             .map_err(store_err)?
             .ok_or_else(|| ReconcileError::Corrupt(format!("local entry {h} is not stored")))?;
             let value = causal_core::json::parse(&payload).map_err(store_err)?;
-            let ops = causal_core::payload::SignedPayload::from_value(&value)
+            let ops = causal_core::payload::SignedPayload::from_owned(value)
                 .map_err(|source| ReconcileError::Payload { hash: h.to_b64(), source })?
                 .ops;
             for op in &ops {

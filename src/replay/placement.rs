@@ -62,7 +62,7 @@ pub fn unplaced_entries(group: &str, from: u32, to: u32) -> Result<Vec<reconcile
 fn decode_payload(group: &str, hash: &EntryHash, text: &str) -> Result<SignedPayload, CausalError> {
     let corrupt = |e: String| CausalError::Corrupt(format!("group {group}: entry {hash}: {e}"));
     let value = causal_core::json::parse(text).map_err(|e| corrupt(e.to_string()))?;
-    SignedPayload::from_value(&value).map_err(|e| corrupt(e.to_string()))
+    SignedPayload::from_owned(value).map_err(|e| corrupt(e.to_string()))
 }
 
 /// [`unplaced_entries`] for placing through `store`: the hashes and predecessors come from the
