@@ -78,18 +78,6 @@ pub struct SpiReplica {
     owners: RefCell<HashMap<String, Option<pg_sys::Oid>>>,
 }
 
-fn undo_value(u: &[UndoRecord], names: &EntryNames) -> Result<Value, ReconcileError> {
-    let mut out = Vec::with_capacity(u.len());
-    for r in u {
-        let before = match &r.before {
-            Some(b) => json!({"v": b.values, "m": names.meta(b)?}),
-            None => Value::Null,
-        };
-        out.push(json!({"t": r.table, "k": r.key, "b": before}));
-    }
-    Ok(Value::Array(out))
-}
-
 fn undo_from(v: &Value, names: &EntryNames) -> Result<Vec<UndoRecord>, ReconcileError> {
     let bad = || ReconcileError::Corrupt(format!("bad undo record {v}"));
     let records = v.as_array().ok_or_else(bad)?;
@@ -632,7 +620,7 @@ impl ReplicaStore for SpiReplica {
                     ReconcileError::Corrupt(format!("journal record for entry {h}, which is not stored"))
                 })?;
             let undo = match undo {
-                Some(u) if !u.is_empty() => Some(undo_value(u, &names)?.to_string()),
+                Some(u) if !u.is_empty() => Some(UndoRecord::journal_text(u, |b| names.meta(b))?),
                 _ => None,
             };
             batch.push(node_i32(id)?, order, verdict, undo);

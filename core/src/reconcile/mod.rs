@@ -251,6 +251,47 @@ pub struct UndoRecord {
     pub before: Option<RowState>,
 }
 
+impl UndoRecord {
+    /// The JSON text of `records` as the journal stores them, `[{"b": before, "k": key, "t":
+    /// table}]` with `before` as `{"m": metadata, "v": values}` (metadata as `meta` writes
+    /// it) or `null`: written straight from the records, without copying each row's values
+    /// into a JSON tree first (a thousand-row entry built a thousand of them).
+    pub fn journal_text<E>(
+        records: &[UndoRecord],
+        mut meta: impl FnMut(&RowState) -> Result<Value, E>,
+    ) -> Result<String, E> {
+        // serde_json writes into a Vec without failing; what it writes is UTF-8.
+        fn write(out: &mut Vec<u8>, v: &(impl serde::Serialize + ?Sized)) {
+            let _ = serde_json::to_writer(out, v);
+        }
+        let mut out: Vec<u8> = Vec::with_capacity(records.len() * 48);
+        out.push(b'[');
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"b\":");
+            match &r.before {
+                Some(b) => {
+                    out.extend_from_slice(b"{\"m\":");
+                    write(&mut out, &meta(b)?);
+                    out.extend_from_slice(b",\"v\":");
+                    write(&mut out, &b.values);
+                    out.push(b'}');
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"k\":");
+            write(&mut out, r.key.as_str());
+            out.extend_from_slice(b",\"t\":");
+            write(&mut out, r.table.as_str());
+            out.push(b'}');
+        }
+        out.push(b']');
+        Ok(String::from_utf8(out).unwrap_or_default())
+    }
+}
+
 /// What the journal keeps per replayed entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalEntry {
@@ -573,6 +614,30 @@ fn load_region<R: ReplicaStore>(
 
 #[cfg(test)]
 mod tests {
+
+    /// The journal's undo text, written straight from the records, is the JSON a tree of
+    /// the same records would print.
+    #[test]
+    fn undo_text_is_the_json_of_its_records() {
+        let h = |b: u8| EntryHash(crate::hash::Hash([b; 32]));
+        let before = RowState {
+            values: json!({"id": 1, "s": "é \" \\ \u{1}", "n": null}).as_object().cloned().unwrap(),
+            inserted_by: h(1),
+            writers: [("s".to_string(), h(2))].into_iter().collect(),
+            deleted_by: Some(h(3)),
+        };
+        let records = vec![
+            UndoRecord { table: "t\"q".into(), key: RowKey::from_stored("[1]".into()), before: Some(before.clone()) },
+            UndoRecord { table: "t".into(), key: RowKey::from_stored("[\"é\"]".into()), before: None },
+        ];
+        let text = UndoRecord::journal_text(&records, |r| Ok::<_, ()>(r.meta_value())).unwrap();
+        let tree = json!([
+            {"t": "t\"q", "k": "[1]", "b": {"v": before.values, "m": before.meta_value()}},
+            {"t": "t", "k": "[\"é\"]", "b": null},
+        ]);
+        assert_eq!(text, tree.to_string());
+        assert_eq!(UndoRecord::journal_text(&[], |r| Ok::<_, ()>(r.meta_value())).unwrap(), "[]");
+    }
     use super::*;
 
     #[test]
