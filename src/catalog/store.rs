@@ -370,7 +370,8 @@ impl SpiStore {
         let mut out = Vec::with_capacity(rows.len());
         for (row, payload) in rows {
             let (id, node) = self.node_from_row(row)?;
-            let payload = payload.ok_or_else(|| corrupt(format!("entry {id} of group {} has no payload", self.group)))?;
+            let payload =
+                payload.ok_or_else(|| corrupt(format!("entry {id} of group {} has no payload", self.group)))?;
             out.push((self.remember(id, node), payload));
         }
         Ok(out)
