@@ -1,10 +1,11 @@
 //! The running worker: one task owns the libp2p Swarm and the protocol [`Session`]; database
-//! work runs in three tasks of its own (reads that serve peers, imports, and placing local
-//! commits in the background), and each peer's
-//! stream has a reader and a writer task. Every queue between them is bounded and named in
+//! work runs in four tasks of its own (reads that serve peers, imports, and sealing and
+//! placing local commits in the background), and each peer's stream has a reader and a writer
+//! task. Every queue between them is bounded and named in
 //! [`queues`]; the status report shows their depth.
 //!
-//! The database tasks are in `db_tasks.rs`.
+//! The database tasks are in `db_tasks.rs` (serving and importing) and `local_commits.rs`
+//! (sealing and placing local commits).
 //!
 //! Peers talk over one libp2p stream per direction (protocol [`wire::PROTOCOL`]): each side
 //! opens a stream to write on and accepts the other's to read from.
@@ -24,8 +25,9 @@ use crate::session::{Action, Config as SessionConfig, ImportOutcome, Serve, Sess
 use crate::wire::{self, WireHeader, MAX_FRAME};
 
 mod db_tasks;
+mod local_commits;
 
-use db_tasks::{place_local_commits, run_imports, serve_reads, FrontierReads, ImportJob, SealerAndPlacer};
+use db_tasks::{run_imports, serve_reads, FrontierReads, ImportJob};
 
 /// Capacities of the worker's bounded queues.
 pub mod queues {
@@ -216,12 +218,13 @@ pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> Result
     let poll = config.seal_poll;
     let wakeups = config.commit_wakeups.clone().unwrap_or_default();
     let commits = wakeups.notified.clone();
-    let local = SealerAndPlacer {
-        decoder: db::connect(&config.conninfo, None).await?,
-        sealer: db::connect(&config.conninfo, None).await?,
-        placer: db::connect(&config.conninfo, None).await?,
-    };
-    tokio::spawn(place_local_commits(local, wakeups, poll));
+    let sealer = std::sync::Arc::new(db::connect(&config.conninfo, None).await?);
+    local_commits::spawn(
+        local_commits::Sealer { decoder: db::connect(&config.conninfo, None).await?, sealer: sealer.clone() },
+        local_commits::Placer { placer: db::connect(&config.conninfo, None).await?, sealer },
+        wakeups,
+        poll,
+    );
 
     // The latest status as Prometheus text, for the metrics server if there is one.
     let (metrics_tx, metrics_rx) = tokio::sync::watch::channel(String::new());
