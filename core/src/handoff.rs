@@ -32,7 +32,7 @@ pub enum RowOp {
 }
 
 /// One committed transaction's changes to replicated tables.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Commit {
     /// Where its commit record ends in the WAL.
     pub end_lsn: u64,
@@ -42,6 +42,13 @@ pub struct Commit {
     pub author: Option<String>,
     /// Its row changes by group id, in the order they were made.
     pub groups: Vec<(String, Vec<RowOp>)>,
+}
+
+impl Commit {
+    /// How many row operations it has.
+    pub fn rows(&self) -> usize {
+        self.groups.iter().map(|(_, ops)| ops.len()).sum()
+    }
 }
 
 /// Commits in commit order, and whether decoding stopped before the end of the WAL it was

@@ -3,7 +3,7 @@
 //!
 //! The plugin writes no output. It runs in the backend that decodes (the sealer: a
 //! `causal.catch_up` call, the sync worker's, or any function that seals first), and hands
-//! each committed transaction to it as a [`DecodedTxn`]: its row changes to replicated tables,
+//! each committed transaction to it as a [`Commit`]: its row changes to replicated tables,
 //! encoded per group, and its author, which the capture trigger wrote into the transaction as
 //! a transactional logical message. Transactions with a replication origin (pg_causal's own
 //! replays, and any native subscription's applies) are filtered out. Which tables are
@@ -16,35 +16,23 @@ use std::rc::Rc;
 
 use pgrx::prelude::*;
 
+use causal_core::handoff::Commit;
+
 use super::encode::{Codec, RowOp, Unchanged};
 use crate::error::{CausalError, OrReport};
 
 /// The prefix of the logical message that names a transaction's author (an identity name).
 pub const AUTHOR_PREFIX: &str = "pg_causal.author";
 
-/// One committed transaction's changes to replicated tables.
-pub struct DecodedTxn {
-    /// Where its commit record ends: the sealer's position once it is sealed.
-    pub end_lsn: u64,
-    /// Its commit time (Postgres microseconds since 2000).
-    pub commit_time: i64,
-    /// The identity it wrote as, if the capture trigger named one.
-    pub author: Option<String>,
-    /// Its row changes by group, in the order they were made.
-    pub groups: Vec<(Rc<str>, Vec<RowOp>)>,
-    /// How many row operations it has.
-    pub rows: usize,
-}
-
 /// A replicated table as decoding sees it.
 struct DecodeTable {
-    group_id: Rc<str>,
+    group_id: String,
     codec: Codec,
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<DecodedTxn>> = const { RefCell::new(None) };
-    static DONE: RefCell<Vec<DecodedTxn>> = const { RefCell::new(Vec::new()) };
+    static CURRENT: RefCell<Option<Commit>> = const { RefCell::new(None) };
+    static DONE: RefCell<Vec<Commit>> = const { RefCell::new(Vec::new()) };
     static DONE_ROWS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Whether this decoding run handed any transaction to its caller yet.
     static DELIVERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -73,7 +61,7 @@ fn table(relid: pg_sys::Oid) -> Result<Option<Rc<DecodeTable>>, CausalError> {
         return Ok(t);
     }
     let found = crate::catalog::tables::recorded(relid)?
-        .map(|(group_id, schema)| Rc::new(DecodeTable { group_id: group_id.into(), codec: Codec::new(schema) }));
+        .map(|(group_id, schema)| Rc::new(DecodeTable { group_id, codec: Codec::new(schema) }));
     TABLES.with(|t| t.borrow_mut().insert(relid, found.clone()));
     Ok(found)
 }
@@ -132,9 +120,7 @@ unsafe extern "C-unwind" fn startup(
 
 #[pg_guard]
 unsafe extern "C-unwind" fn begin(_ctx: *mut pg_sys::LogicalDecodingContext, _txn: *mut pg_sys::ReorderBufferTXN) {
-    CURRENT.with(|c| {
-        *c.borrow_mut() = Some(DecodedTxn { end_lsn: 0, commit_time: 0, author: None, groups: Vec::new(), rows: 0 })
-    });
+    CURRENT.with(|c| *c.borrow_mut() = Some(Commit::default()));
 }
 
 #[pg_guard]
@@ -213,7 +199,6 @@ unsafe fn encode_change(
     CURRENT.with(|c| {
         let mut c = c.borrow_mut();
         let Some(txn) = c.as_mut() else { return };
-        txn.rows += ops.len();
         match txn.groups.iter_mut().find(|(g, _)| *g == table.group_id) {
             Some((_, list)) => list.extend(ops),
             None => txn.groups.push((table.group_id.clone(), ops)),
@@ -244,7 +229,7 @@ unsafe extern "C-unwind" fn commit(
     }
     done.end_lsn = (*txn).end_lsn;
     done.commit_time = (*txn).xact_time.commit_time;
-    DONE_ROWS.with(|r| r.set(r.get() + done.rows));
+    DONE_ROWS.with(|r| r.set(r.get() + done.rows()));
     DONE.with(|d| d.borrow_mut().push(done));
 }
 
@@ -267,7 +252,7 @@ unsafe extern "C-unwind" fn do_write(
 }
 
 /// Takes the transactions decoded so far.
-fn take_done() -> Vec<DecodedTxn> {
+fn take_done() -> Vec<Commit> {
     DONE_ROWS.with(|r| r.set(0));
     DONE.with(|d| std::mem::take(&mut *d.borrow_mut()))
 }
@@ -282,7 +267,7 @@ pub enum Flow {
 }
 
 /// A caller's handling of decoded transactions, in commit order.
-pub type OnBatch<'a> = &'a mut dyn FnMut(Vec<DecodedTxn>) -> Result<Flow, CausalError>;
+pub type OnBatch<'a> = &'a mut dyn FnMut(Vec<Commit>) -> Result<Flow, CausalError>;
 
 /// Makes the next run start afresh from the slot's restart position, as if no context were
 /// kept: a caller that handed transactions on learnt that they were not sealed.

@@ -15,7 +15,7 @@ use std::cell::Cell;
 use causal_core::handoff::{Batch, Commit};
 use pgrx::prelude::*;
 
-use super::decode::{decode, DecodedTxn, Flow};
+use super::decode::{decode, Flow};
 use super::seal;
 use crate::error::{CausalError, OrReport};
 
@@ -49,8 +49,7 @@ fn seal_decoded_sql(batch: &[u8]) -> i64 {
     let f = "causal._seal_decoded";
     worker_only(f).or_report(f);
     let batch = Batch::decode(batch).map_err(CausalError::from).or_report(f);
-    let txns = batch.commits.into_iter().map(txn_of).collect();
-    seal::seal_handed(txns).or_report(f).transactions as i64
+    seal::seal_handed(batch.commits).or_report(f).transactions as i64
 }
 
 /// Only the sync worker's roles: a batch is signed as whoever it names.
@@ -94,8 +93,8 @@ fn decode_commits(max_rows: usize) -> Result<Batch, CausalError> {
     }
     HANDED_TO.with(|h| h.set(sealed));
     let mut batch = Batch::default();
-    let mut take = |txns: Vec<DecodedTxn>| -> Result<Flow, CausalError> {
-        batch.commits.extend(txns.into_iter().filter(|t| t.end_lsn > sealed).map(commit_of));
+    let mut take = |txns: Vec<Commit>| -> Result<Flow, CausalError> {
+        batch.commits.extend(txns.into_iter().filter(|t| t.end_lsn > sealed));
         Ok(Flow::Stop)
     };
     // The sealed position is committed, and flushed just now: the slot may let go of the WAL
@@ -110,24 +109,4 @@ fn decode_commits(max_rows: usize) -> Result<Batch, CausalError> {
     }
     seal::after_decoding(end_of_wal, !batch.commits.is_empty());
     Ok(batch)
-}
-
-fn commit_of(txn: DecodedTxn) -> Commit {
-    Commit {
-        end_lsn: txn.end_lsn,
-        commit_time: txn.commit_time,
-        author: txn.author,
-        groups: txn.groups.into_iter().map(|(g, ops)| (g.to_string(), ops)).collect(),
-    }
-}
-
-fn txn_of(commit: Commit) -> DecodedTxn {
-    let rows = commit.groups.iter().map(|(_, ops)| ops.len()).sum();
-    DecodedTxn {
-        end_lsn: commit.end_lsn,
-        commit_time: commit.commit_time,
-        author: commit.author,
-        groups: commit.groups.into_iter().map(|(g, ops)| (g.into(), ops)).collect(),
-        rows,
-    }
 }

@@ -23,7 +23,9 @@ use pgrx::prelude::*;
 use causal_core::membership::derive_meta_of;
 use causal_core::op_text::OpText;
 
-use super::decode::{decode, DecodedTxn, Flow};
+use causal_core::handoff::Commit;
+
+use super::decode::{decode, Flow};
 use super::encode::RowOp;
 use crate::catalog::group::Group;
 use crate::error::CausalError;
@@ -143,7 +145,7 @@ fn sealing(seal: impl FnOnce() -> Result<Sealed, CausalError>) -> Result<Sealed,
 
 /// Seals transactions another backend decoded (`handoff`), those that end after the position
 /// sealed to. Does nothing inside a seal, in a read-only transaction or on a standby.
-pub fn seal_handed(txns: Vec<DecodedTxn>) -> Result<Sealed, CausalError> {
+pub fn seal_handed(txns: Vec<Commit>) -> Result<Sealed, CausalError> {
     if !may_seal() {
         return Ok(Sealed::default());
     }
@@ -169,7 +171,7 @@ fn seal_locked() -> Result<Sealed, CausalError> {
     // What was sealed before this transaction is committed, and flushed just now.
     let confirm = (!MOVED.with(Cell::get)).then_some(sealed);
     let mut total = Sealed::default();
-    let mut seal_batch = |txns: Vec<DecodedTxn>| -> Result<Flow, CausalError> {
+    let mut seal_batch = |txns: Vec<Commit>| -> Result<Flow, CausalError> {
         seal_in_order(&slot, txns, &mut sealed, &mut total, &mut progress)?;
         Ok(Flow::ReadOn)
     };
@@ -212,7 +214,7 @@ pub(super) fn after_decoding(end_of_wal: u64, found: bool) {
 /// position sealed to in the same transaction.
 pub(super) fn seal_in_order(
     slot: &str,
-    txns: Vec<DecodedTxn>,
+    txns: Vec<Commit>,
     sealed: &mut u64,
     total: &mut Sealed,
     progress: &mut crate::pg::progress::Progress,
@@ -301,7 +303,7 @@ fn signer_of(author: Option<&str>) -> Result<crate::catalog::identity::Author, C
 }
 
 /// Appends one transaction's entries, one per group it wrote. Returns how many.
-fn seal_txn(appender: &mut crate::author::members::SealAppender, txn: DecodedTxn) -> Result<usize, CausalError> {
+fn seal_txn(appender: &mut crate::author::members::SealAppender, txn: Commit) -> Result<usize, CausalError> {
     let signer = signer_of(txn.author.as_deref())?;
     let mut entries = 0;
     for (group_id, ops) in txn.groups {
