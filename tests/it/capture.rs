@@ -158,11 +158,7 @@ fn ungranted_roles_cannot_write_replicated_tables() {
     )
     .unwrap();
     let before = count(&mut db);
-    let mut app = causal_integration::postgres::Client::connect(
-        &format!("host=127.0.0.1 port={} user=app dbname=postgres", node.port),
-        causal_integration::postgres::NoTls,
-    )
-    .unwrap();
+    let mut app = node.connect_as("app", "postgres");
     let err = app.batch_execute("INSERT INTO products VALUES ('x', 'x', 1)").unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err:?}");
     // Granted, and made a member of the group, the role writes; the entry is signed by app_id.
@@ -821,11 +817,7 @@ fn only_the_workers_roles_hand_over_decoded_commits() {
     let base = stored(&mut db);
     db.batch_execute("INSERT INTO products VALUES ('A', 'a', 1)").unwrap();
     let batch: Vec<u8> = db.query_one("SELECT causal._decode_commits(1000)", &[]).unwrap().get(0);
-    let mut app = causal_integration::postgres::Client::connect(
-        &format!("host=127.0.0.1 port={} user=app dbname=postgres", node.port),
-        causal_integration::postgres::NoTls,
-    )
-    .unwrap();
+    let mut app = node.connect_as("app", "postgres");
     for call in ["SELECT causal._seal_decoded($1)", "SELECT causal._decode_commits(1000) = $1"] {
         let err = app.query_one(call, &[&batch]).unwrap_err();
         assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{call}: {err:?}");

@@ -167,6 +167,13 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("connect to {} ({}): {e}", self.name, self.connection_string(db)))
     }
 
+    /// Connects to database `db` as role `user` (which must exist and may log in).
+    pub fn connect_as(&self, user: &str, db: &str) -> postgres::Client {
+        let conn = format!("host=127.0.0.1 port={} user={user} dbname={db}", self.port);
+        postgres::Client::connect(&conn, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {} as {user} ({conn}): {e}", self.name))
+    }
+
     /// Runs the client program `program` (`pg_dump`, `pg_restore`, ...) of the server's
     /// version against this cluster, with `args` after the connection options.
     pub fn client_tool(&self, program: &str, args: &[&str]) -> Output {
