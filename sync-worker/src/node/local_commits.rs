@@ -27,12 +27,14 @@ use crate::db::{Db, DbError};
 const SEALING_GAP: Duration = Duration::from_millis(10);
 
 /// Rows placed per placing call. A call holds the group's row locked (as every placing run
-/// does) and a sealing round waits for it, so calls stay short: about 5 ms at the 28-40 µs per
+/// does) and a sealing round waits for it, so calls stay short: 15-20 ms at the 28-40 µs per
 /// single-row entry measured for placement (docs/BENCHMARKS.md). With 500, sealing rounds
 /// waited more than 5 ms for a call 227 times in 20 s of seal_lag.sh's load (median 15 ms, at
-/// most 34 ms); with 150, 10 to 22 times (at most 13 ms). A bulk entry is never split, so a
-/// call places at least one.
-const PLACEMENT_ROWS_PER_CALL: i64 = 150;
+/// most 34 ms), and the lag's p99 with synchronous_commit on was 38-64 ms; with 150, such
+/// waits were 10 to 22 and the p99 23-29 ms, but the calls' fixed cost took 5-10% of the
+/// writers' throughput with the worker running (single-row pgbench, builds alternated).
+/// A bulk entry is never split, so a call places at least one.
+const PLACEMENT_ROWS_PER_CALL: i64 = 500;
 
 /// How often the placing task looks for sealed commits when no sealing round wakes it: other
 /// sessions seal too (`causal.catch_up`, `causal.log`, an import's first step).
