@@ -1,5 +1,5 @@
 //! Sealing and placing local commits: two tasks, each on connections of its own, so that
-//! neither waits for the other.
+//! sealing new commits does not wait for a backlog to be placed.
 //!
 //! - The sealing task turns what is committed into signed entries (decoded in one backend,
 //!   sealed in another: `causal._decode_commits`, `causal._seal_decoded`). Commits wake it;
