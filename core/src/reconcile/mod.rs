@@ -260,7 +260,8 @@ impl UndoRecord {
         records: &[UndoRecord],
         mut meta: impl FnMut(&RowState) -> Result<Value, E>,
     ) -> Result<String, E> {
-        // serde_json writes into a Vec without failing; what it writes is UTF-8.
+        // serde_json writes into a Vec without failing, and writes UTF-8 (so the lossy
+        // conversion below changes nothing; it only never loses the record).
         fn write(out: &mut Vec<u8>, v: &(impl serde::Serialize + ?Sized)) {
             let _ = serde_json::to_writer(out, v);
         }
@@ -288,7 +289,7 @@ impl UndoRecord {
             out.push(b'}');
         }
         out.push(b']');
-        Ok(String::from_utf8(out).unwrap_or_default())
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
