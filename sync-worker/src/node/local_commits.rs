@@ -230,10 +230,24 @@ pub(super) async fn place_sealed_commits(
 
 /// Starts both tasks.
 pub(super) fn spawn(sealer: Sealer, placer: Placer, commits: super::CommitWakeups, poll: Duration) {
+    start(sealer, placer, commits, poll, PLACING_POLL);
+}
+
+/// Starts the sealing task (polling every `seal_poll`) and the placing task (every
+/// `place_poll`), wired together; returns their handles.
+fn start(
+    sealer: impl SealCommits + Send + 'static,
+    placer: impl PlaceCommits + Send + 'static,
+    commits: super::CommitWakeups,
+    seal_poll: Duration,
+    place_poll: Duration,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
     let sealed = Arc::new(Notify::new());
     let (sealing, sealing_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(seal_local_commits(sealer, commits, poll, sealed.clone(), sealing));
-    tokio::spawn(place_sealed_commits(placer, sealed, PLACING_POLL, sealing_rx));
+    (
+        tokio::spawn(seal_local_commits(sealer, commits, seal_poll, sealed.clone(), sealing)),
+        tokio::spawn(place_sealed_commits(placer, sealed, place_poll, sealing_rx)),
+    )
 }
 
 #[cfg(test)]
@@ -264,6 +278,12 @@ mod tests {
             if self.armed.swap(false, Ordering::SeqCst) {
                 self.notified.notify_one();
             }
+        }
+
+        /// Both tasks over this database, with no poll (an hour) to fall back on.
+        fn start(&self) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+            let hour = Duration::from_secs(3600);
+            start(self.clone(), self.clone(), self.wakeups(), hour, hour)
         }
 
         fn wakeups(&self) -> crate::node::CommitWakeups {
@@ -303,11 +323,7 @@ mod tests {
     async fn a_commit_landing_as_a_round_ends_is_sealed_and_placed_without_a_poll() {
         let db = Racing::default();
         db.to_come.store(25, Ordering::SeqCst);
-        let sealed = Arc::new(Notify::new());
-        let hour = Duration::from_secs(3600);
-        let (flag, flag_rx) = tokio::sync::watch::channel(false);
-        let sealing = tokio::spawn(seal_local_commits(db.clone(), db.wakeups(), hour, sealed.clone(), flag));
-        let placing = tokio::spawn(place_sealed_commits(db.clone(), sealed, hour, flag_rx));
+        let (sealing, placing) = db.start();
         db.commit();
         tokio::time::sleep(Duration::from_secs(1)).await;
         sealing.abort();
@@ -322,11 +338,7 @@ mod tests {
     #[tokio::test]
     async fn commits_are_sealed_while_placing_is_under_way() {
         let db = Racing { placing_takes: Duration::from_millis(800), ..Racing::default() };
-        let sealed = Arc::new(Notify::new());
-        let hour = Duration::from_secs(3600);
-        let (flag, flag_rx) = tokio::sync::watch::channel(false);
-        let sealing = tokio::spawn(seal_local_commits(db.clone(), db.wakeups(), hour, sealed.clone(), flag));
-        let placing = tokio::spawn(place_sealed_commits(db.clone(), sealed, hour, flag_rx));
+        let (sealing, placing) = db.start();
         db.commit();
         // The first round seals it, and a placing call starts; commits land meanwhile.
         tokio::time::sleep(Duration::from_millis(100)).await;
