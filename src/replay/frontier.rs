@@ -31,12 +31,15 @@ pub fn frontier_view(group_id: &str, table: &str) -> Result<BTreeMap<RowKey, Map
         }
         Ok::<_, pgrx::spi::Error>(out)
     })?;
-    let state = Group::find(group_id)?.dag().store().state().map_err(causal_core::DagError::from)?;
+    let dag = Group::find(group_id)?.dag();
+    let state = dag.store().state().map_err(causal_core::DagError::from)?;
     if state.reconciled_count >= state.entry_count {
         return Ok(view);
     }
     let schema = crate::catalog::tables::local_schema_by_name(group_id, table)?;
-    for (_, _, payload) in super::placement::unplaced_entries(group_id, state.reconciled_count, state.entry_count)? {
+    for (_, _, payload) in
+        super::placement::unplaced_entries(dag.store(), group_id, state.reconciled_count, state.entry_count)?
+    {
         for op in &payload.ops {
             fold_op(&mut view, &schema, op);
         }

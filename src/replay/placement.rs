@@ -10,7 +10,6 @@ use causal_core::{Dag, EntryHash};
 use crate::catalog::group::Group;
 use crate::catalog::store::SpiStore;
 use crate::error::CausalError;
-use crate::pg::spi::run_prepared;
 use crate::replay::SpiReplica;
 
 /// What one reconciliation did, and how long its two halves took.
@@ -29,35 +28,6 @@ pub fn reconcile_imported(group: &Group, new: Vec<reconcile::NewEntry>) -> Resul
     run_engine(&mut replica, upto, |r| reconcile::plan_decoded(r, new).map_err(engine_err))
 }
 
-/// The stored entries with node ids from `from` up to (not including) `to`, decoded, in
-/// node-id order (predecessors first): local commits the engine has not placed yet.
-pub fn unplaced_entries(group: &str, from: u32, to: u32) -> Result<Vec<reconcile::NewEntry>, CausalError> {
-    let rows = run_prepared(
-        "SELECT hash, prev, payload FROM causal.dag_entries \
-         WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND node_id >= $2 AND node_id < $3 \
-         ORDER BY node_id",
-        &[group.into(), i32::try_from(from).unwrap_or(i32::MAX).into(), i32::try_from(to).unwrap_or(i32::MAX).into()],
-        false,
-        |rows| {
-            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<Vec<String>>(2)?, r.get::<String>(3)?)))
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        },
-    )?;
-    let corrupt = |what: String| CausalError::Corrupt(format!("group {group}: {what}"));
-    let mut out = Vec::with_capacity(rows.len());
-    for (hash, prev, payload) in rows {
-        let (Some(hash), Some(prev), Some(payload)) = (hash, prev, payload) else { continue };
-        let hash: EntryHash = hash.parse().map_err(|_| corrupt(format!("stored hash {hash}")))?;
-        let prev = prev
-            .iter()
-            .map(|h| h.parse::<EntryHash>().map_err(|_| corrupt(format!("stored predecessor {h}"))))
-            .collect::<Result<causal_core::entry::Position, _>>()?;
-        let payload = decode_payload(group, &hash, &payload)?;
-        out.push((hash, prev, payload));
-    }
-    Ok(out)
-}
-
 /// The stored payload text of entry `hash` of `group`, decoded.
 fn decode_payload(group: &str, hash: &EntryHash, text: &str) -> Result<SignedPayload, CausalError> {
     let corrupt = |e: String| CausalError::Corrupt(format!("group {group}: entry {hash}: {e}"));
@@ -65,11 +35,17 @@ fn decode_payload(group: &str, hash: &EntryHash, text: &str) -> Result<SignedPay
     SignedPayload::from_owned(value).map_err(|e| corrupt(e.to_string()))
 }
 
-/// [`unplaced_entries`] for placing through `store`: the hashes and predecessors come from the
-/// entries' nodes (read with the payloads in one statement, and kept for the engine, which asks
-/// for them next). Reading and parsing each entry's hash and predecessors as text again made
-/// placing single-row entries about 8% slower.
-fn unplaced_page(store: &SpiStore, group: &str, from: u32, to: u32) -> Result<Vec<reconcile::NewEntry>, CausalError> {
+/// The stored entries of `store`'s group with node ids from `from` up to (not including) `to`,
+/// decoded, in node-id order (predecessors first): local commits the engine has not placed
+/// yet. Hashes and predecessors come from the entries' nodes, read with the payloads in one
+/// statement and kept for the engine, which asks for them next (reading each entry's hash and
+/// predecessors as text again made placing single-row entries about 8% slower).
+pub fn unplaced_entries(
+    store: &SpiStore,
+    group: &str,
+    from: u32,
+    to: u32,
+) -> Result<Vec<reconcile::NewEntry>, CausalError> {
     use causal_core::DagStore;
     let rows = store.nodes_with_payloads(NodeId(from), NodeId(to)).map_err(causal_core::DagError::from)?;
     let mut out = Vec::with_capacity(rows.len());
@@ -165,7 +141,7 @@ fn place_backlog(
         let mut rows: usize = pending.iter().map(|e| e.2.ops.len()).sum();
         while rows < run_rows_at_most && read_to < end {
             let to = read_to.saturating_add(PLACEMENT_PAGE).min(end);
-            let page = unplaced_page(replica.dag.store(), &replica.group, read_to, to)?;
+            let page = unplaced_entries(replica.dag.store(), &replica.group, read_to, to)?;
             if page.len() as u32 != to - read_to {
                 return Err(CausalError::Corrupt(format!(
                     "group {}: entries {read_to}..{to} are not all stored",
@@ -220,7 +196,7 @@ pub fn reconcile_local(
     // The entry itself is the last stored; those before it may wait to be placed (a few: see
     // `place_long_backlog`).
     let mut new = if state.reconciled_count + 1 < state.entry_count {
-        let mut earlier = unplaced_entries(&group.id, state.reconciled_count, state.entry_count)?;
+        let mut earlier = unplaced_entries(dag.store(), &group.id, state.reconciled_count, state.entry_count)?;
         earlier.retain(|e| e.0 != hash);
         earlier
     } else {
