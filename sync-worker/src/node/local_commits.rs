@@ -319,7 +319,7 @@ mod tests {
 
     /// Every commit that lands as a round ends is sealed by a later round, with no poll (an
     /// hour here) to fall back on, and placed without a poll either.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_commit_landing_as_a_round_ends_is_sealed_and_placed_without_a_poll() {
         let db = Racing::default();
         db.to_come.store(25, Ordering::SeqCst);
@@ -335,7 +335,7 @@ mod tests {
 
     /// Commits are sealed while a long placing call is under way: sealing does not wait for
     /// placing.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn commits_are_sealed_while_placing_is_under_way() {
         let db = Racing { placing_takes: Duration::from_millis(800), ..Racing::default() };
         let (sealing, placing) = db.start();
