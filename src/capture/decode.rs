@@ -38,22 +38,35 @@ thread_local! {
     static DELIVERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The slot's restart position after the last decoding run.
     static RESTART_LSN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    /// Tables by relid (`None`: not replicated), for one decoding run; dropped when a
-    /// decoded transaction changed the table (relcache invalidation) or the catalog of
-    /// replicated tables.
+    /// Tables by relid (`None`: not replicated), as the catalog had them where the decoding
+    /// context is in the WAL: kept with a kept context (whose next run reads on from there),
+    /// dropped with it, and dropped when a decoded or a live transaction changed the table or
+    /// the catalog of replicated tables (relcache invalidations; decoding runs a decoded
+    /// transaction's at its place in the commit order). Looking a table up took a query,
+    /// planned again after every run's cache resets: a sixth of the decoding backend's time
+    /// under a steady load of single-row commits, when each run looked its tables up again.
     static TABLES: RefCell<HashMap<pg_sys::Oid, Option<Rc<DecodeTable>>>> = RefCell::new(HashMap::new());
 }
 
-/// Relcache callback: forgets what decoding knew of `relid` (all of it for `InvalidOid`).
+/// Relcache callback: forgets what decoding knew of `relid`; of every table for `InvalidOid`
+/// and for the catalog of replicated tables (a change to it may concern any table), or when
+/// this backend has not learnt the catalog's oid (it cannot tell its invalidation apart).
 pub fn relcache_changed(relid: pg_sys::Oid) {
+    let catalog = crate::catalog::tables::known_catalog_oid();
     TABLES.with(|t| {
         let mut t = t.borrow_mut();
-        if relid == pg_sys::InvalidOid {
+        if relid == pg_sys::InvalidOid || relid == catalog || catalog == pg_sys::InvalidOid {
             t.clear();
         } else {
             t.remove(&relid);
         }
     });
+}
+
+/// Forgets every table decoding knew: its context starts afresh, possibly further back in the
+/// WAL.
+fn forget_tables() {
+    TABLES.with(|t| t.borrow_mut().clear());
 }
 
 fn table(relid: pg_sys::Oid) -> Result<Option<Rc<DecodeTable>>, CausalError> {
@@ -305,7 +318,6 @@ pub fn decode(
     let name = std::ffi::CString::new(slot).map_err(|_| CausalError::Corrupt("slot name".into()))?;
     take_done();
     DELIVERED.with(|d| d.set(false));
-    TABLES.with(|t| t.borrow_mut().clear());
     // SAFETY: the sequence pg_logical_slot_get_changes runs (slotfuncs.c / logicalfuncs.c), on
     // this backend's thread: acquire the slot, create a decoding context, read records up to
     // the flushed end of WAL, free the context and release the slot. An error raised in
@@ -380,6 +392,7 @@ pub fn decode(
             // After a batch its caller refused, the next run starts afresh: it reads again
             // what this one read past the position sealed.
             if failed.is_some() || !keep_context(ctx) {
+                forget_tables();
                 if kept_as(ctx).is_some() {
                     drop_kept_context(true);
                 } else {
@@ -394,12 +407,12 @@ pub fn decode(
             // Whatever decoding left half done, the next run starts afresh.
             pg_sys::MemoryContextSwitchTo(call_memory);
             drop_kept_context(false);
+            forget_tables();
             reset_caches();
             e.rethrow()
         })
         .execute()
     };
-    TABLES.with(|t| t.borrow_mut().clear());
     if let Some(e) = failed {
         return Err(e);
     }
@@ -454,6 +467,7 @@ unsafe fn reset_caches() {
     drop(window);
     if seen > 1 {
         super::trigger::forget_catalog(pg_sys::InvalidOid);
+        relcache_changed(pg_sys::InvalidOid);
     }
 }
 
@@ -512,6 +526,7 @@ unsafe fn context_for(start: u64) -> *mut pg_sys::LogicalDecodingContext {
         }
         drop_kept_context(true);
     }
+    forget_tables();
     let mut routine = pg_sys::XLogReaderRoutine {
         page_read: Some(read_local_xlog_page),
         segment_open: Some(wal_segment_open),

@@ -67,12 +67,13 @@ pub fn refuse_after_writes(group_id: &str, action: &'static str) -> Result<(), C
 /// Relcache callback: forgets what a change to a table, or to the catalog, may have changed.
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     crate::catalog::identity::relcache_changed(relid);
-    super::decode::relcache_changed(relid);
     if relid == pg_sys::InvalidOid && super::decode::own_reset() {
-        // Decoding dropped every cache entry; what pg_causal keeps was read under the current
-        // snapshot from a catalog that did not change.
+        // Decoding dropped every cache entry; what pg_causal keeps was read from a catalog
+        // that did not change (under the current snapshot, or for decoding under the
+        // historic one where its context is).
         return;
     }
+    super::decode::relcache_changed(relid);
     forget_catalog(relid);
 }
 

@@ -721,6 +721,28 @@ fn a_sealing_run_rolled_back_leaves_its_transactions_to_the_next() {
     assert!(ok);
 }
 
+/// A sealing backend keeps what it learnt of tables with its decoding context: a table its
+/// last run saw written while it was not replicated is captured once it is.
+#[test]
+fn a_table_replicated_after_a_kept_context_saw_it_is_captured() {
+    let (node, mut db) = preloaded("kept-context-tables");
+    db.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)").unwrap();
+    let mut other = node.connect("app");
+    other
+        .batch_execute(
+            "BEGIN; INSERT INTO products VALUES ('N', 'n', 1); INSERT INTO notes VALUES (1, 'before'); COMMIT",
+        )
+        .unwrap();
+    // This session's run decodes that transaction, and learns that notes is not replicated.
+    let base = count(&mut db);
+    db.batch_execute("SELECT causal.replicate('shop', 'notes')").unwrap();
+    other.batch_execute("INSERT INTO notes VALUES (2, 'after')").unwrap();
+    assert_eq!(count(&mut db), base + 3, "the schema entry, the row notes held, then the insert");
+    let (_, _, payload) = newest(&mut db);
+    assert_eq!(payload["ops"][0]["table"], "notes");
+    assert_eq!(payload["ops"][0]["row"]["id"], 2);
+}
+
 /// A transaction in progress across sealing runs is read in pieces, and spilled to disk past
 /// `logical_decoding_work_mem`. When another session decodes the slot meanwhile, its context
 /// deletes the slot's spilled changes: the first session's next run must start afresh rather
