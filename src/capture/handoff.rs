@@ -85,7 +85,13 @@ fn decode_commits(max_rows: usize) -> Result<Batch, CausalError> {
     let _progress = crate::pg::progress::Progress::start("sealing", "", "transactions", None);
     let slot = super::slot::slot_name();
     let end_of_wal = seal::flushed_end_of_wal();
-    let sealed = seal::sealed_lsn(&slot)?;
+    // What the last sealing commit published, else what is stored. Published may lag what is
+    // stored, never lead it: then this run hands over commits sealed already (the sealing side
+    // skips them) and tells the slot less than it could.
+    let sealed = match crate::pg::sealed_position::published() {
+        Some(lsn) => lsn,
+        None => seal::sealed_lsn(&slot)?,
+    };
     SEALED_SEEN.with(|s| s.set(sealed));
     if HANDED_TO.with(Cell::get) > sealed {
         // What this backend handed over last was not sealed: read it again.

@@ -243,6 +243,7 @@ pub(super) fn seal_in_order(
             &[slot.into(), lsn_text(*sealed).into(), timestamp(time).into(), transactions.into()],
         )?;
         MOVED.with(|m| m.set(true));
+        crate::pg::sealed_position::stored(*sealed);
         // The entries are visible once this transaction commits, and a peer may fetch them at
         // once: they must be durable by then. Lost in a crash, the same transactions would be
         // sealed again, perhaps into other entries (a run signs each author's last entry

@@ -213,6 +213,7 @@ fn _refuse_truncate<'a>(
 fn clear() {
     WRITING.with(|w| *w.borrow_mut() = Writing::default());
     super::seal::xact_ended();
+    crate::pg::sealed_position::transaction_ended(false);
 }
 
 #[pg_guard]
@@ -228,6 +229,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             crate::pg::xact::aborted(crate::pg::xact::Undone::Transaction);
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            crate::pg::sealed_position::transaction_ended(true);
             // Committed: the sealer reads it from the WAL; wake it rather than wait for its poll.
             if WRITING.with(|w| !w.borrow().groups.is_empty()) {
                 crate::pg::wake::wake_worker();
@@ -256,6 +258,7 @@ unsafe extern "C-unwind" fn on_subxact(
             }
         });
         crate::pg::xact::aborted(crate::pg::xact::Undone::subtransaction(my_subid));
+        crate::pg::sealed_position::subtransaction_aborted();
     }
 }
 

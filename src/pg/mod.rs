@@ -9,7 +9,8 @@
 //! - [`notify`]: notifications to the sync worker and to applications.
 //! - [`progress`]: long operations shown in `causal.progress` and logged.
 //! - [`scan`]: every row of a table as of a snapshot, without SQL.
-//! - [`shmem`]: the shared memory of the two below and of `progress`, when preloaded.
+//! - [`shmem`]: the shared memory of the three below and of `progress`, when preloaded.
+//! - [`sealed_position`]: the position each database's last sealing commit sealed to.
 //! - [`slot_uses`]: how often the capture slot was taken, so a kept decoding context knows
 //!   whether it is still current.
 //! - [`wake`]: setting the worker's latch at commit, so sealing starts at once.
@@ -19,6 +20,7 @@ pub mod lock;
 pub mod notify;
 pub mod progress;
 pub mod scan;
+pub mod sealed_position;
 pub mod shmem;
 pub mod slot_uses;
 pub mod spi;

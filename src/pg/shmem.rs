@@ -1,7 +1,7 @@
 //! pg_causal's shared memory: the worker's latch ([`super::wake`]), the progress slots
-//! ([`super::progress`]) and the count of the capture slot's uses ([`super::slot_uses`]). It
-//! exists only when pg_causal is in `shared_preload_libraries`; elsewhere [`ready`] is false
-//! and each does without it.
+//! ([`super::progress`]), the count of the capture slot's uses ([`super::slot_uses`]) and the
+//! positions sealed to ([`super::sealed_position`]). It exists only when pg_causal is in
+//! `shared_preload_libraries`; elsewhere [`ready`] is false and each does without it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,6 +18,7 @@ pub fn init() {
     }
     super::wake::request_shared_memory();
     super::slot_uses::request_shared_memory();
+    super::sealed_position::request_shared_memory();
     super::progress::request_shared_memory();
     READY.store(true, Ordering::Relaxed);
 }

@@ -743,6 +743,25 @@ fn a_table_replicated_after_a_kept_context_saw_it_is_captured() {
     assert_eq!(payload["ops"][0]["row"]["id"], 2);
 }
 
+/// The sync worker's decoding backend starts from the position the last sealing commit
+/// published: never from one a rolled-back subtransaction stored, or it would skip commits no
+/// entry holds, and tell the slot to let go of their WAL.
+#[test]
+fn a_position_sealed_in_a_rolled_back_savepoint_is_not_published() {
+    let (node, mut db) = preloaded("sealed-position-savepoint");
+    let mut other = node.connect("app");
+    // Sealed and committed: its position is published.
+    other.batch_execute("INSERT INTO products VALUES ('R', 'r', 1)").unwrap();
+    let base = count(&mut db);
+    other.batch_execute("INSERT INTO products VALUES ('S', 's', 1)").unwrap();
+    db.batch_execute("BEGIN; SAVEPOINT s; SELECT causal.catch_up(NULL, 0); ROLLBACK TO s; COMMIT").unwrap();
+    let mut worker = node.connect("app");
+    let sealed: i64 =
+        worker.query_one("SELECT causal._seal_decoded(causal._decode_commits(1000))", &[]).unwrap().get(0);
+    assert_eq!(sealed, 1, "the insert is handed over and sealed");
+    assert_eq!(count(&mut db), base + 1);
+}
+
 /// A transaction in progress across sealing runs is read in pieces, and spilled to disk past
 /// `logical_decoding_work_mem`. When another session decodes the slot meanwhile, its context
 /// deletes the slot's spilled changes: the first session's next run must start afresh rather
