@@ -61,19 +61,30 @@ pub struct Sealed {
 const IDLE_REREAD_BYTES: u64 = 16 << 20;
 
 /// How often a sealer that keeps finding commits logs the running transactions.
-const RUNNING_XACTS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+const RUNNING_XACTS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How often a sealer that finds no commits logs the running transactions while the slot
+/// holds more than [`IDLE_REREAD_BYTES`] of WAL: rarely so, and it lets that WAL go within a
+/// few runs.
+const RUNNING_XACTS_EVERY_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 thread_local! {
     static RUNNING_XACTS_LOGGED: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
 }
 
 /// Writes a record of the running transactions (as the background writer does every 15 s),
-/// at most every [`RUNNING_XACTS_EVERY`] while commits keep coming. Each sealing run decodes
-/// from the slot's restart position, which only moves to such a record: with one every 15 s,
+/// at most every [`RUNNING_XACTS_EVERY`] while commits keep coming. A decoding context made
+/// afresh (the first run of a backend, or one after another backend decoded the slot) starts
+/// at the slot's restart position, which only moves to such a record: with one every 15 s,
 /// each run read up to 15 s of WAL again (sealing calls of up to 1.2 s at 5k commits/s,
-/// bench/seal_lag.sh). With one every 50 ms, a run reads about that much again.
-fn log_running_transactions() {
-    let due = RUNNING_XACTS_LOGGED.with(|l| l.get().is_none_or(|t| t.elapsed() >= RUNNING_XACTS_EVERY));
+/// bench/seal_lag.sh). With one every 250 ms, a fresh context reads about that much again.
+/// Each record also costs the decoding backend that reads it a snapshot written to disk and
+/// the slot's state saved, each a file written and flushed: at one every 50 ms, a quarter of
+/// the sync worker's decoding backend's profile at 6,000 single-row commits/s. At 250 ms,
+/// decoding took 13.0-14.2 µs per commit against 14.0-17.3 (bench/worker_cpu.sh, four runs
+/// each, builds alternated).
+fn log_running_transactions(every: std::time::Duration) {
+    let due = RUNNING_XACTS_LOGGED.with(|l| l.get().is_none_or(|t| t.elapsed() >= every));
     if !due {
         return;
     }
@@ -201,12 +212,15 @@ pub(super) fn flushed_end_of_wal() -> u64 {
 }
 
 /// After a decoding run that read to `end_of_wal`: runs that found transactions log the
-/// running transactions, and idle ones too when the next run would otherwise read much WAL
-/// again (written to other tables meanwhile): the slot's restart position moves only to such
-/// a record.
+/// running transactions (at most every [`RUNNING_XACTS_EVERY`]), and idle ones too when the
+/// next run would otherwise read much WAL again (written to other tables meanwhile), at most
+/// every [`RUNNING_XACTS_EVERY_IDLE`]: the slot's restart position moves only to such a
+/// record, and takes two runs' confirmations to get there.
 pub(super) fn after_decoding(end_of_wal: u64, found: bool) {
-    if found || end_of_wal.saturating_sub(super::decode::restart_lsn()) > IDLE_REREAD_BYTES {
-        log_running_transactions();
+    if end_of_wal.saturating_sub(super::decode::restart_lsn()) > IDLE_REREAD_BYTES {
+        log_running_transactions(RUNNING_XACTS_EVERY_IDLE);
+    } else if found {
+        log_running_transactions(RUNNING_XACTS_EVERY);
     }
 }
 

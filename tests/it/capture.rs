@@ -814,7 +814,7 @@ fn decoded_commits_whose_sealing_failed_are_handed_over_again() {
     };
     // A sealing call that fails before it writes anything leaves no WAL behind: what it was
     // handed is handed over again all the same. (Runs that hand something over log the
-    // running transactions, at most every 50 ms: the second run here, right after the
+    // running transactions, at most every 250 ms: the second run here, right after the
     // first, writes nothing after the WAL it read.)
     db.batch_execute("INSERT INTO products VALUES ('X', 'x', 1)").unwrap();
     let x = decode(&mut decoder);
