@@ -186,5 +186,8 @@ fn seal_unsealed_span(start: u64, snapshot: pg_sys::Snapshot) -> Result<(), Caus
             &[slot.into(), start_text.into()],
         )?;
     }
+    // Published at commit, as a sealing transaction's position is: the decoding backend would
+    // otherwise start from the old one, behind the slot.
+    crate::pg::sealed_position::stored(start);
     Ok(())
 }
