@@ -242,17 +242,22 @@ CREATE TABLE causal.row_meta (
     vals       jsonb NOT NULL,
     meta       jsonb NOT NULL
 );
--- Rows are found by key through a hash index, as entries are by hash. Keys are JSON texts
--- of the primary-key values, whose byte order is not the order rows arrive in ("[10]" sorts
--- before "[9]"), so a btree on (grp, table_name, key) took each new row at a random place:
--- 205 ms to insert 100k rows shaped like these into a table with that btree, 126 ms with
--- this index instead, 67 ms with no index (2-core machine). A hash index cannot be unique:
--- (grp, table_name, key) is kept unique by replay, the table's only writer, which inserts a
--- row only when its read (under the group's lock) found none, and otherwise updates it.
--- Lookups write `key = $k AND grp + 0 = $g AND table_name || '' = $t`, so that the planner
--- uses this index alone. Reading all rows of one table (causal.snapshot at the frontier)
--- scans the whole table, or the partial indexes below where the table has some.
-CREATE INDEX row_meta_key ON causal.row_meta USING hash (key);
+-- Rows are found by key through a btree on (octet_length(key), key). Keys are JSON texts of
+-- the primary-key values: for the common serial or identity key, ordering by length first puts
+-- them in numeric order ("[9]" before "[10]"), so new rows go to the right edge of the index
+-- and a probe for a key not stored yet reads pages just read. Keyed by the text alone, a
+-- btree took rows at places spread over the index, and a hash index at random places: 3M
+-- rows in 1,000-row statements took 9.5 s with a hash index on key, 7.0 s with a btree on
+-- key, 6.3 s with this one, whose index is also the smallest (32 bytes per row, against 34
+-- and 54), and placing 1,000-row local commits spent a quarter of its time in hash index
+-- pages at 3.5M rows (2-core machine). The index is not unique: (grp, table_name, key) is
+-- kept unique by replay, the table's only writer, which inserts a row only when its read
+-- (under the group's lock) found none, and otherwise updates it. Lookups write
+-- `octet_length(key) = octet_length($k) AND key = $k AND grp + 0 = $g AND table_name || '' =
+-- $t`, so that the planner uses this index alone. Reading all rows of one table
+-- (causal.snapshot at the frontier) scans the whole table, or the partial indexes below where
+-- the table has some.
+CREATE INDEX row_meta_key ON causal.row_meta (octet_length(key), key);
 -- Rows are also looked up by the columns of UNIQUE constraints and foreign keys: each such
 -- set gets a partial expression index per group and table when the schema is recorded
 -- (row_meta_lookup_*, made by the extension).

@@ -183,3 +183,8 @@ CREATE FUNCTION causal."_seal_decoded"(
 STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'seal_decoded_sql_wrapper';
+
+-- Row metadata is found by a btree on (octet_length(key), key): new serial keys go to its
+-- right edge, where the hash index took each at a random page (see catalog.sql).
+DROP INDEX causal.row_meta_key;
+CREATE INDEX row_meta_key ON causal.row_meta (octet_length(key), key);

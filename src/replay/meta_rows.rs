@@ -15,11 +15,12 @@ pub(super) const JOURNAL_COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("cause", pg_sys::JSONBOID),
 ];
 
-// Statements on `row_meta` rows by key. Each key is a probe of the hash index on `key`:
-// `grp + 0` and `table_name || ''` keep the planner from combining it with another index (a
-// partial lookup index covers a whole table), and `OFFSET 0` keeps a LATERAL subquery a probe
-// per key rather than a join the planner may run as a scan of the table (see `rows`). Deletes
-// and updates reach the row found by its tid. Those of many keys run under `probing_by_key`.
+// Statements on `row_meta` rows by key. Each key is a probe of the btree on
+// `(octet_length(key), key)` (catalog.sql says why it is keyed by length first): `grp + 0`
+// and `table_name || ''` keep the planner from combining it with another index (a partial
+// lookup index covers a whole table), and `OFFSET 0` keeps a LATERAL subquery a probe per key
+// rather than a join the planner may run as a scan of the table (see `rows`). Deletes and
+// updates reach the row found by its tid. Those of many keys run under `probing_by_key`.
 // The `tests` module checks their generic plans.
 
 /// Runs `f`, a statement of many probes by key, with bitmap scans off: without statistics
@@ -37,7 +38,9 @@ macro_rules! row_probe {
         concat!(
             "(SELECT ",
             $cols,
-            " FROM causal.row_meta WHERE key = ",
+            " FROM causal.row_meta WHERE octet_length(key) = octet_length(",
+            $k,
+            ") AND key = ",
             $k,
             " AND grp + 0 = $1 AND table_name || '' = ",
             $t,
@@ -54,8 +57,8 @@ pub(super) const ROWS_BY_KEYS: &str = concat!(
 );
 
 /// The row of group `$1`, table `$2` and key `$3`.
-pub(super) const ROW_BY_KEY: &str =
-    "SELECT key, vals, meta FROM causal.row_meta WHERE key = $3 AND grp + 0 = $1 AND table_name || '' = $2";
+pub(super) const ROW_BY_KEY: &str = "SELECT key, vals, meta FROM causal.row_meta \
+     WHERE octet_length(key) = octet_length($3) AND key = $3 AND grp + 0 = $1 AND table_name || '' = $2";
 
 /// Deletes the rows of group `$1` with the tables and keys `$2` and `$3` (pairwise).
 pub(super) const DELETE_ROWS: &str = concat!(
