@@ -542,7 +542,7 @@ impl ReplicaStore for SpiReplica {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        // Each key is a probe of the hash index on `key` (see ROWS_BY_KEYS): a few keys (a
+        // Each key is a probe of the key index `row_meta_key` (see ROWS_BY_KEYS): a few keys (a
         // local commit) are read one by one, more through a LATERAL join. With
         // `key = ANY(...)`, a generic plan made while the table's statistics were stale scanned
         // every key of the table instead. A LATERAL subquery is pulled up into a plain join,
@@ -682,7 +682,7 @@ impl ReplicaStore for SpiReplica {
             }
         }
         // Rows the run read are deleted or updated where they are: each key is a probe of the
-        // hash index (as in `rows`), and the row found is reached by its tid. Every one must
+        // key index (as in `rows`), and the row found is reached by its tid. Every one must
         // be found; one missing means the catalog changed under the group's lock.
         let expect = |what: &str, done: usize, wanted: usize| {
             if done == wanted {

@@ -143,9 +143,10 @@ mod tests {
         assert!(taken >= 15 && refused >= 15, "{taken} taken, {refused} refused");
     }
 
-    /// The statements on `row_meta` rows by key are probes of the hash index on `key`, even as
-    /// generic plans over a table without statistics that a partial lookup index covers whole
-    /// (which makes the group and table look selective), and they touch exactly their rows.
+    /// The statements on `row_meta` rows by key are probes of the key index `row_meta_key`,
+    /// even as generic plans over a table without statistics that a partial lookup index
+    /// covers whole (which makes the group and table look selective), and they touch exactly
+    /// their rows.
     #[pg_test]
     fn row_meta_statements_by_key_probe_the_key_index() {
         Spi::run(
