@@ -71,7 +71,9 @@ CREATE TABLE causal.group_defs (
 );
 
 -- DAG entries and their index (see docs/DAG_INDEX.md). node_id is dense per group in append
--- order; chain/seq/clock are the chain-and-clock index; preds are node ids.
+-- order; chain/seq/clock are the chain-and-clock index; preds are the node ids of the
+-- header's predecessors, whose hashes are read through them (a predecessor is always stored
+-- before the entries that name it) rather than kept again in every row.
 --
 -- Their text keys (hashes, group ids, row keys) use the "C" collation: they are compared byte
 -- by byte, and a btree probe does not pay for locale-aware comparison (which had been most of
@@ -85,7 +87,6 @@ CREATE TABLE causal.dag_entries (
     grp         integer NOT NULL,               -- group_defs.grp
     node_id     integer NOT NULL,
     hash        text COLLATE "C" NOT NULL,
-    prev        text[] NOT NULL,
     payload     text COMPRESSION lz4 NOT NULL,  -- the payload's JSON text, exactly as hashed
     payload_hash text COLLATE "C" NOT NULL,     -- the header's payload hash (Base64)
     chain       integer NOT NULL,

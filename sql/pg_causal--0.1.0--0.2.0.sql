@@ -188,3 +188,7 @@ AS 'MODULE_PATHNAME', 'seal_decoded_sql_wrapper';
 -- right edge, where the hash index took each at a random page (see catalog.sql).
 DROP INDEX causal.row_meta_key;
 CREATE INDEX row_meta_key ON causal.row_meta (octet_length(key), key);
+
+-- Entry rows no longer keep their predecessors' hashes: readers take them from the
+-- predecessors' node ids (preds). Rows written before keep their bytes until rewritten.
+ALTER TABLE causal.dag_entries DROP COLUMN prev;

@@ -12,6 +12,7 @@ use causal_core::payload::SignedPayload;
 use causal_core::{EntryHash, GroupId};
 
 use crate::catalog::group::Group;
+use crate::catalog::store::prev_hashes;
 use crate::error::{CausalError, OrReport};
 
 /// Primary-key columns per replicated table of a group, for summaries.
@@ -32,6 +33,13 @@ fn primary_keys(group: &Group) -> Result<HashMap<String, Vec<String>>, CausalErr
         Ok::<_, pgrx::spi::Error>(())
     })?;
     Ok(out)
+}
+
+/// Predecessor hashes in the order of a [`Position`] (the header's), as the frontier lists
+/// them; a text that is not a hash (none should be) comes first.
+fn in_position_order(mut prev: Vec<String>) -> Vec<String> {
+    prev.sort_by_cached_key(|h| h.parse::<EntryHash>().ok());
+    prev
 }
 
 fn parse_position(prev: &[String]) -> Result<Position, CausalError> {
@@ -64,9 +72,13 @@ fn log(
     let mut out = Vec::new();
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT e.hash, e.prev, e.payload, coalesce(j.status, 'ok'), j.reason FROM causal.dag_entries e \
-             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
-             WHERE e.grp = $1 ORDER BY e.node_id DESC LIMIT $2",
+            concat!(
+                "SELECT e.hash, ",
+                prev_hashes!(),
+                ", e.payload, coalesce(j.status, 'ok'), j.reason FROM causal.dag_entries e \
+                 LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
+                 WHERE e.grp = $1 ORDER BY e.node_id DESC LIMIT $2"
+            ),
             None,
             &[group.num.into(), max_entries.max(0).into()],
         )?;
@@ -79,7 +91,7 @@ fn log(
             };
             out.push((
                 r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                in_position_order(r.get::<Vec<String>>(2)?.unwrap_or_default()),
                 author,
                 op,
                 r.get::<String>(4)?.unwrap_or_default(),
@@ -100,9 +112,13 @@ fn entry(hash: &str) -> Option<JsonB> {
     let f = "causal.entry";
     let row = Spi::connect(|client| {
         let mut rows = client.select(
-            "SELECT g.group_id, e.prev, e.payload, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
+            concat!(
+                "SELECT g.group_id, ",
+                prev_hashes!(),
+                ", e.payload, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
              FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
-             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id WHERE e.hash = $1",
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id WHERE e.hash = $1"
+            ),
             Some(1),
             &[hash.into()],
         )?;
@@ -200,7 +216,11 @@ fn verify(grp: &str) -> bool {
     let mut rows = Vec::new();
     Spi::connect(|client| {
         let table = client.select(
-            "SELECT hash, prev, payload FROM causal.dag_entries WHERE grp = $1 ORDER BY node_id",
+            concat!(
+                "SELECT e.hash, ",
+                prev_hashes!(),
+                ", e.payload FROM causal.dag_entries e WHERE e.grp = $1 ORDER BY e.node_id"
+            ),
             None,
             &[group.num.into()],
         )?;

@@ -12,6 +12,7 @@ use causal_core::identity::PublicKey;
 use causal_core::{EntryHash, GroupId};
 
 use crate::catalog::group::Group;
+use crate::catalog::store::prev_hashes;
 use crate::error::{CausalError, OrReport};
 use crate::pg::spi::get_opt;
 
@@ -155,10 +156,14 @@ fn entries_by_hash(
         // statistics scanned the whole group instead. `OFFSET 0` keeps the LATERAL subquery a
         // per-row probe; without it the subquery is pulled up into a join, which such a plan
         // can run as a scan too.
-        "SELECT e.hash, e.prev, e.payload_hash, CASE WHEN $3 THEN e.payload END \
-         FROM (SELECT grp FROM causal.group_defs WHERE group_id = $1) g CROSS JOIN unnest($2::text[]) AS h(hash) \
-         CROSS JOIN LATERAL (SELECT hash, prev, payload_hash, payload FROM causal.dag_entries \
-         WHERE grp = g.grp AND hash = h.hash OFFSET 0) e",
+        concat!(
+            "SELECT e.hash, ",
+            prev_hashes!(),
+            ", e.payload_hash, CASE WHEN $3 THEN e.payload END \
+             FROM (SELECT grp FROM causal.group_defs WHERE group_id = $1) g CROSS JOIN unnest($2::text[]) AS h(hash) \
+             CROSS JOIN LATERAL (SELECT grp, hash, preds, payload_hash, payload FROM causal.dag_entries \
+             WHERE grp = g.grp AND hash = h.hash OFFSET 0) e"
+        ),
         &[group_id.into(), hashes.to_vec().into(), with_payloads.into()],
         false,
         stored_entries,
@@ -200,10 +205,14 @@ fn entries_by_position(
     let (chains, from, to) = chain_runs(positions);
     let rows = crate::pg::spi::run_prepared(
         // `OFFSET 0` keeps each range a probe of the (grp, chain, seq) index (see above).
-        "SELECT e.hash, e.prev, e.payload_hash, CASE WHEN $5 THEN e.payload END \
-         FROM unnest($2::int[], $3::int[], $4::int[]) AS r(chain, lo, hi) \
-         CROSS JOIN LATERAL (SELECT hash, prev, payload_hash, payload FROM causal.dag_entries \
-         WHERE grp = $1 AND chain = r.chain AND seq BETWEEN r.lo AND r.hi OFFSET 0) e",
+        concat!(
+            "SELECT e.hash, ",
+            prev_hashes!(),
+            ", e.payload_hash, CASE WHEN $5 THEN e.payload END \
+             FROM unnest($2::int[], $3::int[], $4::int[]) AS r(chain, lo, hi) \
+             CROSS JOIN LATERAL (SELECT grp, hash, preds, payload_hash, payload FROM causal.dag_entries \
+             WHERE grp = $1 AND chain = r.chain AND seq BETWEEN r.lo AND r.hi OFFSET 0) e"
+        ),
         &[group.num.into(), chains.into(), from.into(), to.into(), with_payloads.into()],
         false,
         stored_entries,

@@ -44,3 +44,9 @@ pub fn capture_state_records_spans() -> bool {
 pub fn has_cancellation_hooks() -> bool {
     relation(c"cancellation_hooks").is_some()
 }
+
+/// Whether entry rows keep their predecessors' hashes (`dag_entries.prev`, dropped in 0.2.0:
+/// readers take them from the predecessors' node ids, `preds`).
+pub fn dag_entries_have_prev() -> bool {
+    has_column(c"dag_entries", c"prev")
+}

@@ -128,6 +128,8 @@ pub struct SpiStore {
 struct PendingRows {
     node_id: Vec<i32>,
     hash: Vec<String>,
+    /// The predecessors' hashes, kept only for a catalog not upgraded yet, whose entry rows
+    /// still have them (`shape::dag_entries_have_prev`).
     prev: Vec<Vec<String>>,
     payload: Vec<String>,
     payload_hash: Vec<String>,
@@ -552,12 +554,21 @@ const NODES_BY_IDS: &str =
 /// An entry's node id by its hash (`$1` the group's number, `$2` the hash).
 const NODE_ID_BY_HASH: &str = "SELECT node_id FROM causal.dag_entries WHERE hash = $2 AND grp + 0 = $1";
 
+/// The predecessors' hashes of the entry row aliased `e`, as `text[]` (in no particular
+/// order): rows keep their predecessors as node ids (`preds`) only, and this reads their
+/// hashes by the primary key.
+macro_rules! prev_hashes {
+    () => {
+        "ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY (e.preds))"
+    };
+}
+pub(crate) use prev_hashes;
+
 /// The columns of `causal.dag_entries`, in table order.
 pub(crate) const ENTRY_COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("grp", pg_sys::INT4OID),
     ("node_id", pg_sys::INT4OID),
     ("hash", pg_sys::TEXTOID),
-    ("prev", pg_sys::TEXTARRAYOID),
     ("payload", pg_sys::TEXTOID),
     ("payload_hash", pg_sys::TEXTOID),
     ("chain", pg_sys::INT4OID),
@@ -570,13 +581,26 @@ pub(crate) const ENTRY_COLUMNS: &[(&str, pg_sys::Oid)] = &[
 /// Inserts entry rows without SQL (see `direct.rs`): for a local commit's single entry and
 /// for an import's thousands alike.
 fn write_entry_rows(grp: i32, p: &PendingRows) -> Result<(), crate::error::CausalError> {
-    let mut rows = Inserter::open("dag_entries", ENTRY_COLUMNS)?;
+    // A catalog not upgraded yet has `prev` after `hash`.
+    let with_prev = crate::catalog::shape::dag_entries_have_prev();
+    if with_prev && p.prev.len() != p.node_id.len() {
+        return Err(crate::error::CausalError::Corrupt(
+            "entry rows to write lack the predecessors' hashes that causal.dag_entries has a column for".into(),
+        ));
+    }
+    let columns: Vec<(&str, pg_sys::Oid)> = if with_prev {
+        let mut c = ENTRY_COLUMNS.to_vec();
+        c.insert(3, ("prev", pg_sys::TEXTARRAYOID));
+        c
+    } else {
+        ENTRY_COLUMNS.to_vec()
+    };
+    let mut rows = Inserter::open("dag_entries", &columns)?;
     for i in 0..p.node_id.len() {
-        rows.push(&[
+        let mut cells = vec![
             Cell::Int4(grp),
             Cell::Int4(p.node_id[i]),
             Cell::Text(&p.hash[i]),
-            Cell::TextArray(&p.prev[i]),
             Cell::Text(&p.payload[i]),
             Cell::Text(&p.payload_hash[i]),
             Cell::Int4(p.chain[i]),
@@ -584,7 +608,11 @@ fn write_entry_rows(grp: i32, p: &PendingRows) -> Result<(), crate::error::Causa
             Cell::Int4Array(&p.preds[i]),
             Cell::Int4Array(&p.clock[i]),
             Cell::Now,
-        ])?;
+        ];
+        if with_prev {
+            cells.insert(3, Cell::TextArray(&p.prev[i]));
+        }
+        rows.push(&cells)?;
     }
     rows.finish();
     Ok(())
@@ -646,9 +674,13 @@ impl DagStore for SpiStore {
             self.flush()?;
         }
         let row = run_prepared(
-            "SELECT hash, prev, payload, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
-               WHERE t.grp = e.grp AND t.chain = e.chain AND t.seq = e.seq), '{}'), payload_hash \
-             FROM causal.dag_entries e WHERE grp = $1 AND node_id = $2",
+            concat!(
+                "SELECT hash, ",
+                prev_hashes!(),
+                ", payload, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
+                   WHERE t.grp = e.grp AND t.chain = e.chain AND t.seq = e.seq), '{}'), payload_hash \
+                 FROM causal.dag_entries e WHERE grp = $1 AND node_id = $2"
+            ),
             &[self.num.into(), to_i32(id)?.into()],
             false,
             |mut rows| match rows.next() {
@@ -781,7 +813,9 @@ impl SpiStore {
             let mut p = self.pending.borrow_mut();
             p.node_id.push(to_i32(id)?);
             p.hash.push(node.hash.to_b64());
-            p.prev.push(header.prev.iter().map(EntryHash::to_b64).collect());
+            if crate::catalog::shape::dag_entries_have_prev() {
+                p.prev.push(header.prev.iter().map(EntryHash::to_b64).collect());
+            }
             p.payload.push(payload);
             p.payload_hash.push(header.payload_hash.to_b64());
             p.chain.push(to_i32(node.chain)?);

@@ -13,8 +13,8 @@ mod tests {
     /// table without statistics.
     fn fill_group_one() {
         Spi::run(
-            "INSERT INTO causal.dag_entries (grp, node_id, hash, prev, payload, payload_hash, chain, seq, preds, clock) \
-             SELECT 1, i, 'h' || i, '{}', '{}', 'p', 0, i, '{}', '{}' FROM generate_series(0, 19999) i",
+            "INSERT INTO causal.dag_entries (grp, node_id, hash, payload, payload_hash, chain, seq, preds, clock) \
+             SELECT 1, i, 'h' || i, '{}', 'p', 0, i, '{}', '{}' FROM generate_series(0, 19999) i",
         )
         .unwrap();
     }

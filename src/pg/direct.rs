@@ -35,6 +35,7 @@ unsafe fn open_catalog_table(table: &str, privilege: u32) -> Result<pg_sys::Rela
 }
 
 /// One value of a row to insert.
+#[derive(Clone, Copy)]
 pub enum Cell<'a> {
     Int4(i32),
     Text(&'a str),
@@ -274,6 +275,9 @@ pub struct Inserter {
     inputs: Vec<Option<ColumnInput>>,
     /// Whether rows are checked against NOT NULL and CHECK constraints (user tables).
     check_constraints: bool,
+    /// Per column of a catalog table that has dropped columns, whether it is dropped (the
+    /// caller's cells are those of the others); empty when none is.
+    dropped: Vec<bool>,
     closed: bool,
 }
 
@@ -315,12 +319,14 @@ impl Inserter {
             let desc = (*rel).rd_att;
             let natts = (*desc).natts as usize;
             let attrs = (*desc).attrs.as_slice(natts);
-            let shape_ok = natts == columns.len()
-                && attrs.iter().zip(columns).all(|(a, (n, ty))| {
-                    !a.attisdropped
-                        && a.atttypid == *ty
-                        && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == n.as_bytes()
+            // A column dropped by an upgrade (ALTER TABLE ... DROP COLUMN) keeps its place in
+            // the tuple: it gets NULL, and `columns` names only the others.
+            let live: Vec<&pg_sys::FormData_pg_attribute> = attrs.iter().filter(|a| !a.attisdropped).collect();
+            let shape_ok = live.len() == columns.len()
+                && live.iter().zip(columns).all(|(a, (n, ty))| {
+                    a.atttypid == *ty && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == n.as_bytes()
                 });
+            let dropped = if live.len() < natts { attrs.iter().map(|a| a.attisdropped).collect() } else { Vec::new() };
             // Rows written here skip the executor: no triggers fire and no CHECK constraint
             // is evaluated, so a table with either is not written this way.
             let constr = (*desc).constr;
@@ -329,7 +335,9 @@ impl Inserter {
                 pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
                 return Err(wrong("its columns, triggers or checks are not the ones pg_causal made".into()));
             }
-            Ok(Inserter::with_estate(rel, pg_sys::CreateExecutorState(), Vec::new(), false))
+            let mut inserter = Inserter::with_estate(rel, pg_sys::CreateExecutorState(), Vec::new(), false);
+            inserter.dropped = dropped;
+            Ok(inserter)
         }
     }
 
@@ -451,12 +459,38 @@ impl Inserter {
             natts,
             inputs,
             check_constraints,
+            dropped: Vec::new(),
             closed: false,
         }
     }
 
-    /// Buffers one row (its cells in column order).
+    /// Buffers one row (its cells in column order; a catalog table's dropped columns have
+    /// none).
     pub fn push(&mut self, row: &[Cell<'_>]) -> Result<(), CausalError> {
+        if !self.dropped.is_empty() {
+            let live = self.dropped.iter().filter(|d| !**d).count();
+            if row.len() != live {
+                return Err(CausalError::Corrupt(format!("{} values for {live} columns", row.len())));
+            }
+            let mut cells = row.iter();
+            let full: Vec<Cell<'_>> = self
+                .dropped
+                .iter()
+                .map(|&d| {
+                    if d {
+                        Cell::Null(pg_sys::InvalidOid)
+                    } else {
+                        cells.next().copied().unwrap_or(Cell::Null(pg_sys::InvalidOid))
+                    }
+                })
+                .collect();
+            return self.push_all(&full);
+        }
+        self.push_all(row)
+    }
+
+    /// [`Inserter::push`] with a cell for every column, dropped ones included.
+    fn push_all(&mut self, row: &[Cell<'_>]) -> Result<(), CausalError> {
         if row.len() != self.natts {
             return Err(CausalError::Corrupt(format!("{} values for {} columns", row.len(), self.natts)));
         }

@@ -8,12 +8,11 @@ mod tests {
 
     const ENTRY: &[(&str, pgrx::pg_sys::Oid)] = crate::catalog::store::ENTRY_COLUMNS;
 
-    fn entry_row<'a>(node: i32, hash: &'a str, prev: &'a [String], preds: &'a [i32]) -> Vec<Cell<'a>> {
+    fn entry_row<'a>(node: i32, hash: &'a str, preds: &'a [i32]) -> Vec<Cell<'a>> {
         vec![
             Cell::Int4(7),
             Cell::Int4(node),
             Cell::Text(hash),
-            Cell::TextArray(prev),
             Cell::Text("{\"ops\":[]}"),
             Cell::Text("payload-hash"),
             Cell::Int4(0),
@@ -27,12 +26,11 @@ mod tests {
     /// More rows than one batch: every row reads back as given, and every index finds it.
     #[pg_test]
     fn rows_read_back_as_given_and_are_indexed() {
-        let prev = vec!["p1".to_string(), "p2".to_string()];
         let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
         let hashes: Vec<String> = (0..2500).map(|i| format!("h{i}")).collect();
         for (i, h) in hashes.iter().enumerate() {
             let preds = [i as i32, 9];
-            rows.push(&entry_row(i as i32, h, &prev, &preds)).unwrap();
+            rows.push(&entry_row(i as i32, h, &preds)).unwrap();
         }
         rows.finish();
         let count = |sql: &str| Spi::get_one::<i64>(sql).unwrap().unwrap();
@@ -46,19 +44,45 @@ mod tests {
             1000
         );
         let row = Spi::get_one::<String>(
-            "SELECT format('%s|%s|%s|%s|%s', prev, payload, preds, clock, received_at = now()) \
+            "SELECT format('%s|%s|%s|%s', payload, preds, clock, received_at = now()) \
              FROM causal.dag_entries WHERE grp = 7 AND node_id = 1001",
         )
         .unwrap()
         .unwrap();
-        assert_eq!(row, "{p1,p2}|{\"ops\":[]}|{1001,9}|{1001,9}|t");
+        assert_eq!(row, "{\"ops\":[]}|{1001,9}|{1001,9}|t");
+    }
+
+    /// A catalog table with a column an upgrade dropped takes rows of its other columns: the
+    /// dropped one stays NULL, and the rest read back in their places.
+    #[pg_test]
+    fn a_dropped_column_is_skipped() {
+        Spi::run("ALTER TABLE causal.dag_entries ADD COLUMN gone text[], ADD COLUMN after_gone int").unwrap();
+        Spi::run("ALTER TABLE causal.dag_entries DROP COLUMN after_gone").unwrap();
+        Spi::run("ALTER TABLE causal.dag_entries DROP COLUMN gone").unwrap();
+        let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
+        for i in 0..3 {
+            rows.push(&entry_row(i, &format!("d{i}"), &[i, 5])).unwrap();
+        }
+        rows.finish();
+        let row = Spi::get_one::<String>(
+            "SELECT string_agg(format('%s|%s|%s', hash, preds, received_at = now()), ' ' ORDER BY node_id) \
+             FROM causal.dag_entries WHERE grp = 7",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(row, "d0|{0,5}|t d1|{1,5}|t d2|{2,5}|t");
+        // A row of the wrong length is refused, not stored.
+        let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
+        assert!(rows.push(&entry_row(9, "d9", &[])[..4]).is_err());
+        rows.finish();
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM causal.dag_entries WHERE grp = 7").unwrap(), Some(3));
     }
 
     #[pg_test(error = "duplicate key value violates unique constraint \"dag_entries_pkey\"")]
     fn a_duplicate_key_fails_as_an_insert_would() {
         let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
-        rows.push(&entry_row(0, "one", &[], &[])).unwrap();
-        rows.push(&entry_row(0, "other", &[], &[])).unwrap();
+        rows.push(&entry_row(0, "one", &[])).unwrap();
+        rows.push(&entry_row(0, "other", &[])).unwrap();
         rows.finish();
     }
 
@@ -283,7 +307,7 @@ mod tests {
         assert!(err.to_string().contains("causal.dag_entries"), "{err}");
         // A value of the wrong type.
         let mut rows = Inserter::open("dag_entries", ENTRY).unwrap();
-        let mut row = entry_row(0, "h", &[], &[]);
+        let mut row = entry_row(0, "h", &[]);
         row[1] = Cell::Text("not a number");
         let err = rows.push(&row).expect_err("refused");
         assert!(err.to_string().contains("node_id"), "{err}");
