@@ -592,8 +592,11 @@ fn an_idle_sealing_run_lets_the_slot_move_past_other_tables_wal() {
     assert!(behind(&mut db) > 16 << 20, "the other table's rows wrote more WAL than that");
     // The slot takes a new restart position from a record of running transactions that a
     // run decoded, at the confirmation after it, and keeps one candidate at a time: the
-    // record the first idle run logs becomes the restart position two runs later.
+    // record the first idle run logs becomes the restart position two runs later. An idle
+    // run logs one at most every 50 ms (seal.rs, RUNNING_XACTS_EVERY_IDLE), and on a fast
+    // machine three runs take less than that: the runs here are spaced out.
     for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
         db.batch_execute("SELECT causal.catch_up()").unwrap();
     }
     let left = behind(&mut db);
