@@ -128,9 +128,9 @@ pub struct SpiStore {
 struct PendingRows {
     node_id: Vec<i32>,
     hash: Vec<String>,
-    /// The predecessors' hashes, kept only for a catalog not upgraded yet, whose entry rows
-    /// still have them (`shape::dag_entries_have_prev`).
-    prev: Vec<Vec<String>>,
+    /// The predecessors' hashes, written only into a catalog not upgraded yet, whose entry
+    /// rows still have them (`shape::dag_entries_have_prev`).
+    prev: Vec<Vec<EntryHash>>,
     payload: Vec<String>,
     payload_hash: Vec<String>,
     chain: Vec<i32>,
@@ -582,19 +582,12 @@ pub(crate) const ENTRY_COLUMNS: &[(&str, pg_sys::Oid)] = &[
 /// for an import's thousands alike.
 fn write_entry_rows(grp: i32, p: &PendingRows) -> Result<(), crate::error::CausalError> {
     // A catalog not upgraded yet has `prev` after `hash`.
-    let with_prev = crate::catalog::shape::dag_entries_have_prev();
-    if with_prev && p.prev.len() != p.node_id.len() {
-        return Err(crate::error::CausalError::Corrupt(
-            "entry rows to write lack the predecessors' hashes that causal.dag_entries has a column for".into(),
-        ));
+    let prev: Option<Vec<Vec<String>>> = crate::catalog::shape::dag_entries_have_prev()
+        .then(|| p.prev.iter().map(|hashes| hashes.iter().map(EntryHash::to_b64).collect()).collect());
+    let mut columns = ENTRY_COLUMNS.to_vec();
+    if prev.is_some() {
+        columns.insert(3, ("prev", pg_sys::TEXTARRAYOID));
     }
-    let columns: Vec<(&str, pg_sys::Oid)> = if with_prev {
-        let mut c = ENTRY_COLUMNS.to_vec();
-        c.insert(3, ("prev", pg_sys::TEXTARRAYOID));
-        c
-    } else {
-        ENTRY_COLUMNS.to_vec()
-    };
     let mut rows = Inserter::open("dag_entries", &columns)?;
     for i in 0..p.node_id.len() {
         let mut cells = vec![
@@ -609,8 +602,8 @@ fn write_entry_rows(grp: i32, p: &PendingRows) -> Result<(), crate::error::Causa
             Cell::Int4Array(&p.clock[i]),
             Cell::Now,
         ];
-        if with_prev {
-            cells.insert(3, Cell::TextArray(&p.prev[i]));
+        if let Some(prev) = &prev {
+            cells.insert(3, Cell::TextArray(&prev[i]));
         }
         rows.push(&cells)?;
     }
@@ -813,9 +806,7 @@ impl SpiStore {
             let mut p = self.pending.borrow_mut();
             p.node_id.push(to_i32(id)?);
             p.hash.push(node.hash.to_b64());
-            if crate::catalog::shape::dag_entries_have_prev() {
-                p.prev.push(header.prev.iter().map(EntryHash::to_b64).collect());
-            }
+            p.prev.push(header.prev.iter().copied().collect());
             p.payload.push(payload);
             p.payload_hash.push(header.payload_hash.to_b64());
             p.chain.push(to_i32(node.chain)?);
