@@ -116,8 +116,8 @@ fn entry(hash: &str) -> Option<JsonB> {
                 "SELECT g.group_id, ",
                 prev_hashes!(),
                 ", e.payload, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
-             FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
-             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id WHERE e.hash = $1"
+                 FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
+                 LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id WHERE e.hash = $1"
             ),
             Some(1),
             &[hash.into()],

@@ -6,7 +6,7 @@ use causal_core::identity::PublicKey;
 use causal_core::payload::SignedPayload;
 use causal_core::{Entry, GroupId, HashAlgorithm};
 use causal_integration::postgres::Client;
-use causal_integration::{node_identity, sqlstate, wait_until, Cluster};
+use causal_integration::{node_identity, sqlstate, wait_until, Cluster, ENTRY_PREV};
 
 fn setup(db: &mut Client) {
     db.batch_execute(
@@ -26,8 +26,14 @@ fn count(db: &mut Client) -> i64 {
 /// (hash, prev, payload) of the newest entry.
 fn newest(db: &mut Client) -> (String, Vec<String>, serde_json::Value) {
     db.batch_execute("SELECT causal.catch_up()").unwrap();
-    let row =
-        db.query_one("SELECT e.hash, ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY (e.preds)), e.payload FROM causal.dag_entries e ORDER BY e.node_id DESC LIMIT 1", &[]).unwrap();
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT e.hash, {ENTRY_PREV}, e.payload FROM causal.dag_entries e ORDER BY e.node_id DESC LIMIT 1"
+            ),
+            &[],
+        )
+        .unwrap();
     let payload: String = row.get(2);
     (row.get(0), row.get(1), causal_core::json::parse(&payload).unwrap())
 }
@@ -78,7 +84,9 @@ fn one_signed_entry_per_committed_transaction() {
     let group: GroupId = group_id.parse().unwrap();
     let (pk, _) = node_identity(&mut db);
     let pk = PublicKey::from_b64(&pk).unwrap();
-    let rows = db.query("SELECT e.hash, ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY (e.preds)), e.payload FROM causal.dag_entries e ORDER BY e.node_id", &[]).unwrap();
+    let rows = db
+        .query(&format!("SELECT e.hash, {ENTRY_PREV}, e.payload FROM causal.dag_entries e ORDER BY e.node_id"), &[])
+        .unwrap();
     for pair in rows.windows(2) {
         let prev: Vec<String> = pair[1].get(1);
         assert_eq!(prev, vec![pair[0].get::<_, String>(0)]);
@@ -103,8 +111,14 @@ fn concurrent_transactions_get_entries_in_commit_order() {
     b.batch_execute("COMMIT").unwrap();
     a.batch_execute("COMMIT").unwrap();
     a.batch_execute("SELECT causal.catch_up()").unwrap();
-    let rows =
-        a.query("SELECT e.hash, ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY (e.preds)), e.payload FROM causal.dag_entries e ORDER BY e.node_id DESC LIMIT 2", &[]).unwrap();
+    let rows = a
+        .query(
+            &format!(
+                "SELECT e.hash, {ENTRY_PREV}, e.payload FROM causal.dag_entries e ORDER BY e.node_id DESC LIMIT 2"
+            ),
+            &[],
+        )
+        .unwrap();
     let (last, before) = (&rows[0], &rows[1]);
     let last_payload = causal_core::json::parse(&last.get::<_, String>(2)).unwrap();
     let before_payload = causal_core::json::parse(&before.get::<_, String>(2)).unwrap();

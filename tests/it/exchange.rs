@@ -5,7 +5,7 @@ use causal_core::identity::Keypair;
 use causal_core::payload::{Op, SignedPayload};
 use causal_core::{EntryHash, GroupId, HashAlgorithm};
 use causal_integration::postgres::Client;
-use causal_integration::{node_identity, sqlstate, Cluster};
+use causal_integration::{node_identity, sqlstate, Cluster, ENTRY_PREV};
 use serde_json::{json, Value};
 
 fn rows(db: &mut Client) -> Vec<(String, String, String)> {
@@ -466,8 +466,10 @@ fn an_import_after_writes_to_the_group_in_the_same_transaction_is_refused() {
     tx.batch_execute("INSERT INTO products VALUES ('Y', 'local', 2)").unwrap();
     tx.commit().unwrap();
     b.batch_execute("SELECT causal.catch_up()").unwrap();
-    let prev: Vec<String> =
-        b.query_one("SELECT ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY (e.preds)) FROM causal.dag_entries e ORDER BY e.node_id DESC LIMIT 1", &[]).unwrap().get(0);
+    let prev: Vec<String> = b
+        .query_one(&format!("SELECT {ENTRY_PREV} FROM causal.dag_entries e ORDER BY e.node_id DESC LIMIT 1"), &[])
+        .unwrap()
+        .get(0);
     assert_eq!(prev, z_hash, "the local entry follows the imported one");
     let skus: Vec<String> = rows(&mut b).into_iter().map(|r| r.0).collect();
     assert!(skus.contains(&"Y".to_string()) && skus.contains(&"Z".to_string()), "{skus:?}");
