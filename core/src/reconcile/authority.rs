@@ -376,18 +376,19 @@ impl Authority {
             }
         }
         let last = last_of(dag, &past, |c: &MemberChange| c.entry)?;
-        let who = short(&key.0);
+        // The author's name is spelled out only for a cancellation.
+        let who = || short(&key.0);
         if last.is_empty() {
             return Ok(Err(Cancel::new(
                 CancelCode::NotAMember,
-                format!("author {who} is not a member of the group at the entry's position"),
+                format!("author {} is not a member of the group at the entry's position", who()),
                 vec![],
             )));
         }
         if let Some(r) = last.iter().find(|c| matches!(c.change, Change::Remove)) {
             return Ok(Err(Cancel::new(
                 CancelCode::AuthorRemoved,
-                format!("author {who} was removed from the group by entry {}", short(&r.entry)),
+                format!("author {} was removed from the group by entry {}", who(), short(&r.entry)),
                 vec![r.entry],
             )));
         }
@@ -397,7 +398,8 @@ impl Authority {
             return Ok(Err(Cancel::new(
                 CancelCode::AuthorRemoved,
                 format!(
-                    "author {who} was removed from the group by concurrent entry {}",
+                    "author {} was removed from the group by concurrent entry {}",
+                    who(),
                     short(&concurrent_removals[0])
                 ),
                 concurrent_removals,
@@ -406,7 +408,7 @@ impl Authority {
         if need_admin && !last.iter().all(|c| matches!(c.change, Change::Add { admin: true, .. })) {
             return Ok(Err(Cancel::new(
                 CancelCode::NotAnAdmin,
-                format!("author {who} is not an admin at the entry's position"),
+                format!("author {} is not an admin at the entry's position", who()),
                 vec![],
             )));
         }

@@ -26,7 +26,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                         continue;
                     };
                     for (ck, crow) in self.rows_where(local, &child.table, &equal)? {
-                        let slot = (child.table.clone(), ck.clone());
+                        let slot = self.slot(&child.table, ck.clone());
                         if self.visible(&slot, &crow, i, h)?.is_ok() {
                             return Ok(Err(Cancel::new(
                                 CancelCode::ForeignKeyViolation,
@@ -109,7 +109,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             if by_pk {
                 let keymap: Map<String, Value> = equal.iter().cloned().collect();
                 if let Some(k) = row_key(target, &keymap) {
-                    if let Some(r) = self.read(local, &(target.table.clone(), k.clone()))? {
+                    if let Some(r) = self.read(local, &self.slot(&target.table, k.clone()))? {
                         candidates.push((k, r));
                     }
                 }
@@ -118,7 +118,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             }
             let mut why: Option<Cancel> = None;
             for (k, r) in &candidates {
-                match self.visible(&(target.table.clone(), k.clone()), r, i, h)? {
+                match self.visible(&self.slot(&target.table, k.clone()), r, i, h)? {
                     Ok(()) => {
                         why = None;
                         break;
@@ -266,7 +266,7 @@ impl<R: ReplicaStore> RuleRows for ViewRows<'_, '_, R> {
     ) -> Result<Vec<Map<String, Value>>, ReconcileError> {
         let mut out = Vec::new();
         for (k, row) in self.replay.rows_where(self.local, table, equal)? {
-            match self.replay.visible(&(table.to_string(), k), &row, self.i, &self.h)? {
+            match self.replay.visible(&self.replay.slot(table, k), &row, self.i, &self.h)? {
                 Ok(()) => out.push(row.values),
                 Err(gone) => self.removed_by.extend(gone.responsible),
             }

@@ -30,15 +30,26 @@ fn short(h: &impl std::fmt::Display) -> String {
     h.to_string().chars().take(10).collect()
 }
 
-type Slot = (String, RowKey);
+/// A row of a table: the table's name is shared (a clone is a count, not a copy of the
+/// name), since every row the run touches is held under it in several maps.
+type Slot = (Rc<str>, RowKey);
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use crate::FastMap as HashMap;
 use crate::FastSet as HashSet;
 
 /// Row states by table and key (`None`: no row at all).
 type RowMap = HashMap<Slot, Option<RowState>>;
+
+/// A row as the run left it so far.
+struct Written {
+    /// `None`: no row at all.
+    state: Option<RowState>,
+    /// Whether the store held the row (or its tombstone) before the run.
+    was_stored: bool,
+}
 
 /// The table and the row (or key) a row operation names.
 fn op_row(op: &Op) -> Option<(&str, &Map<String, Value>)> {
@@ -60,8 +71,8 @@ fn schema_code(e: &SchemaError) -> CancelCode {
 pub(super) struct Replay<'a, R: ReplicaStore> {
     store: &'a R,
     auth: &'a Authority,
-    /// Row states as changed by this run (`None`: no row at all).
-    overlay: RowMap,
+    /// Row states as changed by this run.
+    overlay: HashMap<Slot, Written>,
     /// Row states read from the store.
     cache: RowMap,
     /// Rows deleted by barrier entries of the region whose author stands: slot -> (region
@@ -81,6 +92,8 @@ pub(super) struct Replay<'a, R: ReplicaStore> {
     /// The map each entry's writes are collected in, kept between entries so its memory is
     /// allocated once per run, not once per entry.
     scratch: RowMap,
+    /// The names of the group's tables, shared by every slot of the run (`slot`).
+    table_names: Vec<Rc<str>>,
 }
 
 impl<'a, R: ReplicaStore> Replay<'a, R> {
@@ -98,7 +111,18 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             author: KeyId(Hash([0; 32])),
             replicated: Vec::new(),
             scratch: HashMap::default(),
+            table_names: auth.tables().map(|t| Rc::from(t.table.as_str())).collect(),
         }
+    }
+
+    /// The run's shared copy of a table's name.
+    fn table_name(&self, table: &str) -> Rc<str> {
+        self.table_names.iter().find(|t| ***t == *table).map_or_else(|| Rc::from(table), Rc::clone)
+    }
+
+    /// The slot of row `key` of `table`.
+    pub(super) fn slot(&self, table: &str, key: RowKey) -> Slot {
+        (self.table_name(table), key)
     }
 
     fn schema(&self, table: &str) -> Option<&'a TableSchema> {
@@ -119,7 +143,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                     changes.stats.rewound += 1;
                 }
                 for u in j.undo.iter().rev() {
-                    self.overlay.insert((u.table.clone(), u.key.clone()), u.before.clone());
+                    let slot = self.slot(&u.table, u.key.clone());
+                    self.rewrite(slot, u.before.clone());
                 }
             }
         }
@@ -137,7 +162,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 for op in &payload.ops {
                     if let Op::Delete { table, key } = op {
                         if let Some(k) = self.key_of(table, key) {
-                            self.lookahead.entry((table.clone(), k)).or_default().push((i, order.hash));
+                            let slot = self.slot(table, k);
+                            self.lookahead.entry(slot).or_default().push((i, order.hash));
                             any = true;
                         }
                     }
@@ -171,14 +197,14 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             self.rewind_to(region, start, &mut changes);
             from = start;
         }
-        let cache = &self.cache;
         let mut rows: Vec<RowChange> = self
             .overlay
             .into_iter()
-            .map(|(slot, state)| {
-                // Every slot the run wrote was read first; one it somehow did not is upserted.
-                let was_stored = !matches!(cache.get(&slot), Some(None));
-                RowChange { table: slot.0, key: slot.1, state, was_stored }
+            .map(|(slot, w)| RowChange {
+                table: slot.0.to_string(),
+                key: slot.1,
+                state: w.state,
+                was_stored: w.was_stored,
             })
             .collect();
         rows.sort_unstable_by(|a, b| (&a.table, &a.key).cmp(&(&b.table, &b.key)));
@@ -266,7 +292,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 changes.stats.cancelled = changes.stats.cancelled.saturating_sub(1);
             }
             for u in j.undo.into_iter().rev() {
-                self.overlay.insert((u.table, u.key), u.before);
+                let slot = self.slot(&u.table, u.key);
+                self.rewrite(slot, u.before);
             }
         }
         let mut counted = self.counted.borrow_mut();
@@ -275,9 +302,26 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         }
     }
 
+    /// Sets a row's state in the overlay (an undo record's `before`, when rewinding).
+    fn rewrite(&mut self, slot: Slot, state: Option<RowState>) {
+        if let Some(w) = self.overlay.get_mut(&slot) {
+            w.state = state;
+            return;
+        }
+        // Every slot the run writes was read first; one it somehow was not is upserted.
+        let was_stored = !matches!(self.cache.get(&slot), Some(None));
+        self.overlay.insert(slot, Written { state, was_stored });
+    }
+
     /// Reads every row the region touches, one request per table.
-    fn prefetch(&mut self, region: &[RegionEntry]) -> Result<(), ReconcileError> {
-        let mut wanted: BTreeMap<String, Vec<RowKey>> = BTreeMap::new();
+    fn prefetch<'r>(&mut self, region: &'r [RegionEntry]) -> Result<(), ReconcileError> {
+        let mut wanted: BTreeMap<&str, Vec<RowKey>> = BTreeMap::new();
+        let mut want = |table: &'r str, k: RowKey| match wanted.get_mut(table) {
+            Some(keys) => keys.push(k),
+            None => {
+                wanted.insert(table, vec![k]);
+            }
+        };
         for (_, payload, journal) in region {
             for op in &payload.ops {
                 let (table, k) = match op {
@@ -286,12 +330,12 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                     _ => continue,
                 };
                 if let Some(k) = k {
-                    wanted.entry(table.clone()).or_default().push(k);
+                    want(table, k);
                 }
             }
             if let Some(j) = journal {
                 for u in &j.undo {
-                    wanted.entry(u.table.clone()).or_default().push(u.key.clone());
+                    want(&u.table, u.key.clone());
                 }
             }
         }
@@ -299,22 +343,26 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         let total: usize = wanted.values().map(Vec::len).sum();
         self.cache.reserve(total);
         self.overlay.reserve(total);
+        // The cache is empty: this is the run's first read.
         for (table, mut keys) in wanted {
-            keys.sort();
+            keys.sort_unstable();
             keys.dedup();
-            keys.retain(|k| !self.cache.contains_key(&(table.clone(), k.clone())));
-            for k in &keys {
-                self.cache.insert((table.clone(), k.clone()), None);
+            let found = self.store.rows(table, &keys)?;
+            let name = self.table_name(table);
+            for k in keys {
+                self.cache.insert((Rc::clone(&name), k), None);
             }
-            for (k, row) in self.store.rows(&table, &keys)? {
-                self.cache.insert((table.clone(), k), Some(row));
+            for (k, row) in found {
+                self.cache.insert((Rc::clone(&name), k), Some(row));
             }
         }
         Ok(())
     }
 
     fn read(&mut self, local: &RowMap, slot: &Slot) -> Result<Option<RowState>, ReconcileError> {
-        if let Some(s) = local.get(slot).or_else(|| self.overlay.get(slot)).or_else(|| self.cache.get(slot)) {
+        if let Some(s) =
+            local.get(slot).or_else(|| self.overlay.get(slot).map(|w| &w.state)).or_else(|| self.cache.get(slot))
+        {
             return Ok(s.clone());
         }
         let found = self.store.rows(&slot.0, std::slice::from_ref(&slot.1))?.into_iter().next().map(|(_, r)| r);
@@ -377,25 +425,25 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         let matches = |r: &RowState| r.is_live() && equal.iter().all(|(c, v)| r.values.get(c) == Some(v));
         let mut out: BTreeMap<RowKey, RowState> = BTreeMap::new();
         for (k, _) in self.store.rows_where(table, equal)? {
-            let slot = (table.to_string(), k.clone());
+            let slot = self.slot(table, k.clone());
             if let Some(r) = self.read(local, &slot)? {
                 if matches(&r) {
                     out.insert(k, r);
                 }
             }
         }
-        for layer in [&self.overlay, local] {
-            for ((t, k), r) in layer.iter() {
-                if t != table {
-                    continue;
+        // The run's writes, then this entry's.
+        let overlay = self.overlay.iter().map(|(slot, w)| (slot, &w.state));
+        for ((t, k), r) in overlay.chain(local.iter()) {
+            if **t != *table {
+                continue;
+            }
+            match r {
+                Some(r) if matches(r) => {
+                    out.insert(k.clone(), r.clone());
                 }
-                match r {
-                    Some(r) if matches(r) => {
-                        out.insert(k.clone(), r.clone());
-                    }
-                    _ => {
-                        out.remove(k);
-                    }
+                _ => {
+                    out.remove(k);
                 }
             }
         }
@@ -464,16 +512,18 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         let mut undo: Vec<UndoRecord> = Vec::with_capacity(written.len());
         for (slot, after) in written {
             if let Some(current) = self.overlay.get_mut(&slot) {
-                let before = std::mem::replace(current, after);
-                undo.push(UndoRecord { table: slot.0, key: slot.1, before });
+                let before = std::mem::replace(&mut current.state, after);
+                undo.push(UndoRecord { table: slot.0.to_string(), key: slot.1, before });
                 continue;
             }
+            // Not written by the run yet: what it was is what the store holds.
             let before = match self.cache.get(&slot) {
                 Some(b) => b.clone(),
                 None => self.read(&RowMap::default(), &slot)?,
             };
-            undo.push(UndoRecord { table: slot.0.clone(), key: slot.1.clone(), before });
-            self.overlay.insert(slot, after);
+            let was_stored = before.is_some();
+            undo.push(UndoRecord { table: slot.0.to_string(), key: slot.1.clone(), before });
+            self.overlay.insert(slot, Written { state: after, was_stored });
         }
         changes.stats.row_ops += payload.ops.len() as u64;
         Ok((Verdict::ok(), undo))
@@ -535,7 +585,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 vec![],
             )));
         };
-        let slot = (table.to_string(), key.clone());
+        let slot = self.slot(table, key.clone());
         if let Some(existing) = self.read(local, &slot)? {
             if existing.is_live() {
                 return Ok(Err(Cancel::new(
@@ -594,7 +644,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 vec![],
             )));
         }
-        let slot = (table.to_string(), k.clone());
+        let slot = self.slot(table, k.clone());
         let Some(current) = self.read(local, &slot)? else {
             return Ok(Err(Cancel::new(
                 CancelCode::RowGone,
@@ -671,7 +721,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 vec![],
             )));
         };
-        let slot = (table.to_string(), k);
+        let slot = self.slot(table, k);
         let Some(current) = self.read(local, &slot)? else { return Ok(Ok(())) };
         // Deleting a row that is already gone, or an incarnation the author never saw, does
         // nothing (deletes are idempotent and only remove what their author saw).
