@@ -321,23 +321,44 @@ fn i_atomic_transfer() {
     assert_eq!(site.row("accounts", json!([1])).unwrap()["balance"], json!(100), "half a transfer was applied");
 }
 
-#[test]
-fn j_added_column_default_for_concurrent_rows() {
-    let f = fixture(vec![vec![products()], vec![insert("products", json!({"sku": "old"}))]]);
-    let (mut a, mut b) = (f.site(), f.site());
-    let with_stock = schema_op(
+/// `products` with a column `stock` added, NOT NULL DEFAULT 0.
+fn with_stock() -> Op {
+    schema_op(
         "products",
         json!({"columns": [col("sku", "text", true), col("name", "text", false), col("price", "numeric", false),
                            {"name": "stock", "type": "integer", "notNull": true, "default": "0", "defaultValue": 0}],
                "primaryKey": ["sku"], "unique": [{"name": "products_name_key", "columns": ["name"]}]}),
-    );
-    let alter = a.write(&f.admin, vec![with_stock]);
+    )
+}
+
+#[test]
+fn j_added_column_default_for_concurrent_rows() {
+    let f = fixture(vec![vec![products()], vec![insert("products", json!({"sku": "old"}))]]);
+    let (mut a, mut b) = (f.site(), f.site());
+    let alter = a.write(&f.admin, vec![with_stock()]);
     let rows =
         b.write(&f.admin, vec![insert("products", json!({"sku": "new1"})), insert("products", json!({"sku": "new2"}))]);
     let site = converge(&f.genesis, &f.setup, &[vec![alter], vec![rows.clone()]]);
     assert_eq!(site.status(&rows), Status::Ok);
     assert_eq!(site.row("products", json!(["new1"])).unwrap()["stock"], json!(0));
     assert_eq!(site.row("products", json!(["new2"])).unwrap()["stock"], json!(0));
+}
+
+/// A row stored before its table gains a column with a default has that default, as
+/// PostgreSQL's `ALTER TABLE ... ADD COLUMN ... DEFAULT` gives it (and the extension's row
+/// metadata with it), whether the replica held the row before the change or receives both
+/// together.
+#[test]
+fn j_added_column_default_for_rows_stored_before() {
+    let f = fixture(vec![vec![products()], vec![insert("products", json!({"sku": "old"}))]]);
+    let mut a = f.site();
+    let alter = a.write(&f.admin, vec![with_stock()]);
+    let mut b = Site::new(&f.genesis);
+    b.receive(&[f.setup.clone(), vec![alter]].concat());
+    for site in [&a, &b] {
+        assert_eq!(site.row("products", json!(["old"])).and_then(|r| r.get("stock").cloned()), Some(json!(0)));
+    }
+    assert_eq!(a.replica.state_digest(), b.replica.state_digest());
 }
 
 #[test]

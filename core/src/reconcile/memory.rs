@@ -28,6 +28,9 @@ pub struct MemReplica {
     authority: Vec<EntryHash>,
     rows: BTreeMap<String, BTreeMap<RowKey, RowState>>,
     payloads: HashMap<EntryHash, SignedPayload>,
+    /// The columns each table has here: a recorded schema adds its new columns, as the
+    /// extension alters its tables (columns are never dropped).
+    columns: HashMap<String, std::collections::BTreeSet<String>>,
     checker: Option<Checker>,
     /// The authority a run resolved, with the number of authority entries it saw (they are
     /// only ever added), as the SQL store keeps it with its authority version.
@@ -45,6 +48,7 @@ impl MemReplica {
             authority: Vec::new(),
             rows: BTreeMap::new(),
             payloads: HashMap::new(),
+            columns: HashMap::new(),
             kept: Default::default(),
             checker: None,
             totals: Default::default(),
@@ -105,6 +109,7 @@ impl MemReplica {
             if carries_authority(&payload) {
                 self.authority.push(e.hash);
             }
+            self.add_columns(&payload);
             self.payloads.insert(e.hash, payload);
             new.push(e.hash);
         }
@@ -115,6 +120,27 @@ impl MemReplica {
         t.row_ops += changes.stats.row_ops;
         t.cancelled += changes.stats.cancelled;
         Ok(changes)
+    }
+
+    /// The columns a recorded schema adds to a table held here, with their defaults filled
+    /// into the live rows stored already: what `ALTER TABLE ... ADD COLUMN ... DEFAULT` does to
+    /// the extension's table and its row metadata, before the engine replays the entries.
+    fn add_columns(&mut self, payload: &SignedPayload) {
+        for op in &payload.ops {
+            let crate::payload::Op::Schema { table, schema } = op else { continue };
+            let Ok(schema) = TableSchema::from_value(schema) else { continue };
+            let known = self.columns.entry(table.clone()).or_default();
+            let first = known.is_empty();
+            for c in &schema.columns {
+                if !known.insert(c.name.clone()) || first {
+                    continue;
+                }
+                let (Some(v), Some(rows)) = (&c.default_value, self.rows.get_mut(table)) else { continue };
+                for r in rows.values_mut().filter(|r| r.is_live()) {
+                    r.values.entry(c.name.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
     }
 
     /// Every stored entry, predecessors first.
