@@ -30,19 +30,55 @@ fn cases() -> u32 {
 /// One random row operation, over small key spaces.
 #[derive(Clone, Debug)]
 enum RowOp {
-    InsertProduct { sku: u8, name: u8, price: u8 },
-    UpdatePrice { sku: u8, price: u8 },
-    UpdateName { sku: u8, name: u8 },
-    DeleteProduct { sku: u8 },
-    InsertParent { id: u8 },
-    DeleteParent { id: u8 },
-    InsertChild { id: u8, parent: u8 },
-    SetLo { lo: u8 },
-    SetHi { hi: u8 },
-    Grant { id: u8, who: u8 },
-    Revoke { id: u8 },
-    InsertPage { id: u8 },
-    DeletePage { id: u8 },
+    InsertProduct {
+        sku: u8,
+        name: u8,
+        price: u8,
+    },
+    UpdatePrice {
+        sku: u8,
+        price: u8,
+    },
+    UpdateName {
+        sku: u8,
+        name: u8,
+    },
+    /// Sets the product's name to NULL.
+    ClearName {
+        sku: u8,
+    },
+    DeleteProduct {
+        sku: u8,
+    },
+    InsertParent {
+        id: u8,
+    },
+    DeleteParent {
+        id: u8,
+    },
+    InsertChild {
+        id: u8,
+        parent: u8,
+    },
+    SetLo {
+        lo: u8,
+    },
+    SetHi {
+        hi: u8,
+    },
+    Grant {
+        id: u8,
+        who: u8,
+    },
+    Revoke {
+        id: u8,
+    },
+    InsertPage {
+        id: u8,
+    },
+    DeletePage {
+        id: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +99,7 @@ fn row_op() -> impl Strategy<Value = RowOp> {
         (0u8..3, 0u8..3, 0u8..5).prop_map(|(sku, name, price)| RowOp::InsertProduct { sku, name, price }),
         (0u8..3, 0u8..5).prop_map(|(sku, price)| RowOp::UpdatePrice { sku, price }),
         (0u8..3, 0u8..3).prop_map(|(sku, name)| RowOp::UpdateName { sku, name }),
+        (0u8..3).prop_map(|sku| RowOp::ClearName { sku }),
         (0u8..3).prop_map(|sku| RowOp::DeleteProduct { sku }),
         (0u8..2).prop_map(|id| RowOp::InsertParent { id }),
         (0u8..2).prop_map(|id| RowOp::DeleteParent { id }),
@@ -153,6 +190,12 @@ fn to_op(op: &RowOp, keys: &[Keypair]) -> Op {
         RowOp::UpdateName { sku, name } => {
             update("products", json!({"sku": format!("s{sku}")}), json!({"name": format!("n{name}")}))
         }
+        RowOp::ClearName { sku } => Op::Update {
+            table: "products".into(),
+            key: obj(json!({"sku": format!("s{sku}")})),
+            set: Default::default(),
+            unset: vec!["name".into()],
+        },
         RowOp::DeleteProduct { sku } => delete("products", json!({"sku": format!("s{sku}")})),
         RowOp::InsertParent { id } => insert("parents", json!({"id": id})),
         RowOp::DeleteParent { id } => delete("parents", json!({"id": id})),
@@ -167,6 +210,16 @@ fn to_op(op: &RowOp, keys: &[Keypair]) -> Op {
         RowOp::InsertPage { id } => insert("pages", json!({"id": id})),
         RowOp::DeletePage { id } => delete("pages", json!({"id": id})),
     }
+}
+
+/// Every row's stored values are those its metadata and the history determine
+/// (`causal_core::reconcile::derived_values`): a store may keep the metadata alone.
+fn values_derived(sites: &[Site], when: &str) -> Result<(), TestCaseError> {
+    for (i, s) in sites.iter().enumerate() {
+        let mismatch = s.replica.values_not_derived().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(mismatch.is_none(), "site {} {}: {:?}", i, when, mismatch);
+    }
+    Ok(())
 }
 
 fn run(n_sites: usize, steps: &[Step]) -> Result<(), TestCaseError> {
@@ -213,6 +266,7 @@ fn run(n_sites: usize, steps: &[Step]) -> Result<(), TestCaseError> {
                 sites[t].receive(&missing[..n]);
             }
         }
+        values_derived(&sites, "during the steps")?;
     }
     // Full exchange, each site pulling from the others in its own order.
     for t in 0..n_sites {
@@ -250,6 +304,8 @@ fn run(n_sites: usize, steps: &[Step]) -> Result<(), TestCaseError> {
     let all = sites[0].replica.entries();
     fresh.receive(&all);
     prop_assert_eq!(fresh.replica.state_digest(), digest, "a fresh replica differs");
+    values_derived(&sites, "after the exchange")?;
+    values_derived(std::slice::from_ref(&fresh), "receiving everything at once")?;
     Ok(())
 }
 

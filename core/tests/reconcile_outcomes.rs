@@ -40,6 +40,7 @@ fn converge(genesis: &Entry, setup: &[Entry], branches: &[Vec<Entry>]) -> Site {
         for (b, i) in seq {
             site.receive(std::slice::from_ref(&branches[b][i]));
         }
+        assert_eq!(site.replica.values_not_derived().unwrap(), None, "values not derived from the metadata");
         let d = site.replica.state_digest();
         match digest {
             None => digest = Some(d),
@@ -357,6 +358,7 @@ fn j_added_column_default_for_rows_stored_before() {
     b.receive(&[f.setup.clone(), vec![alter]].concat());
     for site in [&a, &b] {
         assert_eq!(site.row("products", json!(["old"])).and_then(|r| r.get("stock").cloned()), Some(json!(0)));
+        assert_eq!(site.replica.values_not_derived().unwrap(), None);
     }
     assert_eq!(a.replica.state_digest(), b.replica.state_digest());
 }

@@ -143,6 +143,33 @@ impl MemReplica {
         }
     }
 
+    /// The first row whose stored values differ from those its metadata and the history
+    /// determine ([`super::derived_values`]), described; `None` when every row agrees.
+    pub fn values_not_derived(&self) -> Result<Option<String>, ReconcileError> {
+        let mut input = Vec::new();
+        for h in &self.authority {
+            if let Some(j) = self.journal.get(h) {
+                input.push((j.order, self.payload(h)?));
+            }
+        }
+        let auth = super::Authority::resolve(&self.dag, input)?;
+        for (table, rows) in &self.rows {
+            let Some(schema) = auth.schema(table) else { continue };
+            for (key, row) in rows {
+                let derived =
+                    super::derived_values::derive_values(&self.dag, &auth, schema, key, row, |h| self.payload(h))?;
+                if derived != row.values {
+                    return Ok(Some(format!(
+                        "row {key} of {table}: stored {:?}, derived {derived:?}, metadata {}",
+                        row.values,
+                        row.meta_value()
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Every stored entry, predecessors first.
     pub fn entries(&self) -> Vec<Entry> {
         self.order.values().filter_map(|h| self.dag.entry(h).ok().flatten()).collect()

@@ -18,6 +18,7 @@
 
 pub mod authority;
 pub mod cancel;
+pub mod derived_values;
 mod eval;
 pub mod membership_view;
 pub mod memory;
