@@ -363,6 +363,25 @@ fn j_added_column_default_for_rows_stored_before() {
     assert_eq!(a.replica.state_digest(), b.replica.state_digest());
 }
 
+/// A row stored before its table gained a column with a default keeps the default when an
+/// entry that updated it is rewound and replayed: the row as the undo record kept it, from
+/// before the column existed, must not take the default away.
+#[test]
+fn j_added_column_default_survives_a_rewind() {
+    let f = fixture(vec![vec![products()], vec![insert("products", json!({"sku": "old"}))]]);
+    let mut a = f.site();
+    let price = a.write(&f.admin, vec![update("products", json!({"sku": "old"}), json!({"price": "5.00"}))]);
+    let alter = a.write(&f.admin, vec![with_stock()]);
+    // An entry concurrent with both and before the update in the canonical order: a replica
+    // that placed the update first rewinds it to place this one.
+    let early = (0..)
+        .map(|n| f.site().write(&f.admin, vec![insert("products", json!({"sku": format!("c{n}")}))]))
+        .find(|e| e.hash < price.hash)
+        .expect("an entry before the update");
+    let site = converge(&f.genesis, &f.setup, &[vec![price, alter], vec![early]]);
+    assert_eq!(site.row("products", json!(["old"])).and_then(|r| r.get("stock").cloned()), Some(json!(0)));
+}
+
 #[test]
 fn k_verdicts_flip_back() {
     let bob = Keypair::generate();

@@ -144,7 +144,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 }
                 for u in j.undo.iter().rev() {
                     let slot = self.slot(&u.table, u.key.clone());
-                    self.rewrite(slot, u.before.clone());
+                    let before = self.with_defaults(&u.table, u.before.clone())?;
+                    self.rewrite(slot, before);
                 }
             }
         }
@@ -293,6 +294,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             }
             for u in j.undo.into_iter().rev() {
                 let slot = self.slot(&u.table, u.key);
+                // Taken in this run, after the store's rows had every added column.
                 self.rewrite(slot, u.before);
             }
         }
@@ -300,6 +302,29 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         for e in region.iter().skip(start) {
             counted.remove(&e.0.hash);
         }
+    }
+
+    /// A row as an undo record kept it, with the defaults of the columns added since that
+    /// its incarnation's insert did not know (docs/SEMANTICS.md, section 5): the record was
+    /// taken before the schema change, and the store filled them into its rows only.
+    fn with_defaults(&self, table: &str, state: Option<RowState>) -> Result<Option<RowState>, ReconcileError> {
+        let schema = match (self.schema(table), &state) {
+            (Some(schema), Some(row)) if row.is_live() => schema,
+            _ => return Ok(state),
+        };
+        let Some(mut row) = state else { return Ok(None) };
+        for c in &schema.columns {
+            let Some(v) = &c.default_value else { continue };
+            if row.values.contains_key(&c.name) || row.writers.contains_key(&c.name) {
+                continue;
+            }
+            if let Some(added) = self.auth.column_added_by(table, &c.name) {
+                if !self.store.dag().precedes(&added, &row.inserted_by)? {
+                    row.values.insert(c.name.clone(), v.clone());
+                }
+            }
+        }
+        Ok(Some(row))
     }
 
     /// Sets a row's state in the overlay (an undo record's `before`, when rewinding).
