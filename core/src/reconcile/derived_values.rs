@@ -14,6 +14,8 @@
 //! from the payloads, and the property tests check that the values the engine computes as it
 //! replays are exactly these.
 
+use std::rc::Rc;
+
 use serde_json::{Map, Value};
 
 use crate::dag::{Dag, DagStore};
@@ -23,32 +25,49 @@ use crate::schema::TableSchema;
 
 use super::{row_key, Authority, ReconcileError, RowKey, RowState};
 
-/// The operations of `payload` on row `key` of `schema`'s table, in order.
-fn ops_on<'p>(payload: &'p SignedPayload, schema: &TableSchema, key: &RowKey) -> Vec<&'p Op> {
-    payload
-        .ops
-        .iter()
-        .filter(|op| {
-            let (t, k) = match op {
+/// An entry's payload with its row operations found by table and key, decoded once for all
+/// the rows that name the entry (a bulk entry is named by each of its rows).
+pub struct PayloadRows {
+    payload: SignedPayload,
+    by_row: crate::FastMap<(String, RowKey), Vec<usize>>,
+}
+
+impl PayloadRows {
+    /// Indexes `payload`'s row operations by the key each names, per the schemas of `auth`.
+    pub fn new(payload: SignedPayload, auth: &Authority) -> PayloadRows {
+        let mut by_row: crate::FastMap<(String, RowKey), Vec<usize>> = Default::default();
+        for (i, op) in payload.ops.iter().enumerate() {
+            let (table, k) = match op {
                 Op::Insert { table, row } => (table, row),
                 Op::Update { table, key, .. } | Op::Delete { table, key } => (table, key),
-                _ => return false,
+                _ => continue,
             };
-            *t == schema.table && row_key(schema, k).as_ref() == Some(key)
-        })
-        .collect()
+            if let Some(key) = auth.schema(table).and_then(|s| row_key(s, k)) {
+                by_row.entry((table.clone(), key)).or_default().push(i);
+            }
+        }
+        PayloadRows { payload, by_row }
+    }
+
+    /// The operations on row `key` of `table`, in order.
+    fn ops_on(&self, table: &str, key: &RowKey) -> Vec<&Op> {
+        self.by_row
+            .get(&(table.to_string(), key.clone()))
+            .map(|ix| ix.iter().filter_map(|&i| self.payload.ops.get(i)).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The values of `row` (key `key` of the table `schema` describes), derived from its metadata
-/// and the payloads of the entries it names (`payload`), with the group's authority for the
-/// columns' defaults.
+/// and the payloads of the entries it names (`payload`, indexed by row and perhaps shared
+/// between rows), with the group's authority for the columns' defaults.
 pub fn derive_values<S: DagStore>(
     dag: &Dag<S>,
     auth: &Authority,
     schema: &TableSchema,
     key: &RowKey,
     row: &RowState,
-    mut payload: impl FnMut(&EntryHash) -> Result<SignedPayload, ReconcileError>,
+    mut payload: impl FnMut(&EntryHash) -> Result<Rc<PayloadRows>, ReconcileError>,
 ) -> Result<Map<String, Value>, ReconcileError> {
     if !row.is_live() {
         return Ok(Map::new());
@@ -57,7 +76,8 @@ pub fn derive_values<S: DagStore>(
         ReconcileError::Corrupt(format!("row {key} of {}: entry {} has no {what} of it", schema.table, entry.to_b64()))
     };
     let inserting = payload(&row.inserted_by)?;
-    let inserted = ops_on(&inserting, schema, key)
+    let inserted = inserting
+        .ops_on(&schema.table, key)
         .into_iter()
         .rev()
         .find_map(|op| match op {
@@ -82,7 +102,7 @@ pub fn derive_values<S: DagStore>(
     writers.dedup();
     for w in writers {
         let written = payload(w)?;
-        let ops = ops_on(&written, schema, key);
+        let ops = written.ops_on(&schema.table, key);
         for (c, _) in row.writers.iter().filter(|(_, x)| *x == w) {
             let mut last: Option<Option<&Value>> = None;
             for op in &ops {

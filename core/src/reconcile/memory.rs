@@ -80,14 +80,7 @@ impl MemReplica {
     }
 
     fn authority_schema(&self, table: &str) -> Result<Option<TableSchema>, ReconcileError> {
-        let mut input = Vec::new();
-        for h in &self.authority {
-            if let Some(j) = self.journal.get(h) {
-                input.push((j.order, self.payload(h)?));
-            }
-        }
-        let auth = super::Authority::resolve(&self.dag, input)?;
-        Ok(auth.schema(table).cloned())
+        Ok(super::placed_authority(self)?.schema(table).cloned())
     }
 
     pub fn dag_mut(&mut self) -> &mut Dag<MemStore> {
@@ -146,18 +139,13 @@ impl MemReplica {
     /// The first row whose stored values differ from those its metadata and the history
     /// determine ([`super::derived_values`]), described; `None` when every row agrees.
     pub fn values_not_derived(&self) -> Result<Option<String>, ReconcileError> {
-        let mut input = Vec::new();
-        for h in &self.authority {
-            if let Some(j) = self.journal.get(h) {
-                input.push((j.order, self.payload(h)?));
-            }
-        }
-        let auth = super::Authority::resolve(&self.dag, input)?;
+        let auth = super::placed_authority(self)?;
         for (table, rows) in &self.rows {
             let Some(schema) = auth.schema(table) else { continue };
             for (key, row) in rows {
-                let derived =
-                    super::derived_values::derive_values(&self.dag, &auth, schema, key, row, |h| self.payload(h))?;
+                let derived = super::derived_values::derive_values(&self.dag, &auth, schema, key, row, |h| {
+                    Ok(std::rc::Rc::new(super::derived_values::PayloadRows::new(self.payload(h)?, &auth)))
+                })?;
                 if derived != row.values {
                     return Ok(Some(format!(
                         "row {key} of {table}: stored {:?}, derived {derived:?}, metadata {}",

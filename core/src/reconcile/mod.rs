@@ -418,6 +418,18 @@ pub trait ReplicaStore {
     fn apply(&mut self, changes: &Changes) -> Result<(), ReconcileError>;
 }
 
+/// The authority of the placed authority entries, each at its journaled place in the order:
+/// what a run resolves, without entries stored and not placed yet.
+pub fn placed_authority<R: ReplicaStore>(store: &R) -> Result<Authority, ReconcileError> {
+    let mut input = Vec::new();
+    for h in store.authority_entries()? {
+        if let Some(j) = store.journal(&h)? {
+            input.push((j.order, store.payload(&h)?));
+        }
+    }
+    Authority::resolve(store.dag(), input)
+}
+
 /// Computes the height of an entry from its predecessors' (journaled or just computed).
 fn height_of<R: ReplicaStore>(
     store: &R,
