@@ -204,7 +204,8 @@ fn check_entry(
     }
 }
 
-/// Recomputes every hash and signature of the group's history. Returns false, with a WARNING
+/// Recomputes every hash and signature of the group's history, and checks that every placed
+/// row's values are those its metadata and the history give. Returns false, with a WARNING
 /// per problem, if anything fails.
 #[pg_extern]
 fn verify(grp: &str) -> bool {
@@ -259,8 +260,15 @@ fn verify(grp: &str) -> bool {
         );
         ok = false;
     }
+    for problem in crate::replay::row_check::rows_not_derived(&group, ROW_PROBLEMS_SHOWN).or_report(f) {
+        pgrx::warning!("causal.verify: group {grp}: {problem}");
+        ok = false;
+    }
     ok
 }
+
+/// How many rows whose values differ from their history `causal.verify` names, at most.
+const ROW_PROBLEMS_SHOWN: usize = 100;
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
@@ -337,6 +345,17 @@ mod tests {
         );
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
         Spi::run("UPDATE causal.dag_entries SET payload = replace(payload, 'Widget', 'Wodget') WHERE payload LIKE '%Widget%'").unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
+    }
+
+    #[pg_test]
+    fn verify_flags_row_values_that_their_history_does_not_give() {
+        setup();
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        let placed = Spi::get_one::<i64>("SELECT count(*) FROM causal.row_meta WHERE key = '[\"B\"]'").unwrap();
+        assert_eq!(placed, Some(1), "the rows are placed");
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+        Spi::run("UPDATE causal.row_meta SET vals = vals || '{\"price\": \"3.00\"}' WHERE key = '[\"B\"]'").unwrap();
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
     }
 }

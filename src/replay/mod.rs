@@ -14,6 +14,7 @@ pub mod frontier;
 mod hooks;
 mod meta_rows;
 pub mod placement;
+pub mod row_check;
 mod user_rows;
 
 use entry_names::EntryNames;
