@@ -29,7 +29,7 @@ pub fn reconcile_imported(group: &Group, new: Vec<reconcile::NewEntry>) -> Resul
 }
 
 /// The stored payload text of entry `hash` of `group`, decoded.
-fn decode_payload(group: &str, hash: &EntryHash, text: &str) -> Result<SignedPayload, CausalError> {
+pub(super) fn decode_payload(group: &str, hash: &EntryHash, text: &str) -> Result<SignedPayload, CausalError> {
     let corrupt = |e: String| CausalError::Corrupt(format!("group {group}: entry {hash}: {e}"));
     let value = causal_core::json::parse(text).map_err(|e| corrupt(e.to_string()))?;
     SignedPayload::from_owned(value).map_err(|e| corrupt(e.to_string()))
