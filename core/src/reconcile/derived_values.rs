@@ -14,6 +14,7 @@
 //! from the payloads, and the property tests check that the values the engine computes as it
 //! replays are exactly these.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde_json::{Map, Value};
@@ -58,6 +59,32 @@ impl PayloadRows {
     }
 }
 
+/// Fills into `values` (a row of `table`, described by `schema`) the defaults of the columns
+/// that the insert by `inserted_by` left out and could not have known: a column with a default
+/// whose schema change is not in the insert's history (docs/SEMANTICS.md, section 5). Columns
+/// in `written` have a writer of their own and are left alone.
+pub(super) fn fill_added_defaults<S: DagStore>(
+    dag: &Dag<S>,
+    auth: &Authority,
+    table: &str,
+    schema: &TableSchema,
+    inserted_by: &EntryHash,
+    written: &BTreeMap<String, EntryHash>,
+    values: &mut Map<String, Value>,
+) -> Result<(), ReconcileError> {
+    for c in &schema.columns {
+        if values.contains_key(&c.name) || written.contains_key(&c.name) {
+            continue;
+        }
+        if let (Some(v), Some(added)) = (&c.default_value, auth.column_added_by(table, &c.name)) {
+            if !dag.precedes(&added, inserted_by)? {
+                values.insert(c.name.clone(), v.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The values of `row` (key `key` of the table `schema` describes), derived from its metadata
 /// and the payloads of the entries it names (`payload`, indexed by row and perhaps shared
 /// between rows), with the group's authority for the columns' defaults.
@@ -86,16 +113,7 @@ pub fn derive_values<S: DagStore>(
         })
         .ok_or_else(|| missing(&row.inserted_by, "insert"))?;
     let mut values = inserted.clone();
-    for c in &schema.columns {
-        if values.contains_key(&c.name) || row.writers.contains_key(&c.name) {
-            continue;
-        }
-        if let (Some(v), Some(added)) = (&c.default_value, auth.column_added_by(&schema.table, &c.name)) {
-            if !dag.precedes(&added, &row.inserted_by)? {
-                values.insert(c.name.clone(), v.clone());
-            }
-        }
-    }
+    fill_added_defaults(dag, auth, &schema.table, schema, &row.inserted_by, &row.writers, &mut values)?;
     // Each writer's payload once, for all the columns it wrote.
     let mut writers: Vec<&EntryHash> = row.writers.values().collect();
     writers.sort_unstable();

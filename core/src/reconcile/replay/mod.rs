@@ -11,6 +11,7 @@ use crate::rules::{parse_rule, Operation, Rule, RuleScope};
 use crate::schema::{SchemaError, TableSchema};
 
 use super::authority::{carries_authority, Authority};
+use super::derived_values::fill_added_defaults;
 use super::eval::{rule_holds, RuleInput, RuleRows};
 use super::void_deletes::{next_void, segment_starts, CancelledDelete, Voided};
 mod constraints;
@@ -308,21 +309,10 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
     /// its incarnation's insert did not know (docs/SEMANTICS.md, section 5): the record was
     /// taken before the schema change, and the store filled them into its rows only.
     fn with_defaults(&self, table: &str, state: Option<RowState>) -> Result<Option<RowState>, ReconcileError> {
-        let schema = match (self.schema(table), &state) {
-            (Some(schema), Some(row)) if row.is_live() => schema,
-            _ => return Ok(state),
-        };
         let Some(mut row) = state else { return Ok(None) };
-        for c in &schema.columns {
-            let Some(v) = &c.default_value else { continue };
-            if row.values.contains_key(&c.name) || row.writers.contains_key(&c.name) {
-                continue;
-            }
-            if let Some(added) = self.auth.column_added_by(table, &c.name) {
-                if !self.store.dag().precedes(&added, &row.inserted_by)? {
-                    row.values.insert(c.name.clone(), v.clone());
-                }
-            }
+        if let (true, Some(schema)) = (row.is_live(), self.schema(table)) {
+            let dag = self.store.dag();
+            fill_added_defaults(dag, self.auth, table, schema, &row.inserted_by, &row.writers, &mut row.values)?;
         }
         Ok(Some(row))
     }
@@ -340,13 +330,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
 
     /// Reads every row the region touches, one request per table.
     fn prefetch<'r>(&mut self, region: &'r [RegionEntry]) -> Result<(), ReconcileError> {
-        let mut wanted: BTreeMap<&str, Vec<RowKey>> = BTreeMap::new();
-        let mut want = |table: &'r str, k: RowKey| match wanted.get_mut(table) {
-            Some(keys) => keys.push(k),
-            None => {
-                wanted.insert(table, vec![k]);
-            }
-        };
+        let mut wanted: BTreeMap<&'r str, Vec<RowKey>> = BTreeMap::new();
         for (_, payload, journal) in region {
             for op in &payload.ops {
                 let (table, k) = match op {
@@ -355,12 +339,12 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                     _ => continue,
                 };
                 if let Some(k) = k {
-                    want(table, k);
+                    wanted.entry(table).or_default().push(k);
                 }
             }
             if let Some(j) = journal {
                 for u in &j.undo {
-                    want(&u.table, u.key.clone());
+                    wanted.entry(&u.table).or_default().push(u.key.clone());
                 }
             }
         }
@@ -590,16 +574,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             Err(c) => return Ok(Err(c)),
         };
         let mut full = row.clone();
-        for c in &schema.columns {
-            if full.contains_key(&c.name) {
-                continue;
-            }
-            if let (Some(v), Some(added)) = (&c.default_value, self.auth.column_added_by(table, &c.name)) {
-                if !self.store.dag().precedes(&added, h)? {
-                    full.insert(c.name.clone(), v.clone());
-                }
-            }
-        }
+        fill_added_defaults(self.store.dag(), self.auth, table, schema, h, &BTreeMap::new(), &mut full)?;
         if let Err(e) = schema.check_row(&full, true) {
             return Ok(Err(Cancel::new(schema_code(&e), format!("insert into {table}: {e}"), vec![])));
         }
