@@ -108,7 +108,7 @@ fn load_payloads(
     let store = replica.dag.store();
     let mut ids = Vec::with_capacity(wanted.len());
     for h in &wanted {
-        if let Some(id) = store.node_id(h).map_err(|e| CausalError::Corrupt(e.to_string()))? {
+        if let Some(id) = store.node_id(h).map_err(causal_core::DagError::from)? {
             ids.push(i32::try_from(id.0).map_err(|_| CausalError::Corrupt(format!("node id {} out of range", id.0)))?);
         }
     }
@@ -120,7 +120,9 @@ fn load_payloads(
     )?;
     for (hash, text) in texts {
         let (Some(hash), Some(text)) = (hash, text) else { continue };
-        let h: EntryHash = hash.parse().map_err(|_| CausalError::Corrupt(format!("entry hash {hash}")))?;
+        let h: EntryHash = hash.parse().map_err(|_| {
+            CausalError::Corrupt(format!("group {}: stored entry hash {hash:?} is not a hash", replica.group))
+        })?;
         let payload = super::placement::decode_payload(&replica.group, &h, &text)?;
         kept.insert(h, Rc::new(PayloadRows::new(payload, auth)));
     }
