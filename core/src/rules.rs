@@ -116,6 +116,25 @@ impl Operation {
             Operation::Delete => "delete",
         }
     }
+
+    /// The operation [`Operation::name`] names.
+    pub fn from_name(name: &str) -> Option<Operation> {
+        [Operation::Insert, Operation::Update, Operation::Delete].into_iter().find(|o| o.name() == name)
+    }
+}
+
+impl Rule {
+    /// Adds to `out` the tables this rule's `exists` clauses scan.
+    pub fn scanned_tables(&self, out: &mut std::collections::BTreeSet<String>) {
+        match self {
+            Rule::True | Rule::Compare { .. } => {}
+            Rule::And(rules) | Rule::Or(rules) => rules.iter().for_each(|r| r.scanned_tables(out)),
+            Rule::Exists { table, condition } => {
+                out.insert(table.clone());
+                condition.scanned_tables(out);
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -467,6 +486,21 @@ mod tests {
 
     fn err(text: &str, op: Operation) -> RuleError {
         parse_rule(text, op, &Scope).expect_err(text)
+    }
+
+    #[test]
+    fn scanned_tables_are_those_of_exists_clauses() {
+        let tables = |text: &str| {
+            let mut out = std::collections::BTreeSet::new();
+            ok(text).scanned_tables(&mut out);
+            out.into_iter().collect::<Vec<_>>()
+        };
+        assert!(tables("new.owner = $author").is_empty());
+        assert_eq!(tables("new.owner = $author or exists(caps where caps.grantee = $author)"), ["caps"]);
+        for op in ["insert", "update", "delete"] {
+            assert_eq!(Operation::from_name(op).map(Operation::name), Some(op));
+        }
+        assert_eq!(Operation::from_name("select"), None);
     }
 
     #[test]

@@ -165,6 +165,14 @@ impl TableSchema {
         self.columns.iter().map(|c| c.name.clone()).collect()
     }
 
+    /// Whether rows are looked up by column `name` other than by primary key: it belongs to a
+    /// UNIQUE constraint or a foreign key (the engine finds colliding and referencing rows by
+    /// those columns' values).
+    pub fn is_lookup_column(&self, name: &str) -> bool {
+        self.uniques.iter().any(|u| u.columns.iter().any(|c| c == name))
+            || self.foreign_keys.iter().any(|f| f.columns.iter().any(|c| c == name))
+    }
+
     /// The schema as a JSON literal (what the schema entry records).
     pub fn to_value(&self) -> Value {
         let columns: Vec<Value> = self
@@ -599,6 +607,21 @@ mod tests {
         let mut v = s.to_value();
         v["primaryKey"] = json!(["nope"]);
         assert!(TableSchema::from_value(&v).is_err());
+    }
+
+    #[test]
+    fn lookup_columns_are_those_of_uniques_and_foreign_keys() {
+        let mut s = products();
+        assert!(["sku", "name", "price"].iter().all(|c| !s.is_lookup_column(c)));
+        s.uniques.push(Unique { name: "u".into(), columns: vec!["name".into()] });
+        s.foreign_keys.push(ForeignKey {
+            name: "f".into(),
+            columns: vec!["price".into()],
+            references: "prices".into(),
+            referenced_columns: vec!["amount".into()],
+        });
+        assert!(s.is_lookup_column("name") && s.is_lookup_column("price"));
+        assert!(!s.is_lookup_column("sku") && !s.is_lookup_column("amount"));
     }
 
     #[test]

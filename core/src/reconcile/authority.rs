@@ -415,6 +415,20 @@ impl Authority {
         Ok(Ok(()))
     }
 
+    /// The tables that some rule of the group scans with `exists` (whatever its verdict or
+    /// place; a rule that does not parse scans none).
+    pub fn rule_scanned_tables(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for r in &self.rules {
+            let Some(operation) = crate::rules::Operation::from_name(&r.operation) else { continue };
+            let target = self.schema(&r.table).map(TableSchema::column_names).unwrap_or_default();
+            if let Ok(rule) = crate::rules::parse_rule(&r.rule, operation, &AuthorityScope { target, auth: self }) {
+                rule.scanned_tables(&mut out);
+            }
+        }
+        out
+    }
+
     /// The rules a write of `operation` on `table` by entry `at` must satisfy: the last ok
     /// rule declarations of its causal past, and every ok concurrent one.
     pub fn rules_for<S: DagStore>(
@@ -460,5 +474,22 @@ impl Authority {
         }
         let last = last_of(dag, &past, |d: &SchemaDecl| d.entry)?;
         Ok(!last.is_empty() && last.iter().all(|d| d.schema.is_some()))
+    }
+}
+
+/// The tables a rule of a table may read, as the authority has them.
+pub(crate) struct AuthorityScope<'a> {
+    /// The columns of the table the rule guards.
+    pub(crate) target: Vec<String>,
+    pub(crate) auth: &'a Authority,
+}
+
+impl crate::rules::RuleScope for AuthorityScope<'_> {
+    fn target_columns(&self) -> &[String] {
+        &self.target
+    }
+
+    fn table_columns(&self, table: &str) -> Option<Vec<String>> {
+        self.auth.schema(table).map(TableSchema::column_names)
     }
 }

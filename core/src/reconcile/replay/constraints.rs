@@ -195,7 +195,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         for (rule_entry, text) in rules {
             let cache_key = (schema.table.clone(), operation.name().to_string(), text.clone());
             if !self.rules.contains_key(&cache_key) {
-                let scope = Scope { target: schema.column_names(), auth: self.auth };
+                let scope = AuthorityScope { target: schema.column_names(), auth: self.auth };
                 let parsed = parse_rule(&text, operation, &scope).ok();
                 self.rules.insert(cache_key.clone(), parsed);
             }
@@ -229,21 +229,6 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             }
         }
         Ok(Ok(()))
-    }
-}
-
-struct Scope<'a> {
-    target: Vec<String>,
-    auth: &'a Authority,
-}
-
-impl RuleScope for Scope<'_> {
-    fn target_columns(&self) -> &[String] {
-        &self.target
-    }
-
-    fn table_columns(&self, table: &str) -> Option<Vec<String>> {
-        self.auth.schema(table).map(TableSchema::column_names)
     }
 }
 

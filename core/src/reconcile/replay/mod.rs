@@ -7,10 +7,10 @@ use serde_json::{Map, Value};
 use crate::hash::{EntryHash, Hash};
 use crate::identity::KeyId;
 use crate::payload::{Op, SignedPayload};
-use crate::rules::{parse_rule, Operation, Rule, RuleScope};
+use crate::rules::{parse_rule, Operation, Rule};
 use crate::schema::{SchemaError, TableSchema};
 
-use super::authority::{carries_authority, Authority};
+use super::authority::{carries_authority, Authority, AuthorityScope};
 use super::derived_values::fill_added_defaults;
 use super::eval::{rule_holds, RuleInput, RuleRows};
 use super::void_deletes::{next_void, segment_starts, CancelledDelete, Voided};
