@@ -234,8 +234,11 @@ CREATE TABLE causal.table_rules (
 );
 -- The replicated rows as the group's view has them, with their causal metadata: which entry
 -- inserted this incarnation, which entry last wrote each column, which entry deleted it (a
--- tombstone keeps `meta.d` and empty values). Keys are the canonical JSON arrays of the
--- primary-key values. The user tables hold the same rows; replay writes both.
+-- tombstone keeps `meta.d`). Keys are the canonical JSON arrays of the primary-key values.
+-- `vals` holds, where `meta.p` is true, only the values of the columns that UNIQUE constraints
+-- and foreign keys look rows up by: the other values follow from the metadata and the entries
+-- it names, and are derived when a row is read. The rows of a table that a rule scans keep all
+-- their values, as rows written by 0.1.0 do. The user tables hold the rows; replay writes both.
 CREATE TABLE causal.row_meta (
     grp        integer NOT NULL,
     table_name text COLLATE "C" NOT NULL,

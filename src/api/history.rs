@@ -355,7 +355,12 @@ mod tests {
         let placed = Spi::get_one::<i64>("SELECT count(*) FROM causal.row_meta WHERE key = '[\"B\"]'").unwrap();
         assert_eq!(placed, Some(1), "the rows are placed");
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
-        Spi::run("UPDATE causal.row_meta SET vals = vals || '{\"price\": \"3.00\"}' WHERE key = '[\"B\"]'").unwrap();
+        // Row B said to be inserted by the entry that inserted C: that entry has no insert of B.
+        Spi::run(
+            "UPDATE causal.row_meta SET meta = (SELECT meta FROM causal.row_meta WHERE key = '[\"C\"]') \
+             WHERE key = '[\"B\"]'",
+        )
+        .unwrap();
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
     }
 }

@@ -5,10 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use pgrx::{JsonB, Spi};
 use serde_json::{Map, Value};
 
-use causal_core::reconcile::{fold_op, RowKey};
+use causal_core::reconcile::{fold_op, ReconcileError, RowKey};
 
 use crate::catalog::group::Group;
 use crate::error::CausalError;
@@ -16,22 +15,23 @@ use crate::error::CausalError;
 /// The live rows of `table` (its name in group `group_id`) in the group's view at the
 /// frontier, by key, each in the encoded form entries hold (NULL columns left out).
 pub fn frontier_view(group_id: &str, table: &str) -> Result<BTreeMap<RowKey, Map<String, Value>>, CausalError> {
-    let mut view: BTreeMap<RowKey, Map<String, Value>> = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT key, vals FROM causal.row_meta \
-             WHERE grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND table_name = $2 AND NOT meta ? 'd'",
-            None,
-            &[group_id.into(), table.into()],
-        )?;
-        let mut out = BTreeMap::new();
-        for r in rows {
-            if let (Some(k), Some(JsonB(Value::Object(v)))) = (r.get::<String>(1)?, r.get::<JsonB>(2)?) {
-                out.insert(RowKey::from_stored(k), v);
+    let group = Group::find(group_id)?;
+    let replica = super::SpiReplica::new(&group);
+    let mut view = BTreeMap::new();
+    let err = |e: ReconcileError| CausalError::Reconcile(e.to_string());
+    let auth = replica.derivation_authority().map_err(err)?;
+    if auth.schema(table).is_some() {
+        let mut payloads = super::derived::Payloads::default();
+        super::row_check::each_page(&replica, table, &mut |page| {
+            let live: Vec<_> = page.into_iter().filter(|(_, r, _)| r.is_live()).collect();
+            for (key, row) in super::derived::derive_all(&replica, &auth, &mut payloads, table, live)? {
+                view.insert(key, row.values);
             }
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })?;
-    let dag = Group::find(group_id)?.dag();
+            Ok(true)
+        })
+        .map_err(err)?;
+    }
+    let dag = group.dag();
     let state = dag.store().state().map_err(causal_core::DagError::from)?;
     if state.reconciled_count >= state.entry_count {
         return Ok(view);

@@ -180,7 +180,8 @@ impl JournalBatch {
 pub(super) struct RowBatch<'c> {
     pub(super) tables: Vec<&'c str>,
     pub(super) keys: Vec<&'c str>,
-    pub(super) values: Vec<&'c Map<String, Value>>,
+    /// The values kept of each row: its lookup columns' (`derived::lookup_values`).
+    pub(super) values: Vec<Map<String, Value>>,
     pub(super) metas: Vec<Value>,
 }
 
@@ -193,7 +194,7 @@ impl RowBatch<'_> {
                 Cell::Int4(group),
                 Cell::Text(self.tables[i]),
                 Cell::Text(self.keys[i]),
-                Cell::JsonbObject(self.values[i]),
+                Cell::JsonbObject(&self.values[i]),
                 Cell::Jsonb(&self.metas[i]),
             ])?;
         }
@@ -219,7 +220,15 @@ pub(super) fn read_rows(tuples: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<RawR
     Ok(out)
 }
 
-pub(super) fn to_states(rows: Vec<RawRow>, names: &EntryNames) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+/// A row as read from `row_meta`: its key, its state with the values kept, and whether those
+/// are only the values lookups need (the metadata says so, `PARTIAL`): then the others are
+/// derived (`derived`).
+pub(super) type StoredRow = (RowKey, RowState, bool);
+
+/// The field of a row's metadata that says its kept values are partial.
+pub(super) const PARTIAL: &str = "p";
+
+pub(super) fn to_states(rows: Vec<RawRow>, names: &EntryNames) -> Result<Vec<StoredRow>, ReconcileError> {
     names.prepare_reads(rows.iter().filter_map(|r| r.2.as_ref().map(|m| &m.0)))?;
     let mut out = Vec::with_capacity(rows.len());
     for (k, v, m) in rows {
@@ -228,7 +237,8 @@ pub(super) fn to_states(rows: Vec<RawRow>, names: &EntryNames) -> Result<Vec<(Ro
             Value::Object(o) => o,
             _ => Map::new(),
         };
-        out.push((RowKey::from_stored(k), names.state(values, &m.0)?));
+        let partial = m.0.get(PARTIAL).is_some_and(|p| p == &Value::Bool(true));
+        out.push((RowKey::from_stored(k), names.state(values, &m.0)?, partial));
     }
     Ok(out)
 }

@@ -9,6 +9,7 @@
 //!
 //! Uses [`crate::catalog`] and [`crate::pg`].
 
+mod derived;
 mod entry_names;
 pub mod frontier;
 mod hooks;
@@ -77,6 +78,11 @@ pub struct SpiReplica {
     /// The owners of the group's tables, found in this run: replay writes and checks a table
     /// as its owner.
     owners: RefCell<HashMap<String, Option<pg_sys::Oid>>>,
+    /// The group's authority over its stored entries, once known: rows' values are derived
+    /// with it (their columns' defaults).
+    authority: RefCell<Option<std::rc::Rc<reconcile::Authority>>>,
+    /// Payloads read to derive rows' values, kept for the run.
+    payloads: RefCell<derived::Payloads>,
 }
 
 fn undo_from(v: &Value, names: &EntryNames) -> Result<Vec<UndoRecord>, ReconcileError> {
@@ -235,7 +241,50 @@ impl SpiReplica {
     /// The replica of `group` over `dag`, with `local` the entries this transaction wrote.
     pub fn over(group: &Group, dag: Dag<SpiStore>, local: Vec<EntryHash>) -> SpiReplica {
         let local = local.into_iter().collect();
-        SpiReplica { group: group.id.clone(), num: group.num, dag, local, owners: RefCell::default() }
+        SpiReplica {
+            group: group.id.clone(),
+            num: group.num,
+            dag,
+            local,
+            owners: RefCell::default(),
+            authority: RefCell::default(),
+            payloads: RefCell::default(),
+        }
+    }
+
+    /// The authority rows' values are derived with: the run's (which it resolved or found
+    /// kept before reading any row), else that of the placed entries (a read outside a run,
+    /// when every stored entry carrying authority is placed: they are placed as they are
+    /// stored).
+    fn derivation_authority(&self) -> Result<std::rc::Rc<reconcile::Authority>, ReconcileError> {
+        if let Some(a) = self.authority.borrow().as_ref() {
+            return Ok(a.clone());
+        }
+        if let Some(a) = self.kept_authority() {
+            return Ok(a);
+        }
+        let a = std::rc::Rc::new(reconcile::placed_authority(self)?);
+        self.use_authority(&a);
+        Ok(a)
+    }
+
+    /// Derives rows' values with `authority` from now on (a run resolved or found it). Payloads
+    /// indexed by another authority's schemas are read again.
+    fn use_authority(&self, authority: &std::rc::Rc<reconcile::Authority>) {
+        let mut current = self.authority.borrow_mut();
+        if !current.as_ref().is_some_and(|a| std::rc::Rc::ptr_eq(a, authority)) {
+            *current = Some(authority.clone());
+            self.payloads.borrow_mut().clear();
+        }
+    }
+
+    /// Rows of `table` as read, with all their values (`derived`).
+    fn with_values(&self, table: &str, rows: Vec<StoredRow>) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
+        if !rows.iter().any(|r| r.2) {
+            return Ok(rows.into_iter().map(|(k, s, _)| (k, s)).collect());
+        }
+        let auth = self.derivation_authority()?;
+        derived::derive_all(self, &auth, &mut self.payloads.borrow_mut(), table, rows)
     }
 
     /// How this replica's row metadata names entries.
@@ -466,13 +515,16 @@ impl ReplicaStore for SpiReplica {
 
     fn kept_authority(&self) -> Option<std::rc::Rc<reconcile::Authority>> {
         let version = self.dag.store().authority_version().ok()?;
-        AUTHORITY.with(|a| match a.borrow().get(&self.group) {
+        let kept = AUTHORITY.with(|a| match a.borrow().get(&self.group) {
             Some((v, auth)) if *v == version => Some(auth.clone()),
             _ => None,
-        })
+        })?;
+        self.use_authority(&kept);
+        Some(kept)
     }
 
     fn keep_authority(&self, authority: &std::rc::Rc<reconcile::Authority>) {
+        self.use_authority(authority);
         if let Ok(version) = self.dag.store().authority_version() {
             AUTHORITY.with(|a| a.borrow_mut().insert(self.group.clone(), (version, authority.clone())));
         }
@@ -557,7 +609,7 @@ impl ReplicaStore for SpiReplica {
                         .map_err(store_err)?;
                 out.extend(to_states(rows, &self.names())?);
             }
-            return Ok(out);
+            return self.with_values(table, out);
         }
         let rows = probing_by_key(|| {
             run_prepared(
@@ -568,23 +620,37 @@ impl ReplicaStore for SpiReplica {
             )
         })
         .map_err(store_err)?;
-        to_states(rows, &self.names())
+        self.with_values(table, to_states(rows, &self.names())?)
     }
 
     fn rows_where(&self, table: &str, equal: &[(String, Value)]) -> Result<Vec<(RowKey, RowState)>, ReconcileError> {
         // Group and table are literals, so the plan can use the partial index that
-        // `ensure_lookup_indexes` made for these columns.
+        // `ensure_lookup_indexes` made for these columns. Every row keeps its lookup columns;
+        // a row that keeps only those (`derived`) matches a condition on another column once
+        // its values are derived.
+        let auth = self.derivation_authority()?;
+        let lookup = |c: &str| auth.schema(table).is_some_and(|s| s.is_lookup_column(c));
         let mut sql = format!(
             "SELECT key, vals, meta FROM causal.row_meta WHERE grp = {} AND table_name = {} AND NOT meta ? 'd'",
             self.num,
             sql_literal(table)
         );
         for (i, (c, _)) in equal.iter().enumerate() {
-            sql.push_str(&format!(" AND (vals -> {}) = ${}", sql_literal(c), i + 1));
+            let condition = format!("(vals -> {}) = ${}", sql_literal(c), i + 1);
+            if lookup(c) {
+                sql.push_str(&format!(" AND {condition}"));
+            } else {
+                sql.push_str(&format!(" AND (meta ? {} OR {condition})", sql_literal(PARTIAL)));
+            }
         }
         let args: Vec<pgrx::datum::DatumWithOid> = equal.iter().map(|(_, v)| JsonB(v.clone()).into()).collect();
-        let rows = run_prepared(&sql, &args, false, read_rows).map_err(store_err)?;
-        to_states(rows, &self.names())
+        let rows = to_states(run_prepared(&sql, &args, false, read_rows).map_err(store_err)?, &self.names())?;
+        let derived: std::collections::HashSet<RowKey> = rows.iter().filter(|r| r.2).map(|r| r.0.clone()).collect();
+        let mut out = self.with_values(table, rows)?;
+        if !derived.is_empty() {
+            out.retain(|(k, r)| !derived.contains(k) || equal.iter().all(|(c, v)| r.values.get(c) == Some(v)));
+        }
+        Ok(out)
     }
 
     fn violated_check(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {
@@ -662,6 +728,9 @@ impl ReplicaStore for SpiReplica {
         // Rows and their metadata. Rows the catalog did not hold are inserted without looking
         // for a conflict first (the group's lock keeps anyone else from adding them
         // meanwhile); the others are upserted.
+        // Of the values, those rows are looked up by, unless a rule scans the table (`derived`).
+        let auth = if changes.rows.is_empty() { None } else { Some(self.derivation_authority()?) };
+        let scanned = auth.as_ref().map(|a| a.rule_scanned_tables()).unwrap_or_default();
         let mut new = RowBatch::default();
         let mut stored = RowBatch::default();
         let (mut del_t, mut del_k) = (Vec::new(), Vec::new());
@@ -671,8 +740,18 @@ impl ReplicaStore for SpiReplica {
                     let batch = if row.was_stored { &mut stored } else { &mut new };
                     batch.tables.push(row.table.as_str());
                     batch.keys.push(row.key.as_str());
-                    batch.values.push(&r.values);
-                    batch.metas.push(names.meta(r)?);
+                    let (kept, partial) = match auth.as_ref().and_then(|a| a.schema(&row.table)) {
+                        Some(schema) if r.is_live() => {
+                            derived::kept_values(schema, scanned.contains(&row.table), &r.values)
+                        }
+                        _ => (r.values.clone(), false),
+                    };
+                    let mut meta = names.meta(r)?;
+                    if let (true, Value::Object(m)) = (partial, &mut meta) {
+                        m.insert(PARTIAL.into(), Value::Bool(true));
+                    }
+                    batch.values.push(kept);
+                    batch.metas.push(meta);
                 }
                 None => {
                     if row.was_stored {

@@ -8,8 +8,9 @@ mod tests {
     use causal_core::schema::{check_value, ColumnType};
 
     /// Row metadata names entries by node id, a few bytes where a Base64 hash took 44
-    /// characters. Metadata written by hash, as earlier versions did, is still read: an update
-    /// of such a row is placed, and its metadata is written again with node ids.
+    /// characters. Metadata written by hash, as earlier versions did (with all the row's
+    /// values), is still read: an update of such a row is placed, and its metadata is written
+    /// again with node ids.
     #[pg_test]
     fn row_metadata_names_entries_by_node_id_and_still_reads_hashes() {
         crate::testing::shop_with_products();
@@ -31,7 +32,9 @@ mod tests {
         assert_eq!(named_by("A", "i"), format!("number {inserter}"));
         // Row B as an earlier version wrote it: the inserting entry named by hash.
         Spi::run(
-            "UPDATE causal.row_meta m SET meta = jsonb_build_object('i', e.hash) FROM causal.dag_entries e              WHERE m.key = '[\"B\"]' AND e.grp = m.grp AND e.node_id = (m.meta ->> 'i')::int",
+            "UPDATE causal.row_meta m SET meta = jsonb_build_object('i', e.hash), \
+             vals = '{\"sku\": \"B\", \"name\": \"Gadget\", \"price\": \"1.00\"}' FROM causal.dag_entries e \
+             WHERE m.key = '[\"B\"]' AND e.grp = m.grp AND e.node_id = (m.meta ->> 'i')::int",
         )
         .unwrap();
         assert_eq!(named_by("B", "i"), format!("string {inserter}"));
@@ -50,6 +53,76 @@ mod tests {
         assert_eq!(writer, updater);
         assert_eq!(crate::testing::one("SELECT name FROM products WHERE sku = 'B'"), "Gizmo");
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+    }
+
+    /// `row_meta` keeps of a row's values only those rows are looked up by (UNIQUE and
+    /// foreign-key columns); every read derives the rest from the history. An update placed on
+    /// a stored row merges into the derived values, and the view at the frontier, the user
+    /// table and `causal.verify` agree. The rows of a table a rule scans keep all their values.
+    /// A kept value that differs from the history's is flagged.
+    #[pg_test]
+    fn row_meta_keeps_lookup_values_only_and_reads_derive_the_rest() {
+        crate::testing::capture_slot();
+        Spi::run(
+            "SELECT causal.create_group('shop'); \
+             CREATE TABLE items (id int PRIMARY KEY, code text UNIQUE, note text, qty int NOT NULL); \
+             SELECT causal.replicate('shop', 'items'); \
+             CREATE TABLE grants (id int PRIMARY KEY, who text); SELECT causal.replicate('shop', 'grants'); \
+             SELECT causal.allow('items', 'delete', 'exists(grants where grants.who = $author)');",
+        )
+        .unwrap();
+        crate::testing::local_commit(
+            "shop",
+            "INSERT INTO items VALUES (1, 'a', 'first', 5), (2, 'b', NULL, 7)",
+            r#"[{"op":"insert","table":"items","row":{"id":1,"code":"a","note":"first","qty":5}},
+                {"op":"insert","table":"items","row":{"id":2,"code":"b","qty":7}}]"#,
+        );
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        let kept =
+            |key: &str| crate::testing::one(&format!("SELECT vals::text FROM causal.row_meta WHERE key = '[{key}]'"));
+        assert_eq!(kept("1"), r#"{"code": "a"}"#);
+        assert_eq!(kept("2"), r#"{"code": "b"}"#);
+        crate::testing::local_commit(
+            "shop",
+            "UPDATE items SET qty = 6, note = 'changed' WHERE id = 1",
+            r#"[{"op":"update","table":"items","key":{"id":1},"set":{"qty":6,"note":"changed"},"unset":[]}]"#,
+        );
+        crate::testing::local_commit(
+            "shop",
+            "UPDATE items SET code = 'c' WHERE id = 2",
+            r#"[{"op":"update","table":"items","key":{"id":2},"set":{"code":"c"},"unset":[]}]"#,
+        );
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        assert_eq!(kept("1"), r#"{"code": "a"}"#);
+        assert_eq!(kept("2"), r#"{"code": "c"}"#);
+        let snapshot = crate::testing::one(
+            "SELECT string_agg(s::text, ' ' ORDER BY s ->> 'id') FROM causal.snapshot('items'::regclass) s",
+        );
+        assert_eq!(snapshot, r#"{"id": 1, "qty": 6, "code": "a", "note": "changed"} {"id": 2, "qty": 7, "code": "c"}"#);
+        assert_eq!(crate::testing::one("SELECT note || qty FROM items WHERE id = 1"), "changed6");
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+        // The unique value moved from 'b' to 'c': a row taking 'b' now collides with nothing.
+        crate::testing::local_commit(
+            "shop",
+            "INSERT INTO items VALUES (3, 'b', NULL, 1)",
+            r#"[{"op":"insert","table":"items","row":{"id":3,"code":"b","qty":1}}]"#,
+        );
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        assert_eq!(crate::testing::one("SELECT count(*)::text FROM causal.journal WHERE status = 'cancelled'"), "0");
+        // The rows of the table the rule scans keep all their values.
+        crate::testing::local_commit(
+            "shop",
+            "INSERT INTO grants VALUES (11, 'after')",
+            r#"[{"op":"insert","table":"grants","row":{"id":11,"who":"after"}}]"#,
+        );
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        let grants = crate::testing::one(
+            "SELECT key || vals::text || (meta ? 'p')::text FROM causal.row_meta WHERE table_name = 'grants'",
+        );
+        assert_eq!(grants, r#"[11]{"id": 11, "who": "after"}false"#);
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+        Spi::run("UPDATE causal.row_meta SET vals = '{\"code\": \"z\"}' WHERE key = '[1]'").unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
     }
 
     /// Every value the validator takes for a column, Postgres takes in replay's cast: a value

@@ -131,12 +131,13 @@ pub fn apply_catalog(group: &Group, entries: &[causal_core::reconcile::NewEntry]
     crate::catalog::tables::tables_changed()
 }
 
-/// Postgres fills an added column's default into the existing rows; replay's copy of the rows
-/// (`causal.row_meta`) gets the same value, so both stay equal.
+/// Postgres fills an added column's default into the existing rows; the rows of
+/// `causal.row_meta` that keep all their values get the same value, so both stay equal (those
+/// that keep only the values lookups need derive it, `replay::derived`).
 pub fn fill_default(group: &Group, table: &str, column: &str, value: &Value) -> Result<(), CausalError> {
     Spi::run_with_args(
         "UPDATE causal.row_meta SET vals = vals || jsonb_build_object($3::text, $4::jsonb) \
-         WHERE grp = $1 AND table_name = $2 AND NOT meta ? 'd' AND NOT vals ? $3",
+         WHERE grp = $1 AND table_name = $2 AND NOT meta ? 'd' AND NOT meta ? 'p' AND NOT vals ? $3",
         &[group.num.into(), table.into(), column.into(), pgrx::JsonB(value.clone()).into()],
     )?;
     Ok(())
