@@ -362,5 +362,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
+        // Metadata that does not read is that row's problem, not an error of the whole check.
+        Spi::run("UPDATE causal.row_meta SET meta = '{\"i\": 99999}' WHERE key = '[\"A\"]'").unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
     }
 }

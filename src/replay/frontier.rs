@@ -23,7 +23,8 @@ pub fn frontier_view(group_id: &str, table: &str) -> Result<BTreeMap<RowKey, Map
     if auth.schema(table).is_some() {
         let mut payloads = super::derived::Payloads::default();
         super::row_check::each_page(&replica, table, &mut |page| {
-            let live: Vec<_> = page.into_iter().filter(|(_, r, _)| r.is_live()).collect();
+            let rows = super::meta_rows::to_states(page, &replica.names())?;
+            let live: Vec<_> = rows.into_iter().filter(|(_, r, _)| r.is_live()).collect();
             for (key, row) in super::derived::derive_all(&replica, &auth, &mut payloads, table, live)? {
                 view.insert(key, row.values);
             }

@@ -20,8 +20,24 @@ pub fn rows_not_derived(group: &Group, limit: usize) -> Result<Vec<String>, Caus
     let mut payloads = derived::Payloads::default();
     let mut out = Vec::new();
     for schema in auth.tables() {
-        let mut problems = |page: Vec<StoredRow>| -> Result<bool, ReconcileError> {
-            for (key, state, kept, partial) in derived::derive(&replica, &auth, &mut payloads, &schema.table, page)? {
+        let mut problems = |page: Vec<RawRow>| -> Result<bool, ReconcileError> {
+            // Row by row, so that metadata that does not read is one row's problem.
+            let names = replica.names();
+            names.prepare_reads(page.iter().filter_map(|r| r.2.as_ref().map(|m| &m.0)))?;
+            let mut rows = Vec::with_capacity(page.len());
+            for raw in page {
+                let key = raw.0.clone().unwrap_or_default();
+                match to_states(vec![raw], &names) {
+                    Ok(row) => rows.extend(row),
+                    Err(e) => {
+                        out.push(format!("row {key} of table {}: {e}", schema.table));
+                        if out.len() >= limit {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+            for (key, state, kept, partial) in derived::derive(&replica, &auth, &mut payloads, &schema.table, rows)? {
                 let problem = match state {
                     Ok(row) => {
                         let given = if partial { derived::lookup_values(schema, &row.values) } else { row.values };
@@ -50,15 +66,14 @@ pub fn rows_not_derived(group: &Group, limit: usize) -> Result<Vec<String>, Caus
     Ok(out)
 }
 
-/// Calls `f` with the rows of `table` in `replica`'s group, tombstones included, a page at a
-/// time in the order of row_meta's key index, until it returns false. Returns whether every
-/// page was read.
+/// Calls `f` with the rows of `table` in `replica`'s group as stored, tombstones included, a
+/// page at a time in the order of row_meta's key index, until it returns false. Returns
+/// whether every page was read.
 pub(super) fn each_page(
     replica: &SpiReplica,
     table: &str,
-    f: &mut dyn FnMut(Vec<StoredRow>) -> Result<bool, ReconcileError>,
+    f: &mut dyn FnMut(Vec<RawRow>) -> Result<bool, ReconcileError>,
 ) -> Result<bool, ReconcileError> {
-    let names = replica.names();
     let mut after: (i32, String) = (-1, String::new());
     loop {
         // Along row_meta's index: a plan that scanned and sorted the table's rows for each
@@ -80,7 +95,7 @@ pub(super) fn each_page(
         let Some(last) = page.last().and_then(|r| r.0.clone()) else { return Ok(true) };
         let full = page.len() as i64 == PAGE;
         after = (i32::try_from(last.len()).unwrap_or(i32::MAX), last);
-        if !f(to_states(page, &names)?)? {
+        if !f(page)? {
             return Ok(false);
         }
         if !full {
