@@ -119,7 +119,15 @@ fn parse_hash(s: &str) -> Result<EntryHash, ReconcileError> {
 type JournalRow =
     (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<String>, Option<String>);
 
-fn journal_row(r: JournalRow, names: &EntryNames) -> Result<Option<(EntryHash, JournalEntry)>, ReconcileError> {
+/// The undo text of an entry all of whose rows are new (`FRESH_UNDO`): what the engine's
+/// records would say, one per row its inserts create, each with no prior state.
+const FRESH_UNDO: &str = r#"{"n":1}"#;
+
+fn journal_row(
+    r: JournalRow,
+    names: &EntryNames,
+    fresh: impl FnOnce(&EntryHash) -> Result<Vec<UndoRecord>, ReconcileError>,
+) -> Result<Option<(EntryHash, JournalEntry)>, ReconcileError> {
     let (Some(hash), Some(height), Some(status)) = (r.0, r.1, r.2) else { return Ok(None) };
     let hash = parse_hash(&hash)?;
     let responsible = r.4.unwrap_or_default().iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
@@ -130,6 +138,7 @@ fn journal_row(r: JournalRow, names: &EntryNames) -> Result<Option<(EntryHash, J
     let status = if status == "ok" { Status::Ok } else { Status::Cancelled };
     let verdict = Verdict { status, reason: r.3, responsible, code, row };
     let undo = match r.5 {
+        Some(u) if u == FRESH_UNDO => fresh(&hash)?,
         Some(u) => {
             let v = causal_core::json::parse(&u).map_err(|e| ReconcileError::Corrupt(format!("undo record: {e}")))?;
             undo_from(&v, names)?
@@ -276,6 +285,31 @@ impl SpiReplica {
             *current = Some(authority.clone());
             self.payloads.borrow_mut().clear();
         }
+    }
+
+    /// The undo records of entry `h`, all of whose rows were new when it was placed: one per
+    /// row its operations write, each with no prior state. (Its operations are inserts, and
+    /// updates or deletes of rows it inserted itself; a cancelled entry's record holds no undo.)
+    fn fresh_undo(&self, h: &EntryHash) -> Result<Vec<UndoRecord>, ReconcileError> {
+        use causal_core::payload::Op;
+        let auth = self.derivation_authority()?;
+        let mut out: Vec<UndoRecord> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for op in self.payload(h)?.ops {
+            let (table, cols) = match op {
+                Op::Insert { table, row } => (table, row),
+                Op::Update { table, key, .. } | Op::Delete { table, key } => (table, key),
+                _ => continue,
+            };
+            let key = auth
+                .schema(&table)
+                .and_then(|s| reconcile::row_key(s, &cols))
+                .ok_or_else(|| ReconcileError::Corrupt(format!("entry {h}: a row of {table} without its key")))?;
+            if seen.insert((table.clone(), key.clone())) {
+                out.push(UndoRecord { table, key, before: None });
+            }
+        }
+        Ok(out)
     }
 
     /// Rows of `table` as read, with all their values (`derived`).
@@ -546,7 +580,7 @@ impl ReplicaStore for SpiReplica {
         )
         .map_err(store_err)?;
         match rows.into_iter().next() {
-            Some(r) => Ok(journal_row(r, &self.names())?.map(|(_, j)| j)),
+            Some(r) => Ok(journal_row(r, &self.names(), |h| self.fresh_undo(h))?.map(|(_, j)| j)),
             None => Ok(None),
         }
     }
@@ -568,7 +602,7 @@ impl ReplicaStore for SpiReplica {
         let mut out = Vec::with_capacity(rows.len());
         let names = self.names();
         for r in rows {
-            if let Some(x) = journal_row(r, &names)? {
+            if let Some(x) = journal_row(r, &names, |h| self.fresh_undo(h))? {
                 if x.1.order >= *from {
                     out.push(x);
                 }
@@ -686,7 +720,10 @@ impl ReplicaStore for SpiReplica {
                 self.dag.store().node_id(h).map_err(store_err)?.ok_or_else(|| {
                     ReconcileError::Corrupt(format!("journal record for entry {h}, which is not stored"))
                 })?;
+            // An entry whose rows were all new (inserts of keys the view did not hold) needs no
+            // list of them: its inserts give it (`fresh_undo`).
             let undo = match undo {
+                Some(u) if !u.is_empty() && u.iter().all(|r| r.before.is_none()) => Some(FRESH_UNDO.to_string()),
                 Some(u) if !u.is_empty() => Some(UndoRecord::journal_text(u, |b| names.meta(b))?),
                 _ => None,
             };

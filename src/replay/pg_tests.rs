@@ -82,6 +82,11 @@ mod tests {
             |key: &str| crate::testing::one(&format!("SELECT vals::text FROM causal.row_meta WHERE key = '[{key}]'"));
         assert_eq!(kept("1"), r#"{"code": "a"}"#);
         assert_eq!(kept("2"), r#"{"code": "b"}"#);
+        // An entry whose rows are all new keeps no list of them for undoing it.
+        let last_undo = || {
+            crate::testing::one("SELECT undo FROM causal.journal WHERE undo IS NOT NULL ORDER BY node_id DESC LIMIT 1")
+        };
+        assert_eq!(last_undo(), r#"{"n":1}"#);
         crate::testing::local_commit(
             "shop",
             "UPDATE items SET qty = 6, note = 'changed' WHERE id = 1",
@@ -93,6 +98,7 @@ mod tests {
             r#"[{"op":"update","table":"items","key":{"id":2},"set":{"code":"c"},"unset":[]}]"#,
         );
         Spi::run("SELECT causal.catch_up()").unwrap();
+        assert!(last_undo().starts_with(r#"[{"b":{"m":"#), "{}", last_undo());
         assert_eq!(kept("1"), r#"{"code": "a"}"#);
         assert_eq!(kept("2"), r#"{"code": "c"}"#);
         let snapshot = crate::testing::one(
