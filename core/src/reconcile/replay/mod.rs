@@ -15,6 +15,9 @@ use super::derived_values::fill_added_defaults;
 use super::eval::{rule_holds, RuleInput, RuleRows};
 use super::void_deletes::{next_void, segment_starts, CancelledDelete, Voided};
 mod constraints;
+mod overlay;
+
+use overlay::{Overlay, Written};
 
 use super::{
     row_key, Cancel, CancelCode, Changes, JournalEntry, OrderKey, ReconcileError, RegionEntry, ReplicaStore, RowChange,
@@ -44,14 +47,6 @@ use crate::FastSet as HashSet;
 /// Row states by table and key (`None`: no row at all).
 type RowMap = HashMap<Slot, Option<RowState>>;
 
-/// A row as the run left it so far.
-struct Written {
-    /// `None`: no row at all.
-    state: Option<RowState>,
-    /// Whether the store held the row (or its tombstone) before the run.
-    was_stored: bool,
-}
-
 /// The table and the row (or key) a row operation names.
 fn op_row(op: &Op) -> Option<(&str, &Map<String, Value>)> {
     match op {
@@ -73,7 +68,7 @@ pub(super) struct Replay<'a, R: ReplicaStore> {
     store: &'a R,
     auth: &'a Authority,
     /// Row states as changed by this run.
-    overlay: HashMap<Slot, Written>,
+    overlay: Overlay,
     /// Row states read from the store.
     cache: RowMap,
     /// Rows deleted by barrier entries of the region whose author stands: slot -> (region
@@ -102,7 +97,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         Replay {
             store,
             auth,
-            overlay: HashMap::default(),
+            overlay: Overlay::default(),
             cache: HashMap::default(),
             lookahead: HashMap::default(),
             lookahead_deletes: Vec::new(),
@@ -199,8 +194,9 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             self.rewind_to(region, start, &mut changes);
             from = start;
         }
-        let mut rows: Vec<RowChange> = self
+        changes.rows = self
             .overlay
+            .into_rows()
             .into_iter()
             .map(|(slot, w)| RowChange {
                 table: slot.0.to_string(),
@@ -209,8 +205,6 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 was_stored: w.was_stored,
             })
             .collect();
-        rows.sort_unstable_by(|a, b| (&a.table, &a.key).cmp(&(&b.table, &b.key)));
-        changes.rows = rows;
         Ok(changes)
     }
 
