@@ -127,6 +127,16 @@ fn obj_field<'a>(m: &'a Map<String, Value>, key: &str) -> Result<&'a Map<String,
 }
 
 impl Op {
+    /// The table and the row (an insert's) or key (an update's or delete's) a row operation
+    /// names; `None` for the others.
+    pub fn row(&self) -> Option<(&str, &Map<String, Value>)> {
+        match self {
+            Op::Insert { table, row } => Some((table, row)),
+            Op::Update { table, key, .. } | Op::Delete { table, key } => Some((table, key)),
+            _ => None,
+        }
+    }
+
     /// The operation's JSON form.
     pub fn to_value(&self) -> Value {
         self.clone().into_value()

@@ -291,22 +291,17 @@ impl SpiReplica {
     /// row its operations write, each with no prior state. (Its operations are inserts, and
     /// updates or deletes of rows it inserted itself; a cancelled entry's record holds no undo.)
     fn fresh_undo(&self, h: &EntryHash) -> Result<Vec<UndoRecord>, ReconcileError> {
-        use causal_core::payload::Op;
         let auth = self.derivation_authority()?;
         let mut out: Vec<UndoRecord> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for op in self.payload(h)?.ops {
-            let (table, cols) = match op {
-                Op::Insert { table, row } => (table, row),
-                Op::Update { table, key, .. } | Op::Delete { table, key } => (table, key),
-                _ => continue,
-            };
+        for op in &self.payload(h)?.ops {
+            let Some((table, cols)) = op.row() else { continue };
             let key = auth
-                .schema(&table)
-                .and_then(|s| reconcile::row_key(s, &cols))
+                .schema(table)
+                .and_then(|s| reconcile::row_key(s, cols))
                 .ok_or_else(|| ReconcileError::Corrupt(format!("entry {h}: a row of {table} without its key")))?;
-            if seen.insert((table.clone(), key.clone())) {
-                out.push(UndoRecord { table, key, before: None });
+            if seen.insert((table.to_string(), key.clone())) {
+                out.push(UndoRecord { table: table.to_string(), key, before: None });
             }
         }
         Ok(out)
@@ -430,16 +425,11 @@ impl SpiReplica {
                 .map_err(|source| ReconcileError::Payload { hash: h.to_b64(), source })?
                 .ops;
             for op in &ops {
-                let (table, cols) = match op {
-                    causal_core::payload::Op::Insert { table, row } => (table, row),
-                    causal_core::payload::Op::Update { table, key, .. }
-                    | causal_core::payload::Op::Delete { table, key } => (table, key),
-                    _ => continue,
-                };
+                let Some((table, cols)) = op.row() else { continue };
                 // A table no longer in the group is this database's alone: nothing to resync.
                 let Ok(schema) = crate::catalog::tables::local_schema_by_name(&self.group, table) else { continue };
                 if let Some(k) = causal_core::reconcile::row_key(&schema, cols) {
-                    keys.entry(table.clone()).or_default().push(k);
+                    keys.entry(table.to_string()).or_default().push(k);
                 }
             }
         }
@@ -679,12 +669,15 @@ impl ReplicaStore for SpiReplica {
         }
         let args: Vec<pgrx::datum::DatumWithOid> = equal.iter().map(|(_, v)| JsonB(v.clone()).into()).collect();
         let rows = to_states(run_prepared(&sql, &args, false, read_rows).map_err(store_err)?, &self.names())?;
-        let derived: std::collections::HashSet<RowKey> = rows.iter().filter(|r| r.2).map(|r| r.0.clone()).collect();
-        let mut out = self.with_values(table, rows)?;
-        if !derived.is_empty() {
-            out.retain(|(k, r)| !derived.contains(k) || equal.iter().all(|(c, v)| r.values.get(c) == Some(v)));
-        }
-        Ok(out)
+        // `with_values` keeps the rows' order: the flags still line up.
+        let partial: Vec<bool> = rows.iter().map(|r| r.2).collect();
+        let rows = self.with_values(table, rows)?;
+        Ok(rows
+            .into_iter()
+            .zip(partial)
+            .filter(|((_, r), partial)| !partial || equal.iter().all(|(c, v)| r.values.get(c) == Some(v)))
+            .map(|(row, _)| row)
+            .collect())
     }
 
     fn violated_check(&self, schema: &TableSchema, row: &Map<String, Value>) -> Result<Option<String>, ReconcileError> {

@@ -38,13 +38,9 @@ impl PayloadRows {
     pub fn new(payload: SignedPayload, auth: &Authority) -> PayloadRows {
         let mut by_row: crate::FastMap<(String, RowKey), Vec<usize>> = Default::default();
         for (i, op) in payload.ops.iter().enumerate() {
-            let (table, k) = match op {
-                Op::Insert { table, row } => (table, row),
-                Op::Update { table, key, .. } | Op::Delete { table, key } => (table, key),
-                _ => continue,
-            };
+            let Some((table, k)) = op.row() else { continue };
             if let Some(key) = auth.schema(table).and_then(|s| row_key(s, k)) {
-                by_row.entry((table.clone(), key)).or_default().push(i);
+                by_row.entry((table.to_string(), key)).or_default().push(i);
             }
         }
         PayloadRows { payload, by_row }
@@ -59,14 +55,13 @@ impl PayloadRows {
     }
 }
 
-/// Fills into `values` (a row of `table`, described by `schema`) the defaults of the columns
+/// Fills into `values` (a row of the table `schema` describes) the defaults of the columns
 /// that the insert by `inserted_by` left out and could not have known: a column with a default
 /// whose schema change is not in the insert's history (docs/SEMANTICS.md, section 5). Columns
 /// in `written` have a writer of their own and are left alone.
 pub(super) fn fill_added_defaults<S: DagStore>(
     dag: &Dag<S>,
     auth: &Authority,
-    table: &str,
     schema: &TableSchema,
     inserted_by: &EntryHash,
     written: &BTreeMap<String, EntryHash>,
@@ -76,7 +71,7 @@ pub(super) fn fill_added_defaults<S: DagStore>(
         if values.contains_key(&c.name) || written.contains_key(&c.name) {
             continue;
         }
-        if let (Some(v), Some(added)) = (&c.default_value, auth.column_added_by(table, &c.name)) {
+        if let (Some(v), Some(added)) = (&c.default_value, auth.column_added_by(&schema.table, &c.name)) {
             if !dag.precedes(&added, inserted_by)? {
                 values.insert(c.name.clone(), v.clone());
             }
@@ -113,7 +108,7 @@ pub fn derive_values<S: DagStore>(
         })
         .ok_or_else(|| missing(&row.inserted_by, "insert"))?;
     let mut values = inserted.clone();
-    fill_added_defaults(dag, auth, &schema.table, schema, &row.inserted_by, &row.writers, &mut values)?;
+    fill_added_defaults(dag, auth, schema, &row.inserted_by, &row.writers, &mut values)?;
     // Each writer's payload once, for all the columns it wrote.
     let mut writers: Vec<&EntryHash> = row.writers.values().collect();
     writers.sort_unstable();

@@ -47,15 +47,6 @@ use crate::FastSet as HashSet;
 /// Row states by table and key (`None`: no row at all).
 type RowMap = HashMap<Slot, Option<RowState>>;
 
-/// The table and the row (or key) a row operation names.
-fn op_row(op: &Op) -> Option<(&str, &Map<String, Value>)> {
-    match op {
-        Op::Insert { table, row } => Some((table, row)),
-        Op::Update { table, key, .. } | Op::Delete { table, key } => Some((table, key)),
-        _ => None,
-    }
-}
-
 /// The kind of cancellation a row's schema check gives.
 fn schema_code(e: &SchemaError) -> CancelCode {
     match e {
@@ -306,7 +297,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         let Some(mut row) = state else { return Ok(None) };
         if let (true, Some(schema)) = (row.is_live(), self.schema(table)) {
             let dag = self.store.dag();
-            fill_added_defaults(dag, self.auth, table, schema, &row.inserted_by, &row.writers, &mut row.values)?;
+            fill_added_defaults(dag, self.auth, schema, &row.inserted_by, &row.writers, &mut row.values)?;
         }
         Ok(Some(row))
     }
@@ -327,12 +318,8 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
         let mut wanted: BTreeMap<&'r str, Vec<RowKey>> = BTreeMap::new();
         for (_, payload, journal) in region {
             for op in &payload.ops {
-                let (table, k) = match op {
-                    Op::Insert { table, row } => (table, self.key_of(table, row)),
-                    Op::Update { table, key, .. } | Op::Delete { table, key } => (table, self.key_of(table, key)),
-                    _ => continue,
-                };
-                if let Some(k) = k {
+                let Some((table, cols)) = op.row() else { continue };
+                if let Some(k) = self.key_of(table, cols) {
                     wanted.entry(table).or_default().push(k);
                 }
             }
@@ -494,7 +481,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
                 )),
             };
             if let Err(c) = outcome {
-                let at = op_row(op).map(|(table, key)| (table, self.key_of(table, key)));
+                let at = op.row().map(|(table, key)| (table, self.key_of(table, key)));
                 let verdict = Verdict::cancelled(c);
                 return Ok((
                     match at {
@@ -568,7 +555,7 @@ impl<'a, R: ReplicaStore> Replay<'a, R> {
             Err(c) => return Ok(Err(c)),
         };
         let mut full = row.clone();
-        fill_added_defaults(self.store.dag(), self.auth, table, schema, h, &BTreeMap::new(), &mut full)?;
+        fill_added_defaults(self.store.dag(), self.auth, schema, h, &BTreeMap::new(), &mut full)?;
         if let Err(e) = schema.check_row(&full, true) {
             return Ok(Err(Cancel::new(schema_code(&e), format!("insert into {table}: {e}"), vec![])));
         }
