@@ -352,8 +352,17 @@ mod tests {
     fn verify_flags_row_values_that_their_history_does_not_give() {
         setup();
         Spi::run("SELECT causal.catch_up()").unwrap();
-        let placed = Spi::get_one::<i64>("SELECT count(*) FROM causal.row_meta WHERE key = '[\"B\"]'").unwrap();
+        let placed = Spi::get_one::<i64>("SELECT count(*) FROM causal.placed_rows WHERE key = '[\"B\"]'").unwrap();
         assert_eq!(placed, Some(1), "the rows are placed");
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+        // Placing kept the new rows in a set of fresh rows: as row_meta rows (which come
+        // first), they can be tampered with one by one.
+        Spi::run(
+            "INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) \
+             SELECT grp, table_name, key, vals, meta FROM causal.placed_rows p \
+             WHERE NOT EXISTS (SELECT FROM causal.row_meta m WHERE m.key = p.key)",
+        )
+        .unwrap();
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
         // Row B said to be inserted by the entry that inserted C: that entry has no insert of B.
         Spi::run(

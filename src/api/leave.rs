@@ -50,6 +50,10 @@ fn drop_group(group: &Group) -> Result<(), CausalError> {
     ] {
         Spi::run_with_args(sql, &[group.num.into()])?;
     }
+    // A catalog not upgraded yet has no sets of fresh rows (catalog::shape).
+    if crate::catalog::shape::has_fresh_row_sets() {
+        Spi::run_with_args("DELETE FROM causal.fresh_rows WHERE grp = $1", &[group.num.into()])?;
+    }
     for sql in [
         // The replicated tables and their rules go with the group's row.
         "DELETE FROM causal.group_defs WHERE group_id = $1",

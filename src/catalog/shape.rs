@@ -50,3 +50,8 @@ pub fn has_cancellation_hooks() -> bool {
 pub fn dag_entries_have_prev() -> bool {
     has_column(c"dag_entries", c"prev")
 }
+
+/// Whether rows can be kept in sets of fresh rows (`causal.fresh_rows`, 0.2.0).
+pub fn has_fresh_row_sets() -> bool {
+    relation(c"fresh_rows").is_some()
+}

@@ -284,11 +284,13 @@ pub fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
             // their indexes, and costs a tenth of the default's 30,000 (58 -> 6 ms at 100k
             // entries with warm caches; in a catch-up, imports that analyzed took 100-350 ms
             // longer than the others).
+            // (A catalog not upgraded yet has no sets of fresh rows: catalog::shape.)
+            let sets = if crate::catalog::shape::has_fresh_row_sets() { ", causal.fresh_rows" } else { "" };
             crate::pg::spi::with_setting("default_statistics_target", "10", || {
-                Spi::run(
+                Spi::run(&format!(
                     "ANALYZE causal.dag_entries (grp, node_id, hash, chain, seq), causal.dag_entry_tags, \
-                     causal.journal (grp, node_id, height, status), causal.row_meta",
-                )
+                     causal.journal (grp, node_id, height, status), causal.row_meta{sets}"
+                ))
             })??;
         }
     }

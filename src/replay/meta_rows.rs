@@ -56,6 +56,13 @@ pub(super) const ROWS_BY_KEYS: &str = concat!(
     " m"
 );
 
+/// The keys of `$3` that group `$1` and table `$2` have rows of.
+pub(super) const SHADOWED_KEYS: &str = concat!(
+    "SELECT m.key FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL ",
+    row_probe!("key", "$2", "k.key"),
+    " m"
+);
+
 /// The row of group `$1`, table `$2` and key `$3`.
 pub(super) const ROW_BY_KEY: &str = "SELECT key, vals, meta FROM causal.row_meta \
      WHERE octet_length(key) = octet_length($3) AND key = $3 AND grp + 0 = $1 AND table_name || '' = $2";

@@ -11,6 +11,7 @@
 
 mod derived;
 mod entry_names;
+mod fresh_rows;
 pub mod frontier;
 mod hooks;
 mod meta_rows;
@@ -83,6 +84,8 @@ pub struct SpiReplica {
     authority: RefCell<Option<std::rc::Rc<reconcile::Authority>>>,
     /// Payloads read to derive rows' values, kept for the run.
     payloads: RefCell<derived::Payloads>,
+    /// What the run read of the sets of fresh rows (`fresh_rows`).
+    fresh: RefCell<fresh_rows::FreshCache>,
 }
 
 fn undo_from(v: &Value, names: &EntryNames) -> Result<Vec<UndoRecord>, ReconcileError> {
@@ -258,6 +261,7 @@ impl SpiReplica {
             owners: RefCell::default(),
             authority: RefCell::default(),
             payloads: RefCell::default(),
+            fresh: RefCell::default(),
         }
     }
 
@@ -625,25 +629,32 @@ impl ReplicaStore for SpiReplica {
         // every key of the table instead. A LATERAL subquery is pulled up into a plain join,
         // which such a plan runs as a scan too, unless `OFFSET 0` keeps it a per-key probe
         // (without the branch and the `OFFSET 0`, 100k local commits took minutes, not one).
+        let mut rows = Vec::with_capacity(keys.len());
         if keys.len() <= 8 {
-            let mut out = Vec::with_capacity(keys.len());
             for k in keys {
-                let rows =
+                rows.extend(
                     run_prepared(ROW_BY_KEY, &[self.num.into(), table.into(), k.as_str().into()], false, read_rows)
-                        .map_err(store_err)?;
-                out.extend(to_states(rows, &self.names())?);
+                        .map_err(store_err)?,
+                );
             }
-            return self.with_values(table, out);
+        } else {
+            rows = probing_by_key(|| {
+                run_prepared(
+                    ROWS_BY_KEYS,
+                    &[self.num.into(), table.into(), keys.iter().map(RowKey::to_string).collect::<Vec<_>>().into()],
+                    false,
+                    read_rows,
+                )
+            })
+            .map_err(store_err)?;
         }
-        let rows = probing_by_key(|| {
-            run_prepared(
-                ROWS_BY_KEYS,
-                &[self.num.into(), table.into(), keys.iter().map(RowKey::to_string).collect::<Vec<_>>().into()],
-                false,
-                read_rows,
-            )
-        })
-        .map_err(store_err)?;
+        // The keys row_meta does not hold may be in a set of fresh rows.
+        if rows.len() < keys.len() {
+            let found: std::collections::HashSet<&str> = rows.iter().filter_map(|r| r.0.as_deref()).collect();
+            let missing: Vec<&str> = keys.iter().map(RowKey::as_str).filter(|k| !found.contains(k)).collect();
+            let in_sets = fresh_rows::lookup(&mut self.fresh.borrow_mut(), self.num, table, &missing)?;
+            rows.extend(in_sets);
+        }
         self.with_values(table, to_states(rows, &self.names())?)
     }
 
@@ -668,7 +679,11 @@ impl ReplicaStore for SpiReplica {
             }
         }
         let args: Vec<pgrx::datum::DatumWithOid> = equal.iter().map(|(_, v)| JsonB(v.clone()).into()).collect();
-        let rows = to_states(run_prepared(&sql, &args, false, read_rows).map_err(store_err)?, &self.names())?;
+        let mut rows = run_prepared(&sql, &args, false, read_rows).map_err(store_err)?;
+        // Rows in sets of fresh rows keep no values: each is derived and checked below. (Only a
+        // table a rule came to scan after its rows were placed has both sets and lookups.)
+        rows.extend(fresh_rows::all_rows(&mut self.fresh.borrow_mut(), self.num, table)?);
+        let rows = to_states(rows, &self.names())?;
         // `with_values` keeps the rows' order: the flags still line up.
         let partial: Vec<bool> = rows.iter().map(|r| r.2).collect();
         let rows = self.with_values(table, rows)?;
@@ -764,33 +779,74 @@ impl ReplicaStore for SpiReplica {
         let mut new = RowBatch::default();
         let mut stored = RowBatch::default();
         let (mut del_t, mut del_k) = (Vec::new(), Vec::new());
+        // Rows new to the catalog that can go into sets of fresh rows, and rows to take out
+        // of sets, per table.
+        let mut to_sets: BTreeMap<&str, Vec<(&str, i32)>> = BTreeMap::new();
+        let mut out_of_sets: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut fresh = std::mem::take(&mut *self.fresh.borrow_mut());
         for row in &changes.rows {
+            let in_set = if row.was_stored { fresh.read_from_set(&row.table, row.key.as_str()) } else { None };
             match &row.state {
                 Some(r) => {
-                    let batch = if row.was_stored { &mut stored } else { &mut new };
-                    batch.tables.push(row.table.as_str());
-                    batch.keys.push(row.key.as_str());
-                    let (kept, partial) = match auth.as_ref().and_then(|a| a.schema(&row.table)) {
+                    let schema = auth.as_ref().and_then(|a| a.schema(&row.table));
+                    let (kept, partial) = match schema {
                         Some(schema) if r.is_live() => {
                             derived::kept_values(schema, scanned.contains(&row.table), &r.values)
                         }
                         _ => (r.values.clone(), false),
                     };
                     let mut meta = names.meta(r)?;
+                    // Only rows of tables that keep no lookup values go into sets.
+                    let lookups = schema.is_none_or(|s| !s.uniques.is_empty() || !s.foreign_keys.is_empty());
+                    let node = if lookups || scanned.contains(&row.table) {
+                        None
+                    } else {
+                        fresh_rows::set_node(&meta, partial, &kept)
+                    };
+                    match (node, in_set) {
+                        (Some(node), _) if !row.was_stored => {
+                            to_sets.entry(row.table.as_str()).or_default().push((row.key.as_str(), node));
+                            continue;
+                        }
+                        // The row its set holds, unchanged (a rewind placed its insert again).
+                        (Some(node), Some(was)) if node == was => continue,
+                        _ => {}
+                    }
+                    // A row read from a set gets a row_meta row, which comes first from now on.
+                    let batch = if row.was_stored && in_set.is_none() { &mut stored } else { &mut new };
+                    batch.tables.push(row.table.as_str());
+                    batch.keys.push(row.key.as_str());
                     if let (true, Value::Object(m)) = (partial, &mut meta) {
                         m.insert(PARTIAL.into(), Value::Bool(true));
                     }
                     batch.values.push(kept);
                     batch.metas.push(meta);
                 }
-                None => {
-                    if row.was_stored {
+                None if row.was_stored => {
+                    if in_set.is_none() {
                         del_t.push(row.table.as_str());
                         del_k.push(row.key.as_str());
                     }
+                    // A row_meta row may shadow a set's row of the same key: both go.
+                    out_of_sets.entry(row.table.as_str()).or_default().push(row.key.as_str());
                 }
+                None => {}
             }
         }
+        for (table, keys) in &out_of_sets {
+            fresh_rows::remove(&mut fresh, self.num, table, keys)?;
+        }
+        for (table, rows) in to_sets {
+            // Keys within the bounds of a stored set are written as row_meta rows.
+            for (key, node) in fresh_rows::write(self.num, table, rows)? {
+                new.tables.push(table);
+                new.keys.push(key);
+                new.values.push(Map::new());
+                new.metas.push(json!({"i": node, PARTIAL: true}));
+            }
+        }
+        // What the run read of the sets is stale now.
+        drop(fresh);
         // Rows the run read are deleted or updated where they are: each key is a probe of the
         // key index (as in `rows`), and the row found is reached by its tid. Every one must
         // be found; one missing means the catalog changed under the group's lock.

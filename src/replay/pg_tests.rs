@@ -21,6 +21,12 @@ mod tests {
                 {"op":"insert","table":"products","row":{"sku":"B","name":"Gadget","price":"1.00"}}]"#,
         );
         Spi::run("SELECT causal.catch_up()").unwrap();
+        // Placing kept the new rows in a set of fresh rows: here they are row_meta rows.
+        Spi::run(
+            "INSERT INTO causal.row_meta (grp, table_name, key, vals, meta) \
+             SELECT grp, table_name, key, vals, meta FROM causal.placed_rows",
+        )
+        .unwrap();
         let named_by = |key: &str, field: &str| {
             crate::testing::one(&format!(
                 "SELECT jsonb_typeof(meta -> '{field}') || ' ' || coalesce((SELECT e.hash FROM causal.dag_entries e \
@@ -129,6 +135,99 @@ mod tests {
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
         Spi::run("UPDATE causal.row_meta SET vals = '{\"code\": \"z\"}' WHERE key = '[1]'").unwrap();
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
+    }
+
+    /// A row that one entry inserted and no entry wrote since has no `row_meta` row: placing
+    /// keeps it in a set of fresh rows (per run and table: sorted keys and their inserters'
+    /// node ids). Reads find it there. A new key within a set's bounds, and a row an entry
+    /// writes again, get `row_meta` rows, which come first; `causal.placed_rows`, the view at
+    /// the frontier, the user table and `causal.verify` agree throughout.
+    #[pg_test]
+    fn fresh_rows_are_kept_in_sets_and_row_meta_rows_come_first() {
+        crate::testing::shop_with_products();
+        let one = crate::testing::one;
+        let insert = |sku: &str, name: &str| {
+            crate::testing::local_commit(
+                "shop",
+                &format!("INSERT INTO products VALUES ('{sku}', '{name}', 1)"),
+                &format!(
+                    r#"[{{"op":"insert","table":"products","row":{{"sku":"{sku}","name":"{name}","price":"1.00"}}}}]"#
+                ),
+            );
+        };
+        insert("A", "a");
+        insert("C", "c");
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        let stored = || {
+            one("SELECT (SELECT count(*) FROM causal.row_meta) || ' ' ||                  (SELECT coalesce(string_agg(array_to_string(keys, ','), ' ' ORDER BY first_key), '-') FROM causal.fresh_rows)")
+        };
+        assert_eq!(stored(), r#"0 ["A"],["C"]"#);
+        let inserter = |sku: &str| {
+            one(&format!(
+                "SELECT e.payload::jsonb -> 'ops' -> 0 -> 'row' ->> 'name' FROM causal.placed_rows p                  JOIN causal.dag_entries e ON e.grp = p.grp AND e.node_id = (p.meta ->> 'i')::int                  WHERE p.key = '[\"{sku}\"]'"
+            ))
+        };
+        assert_eq!(inserter("C"), "c");
+        // B falls within the set's bounds: a row_meta row. D starts a set of its own.
+        insert("B", "b");
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        insert("D", "d");
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        assert_eq!(stored(), r#"1 ["A"],["C"] ["D"]"#);
+        assert_eq!(
+            one("SELECT string_agg(key, ' ' ORDER BY key) FROM causal.placed_rows"),
+            r#"["A"] ["B"] ["C"] ["D"]"#
+        );
+        // An update of a row in a set is read from the set and gets a row_meta row.
+        crate::testing::local_commit(
+            "shop",
+            "UPDATE products SET name = 'changed' WHERE sku = 'C'",
+            r#"[{"op":"update","table":"products","key":{"sku":"C"},"set":{"name":"changed"},"unset":[]}]"#,
+        );
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        assert_eq!(stored(), r#"2 ["A"],["C"] ["D"]"#);
+        assert_eq!(
+            one("SELECT meta ? 'w' || ' ' || count(*) OVER () FROM causal.placed_rows WHERE key = '[\"C\"]'"),
+            "true 1"
+        );
+        let snapshot = one(
+            "SELECT string_agg(s ->> 'sku' || '=' || (s ->> 'name'), ' ' ORDER BY s ->> 'sku')              FROM causal.snapshot('products'::regclass) s",
+        );
+        assert_eq!(snapshot, "A=a B=b C=changed D=d");
+        assert_eq!(one("SELECT string_agg(sku || '=' || name, ' ' ORDER BY sku) FROM products"), snapshot);
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+        // A set naming an entry that did not insert its row is flagged.
+        Spi::run("UPDATE causal.fresh_rows SET nodes = ARRAY[nodes[2], nodes[1]] WHERE first_key = '[\"A\"]'").unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
+    }
+
+    /// The statements that find the set of fresh rows that may hold a key are probes of
+    /// `fresh_rows_first`, as generic plans too, and find the right set.
+    #[pg_test]
+    fn fresh_row_sets_are_found_by_probes_of_their_index() {
+        Spi::run(
+            "INSERT INTO causal.fresh_rows SELECT 1, 't', '[' || i * 10 || ']', '[' || (i * 10 + 5) || ']', \
+             ARRAY['[' || i * 10 || ']', '[' || (i * 10 + 5) || ']'], ARRAY[i, i] FROM generate_series(1, 5000) i",
+        )
+        .unwrap();
+        // (statement, the key asked for, the column of the set's first key, the set found)
+        let statements = [
+            ("candidate_sets", super::super::fresh_rows::CANDIDATE_SETS, "[1003]", 2, "[1000]"),
+            ("sets_by_first", super::super::fresh_rows::SETS_BY_FIRST, "[1000]", 1, "[1000]"),
+        ];
+        for (name, sql, key, column, first) in statements {
+            Spi::run("SET LOCAL enable_bitmapscan = off").unwrap();
+            let args = format!("1, 't', ARRAY['{key}']");
+            let plan = crate::testing::generic_plan(name, "int, text, text[]", sql, &args);
+            assert!(plan.contains("fresh_rows_first") && !plan.contains("Seq Scan"), "{name}: {plan}");
+            let found = Spi::connect(|c| {
+                let rows = c.select(&format!("EXECUTE {name}({args})"), None, &[])?;
+                rows.map(|r| r.get::<String>(column)).collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap();
+            assert_eq!(found, vec![Some(first.to_string())], "{name}");
+            Spi::run(&format!("DEALLOCATE {name}")).unwrap();
+        }
     }
 
     /// Every value the validator takes for a column, Postgres takes in replay's cast: a value

@@ -67,9 +67,18 @@ pub fn rows_not_derived(group: &Group, limit: usize) -> Result<Vec<String>, Caus
 }
 
 /// Calls `f` with the rows of `table` in `replica`'s group as stored, tombstones included, a
-/// page at a time in the order of row_meta's key index, until it returns false. Returns
+/// page at a time: those of row_meta in the order of its key index, then those of the sets of
+/// fresh rows row_meta does not hold, a set at a time; until it returns false. Returns
 /// whether every page was read.
 pub(super) fn each_page(
+    replica: &SpiReplica,
+    table: &str,
+    f: &mut dyn FnMut(Vec<RawRow>) -> Result<bool, ReconcileError>,
+) -> Result<bool, ReconcileError> {
+    Ok(each_row_meta_page(replica, table, f)? && super::fresh_rows::each_set(replica.num, table, f)?)
+}
+
+fn each_row_meta_page(
     replica: &SpiReplica,
     table: &str,
     f: &mut dyn FnMut(Vec<RawRow>) -> Result<bool, ReconcileError>,

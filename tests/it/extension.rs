@@ -165,7 +165,7 @@ fn leaving_a_group_keeps_its_tables_as_plain_tables() {
         .query_one(
             "SELECT (SELECT count(*) FROM causal.groups WHERE name = 'g') \
                   + (SELECT count(*) FROM causal.replicated_tables WHERE table_name = 'kept') \
-                  + (SELECT count(*) FROM causal.row_meta WHERE table_name = 'kept')",
+                  + (SELECT count(*) FROM causal.placed_rows WHERE table_name = 'kept')",
             &[],
         )
         .unwrap()

@@ -132,7 +132,8 @@ impl Net {
         self.assert_converged();
     }
 
-    /// Tables, log statuses and frontiers of every database equal database 0's.
+    /// Tables, log statuses and frontiers of every database equal database 0's, and each
+    /// database's placed rows (`causal.placed_rows`) are as many as its tables' and verify.
     fn assert_converged(&mut self) {
         let state = |net: &mut Net, db: usize| -> String {
             let tables: Vec<String> = net.dbs[db]
@@ -145,7 +146,17 @@ impl Net {
             for t in tables {
                 let rows = net.text(db, &format!("SELECT coalesce(string_agg(to_jsonb(x)::text, E'\\n' ORDER BY to_jsonb(x)::text), '') FROM {t} x"));
                 out.push_str(&format!("{t}:\n{rows}\n"));
+                let (placed, in_table) = (
+                    net.count(
+                        db,
+                        &format!("SELECT count(*) FROM causal.placed_rows WHERE table_name = '{t}' AND NOT meta ? 'd'"),
+                    ),
+                    net.count(db, &format!("SELECT count(*) FROM {t}")),
+                );
+                assert_eq!(placed, in_table, "r{db}: live placed rows of {t}");
             }
+            let verified: bool = net.dbs[db].query_one("SELECT causal.verify('g')", &[]).unwrap().get(0);
+            assert!(verified, "r{db}: causal.verify");
             out.push_str(&net.text(
                 db,
                 "SELECT string_agg(hash || ' ' || status || ' ' || coalesce(reason, ''), E'\\n' ORDER BY hash) FROM causal.log('g', 100000)",
@@ -263,6 +274,31 @@ fn e_duplicate_keys_keep_one_row() {
     let reasons = net.text(0, "SELECT string_agg(reason, ' | ') FROM causal.log('g') WHERE status = 'cancelled'");
     assert!(reasons.contains("duplicate primary key"), "{reasons}");
     assert!(reasons.contains("products_name_key"), "{reasons}");
+}
+
+/// As (e), in a table without UNIQUE constraints or foreign keys, whose new rows placing keeps
+/// in sets of fresh rows: rewinds take the cancelled rows out of their sets again.
+#[test]
+fn e_duplicate_keys_keep_one_row_of_a_table_without_lookups() {
+    let mut net = two_writers(
+        "rc-e2",
+        "CREATE TABLE notes (id int PRIMARY KEY, body text); SELECT causal.replicate('g', 'notes');",
+    );
+    net.share_from(0);
+    net.exec(0, "INSERT INTO notes SELECT i, 'a' FROM generate_series(1, 20) i");
+    net.exec(0, "UPDATE notes SET body = 'a2' WHERE id = 3");
+    net.exec(0, "INSERT INTO notes VALUES (40, 'a')");
+    net.exec(1, "INSERT INTO notes VALUES (5, 'b'), (30, 'b')");
+    net.exec(1, "INSERT INTO notes VALUES (31, 'b')");
+    net.exchange();
+    assert_eq!(net.count(0, "SELECT count(*) FROM notes WHERE id = 5"), 1);
+    let reasons = net.text(0, "SELECT string_agg(reason, ' | ') FROM causal.log('g') WHERE status = 'cancelled'");
+    assert!(reasons.contains("duplicate primary key"), "{reasons}");
+    // The writers placed their own rows first, in sets; both keep only the view's rows.
+    for db in 0..2 {
+        let sets = net.count(db, "SELECT count(*) FROM causal.fresh_rows");
+        assert!(sets > 0, "r{db}: no set of fresh rows");
+    }
 }
 
 #[test]
