@@ -270,17 +270,20 @@ fn shadowed(grp: i32, table: &str, keys: &[String]) -> Result<std::collections::
 }
 
 /// Calls `f` with the rows of the sets of `table`, as `row_meta` rows, a set at a time in key
-/// order, leaving out those with a `row_meta` row, until it returns false. Returns whether
-/// every set was read.
+/// order, leaving out those with a `row_meta` row, until it returns false. A set that does not
+/// read, or overlaps the one before it, goes to `bad` instead, described (it returns whether to
+/// go on). Returns whether every set was read.
 pub(super) fn each_set(
     grp: i32,
     table: &str,
     f: &mut dyn FnMut(Vec<RawRow>) -> Result<bool, ReconcileError>,
+    bad: &mut dyn FnMut(String) -> Result<bool, ReconcileError>,
 ) -> Result<bool, ReconcileError> {
     if !crate::catalog::shape::has_fresh_row_sets() {
         return Ok(true);
     }
     let mut after: (i32, String) = (-1, String::new());
+    let mut last_before: Option<String> = None;
     loop {
         let page = run_prepared(
             "SELECT first_key, last_key, keys, nodes FROM causal.fresh_rows \
@@ -293,8 +296,25 @@ pub(super) fn each_set(
         .map_err(store_err)?;
         let full = page.len() as i64 == SET_PAGE;
         for (first, last, keys, nodes) in page {
-            let set = FreshSet::from_row(first, last, keys, nodes)?;
-            after = (i32::try_from(set.first.len()).unwrap_or(i32::MAX), set.first.clone());
+            let Some(at) = first.clone() else { continue };
+            after = (i32::try_from(at.len()).unwrap_or(i32::MAX), at.clone());
+            let set = match FreshSet::from_row(first, last, keys, nodes) {
+                Ok(set) if last_before.as_deref().is_some_and(|l| key_order(l, &set.first) != Ordering::Less) => {
+                    Err(format!("the set of fresh rows starting at {at} overlaps the one before it"))
+                }
+                Ok(set) => Ok(set),
+                Err(e) => Err(e.to_string()),
+            };
+            let set = match set {
+                Ok(set) => set,
+                Err(problem) => {
+                    if !bad(problem)? {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+            };
+            last_before = Some(set.last.clone());
             let rows = set.raw_rows(&shadowed(grp, table, &set.keys)?);
             if !rows.is_empty() && !f(rows)? {
                 return Ok(false);
@@ -312,10 +332,15 @@ pub(super) fn all_rows(cache: &mut FreshCache, grp: i32, table: &str) -> Result<
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    each_set(grp, table, &mut |rows| {
-        out.extend(rows);
-        Ok(true)
-    })?;
+    each_set(
+        grp,
+        table,
+        &mut |rows| {
+            out.extend(rows);
+            Ok(true)
+        },
+        &mut |problem| Err(ReconcileError::Corrupt(problem)),
+    )?;
     Ok(out)
 }
 

@@ -22,15 +22,16 @@ pub fn frontier_view(group_id: &str, table: &str) -> Result<BTreeMap<RowKey, Map
     let auth = replica.derivation_authority().map_err(err)?;
     if auth.schema(table).is_some() {
         let mut payloads = super::derived::Payloads::default();
-        super::row_check::each_page(&replica, table, &mut |page| {
+        let mut rows = |page| {
             let rows = super::meta_rows::to_states(page, &replica.names())?;
             let live: Vec<_> = rows.into_iter().filter(|(_, r, _)| r.is_live()).collect();
             for (key, row) in super::derived::derive_all(&replica, &auth, &mut payloads, table, live)? {
                 view.insert(key, row.values);
             }
             Ok(true)
-        })
-        .map_err(err)?;
+        };
+        super::row_check::each_page(&replica, table, &mut rows, &mut |problem| Err(ReconcileError::Corrupt(problem)))
+            .map_err(err)?;
     }
     let dag = group.dag();
     let state = dag.store().state().map_err(causal_core::DagError::from)?;

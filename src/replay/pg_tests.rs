@@ -197,7 +197,16 @@ mod tests {
         assert_eq!(one("SELECT string_agg(sku || '=' || name, ' ' ORDER BY sku) FROM products"), snapshot);
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
         // A set naming an entry that did not insert its row is flagged.
-        Spi::run("UPDATE causal.fresh_rows SET nodes = ARRAY[nodes[2], nodes[1]] WHERE first_key = '[\"A\"]'").unwrap();
+        let set_a = "WHERE first_key = '[\"A\"]'";
+        Spi::run(&format!("CREATE TEMP TABLE saved AS SELECT nodes FROM causal.fresh_rows {set_a}")).unwrap();
+        Spi::run(&format!("UPDATE causal.fresh_rows SET nodes = ARRAY[nodes[2], nodes[1]] {set_a}")).unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
+        // A set that does not read, or overlaps the one before it, is reported, not an error.
+        Spi::run(&format!("UPDATE causal.fresh_rows SET nodes = nodes[1:1] {set_a}")).unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
+        Spi::run(&format!("UPDATE causal.fresh_rows SET nodes = (SELECT nodes FROM saved) {set_a}")).unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+        Spi::run("UPDATE causal.fresh_rows SET first_key = '[\"B\"]' WHERE first_key = '[\"D\"]'").unwrap();
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(false));
     }
 

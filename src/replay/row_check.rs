@@ -18,9 +18,16 @@ pub fn rows_not_derived(group: &Group, limit: usize) -> Result<Vec<String>, Caus
     let auth = std::rc::Rc::new(reconcile::placed_authority(&replica).map_err(err)?);
     replica.use_authority(&auth);
     let mut payloads = derived::Payloads::default();
-    let mut out = Vec::new();
+    let out = RefCell::new(Vec::new());
     for schema in auth.tables() {
+        // A set of fresh rows that does not read, or overlaps the one before, is its problem.
+        let mut bad_set = |problem: String| -> Result<bool, ReconcileError> {
+            let mut out = out.borrow_mut();
+            out.push(format!("table {}: {problem}", schema.table));
+            Ok(out.len() < limit)
+        };
         let mut problems = |page: Vec<RawRow>| -> Result<bool, ReconcileError> {
+            let mut out = out.borrow_mut();
             // Row by row, so that metadata that does not read is one row's problem.
             let names = replica.names();
             names.prepare_reads(page.iter().filter_map(|r| r.2.as_ref().map(|m| &m.0)))?;
@@ -59,23 +66,25 @@ pub fn rows_not_derived(group: &Group, limit: usize) -> Result<Vec<String>, Caus
             }
             Ok(true)
         };
-        if !each_page(&replica, &schema.table, &mut problems).map_err(err)? {
+        if !each_page(&replica, &schema.table, &mut problems, &mut bad_set).map_err(err)? {
             break;
         }
     }
-    Ok(out)
+    Ok(out.into_inner())
 }
 
 /// Calls `f` with the rows of `table` in `replica`'s group as stored, tombstones included, a
 /// page at a time: those of row_meta in the order of its key index, then those of the sets of
-/// fresh rows row_meta does not hold, a set at a time; until it returns false. Returns
-/// whether every page was read.
+/// fresh rows row_meta does not hold, a set at a time; until it returns false. A set that does
+/// not read, or overlaps the one before it, goes to `bad` instead, described (it returns
+/// whether to go on). Returns whether every page was read.
 pub(super) fn each_page(
     replica: &SpiReplica,
     table: &str,
     f: &mut dyn FnMut(Vec<RawRow>) -> Result<bool, ReconcileError>,
+    bad: &mut dyn FnMut(String) -> Result<bool, ReconcileError>,
 ) -> Result<bool, ReconcileError> {
-    Ok(each_row_meta_page(replica, table, f)? && super::fresh_rows::each_set(replica.num, table, f)?)
+    Ok(each_row_meta_page(replica, table, f)? && super::fresh_rows::each_set(replica.num, table, f, bad)?)
 }
 
 fn each_row_meta_page(
