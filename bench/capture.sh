@@ -126,11 +126,7 @@ awk -v r="${gain[replicated]}" -v p="${gain[plain]}" 'BEGIN { printf "Ratio of g
 # cluster restarts with the worker loaded, and what it has not done when pgbench ends (sealed
 # and placed by causal.catch_up()) is the tail.
 say "End to end with the sync worker running: $SECS s per run, $CLIENTS clients"
-stop_cluster "$DIR/node"
-printf "shared_preload_libraries = 'pg_causal'\ncausal.database = 'postgres'\n" |
-    as_postgres tee -a "$DIR/node/data/postgresql.auto.conf" >/dev/null
-as_postgres "$PG_BIN/pg_ctl" -D "$DIR/node/data" -l "$DIR/node/server.log" -w -t 60 start >/dev/null ||
-    die "PostgreSQL did not start again with the sync worker"
+restart_with_sync_worker "$DIR/node"
 place >/dev/null
 printf '| synchronous_commit | workload | plain rows/s | replicated rows/s at commit (ratio) | left after pgbench | end to end rows/s | end to end / plain |\n|---|---|---|---|---|---|---|\n'
 for sc in off on; do

@@ -49,11 +49,7 @@ awk -v p="$p" -v r="$r" -v s="$s" -v t="$t" -v secs="$SECS" 'BEGIN {
     total = r * secs; both = total / (secs + s + t)
     printf "| %.0f | %.0f (%.2f) | %.1f s | %.1f s | %.1f µs | %.2f |\n", p, r, r / p, s, t, t * 1e6 / total, both / p }'
 say "With the sync worker sealing and placing while pgbench runs"
-stop_cluster "$DIR/node"
-printf "shared_preload_libraries = 'pg_causal'\ncausal.database = 'postgres'\n" |
-    as_postgres tee -a "$DIR/node/data/postgresql.auto.conf" >/dev/null
-as_postgres "$PG_BIN/pg_ctl" -D "$DIR/node/data" -l "$DIR/node/server.log" -w -t 60 start >/dev/null ||
-    die "PostgreSQL did not start again with the sync worker"
+restart_with_sync_worker "$DIR/node"
 bench_psql -c "SELECT causal.catch_up()" >/dev/null
 p=$(tps plain)
 r=$(tps replicated)

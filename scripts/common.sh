@@ -154,6 +154,15 @@ bench_psql() {
     as_postgres psql -X -q -h "$BENCH_NODE/sock" -p "$BENCH_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"
 }
 bench_value() { bench_psql -t -A -c "$1"; }
+# Restarts the cluster in DIR with the sync worker loaded, syncing database postgres.
+restart_with_sync_worker() {
+    local dir="$1"
+    stop_cluster "$dir"
+    printf "shared_preload_libraries = 'pg_causal'\ncausal.database = 'postgres'\n" |
+        as_postgres tee -a "$dir/data/postgresql.auto.conf" >/dev/null
+    as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
+        die "PostgreSQL did not start again with the sync worker"
+}
 bench_tables() {
     bench_psql -c "CREATE EXTENSION pg_causal; SELECT causal.create_group('bench');
         CREATE TABLE plain (id bigserial PRIMARY KEY, payload text NOT NULL, n integer);

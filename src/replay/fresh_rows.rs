@@ -141,14 +141,28 @@ fn top(cache: &mut FreshCache, grp: i32, table: &str) -> Result<Option<String>, 
     if !crate::catalog::shape::has_fresh_row_sets() {
         return Ok(None);
     }
-    let top = get_prepared::<String>(
-        "SELECT last_key FROM causal.fresh_rows WHERE grp = $1 AND table_name = $2 \
-         ORDER BY octet_length(first_key) DESC, first_key DESC LIMIT 1",
-        &[grp.into(), table.into()],
-    )
-    .map_err(store_err)?;
+    let top = last_key(grp, table, None)?;
     cache.tops.insert(table.to_string(), top.clone());
     Ok(top)
+}
+
+/// The last key of the last set of `table` that starts at or before `at` (of its last set,
+/// without `at`).
+fn last_key(grp: i32, table: &str, at: Option<&str>) -> Result<Option<String>, ReconcileError> {
+    let (sql, args) = match at {
+        Some(at) => (
+            "SELECT last_key FROM causal.fresh_rows WHERE grp = $1 AND table_name = $2 \
+             AND (octet_length(first_key), first_key) <= (octet_length($3), $3) \
+             ORDER BY octet_length(first_key) DESC, first_key DESC LIMIT 1",
+            vec![grp.into(), table.into(), at.into()],
+        ),
+        None => (
+            "SELECT last_key FROM causal.fresh_rows WHERE grp = $1 AND table_name = $2 \
+             ORDER BY octet_length(first_key) DESC, first_key DESC LIMIT 1",
+            vec![grp.into(), table.into()],
+        ),
+    };
+    get_prepared::<String>(sql, &args).map_err(store_err)
 }
 
 /// For each of `keys`, the first key of the set that may hold it (the last starting at or
@@ -360,23 +374,10 @@ pub(super) fn write<'k>(
         return Ok(Vec::new());
     };
     // The only set that can overlap [lo, hi] is the last one starting at or before hi.
-    let below_hi = get_prepared::<String>(
-        "SELECT last_key FROM causal.fresh_rows WHERE grp = $1 AND table_name = $2 \
-         AND (octet_length(first_key), first_key) <= (octet_length($3), $3) \
-         ORDER BY octet_length(first_key) DESC, first_key DESC LIMIT 1",
-        &[grp.into(), table.into(), hi.into()],
-    )
-    .map_err(store_err)?;
     let mut explicit = Vec::new();
-    if let Some(last) = below_hi.filter(|last| key_order(last, lo) != Ordering::Less) {
+    if let Some(last) = last_key(grp, table, Some(hi))?.filter(|last| key_order(last, lo) != Ordering::Less) {
         // They overlap: keys past every set still make one; the rest go to row_meta.
-        let top = get_prepared::<String>(
-            "SELECT last_key FROM causal.fresh_rows WHERE grp = $1 AND table_name = $2 \
-             ORDER BY octet_length(first_key) DESC, first_key DESC LIMIT 1",
-            &[grp.into(), table.into()],
-        )
-        .map_err(store_err)?
-        .unwrap_or(last);
+        let top = last_key(grp, table, None)?.unwrap_or(last);
         let split = fresh.partition_point(|r| key_order(r.0, &top) != Ordering::Greater);
         explicit = fresh.drain(..split).collect();
     }
