@@ -280,7 +280,8 @@ SELECT pg_catalog.pg_extension_config_dump('causal.row_meta', '');
 -- first_key and last_key, so the one set that may hold a key is the last that starts at or
 -- before it (one probe of the index below). A placement run whose new keys fall inside an
 -- existing set's bounds writes those keys as `row_meta` rows instead. Keys a rewind removes
--- are taken out of their set; its bounds stay.
+-- are taken out of their set; its bounds stay. When a rule comes to scan a table, its sets
+-- become `row_meta` rows with all their values.
 CREATE TABLE causal.fresh_rows (
     grp        integer NOT NULL,
     table_name text COLLATE "C" NOT NULL,

@@ -433,3 +433,41 @@ pub(super) fn remove(cache: &mut FreshCache, grp: i32, table: &str, keys: &[&str
     cache.clear();
     Ok(())
 }
+
+/// Writes the rows of `table` that its sets hold (and `row_meta` does not) as `row_meta`
+/// rows with all their values, and deletes its sets: a rule has come to scan the table, and
+/// a rule check reads rows by any column. Without this, every check would derive every row
+/// in the table's sets. Called at the end of a run, after its own rows are written.
+pub(super) fn make_complete(replica: &SpiReplica, table: &str) -> Result<(), ReconcileError> {
+    if top(&mut FreshCache::default(), replica.num, table)?.is_none() {
+        return Ok(());
+    }
+    let auth = replica.derivation_authority()?;
+    let names = replica.names();
+    let mut written = 0usize;
+    let mut write = |page: Vec<RawRow>| -> Result<bool, ReconcileError> {
+        let rows = to_states(page, &names)?;
+        let rows = derived::derive_all(replica, &auth, &mut replica.payloads.borrow_mut(), table, rows)?;
+        let mut batch = RowBatch::default();
+        for (key, state) in &rows {
+            batch.tables.push(table);
+            batch.keys.push(key.as_str());
+            batch.values.push(state.values.clone());
+            batch.metas.push(names.meta(state)?);
+        }
+        batch.write_direct(replica.num).map_err(store_err)?;
+        written += rows.len();
+        Ok(true)
+    };
+    each_set(replica.num, table, &mut write, &mut |problem| Err(ReconcileError::Corrupt(problem)))?;
+    exec_prepared(
+        "DELETE FROM causal.fresh_rows WHERE grp = $1 AND table_name = $2",
+        &[replica.num.into(), table.into()],
+    )
+    .map_err(store_err)?;
+    pgrx::log!(
+        "pg_causal: group {}: {written} rows of {table}, which a rule now scans, keep all their values",
+        replica.group
+    );
+    Ok(())
+}

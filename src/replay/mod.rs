@@ -872,6 +872,10 @@ impl ReplicaStore for SpiReplica {
             let done = probing_by_key(|| exec_prepared_count(UPDATE_ROWS, &args)).map_err(store_err)?;
             expect("updating", done, wanted)?;
         }
+        // A table a rule scans keeps all its rows' values, those in sets too.
+        for table in &scanned {
+            fresh_rows::make_complete(self, table)?;
+        }
         self.write_user_tables(changes)
     }
 }

@@ -889,3 +889,37 @@ fn only_the_workers_roles_hand_over_decoded_commits() {
     assert_eq!(sealed, 1);
     assert_eq!(stored(&mut db), base + 1);
 }
+
+/// Once a rule scans a table, the rows of that table kept in sets of fresh rows become
+/// `row_meta` rows with all their values (a rule check filters on any column), and its sets go:
+/// at the end of the first placing run with rows after the rule.
+#[test]
+fn a_table_a_rule_comes_to_scan_keeps_all_its_values() {
+    let node = Cluster::start("rule-scan-sets", &[]);
+    let mut db = node.connect("postgres");
+    setup(&mut db);
+    db.batch_execute("INSERT INTO products VALUES ('A', 'alice', 1), ('B', 'bob', 2)").unwrap();
+    let text = |db: &mut Client, sql: &str| -> String { db.query_one(sql, &[]).unwrap().get(0) };
+    db.batch_execute("SELECT causal.catch_up()").unwrap();
+    let sets = "SELECT count(*)::text FROM causal.fresh_rows WHERE table_name = 'products'";
+    assert_eq!(text(&mut db, sets), "1");
+    db.batch_execute(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text); SELECT causal.replicate('shop', 'notes');
+         SELECT causal.allow('notes', 'delete', 'exists(products where products.name = $author)');",
+    )
+    .unwrap();
+    db.batch_execute("INSERT INTO notes VALUES (1, 'n')").unwrap();
+    db.batch_execute("SELECT causal.catch_up()").unwrap();
+    assert_eq!(text(&mut db, sets), "0");
+    let kept = text(
+        &mut db,
+        "SELECT string_agg(key || vals::text || (meta ? 'p')::text, ' ' ORDER BY key) FROM causal.row_meta \
+         WHERE table_name = 'products'",
+    );
+    assert_eq!(
+        kept,
+        r#"["A"]{"sku": "A", "name": "alice", "price": "1.00"}false ["B"]{"sku": "B", "name": "bob", "price": "2.00"}false"#
+    );
+    let verified: bool = db.query_one("SELECT causal.verify('shop')", &[]).unwrap().get(0);
+    assert!(verified);
+}
