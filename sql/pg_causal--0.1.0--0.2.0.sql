@@ -196,7 +196,7 @@ ALTER TABLE causal.dag_entries DROP COLUMN prev;
 -- Rows that one entry inserted and no entry wrote since, kept as sets: per group and table,
 -- the sorted keys of the rows a placement run created and, at the same positions, the node
 -- ids of the entries that inserted them. Such a row is what a `row_meta` row with no values
--- kept and metadata `{"i": <node id>, "p": true}` says, in about 10 bytes instead of 134
+-- kept and metadata `{"i": <node id>, "p": true}` says, in about 8 bytes instead of 134
 -- (heap and index), and it is only written for tables with no UNIQUE constraint, no foreign
 -- key and no rule scanning them (the others keep lookup values). A `row_meta` row of the same
 -- key comes first: an update, delete or merge writes one, and the set's entry is left as it is.

@@ -173,6 +173,11 @@ impl TableSchema {
             || self.foreign_keys.iter().any(|f| f.columns.iter().any(|c| c == name))
     }
 
+    /// Whether any column is a lookup column ([`TableSchema::is_lookup_column`]).
+    pub fn has_lookup_columns(&self) -> bool {
+        !self.uniques.is_empty() || !self.foreign_keys.is_empty()
+    }
+
     /// The schema as a JSON literal (what the schema entry records).
     pub fn to_value(&self) -> Value {
         let columns: Vec<Value> = self

@@ -96,9 +96,13 @@ impl FreshSet {
 }
 
 /// The `row_meta` row a set's row stands for.
-pub(super) fn raw_row(key: &str, node: i32) -> RawRow {
-    let meta = serde_json::json!({"i": node, PARTIAL: true});
-    (Some(key.to_string()), Some(JsonB(Value::Object(Map::new()))), Some(JsonB(meta)))
+fn raw_row(key: &str, node: i32) -> RawRow {
+    (Some(key.to_string()), Some(JsonB(Value::Object(Map::new()))), Some(JsonB(set_row_meta(node))))
+}
+
+/// The metadata of a set's row, inserted by the entry of node `node`: no values kept.
+pub(super) fn set_row_meta(node: i32) -> Value {
+    serde_json::json!({"i": node, PARTIAL: true})
 }
 
 /// The node id of the entry that inserted a row to be written (of a table that keeps no

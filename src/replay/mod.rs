@@ -796,9 +796,9 @@ impl ReplicaStore for SpiReplica {
                         _ => (r.values.clone(), false),
                     };
                     let mut meta = names.meta(r)?;
-                    // Only rows of tables that keep no lookup values go into sets.
-                    let lookups = schema.is_none_or(|s| !s.uniques.is_empty() || !s.foreign_keys.is_empty());
-                    let node = if lookups || scanned.contains(&row.table) {
+                    // Only rows of tables that keep no lookup values go into sets (a table a rule
+                    // scans keeps all values: `partial` is false).
+                    let node = if schema.is_none_or(TableSchema::has_lookup_columns) {
                         None
                     } else {
                         fresh_rows::set_node(&meta, partial, &kept)
@@ -842,7 +842,7 @@ impl ReplicaStore for SpiReplica {
                 new.tables.push(table);
                 new.keys.push(key);
                 new.values.push(Map::new());
-                new.metas.push(json!({"i": node, PARTIAL: true}));
+                new.metas.push(fresh_rows::set_row_meta(node));
             }
         }
         // What the run read of the sets is stale now.
