@@ -22,6 +22,7 @@ pub mod json;
 pub mod membership;
 pub mod op_text;
 pub mod payload;
+pub mod payload_author;
 pub mod precheck;
 pub mod reconcile;
 pub mod rules;

@@ -4,6 +4,7 @@
 
 pub mod closure;
 pub mod cover_cache;
+pub mod links;
 mod mem;
 pub mod naive;
 mod query;
