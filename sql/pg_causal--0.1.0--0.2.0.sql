@@ -189,9 +189,145 @@ AS 'MODULE_PATHNAME', 'seal_decoded_sql_wrapper';
 DROP INDEX causal.row_meta_key;
 CREATE INDEX row_meta_key ON causal.row_meta (octet_length(key), key);
 
--- Entry rows no longer keep their predecessors' hashes: readers take them from the
--- predecessors' node ids (preds). Rows written before keep their bytes until rewritten.
-ALTER TABLE causal.dag_entries DROP COLUMN prev;
+-- Entry rows are packed (catalog.sql, src/catalog/entry_row.rs): predecessors and clock in
+-- `links`, the payload hash as bytes, the author's key numbered in causal.entry_authors and
+-- cut from the payload text; the predecessors' hashes (`prev`) are no longer kept (readers
+-- take them from the predecessors' node ids). The table is rebuilt in the new column order,
+-- with the two views that read it.
+CREATE FUNCTION causal."_entry_preds"(
+	"node_id" INT,
+	"links" bytea
+) RETURNS INT[]
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_entry_preds_wrapper';
+
+CREATE FUNCTION causal."_entry_clock"(
+	"node_id" INT,
+	"links" bytea
+) RETURNS INT[]
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_entry_clock_wrapper';
+
+CREATE FUNCTION causal."_pack_entry_links"(
+	"node_id" INT,
+	"preds" INT[],
+	"clock" INT[]
+) RETURNS bytea
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_pack_entry_links_wrapper';
+
+CREATE SEQUENCE causal.entry_author_numbers AS integer;
+CREATE TABLE causal.entry_authors (
+    author      integer PRIMARY KEY DEFAULT nextval('causal.entry_author_numbers'),
+    key_id      text COLLATE "C" NOT NULL UNIQUE
+);
+-- The same test as causal_core::payload_author::split: the payload starts with the author's
+-- key in plain Base64, followed by the next field or the object's end.
+INSERT INTO causal.entry_authors (key_id)
+SELECT DISTINCT k FROM causal.dag_entries e,
+       LATERAL (SELECT (regexp_match(e.payload, '^\{"author":"([A-Za-z0-9+/=_-]{1,64})"[,}]'))[1]) AS x(k)
+WHERE k IS NOT NULL ORDER BY k;
+
+DROP VIEW causal.cancellations;
+DROP VIEW causal.stat_groups;
+ALTER TABLE causal.dag_entries RENAME TO dag_entries_0_1;
+ALTER INDEX causal.dag_entries_pkey RENAME TO dag_entries_0_1_pkey;
+ALTER INDEX causal.dag_entries_grp_chain_seq_key RENAME TO dag_entries_0_1_grp_chain_seq_key;
+ALTER INDEX causal.dag_entries_hash RENAME TO dag_entries_0_1_hash;
+CREATE TABLE causal.dag_entries (
+    grp         integer NOT NULL,
+    node_id     integer NOT NULL,
+    chain       integer NOT NULL,
+    seq         integer NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    author      integer,
+    hash        text COLLATE "C" NOT NULL,
+    payload_hash bytea NOT NULL,
+    links       bytea NOT NULL,
+    payload     text COMPRESSION lz4 NOT NULL,
+    PRIMARY KEY (grp, node_id),
+    UNIQUE (grp, chain, seq)
+);
+INSERT INTO causal.dag_entries
+SELECT e.grp, e.node_id, e.chain, e.seq, e.received_at, a.author, e.hash, decode(e.payload_hash, 'base64'),
+       causal._pack_entry_links(e.node_id, e.preds, e.clock),
+       CASE WHEN a.author IS NULL THEN e.payload ELSE substr(e.payload, 13 + length(a.key_id)) END
+FROM causal.dag_entries_0_1 e
+LEFT JOIN causal.entry_authors a
+       ON a.key_id = (regexp_match(e.payload, '^\{"author":"([A-Za-z0-9+/=_-]{1,64})"[,}]'))[1];
+DROP TABLE causal.dag_entries_0_1;
+CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash);
+REVOKE ALL ON causal.dag_entries, causal.entry_authors FROM PUBLIC;
+GRANT SELECT ON causal.dag_entries, causal.entry_authors TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('causal.dag_entries', '');
+SELECT pg_catalog.pg_extension_config_dump('causal.entry_authors', '');
+SELECT pg_catalog.pg_extension_config_dump('causal.entry_author_numbers', '');
+ANALYZE causal.dag_entries;
+
+CREATE OR REPLACE FUNCTION causal._restored_node_identity() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF NEW.is_node THEN
+        DELETE FROM causal.identity_keys k
+         WHERE k.is_node AND k.key_id <> NEW.key_id
+           AND NOT EXISTS (SELECT 1 FROM causal.entries e WHERE (e.payload::jsonb ->> 'author') = k.key_id);
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE VIEW causal.cancellations AS
+SELECT g.name AS group_name,
+       g.group_id,
+       e.hash AS entry,
+       a.author,
+       EXISTS (SELECT 1 FROM causal.identity_keys k WHERE k.key_id = a.author) AS local,
+       j.reason,
+       j.responsible AS cancelled_by,
+       e.received_at AS stored_at,
+       j.cause ->> 'code' AS code,
+       j.cause ->> 'table' AS table_name,
+       j.cause ->> 'key' AS row_key
+FROM causal.journal j
+JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id
+JOIN causal.group_defs g ON g.grp = j.grp
+CROSS JOIN LATERAL (SELECT CASE WHEN e.author IS NULL THEN e.payload::jsonb ->> 'author'
+                                ELSE (SELECT k.key_id FROM causal.entry_authors k WHERE k.author = e.author) END) AS a(author)
+WHERE j.status = 'cancelled';
+GRANT SELECT ON causal.cancellations TO PUBLIC;
+
+CREATE VIEW causal.stat_groups AS
+SELECT g.name AS group_name,
+       g.group_id,
+       g.entry_count::bigint AS entries,
+       pg_catalog.cardinality(g.frontier) AS frontier_size,
+       (g.entry_count - g.reconciled_count)::bigint AS unplaced,
+       (SELECT count(*) FROM causal.journal j WHERE j.grp = g.grp AND j.status = 'cancelled') AS cancelled,
+       (SELECT max(e.received_at) FROM causal.dag_entries e WHERE e.grp = g.grp) AS last_entry_at,
+       c.unsealed_wal_bytes,
+       c.last_sealing_delay
+FROM causal.group_defs g
+LEFT JOIN causal.capture_status c ON true;
+GRANT SELECT ON causal.stat_groups TO PUBLIC;
+
+-- Entry rows decoded (src/catalog/entry_row.rs).
+CREATE VIEW causal.entries AS
+SELECT e.grp,
+       e.node_id,
+       e.hash,
+       CASE WHEN e.author IS NULL THEN e.payload
+            ELSE '{"author":"' || (SELECT a.key_id FROM causal.entry_authors a WHERE a.author = e.author) || '"' || e.payload
+       END AS payload,
+       encode(e.payload_hash, 'base64') AS payload_hash,
+       e.chain,
+       e.seq,
+       causal._entry_preds(e.node_id, e.links) AS preds,
+       causal._entry_clock(e.node_id, e.links) AS clock,
+       e.received_at
+FROM causal.dag_entries e;
+GRANT SELECT ON causal.entries TO PUBLIC;
 
 -- Rows that one entry inserted and no entry wrote since, kept as sets: per group and table,
 -- the sorted keys of the rows a placement run created and, at the same positions, the node

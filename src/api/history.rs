@@ -11,8 +11,8 @@ use causal_core::membership::member_at;
 use causal_core::payload::SignedPayload;
 use causal_core::{EntryHash, GroupId};
 
+use crate::catalog::entry_row;
 use crate::catalog::group::Group;
-use crate::catalog::store::prev_hashes;
 use crate::error::{CausalError, OrReport};
 
 /// Primary-key columns per replicated table of a group, for summaries.
@@ -71,17 +71,14 @@ fn log(
     let keys = primary_keys(&group).or_report(f);
     let mut out = Vec::new();
     Spi::connect(|client| {
-        let rows = client.select(
-            concat!(
-                "SELECT e.hash, ",
-                prev_hashes!(),
-                ", e.payload, coalesce(j.status, 'ok'), j.reason FROM causal.dag_entries e \
-                 LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
-                 WHERE e.grp = $1 ORDER BY e.node_id DESC LIMIT $2"
-            ),
-            None,
-            &[group.num.into(), max_entries.max(0).into()],
-        )?;
+        let sql = format!(
+            "SELECT e.hash, {}, {}, coalesce(j.status, 'ok'), j.reason FROM causal.dag_entries e \
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
+             WHERE e.grp = $1 ORDER BY e.node_id DESC LIMIT $2",
+            entry_row::prev_hashes_sql(),
+            entry_row::payload_sql()
+        );
+        let rows = client.select(&sql, None, &[group.num.into(), max_entries.max(0).into()])?;
         for r in rows {
             let payload = r.get::<String>(3)?.unwrap_or_default();
             let decoded = causal_core::json::parse(&payload).ok().and_then(|v| SignedPayload::from_owned(v).ok());
@@ -111,17 +108,14 @@ fn log(
 fn entry(hash: &str) -> Option<JsonB> {
     let f = "causal.entry";
     let row = Spi::connect(|client| {
-        let mut rows = client.select(
-            concat!(
-                "SELECT g.group_id, ",
-                prev_hashes!(),
-                ", e.payload, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
-                 FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
-                 LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id WHERE e.hash = $1"
-            ),
-            Some(1),
-            &[hash.into()],
-        )?;
+        let sql = format!(
+            "SELECT g.group_id, {}, {}, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
+             FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id WHERE e.hash = $1",
+            entry_row::prev_hashes_sql(),
+            entry_row::payload_sql()
+        );
+        let mut rows = client.select(&sql, Some(1), &[hash.into()])?;
         match rows.next() {
             None => Ok::<_, pgrx::spi::Error>(None),
             Some(r) => Ok(Some((
@@ -216,15 +210,12 @@ fn verify(grp: &str) -> bool {
     let dag = group.dag();
     let mut rows = Vec::new();
     Spi::connect(|client| {
-        let table = client.select(
-            concat!(
-                "SELECT e.hash, ",
-                prev_hashes!(),
-                ", e.payload FROM causal.dag_entries e WHERE e.grp = $1 ORDER BY e.node_id"
-            ),
-            None,
-            &[group.num.into()],
-        )?;
+        let sql = format!(
+            "SELECT e.hash, {}, {} FROM causal.dag_entries e WHERE e.grp = $1 ORDER BY e.node_id",
+            entry_row::prev_hashes_sql(),
+            entry_row::payload_sql()
+        );
+        let table = client.select(&sql, None, &[group.num.into()])?;
         for r in table {
             rows.push((
                 r.get::<String>(1)?.unwrap_or_default(),

@@ -11,8 +11,8 @@ use causal_core::dag::{ChainId, Seq};
 use causal_core::identity::PublicKey;
 use causal_core::{EntryHash, GroupId};
 
+use crate::catalog::entry_row;
 use crate::catalog::group::Group;
-use crate::catalog::store::prev_hashes;
 use crate::error::{CausalError, OrReport};
 use crate::pg::spi::get_opt;
 
@@ -151,19 +151,20 @@ fn entries_by_hash(
     hashes: &[String],
     with_payloads: bool,
 ) -> Result<std::collections::HashMap<String, StoredEntry>, CausalError> {
+    // One index lookup per hash: `hash = ANY($2)` under a generic plan made on stale
+    // statistics scanned the whole group instead. `OFFSET 0` keeps the LATERAL subquery a
+    // per-row probe; without it the subquery is pulled up into a join, which such a plan can
+    // run as a scan too.
+    let sql = format!(
+        "SELECT e.hash, {}, {}, CASE WHEN $3 THEN {} END \
+         FROM (SELECT grp FROM causal.group_defs WHERE group_id = $1) g CROSS JOIN unnest($2::text[]) AS h(hash) \
+         CROSS JOIN LATERAL (SELECT * FROM causal.dag_entries WHERE grp = g.grp AND hash = h.hash OFFSET 0) e",
+        entry_row::prev_hashes_sql(),
+        entry_row::payload_hash_sql(),
+        entry_row::payload_sql()
+    );
     let rows = crate::pg::spi::run_prepared(
-        // One index lookup per hash: `hash = ANY($2)` under a generic plan made on stale
-        // statistics scanned the whole group instead. `OFFSET 0` keeps the LATERAL subquery a
-        // per-row probe; without it the subquery is pulled up into a join, which such a plan
-        // can run as a scan too.
-        concat!(
-            "SELECT e.hash, ",
-            prev_hashes!(),
-            ", e.payload_hash, CASE WHEN $3 THEN e.payload END \
-             FROM (SELECT grp FROM causal.group_defs WHERE group_id = $1) g CROSS JOIN unnest($2::text[]) AS h(hash) \
-             CROSS JOIN LATERAL (SELECT grp, hash, preds, payload_hash, payload FROM causal.dag_entries \
-             WHERE grp = g.grp AND hash = h.hash OFFSET 0) e"
-        ),
+        &sql,
         &[group_id.into(), hashes.to_vec().into(), with_payloads.into()],
         false,
         stored_entries,
@@ -203,16 +204,18 @@ fn entries_by_position(
     with_payloads: bool,
 ) -> Result<std::collections::HashMap<String, StoredEntry>, CausalError> {
     let (chains, from, to) = chain_runs(positions);
+    // `OFFSET 0` keeps each range a probe of the (grp, chain, seq) index (see above).
+    let sql = format!(
+        "SELECT e.hash, {}, {}, CASE WHEN $5 THEN {} END \
+         FROM unnest($2::int[], $3::int[], $4::int[]) AS r(chain, lo, hi) \
+         CROSS JOIN LATERAL (SELECT * FROM causal.dag_entries \
+         WHERE grp = $1 AND chain = r.chain AND seq BETWEEN r.lo AND r.hi OFFSET 0) e",
+        entry_row::prev_hashes_sql(),
+        entry_row::payload_hash_sql(),
+        entry_row::payload_sql()
+    );
     let rows = crate::pg::spi::run_prepared(
-        // `OFFSET 0` keeps each range a probe of the (grp, chain, seq) index (see above).
-        concat!(
-            "SELECT e.hash, ",
-            prev_hashes!(),
-            ", e.payload_hash, CASE WHEN $5 THEN e.payload END \
-             FROM unnest($2::int[], $3::int[], $4::int[]) AS r(chain, lo, hi) \
-             CROSS JOIN LATERAL (SELECT grp, hash, preds, payload_hash, payload FROM causal.dag_entries \
-             WHERE grp = $1 AND chain = r.chain AND seq BETWEEN r.lo AND r.hi OFFSET 0) e"
-        ),
+        &sql,
         &[group.num.into(), chains.into(), from.into(), to.into(), with_payloads.into()],
         false,
         stored_entries,

@@ -20,9 +20,10 @@ fn entry_row(hash: &str) -> Result<Option<EntryRow>, CausalError> {
     Ok(Spi::connect(|client| {
         // A catalog not upgraded yet has no `cause` column (catalog::shape).
         let cause = if crate::catalog::shape::journal_has_cause() { "j.cause" } else { "NULL::jsonb" };
+        let payload = crate::catalog::entry_row::payload_sql();
         let mut rows = client.select(
             &format!(
-                "SELECT g.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, e.payload, {cause} \
+                "SELECT g.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, {payload}, {cause} \
                  FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
                  LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
                  WHERE e.hash = $1"

@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(frontier, vec![id.clone()]);
 
         // The stored genesis verifies: its hash, its signature, and its admin is the node.
-        let payload = Spi::get_one::<String>("SELECT payload FROM causal.dag_entries").unwrap().unwrap();
+        let payload = Spi::get_one::<String>("SELECT payload FROM causal.entries").unwrap().unwrap();
         let value = causal_core::json::parse(&payload).unwrap();
         let entry = causal_core::Entry::new(
             causal_core::HashAlgorithm::Blake3,

@@ -55,3 +55,8 @@ pub fn dag_entries_have_prev() -> bool {
 pub fn has_fresh_row_sets() -> bool {
     relation(c"fresh_rows").is_some()
 }
+
+/// Whether entry rows are packed (`dag_entries.links`, 0.2.0; see `entry_row`).
+pub fn dag_entries_packed() -> bool {
+    has_column(c"dag_entries", c"links")
+}

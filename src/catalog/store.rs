@@ -11,14 +11,16 @@ use std::rc::Rc;
 use pgrx::pg_sys;
 use pgrx::spi;
 
-use causal_core::dag::{ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
+use causal_core::dag::{links, ChainId, Clock, DagStore, MetaTag, Node, NodeId, Seq, StoreError};
 use causal_core::entry::{EncodedEntry, Entry, Header, Meta};
+use causal_core::hash::Hash;
 use causal_core::membership::{MEMBER_TAG, RULE_TAG, SCHEMA_TAG};
 use causal_core::EntryHash;
 // The caches' maps hash node ids and entry hashes with foldhash (lookups by hash with SipHash
 // were 9% of the engine's time in an import).
 use causal_core::{FastMap, FastSet};
 
+use super::entry_row;
 use crate::pg::direct::{Cell, Inserter};
 use crate::pg::spi::{exec_prepared, get_prepared, run_prepared};
 
@@ -61,8 +63,9 @@ thread_local! {
 /// Forgets the nodes that undone work stored (all cached nodes when a transaction aborts).
 /// The caches are changed in place, since a store may still hold one.
 pub fn forget(undone: crate::pg::xact::Undone) {
-    // Undone work may have raised an authority version.
+    // Undone work may have raised an authority version, or numbered an author.
     super::authority_version::forget();
+    entry_row::forget_authors();
     if undone != crate::pg::xact::Undone::Transaction {
         CACHES.with(|c| {
             for cache in c.borrow().values() {
@@ -131,10 +134,15 @@ struct PendingRows {
     /// The predecessors' hashes, written only into a catalog not upgraded yet, whose entry
     /// rows still have them (`shape::dag_entries_have_prev`).
     prev: Vec<Vec<EntryHash>>,
+    /// The payload text as stored, and the author's number when taken out of it
+    /// (`entry_row::stored_payload`).
     payload: Vec<String>,
-    payload_hash: Vec<String>,
+    author: Vec<Option<i32>>,
+    payload_hash: Vec<Hash>,
     chain: Vec<i32>,
     seq: Vec<i32>,
+    /// Packed predecessors and clock (0.2.0), or both as arrays (0.1.0).
+    links: Vec<Vec<u8>>,
     preds: Vec<Vec<i32>>,
     clock: Vec<Vec<i32>>,
     tag: Vec<String>,
@@ -142,11 +150,51 @@ struct PendingRows {
     tag_seq: Vec<i32>,
 }
 
-/// A node's row: `node_id, hash, chain, seq, preds, clock`, the columns both node reads select.
-type NodeRow = (Option<i32>, Option<String>, Option<i32>, Option<i32>, Option<Vec<i32>>, Option<Vec<i32>>);
+/// The columns a node read selects, in the catalog at hand: `node_id, hash, chain, seq` and
+/// the packed `links`, or `preds, clock` in a 0.1.0 catalog.
+fn node_columns() -> &'static str {
+    if entry_row::packed() {
+        "node_id, hash, chain, seq, links"
+    } else {
+        "node_id, hash, chain, seq, preds, clock"
+    }
+}
+
+/// The columns of [`node_columns`], as read.
+struct NodeRow {
+    id: Option<i32>,
+    hash: Option<String>,
+    chain: Option<i32>,
+    seq: Option<i32>,
+    links: Result<(Vec<NodeId>, Clock), String>,
+}
+
+/// How many columns [`node_columns`] selects.
+fn node_column_count() -> usize {
+    if entry_row::packed() {
+        5
+    } else {
+        6
+    }
+}
 
 fn node_row(r: &spi::SpiHeapTupleData<'_>) -> Result<NodeRow, spi::Error> {
-    Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+    let id: Option<i32> = r.get(1)?;
+    let links = if entry_row::packed() {
+        match (id, r.get::<&[u8]>(5)?) {
+            (Some(id), Some(bytes)) => entry_row::unpack_links(id, bytes).map_err(|e| e.to_string()),
+            _ => Err("no links".to_string()),
+        }
+    } else {
+        match (r.get::<Vec<i32>>(5)?, r.get::<Vec<i32>>(6)?) {
+            (Some(preds), Some(clock)) => Ok((
+                preds.into_iter().map(|p| NodeId(p as u32)).collect(),
+                Clock(clock.into_iter().map(|s| s as u32).collect()),
+            )),
+            _ => Err("no predecessors or clock".to_string()),
+        }
+    };
+    Ok(NodeRow { id, hash: r.get(2)?, chain: r.get(3)?, seq: r.get(4)?, links })
 }
 
 fn backend(e: spi::Error) -> StoreError {
@@ -345,7 +393,7 @@ impl SpiStore {
             return Ok(());
         }
         self.flush()?;
-        let rows = run_prepared(NODES_BY_IDS, &[self.num.into(), missing.into()], false, |rows| {
+        let rows = run_prepared(&nodes_by_ids_sql(), &[self.num.into(), missing.into()], false, |rows| {
             rows.map(|r| node_row(&r)).collect::<Result<Vec<_>, spi::Error>>()
         })
         .map_err(backend)?;
@@ -361,19 +409,25 @@ impl SpiStore {
     /// both for each page of entries, which took a statement for each before.
     pub fn nodes_with_payloads(&self, from: NodeId, to: NodeId) -> Result<Vec<(Rc<Node>, String)>, StoreError> {
         self.flush()?;
-        let rows = run_prepared(
-            "SELECT node_id, hash, chain, seq, preds, clock, payload FROM causal.dag_entries \
+        // The payload and its author's number after the node's columns.
+        let n = node_column_count();
+        let sql = format!(
+            "SELECT {}, payload, {} FROM causal.dag_entries \
              WHERE grp = $1 AND node_id >= $2 AND node_id < $3 ORDER BY node_id",
-            &[self.num.into(), to_i32(from)?.into(), to_i32(to)?.into()],
-            false,
-            |rows| rows.map(|r| Ok((node_row(&r)?, r.get::<String>(7)?))).collect::<Result<Vec<_>, spi::Error>>(),
-        )
+            node_columns(),
+            if entry_row::packed() { "author" } else { "NULL::int4" }
+        );
+        let rows = run_prepared(&sql, &[self.num.into(), to_i32(from)?.into(), to_i32(to)?.into()], false, |rows| {
+            rows.map(|r| Ok((node_row(&r)?, r.get::<String>(n + 1)?, r.get::<i32>(n + 2)?)))
+                .collect::<Result<Vec<_>, spi::Error>>()
+        })
         .map_err(backend)?;
         let mut out = Vec::with_capacity(rows.len());
-        for (row, payload) in rows {
+        for (row, payload, author) in rows {
             let (id, node) = self.node_from_row(row)?;
             let payload =
                 payload.ok_or_else(|| corrupt(format!("entry {id} of group {} has no payload", self.group)))?;
+            let payload = entry_row::payload_text(author, payload).map_err(|e| StoreError::Backend(Box::new(e)))?;
             out.push((self.remember(id, node), payload));
         }
         Ok(out)
@@ -386,9 +440,12 @@ impl SpiStore {
             return Ok(Vec::new());
         }
         self.flush()?;
+        let sql = format!(
+            "SELECT {} FROM causal.dag_entries WHERE grp = $1 AND chain = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq",
+            node_columns()
+        );
         let rows = run_prepared(
-            "SELECT node_id, hash, chain, seq, preds, clock FROM causal.dag_entries \
-             WHERE grp = $1 AND chain = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq",
+            &sql,
             &[self.num.into(), to_i32(chain)?.into(), to_i32(lo)?.into(), to_i32(hi)?.into()],
             false,
             |rows| rows.map(|r| node_row(&r)).collect::<Result<Vec<_>, spi::Error>>(),
@@ -405,16 +462,17 @@ impl SpiStore {
 
     /// A node read with [`node_row`], checked.
     fn node_from_row(&self, row: NodeRow) -> Result<(NodeId, Node), StoreError> {
-        let (Some(id), Some(hash), Some(chain), Some(seq), Some(preds), Some(clock)) = row else {
+        let NodeRow { id: Some(id), hash: Some(hash), chain: Some(chain), seq: Some(seq), links } = row else {
             return Err(corrupt(format!("a node of group {} has a null column", self.group)));
         };
+        let (preds, clock) = links.map_err(|e| corrupt(format!("node {id} of group {}: {e}", self.group)))?;
         let id = to_u32(id)?;
         let node = Node {
             hash: hash.parse().map_err(|_| corrupt(format!("node {id} has a bad hash")))?,
             chain: to_u32(chain)?,
             seq: to_u32(seq)?,
-            preds: to_u32s(preds)?,
-            clock: Clock(to_u32s(clock)?),
+            preds,
+            clock,
         };
         Ok((id, node))
     }
@@ -548,24 +606,29 @@ impl SpiStore {
 }
 
 /// The nodes of group `$1` with the node ids `$2`: one scan of the primary key for all of them.
-const NODES_BY_IDS: &str =
-    "SELECT node_id, hash, chain, seq, preds, clock FROM causal.dag_entries WHERE grp = $1 AND node_id = ANY($2)";
+fn nodes_by_ids_sql() -> String {
+    format!("SELECT {} FROM causal.dag_entries WHERE grp = $1 AND node_id = ANY($2)", node_columns())
+}
 
 /// An entry's node id by its hash (`$1` the group's number, `$2` the hash).
 const NODE_ID_BY_HASH: &str = "SELECT node_id FROM causal.dag_entries WHERE hash = $2 AND grp + 0 = $1";
 
-/// The predecessors' hashes of the entry row aliased `e`, as `text[]` (in no particular
-/// order): rows keep their predecessors as node ids (`preds`) only, and this reads their
-/// hashes by the primary key.
-macro_rules! prev_hashes {
-    () => {
-        "ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY (e.preds))"
-    };
-}
-pub(crate) use prev_hashes;
-
 /// The columns of `causal.dag_entries`, in table order.
 pub(crate) const ENTRY_COLUMNS: &[(&str, pg_sys::Oid)] = &[
+    ("grp", pg_sys::INT4OID),
+    ("node_id", pg_sys::INT4OID),
+    ("chain", pg_sys::INT4OID),
+    ("seq", pg_sys::INT4OID),
+    ("received_at", pg_sys::TIMESTAMPTZOID),
+    ("author", pg_sys::INT4OID),
+    ("hash", pg_sys::TEXTOID),
+    ("payload_hash", pg_sys::BYTEAOID),
+    ("links", pg_sys::BYTEAOID),
+    ("payload", pg_sys::TEXTOID),
+];
+
+/// The columns of `causal.dag_entries` in a 0.1.0 catalog, in table order.
+const ENTRY_COLUMNS_0_1: &[(&str, pg_sys::Oid)] = &[
     ("grp", pg_sys::INT4OID),
     ("node_id", pg_sys::INT4OID),
     ("hash", pg_sys::TEXTOID),
@@ -581,21 +644,41 @@ pub(crate) const ENTRY_COLUMNS: &[(&str, pg_sys::Oid)] = &[
 /// Inserts entry rows without SQL (see `direct.rs`): for a local commit's single entry and
 /// for an import's thousands alike.
 fn write_entry_rows(grp: i32, p: &PendingRows) -> Result<(), crate::error::CausalError> {
-    // A catalog not upgraded yet has `prev` after `hash`.
+    if entry_row::packed() {
+        let mut rows = Inserter::open("dag_entries", ENTRY_COLUMNS)?;
+        for i in 0..p.node_id.len() {
+            rows.push(&[
+                Cell::Int4(grp),
+                Cell::Int4(p.node_id[i]),
+                Cell::Int4(p.chain[i]),
+                Cell::Int4(p.seq[i]),
+                Cell::Now,
+                p.author[i].map_or(Cell::Null(pg_sys::INT4OID), Cell::Int4),
+                Cell::Text(&p.hash[i]),
+                Cell::Bytea(p.payload_hash[i].as_bytes()),
+                Cell::Bytea(&p.links[i]),
+                Cell::Text(&p.payload[i]),
+            ])?;
+        }
+        rows.finish();
+        return Ok(());
+    }
+    // A 0.1.0 catalog; one not upgraded from before has `prev` after `hash`.
     let prev: Option<Vec<Vec<String>>> = crate::catalog::shape::dag_entries_have_prev()
         .then(|| p.prev.iter().map(|hashes| hashes.iter().map(EntryHash::to_b64).collect()).collect());
-    let mut columns = ENTRY_COLUMNS.to_vec();
+    let mut columns = ENTRY_COLUMNS_0_1.to_vec();
     if prev.is_some() {
         columns.insert(3, ("prev", pg_sys::TEXTARRAYOID));
     }
     let mut rows = Inserter::open("dag_entries", &columns)?;
     for i in 0..p.node_id.len() {
+        let payload_hash = p.payload_hash[i].to_b64();
         let mut cells = vec![
             Cell::Int4(grp),
             Cell::Int4(p.node_id[i]),
             Cell::Text(&p.hash[i]),
             Cell::Text(&p.payload[i]),
-            Cell::Text(&p.payload_hash[i]),
+            Cell::Text(&payload_hash),
             Cell::Int4(p.chain[i]),
             Cell::Int4(p.seq[i]),
             Cell::Int4Array(&p.preds[i]),
@@ -643,12 +726,10 @@ impl DagStore for SpiStore {
         if let Some(n) = self.cache.borrow().nodes.get(&id).cloned() {
             return Ok(n);
         }
-        let row = run_prepared(
-            "SELECT node_id, hash, chain, seq, preds, clock FROM causal.dag_entries WHERE grp = $1 AND node_id = $2",
-            &[self.num.into(), to_i32(id)?.into()],
-            false,
-            |mut rows| rows.next().map(|r| node_row(&r)).transpose(),
-        )
+        let sql = format!("SELECT {} FROM causal.dag_entries WHERE grp = $1 AND node_id = $2", node_columns());
+        let row = run_prepared(&sql, &[self.num.into(), to_i32(id)?.into()], false, |mut rows| {
+            rows.next().map(|r| node_row(&r)).transpose()
+        })
         .map_err(backend)?;
         let Some(row) = row else {
             return Err(corrupt(format!("node {id} of group {} is missing", self.group)));
@@ -666,27 +747,24 @@ impl DagStore for SpiStore {
         if pending_from.is_some_and(|first| i64::from(id.0) >= i64::from(first)) {
             self.flush()?;
         }
-        let row = run_prepared(
-            concat!(
-                "SELECT hash, ",
-                prev_hashes!(),
-                ", payload, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
-                   WHERE t.grp = e.grp AND t.chain = e.chain AND t.seq = e.seq), '{}'), payload_hash \
-                 FROM causal.dag_entries e WHERE grp = $1 AND node_id = $2"
-            ),
-            &[self.num.into(), to_i32(id)?.into()],
-            false,
-            |mut rows| match rows.next() {
-                None => Ok(None),
-                Some(r) => Ok(Some((
-                    r.get::<String>(1)?,
-                    r.get::<Vec<String>>(2)?,
-                    r.get::<String>(3)?,
-                    r.get::<Vec<String>>(4)?,
-                    r.get::<String>(5)?,
-                ))),
-            },
-        )
+        let sql = format!(
+            "SELECT hash, {}, {}, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
+               WHERE t.grp = e.grp AND t.chain = e.chain AND t.seq = e.seq), '{{}}'), {} \
+             FROM causal.dag_entries e WHERE grp = $1 AND node_id = $2",
+            entry_row::prev_hashes_sql(),
+            entry_row::payload_sql(),
+            entry_row::payload_hash_sql()
+        );
+        let row = run_prepared(&sql, &[self.num.into(), to_i32(id)?.into()], false, |mut rows| match rows.next() {
+            None => Ok(None),
+            Some(r) => Ok(Some((
+                r.get::<String>(1)?,
+                r.get::<Vec<String>>(2)?,
+                r.get::<String>(3)?,
+                r.get::<Vec<String>>(4)?,
+                r.get::<String>(5)?,
+            ))),
+        })
         .map_err(backend)?;
         let Some((Some(hash), Some(prev), Some(payload), tags, Some(payload_hash))) = row else {
             return Err(corrupt(format!("entry {id} of group {} is missing", self.group)));
@@ -807,12 +885,18 @@ impl SpiStore {
             p.node_id.push(to_i32(id)?);
             p.hash.push(node.hash.to_b64());
             p.prev.push(header.prev.iter().copied().collect());
+            let (author, payload) = entry_row::stored_payload(payload).map_err(|e| StoreError::Backend(Box::new(e)))?;
             p.payload.push(payload);
-            p.payload_hash.push(header.payload_hash.to_b64());
+            p.author.push(author);
+            p.payload_hash.push(header.payload_hash);
             p.chain.push(to_i32(node.chain)?);
             p.seq.push(to_i32(node.seq)?);
-            p.preds.push(to_i32s(&node.preds)?);
-            p.clock.push(to_i32s(&node.clock.0)?);
+            if entry_row::packed() {
+                p.links.push(links::pack(id, &node.preds, &node.clock).map_err(|e| corrupt(e.to_string()))?);
+            } else {
+                p.preds.push(to_i32s(&node.preds)?);
+                p.clock.push(to_i32s(&node.clock.0)?);
+            }
             for tag in tags {
                 p.tag.push(tag);
                 p.tag_chain.push(to_i32(node.chain)?);

@@ -13,8 +13,8 @@ mod tests {
     /// table without statistics.
     fn fill_group_one() {
         Spi::run(
-            "INSERT INTO causal.dag_entries (grp, node_id, hash, payload, payload_hash, chain, seq, preds, clock) \
-             SELECT 1, i, 'h' || i, '{}', 'p', 0, i, '{}', '{}' FROM generate_series(0, 19999) i",
+            "INSERT INTO causal.dag_entries (grp, node_id, hash, payload, payload_hash, chain, seq, links) \
+             SELECT 1, i, 'h' || i, '{}', 'p', 0, i, '\\x0000' FROM generate_series(0, 19999) i",
         )
         .unwrap();
     }
@@ -63,10 +63,11 @@ mod tests {
     #[pg_test]
     fn nodes_by_id_are_read_through_the_primary_key() {
         fill_group_one();
-        let plan = crate::testing::generic_plan("by_ids", "int, int[]", super::super::NODES_BY_IDS, "1, '{7, 77}'");
+        let plan =
+            crate::testing::generic_plan("by_ids", "int, int[]", &super::super::nodes_by_ids_sql(), "1, '{7, 77}'");
         assert!(plan.contains("dag_entries_pkey") && !plan.contains("Seq Scan on dag_entries"), "{plan}");
         Spi::run("DEALLOCATE by_ids").unwrap();
-        let sql = super::super::NODES_BY_IDS.replace("$1", "1").replace("$2", "'{7, 77, 20000}'");
+        let sql = super::super::nodes_by_ids_sql().replace("$1", "1").replace("$2", "'{7, 77, 20000}'");
         let ids =
             Spi::get_one::<String>(&format!("SELECT string_agg(node_id::text, ',' ORDER BY node_id) FROM ({sql}) x"));
         assert_eq!(ids.unwrap().as_deref(), Some("7,77"));

@@ -169,14 +169,15 @@ pub(super) fn known_keys(group_id: &str, entries: &[WireEntry]) -> Result<HashMa
         }
     }
     let mut keys = HashMap::new();
-    let stored: Vec<Option<String>> = crate::pg::spi::run_prepared(
-        "SELECT DISTINCT e.payload FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
+    let sql = format!(
+        "SELECT DISTINCT {} FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
          ON e.grp = t.grp AND e.chain = t.chain AND e.seq = t.seq \
          WHERE t.grp = (SELECT grp FROM causal.group_defs WHERE group_id = $1) AND t.tag = 'member'",
-        &[group_id.into()],
-        false,
-        |rows| rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>(),
-    )?;
+        crate::catalog::entry_row::payload_sql()
+    );
+    let stored: Vec<Option<String>> = crate::pg::spi::run_prepared(&sql, &[group_id.into()], false, |rows| {
+        rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>()
+    })?;
     for text in stored.into_iter().flatten() {
         if let Ok(v) = serde_json::from_str::<Value>(&text) {
             collect(&v, &mut keys);

@@ -41,6 +41,7 @@ pub enum Cell<'a> {
     Text(&'a str),
     TextArray(&'a [String]),
     Int4Array(&'a [i32]),
+    Bytea(&'a [u8]),
     /// A `jsonb` value, built from the JSON value without a text form (see [`jsonb_datum`]).
     Jsonb(&'a serde_json::Value),
     /// A `jsonb` object, built from its members likewise.
@@ -61,6 +62,7 @@ impl Cell<'_> {
             Cell::Text(_) => pg_sys::TEXTOID,
             Cell::TextArray(_) => pg_sys::TEXTARRAYOID,
             Cell::Int4Array(_) => pg_sys::INT4ARRAYOID,
+            Cell::Bytea(_) => pg_sys::BYTEAOID,
             Cell::Jsonb(_) | Cell::JsonbObject(_) => pg_sys::JSONBOID,
             Cell::Now => pg_sys::TIMESTAMPTZOID,
             Cell::Input(_) => pg_sys::InvalidOid,
@@ -76,6 +78,7 @@ impl Cell<'_> {
             Cell::Text(s) => (*s).into_datum(),
             Cell::TextArray(v) => v.iter().map(String::as_str).collect::<Vec<&str>>().into_datum(),
             Cell::Int4Array(v) => v.to_vec().into_datum(),
+            Cell::Bytea(v) => (*v).into_datum(),
             // SAFETY: builds a datum in the current memory context from the value alone.
             Cell::Jsonb(v) => Some(unsafe { jsonb_datum(v)? }),
             // SAFETY: as for `Jsonb`.

@@ -19,6 +19,7 @@ use causal_core::reconcile::derived_values::{derive_values, PayloadRows};
 use causal_core::reconcile::Authority;
 
 use super::*;
+use crate::catalog::entry_row;
 
 /// Decoded payloads kept by one replica (one run, or one pass of `causal.verify`): the rows
 /// of a bulk entry share one. Beyond this many, those the next read does not need are dropped.
@@ -61,16 +62,19 @@ impl Payloads {
                 None => return Err(ReconcileError::Dag(causal_core::DagError::UnknownEntry(*h))),
             }
         }
-        let texts: Vec<(Option<String>, Option<String>)> = run_prepared(
-            "SELECT hash, payload FROM causal.dag_entries WHERE grp = $1 AND node_id = ANY ($2)",
-            &[replica.num.into(), ids.into()],
-            false,
-            |t| t.map(|r| Ok((r.get::<String>(1)?, r.get::<String>(2)?))).collect(),
-        )
-        .map_err(store_err)?;
-        for (hash, text) in texts {
+        let sql = format!(
+            "SELECT e.hash, e.payload, {} FROM causal.dag_entries e WHERE e.grp = $1 AND e.node_id = ANY ($2)",
+            entry_row::author_sql()
+        );
+        let texts: Vec<(Option<String>, Option<String>, Option<i32>)> =
+            run_prepared(&sql, &[replica.num.into(), ids.into()], false, |t| {
+                t.map(|r| Ok((r.get::<String>(1)?, r.get::<String>(2)?, r.get::<i32>(3)?))).collect()
+            })
+            .map_err(store_err)?;
+        for (hash, text, author) in texts {
             let (Some(hash), Some(text)) = (hash, text) else { continue };
             let h = parse_hash(&hash)?;
+            let text = entry_row::payload_text(author, text).map_err(store_err)?;
             let payload = super::placement::decode_payload(&replica.group, &h, &text).map_err(store_err)?;
             self.kept.insert(h, Rc::new(PayloadRows::new(payload, auth)));
         }

@@ -416,12 +416,13 @@ impl SpiReplica {
             if !self.local.contains(h) || j.verdict.is_ok() || !changes.first_placed.contains(h) {
                 continue;
             }
-            let payload = run_prepared(
-                "SELECT payload FROM causal.dag_entries WHERE hash = $2 AND grp + 0 = $1",
-                &[self.num.into(), h.to_b64().into()],
-                false,
-                |mut rows| rows.next().map(|r| r.get::<String>(1)).transpose().map(Option::flatten),
-            )
+            let sql = format!(
+                "SELECT {} FROM causal.dag_entries e WHERE e.hash = $2 AND e.grp + 0 = $1",
+                crate::catalog::entry_row::payload_sql()
+            );
+            let payload = run_prepared(&sql, &[self.num.into(), h.to_b64().into()], false, |mut rows| {
+                rows.next().map(|r| r.get::<String>(1)).transpose().map(Option::flatten)
+            })
             .map_err(store_err)?
             .ok_or_else(|| ReconcileError::Corrupt(format!("local entry {h} is not stored")))?;
             let value = causal_core::json::parse(&payload).map_err(store_err)?;

@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(stored(), r#"0 ["A"],["C"]"#);
         let inserter = |sku: &str| {
             one(&format!(
-                "SELECT e.payload::jsonb -> 'ops' -> 0 -> 'row' ->> 'name' FROM causal.placed_rows p                  JOIN causal.dag_entries e ON e.grp = p.grp AND e.node_id = (p.meta ->> 'i')::int                  WHERE p.key = '[\"{sku}\"]'"
+                "SELECT e.payload::jsonb -> 'ops' -> 0 -> 'row' ->> 'name' FROM causal.placed_rows p                  JOIN causal.entries e ON e.grp = p.grp AND e.node_id = (p.meta ->> 'i')::int                  WHERE p.key = '[\"{sku}\"]'"
             ))
         };
         assert_eq!(inserter("C"), "c");

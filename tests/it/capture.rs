@@ -28,9 +28,7 @@ fn newest(db: &mut Client) -> (String, Vec<String>, serde_json::Value) {
     db.batch_execute("SELECT causal.catch_up()").unwrap();
     let row = db
         .query_one(
-            &format!(
-                "SELECT e.hash, {ENTRY_PREV}, e.payload FROM causal.dag_entries e ORDER BY e.node_id DESC LIMIT 1"
-            ),
+            &format!("SELECT e.hash, {ENTRY_PREV}, e.payload FROM causal.entries e ORDER BY e.node_id DESC LIMIT 1"),
             &[],
         )
         .unwrap();
@@ -85,7 +83,7 @@ fn one_signed_entry_per_committed_transaction() {
     let (pk, _) = node_identity(&mut db);
     let pk = PublicKey::from_b64(&pk).unwrap();
     let rows = db
-        .query(&format!("SELECT e.hash, {ENTRY_PREV}, e.payload FROM causal.dag_entries e ORDER BY e.node_id"), &[])
+        .query(&format!("SELECT e.hash, {ENTRY_PREV}, e.payload FROM causal.entries e ORDER BY e.node_id"), &[])
         .unwrap();
     for pair in rows.windows(2) {
         let prev: Vec<String> = pair[1].get(1);
@@ -113,9 +111,7 @@ fn concurrent_transactions_get_entries_in_commit_order() {
     a.batch_execute("SELECT causal.catch_up()").unwrap();
     let rows = a
         .query(
-            &format!(
-                "SELECT e.hash, {ENTRY_PREV}, e.payload FROM causal.dag_entries e ORDER BY e.node_id DESC LIMIT 2"
-            ),
+            &format!("SELECT e.hash, {ENTRY_PREV}, e.payload FROM causal.entries e ORDER BY e.node_id DESC LIMIT 2"),
             &[],
         )
         .unwrap();
@@ -437,7 +433,7 @@ fn a_sealing_run_signs_each_authors_last_entry_only() {
             .unwrap();
     }
     assert_eq!(count(&mut db), base + 10);
-    let rows = db.query("SELECT payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 10", &[]).unwrap();
+    let rows = db.query("SELECT payload FROM causal.entries ORDER BY node_id DESC LIMIT 10", &[]).unwrap();
     let mut signed: Vec<bool> = rows
         .iter()
         .map(|r| causal_core::json::parse(&r.get::<_, String>(0)).unwrap().get("signature").is_some())
@@ -545,7 +541,7 @@ fn a_backlog_larger_than_a_sealing_batch_is_sealed_in_one_pass() {
     }
     assert_eq!(count(&mut db), base + 6);
     let rows: Vec<i64> = db
-        .query("SELECT jsonb_array_length(payload::jsonb -> 'ops')::bigint FROM causal.dag_entries ORDER BY node_id DESC LIMIT 6", &[])
+        .query("SELECT jsonb_array_length(payload::jsonb -> 'ops')::bigint FROM causal.entries ORDER BY node_id DESC LIMIT 6", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -804,7 +800,7 @@ fn a_transaction_spilled_while_another_session_seals_is_sealed_whole() {
     assert_eq!(count(&mut db), base + 1);
     let ops: i64 = db
         .query_one(
-            "SELECT jsonb_array_length(payload::jsonb -> 'ops')::bigint FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1",
+            "SELECT jsonb_array_length(payload::jsonb -> 'ops')::bigint FROM causal.entries ORDER BY node_id DESC LIMIT 1",
             &[],
         )
         .unwrap()

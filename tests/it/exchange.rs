@@ -467,7 +467,7 @@ fn an_import_after_writes_to_the_group_in_the_same_transaction_is_refused() {
     tx.commit().unwrap();
     b.batch_execute("SELECT causal.catch_up()").unwrap();
     let prev: Vec<String> = b
-        .query_one(&format!("SELECT {ENTRY_PREV} FROM causal.dag_entries e ORDER BY e.node_id DESC LIMIT 1"), &[])
+        .query_one(&format!("SELECT {ENTRY_PREV} FROM causal.entries e ORDER BY e.node_id DESC LIMIT 1"), &[])
         .unwrap()
         .get(0);
     assert_eq!(prev, z_hash, "the local entry follows the imported one");

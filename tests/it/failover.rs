@@ -94,7 +94,7 @@ fn a_promoted_standby_seals_what_the_lost_slot_never_decoded() {
     assert_eq!(r.get::<_, Option<i64>>(1), Some(3));
     assert!(standby.log().contains("sealed from the tables"), "no report in the log");
     assert_eq!(entries(&mut s), sealed_entries + 1);
-    let row = s.query_one("SELECT payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap();
+    let row = s.query_one("SELECT payload FROM causal.entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap();
     let payload = causal_core::json::parse(&row.get::<_, String>(0)).unwrap();
     let (_, node_key) = causal_integration::node_identity(&mut s);
     assert_eq!(payload["author"], node_key.as_str());

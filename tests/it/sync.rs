@@ -499,7 +499,7 @@ fn a_malicious_peer_is_banned_and_the_honest_nodes_converge() {
     a.db.batch_execute("SELECT causal.catch_up()").unwrap();
     // A's latest entry, re-attached to the genesis: hashes recomputed, so only the signature
     // (bound to the original position) gives it away.
-    let row = a.db.query_one("SELECT payload FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap();
+    let row = a.db.query_one("SELECT payload FROM causal.entries ORDER BY node_id DESC LIMIT 1", &[]).unwrap();
     let payload = causal_core::json::parse(&row.get::<_, String>(0)).unwrap();
     let genesis: causal_core::EntryHash = g.parse().unwrap();
     let forged =

@@ -245,8 +245,8 @@ impl Drop for Cluster {
     }
 }
 
-/// SQL for the predecessors' hashes of the `causal.dag_entries` row aliased `e`: entry rows
-/// keep their predecessors as node ids (`preds`) only.
+/// SQL for the predecessors' hashes of the `causal.entries` row aliased `e`: entry rows keep
+/// their predecessors as node ids (`preds`) only.
 pub const ENTRY_PREV: &str =
     "ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY (e.preds))";
 

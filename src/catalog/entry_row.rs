@@ -1,0 +1,198 @@
+//! The row of an entry (`causal.dag_entries`) and how SQL reads it in either catalog.
+//!
+//! Since 0.2.0 a row keeps its predecessors and clock packed in `links`
+//! ([`causal_core::dag::links`]), its payload hash as bytes, and its payload text without the
+//! author's key when the text starts with one ([`causal_core::payload_author`]): `author`
+//! then numbers the key in `causal.entry_authors`. A 0.1.0 catalog, until
+//! `ALTER EXTENSION pg_causal UPDATE`, has `preds` and `clock` as `int4[]`, the payload hash
+//! in Base64 and the payload whole. Everything that reads entry rows in SQL takes its
+//! expressions from here; the view `causal.entries` shows rows decoded.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+
+use causal_core::dag::{links, NodeId};
+use causal_core::payload_author;
+
+use crate::error::CausalError;
+use crate::error::OrReport;
+use crate::pg::spi::get_prepared;
+
+/// Whether entry rows have the packed form of 0.2.0.
+pub fn packed() -> bool {
+    super::shape::dag_entries_packed()
+}
+
+/// SQL for the payload text of the entry row aliased `e`, as hashed.
+pub fn payload_sql() -> &'static str {
+    if packed() {
+        "CASE WHEN e.author IS NULL THEN e.payload ELSE '{\"author\":\"' || \
+         (SELECT a.key_id FROM causal.entry_authors a WHERE a.author = e.author) || '\"' || e.payload END"
+    } else {
+        "e.payload"
+    }
+}
+
+/// SQL for the author number of the entry row aliased `e` (for [`payload_text`]).
+pub fn author_sql() -> &'static str {
+    if packed() {
+        "e.author"
+    } else {
+        "NULL::int4"
+    }
+}
+
+/// SQL for the predecessors' node ids (`int4[]`) of the entry row aliased `e`.
+pub fn preds_sql() -> &'static str {
+    if packed() {
+        "causal._entry_preds(e.node_id, e.links)"
+    } else {
+        "e.preds"
+    }
+}
+
+/// SQL for the payload hash in Base64 of the entry row aliased `e`.
+pub fn payload_hash_sql() -> &'static str {
+    if packed() {
+        "encode(e.payload_hash, 'base64')"
+    } else {
+        "e.payload_hash"
+    }
+}
+
+/// SQL for the predecessors' hashes (`text[]`, in no particular order) of the entry row
+/// aliased `e`, read by the primary key.
+pub fn prev_hashes_sql() -> String {
+    format!("ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY ({}))", preds_sql())
+}
+
+thread_local! {
+    /// Author numbers read or given in this backend, both ways. Dropped when work is undone,
+    /// which may have numbered a key that is then gone.
+    static AUTHORS: RefCell<(HashMap<String, i32>, HashMap<i32, String>)> = RefCell::new(Default::default());
+}
+
+/// Forgets the author numbers known (work that numbered one was undone).
+pub fn forget_authors() {
+    AUTHORS.with(|a| {
+        let mut a = a.borrow_mut();
+        a.0.clear();
+        a.1.clear();
+    });
+}
+
+/// The number of author `key`, given now if it has none.
+fn author_number(key: &str) -> Result<i32, CausalError> {
+    if let Some(n) = AUTHORS.with(|a| a.borrow().0.get(key).copied()) {
+        return Ok(n);
+    }
+    // DO UPDATE returns the row a concurrent transaction inserted too (DO NOTHING would not).
+    let n = get_prepared::<i32>(
+        "INSERT INTO causal.entry_authors AS a (key_id) VALUES ($1) \
+         ON CONFLICT (key_id) DO UPDATE SET key_id = a.key_id RETURNING a.author",
+        &[key.into()],
+    )?
+    .ok_or_else(|| CausalError::Corrupt(format!("author {key} got no number")))?;
+    AUTHORS.with(|a| {
+        let mut a = a.borrow_mut();
+        a.0.insert(key.to_string(), n);
+        a.1.insert(n, key.to_string());
+    });
+    Ok(n)
+}
+
+/// The key of author number `n`.
+fn author_key(n: i32) -> Result<String, CausalError> {
+    if let Some(k) = AUTHORS.with(|a| a.borrow().1.get(&n).cloned()) {
+        return Ok(k);
+    }
+    let key = get_prepared::<String>("SELECT key_id FROM causal.entry_authors WHERE author = $1", &[n.into()])?
+        .ok_or_else(|| CausalError::Corrupt(format!("entry author number {n} is not in causal.entry_authors")))?;
+    AUTHORS.with(|a| {
+        let mut a = a.borrow_mut();
+        a.0.insert(key.clone(), n);
+        a.1.insert(n, key.clone());
+    });
+    Ok(key)
+}
+
+/// What a payload text is stored as: its author's number and the rest of the text, or no
+/// number and the whole text (always so in a 0.1.0 catalog).
+pub fn stored_payload(mut payload: String) -> Result<(Option<i32>, String), CausalError> {
+    if !packed() {
+        return Ok((None, payload));
+    }
+    let Some((key, rest)) = payload_author::split(&payload) else {
+        return Ok((None, payload));
+    };
+    let n = author_number(key)?;
+    let cut = payload.len() - rest.len();
+    payload.replace_range(..cut, "");
+    Ok((Some(n), payload))
+}
+
+/// The payload text that [`stored_payload`] stored as `author` and `stored`.
+pub fn payload_text(author: Option<i32>, stored: String) -> Result<String, CausalError> {
+    match author {
+        None => Ok(stored),
+        Some(n) => Ok(payload_author::join(&author_key(n)?, &stored)),
+    }
+}
+
+/// Reads a row's packed links.
+pub fn unpack_links(node: i32, bytes: &[u8]) -> Result<(Vec<NodeId>, causal_core::dag::Clock), CausalError> {
+    let id = u32::try_from(node).map_err(|_| CausalError::Corrupt(format!("node id {node} is negative")))?;
+    links::unpack(NodeId(id), bytes).map_err(|e| CausalError::Corrupt(format!("links of node {node}: {e}")))
+}
+
+/// The predecessors' node ids of an entry row (`causal._entry_preds(node_id, links)`).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _entry_preds(node_id: i32, links: &[u8]) -> Vec<i32> {
+    let (preds, _) = unpack_links(node_id, links).or_report("causal._entry_preds");
+    preds.iter().map(|p| p.0 as i32).collect()
+}
+
+/// The clock of an entry row (`causal._entry_clock(node_id, links)`).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _entry_clock(node_id: i32, links: &[u8]) -> Vec<i32> {
+    let (_, clock) = unpack_links(node_id, links).or_report("causal._entry_clock");
+    clock.0.iter().map(|&s| s as i32).collect()
+}
+
+/// Packs an entry row's predecessors and clock as `links` (the upgrade from 0.1.0 rewrites
+/// entry rows with it).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _pack_entry_links(node_id: i32, preds: Vec<i32>, clock: Vec<i32>) -> Vec<u8> {
+    let f = "causal._pack_entry_links";
+    let number = |n: i32| u32::try_from(n).map_err(|_| CausalError::Corrupt(format!("negative number {n} in links")));
+    let node = NodeId(number(node_id).or_report(f));
+    let preds: Vec<NodeId> = preds.into_iter().map(|p| number(p).map(NodeId)).collect::<Result<_, _>>().or_report(f);
+    let clock = causal_core::dag::Clock(clock.into_iter().map(number).collect::<Result<_, _>>().or_report(f));
+    links::pack(node, &preds, &clock).map_err(|e| CausalError::Corrupt(e.to_string())).or_report(f)
+}
+
+extension_sql!(
+    r#"
+-- Entry rows decoded: the payload text as hashed, the payload hash in Base64, predecessors
+-- and clock as node ids and sequence numbers.
+CREATE VIEW causal.entries AS
+SELECT e.grp,
+       e.node_id,
+       e.hash,
+       CASE WHEN e.author IS NULL THEN e.payload
+            ELSE '{"author":"' || (SELECT a.key_id FROM causal.entry_authors a WHERE a.author = e.author) || '"' || e.payload
+       END AS payload,
+       encode(e.payload_hash, 'base64') AS payload_hash,
+       e.chain,
+       e.seq,
+       causal._entry_preds(e.node_id, e.links) AS preds,
+       causal._entry_clock(e.node_id, e.links) AS clock,
+       e.received_at
+FROM causal.dag_entries e;
+GRANT SELECT ON causal.entries TO PUBLIC;
+"#,
+    name = "entries_view",
+    requires = [_entry_preds, _entry_clock]
+);
