@@ -258,6 +258,8 @@ SELECT e.grp, e.node_id, e.chain, e.seq, e.received_at, a.author, e.hash, decode
 FROM causal.dag_entries_0_1 e
 LEFT JOIN causal.entry_authors a
        ON a.key_id = (regexp_match(e.payload, '^\{"author":"([A-Za-z0-9+/=_-]{1,64})"[,}]'))[1];
+-- A member table dropped alone would stay in the extension's list of tables pg_dump dumps.
+ALTER EXTENSION pg_causal DROP TABLE causal.dag_entries_0_1;
 DROP TABLE causal.dag_entries_0_1;
 CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash);
 REVOKE ALL ON causal.dag_entries, causal.entry_authors FROM PUBLIC;

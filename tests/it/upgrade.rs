@@ -134,6 +134,9 @@ fn an_upgraded_node_keeps_its_history_and_carries_on() {
     db.batch_execute("ALTER EXTENSION pg_causal UPDATE").unwrap();
     assert_eq!(version(&mut db), CURRENT);
     assert_eq!(facts(&mut db), before);
+    // The rows were rebuilt packed: every entry after the genesis has its author numbered.
+    let numbered: i64 = db.query_one("SELECT count(author) FROM causal.dag_entries", &[]).unwrap().get(0);
+    assert_eq!(numbered, before.2 - 1);
     for i in 0..5 {
         db.batch_execute(&format!("INSERT INTO products VALUES ('b{i}', 'after', {i})")).unwrap();
     }
