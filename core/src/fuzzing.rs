@@ -53,7 +53,12 @@ pub fn entry_wire(data: &[u8]) {
     // one accepts alike. (It reads the payload's text only for its extent, so a string
     // escape that is not a character, such as a lone surrogate, shows when the payload is
     // parsed, and the entry is refused then.)
-    let wire = WireEntry::parse(text).ok().and_then(|w| w.decode().ok());
+    let parsed = WireEntry::parse(text).ok();
+    // An import stores the payload's text with its author's key cut out: the cut is exact.
+    if let Some((key, rest)) = parsed.as_ref().and_then(|w| crate::payload_author::split(w.payload)) {
+        assert_eq!(crate::payload_author::join(key, rest), parsed.as_ref().map_or("", |w| w.payload));
+    }
+    let wire = parsed.and_then(|w| w.decode().ok());
     let Ok(value) = parse(text) else {
         assert!(wire.is_none(), "WireEntry accepts text that is not JSON");
         return;
