@@ -90,18 +90,21 @@ CREATE TABLE causal.dag_entries (
     seq         integer NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
     -- The payload's author (entry_authors.author), when its text starts with the author's key:
-    -- `payload` then keeps the text after it (see the view causal.entries).
+    -- `payload` then keeps the text after it, with the fragments operations repeat written as
+    -- one control character each (causal_core::stored_payload; the view causal.entries shows
+    -- the text as hashed).
     author      integer,
     hash        text COLLATE "C" NOT NULL,
     payload_hash bytea NOT NULL,                -- the header's payload hash
     links       bytea NOT NULL,                 -- predecessors (node ids) and clock, packed
-    payload     text COMPRESSION lz4 NOT NULL,  -- the payload's JSON text as hashed, less its author
+    payload     text COMPRESSION lz4 NOT NULL,  -- the payload's JSON text as hashed, or coded (author)
     PRIMARY KEY (grp, node_id),
     UNIQUE (grp, chain, seq)
 );
 -- An entry row keeps what only it knows compactly: a single-row entry's row took 348 bytes
 -- with its predecessors and clock as two int4[] (25 bytes each, 4 packed), its payload hash
--- in Base64 (45 bytes, 33 as bytea) and its author's 44-character key in the payload text.
+-- in Base64 (45 bytes, 33 as bytea), its author's 44-character key in the payload text, and
+-- 42 bytes of syntax around a single row's values (3 coded).
 -- Columns are ordered so that none needs padding.
 
 -- The authors of stored entries, numbered in this database (dag_entries.author).

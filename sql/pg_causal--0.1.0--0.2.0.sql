@@ -191,9 +191,18 @@ CREATE INDEX row_meta_key ON causal.row_meta (octet_length(key), key);
 
 -- Entry rows are packed (catalog.sql, src/catalog/entry_row.rs): predecessors and clock in
 -- `links`, the payload hash as bytes, the author's key numbered in causal.entry_authors and
--- cut from the payload text; the predecessors' hashes (`prev`) are no longer kept (readers
+-- cut from the payload text (rows written from now on also code the fragments operations
+-- repeat; causal_core::stored_payload); the predecessors' hashes (`prev`) are no longer kept (readers
 -- take them from the predecessors' node ids). The table is rebuilt in the new column order,
 -- with the two views that read it.
+CREATE FUNCTION causal."_entry_payload"(
+	"author" INT,
+	"payload" TEXT
+) RETURNS TEXT
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_entry_payload_wrapper';
+
 CREATE FUNCTION causal."_entry_preds"(
 	"node_id" INT,
 	"links" bytea
@@ -224,8 +233,9 @@ CREATE TABLE causal.entry_authors (
     author      integer PRIMARY KEY DEFAULT nextval('causal.entry_author_numbers'),
     key_id      text COLLATE "C" NOT NULL UNIQUE
 );
--- The same test as causal_core::payload_author::split: the payload starts with the author's
--- key in plain Base64, followed by the next field or the object's end.
+-- The same test as causal_core::stored_payload::store: the payload starts with the author's
+-- key in plain Base64, followed by the next field or the object's end, and holds no control
+-- character that stands for a fragment. Rows written before keep their fragments uncoded.
 INSERT INTO causal.entry_authors (key_id)
 SELECT DISTINCT k FROM causal.dag_entries e,
        LATERAL (SELECT (regexp_match(e.payload, '^\{"author":"([A-Za-z0-9+/=_-]{1,64})"[,}]'))[1]) AS x(k)
@@ -257,7 +267,8 @@ SELECT e.grp, e.node_id, e.chain, e.seq, e.received_at, a.author, e.hash, decode
        CASE WHEN a.author IS NULL THEN e.payload ELSE substr(e.payload, 13 + length(a.key_id)) END
 FROM causal.dag_entries_0_1 e
 LEFT JOIN causal.entry_authors a
-       ON a.key_id = (regexp_match(e.payload, '^\{"author":"([A-Za-z0-9+/=_-]{1,64})"[,}]'))[1];
+       ON a.key_id = (regexp_match(e.payload, '^\{"author":"([A-Za-z0-9+/=_-]{1,64})"[,}]'))[1]
+      AND e.payload !~ '[\x01-\x08\x0b\x0c\x0e-\x1f]';
 -- A member table dropped alone would stay in the extension's list of tables pg_dump dumps.
 ALTER EXTENSION pg_causal DROP TABLE causal.dag_entries_0_1;
 DROP TABLE causal.dag_entries_0_1;
@@ -319,9 +330,7 @@ CREATE VIEW causal.entries AS
 SELECT e.grp,
        e.node_id,
        e.hash,
-       CASE WHEN e.author IS NULL THEN e.payload
-            ELSE '{"author":"' || (SELECT a.key_id FROM causal.entry_authors a WHERE a.author = e.author) || '"' || e.payload
-       END AS payload,
+       causal._entry_payload(e.author, e.payload) AS payload,
        encode(e.payload_hash, 'base64') AS payload_hash,
        e.chain,
        e.seq,

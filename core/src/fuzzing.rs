@@ -54,9 +54,11 @@ pub fn entry_wire(data: &[u8]) {
     // escape that is not a character, such as a lone surrogate, shows when the payload is
     // parsed, and the entry is refused then.)
     let parsed = WireEntry::parse(text).ok();
-    // An import stores the payload's text with its author's key cut out: the cut is exact.
-    if let Some((key, rest)) = parsed.as_ref().and_then(|w| crate::payload_author::split(w.payload)) {
-        assert_eq!(crate::payload_author::join(key, rest), parsed.as_ref().map_or("", |w| w.payload));
+    // An import stores the payload's text as `stored_payload` codes it: it loads back exactly.
+    if let Some(w) = &parsed {
+        if let Some((key, stored)) = crate::stored_payload::store(w.payload) {
+            assert_eq!(crate::stored_payload::load(key, &stored), w.payload);
+        }
     }
     let wire = parsed.and_then(|w| w.decode().ok());
     let Ok(value) = parse(text) else {

@@ -22,7 +22,6 @@ pub mod json;
 pub mod membership;
 pub mod op_text;
 pub mod payload;
-pub mod payload_author;
 pub mod precheck;
 pub mod reconcile;
 pub mod rules;
@@ -31,6 +30,7 @@ pub mod schema_check;
 pub mod signature_cover;
 pub mod sql_expr;
 pub mod sql_name;
+pub mod stored_payload;
 pub mod wire;
 
 pub use dag::{Appended, Dag, DagError, DagStore, ForkPosition, MemStore, MetaFilter};

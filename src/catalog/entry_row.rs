@@ -1,9 +1,10 @@
 //! The row of an entry (`causal.dag_entries`) and how SQL reads it in either catalog.
 //!
 //! Since 0.2.0 a row keeps its predecessors and clock packed in `links`
-//! ([`causal_core::dag::links`]), its payload hash as bytes, and its payload text without the
-//! author's key when the text starts with one ([`causal_core::payload_author`]): `author`
-//! then numbers the key in `causal.entry_authors`. A 0.1.0 catalog, until
+//! ([`causal_core::dag::links`]), its payload hash as bytes, and its payload text, when it
+//! starts with the author's key, without the key and with the fragments operations repeat
+//! coded ([`causal_core::stored_payload`]): `author` then numbers the key in
+//! `causal.entry_authors`. A 0.1.0 catalog, until
 //! `ALTER EXTENSION pg_causal UPDATE`, has `preds` and `clock` as `int4[]`, the payload hash
 //! in Base64 and the payload whole. Everything that reads entry rows in SQL takes its
 //! expressions from here; the view `causal.entries` shows rows decoded.
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use pgrx::prelude::*;
 
 use causal_core::dag::{links, NodeId};
-use causal_core::payload_author;
+use causal_core::stored_payload;
 
 use crate::error::CausalError;
 use crate::error::OrReport;
@@ -28,8 +29,7 @@ pub fn packed() -> bool {
 /// SQL for the payload text of the entry row aliased `e`, as hashed.
 pub fn payload_sql() -> &'static str {
     if packed() {
-        "CASE WHEN e.author IS NULL THEN e.payload ELSE '{\"author\":\"' || \
-         (SELECT a.key_id FROM causal.entry_authors a WHERE a.author = e.author) || '\"' || e.payload END"
+        "causal._entry_payload(e.author, e.payload)"
     } else {
         "e.payload"
     }
@@ -120,24 +120,21 @@ fn author_key(n: i32) -> Result<String, CausalError> {
 
 /// What a payload text is stored as: its author's number and the rest of the text, or no
 /// number and the whole text (always so in a 0.1.0 catalog).
-pub fn stored_payload(mut payload: String) -> Result<(Option<i32>, String), CausalError> {
+pub fn stored_payload(payload: String) -> Result<(Option<i32>, String), CausalError> {
     if !packed() {
         return Ok((None, payload));
     }
-    let Some((key, rest)) = payload_author::split(&payload) else {
+    let Some((key, stored)) = stored_payload::store(&payload) else {
         return Ok((None, payload));
     };
-    let n = author_number(key)?;
-    let cut = payload.len() - rest.len();
-    payload.replace_range(..cut, "");
-    Ok((Some(n), payload))
+    Ok((Some(author_number(key)?), stored))
 }
 
 /// The payload text that [`stored_payload`] stored as `author` and `stored`.
 pub fn payload_text(author: Option<i32>, stored: String) -> Result<String, CausalError> {
     match author {
         None => Ok(stored),
-        Some(n) => Ok(payload_author::join(&author_key(n)?, &stored)),
+        Some(n) => Ok(stored_payload::load(&author_key(n)?, &stored)),
     }
 }
 
@@ -161,6 +158,12 @@ fn _entry_clock(node_id: i32, links: &[u8]) -> Vec<i32> {
     clock.0.iter().map(|&s| s as i32).collect()
 }
 
+/// The payload text of an entry row as hashed (`causal._entry_payload(author, payload)`).
+#[pg_extern(stable, parallel_safe)]
+fn _entry_payload(author: Option<i32>, payload: Option<String>) -> Option<String> {
+    payload.map(|p| payload_text(author, p).or_report("causal._entry_payload"))
+}
+
 /// Packs an entry row's predecessors and clock as `links` (the upgrade from 0.1.0 rewrites
 /// entry rows with it).
 #[pg_extern(immutable, strict, parallel_safe)]
@@ -181,9 +184,7 @@ CREATE VIEW causal.entries AS
 SELECT e.grp,
        e.node_id,
        e.hash,
-       CASE WHEN e.author IS NULL THEN e.payload
-            ELSE '{"author":"' || (SELECT a.key_id FROM causal.entry_authors a WHERE a.author = e.author) || '"' || e.payload
-       END AS payload,
+       causal._entry_payload(e.author, e.payload) AS payload,
        encode(e.payload_hash, 'base64') AS payload_hash,
        e.chain,
        e.seq,
@@ -194,5 +195,5 @@ FROM causal.dag_entries e;
 GRANT SELECT ON causal.entries TO PUBLIC;
 "#,
     name = "entries_view",
-    requires = [_entry_preds, _entry_clock]
+    requires = [_entry_payload, _entry_preds, _entry_clock]
 );
