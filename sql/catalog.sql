@@ -98,14 +98,16 @@ CREATE TABLE causal.dag_entries (
     payload_hash bytea NOT NULL,                -- the header's payload hash
     links       bytea NOT NULL,                 -- predecessors (node ids) and clock, packed
     payload     text COMPRESSION lz4 NOT NULL,  -- the payload's JSON text as hashed, or coded (author)
-    PRIMARY KEY (grp, node_id),
-    UNIQUE (grp, chain, seq)
+    PRIMARY KEY (grp, node_id) WITH (fillfactor = 100),
+    UNIQUE (grp, chain, seq) WITH (fillfactor = 100)
 );
 -- An entry row keeps what only it knows compactly: a single-row entry's row took 348 bytes
 -- with its predecessors and clock as two int4[] (25 bytes each, 4 packed), its payload hash
 -- in Base64 (45 bytes, 33 as bytea), its author's 44-character key in the payload text, and
 -- 42 bytes of syntax around a single row's values (3 coded).
--- Columns are ordered so that none needs padding.
+-- Columns are ordered so that none needs padding. Rows are never updated and both btrees take
+-- new keys in order (node ids; a chain's sequence numbers), so a leaf page split at the right
+-- edge keeps the old page full instead of 90% full (the default fillfactor).
 
 -- The authors of stored entries, numbered in this database (dag_entries.author).
 CREATE SEQUENCE causal.entry_author_numbers AS integer;

@@ -258,8 +258,8 @@ CREATE TABLE causal.dag_entries (
     payload_hash bytea NOT NULL,
     links       bytea NOT NULL,
     payload     text COMPRESSION lz4 NOT NULL,
-    PRIMARY KEY (grp, node_id),
-    UNIQUE (grp, chain, seq)
+    PRIMARY KEY (grp, node_id) WITH (fillfactor = 100),
+    UNIQUE (grp, chain, seq) WITH (fillfactor = 100)
 );
 INSERT INTO causal.dag_entries
 SELECT e.grp, e.node_id, e.chain, e.seq, e.received_at, a.author, e.hash, decode(e.payload_hash, 'base64'),
