@@ -95,7 +95,7 @@ CREATE TABLE causal.dag_entries (
     -- the text as hashed).
     author      integer,
     hash        text COLLATE "C" NOT NULL,
-    payload_hash bytea NOT NULL,                -- the header's payload hash
+    payload_hash bytea NOT NULL,                -- the header's payload hash; empty: the text's digest
     links       bytea NOT NULL,                 -- predecessors (node ids) and clock, packed
     payload     text COMPRESSION lz4 NOT NULL,  -- the payload's JSON text as hashed, or coded (author)
     PRIMARY KEY (grp, node_id) WITH (fillfactor = 100),
@@ -103,9 +103,11 @@ CREATE TABLE causal.dag_entries (
 );
 -- An entry row keeps what only it knows compactly: a single-row entry's row took 348 bytes
 -- with its predecessors and clock as two int4[] (25 bytes each, 4 packed), its payload hash
--- in Base64 (45 bytes, 33 as bytea), its author's 44-character key in the payload text, and
--- 42 bytes of syntax around a single row's values (3 coded).
--- Columns are ordered so that none needs padding. Rows are never updated and both btrees take
+-- in Base64 (45 bytes; 33 as bytea, and 1 when it is the digest of the payload text, which
+-- a local commit's is), its author's 44-character key in the payload text, and 42 bytes of
+-- syntax around a single row's values (3 coded). Columns are ordered so that none needs
+-- padding, and none is NULL but a genesis entry's author: a NULL makes the tuple's header 8
+-- bytes longer (its null bitmap no longer fits beside the header's 23 bytes). Rows are never updated and both btrees take
 -- new keys in order (node ids; a chain's sequence numbers), so a leaf page split at the right
 -- edge keeps the old page full instead of 90% full (the default fillfactor).
 

@@ -203,6 +203,16 @@ STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', '_entry_payload_wrapper';
 
+CREATE FUNCTION causal."_entry_payload_hash"(
+	"grp" INT,
+	"author" INT,
+	"payload" TEXT,
+	"payload_hash" bytea
+) RETURNS TEXT
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_entry_payload_hash_wrapper';
+
 CREATE FUNCTION causal."_entry_preds"(
 	"node_id" INT,
 	"links" bytea
@@ -331,7 +341,7 @@ SELECT e.grp,
        e.node_id,
        e.hash,
        causal._entry_payload(e.author, e.payload) AS payload,
-       encode(e.payload_hash, 'base64') AS payload_hash,
+       causal._entry_payload_hash(e.grp, e.author, e.payload, e.payload_hash) AS payload_hash,
        e.chain,
        e.seq,
        causal._entry_preds(e.node_id, e.links) AS preds,

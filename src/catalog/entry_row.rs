@@ -1,7 +1,9 @@
 //! The row of an entry (`causal.dag_entries`) and how SQL reads it in either catalog.
 //!
 //! Since 0.2.0 a row keeps its predecessors and clock packed in `links`
-//! ([`causal_core::dag::links`]), its payload hash as bytes, and its payload text, when it
+//! ([`causal_core::dag::links`]), its payload hash as bytes unless it is the digest of the
+//! payload's text (empty then: the text is canonical, as a local commit's is), and its payload
+//! text, when it
 //! starts with the author's key, without the key and with the fragments operations repeat
 //! coded ([`causal_core::stored_payload`]): `author` then numbers the key in
 //! `causal.entry_authors`. A 0.1.0 catalog, until
@@ -15,6 +17,7 @@ use std::collections::HashMap;
 use pgrx::prelude::*;
 
 use causal_core::dag::{links, NodeId};
+use causal_core::hash::{Hash, HashAlgorithm};
 use causal_core::stored_payload;
 
 use crate::error::CausalError;
@@ -56,7 +59,7 @@ pub fn preds_sql() -> &'static str {
 /// SQL for the payload hash in Base64 of the entry row aliased `e`.
 pub fn payload_hash_sql() -> &'static str {
     if packed() {
-        "encode(e.payload_hash, 'base64')"
+        "causal._entry_payload_hash(e.grp, e.author, e.payload, e.payload_hash)"
     } else {
         "e.payload_hash"
     }
@@ -69,6 +72,8 @@ pub fn prev_hashes_sql() -> String {
 }
 
 thread_local! {
+    /// The hash algorithm of each group number seen (numbers are never reused).
+    static ALGORITHMS: RefCell<HashMap<i32, HashAlgorithm>> = RefCell::new(HashMap::new());
     /// Author numbers read or given in this backend, both ways. Dropped when work is undone,
     /// which may have numbered a key that is then gone.
     static AUTHORS: RefCell<(HashMap<String, i32>, HashMap<i32, String>)> = RefCell::new(Default::default());
@@ -138,6 +143,46 @@ pub fn payload_text(author: Option<i32>, stored: String) -> Result<String, Causa
     }
 }
 
+/// The hash algorithm of group number `grp`.
+fn group_algorithm(grp: i32) -> Result<HashAlgorithm, CausalError> {
+    if let Some(alg) = ALGORITHMS.with(|a| a.borrow().get(&grp).copied()) {
+        return Ok(alg);
+    }
+    let name = get_prepared::<String>("SELECT hash_algorithm FROM causal.group_defs WHERE grp = $1", &[grp.into()])?
+        .ok_or_else(|| CausalError::Corrupt(format!("no group has number {grp}")))?;
+    let alg = HashAlgorithm::parse(&name).map_err(|e| CausalError::Corrupt(e.to_string()))?;
+    ALGORITHMS.with(|a| a.borrow_mut().insert(grp, alg));
+    Ok(alg)
+}
+
+/// Whether an entry of group `grp` need not store its payload hash: the hash is the digest of
+/// the payload's text, which happens whenever that text is canonical (a local commit's, or
+/// an imported one sent canonical). A 0.1.0 catalog stores every hash.
+pub fn payload_hash_implied(grp: i32, payload: &str, payload_hash: &Hash) -> Result<bool, CausalError> {
+    Ok(packed() && group_algorithm(grp)?.digest(payload.as_bytes()) == *payload_hash)
+}
+
+/// The payload hash of an entry row in Base64: the stored one, or the digest of its payload
+/// text (`causal._entry_payload_hash(grp, author, payload, payload_hash)`).
+#[pg_extern(stable, parallel_safe)]
+fn _entry_payload_hash(
+    grp: i32,
+    author: Option<i32>,
+    payload: Option<String>,
+    payload_hash: Option<&[u8]>,
+) -> Option<String> {
+    let f = "causal._entry_payload_hash";
+    if let Some(bytes) = payload_hash.filter(|b| !b.is_empty()) {
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| CausalError::Corrupt(format!("a payload hash of group {grp} is not 32 bytes")))
+            .or_report(f);
+        return Some(Hash(bytes).to_b64());
+    }
+    let text = payload_text(author, payload?).or_report(f);
+    Some(group_algorithm(grp).or_report(f).digest(text.as_bytes()).to_b64())
+}
+
 /// Reads a row's packed links.
 pub fn unpack_links(node: i32, bytes: &[u8]) -> Result<(Vec<NodeId>, causal_core::dag::Clock), CausalError> {
     let id = u32::try_from(node).map_err(|_| CausalError::Corrupt(format!("node id {node} is negative")))?;
@@ -185,7 +230,7 @@ SELECT e.grp,
        e.node_id,
        e.hash,
        causal._entry_payload(e.author, e.payload) AS payload,
-       encode(e.payload_hash, 'base64') AS payload_hash,
+       causal._entry_payload_hash(e.grp, e.author, e.payload, e.payload_hash) AS payload_hash,
        e.chain,
        e.seq,
        causal._entry_preds(e.node_id, e.links) AS preds,
@@ -195,5 +240,5 @@ FROM causal.dag_entries e;
 GRANT SELECT ON causal.entries TO PUBLIC;
 "#,
     name = "entries_view",
-    requires = [_entry_payload, _entry_preds, _entry_clock]
+    requires = [_entry_payload, _entry_payload_hash, _entry_preds, _entry_clock]
 );

@@ -139,6 +139,8 @@ struct PendingRows {
     payload: Vec<String>,
     author: Vec<Option<i32>>,
     payload_hash: Vec<Hash>,
+    /// Whether the payload hash is the digest of the payload's text (then not stored).
+    payload_hash_implied: Vec<bool>,
     chain: Vec<i32>,
     seq: Vec<i32>,
     /// Packed predecessors and clock (0.2.0), or both as arrays (0.1.0).
@@ -655,7 +657,9 @@ fn write_entry_rows(grp: i32, p: &PendingRows) -> Result<(), crate::error::Causa
                 Cell::Now,
                 p.author[i].map_or(Cell::Null(pg_sys::INT4OID), Cell::Int4),
                 Cell::Text(&p.hash[i]),
-                Cell::Bytea(p.payload_hash[i].as_bytes()),
+                // Empty, not NULL: a NULL would make the tuple's header 8 bytes longer (its
+                // null bitmap no longer fits beside the header's 23 bytes).
+                Cell::Bytea(if p.payload_hash_implied[i] { &[] } else { p.payload_hash[i].as_bytes() }),
                 Cell::Bytea(&p.links[i]),
                 Cell::Text(&p.payload[i]),
             ])?;
@@ -885,10 +889,13 @@ impl SpiStore {
             p.node_id.push(to_i32(id)?);
             p.hash.push(node.hash.to_b64());
             p.prev.push(header.prev.iter().copied().collect());
+            let implied = entry_row::payload_hash_implied(self.num, &payload, &header.payload_hash)
+                .map_err(|e| StoreError::Backend(Box::new(e)))?;
             let (author, payload) = entry_row::stored_payload(payload).map_err(|e| StoreError::Backend(Box::new(e)))?;
             p.payload.push(payload);
             p.author.push(author);
             p.payload_hash.push(header.payload_hash);
+            p.payload_hash_implied.push(implied);
             p.chain.push(to_i32(node.chain)?);
             p.seq.push(to_i32(node.seq)?);
             if entry_row::packed() {

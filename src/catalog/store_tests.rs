@@ -145,4 +145,39 @@ mod tests {
             );
         }
     }
+
+    /// A local commit's entry row is packed: its author numbered and cut from the payload, the
+    /// fragments of its operation coded, no payload hash (its text's digest), predecessors and
+    /// clock in a few bytes; `causal.entries` and the store read it back as it was hashed.
+    #[pg_test]
+    fn a_local_commit_is_stored_packed_and_read_back_as_hashed() {
+        crate::testing::shop_with_products();
+        crate::testing::local_commit(
+            "shop",
+            "INSERT INTO products VALUES ('A', 'Widget', 9.99)",
+            r#"[{"op":"insert","table":"products","row":{"sku":"A","name":"Widget","price":"9.99"}}]"#,
+        );
+        let row = crate::testing::one(
+            "SELECT format('%s|%s|%s|%s', a.key_id = k.key_id, e.payload_hash = '', octet_length(e.links), \
+                    e.payload) \
+             FROM causal.dag_entries e JOIN causal.entry_authors a USING (author), causal.identity_keys k \
+             WHERE k.is_node ORDER BY e.node_id DESC LIMIT 1",
+        );
+        // The end is `"}]}`, or `"}],"signature":"` with the signature, each coded too.
+        let stored = "t|t|4|\u{1}\"name\":\"Widget\",\"price\":\"9.99\",\"sku\":\"A\"\u{7}products";
+        assert!(row == format!("{stored}\u{b}") || row.starts_with(&format!("{stored}\u{8}")), "{row:?}");
+        let (payload, payload_hash) = Spi::get_two::<String, String>(
+            "SELECT payload, payload_hash FROM causal.entries ORDER BY node_id DESC LIMIT 1",
+        )
+        .unwrap();
+        let (payload, payload_hash) = (payload.unwrap(), payload_hash.unwrap());
+        assert!(payload.starts_with("{\"author\":\"") && payload.contains(r#"{"op":"insert","row":{"name":"Widget""#));
+        assert_eq!(HashAlgorithm::Blake3.digest(payload.as_bytes()).to_b64(), payload_hash);
+        // The store gives the entry as hashed: its hashes verify.
+        let group = crate::catalog::group::Group::find("shop").unwrap();
+        let dag = group.dag();
+        let head = *dag.frontier().unwrap().iter().next().unwrap();
+        dag.entry(&head).unwrap().unwrap().verify_hashes(HashAlgorithm::Blake3).unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
+    }
 }
