@@ -141,7 +141,7 @@ CREATE TABLE causal.journal (
     status      text NOT NULL DEFAULT 'ok',
     reason      text,
     responsible text[],
-    undo        text,                           -- JSON; read only by the engine ({"n":1}: all rows new)
+    undo        text,                           -- JSON; read only by the engine ('': all rows new)
     -- Of a cancellation: {"code", "table", "key"}, the kind of conflict (docs/SQL_API.md)
     -- and the row of the operation that failed, if one did.
     cause       jsonb,

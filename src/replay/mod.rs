@@ -122,9 +122,10 @@ fn parse_hash(s: &str) -> Result<EntryHash, ReconcileError> {
 type JournalRow =
     (Option<String>, Option<i32>, Option<String>, Option<String>, Option<Vec<String>>, Option<String>, Option<String>);
 
-/// The undo text of an entry all of whose rows are new (`FRESH_UNDO`): what the engine's
-/// records would say, one per row its inserts create, each with no prior state.
-const FRESH_UNDO: &str = r#"{"n":1}"#;
+/// The undo text of an entry all of whose rows are new: what the engine's records would say,
+/// one per row its inserts create, each with no prior state. Empty, so that such an entry's
+/// journal row is 8 bytes shorter (40 bytes of tuple, the next alignment step down from 48).
+const FRESH_UNDO: &str = "";
 
 fn journal_row(
     r: JournalRow,
