@@ -94,7 +94,7 @@ CREATE TABLE causal.dag_entries (
     -- one control character each (causal_core::stored_payload; the view causal.entries shows
     -- the text as hashed).
     author      integer,
-    hash        text COLLATE "C" NOT NULL,
+    hash        bytea NOT NULL,
     payload_hash bytea NOT NULL,                -- the header's payload hash; empty: the text's digest
     links       bytea NOT NULL,                 -- predecessors (node ids) and clock, packed
     payload     text COMPRESSION lz4 NOT NULL,  -- the payload's JSON text as hashed, or coded (author)
@@ -102,9 +102,9 @@ CREATE TABLE causal.dag_entries (
     UNIQUE (grp, chain, seq) WITH (fillfactor = 100)
 );
 -- An entry row keeps what only it knows compactly: a single-row entry's row took 348 bytes
--- with its predecessors and clock as two int4[] (25 bytes each, 4 packed), its payload hash
--- in Base64 (45 bytes; 33 as bytea, and 1 when it is the digest of the payload text, which
--- a local commit's is), its author's 44-character key in the payload text, and 42 bytes of
+-- with its predecessors and clock as two int4[] (25 bytes each, 4 packed), its hash and
+-- payload hash in Base64 (45 bytes each; 33 as bytea, and the payload hash 1 when it is the
+-- digest of the payload text, which a local commit's is), its author's 44-character key in the payload text, and 42 bytes of
 -- syntax around a single row's values (3 coded). Columns are ordered so that none needs
 -- padding, and none is NULL but a genesis entry's author: a NULL makes the tuple's header 8
 -- bytes longer (its null bitmap no longer fits beside the header's 23 bytes). Rows are never updated and both btrees take
@@ -122,8 +122,9 @@ CREATE TABLE causal.entry_authors (
 -- shape after 100k took 428 ms with a btree on (grp, hash), 237 ms with this index instead
 -- (a btree on sha-256 hashes in Base64; 2-core machine). A hash index cannot be unique: an
 -- entry is stored once per group by the code (content addressing; every append checks, under
--- the group's lock, that the hash is not stored yet). Lookups write `hash = $h AND grp + 0 =
--- $g`, so that the planner uses this index alone (see SpiStore::node_id).
+-- the group's lock, that the hash is not stored yet). Lookups write
+-- `hash = causal._hash_bytes($h) AND grp + 0 = $g` ($h in Base64), so that the planner uses
+-- this index alone (see SpiStore::node_id).
 CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash);
 
 -- The reconciliation journal (docs/SEMANTICS.md), one row per entry the engine has placed:
@@ -443,7 +444,7 @@ GRANT SELECT ON causal.peers TO PUBLIC;
 CREATE VIEW causal.cancellations AS
 SELECT g.name AS group_name,
        g.group_id,
-       e.hash AS entry,
+       encode(e.hash, 'base64') AS entry,
        a.author,
        EXISTS (SELECT 1 FROM causal.identity_keys k WHERE k.key_id = a.author) AS local,
        j.reason,

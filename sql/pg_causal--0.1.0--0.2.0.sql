@@ -190,9 +190,10 @@ DROP INDEX causal.row_meta_key;
 CREATE INDEX row_meta_key ON causal.row_meta (octet_length(key), key);
 
 -- Entry rows are packed (catalog.sql, src/catalog/entry_row.rs): predecessors and clock in
--- `links`, the payload hash as bytes, the author's key numbered in causal.entry_authors and
--- cut from the payload text (rows written from now on also code the fragments operations
--- repeat; causal_core::stored_payload); the predecessors' hashes (`prev`) are no longer kept (readers
+-- `links`, the hash and payload hash as bytes, the author's key numbered in
+-- causal.entry_authors and cut from the payload text (rows written from now on also code the
+-- fragments operations repeat, and keep no payload hash that is the text's digest;
+-- causal_core::stored_payload); the predecessors' hashes (`prev`) are no longer kept (readers
 -- take them from the predecessors' node ids). The table is rebuilt in the new column order,
 -- with the two views that read it.
 CREATE FUNCTION causal."_entry_payload"(
@@ -212,6 +213,13 @@ CREATE FUNCTION causal."_entry_payload_hash"(
 STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', '_entry_payload_hash_wrapper';
+
+CREATE FUNCTION causal."_hash_bytes"(
+	"hash" TEXT
+) RETURNS bytea
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_hash_bytes_wrapper';
 
 CREATE FUNCTION causal."_entry_preds"(
 	"node_id" INT,
@@ -264,7 +272,7 @@ CREATE TABLE causal.dag_entries (
     seq         integer NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
     author      integer,
-    hash        text COLLATE "C" NOT NULL,
+    hash        bytea NOT NULL,
     payload_hash bytea NOT NULL,
     links       bytea NOT NULL,
     payload     text COMPRESSION lz4 NOT NULL,
@@ -272,7 +280,7 @@ CREATE TABLE causal.dag_entries (
     UNIQUE (grp, chain, seq) WITH (fillfactor = 100)
 );
 INSERT INTO causal.dag_entries
-SELECT e.grp, e.node_id, e.chain, e.seq, e.received_at, a.author, e.hash, decode(e.payload_hash, 'base64'),
+SELECT e.grp, e.node_id, e.chain, e.seq, e.received_at, a.author, decode(e.hash, 'base64'), decode(e.payload_hash, 'base64'),
        causal._pack_entry_links(e.node_id, e.preds, e.clock),
        CASE WHEN a.author IS NULL THEN e.payload ELSE substr(e.payload, 13 + length(a.key_id)) END
 FROM causal.dag_entries_0_1 e
@@ -304,7 +312,7 @@ END $$;
 CREATE VIEW causal.cancellations AS
 SELECT g.name AS group_name,
        g.group_id,
-       e.hash AS entry,
+       encode(e.hash, 'base64') AS entry,
        a.author,
        EXISTS (SELECT 1 FROM causal.identity_keys k WHERE k.key_id = a.author) AS local,
        j.reason,
@@ -339,7 +347,7 @@ GRANT SELECT ON causal.stat_groups TO PUBLIC;
 CREATE VIEW causal.entries AS
 SELECT e.grp,
        e.node_id,
-       e.hash,
+       encode(e.hash, 'base64') AS hash,
        causal._entry_payload(e.author, e.payload) AS payload,
        causal._entry_payload_hash(e.grp, e.author, e.payload, e.payload_hash) AS payload_hash,
        e.chain,

@@ -72,9 +72,10 @@ fn log(
     let mut out = Vec::new();
     Spi::connect(|client| {
         let sql = format!(
-            "SELECT e.hash, {}, {}, coalesce(j.status, 'ok'), j.reason FROM causal.dag_entries e \
+            "SELECT {}, {}, {}, coalesce(j.status, 'ok'), j.reason FROM causal.dag_entries e \
              LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
              WHERE e.grp = $1 ORDER BY e.node_id DESC LIMIT $2",
+            entry_row::hash_sql("e"),
             entry_row::prev_hashes_sql(),
             entry_row::payload_sql()
         );
@@ -111,9 +112,10 @@ fn entry(hash: &str) -> Option<JsonB> {
         let sql = format!(
             "SELECT g.group_id, {}, {}, coalesce(j.status, 'ok'), j.reason, g.hash_algorithm \
              FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
-             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id WHERE e.hash = $1",
+             LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id WHERE {}",
             entry_row::prev_hashes_sql(),
-            entry_row::payload_sql()
+            entry_row::payload_sql(),
+            entry_row::hash_equals_sql("e", "$1")
         );
         let mut rows = client.select(&sql, Some(1), &[hash.into()])?;
         match rows.next() {
@@ -211,7 +213,8 @@ fn verify(grp: &str) -> bool {
     let mut rows = Vec::new();
     Spi::connect(|client| {
         let sql = format!(
-            "SELECT e.hash, {}, {} FROM causal.dag_entries e WHERE e.grp = $1 ORDER BY e.node_id",
+            "SELECT {}, {}, {} FROM causal.dag_entries e WHERE e.grp = $1 ORDER BY e.node_id",
+            entry_row::hash_sql("e"),
             entry_row::prev_hashes_sql(),
             entry_row::payload_sql()
         );

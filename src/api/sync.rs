@@ -156,12 +156,14 @@ fn entries_by_hash(
     // per-row probe; without it the subquery is pulled up into a join, which such a plan can
     // run as a scan too.
     let sql = format!(
-        "SELECT e.hash, {}, {}, CASE WHEN $3 THEN {} END \
-         FROM (SELECT grp FROM causal.group_defs WHERE group_id = $1) g CROSS JOIN unnest($2::text[]) AS h(hash) \
-         CROSS JOIN LATERAL (SELECT * FROM causal.dag_entries WHERE grp = g.grp AND hash = h.hash OFFSET 0) e",
+        "SELECT {}, {}, {}, CASE WHEN $3 THEN {} END \
+         FROM (SELECT grp FROM causal.group_defs WHERE group_id = $1) g CROSS JOIN unnest($2::text[]) AS h(b64) \
+         CROSS JOIN LATERAL (SELECT * FROM causal.dag_entries d WHERE d.grp = g.grp AND {} OFFSET 0) e",
+        entry_row::hash_sql("e"),
         entry_row::prev_hashes_sql(),
         entry_row::payload_hash_sql(),
-        entry_row::payload_sql()
+        entry_row::payload_sql(),
+        entry_row::hash_equals_sql("d", "h.b64")
     );
     let rows = crate::pg::spi::run_prepared(
         &sql,
@@ -206,10 +208,11 @@ fn entries_by_position(
     let (chains, from, to) = chain_runs(positions);
     // `OFFSET 0` keeps each range a probe of the (grp, chain, seq) index (see above).
     let sql = format!(
-        "SELECT e.hash, {}, {}, CASE WHEN $5 THEN {} END \
+        "SELECT {}, {}, {}, CASE WHEN $5 THEN {} END \
          FROM unnest($2::int[], $3::int[], $4::int[]) AS r(chain, lo, hi) \
          CROSS JOIN LATERAL (SELECT * FROM causal.dag_entries \
          WHERE grp = $1 AND chain = r.chain AND seq BETWEEN r.lo AND r.hi OFFSET 0) e",
+        entry_row::hash_sql("e"),
         entry_row::prev_hashes_sql(),
         entry_row::payload_hash_sql(),
         entry_row::payload_sql()

@@ -21,12 +21,13 @@ fn entry_row(hash: &str) -> Result<Option<EntryRow>, CausalError> {
         // A catalog not upgraded yet has no `cause` column (catalog::shape).
         let cause = if crate::catalog::shape::journal_has_cause() { "j.cause" } else { "NULL::jsonb" };
         let payload = crate::catalog::entry_row::payload_sql();
+        let hash_is = crate::catalog::entry_row::hash_equals_sql("e", "$1");
         let mut rows = client.select(
             &format!(
                 "SELECT g.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, {payload}, {cause} \
                  FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
                  LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
-                 WHERE e.hash = $1"
+                 WHERE {hash_is}"
             ),
             Some(1),
             &[hash.into()],
@@ -128,11 +129,11 @@ fn snapshot_rows(
     }
     // Replay the history of `from` in memory with the same engine, then fold `at`'s history.
     let hashes: Vec<String> = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT hash FROM causal.dag_entries WHERE grp = $1 ORDER BY node_id",
-            None,
-            &[group.num.into()],
-        )?;
+        let sql = format!(
+            "SELECT {} FROM causal.dag_entries e WHERE e.grp = $1 ORDER BY e.node_id",
+            crate::catalog::entry_row::hash_sql("e")
+        );
+        let rows = client.select(&sql, None, &[group.num.into()])?;
         rows.map(|r| r.get::<String>(1).map(Option::unwrap_or_default)).collect::<Result<Vec<_>, _>>()
     })?;
     let mut entries: Vec<Entry> = Vec::new();

@@ -29,6 +29,25 @@ pub fn packed() -> bool {
     super::shape::dag_entries_packed()
 }
 
+/// SQL for the hash in Base64 of the entry row aliased `alias`.
+pub fn hash_sql(alias: &str) -> String {
+    if packed() {
+        format!("encode({alias}.hash, 'base64')")
+    } else {
+        format!("{alias}.hash")
+    }
+}
+
+/// SQL saying that the entry row aliased `alias` has the hash whose Base64 is `base64` (a
+/// parameter or a column); text that is not a hash matches no row. The hash index serves it.
+pub fn hash_equals_sql(alias: &str, base64: &str) -> String {
+    if packed() {
+        format!("{alias}.hash = causal._hash_bytes({base64})")
+    } else {
+        format!("{alias}.hash = {base64}")
+    }
+}
+
 /// SQL for the payload text of the entry row aliased `e`, as hashed.
 pub fn payload_sql() -> &'static str {
     if packed() {
@@ -68,7 +87,11 @@ pub fn payload_hash_sql() -> &'static str {
 /// SQL for the predecessors' hashes (`text[]`, in no particular order) of the entry row
 /// aliased `e`, read by the primary key.
 pub fn prev_hashes_sql() -> String {
-    format!("ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY ({}))", preds_sql())
+    format!(
+        "ARRAY(SELECT {} FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY ({}))",
+        hash_sql("p"),
+        preds_sql()
+    )
 }
 
 thread_local! {
@@ -183,6 +206,29 @@ fn _entry_payload_hash(
     Some(group_algorithm(grp).or_report(f).digest(text.as_bytes()).to_b64())
 }
 
+/// The bytes of an entry hash given in Base64, or NULL if it is not one
+/// (`causal._hash_bytes(hash)`: entry rows keep hashes as bytes).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _hash_bytes(hash: &str) -> Option<Vec<u8>> {
+    hash.parse::<causal_core::EntryHash>().ok().map(|h| h.as_bytes().to_vec())
+}
+
+/// An entry hash read from a row: bytes (0.2.0) or Base64 (0.1.0).
+pub fn read_hash(
+    r: &pgrx::spi::SpiHeapTupleData<'_>,
+    column: usize,
+) -> Result<Option<Result<causal_core::EntryHash, String>>, pgrx::spi::Error> {
+    if packed() {
+        Ok(r.get::<&[u8]>(column)?.map(|b| {
+            <[u8; 32]>::try_from(b)
+                .map(|b| causal_core::EntryHash(Hash(b)))
+                .map_err(|_| format!("a hash of {} bytes", b.len()))
+        }))
+    } else {
+        Ok(r.get::<String>(column)?.map(|t| t.parse().map_err(|_| format!("bad hash {t}"))))
+    }
+}
+
 /// Reads a row's packed links.
 pub fn unpack_links(node: i32, bytes: &[u8]) -> Result<(Vec<NodeId>, causal_core::dag::Clock), CausalError> {
     let id = u32::try_from(node).map_err(|_| CausalError::Corrupt(format!("node id {node} is negative")))?;
@@ -228,7 +274,7 @@ extension_sql!(
 CREATE VIEW causal.entries AS
 SELECT e.grp,
        e.node_id,
-       e.hash,
+       encode(e.hash, 'base64') AS hash,
        causal._entry_payload(e.author, e.payload) AS payload,
        causal._entry_payload_hash(e.grp, e.author, e.payload, e.payload_hash) AS payload_hash,
        e.chain,

@@ -130,7 +130,7 @@ pub struct SpiStore {
 #[derive(Default)]
 struct PendingRows {
     node_id: Vec<i32>,
-    hash: Vec<String>,
+    hash: Vec<EntryHash>,
     /// The predecessors' hashes, written only into a catalog not upgraded yet, whose entry
     /// rows still have them (`shape::dag_entries_have_prev`).
     prev: Vec<Vec<EntryHash>>,
@@ -165,7 +165,7 @@ fn node_columns() -> &'static str {
 /// The columns of [`node_columns`], as read.
 struct NodeRow {
     id: Option<i32>,
-    hash: Option<String>,
+    hash: Option<Result<EntryHash, String>>,
     chain: Option<i32>,
     seq: Option<i32>,
     links: Result<(Vec<NodeId>, Clock), String>,
@@ -196,7 +196,7 @@ fn node_row(r: &spi::SpiHeapTupleData<'_>) -> Result<NodeRow, spi::Error> {
             _ => Err("no predecessors or clock".to_string()),
         }
     };
-    Ok(NodeRow { id, hash: r.get(2)?, chain: r.get(3)?, seq: r.get(4)?, links })
+    Ok(NodeRow { id, hash: entry_row::read_hash(r, 2)?, chain: r.get(3)?, seq: r.get(4)?, links })
 }
 
 fn backend(e: spi::Error) -> StoreError {
@@ -362,14 +362,16 @@ impl SpiStore {
             return Ok(());
         }
         let texts: Vec<String> = unknown.iter().map(EntryHash::to_b64).collect();
-        let found = run_prepared(
-            // One index lookup per hash (see `entries_by_hash` in sync.rs for why not ANY).
-            "SELECT e.hash, e.node_id FROM unnest($2::text[]) AS h(hash) CROSS JOIN LATERAL \
-             (SELECT hash, node_id FROM causal.dag_entries WHERE hash = h.hash AND grp + 0 = $1 OFFSET 0) e",
-            &[self.num.into(), texts.into()],
-            false,
-            |rows| rows.map(|r| Ok((r.get::<String>(1)?, r.get::<i32>(2)?))).collect::<Result<Vec<_>, spi::Error>>(),
-        )
+        // One index lookup per hash (see `entries_by_hash` in sync.rs for why not ANY).
+        let sql = format!(
+            "SELECT {}, e.node_id FROM unnest($2::text[]) AS h(b64) CROSS JOIN LATERAL \
+             (SELECT hash, node_id FROM causal.dag_entries d WHERE {} AND grp + 0 = $1 OFFSET 0) e",
+            entry_row::hash_sql("e"),
+            entry_row::hash_equals_sql("d", "h.b64")
+        );
+        let found = run_prepared(&sql, &[self.num.into(), texts.into()], false, |rows| {
+            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<i32>(2)?))).collect::<Result<Vec<_>, spi::Error>>()
+        })
         .map_err(backend)?;
         let mut stored = std::collections::HashSet::new();
         for (h, id) in found {
@@ -470,7 +472,7 @@ impl SpiStore {
         let (preds, clock) = links.map_err(|e| corrupt(format!("node {id} of group {}: {e}", self.group)))?;
         let id = to_u32(id)?;
         let node = Node {
-            hash: hash.parse().map_err(|_| corrupt(format!("node {id} has a bad hash")))?,
+            hash: hash.map_err(|e| corrupt(format!("node {id} of group {}: {e}", self.group)))?,
             chain: to_u32(chain)?,
             seq: to_u32(seq)?,
             preds,
@@ -612,8 +614,10 @@ fn nodes_by_ids_sql() -> String {
     format!("SELECT {} FROM causal.dag_entries WHERE grp = $1 AND node_id = ANY($2)", node_columns())
 }
 
-/// An entry's node id by its hash (`$1` the group's number, `$2` the hash).
-const NODE_ID_BY_HASH: &str = "SELECT node_id FROM causal.dag_entries WHERE hash = $2 AND grp + 0 = $1";
+/// An entry's node id by its hash (`$1` the group's number, `$2` the hash in Base64).
+fn node_id_by_hash_sql() -> String {
+    format!("SELECT node_id FROM causal.dag_entries d WHERE {} AND grp + 0 = $1", entry_row::hash_equals_sql("d", "$2"))
+}
 
 /// The columns of `causal.dag_entries`, in table order.
 pub(crate) const ENTRY_COLUMNS: &[(&str, pg_sys::Oid)] = &[
@@ -623,7 +627,7 @@ pub(crate) const ENTRY_COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("seq", pg_sys::INT4OID),
     ("received_at", pg_sys::TIMESTAMPTZOID),
     ("author", pg_sys::INT4OID),
-    ("hash", pg_sys::TEXTOID),
+    ("hash", pg_sys::BYTEAOID),
     ("payload_hash", pg_sys::BYTEAOID),
     ("links", pg_sys::BYTEAOID),
     ("payload", pg_sys::TEXTOID),
@@ -656,7 +660,7 @@ fn write_entry_rows(grp: i32, p: &PendingRows) -> Result<(), crate::error::Causa
                 Cell::Int4(p.seq[i]),
                 Cell::Now,
                 p.author[i].map_or(Cell::Null(pg_sys::INT4OID), Cell::Int4),
-                Cell::Text(&p.hash[i]),
+                Cell::Bytea(p.hash[i].as_bytes()),
                 // Empty, not NULL: a NULL would make the tuple's header 8 bytes longer (its
                 // null bitmap no longer fits beside the header's 23 bytes).
                 Cell::Bytea(if p.payload_hash_implied[i] { &[] } else { p.payload_hash[i].as_bytes() }),
@@ -676,11 +680,11 @@ fn write_entry_rows(grp: i32, p: &PendingRows) -> Result<(), crate::error::Causa
     }
     let mut rows = Inserter::open("dag_entries", &columns)?;
     for i in 0..p.node_id.len() {
-        let payload_hash = p.payload_hash[i].to_b64();
+        let (hash, payload_hash) = (p.hash[i].to_b64(), p.payload_hash[i].to_b64());
         let mut cells = vec![
             Cell::Int4(grp),
             Cell::Int4(p.node_id[i]),
-            Cell::Text(&p.hash[i]),
+            Cell::Text(&hash),
             Cell::Text(&p.payload[i]),
             Cell::Text(&payload_hash),
             Cell::Int4(p.chain[i]),
@@ -716,7 +720,7 @@ impl DagStore for SpiStore {
         // By the hash index alone: `grp + 0` keeps the planner from adding a bitmap scan of
         // the group's whole primary-key range to it (it did, and each lookup read every entry
         // of the group: an import that rewound 10k entries took 6.7 s instead of 0.9 s).
-        let id = get_prepared::<i32>(NODE_ID_BY_HASH, &[self.num.into(), hash.to_b64().into()])
+        let id = get_prepared::<i32>(&node_id_by_hash_sql(), &[self.num.into(), hash.to_b64().into()])
             .map_err(backend)?
             .map(to_u32)
             .transpose()?;
@@ -752,9 +756,10 @@ impl DagStore for SpiStore {
             self.flush()?;
         }
         let sql = format!(
-            "SELECT hash, {}, {}, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
+            "SELECT {}, {}, {}, coalesce((SELECT array_agg(t.tag) FROM causal.dag_entry_tags t \
                WHERE t.grp = e.grp AND t.chain = e.chain AND t.seq = e.seq), '{{}}'), {} \
              FROM causal.dag_entries e WHERE grp = $1 AND node_id = $2",
+            entry_row::hash_sql("e"),
             entry_row::prev_hashes_sql(),
             entry_row::payload_sql(),
             entry_row::payload_hash_sql()
@@ -887,7 +892,7 @@ impl SpiStore {
         {
             let mut p = self.pending.borrow_mut();
             p.node_id.push(to_i32(id)?);
-            p.hash.push(node.hash.to_b64());
+            p.hash.push(node.hash);
             p.prev.push(header.prev.iter().copied().collect());
             let implied = entry_row::payload_hash_implied(self.num, &payload, &header.payload_hash)
                 .map_err(|e| StoreError::Backend(Box::new(e)))?;

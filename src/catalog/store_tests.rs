@@ -9,12 +9,12 @@ mod tests {
 
     use super::super::SpiStore;
 
-    /// 20,000 entry rows of group number 1, node ids 0 to 19999, hashes 'h0' to 'h19999', in a
-    /// table without statistics.
+    /// 20,000 entry rows of group number 1, node ids 0 to 19999, hashes the SHA-256 of 'h0' to
+    /// 'h19999', in a table without statistics.
     fn fill_group_one() {
         Spi::run(
             "INSERT INTO causal.dag_entries (grp, node_id, hash, payload, payload_hash, chain, seq, links) \
-             SELECT 1, i, 'h' || i, '{}', 'p', 0, i, '\\x0000' FROM generate_series(0, 19999) i",
+             SELECT 1, i, sha256(convert_to('h' || i, 'UTF8')), '{}', 'p', 0, i, '\\x0000' FROM generate_series(0, 19999) i",
         )
         .unwrap();
     }
@@ -25,9 +25,17 @@ mod tests {
     #[pg_test]
     fn a_lookup_by_hash_uses_the_hash_index_alone() {
         fill_group_one();
-        let plan = crate::testing::generic_plan("by_hash", "int, text", super::super::NODE_ID_BY_HASH, "1, 'h77'");
+        let h77 = "encode(sha256('h77'::bytea), 'base64')";
+        let plan = crate::testing::generic_plan(
+            "by_hash",
+            "int, text",
+            &super::super::node_id_by_hash_sql(),
+            &format!("1, {h77}"),
+        );
         assert!(plan.contains("dag_entries_hash") && !plan.contains("BitmapAnd"), "{plan}");
-        assert_eq!(Spi::get_one::<i32>("EXECUTE by_hash(1, 'h77')").unwrap(), Some(77));
+        assert_eq!(Spi::get_one::<i32>(&format!("EXECUTE by_hash(1, {h77})")).unwrap(), Some(77));
+        // Text that is not a hash finds nothing.
+        assert!(!matches!(Spi::get_one::<i32>("EXECUTE by_hash(1, 'not a hash')"), Ok(Some(_))));
         Spi::run("DEALLOCATE by_hash").unwrap();
     }
 

@@ -16,7 +16,7 @@ mod tests {
             Cell::Int4(node + 1),
             Cell::Now,
             Cell::Null(pgrx::pg_sys::INT4OID),
-            Cell::Text(hash),
+            Cell::Bytea(hash.as_bytes()),
             Cell::Bytea(b"payload-hash"),
             Cell::Bytea(links),
             Cell::Text("{\"ops\":[]}"),
@@ -37,7 +37,7 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM causal.dag_entries WHERE grp = 7"), 2500);
         // Through each of the three indexes.
         Spi::run("SET LOCAL enable_seqscan = off").unwrap();
-        assert_eq!(count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND hash = 'h1234'"), 1234);
+        assert_eq!(count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND hash = 'h1234'::bytea"), 1234);
         assert_eq!(count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND node_id = 2499"), 2499);
         assert_eq!(
             count("SELECT node_id::int8 FROM causal.dag_entries WHERE grp = 7 AND chain = 0 AND seq = 1001"),
@@ -65,7 +65,7 @@ mod tests {
         }
         rows.finish();
         let row = Spi::get_one::<String>(
-            "SELECT string_agg(format('%s|%s|%s', hash, encode(links, 'hex'), received_at = now()), ' ' ORDER BY node_id) \
+            "SELECT string_agg(format('%s|%s|%s', encode(hash, 'escape'), encode(links, 'hex'), received_at = now()), ' ' ORDER BY node_id) \
              FROM causal.dag_entries WHERE grp = 7",
         )
         .unwrap()

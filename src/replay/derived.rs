@@ -63,7 +63,8 @@ impl Payloads {
             }
         }
         let sql = format!(
-            "SELECT e.hash, e.payload, {} FROM causal.dag_entries e WHERE e.grp = $1 AND e.node_id = ANY ($2)",
+            "SELECT {}, e.payload, {} FROM causal.dag_entries e WHERE e.grp = $1 AND e.node_id = ANY ($2)",
+            entry_row::hash_sql("e"),
             entry_row::author_sql()
         );
         let texts: Vec<(Option<String>, Option<String>, Option<i32>)> =

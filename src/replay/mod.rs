@@ -418,8 +418,9 @@ impl SpiReplica {
                 continue;
             }
             let sql = format!(
-                "SELECT {} FROM causal.dag_entries e WHERE e.hash = $2 AND e.grp + 0 = $1",
-                crate::catalog::entry_row::payload_sql()
+                "SELECT {} FROM causal.dag_entries e WHERE {} AND e.grp + 0 = $1",
+                crate::catalog::entry_row::payload_sql(),
+                crate::catalog::entry_row::hash_equals_sql("e", "$2")
             );
             let payload = run_prepared(&sql, &[self.num.into(), h.to_b64().into()], false, |mut rows| {
                 rows.next().map(|r| r.get::<String>(1)).transpose().map(Option::flatten)
@@ -585,9 +586,10 @@ impl ReplicaStore for SpiReplica {
         // The index orders by height only; entries of one height are put in hash order here.
         let rows = run_prepared(
             &format!(
-                "SELECT e.hash, j.height, j.status, j.reason, j.responsible, j.undo, {} FROM causal.journal j \
+                "SELECT {}, j.height, j.status, j.reason, j.responsible, j.undo, {} FROM causal.journal j \
                  JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id \
                  WHERE j.grp = $1 AND j.height >= $2 ORDER BY j.height",
+                crate::catalog::entry_row::hash_sql("e"),
                 cause_column("j.")
             ),
             &[self.num.into(), i32::try_from(from.height).unwrap_or(i32::MAX).into()],
@@ -609,14 +611,15 @@ impl ReplicaStore for SpiReplica {
     }
 
     fn authority_entries(&self) -> Result<Vec<EntryHash>, ReconcileError> {
-        let hashes = run_prepared(
-            "SELECT DISTINCT e.hash FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
+        let sql = format!(
+            "SELECT DISTINCT {} FROM causal.dag_entry_tags t JOIN causal.dag_entries e \
              ON e.grp = t.grp AND e.chain = t.chain AND e.seq = t.seq \
              WHERE t.grp = $1 AND t.tag IN ('member', 'schema', 'rule')",
-            &[self.num.into()],
-            false,
-            |rows| rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>(),
-        )
+            crate::catalog::entry_row::hash_sql("e")
+        );
+        let hashes = run_prepared(&sql, &[self.num.into()], false, |rows| {
+            rows.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>()
+        })
         .map_err(store_err)?;
         hashes.into_iter().flatten().map(|h| parse_hash(&h)).collect()
     }

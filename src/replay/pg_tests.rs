@@ -29,17 +29,17 @@ mod tests {
         .unwrap();
         let named_by = |key: &str, field: &str| {
             crate::testing::one(&format!(
-                "SELECT jsonb_typeof(meta -> '{field}') || ' ' || coalesce((SELECT e.hash FROM causal.dag_entries e \
+                "SELECT jsonb_typeof(meta -> '{field}') || ' ' || coalesce((SELECT e.hash FROM causal.entries e \
                  WHERE e.grp = m.grp AND (e.node_id::text = meta ->> '{field}' OR e.hash = meta ->> '{field}')), '?') \
                  FROM causal.row_meta m WHERE key = '[\"{key}\"]'"
             ))
         };
-        let inserter = crate::testing::one("SELECT hash FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1");
+        let inserter = crate::testing::one("SELECT hash FROM causal.entries ORDER BY node_id DESC LIMIT 1");
         assert_eq!(named_by("A", "i"), format!("number {inserter}"));
         // Row B as an earlier version wrote it: the inserting entry named by hash.
         Spi::run(
             "UPDATE causal.row_meta m SET meta = jsonb_build_object('i', e.hash), \
-             vals = '{\"sku\": \"B\", \"name\": \"Gadget\", \"price\": \"1.00\"}' FROM causal.dag_entries e \
+             vals = '{\"sku\": \"B\", \"name\": \"Gadget\", \"price\": \"1.00\"}' FROM causal.entries e \
              WHERE m.key = '[\"B\"]' AND e.grp = m.grp AND e.node_id = (m.meta ->> 'i')::int",
         )
         .unwrap();
@@ -50,10 +50,10 @@ mod tests {
             r#"[{"op":"update","table":"products","key":{"sku":"B"},"set":{"name":"Gizmo"},"unset":[]}]"#,
         );
         Spi::run("SELECT causal.catch_up()").unwrap();
-        let updater = crate::testing::one("SELECT hash FROM causal.dag_entries ORDER BY node_id DESC LIMIT 1");
+        let updater = crate::testing::one("SELECT hash FROM causal.entries ORDER BY node_id DESC LIMIT 1");
         assert_eq!(named_by("B", "i"), format!("number {inserter}"));
         let writer = crate::testing::one(
-            "SELECT e.hash FROM causal.row_meta m JOIN causal.dag_entries e \
+            "SELECT e.hash FROM causal.row_meta m JOIN causal.entries e \
              ON e.grp = m.grp AND e.node_id = (m.meta -> 'w' ->> 'name')::int WHERE m.key = '[\"B\"]'",
         );
         assert_eq!(writer, updater);

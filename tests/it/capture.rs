@@ -245,7 +245,7 @@ fn a_rule_declared_concurrently_waits_for_the_writers_in_flight() {
 
 /// Hashes of every entry, in storage order.
 fn hashes(db: &mut Client) -> Vec<String> {
-    db.query("SELECT hash FROM causal.dag_entries ORDER BY node_id", &[]).unwrap().iter().map(|r| r.get(0)).collect()
+    db.query("SELECT hash FROM causal.entries ORDER BY node_id", &[]).unwrap().iter().map(|r| r.get(0)).collect()
 }
 
 #[test]

@@ -515,7 +515,7 @@ fn a_malicious_peer_is_banned_and_the_honest_nodes_converge() {
     });
     assert_eq!(a.entries(), entries_before);
     assert_eq!(
-        a.db.query_one("SELECT count(*) FROM causal.dag_entries WHERE hash = $1", &[&forged.hash.to_b64()])
+        a.db.query_one("SELECT count(*) FROM causal.entries WHERE hash = $1", &[&forged.hash.to_b64()])
             .unwrap()
             .get::<_, i64>(0),
         0

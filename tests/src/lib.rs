@@ -248,7 +248,7 @@ impl Drop for Cluster {
 /// SQL for the predecessors' hashes of the `causal.entries` row aliased `e`: entry rows keep
 /// their predecessors as node ids (`preds`) only.
 pub const ENTRY_PREV: &str =
-    "ARRAY(SELECT p.hash FROM causal.dag_entries p WHERE p.grp = e.grp AND p.node_id = ANY (e.preds))";
+    "ARRAY(SELECT p.hash FROM causal.entries p WHERE p.grp = e.grp AND p.node_id = ANY (e.preds))";
 
 /// The SQLSTATE of a failed statement, if the error came from the server.
 pub fn sqlstate(err: &postgres::Error) -> Option<String> {
