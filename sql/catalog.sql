@@ -124,8 +124,11 @@ CREATE TABLE causal.entry_authors (
 -- entry is stored once per group by the code (content addressing; every append checks, under
 -- the group's lock, that the hash is not stored yet). Lookups write
 -- `hash = causal._hash_bytes($h) AND grp + 0 = $g` ($h in Base64), so that the planner uses
--- this index alone (see SpiStore::node_id).
-CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash);
+-- this index alone (see SpiStore::node_id). A hash index grows by allocating whole phases of
+-- buckets, so its size per key swings with the table's size; with 32-byte keys it took 37–61
+-- bytes per key at the default fillfactor (75) and 34–50 at 90 over 10k–800k keys, with 11%
+-- and 16% of the buckets overflowing into a second page (measured 2026-12-08).
+CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash) WITH (fillfactor = 90);
 
 -- The reconciliation journal (docs/SEMANTICS.md), one row per entry the engine has placed:
 -- its place in the canonical order (height, then hash), its verdict, the entries responsible

@@ -290,7 +290,7 @@ LEFT JOIN causal.entry_authors a
 -- A member table dropped alone would stay in the extension's list of tables pg_dump dumps.
 ALTER EXTENSION pg_causal DROP TABLE causal.dag_entries_0_1;
 DROP TABLE causal.dag_entries_0_1;
-CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash);
+CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash) WITH (fillfactor = 90);
 REVOKE ALL ON causal.dag_entries, causal.entry_authors FROM PUBLIC;
 GRANT SELECT ON causal.dag_entries, causal.entry_authors TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('causal.dag_entries', '');
