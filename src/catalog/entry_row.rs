@@ -1,15 +1,14 @@
 //! The row of an entry (`causal.dag_entries`) and how SQL reads it in either catalog.
 //!
-//! Since 0.2.0 a row keeps its predecessors and clock packed in `links`
-//! ([`causal_core::dag::links`]), its payload hash as bytes unless it is the digest of the
-//! payload's text (empty then: the text is canonical, as a local commit's is), and its payload
-//! text, when it
-//! starts with the author's key, without the key and with the fragments operations repeat
-//! coded ([`causal_core::stored_payload`]): `author` then numbers the key in
-//! `causal.entry_authors`. A 0.1.0 catalog, until
-//! `ALTER EXTENSION pg_causal UPDATE`, has `preds` and `clock` as `int4[]`, the payload hash
-//! in Base64 and the payload whole. Everything that reads entry rows in SQL takes its
-//! expressions from here; the view `causal.entries` shows rows decoded.
+//! Since 0.2.0 a row keeps its hash as bytes, its predecessors and clock packed in `links`
+//! ([`causal_core::dag::links`]), its payload hash as bytes, or empty when it is the digest of
+//! the payload's text (a local commit's text is canonical, so it always is), and its payload
+//! text, when it starts with the author's key, without the key and with the fragments
+//! operations repeat coded ([`causal_core::stored_payload`]): `author` then numbers the key in
+//! `causal.entry_authors`. A 0.1.0 catalog, until `ALTER EXTENSION pg_causal UPDATE`, has both
+//! hashes in Base64, `preds` and `clock` as `int4[]`, and the payload whole. Everything that
+//! reads entry rows in SQL takes its expressions from here; the view `causal.entries` shows
+//! rows decoded.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -116,13 +115,18 @@ fn author_number(key: &str) -> Result<i32, CausalError> {
     if let Some(n) = AUTHORS.with(|a| a.borrow().0.get(key).copied()) {
         return Ok(n);
     }
-    // DO UPDATE returns the row a concurrent transaction inserted too (DO NOTHING would not).
-    let n = get_prepared::<i32>(
-        "INSERT INTO causal.entry_authors AS a (key_id) VALUES ($1) \
-         ON CONFLICT (key_id) DO UPDATE SET key_id = a.key_id RETURNING a.author",
-        &[key.into()],
-    )?
-    .ok_or_else(|| CausalError::Corrupt(format!("author {key} got no number")))?;
+    let known = get_prepared::<i32>("SELECT author FROM causal.entry_authors WHERE key_id = $1", &[key.into()])?;
+    let n = match known {
+        Some(n) => n,
+        // DO UPDATE returns the row a concurrent transaction inserted too (DO NOTHING would
+        // not); it writes only for a key seen here for the first time.
+        None => get_prepared::<i32>(
+            "INSERT INTO causal.entry_authors AS a (key_id) VALUES ($1) \
+             ON CONFLICT (key_id) DO UPDATE SET key_id = a.key_id RETURNING a.author",
+            &[key.into()],
+        )?
+        .ok_or_else(|| CausalError::Corrupt(format!("author {key} got no number")))?,
+    };
     AUTHORS.with(|a| {
         let mut a = a.borrow_mut();
         a.0.insert(key.to_string(), n);
