@@ -189,10 +189,9 @@ fn node_row(r: &spi::SpiHeapTupleData<'_>) -> Result<NodeRow, spi::Error> {
         }
     } else {
         match (r.get::<Vec<i32>>(5)?, r.get::<Vec<i32>>(6)?) {
-            (Some(preds), Some(clock)) => Ok((
-                preds.into_iter().map(|p| NodeId(p as u32)).collect(),
-                Clock(clock.into_iter().map(|s| s as u32).collect()),
-            )),
+            (Some(preds), Some(clock)) => {
+                to_u32s(preds).and_then(|preds| Ok((preds, Clock(to_u32s(clock)?)))).map_err(|e| e.to_string())
+            }
             _ => Err("no predecessors or clock".to_string()),
         }
     };
