@@ -23,6 +23,7 @@ pub const TARGETS: &[Target] = &[
     ("column_value", column_value),
     ("schema_entry", schema_entry),
     ("handoff", handoff),
+    ("stored_entry", stored_entry),
 ];
 
 /// JSON text from outside, canonicalized: either refused, or a canonical text that does not
@@ -240,5 +241,27 @@ pub fn schema_entry(data: &[u8]) {
 pub fn handoff(data: &[u8]) {
     if let Ok(batch) = crate::handoff::Batch::decode(data) {
         assert_eq!(batch.encode(), data, "a batch read back is written differently");
+    }
+}
+
+/// The packed columns of an entry row, which any role can hand to the SQL functions that read
+/// them (`causal._entry_preds`, `causal._entry_payload`): the first 4 bytes are a node id, the
+/// rest packed links, and the same bytes as text a stored payload. Links are refused or
+/// unpack to what packs back the same; a stored payload loads whatever it holds, and what
+/// `store` makes of a payload loads back exactly.
+pub fn stored_entry(data: &[u8]) {
+    use crate::dag::{links, NodeId};
+    if let Some((id, rest)) = data.split_first_chunk::<4>() {
+        let node = NodeId(u32::from_le_bytes(*id));
+        if let Ok((preds, clock)) = links::unpack(node, rest) {
+            assert_eq!(links::pack(node, &preds, &clock).ok().as_deref(), Some(rest), "links do not re-encode");
+        }
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = crate::stored_payload::load("key", text);
+    if let Some((key, stored)) = crate::stored_payload::store(text) {
+        assert_eq!(crate::stored_payload::load(key, &stored), text);
     }
 }
