@@ -217,12 +217,13 @@ fn _hash_bytes(hash: &str) -> Option<Vec<u8>> {
     hash.parse::<causal_core::EntryHash>().ok().map(|h| h.as_bytes().to_vec())
 }
 
-/// An entry hash read from a row: bytes (0.2.0) or Base64 (0.1.0).
+/// An entry hash read from a row: bytes when `packed` (0.2.0), else Base64 (0.1.0).
 pub fn read_hash(
     r: &pgrx::spi::SpiHeapTupleData<'_>,
     column: usize,
+    packed: bool,
 ) -> Result<Option<Result<causal_core::EntryHash, String>>, pgrx::spi::Error> {
-    if packed() {
+    if packed {
         Ok(r.get::<&[u8]>(column)?.map(|b| {
             <[u8; 32]>::try_from(b)
                 .map(|b| causal_core::EntryHash(Hash(b)))

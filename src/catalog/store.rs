@@ -152,10 +152,10 @@ struct PendingRows {
     tag_seq: Vec<i32>,
 }
 
-/// The columns a node read selects, in the catalog at hand: `node_id, hash, chain, seq` and
-/// the packed `links`, or `preds, clock` in a 0.1.0 catalog.
-fn node_columns() -> &'static str {
-    if entry_row::packed() {
+/// The columns a node read selects, in the catalog at hand (`entry_row::packed`):
+/// `node_id, hash, chain, seq` and the packed `links`, or `preds, clock` in a 0.1.0 catalog.
+fn node_columns(packed: bool) -> &'static str {
+    if packed {
         "node_id, hash, chain, seq, links"
     } else {
         "node_id, hash, chain, seq, preds, clock"
@@ -171,18 +171,10 @@ struct NodeRow {
     links: Result<(Vec<NodeId>, Clock), String>,
 }
 
-/// How many columns [`node_columns`] selects.
-fn node_column_count() -> usize {
-    if entry_row::packed() {
-        5
-    } else {
-        6
-    }
-}
-
-fn node_row(r: &spi::SpiHeapTupleData<'_>) -> Result<NodeRow, spi::Error> {
+/// A row of [`node_columns`]`(packed)`; the shape is asked once per statement, not per row.
+fn node_row(r: &spi::SpiHeapTupleData<'_>, packed: bool) -> Result<NodeRow, spi::Error> {
     let id: Option<i32> = r.get(1)?;
-    let links = if entry_row::packed() {
+    let links = if packed {
         match (id, r.get::<&[u8]>(5)?) {
             (Some(id), Some(bytes)) => entry_row::unpack_links(id, bytes).map_err(|e| e.to_string()),
             _ => Err("no links".to_string()),
@@ -195,7 +187,7 @@ fn node_row(r: &spi::SpiHeapTupleData<'_>) -> Result<NodeRow, spi::Error> {
             _ => Err("no predecessors or clock".to_string()),
         }
     };
-    Ok(NodeRow { id, hash: entry_row::read_hash(r, 2)?, chain: r.get(3)?, seq: r.get(4)?, links })
+    Ok(NodeRow { id, hash: entry_row::read_hash(r, 2, packed)?, chain: r.get(3)?, seq: r.get(4)?, links })
 }
 
 fn backend(e: spi::Error) -> StoreError {
@@ -396,8 +388,9 @@ impl SpiStore {
             return Ok(());
         }
         self.flush()?;
-        let rows = run_prepared(&nodes_by_ids_sql(), &[self.num.into(), missing.into()], false, |rows| {
-            rows.map(|r| node_row(&r)).collect::<Result<Vec<_>, spi::Error>>()
+        let packed = entry_row::packed();
+        let rows = run_prepared(&nodes_by_ids_sql(packed), &[self.num.into(), missing.into()], false, |rows| {
+            rows.map(|r| node_row(&r, packed)).collect::<Result<Vec<_>, spi::Error>>()
         })
         .map_err(backend)?;
         for row in rows {
@@ -412,17 +405,20 @@ impl SpiStore {
     /// both for each page of entries, which took a statement for each before.
     pub fn nodes_with_payloads(&self, from: NodeId, to: NodeId) -> Result<Vec<(Rc<Node>, String)>, StoreError> {
         self.flush()?;
-        // The payload and its author's number after the node's columns.
-        let n = node_column_count();
+        // The payload and its author's number after the node's columns, last.
+        let packed = entry_row::packed();
         let sql = format!(
-            "SELECT {}, payload, {} FROM causal.dag_entries \
-             WHERE grp = $1 AND node_id >= $2 AND node_id < $3 ORDER BY node_id",
-            node_columns(),
-            if entry_row::packed() { "author" } else { "NULL::int4" }
+            "SELECT {}, e.payload, {} FROM causal.dag_entries e \
+             WHERE e.grp = $1 AND e.node_id >= $2 AND e.node_id < $3 ORDER BY e.node_id",
+            node_columns(packed),
+            entry_row::author_sql()
         );
         let rows = run_prepared(&sql, &[self.num.into(), to_i32(from)?.into(), to_i32(to)?.into()], false, |rows| {
-            rows.map(|r| Ok((node_row(&r)?, r.get::<String>(n + 1)?, r.get::<i32>(n + 2)?)))
-                .collect::<Result<Vec<_>, spi::Error>>()
+            rows.map(|r| {
+                let n = r.columns();
+                Ok((node_row(&r, packed)?, r.get::<String>(n - 1)?, r.get::<i32>(n)?))
+            })
+            .collect::<Result<Vec<_>, spi::Error>>()
         })
         .map_err(backend)?;
         let mut out = Vec::with_capacity(rows.len());
@@ -443,15 +439,16 @@ impl SpiStore {
             return Ok(Vec::new());
         }
         self.flush()?;
+        let packed = entry_row::packed();
         let sql = format!(
             "SELECT {} FROM causal.dag_entries WHERE grp = $1 AND chain = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq",
-            node_columns()
+            node_columns(packed)
         );
         let rows = run_prepared(
             &sql,
             &[self.num.into(), to_i32(chain)?.into(), to_i32(lo)?.into(), to_i32(hi)?.into()],
             false,
-            |rows| rows.map(|r| node_row(&r)).collect::<Result<Vec<_>, spi::Error>>(),
+            |rows| rows.map(|r| node_row(&r, packed)).collect::<Result<Vec<_>, spi::Error>>(),
         )
         .map_err(backend)?;
         let mut ids = Vec::with_capacity(rows.len());
@@ -609,8 +606,8 @@ impl SpiStore {
 }
 
 /// The nodes of group `$1` with the node ids `$2`: one scan of the primary key for all of them.
-fn nodes_by_ids_sql() -> String {
-    format!("SELECT {} FROM causal.dag_entries WHERE grp = $1 AND node_id = ANY($2)", node_columns())
+fn nodes_by_ids_sql(packed: bool) -> String {
+    format!("SELECT {} FROM causal.dag_entries WHERE grp = $1 AND node_id = ANY($2)", node_columns(packed))
 }
 
 /// An entry's node id by its hash (`$1` the group's number, `$2` the hash in Base64).
@@ -733,9 +730,10 @@ impl DagStore for SpiStore {
         if let Some(n) = self.cache.borrow().nodes.get(&id).cloned() {
             return Ok(n);
         }
-        let sql = format!("SELECT {} FROM causal.dag_entries WHERE grp = $1 AND node_id = $2", node_columns());
+        let packed = entry_row::packed();
+        let sql = format!("SELECT {} FROM causal.dag_entries WHERE grp = $1 AND node_id = $2", node_columns(packed));
         let row = run_prepared(&sql, &[self.num.into(), to_i32(id)?.into()], false, |mut rows| {
-            rows.next().map(|r| node_row(&r)).transpose()
+            rows.next().map(|r| node_row(&r, packed)).transpose()
         })
         .map_err(backend)?;
         let Some(row) = row else {

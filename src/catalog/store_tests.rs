@@ -72,10 +72,10 @@ mod tests {
     fn nodes_by_id_are_read_through_the_primary_key() {
         fill_group_one();
         let plan =
-            crate::testing::generic_plan("by_ids", "int, int[]", &super::super::nodes_by_ids_sql(), "1, '{7, 77}'");
+            crate::testing::generic_plan("by_ids", "int, int[]", &super::super::nodes_by_ids_sql(true), "1, '{7, 77}'");
         assert!(plan.contains("dag_entries_pkey") && !plan.contains("Seq Scan on dag_entries"), "{plan}");
         Spi::run("DEALLOCATE by_ids").unwrap();
-        let sql = super::super::nodes_by_ids_sql().replace("$1", "1").replace("$2", "'{7, 77, 20000}'");
+        let sql = super::super::nodes_by_ids_sql(true).replace("$1", "1").replace("$2", "'{7, 77, 20000}'");
         let ids =
             Spi::get_one::<String>(&format!("SELECT string_agg(node_id::text, ',' ORDER BY node_id) FROM ({sql}) x"));
         assert_eq!(ids.unwrap().as_deref(), Some("7,77"));
