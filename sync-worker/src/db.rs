@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 use crate::session::ImportOutcome;
 use crate::wire::WireHeader;
@@ -46,6 +47,12 @@ pub struct GroupRow {
 /// One connection to the database.
 pub struct Db {
     client: Client,
+    /// The statements this connection has prepared, by text: each is parsed and planned by
+    /// the server once, not at every call. A call that sends only text makes the server parse
+    /// and analyse it again, in a round trip of its own: that was 10-20% of the CPU of each
+    /// of the worker's sealing, decoding and placing backends under a steady load of
+    /// single-row commits (docs/BENCHMARKS.md).
+    prepared: std::sync::Mutex<std::collections::HashMap<&'static str, Statement>>,
 }
 
 /// Where `LISTEN` messages go: a bounded channel, and a count of the messages that found it
@@ -81,7 +88,7 @@ pub async fn connect(conninfo: &str, notifications: Option<Notifications>) -> Re
             }
         }
     });
-    Ok(Db { client })
+    Ok(Db { client, prepared: std::sync::Mutex::default() })
 }
 
 /// A group row, read without panicking on a column of an unexpected type (a worker binary
@@ -95,9 +102,49 @@ fn parse_json(text: &str) -> Option<Value> {
 }
 
 impl Db {
+    /// The statements prepared so far (a panic elsewhere while one was held leaves them valid).
+    fn statements(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<&'static str, Statement>> {
+        self.prepared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `sql` prepared on this connection, once.
+    async fn statement(&self, sql: &'static str) -> Result<Statement, DbError> {
+        if let Some(s) = self.statements().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.statements().insert(sql, s.clone());
+        Ok(s)
+    }
+
+    /// Runs `sql`, prepared once, and returns its rows. After an error the statement is
+    /// prepared again at its next call: one the server no longer knows or can no longer run
+    /// as planned (the extension was updated, say) is not tried again and again.
+    async fn query(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+        let statement = self.statement(sql).await?;
+        self.client.query(&statement, params).await.map_err(|e| self.forget(sql, e))
+    }
+
+    /// [`Db::query`] for a statement that returns exactly one row.
+    async fn query_one(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, DbError> {
+        let statement = self.statement(sql).await?;
+        self.client.query_one(&statement, params).await.map_err(|e| self.forget(sql, e))
+    }
+
+    /// [`Db::query`] for a statement that returns at most one row.
+    async fn query_opt(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, DbError> {
+        let statement = self.statement(sql).await?;
+        self.client.query_opt(&statement, params).await.map_err(|e| self.forget(sql, e))
+    }
+
+    fn forget(&self, sql: &'static str, e: tokio_postgres::Error) -> DbError {
+        self.statements().remove(sql);
+        DbError::Postgres(e)
+    }
+
     /// Whether `CREATE EXTENSION pg_causal` has run in this database.
     pub async fn extension_ready(&self) -> Result<bool, DbError> {
-        Ok(self.client.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'pg_causal'", &[]).await?.is_some())
+        Ok(self.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'pg_causal'", &[]).await?.is_some())
     }
 
     pub async fn listen(&self) -> Result<(), DbError> {
@@ -108,7 +155,6 @@ impl Db {
     /// The node identity's secret key (the libp2p identity).
     pub async fn node_secret(&self) -> Result<Vec<u8>, DbError> {
         let row = self
-            .client
             .query_opt("SELECT secret_key FROM causal.identity_keys WHERE is_node", &[])
             .await
             .map_err(|_| DbError::NoNodeKey)?
@@ -118,7 +164,6 @@ impl Db {
 
     pub async fn groups(&self) -> Result<Vec<GroupRow>, DbError> {
         let rows = self
-            .client
             .query(
                 "SELECT group_id, hash_algorithm, causal.frontier(group_id) FROM causal.group_defs ORDER BY group_id",
                 &[],
@@ -129,7 +174,6 @@ impl Db {
 
     pub async fn group(&self, group_id: &str) -> Result<Option<GroupRow>, DbError> {
         let row = self
-            .client
             .query_opt(
                 "SELECT group_id, hash_algorithm, causal.frontier(group_id) FROM causal.group_defs WHERE group_id = $1",
                 &[&group_id],
@@ -141,7 +185,6 @@ impl Db {
     /// Groups asked for with `causal.join_group` that are not here yet.
     pub async fn wanted_groups(&self) -> Result<Vec<String>, DbError> {
         let rows = self
-            .client
             .query(
                 "SELECT w.group_id FROM causal.wanted_groups w \
                  WHERE NOT EXISTS (SELECT 1 FROM causal.group_defs g WHERE g.group_id = w.group_id)",
@@ -152,7 +195,7 @@ impl Db {
     }
 
     pub async fn peer_addresses(&self) -> Result<Vec<String>, DbError> {
-        let rows = self.client.query("SELECT address FROM causal.peer_addresses ORDER BY address", &[]).await?;
+        let rows = self.query("SELECT address FROM causal.peer_addresses ORDER BY address", &[]).await?;
         Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
     }
 
@@ -168,7 +211,6 @@ impl Db {
     ) -> Result<(Vec<WireHeader>, bool, Option<Vec<(String, Value)>>), DbError> {
         let max = i32::try_from(max).unwrap_or(i32::MAX);
         let rows = self
-            .client
             .query(
                 "SELECT kind, hash, body FROM causal._sync_headers($1, $2, $3, $4, $5, $6)",
                 &[&group, &start, &limits, &max, &with_payloads, &forward],
@@ -195,7 +237,7 @@ impl Db {
 
     /// Which of `hashes` the group's DAG holds (`causal._sync_stored`).
     pub async fn stored(&self, group: &str, hashes: &[String]) -> Result<Vec<String>, DbError> {
-        let rows = self.client.query("SELECT causal._sync_stored($1, $2)", &[&group, &hashes]).await?;
+        let rows = self.query("SELECT causal._sync_stored($1, $2)", &[&group, &hashes]).await?;
         match rows.first() {
             Some(r) => Ok(r.try_get::<_, Option<Vec<String>>>(0)?.unwrap_or_default()),
             None => Ok(Vec::new()),
@@ -204,8 +246,7 @@ impl Db {
 
     /// Serves a payload request (`causal._sync_payloads`).
     pub async fn read_payloads(&self, group: &str, hashes: &[String]) -> Result<Vec<(String, Value)>, DbError> {
-        let rows =
-            self.client.query("SELECT hash, payload FROM causal._sync_payloads($1, $2)", &[&group, &hashes]).await?;
+        let rows = self.query("SELECT hash, payload FROM causal._sync_payloads($1, $2)", &[&group, &hashes]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let body: String = r.try_get(1)?;
@@ -217,7 +258,7 @@ impl Db {
     /// Imports entries through `causal.import` (one transaction: validation, storage,
     /// reconciliation), and reads the group's frontier after it.
     pub async fn import(&self, group: &str, hashes: Vec<String>, bundle: Vec<u8>) -> Result<ImportOutcome, DbError> {
-        let row = self.client.query_one("SELECT causal.import($1)::text", &[&bundle]).await?;
+        let row = self.query_one("SELECT causal.import($1)::text", &[&bundle]).await?;
         let text: String = row.try_get(0)?;
         let result: Value = serde_json::from_str(&text).map_err(|_| DbError::Unexpected("causal.import"))?;
         let rejected: Vec<(String, String)> = result["rejected"]
@@ -235,20 +276,20 @@ impl Db {
     /// Places local commits that wait for the reconciliation engine (`causal.catch_up`), about
     /// `max_rows` rows per group in one short transaction; returns how many entries it placed.
     pub async fn catch_up(&self, max_rows: i64) -> Result<i64, DbError> {
-        let row = self.client.query_one("SELECT causal.catch_up(NULL, $1)", &[&max_rows]).await?;
+        let row = self.query_one("SELECT causal.catch_up(NULL, $1)", &[&max_rows]).await?;
         Ok(row.try_get(0)?)
     }
 
     /// Decodes committed transactions not sealed yet, about `max_rows` row operations at
     /// most (`causal._decode_commits`), in the form [`Db::seal_decoded`] takes.
     pub async fn decode_commits(&self, max_rows: i32) -> Result<Vec<u8>, DbError> {
-        let row = self.client.query_one("SELECT causal._decode_commits($1)", &[&max_rows]).await?;
+        let row = self.query_one("SELECT causal._decode_commits($1)", &[&max_rows]).await?;
         Ok(row.try_get(0)?)
     }
 
     /// Seals what [`Db::decode_commits`] returned (`causal._seal_decoded`).
     pub async fn seal_decoded(&self, batch: &[u8]) -> Result<i64, DbError> {
-        let row = self.client.query_one("SELECT causal._seal_decoded($1)", &[&batch]).await?;
+        let row = self.query_one("SELECT causal._seal_decoded($1)", &[&batch]).await?;
         Ok(row.try_get(0)?)
     }
 
@@ -256,21 +297,21 @@ impl Db {
     /// `max_rows` rows per group; `None` when a run would cancel a local commit, which only
     /// [`Db::catch_up`] may place.
     pub async fn place_sealed(&self, max_rows: i64) -> Result<Option<i64>, DbError> {
-        let row = self.client.query_one("SELECT causal._place_sealed($1)", &[&max_rows]).await?;
+        let row = self.query_one("SELECT causal._place_sealed($1)", &[&max_rows]).await?;
         Ok(row.try_get(0)?)
     }
 
     /// Seals the local commits (`causal.catch_up(NULL, 0)`): their entries are durable when
     /// this returns, whatever placement still has to do.
     pub async fn seal(&self) -> Result<(), DbError> {
-        self.client.query_one("SELECT causal.catch_up(NULL, 0)", &[]).await?;
+        self.query_one("SELECT causal.catch_up(NULL, 0)", &[]).await?;
         Ok(())
     }
 
     /// Publishes the worker's status for `causal.peers` and `causal.sync_status`.
     pub async fn report(&self, report: &Value) -> Result<(), DbError> {
         let text = report.to_string();
-        self.client.execute("SELECT causal._sync_report($1::text::jsonb)", &[&text]).await?;
+        self.query_one("SELECT causal._sync_report($1::text::jsonb)", &[&text]).await?;
         Ok(())
     }
 }
