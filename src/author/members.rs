@@ -282,7 +282,7 @@ pub fn authority_input(group: &Group) -> Result<Vec<(OrderKey, SignedPayload)>, 
     let rerr = |e: causal_core::reconcile::ReconcileError| CausalError::Reconcile(e.to_string());
     let hashes = replica.authority_entries().map_err(rerr)?;
     let heights = causal_core::reconcile::membership_view::heights(replica.dag(), &hashes, &mut |h| {
-        Ok(replica.journal(h)?.map(|j| j.order.height))
+        Ok(replica.order(h)?.map(|o| o.height))
     })
     .map_err(rerr)?;
     let mut out = Vec::with_capacity(hashes.len());

@@ -582,6 +582,21 @@ impl ReplicaStore for SpiReplica {
         }
     }
 
+    fn order(&self, h: &EntryHash) -> Result<Option<OrderKey>, ReconcileError> {
+        let Some(id) = self.dag.store().node_id(h).map_err(store_err)? else { return Ok(None) };
+        let height = crate::pg::spi::get_prepared::<i32>(
+            "SELECT height FROM causal.journal WHERE grp = $1 AND node_id = $2",
+            &[self.num.into(), node_i32(id)?.into()],
+        )
+        .map_err(store_err)?;
+        height
+            .map(|height| {
+                let height = u32::try_from(height).map_err(|_| ReconcileError::Corrupt("negative height".into()))?;
+                Ok(OrderKey { height, hash: *h })
+            })
+            .transpose()
+    }
+
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(EntryHash, JournalEntry)>, ReconcileError> {
         // The index orders by height only; entries of one height are put in hash order here.
         let rows = run_prepared(

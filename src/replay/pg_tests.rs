@@ -66,6 +66,41 @@ mod tests {
     /// a stored row merges into the derived values, and the view at the frontier, the user
     /// table and `causal.verify` agree. The rows of a table a rule scans keep all their values.
     /// A kept value that differs from the history's is flagged.
+    /// An entry's order key read alone (its height) is the one its whole journal record gives,
+    /// for every placed entry; an entry not placed has none.
+    #[pg_test]
+    fn an_order_key_read_alone_is_the_journal_records() {
+        use causal_core::reconcile::ReplicaStore;
+        crate::testing::shop_with_products();
+        for sku in ["A", "B", "C"] {
+            crate::testing::local_commit(
+                "shop",
+                &format!("INSERT INTO products VALUES ('{sku}', 'Widget', 1)"),
+                &format!(
+                    r#"[{{"op":"insert","table":"products","row":{{"sku":"{sku}","name":"Widget","price":"1.00"}}}}]"#
+                ),
+            );
+        }
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        let group = crate::catalog::group::Group::find("shop").unwrap();
+        let replica = super::super::SpiReplica::new(&group);
+        let hashes: Vec<String> = Spi::connect(|c| {
+            c.select("SELECT hash FROM causal.entries ORDER BY node_id", None, &[])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap())
+                .collect()
+        });
+        assert!(hashes.len() >= 4, "{hashes:?}");
+        for h in &hashes {
+            let h: causal_core::EntryHash = h.parse().unwrap();
+            let whole = replica.journal(&h).unwrap().map(|j| j.order);
+            assert!(whole.is_some(), "entry {h} is placed");
+            assert_eq!(replica.order(&h).unwrap(), whole, "entry {h}");
+        }
+        let unknown = causal_core::EntryHash(causal_core::Hash([7; 32]));
+        assert_eq!(replica.order(&unknown).unwrap(), None);
+    }
+
     #[pg_test]
     fn row_meta_keeps_lookup_values_only_and_reads_derive_the_rest() {
         crate::testing::capture_slot();

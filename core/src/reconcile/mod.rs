@@ -391,6 +391,12 @@ pub trait ReplicaStore {
     fn dag(&self) -> &Dag<Self::Dag>;
     /// The journal record of an entry, if it has been replayed.
     fn journal(&self, h: &EntryHash) -> Result<Option<JournalEntry>, ReconcileError>;
+    /// The order key of an entry, if it has been replayed: its journal record's, which a store
+    /// may read without the rest of the record (an undo record can take reading the entry's
+    /// payload to spell out).
+    fn order(&self, h: &EntryHash) -> Result<Option<OrderKey>, ReconcileError> {
+        Ok(self.journal(h)?.map(|j| j.order))
+    }
     /// Journal records with an order key `>= from`, ascending.
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(EntryHash, JournalEntry)>, ReconcileError>;
     /// Hashes of every stored entry carrying authority (genesis, membership, schema, rules).
@@ -423,8 +429,8 @@ pub trait ReplicaStore {
 pub fn placed_authority<R: ReplicaStore>(store: &R) -> Result<Authority, ReconcileError> {
     let mut input = Vec::new();
     for h in store.authority_entries()? {
-        if let Some(j) = store.journal(&h)? {
-            input.push((j.order, store.payload(&h)?));
+        if let Some(order) = store.order(&h)? {
+            input.push((order, store.payload(&h)?));
         }
     }
     Authority::resolve(store.dag(), input)
@@ -441,8 +447,8 @@ fn height_of<R: ReplicaStore>(
         let ph = match fresh.get(p) {
             Some(x) => *x,
             None => store
-                .journal(p)?
-                .map(|j| j.order.height)
+                .order(p)?
+                .map(|o| o.height)
                 .ok_or_else(|| ReconcileError::Corrupt(format!("predecessor {} has not been replayed", p.to_b64())))?,
         };
         h = h.max(ph.saturating_add(1));
@@ -598,10 +604,7 @@ fn order_key<R: ReplicaStore>(
     if let Some(height) = fresh.get(h) {
         return Ok(OrderKey { height: *height, hash: *h });
     }
-    store
-        .journal(h)?
-        .map(|j| j.order)
-        .ok_or_else(|| ReconcileError::Corrupt(format!("entry {} has no order", h.to_b64())))
+    store.order(h)?.ok_or_else(|| ReconcileError::Corrupt(format!("entry {} has no order", h.to_b64())))
 }
 
 /// The entries from `start` on in canonical order: journaled ones with their old records, and
