@@ -40,7 +40,10 @@ pub extern "C-unwind" fn _PG_init() {
     pg::xact::subscribe(catalog::store::forget);
     // Undone work may have sealed what a kept decoding context has read past.
     pg::xact::subscribe(capture::decode::forget);
+    // Undone work may have created or dropped what the catalog's shape was found to be.
+    pg::xact::subscribe(|_| catalog::shape::forget());
     catalog::identity::register_callbacks();
+    catalog::shape::register_callbacks();
     pg::shmem::init();
     worker::register();
 }

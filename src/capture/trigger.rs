@@ -67,6 +67,7 @@ pub fn refuse_after_writes(group_id: &str, action: &'static str) -> Result<(), C
 /// Relcache callback: forgets what a change to a table, or to the catalog, may have changed.
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     crate::catalog::identity::relcache_changed(relid);
+    crate::catalog::shape::forget();
     if relid == pg_sys::InvalidOid && super::decode::own_reset() {
         // Decoding dropped every cache entry; what pg_causal keeps was read from a catalog
         // that did not change (under the current snapshot, or for decoding under the
