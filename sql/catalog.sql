@@ -130,7 +130,8 @@ CREATE TABLE causal.entry_authors (
 -- and 16% of the buckets overflowing into a second page (measured 2026-12-08).
 CREATE INDEX dag_entries_hash ON causal.dag_entries USING hash (hash) WITH (fillfactor = 90);
 
--- The reconciliation journal (docs/SEMANTICS.md), one row per entry the engine has placed:
+-- The reconciliation journal (docs/SEMANTICS.md), one row per entry the engine has placed
+-- (or a run of `journal_runs`, below, for entries placed in a line with all their rows new):
 -- its place in the canonical order (height, then hash), its verdict, the entries responsible
 -- for a cancellation, and the prior states of the rows it changed, so a late concurrent entry
 -- can rewind it. Entries are immutable; this is what reconciliation rewrites, kept narrow.
@@ -331,6 +332,28 @@ SELECT f.grp, f.table_name, k.key, '{}'::jsonb, jsonb_build_object('i', k.node, 
                     WHERE octet_length(m.key) = octet_length(k.key) AND m.key = k.key
                       AND m.grp = f.grp AND m.table_name = f.table_name);
 GRANT SELECT ON causal.placed_rows TO PUBLIC;
+
+-- Journal records kept as runs: entries with node ids first_node to last_node, placed one
+-- after the other, each the only successor of the one before it (its height one more), whose
+-- rows were all new and which stand. Each is what a `journal` row of height
+-- first_height + (node_id - first_node), status 'ok' and an empty undo says, in about a byte
+-- instead of 68 (a tuple and two index entries). A `journal` row of the same entry comes
+-- first: when an entry of a run is rewound and placed again, its record is written as a row,
+-- and the run is left as it is (an entry's height never changes: it is its place in the DAG).
+-- Runs are found by node id (the last one starting at or before it) and by their last
+-- height, for the records from a height on.
+CREATE TABLE causal.journal_runs (
+    grp          integer NOT NULL,
+    first_node   integer NOT NULL,
+    last_node    integer NOT NULL,
+    first_height integer NOT NULL,
+    PRIMARY KEY (grp, first_node),
+    CHECK (last_node >= first_node)
+);
+CREATE INDEX journal_runs_last_height ON causal.journal_runs (grp, (first_height + (last_node - first_node)));
+REVOKE ALL ON causal.journal_runs FROM PUBLIC;
+GRANT SELECT ON causal.journal_runs TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('causal.journal_runs', '');
 
 REVOKE ALL ON causal.table_rules FROM PUBLIC;
 GRANT SELECT ON causal.table_rules TO PUBLIC;

@@ -51,6 +51,9 @@ fn drop_group(group: &Group) -> Result<(), CausalError> {
         Spi::run_with_args(sql, &[group.num.into()])?;
     }
     // A catalog not upgraded yet has no sets of fresh rows (catalog::shape).
+    if crate::catalog::shape::has_journal_runs() {
+        Spi::run_with_args("DELETE FROM causal.journal_runs WHERE grp = $1", &[group.num.into()])?;
+    }
     if crate::catalog::shape::has_fresh_row_sets() {
         Spi::run_with_args("DELETE FROM causal.fresh_rows WHERE grp = $1", &[group.num.into()])?;
     }

@@ -22,9 +22,12 @@ fn entry_row(hash: &str) -> Result<Option<EntryRow>, CausalError> {
         let cause = if crate::catalog::shape::journal_has_cause() { "j.cause" } else { "NULL::jsonb" };
         let payload = crate::catalog::entry_row::payload_sql();
         let hash_is = crate::catalog::entry_row::hash_equals_sql("e", "$1");
+        // A run of records may hold the entry's (`journal_runs`): its height then comes from there.
+        let run_height = crate::replay::journal_runs::height_sql("e");
         let mut rows = client.select(
             &format!(
-                "SELECT g.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, j.height, {payload}, {cause} \
+                "SELECT g.group_id, coalesce(j.status, 'ok'), j.reason, j.responsible, \
+                 CASE WHEN j.node_id IS NULL THEN {run_height} ELSE j.height END, {payload}, {cause} \
                  FROM causal.dag_entries e JOIN causal.group_defs g USING (grp) \
                  LEFT JOIN causal.journal j ON j.grp = e.grp AND j.node_id = e.node_id \
                  WHERE {hash_is}"

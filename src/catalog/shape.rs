@@ -11,7 +11,7 @@ use std::ffi::CStr;
 use pgrx::pg_sys;
 
 /// The questions answered so far, by [`Question`].
-const QUESTIONS: usize = 6;
+const QUESTIONS: usize = 7;
 
 #[derive(Clone, Copy)]
 enum Question {
@@ -21,6 +21,7 @@ enum Question {
     EntriesPrev,
     FreshRowSets,
     EntriesPacked,
+    JournalRuns,
 }
 
 thread_local! {
@@ -107,6 +108,11 @@ pub fn dag_entries_have_prev() -> bool {
 /// Whether rows can be kept in sets of fresh rows (`causal.fresh_rows`, 0.2.0).
 pub fn has_fresh_row_sets() -> bool {
     answer(Question::FreshRowSets, || relation(c"fresh_rows").is_some())
+}
+
+/// Whether journal records can be kept as runs (`causal.journal_runs`, 0.2.0).
+pub fn has_journal_runs() -> bool {
+    answer(Question::JournalRuns, || relation(c"journal_runs").is_some())
 }
 
 /// Whether entry rows are packed (`dag_entries.links`, 0.2.0; see `entry_row`).

@@ -285,7 +285,11 @@ pub fn import_bundle<'b>(bytes: &'b [u8]) -> Result<Value, CausalError> {
             // entries with warm caches; in a catch-up, imports that analyzed took 100-350 ms
             // longer than the others).
             // (A catalog not upgraded yet has no sets of fresh rows: catalog::shape.)
-            let sets = if crate::catalog::shape::has_fresh_row_sets() { ", causal.fresh_rows" } else { "" };
+            let mut sets =
+                if crate::catalog::shape::has_fresh_row_sets() { ", causal.fresh_rows" } else { "" }.to_string();
+            if crate::catalog::shape::has_journal_runs() {
+                sets.push_str(", causal.journal_runs");
+            }
             crate::pg::spi::with_setting("default_statistics_target", "10", || {
                 Spi::run(&format!(
                     "ANALYZE causal.dag_entries (grp, node_id, hash, chain, seq), causal.dag_entry_tags, \

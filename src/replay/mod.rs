@@ -14,6 +14,7 @@ mod entry_names;
 mod fresh_rows;
 pub mod frontier;
 mod hooks;
+pub mod journal_runs;
 mod meta_rows;
 pub mod placement;
 pub mod row_check;
@@ -109,6 +110,16 @@ fn undo_from(v: &Value, names: &EntryNames) -> Result<Vec<UndoRecord>, Reconcile
         });
     }
     Ok(out)
+}
+
+/// Whether group `grp` has a `journal` row for entry `node`.
+fn journal_row_exists(grp: i32, node: i32) -> Result<bool, ReconcileError> {
+    crate::pg::spi::get_prepared::<i32>(
+        "SELECT 1 FROM causal.journal WHERE grp = $1 AND node_id = $2",
+        &[grp.into(), node.into()],
+    )
+    .map(|r| r.is_some())
+    .map_err(store_err)
 }
 
 fn node_i32(id: causal_core::dag::NodeId) -> Result<i32, ReconcileError> {
@@ -576,7 +587,12 @@ impl ReplicaStore for SpiReplica {
             read_journal,
         )
         .map_err(store_err)?;
-        match rows.into_iter().next() {
+        // A `journal` row comes first; else a run may hold the record.
+        let row = match rows.into_iter().next() {
+            Some(r) => Some(r),
+            None => journal_runs::record(self.num, id, h.to_b64())?,
+        };
+        match row {
             Some(r) => Ok(journal_row(r, &self.names(), |h| self.fresh_undo(h))?.map(|(_, j)| j)),
             None => Ok(None),
         }
@@ -584,11 +600,16 @@ impl ReplicaStore for SpiReplica {
 
     fn order(&self, h: &EntryHash) -> Result<Option<OrderKey>, ReconcileError> {
         let Some(id) = self.dag.store().node_id(h).map_err(store_err)? else { return Ok(None) };
-        let height = crate::pg::spi::get_prepared::<i32>(
+        let node = node_i32(id)?;
+        let height = match crate::pg::spi::get_prepared::<i32>(
             "SELECT height FROM causal.journal WHERE grp = $1 AND node_id = $2",
-            &[self.num.into(), node_i32(id)?.into()],
+            &[self.num.into(), node.into()],
         )
-        .map_err(store_err)?;
+        .map_err(store_err)?
+        {
+            Some(height) => Some(height),
+            None => journal_runs::height(self.num, node)?,
+        };
         height
             .map(|height| {
                 let height = u32::try_from(height).map_err(|_| ReconcileError::Corrupt("negative height".into()))?;
@@ -599,7 +620,8 @@ impl ReplicaStore for SpiReplica {
 
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(EntryHash, JournalEntry)>, ReconcileError> {
         // The index orders by height only; entries of one height are put in hash order here.
-        let rows = run_prepared(
+        let from_height = i32::try_from(from.height).unwrap_or(i32::MAX);
+        let mut rows = run_prepared(
             &format!(
                 "SELECT {}, j.height, j.status, j.reason, j.responsible, j.undo, {} FROM causal.journal j \
                  JOIN causal.dag_entries e ON e.grp = j.grp AND e.node_id = j.node_id \
@@ -607,11 +629,13 @@ impl ReplicaStore for SpiReplica {
                 crate::catalog::entry_row::hash_sql("e"),
                 cause_column("j.")
             ),
-            &[self.num.into(), i32::try_from(from.height).unwrap_or(i32::MAX).into()],
+            &[self.num.into(), from_height.into()],
             false,
             read_journal,
         )
         .map_err(store_err)?;
+        // And the records runs hold (of entries without a `journal` row).
+        rows.extend(journal_runs::records_from(self.num, from_height)?);
         let mut out = Vec::with_capacity(rows.len());
         let names = self.names();
         for r in rows {
@@ -738,6 +762,10 @@ impl ReplicaStore for SpiReplica {
         // Entries cancelled by this run, with whether they were placed before (then they are
         // news only if they were not cancelled already).
         let mut cancelled: Vec<(i32, &EntryHash, &Verdict, bool)> = Vec::new();
+        // Records that runs can hold (`journal_runs`): (node id, height) of entries placed for
+        // the first time, standing, with all their rows new.
+        let runs_kept = journal_runs::kept();
+        let mut in_runs: Vec<(i32, i32)> = Vec::new();
         for (h, order, verdict, undo) in records {
             if !seen.insert(h) {
                 continue;
@@ -750,16 +778,40 @@ impl ReplicaStore for SpiReplica {
                 })?;
             // An entry whose rows were all new (inserts of keys the view did not hold) needs no
             // list of them: its inserts give it (`fresh_undo`).
-            let undo = match undo {
+            let mut undo = match undo {
                 Some(u) if !u.is_empty() && u.iter().all(|r| r.before.is_none()) => Some(FRESH_UNDO.to_string()),
                 Some(u) if !u.is_empty() => Some(UndoRecord::journal_text(u, |b| names.meta(b))?),
                 _ => None,
             };
-            batch.push(node_i32(id)?, order, verdict, undo);
+            let node = node_i32(id)?;
+            if let (true, true, Some(o)) =
+                (is_first && runs_kept, verdict.is_ok() && undo.as_deref() == Some(FRESH_UNDO), order)
+            {
+                let height = i32::try_from(o.height)
+                    .map_err(|_| ReconcileError::Corrupt(format!("entry {h}: height {} out of range", o.height)))?;
+                in_runs.push((node, height));
+                continue;
+            }
+            // A verdict alone (authority changed) of an entry whose record a run holds: the row,
+            // which comes first, takes the run's height and empty undo with it.
+            let mut held = None;
+            if order.is_none() && runs_kept {
+                if let Some(height) = journal_runs::height(self.num, node)? {
+                    if !journal_row_exists(self.num, node)? {
+                        let height =
+                            u32::try_from(height).map_err(|_| ReconcileError::Corrupt("negative height".into()))?;
+                        held = Some(OrderKey { height, hash: *h });
+                        undo = Some(FRESH_UNDO.to_string());
+                    }
+                }
+            }
+            batch.push(node, order.or(held.as_ref()), verdict, undo);
             if !verdict.is_ok() {
-                cancelled.push((node_i32(id)?, h, verdict, !is_first));
+                cancelled.push((node, h, verdict, !is_first));
             }
         }
+        in_runs.sort_unstable();
+        journal_runs::write(self.num, &journal_runs::runs_of(&in_runs))?;
         self.announce_cancellations(&cancelled)?;
         // A catalog not upgraded yet has no `cause` column (catalog::shape): $8 is then unused.
         let (cause_column, cause_value, cause_update) = if crate::catalog::shape::journal_has_cause() {

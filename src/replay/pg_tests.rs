@@ -101,6 +101,64 @@ mod tests {
         assert_eq!(replica.order(&unknown).unwrap(), None);
     }
 
+    /// Local commits placed one after the other, each with all its rows new, keep their
+    /// journal records as one run: no `journal` row each, and every reader (the engine's
+    /// record, its order key, `causal.entry`) sees what the rows said. A commit that updates a
+    /// row it did not insert gets a `journal` row and ends the run.
+    #[pg_test]
+    fn records_of_entries_placed_in_a_line_are_kept_as_a_run() {
+        use causal_core::reconcile::ReplicaStore;
+        crate::testing::shop_with_products();
+        let one = crate::testing::one;
+        let rows_before = one("SELECT count(*)::text FROM causal.journal");
+        for sku in ["A", "B", "C"] {
+            crate::testing::local_commit(
+                "shop",
+                &format!("INSERT INTO products VALUES ('{sku}', 'Widget', 1)"),
+                &format!(
+                    r#"[{{"op":"insert","table":"products","row":{{"sku":"{sku}","name":"Widget","price":"1.00"}}}}]"#
+                ),
+            );
+        }
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        assert_eq!(one("SELECT count(*)::text FROM causal.journal"), rows_before, "no journal row per commit");
+        assert_eq!(one("SELECT count(*)::text FROM causal.journal_runs"), "1");
+        assert_eq!(one("SELECT (last_node - first_node)::text FROM causal.journal_runs"), "2");
+        let group = crate::catalog::group::Group::find("shop").unwrap();
+        let replica = super::super::SpiReplica::new(&group);
+        let last: causal_core::EntryHash =
+            one("SELECT hash FROM causal.entries ORDER BY node_id DESC LIMIT 1").parse().unwrap();
+        let record = replica.journal(&last).unwrap().expect("a run holds the last commit's record");
+        assert!(record.verdict.is_ok());
+        assert_eq!(record.undo.len(), 1, "its undo: the one row it inserted, new");
+        assert!(record.undo[0].before.is_none());
+        assert_eq!(replica.order(&last).unwrap(), Some(record.order));
+        let height: i64 =
+            one("SELECT max(first_height + last_node - first_node)::text FROM causal.journal_runs").parse().unwrap();
+        assert_eq!(i64::from(record.order.height), height);
+        let shown = one(&format!("SELECT causal.explain('{}')::text", last.to_b64()));
+        assert!(shown.contains(&format!(r#""height": {height}"#)) && shown.contains(r#""status": "ok""#), "{shown}");
+        // The engine's records from the run's first height on include all three.
+        let first = causal_core::reconcile::OrderKey {
+            height: record.order.height - 2,
+            hash: causal_core::EntryHash(causal_core::Hash([0; 32])),
+        };
+        assert_eq!(replica.journal_from(&first).unwrap().len(), 3);
+        // An update of a row placed before: a record with its row's prior state, as a row.
+        crate::testing::local_commit(
+            "shop",
+            "UPDATE products SET name = 'Gizmo' WHERE sku = 'A'",
+            r#"[{"op":"update","table":"products","key":{"sku":"A"},"set":{"name":"Gizmo"},"unset":[]}]"#,
+        );
+        Spi::run("SELECT causal.catch_up()").unwrap();
+        assert_eq!(
+            one("SELECT count(*)::text FROM causal.journal"),
+            (rows_before.parse::<i64>().unwrap() + 1).to_string()
+        );
+        assert_eq!(one("SELECT count(*)::text FROM causal.journal_runs"), "1");
+        assert_eq!(replica.journal_from(&first).unwrap().len(), 4);
+    }
+
     #[pg_test]
     fn row_meta_keeps_lookup_values_only_and_reads_derive_the_rest() {
         crate::testing::capture_slot();
@@ -123,11 +181,17 @@ mod tests {
             |key: &str| crate::testing::one(&format!("SELECT vals::text FROM causal.row_meta WHERE key = '[{key}]'"));
         assert_eq!(kept("1"), r#"{"code": "a"}"#);
         assert_eq!(kept("2"), r#"{"code": "b"}"#);
-        // An entry whose rows are all new keeps no list of them for undoing it.
+        // An entry whose rows are all new keeps no list of them for undoing it: a run of
+        // records holds its record (`journal_runs`).
         let last_undo = || {
             crate::testing::one("SELECT undo FROM causal.journal WHERE undo IS NOT NULL ORDER BY node_id DESC LIMIT 1")
         };
-        assert_eq!(last_undo(), "");
+        assert_eq!(
+            crate::testing::one(
+                "SELECT (max(last_node) = (SELECT max(node_id) FROM causal.dag_entries))::text FROM causal.journal_runs"
+            ),
+            "true"
+        );
         crate::testing::local_commit(
             "shop",
             "UPDATE items SET qty = 6, note = 'changed' WHERE id = 1",
