@@ -19,9 +19,27 @@ pub fn outcome(stmts: &str) -> String {
 }
 
 /// Creates the capture slot if it does not exist. Called first in a pg_test, whose
-/// transaction has no xid yet (pgrx's `Spi::run` would give it one).
+/// transaction has no xid yet (pgrx's `Spi::run` would give it one). The database has one
+/// slot, and pg_tests run side by side: those that seal (and so decode from it) take turns,
+/// each holding a lock until its transaction ends. A backend that decoded keeps the slot
+/// until it exits (its decoding context is kept for its next run), so the next one also waits
+/// (up to 30 s) for the slot to be free.
 pub fn capture_slot() {
     crate::capture::slot::ensure(true).unwrap();
+    Spi::run("SELECT pg_advisory_xact_lock(721600)").unwrap();
+    let name = crate::capture::slot::slot_name();
+    for _ in 0..3000 {
+        let busy = Spi::get_one_with_args::<bool>(
+            "SELECT active_pid IS NOT NULL AND active_pid <> pg_backend_pid() FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[name.as_str().into()],
+        );
+        if !matches!(busy, Ok(Some(true))) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the capture slot {name} stayed in use by another backend");
 }
 
 /// A pg_test's transaction never commits, so the sealer never reads its writes: this runs
