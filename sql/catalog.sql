@@ -333,9 +333,10 @@ SELECT f.grp, f.table_name, k.key, '{}'::jsonb, jsonb_build_object('i', k.node, 
                       AND m.grp = f.grp AND m.table_name = f.table_name);
 GRANT SELECT ON causal.placed_rows TO PUBLIC;
 
--- Journal records kept as runs: entries with node ids first_node to last_node, placed one
--- after the other, each the only successor of the one before it (its height one more), whose
--- rows were all new and which stand. Each is what a `journal` row of height
+-- Journal records kept as runs: entries with node ids first_node to last_node, placed for the
+-- first time in one placing run, each of height one more than the one before it (as a
+-- writer's commits and a peer's imported commits are, each on the one before), whose rows
+-- were all new and which stand. Each is what a `journal` row of height
 -- first_height + (node_id - first_node), status 'ok' and an empty undo says, in about a byte
 -- instead of 68 (a tuple and two index entries). A `journal` row of the same entry comes
 -- first: when an entry of a run is rewound and placed again, its record is written as a row,

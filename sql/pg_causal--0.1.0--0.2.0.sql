@@ -9,7 +9,7 @@
 -- /pg_causal/sync/2: nodes still on 0.1.0 refuse both, so upgrade every node of a group.
 -- A cancellation records its kind and row (journal.cause, shown by causal.cancellations and
 -- sent on causal_cancelled), and a group may have a cancellation hook. Journal records of
--- entries placed one after the other with all their rows new are kept as runs
+-- entries placed in a line (consecutive node ids and heights) with all their rows new are kept as runs
 -- (causal.journal_runs); the records 0.1.0 wrote stay rows.
 
 ALTER TABLE causal.capture_state
@@ -397,9 +397,10 @@ SELECT f.grp, f.table_name, k.key, '{}'::jsonb, jsonb_build_object('i', k.node, 
                       AND m.grp = f.grp AND m.table_name = f.table_name);
 GRANT SELECT ON causal.placed_rows TO PUBLIC;
 
--- Journal records kept as runs: entries with node ids first_node to last_node, placed one
--- after the other, each the only successor of the one before it (its height one more), whose
--- rows were all new and which stand. Each is what a `journal` row of height
+-- Journal records kept as runs: entries with node ids first_node to last_node, placed for the
+-- first time in one placing run, each of height one more than the one before it (as a
+-- writer's commits and a peer's imported commits are, each on the one before), whose rows
+-- were all new and which stand. Each is what a `journal` row of height
 -- first_height + (node_id - first_node), status 'ok' and an empty undo says, in about a byte
 -- instead of 68 (a tuple and two index entries). A `journal` row of the same entry comes
 -- first: when an entry of a run is rewound and placed again, its record is written as a row,

@@ -1,5 +1,6 @@
-//! Journal records kept as runs (`causal.journal_runs`, catalog.sql): entries placed one after
-//! the other, each the only successor of the one before it, whose rows were all new and which
+//! Journal records kept as runs (`causal.journal_runs`, catalog.sql): entries of consecutive
+//! node ids placed for the first time in one placing run, each of height one more than the one
+//! before it (a writer's commits, each on the one before), whose rows were all new and which
 //! stand. Such an entry's record says nothing a run cannot: its height (the run's first plus
 //! its place in the run), status 'ok', and an empty undo (its inserts give it). A run of a
 //! placing call's single-row local commits takes one small row where each commit took a

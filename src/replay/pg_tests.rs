@@ -61,17 +61,11 @@ mod tests {
         assert_eq!(Spi::get_one::<bool>("SELECT causal.verify('shop')").unwrap(), Some(true));
     }
 
-    /// `row_meta` keeps of a row's values only those rows are looked up by (UNIQUE and
-    /// foreign-key columns); every read derives the rest from the history. An update placed on
-    /// a stored row merges into the derived values, and the view at the frontier, the user
-    /// table and `causal.verify` agree. The rows of a table a rule scans keep all their values.
-    /// A kept value that differs from the history's is flagged.
-    /// An entry's order key read alone (its height) is the one its whole journal record gives,
-    /// for every placed entry; an entry not placed has none.
-    #[pg_test]
-    fn an_order_key_read_alone_is_the_journal_records() {
-        use causal_core::reconcile::ReplicaStore;
+    /// The shop with three single-row local commits placed (products A, B and C); returns how
+    /// many `journal` rows there were before them.
+    fn three_products_placed() -> String {
         crate::testing::shop_with_products();
+        let before = crate::testing::one("SELECT count(*)::text FROM causal.journal");
         for sku in ["A", "B", "C"] {
             crate::testing::local_commit(
                 "shop",
@@ -82,6 +76,15 @@ mod tests {
             );
         }
         Spi::run("SELECT causal.catch_up()").unwrap();
+        before
+    }
+
+    /// An entry's order key read alone (its height) is the one its whole journal record gives,
+    /// for every placed entry; an entry not placed has none.
+    #[pg_test]
+    fn an_order_key_read_alone_is_the_journal_records() {
+        use causal_core::reconcile::ReplicaStore;
+        three_products_placed();
         let group = crate::catalog::group::Group::find("shop").unwrap();
         let replica = super::super::SpiReplica::new(&group);
         let hashes: Vec<String> = Spi::connect(|c| {
@@ -108,19 +111,8 @@ mod tests {
     #[pg_test]
     fn records_of_entries_placed_in_a_line_are_kept_as_a_run() {
         use causal_core::reconcile::ReplicaStore;
-        crate::testing::shop_with_products();
         let one = crate::testing::one;
-        let rows_before = one("SELECT count(*)::text FROM causal.journal");
-        for sku in ["A", "B", "C"] {
-            crate::testing::local_commit(
-                "shop",
-                &format!("INSERT INTO products VALUES ('{sku}', 'Widget', 1)"),
-                &format!(
-                    r#"[{{"op":"insert","table":"products","row":{{"sku":"{sku}","name":"Widget","price":"1.00"}}}}]"#
-                ),
-            );
-        }
-        Spi::run("SELECT causal.catch_up()").unwrap();
+        let rows_before = three_products_placed();
         assert_eq!(one("SELECT count(*)::text FROM causal.journal"), rows_before, "no journal row per commit");
         assert_eq!(one("SELECT count(*)::text FROM causal.journal_runs"), "1");
         assert_eq!(one("SELECT (last_node - first_node)::text FROM causal.journal_runs"), "2");
@@ -159,6 +151,11 @@ mod tests {
         assert_eq!(replica.journal_from(&first).unwrap().len(), 4);
     }
 
+    /// `row_meta` keeps of a row's values only those rows are looked up by (UNIQUE and
+    /// foreign-key columns); every read derives the rest from the history. An update placed on
+    /// a stored row merges into the derived values, and the view at the frontier, the user
+    /// table and `causal.verify` agree. The rows of a table a rule scans keep all their values.
+    /// A kept value that differs from the history's is flagged.
     #[pg_test]
     fn row_meta_keeps_lookup_values_only_and_reads_derive_the_rest() {
         crate::testing::capture_slot();
