@@ -354,20 +354,21 @@ impl SpiStore {
         }
         let texts: Vec<String> = unknown.iter().map(EntryHash::to_b64).collect();
         // One index lookup per hash (see `entries_by_hash` in sync.rs for why not ANY).
+        let packed = entry_row::packed();
         let sql = format!(
-            "SELECT {}, e.node_id FROM unnest($2::text[]) AS h(b64) CROSS JOIN LATERAL \
+            "SELECT e.hash, e.node_id FROM unnest($2::text[]) AS h(b64) CROSS JOIN LATERAL \
              (SELECT hash, node_id FROM causal.dag_entries d WHERE {} AND grp + 0 = $1 OFFSET 0) e",
-            entry_row::hash_sql("e"),
             entry_row::hash_equals_sql("d", "h.b64")
         );
         let found = run_prepared(&sql, &[self.num.into(), texts.into()], false, |rows| {
-            rows.map(|r| Ok((r.get::<String>(1)?, r.get::<i32>(2)?))).collect::<Result<Vec<_>, spi::Error>>()
+            rows.map(|r| Ok((entry_row::read_hash(&r, 1, packed)?, r.get::<i32>(2)?)))
+                .collect::<Result<Vec<_>, spi::Error>>()
         })
         .map_err(backend)?;
         let mut stored = std::collections::HashSet::new();
         for (h, id) in found {
             let (Some(h), Some(id)) = (h, id) else { continue };
-            let h: EntryHash = h.parse().map_err(|_| corrupt(format!("bad hash {h}")))?;
+            let h = h.map_err(|e| corrupt(format!("an entry of group {}: {e}", self.group)))?;
             let id = to_u32(id)?;
             self.cache.borrow_mut().ids.insert(h, id);
             stored.insert(h);

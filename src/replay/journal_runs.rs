@@ -8,11 +8,12 @@
 //!
 //! Uses [`crate::pg`].
 
-use causal_core::reconcile::ReconcileError;
+use causal_core::reconcile::{OrderKey, ReconcileError};
+use causal_core::EntryHash;
 
 use crate::pg::spi::{exec_prepared, get_prepared};
 
-use super::{node_i32, store_err, JournalRow, FRESH_UNDO};
+use super::{node_i32, store_err, stored_height, JournalRow, FRESH_UNDO};
 
 /// Entries with node ids `first_node..=last_node`, of heights from `first_height` on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +74,19 @@ pub(super) fn height(grp: i32, node: i32) -> Result<Option<i32>, ReconcileError>
         &[grp.into(), node.into()],
     )
     .map_err(store_err)
+}
+
+/// The order key of entry `hash` (node `node`) if a run holds its record and no `journal` row
+/// does: what a row written for it must keep.
+pub(super) fn held_order(grp: i32, node: i32, hash: &EntryHash) -> Result<Option<OrderKey>, ReconcileError> {
+    let Some(height) = height(grp, node)? else { return Ok(None) };
+    let row =
+        get_prepared::<i32>("SELECT 1 FROM causal.journal WHERE grp = $1 AND node_id = $2", &[grp.into(), node.into()])
+            .map_err(store_err)?;
+    Ok(match row {
+        Some(_) => None,
+        None => Some(OrderKey { height: stored_height(height)?, hash: *hash }),
+    })
 }
 
 /// The record of entry `hash` (node `node`) if a run holds it, in the shape `journal` rows are

@@ -112,14 +112,9 @@ fn undo_from(v: &Value, names: &EntryNames) -> Result<Vec<UndoRecord>, Reconcile
     Ok(out)
 }
 
-/// Whether group `grp` has a `journal` row for entry `node`.
-fn journal_row_exists(grp: i32, node: i32) -> Result<bool, ReconcileError> {
-    crate::pg::spi::get_prepared::<i32>(
-        "SELECT 1 FROM causal.journal WHERE grp = $1 AND node_id = $2",
-        &[grp.into(), node.into()],
-    )
-    .map(|r| r.is_some())
-    .map_err(store_err)
+/// A height as the catalog stores it (`int4`), as the engine counts it.
+fn stored_height(height: i32) -> Result<u32, ReconcileError> {
+    u32::try_from(height).map_err(|_| ReconcileError::Corrupt(format!("negative height {height}")))
 }
 
 fn node_i32(id: causal_core::dag::NodeId) -> Result<i32, ReconcileError> {
@@ -160,7 +155,7 @@ fn journal_row(
         }
         None => Vec::new(),
     };
-    let height = u32::try_from(height).map_err(|_| ReconcileError::Corrupt("negative height".into()))?;
+    let height = stored_height(height)?;
     Ok(Some((hash, JournalEntry { order: OrderKey { height, hash }, verdict, undo })))
 }
 
@@ -610,12 +605,7 @@ impl ReplicaStore for SpiReplica {
             Some(height) => Some(height),
             None => journal_runs::height(self.num, node)?,
         };
-        height
-            .map(|height| {
-                let height = u32::try_from(height).map_err(|_| ReconcileError::Corrupt("negative height".into()))?;
-                Ok(OrderKey { height, hash: *h })
-            })
-            .transpose()
+        height.map(|height| Ok(OrderKey { height: stored_height(height)?, hash: *h })).transpose()
     }
 
     fn journal_from(&self, from: &OrderKey) -> Result<Vec<(EntryHash, JournalEntry)>, ReconcileError> {
@@ -784,9 +774,8 @@ impl ReplicaStore for SpiReplica {
                 _ => None,
             };
             let node = node_i32(id)?;
-            if let (true, true, Some(o)) =
-                (is_first && runs_kept, verdict.is_ok() && undo.as_deref() == Some(FRESH_UNDO), order)
-            {
+            let fresh = verdict.is_ok() && undo.as_deref() == Some(FRESH_UNDO);
+            if let Some(o) = order.filter(|_| is_first && runs_kept && fresh) {
                 let height = i32::try_from(o.height)
                     .map_err(|_| ReconcileError::Corrupt(format!("entry {h}: height {} out of range", o.height)))?;
                 in_runs.push((node, height));
@@ -794,16 +783,12 @@ impl ReplicaStore for SpiReplica {
             }
             // A verdict alone (authority changed) of an entry whose record a run holds: the row,
             // which comes first, takes the run's height and empty undo with it.
-            let mut held = None;
-            if order.is_none() && runs_kept {
-                if let Some(height) = journal_runs::height(self.num, node)? {
-                    if !journal_row_exists(self.num, node)? {
-                        let height =
-                            u32::try_from(height).map_err(|_| ReconcileError::Corrupt("negative height".into()))?;
-                        held = Some(OrderKey { height, hash: *h });
-                        undo = Some(FRESH_UNDO.to_string());
-                    }
-                }
+            let held = match order {
+                None if runs_kept => journal_runs::held_order(self.num, node, h)?,
+                _ => None,
+            };
+            if held.is_some() {
+                undo = Some(FRESH_UNDO.to_string());
             }
             batch.push(node, order.or(held.as_ref()), verdict, undo);
             if !verdict.is_ok() {
